@@ -1,0 +1,68 @@
+"""What every check shares: its config base, its runtime protocol, its context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from guardian.result import Outcome
+
+if TYPE_CHECKING:
+    from guardian.clock import Clock
+    from guardian.services.base import ServiceBackend
+
+
+class CheckConfigBase(BaseModel):
+    """Fields every ``[[targets.checks]]`` table accepts.
+
+    Subclasses add ``kind: Literal["..."]`` and their own thresholds, and override the
+    interval/timeout defaults where the plan gives other ones.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    name: str | None = Field(None, description="unique within the target; defaults to kind")
+    interval: float = Field(30.0, gt=0, description="seconds between runs")
+    timeout: float = Field(10.0, gt=0, description="hard limit for one run, seconds")
+    enabled: bool = True
+    liveness: bool = Field(
+        True, description="failures count towards restarting the target's service"
+    )
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> CheckConfigBase:
+        if self.timeout >= self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must be less than interval ({self.interval:g}s)"
+            )
+        return self
+
+    @property
+    def check_name(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass
+class CheckContext:
+    """What a check may use besides its own config."""
+
+    target: str
+    clock: Clock
+    service: ServiceBackend | None = None  # the target's controllable service, if any
+
+
+class Check(Protocol):
+    """A runnable check. The engine owns timing, timeouts and error capture."""
+
+    config: CheckConfigBase
+
+    async def run(self) -> Outcome:
+        """Observe once. May raise: the engine turns exceptions into failed results."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients, files, handles."""
+        ...

@@ -1,0 +1,523 @@
+"""Configuration: one TOML file, validated by pydantic, with env overrides.
+
+The file describes *targets* (things to watch) each with an optional controllable
+``service``, a ``recovery`` policy and a list of ``checks``. Every problem in a file is
+reported at once with its key path and, where it can be found, its line, so a user fixes
+a config in one pass. Nothing here starts anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from guardian.checks.comfyui import ComfyUICanaryConfig, ComfyUICheckConfig
+from guardian.checks.disk import DiskCheckConfig
+from guardian.checks.gpu import GpuCheckConfig
+from guardian.checks.http import HttpCheckConfig
+from guardian.checks.memory import MemoryCheckConfig
+from guardian.checks.service import ServiceCheckConfig
+from guardian.services.base import validate_service_name
+
+DEFAULT_CONFIG_FILE = "guardian.toml"
+CONFIG_ENV = "GUARDIAN_CONFIG"
+
+CheckConfig = Annotated[
+    HttpCheckConfig
+    | ComfyUICheckConfig
+    | ComfyUICanaryConfig
+    | DiskCheckConfig
+    | MemoryCheckConfig
+    | GpuCheckConfig
+    | ServiceCheckConfig,
+    Field(discriminator="kind"),
+]
+CHECK_KINDS = ("http", "comfyui", "comfyui_canary", "disk", "memory", "gpu", "service")
+
+TARGET_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_dir(kind: Literal["logs", "reports", "state"]) -> Path:
+    """Platform-appropriate default directories (never a hard-coded drive letter)."""
+    if os.name == "nt":
+        base = Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "Guardian"
+        return base / kind
+    if _is_root():
+        return {
+            "logs": Path("/var/log/guardian"),
+            "reports": Path("/var/lib/guardian/reports"),
+            "state": Path("/var/lib/guardian"),
+        }[kind]
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "guardian" / kind
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class GuardianSection(_Section):
+    log_dir: Path = Field(default_factory=lambda: default_dir("logs"))
+    report_dir: Path = Field(default_factory=lambda: default_dir("reports"))
+    state_dir: Path = Field(default_factory=lambda: default_dir("state"))
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
+    log_backups: int = Field(5, ge=0, le=100)
+    jitter: float = Field(
+        0.1, ge=0, le=0.5, description="random spread of check start, fraction of interval"
+    )
+    shutdown_grace: float = Field(5.0, gt=0, description="seconds running checks get on exit")
+    dry_run: bool = Field(False, description="decide and log recovery actions, run none")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class ApiSection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    token: SecretStr | None = Field(
+        None, description="bearer token for mutating calls; they are disabled without one"
+    )
+
+
+class EscalationSection(_Section):
+    failures: int = Field(3, ge=1, description="consecutive failures that escalate an incident")
+    stable_period: float = Field(120.0, ge=0, description="healthy this long resolves it")
+    report_log_lines: int = Field(200, ge=0, le=100_000)
+
+
+class NotifySection(_Section):
+    urls: list[SecretStr] = Field(default_factory=list, description="apprise URLs")
+    events: list[Literal["open", "escalate", "resolve"]] = Field(
+        default_factory=lambda: ["open", "escalate", "resolve"]
+    )
+    rate_limit_per_hour: int = Field(20, ge=1, description="per target")
+    retries: int = Field(3, ge=0, le=10)
+    timeout: float = Field(10.0, gt=0)
+
+
+class StoreSection(_Section):
+    path: Path | None = Field(None, description="SQLite file; default <state_dir>/guardian.db")
+    retention_days: float = Field(30.0, gt=0)
+    max_events: int = Field(100_000, ge=100)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+class ServiceConfig(_Section):
+    """How to control a target: an OS service, a systemd unit or a process we run."""
+
+    backend: Literal["auto", "windows", "nssm", "systemd", "process"] = "auto"
+    name: str | None = Field(None, description="Windows service / systemd unit name")
+    command: list[str] | None = Field(None, min_length=1, description="argv, for 'process'")
+    cwd: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    log_file: Path | None = Field(None, description="stdout/stderr of a process; NSSM's log")
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
+    log_backups: int = Field(3, ge=0, le=100)
+    stop_timeout: float = Field(10.0, gt=0, description="SIGTERM -> SIGKILL after this")
+    systemd_user: bool = Field(False, description="use systemctl --user")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str | None) -> str | None:
+        return None if v is None else validate_service_name(v)
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> ServiceConfig:
+        if self.backend == "process" and not self.command:
+            raise ValueError("backend 'process' needs `command` (an argv list)")
+        if self.backend in ("windows", "nssm", "systemd") and not self.name:
+            raise ValueError(f"backend {self.backend!r} needs `name`")
+        if self.backend == "auto" and not (self.name or self.command):
+            raise ValueError("a service needs `name` (OS service) or `command` (process)")
+        return self
+
+    @property
+    def resolved_backend(self) -> Literal["windows", "nssm", "systemd", "process"]:
+        if self.backend != "auto":
+            return self.backend
+        if self.command:
+            return "process"
+        return "nssm" if os.name == "nt" else "systemd"
+
+
+class RecoveryConfig(_Section):
+    enabled: bool = True
+    cooldown: float = Field(30.0, ge=0, description="minimum seconds between attempts")
+    max_attempts: int = Field(3, ge=1, description="attempts within `window` before giving up")
+    window: float = Field(3600.0, gt=0)
+    backoff_factor: float = Field(2.0, ge=1.0)
+    backoff_max: float = Field(300.0, ge=0)
+    failure_threshold: int = Field(3, ge=1, description="consecutive liveness failures")
+    stable_period: float = Field(120.0, ge=0, description="healthy this long resets attempts")
+    grace_period: float = Field(30.0, ge=0, description="after a (re)start failures don't count")
+    depends_on: list[str] = Field(default_factory=list, description="start after these targets")
+
+
+class TargetConfig(_Section):
+    name: str = Field(pattern=TARGET_NAME_RE)
+    description: str = ""
+    critical: bool = Field(True, description="a failure makes the stack unhealthy, not degraded")
+    service: ServiceConfig | None = None
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    checks: list[CheckConfig] = Field(default_factory=list)
+
+
+class Config(_Section):
+    guardian: GuardianSection = Field(default_factory=GuardianSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    escalation: EscalationSection = Field(default_factory=EscalationSection)
+    notify: NotifySection = Field(default_factory=NotifySection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    targets: list[TargetConfig] = Field(default_factory=list)
+
+    def target(self, name: str) -> TargetConfig:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def store_path(self) -> Path:
+        return self.store.path or self.guardian.state_dir / "guardian.db"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # e.g. "targets[1].checks[0].interval"; "" for the whole file
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.path or "(file)"
+        if self.line is not None:
+            where += f" (line {self.line})"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """An invalid config: every problem found, each with its key path."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        n = len(self.problems)
+        head = f"invalid config {self.source}: {n} problem{'s' if n != 1 else ''}"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_config() -> Config:
+    """The original plan's setup: panel + ComfyUI as services, disk and system checks."""
+    return Config.model_validate(
+        {
+            "targets": [
+                {
+                    "name": "panel",
+                    "description": "Next.js admin panel",
+                    "service": {"name": "OrchestratorPanel"},
+                    "checks": [
+                        {"kind": "http", "url": "http://localhost:3000/api/health"},
+                        {"kind": "service"},
+                    ],
+                },
+                {
+                    "name": "comfyui",
+                    "description": "ComfyUI generation server",
+                    "service": {"name": "OrchestratorComfyUI"},
+                    "recovery": {"depends_on": []},
+                    "checks": [{"kind": "comfyui"}, {"kind": "service"}],
+                },
+                {
+                    "name": "disk",
+                    "critical": True,
+                    "checks": [{"kind": "disk"}],
+                },
+                {
+                    "name": "system",
+                    "critical": False,
+                    "checks": [{"kind": "memory"}, {"kind": "gpu"}],
+                },
+            ]
+        }
+    )
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """--config, then $GUARDIAN_CONFIG, then ./guardian.toml if it exists; else None."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path(DEFAULT_CONFIG_FILE)
+    return local if local.is_file() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read, override from the environment, validate. Raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        raw: dict[str, Any] = default_config().model_dump(mode="python", exclude_unset=True)
+        return _validate(_apply_env(raw, env), source="(built-in defaults)", text="")
+    source = str(resolved)
+    try:
+        data = resolved.read_bytes()
+    except OSError as e:
+        raise ConfigError(source, [Problem("", f"cannot read: {e.strerror or e}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, [Problem("", f"not UTF-8 text: {e.reason}")]) from None
+    return parse_config(text, source=source, env=env)
+
+
+def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+    env = {} if env is None else env
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = _toml_error_line(str(e))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)$", "", str(e))
+        raise ConfigError(source, [Problem("", f"TOML syntax: {msg}", line)]) from None
+    return _validate(_apply_env(raw, env), source=source, text=text)
+
+
+def _validate(raw: dict[str, Any], source: str, text: str) -> Config:
+    locator = _KeyLocator(text)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            path = _format_loc(err["loc"])
+            problems.append(Problem(path, _message(err), locator.line_of(path)))
+        raise ConfigError(source, _dedupe(problems)) from None
+    problems = [
+        Problem(p, m, locator.line_of(p)) for p, m in _semantic_problems(cfg)
+    ]
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
+    """Rules that span several fields or targets."""
+    problems: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for i, t in enumerate(cfg.targets):
+        if t.name in seen:
+            problems.append(
+                (f"targets[{i}].name", f"duplicate target name {t.name!r} (also targets[{seen[t.name]}])")
+            )
+        else:
+            seen[t.name] = i
+        names: dict[str, int] = {}
+        for j, c in enumerate(t.checks):
+            if c.check_name in names:
+                problems.append(
+                    (
+                        f"targets[{i}].checks[{j}]",
+                        f"duplicate check name {c.check_name!r} in target {t.name!r}: "
+                        "give one a distinct `name`",
+                    )
+                )
+            names[c.check_name] = j
+            if c.kind == "service" and t.service is None:
+                problems.append(
+                    (f"targets[{i}].checks[{j}]", "a 'service' check needs [targets.service]")
+                )
+    for i, t in enumerate(cfg.targets):
+        for dep in t.recovery.depends_on:
+            if dep not in seen:
+                problems.append((f"targets[{i}].recovery.depends_on", f"unknown target {dep!r}"))
+            elif dep == t.name:
+                problems.append((f"targets[{i}].recovery.depends_on", "a target cannot depend on itself"))
+    return problems
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    out: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for p in problems:
+        key = (p.path, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"])
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "union_tag_invalid":
+        return f"unknown check kind {err.get('input', {}).get('kind')!r}; expected one of {', '.join(CHECK_KINDS)}"
+    if kind == "union_tag_not_found":
+        return f"missing `kind`; expected one of {', '.join(CHECK_KINDS)}"
+    msg = msg.removeprefix("Value error, ")
+    inp = err.get("input")
+    if kind not in ("missing", "value_error") and isinstance(inp, str | int | float | bool) and len(str(inp)) < 80:
+        msg += f" (got {inp!r})"
+    return msg
+
+
+def _format_loc(loc: Sequence[str | int]) -> str:
+    """('targets', 0, 'checks', 1, 'http', 'url') -> 'targets[0].checks[1].url'."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i >= 2 and loc[i - 2] == "checks" and part in CHECK_KINDS:
+            pass  # pydantic's discriminator tag, not a key of the file
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _toml_error_line(message: str) -> int | None:
+    m = re.search(r"at line (\d+)", message)
+    return int(m.group(1)) if m else None
+
+
+# --------------------------------------------------------------------------- env overrides
+
+
+def _env_names() -> dict[str, tuple[str, str]]:
+    """GUARDIAN_LOG_DIR -> ('guardian', 'log_dir'); GUARDIAN_API_PORT -> ('api', 'port')."""
+    names: dict[str, tuple[str, str]] = {}
+    for section, model in Config.model_fields.items():
+        if section == "targets" or model.annotation is None:
+            continue
+        sub = model.annotation
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            continue
+        for fname, finfo in sub.model_fields.items():
+            if _is_scalar(finfo.annotation):
+                prefix = "GUARDIAN_" if section == "guardian" else f"GUARDIAN_{section.upper()}_"
+                names[prefix + fname.upper()] = (section, fname)
+    return names
+
+
+def _is_scalar(annotation: Any) -> bool:
+    text = str(annotation)
+    return not any(s in text for s in ("list", "dict"))
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    for var, (section, fname) in _env_names().items():
+        if var in env and var != CONFIG_ENV:
+            sect = raw.setdefault(section, {})
+            if isinstance(sect, dict):
+                sect[fname] = env[var]
+    return raw
+
+
+# --------------------------------------------------------------------------- line lookup
+
+
+class _KeyLocator:
+    """Maps key paths like ``targets[1].checks[0].interval`` to TOML line numbers.
+
+    tomllib keeps no positions, so this walks the text once tracking table headers
+    and array-of-tables indices. It is best effort (inline tables resolve to their
+    key's line); a path it cannot place falls back to its nearest known parent.
+    """
+
+    _header = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?\s*(#.*)?$")
+    _key = re.compile(r"^\s*([A-Za-z0-9_\"'-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[str, int] = {}
+        counters: dict[str, int] = {}
+        current = ""
+        for n, line in enumerate(text.splitlines(), start=1):
+            m = self._header.match(line)
+            if m:
+                is_array = m.group(1) == "[["
+                parts = [p.strip().strip("\"'") for p in m.group(2).split(".")]
+                current = self._resolve(parts, counters, is_array)
+                self.lines.setdefault(current, n)
+                continue
+            k = self._key.match(line)
+            if k:
+                key = k.group(1).strip("\"'")
+                self.lines.setdefault(f"{current}.{key}" if current else key, n)
+
+    def _resolve(self, parts: list[str], counters: dict[str, int], is_array: bool) -> str:
+        path = ""
+        for i, part in enumerate(parts):
+            path = f"{path}.{part}" if path else part
+            last = i == len(parts) - 1
+            if last and is_array:
+                counters[path] = counters.get(path, -1) + 1
+                path = f"{path}[{counters[path]}]"
+            elif path in counters:
+                path = f"{path}[{counters[path]}]"
+        return path
+
+    def line_of(self, path: str) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return None
+
+
+def config_summary(cfg: Config) -> str:
+    n_checks = sum(len(t.checks) for t in cfg.targets)
+    services = sum(1 for t in cfg.targets if t.service)
+    return (
+        f"{len(cfg.targets)} targets, {n_checks} checks, {services} services; "
+        f"logs in {cfg.guardian.log_dir}"
+    )
+
+
+def is_windows() -> bool:
+    return sys.platform == "win32"
