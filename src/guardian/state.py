@@ -1,0 +1,65 @@
+"""The one state object everything else reads: latest results and short histories.
+
+The engine writes; the API, metrics, recovery and the CLI read. Reads never run checks,
+so ``/api/health`` answers from memory in microseconds.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+from guardian.config import Config
+from guardian.events import EventBus
+from guardian.result import CheckResult, Status, worst
+
+Health = Literal["healthy", "degraded", "unhealthy"]
+
+
+class State:
+    def __init__(self, config: Config, bus: EventBus | None = None, history: int = 60) -> None:
+        self.config = config
+        self.bus = bus or EventBus()
+        self._history_len = history
+        self._latest: dict[tuple[str, str], CheckResult] = {}
+        self._history: dict[tuple[str, str], deque[CheckResult]] = {}
+        self._critical = {t.name: t.critical for t in config.targets}
+        self.started_at: datetime | None = None
+
+    def record(self, result: CheckResult) -> None:
+        key = (result.target, result.check)
+        self._latest[key] = result
+        hist = self._history.get(key)
+        if hist is None:
+            hist = self._history[key] = deque(maxlen=self._history_len)
+        hist.append(result)
+        self.bus.publish(result)
+
+    def latest(self, target: str, check: str) -> CheckResult | None:
+        return self._latest.get((target, check))
+
+    def results(self, target: str | None = None) -> list[CheckResult]:
+        """Latest result of every check (of one target), in config order."""
+        return [r for r in self._latest.values() if target is None or r.target == target]
+
+    def history(self, target: str, check: str) -> list[CheckResult]:
+        return list(self._history.get((target, check), ()))
+
+    def target_status(self, target: str) -> Status:
+        return worst(r.status for r in self.results(target))
+
+    def overall(self) -> Health:
+        return aggregate(self.results(), self._critical)
+
+
+def aggregate(results: Iterable[CheckResult], critical: dict[str, bool]) -> Health:
+    """Stack health: a critical target failing is unhealthy; anything else off is degraded."""
+    health: Health = "healthy"
+    for r in results:
+        if r.status is Status.FAILED and critical.get(r.target, True):
+            return "unhealthy"
+        if r.status in (Status.FAILED, Status.DEGRADED):
+            health = "degraded"
+    return health
