@@ -39,7 +39,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML config (default: $GUARDIAN_CONFIG or ./guardian.toml)"),
+    typer.Option(
+        "--config", "-c", help="TOML config (default: $GUARDIAN_CONFIG or ./guardian.toml)"
+    ),
 ]
 EXIT_FOR = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
@@ -148,8 +150,12 @@ def run_guardian(cfg: Config, log_format: str = "auto", log_level: str | None = 
 
 
 def results_table(results: list[CheckResult], title: str) -> Table:
-    style = {Status.OK: "green", Status.DEGRADED: "yellow", Status.FAILED: "red",
-             Status.SKIPPED: "dim"}
+    style = {
+        Status.OK: "green",
+        Status.DEGRADED: "yellow",
+        Status.FAILED: "red",
+        Status.SKIPPED: "dim",
+    }
     table = Table(title=title, title_justify="left")
     table.add_column("target")
     table.add_column("check")
@@ -158,8 +164,13 @@ def results_table(results: list[CheckResult], title: str) -> Table:
     table.add_column("reason / values", overflow="fold")
     for r in results:
         detail = r.reason or ", ".join(f"{k}={v}" for k, v in list(r.values.items())[:6])
-        table.add_row(r.target, r.check, f"[{style[r.status]}]{r.status.value}[/]",
-                      f"{r.duration * 1000:.0f} ms", detail)
+        table.add_row(
+            r.target,
+            r.check,
+            f"[{style[r.status]}]{r.status.value}[/]",
+            f"{r.duration * 1000:.0f} ms",
+            detail,
+        )
     return table
 
 
@@ -194,7 +205,9 @@ def demo(
     directory: Annotated[
         Path | None, typer.Option("--dir", help="where the demo writes config, logs, state")
     ] = None,
-    api_port: Annotated[int, typer.Option("--api-port", help="Guardian API port (0: any free)")] = 8787,
+    api_port: Annotated[
+        int, typer.Option("--api-port", help="Guardian API port (0: any free)")
+    ] = 8787,
     log_format: Annotated[str, typer.Option("--log-format")] = "auto",
 ) -> None:
     """Start a simulated ComfyUI + panel under Guardian's supervision and watch them."""

@@ -76,7 +76,11 @@ class Engine:
         t0 = self.clock.monotonic()
         outcome = await self._run_with_timeout(sc.check, cfg.timeout)
         duration = self.clock.monotonic() - t0
-        reason = outcome.reason if len(outcome.reason) <= MAX_REASON else outcome.reason[:MAX_REASON] + "…"
+        reason = (
+            outcome.reason
+            if len(outcome.reason) <= MAX_REASON
+            else outcome.reason[:MAX_REASON] + "…"
+        )
         return CheckResult(
             target=sc.target,
             check=sc.name,
@@ -138,12 +142,27 @@ class Engine:
         if changed and prev is not None:
             fields["previous"] = prev.status.value
             level = logging.WARNING if result.status is Status.FAILED else logging.INFO
-            log.log(level, "%s/%s %s -> %s %s", result.target, result.check,
-                    prev.status.value, result.status.value, result.reason, extra=fields)
+            log.log(
+                level,
+                "%s/%s %s -> %s %s",
+                result.target,
+                result.check,
+                prev.status.value,
+                result.status.value,
+                result.reason,
+                extra=fields,
+            )
         elif changed:
             level = logging.WARNING if result.status is Status.FAILED else logging.INFO
-            log.log(level, "%s/%s %s %s", result.target, result.check,
-                    result.status.value, result.reason, extra=fields)
+            log.log(
+                level,
+                "%s/%s %s %s",
+                result.target,
+                result.check,
+                result.status.value,
+                result.reason,
+                extra=fields,
+            )
         else:
             log.debug("%s/%s %s", result.target, result.check, result.status.value, extra=fields)
 
@@ -180,12 +199,15 @@ class Engine:
         self._stopping = False
         for sc in self.scheduled:
             if sc not in self._tasks or self._tasks[sc].done():
-                self._tasks[sc] = asyncio.create_task(self._loop(sc), name=f"check:{sc.target}/{sc.name}")
+                self._tasks[sc] = asyncio.create_task(
+                    self._loop(sc), name=f"check:{sc.target}/{sc.name}"
+                )
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop scheduling; running checks get ``grace`` seconds, then are cancelled."""
         self._stopping = True
         running = [t for sc, t in self._tasks.items() if sc.running and not t.done()]
+        strays: list[asyncio.Task[Outcome]] = list(self._stray)
         for sc, task in self._tasks.items():
             if not sc.running:
                 task.cancel()
@@ -195,8 +217,8 @@ class Engine:
                 task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
-        for task in list(self._stray):
-            task.cancel()
+        for stray in strays:
+            stray.cancel()
 
     async def run_once(self, target: str | None = None) -> list[CheckResult]:
         """Run every (matching) check once, concurrently, and record the results."""

@@ -8,6 +8,7 @@ once on stderr and goes quiet, and the console keeps logging.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -21,7 +22,8 @@ LogFormat = Literal["json", "pretty", "auto"]
 LOG_FILE_NAME = "guardian.log"
 
 _STANDARD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime", "taskName"}
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
+    | {"message", "asctime", "taskName"}
 )
 
 
@@ -58,8 +60,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
 
 
-_COLORS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[36m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31;1m",
-           "CRITICAL": "\x1b[41;97m"}
+_COLORS = {
+    "DEBUG": "\x1b[2m",
+    "INFO": "\x1b[36m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31;1m",
+    "CRITICAL": "\x1b[41;97m",
+}
 _RESET, _DIM = "\x1b[0m", "\x1b[2m"
 
 
@@ -73,8 +80,11 @@ class PrettyFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         level = record.levelname[:4]
-        extras = {k: v for k, v in _fields(record).items()
-                  if k not in ("event", "target", "check", "kind", "status", "reason")}
+        extras = {
+            k: v
+            for k, v in _fields(record).items()
+            if k not in ("event", "target", "check", "kind", "status", "reason")
+        }
         tail = " ".join(f"{k}={v}" for k, v in extras.items())
         line = f"{ts} {level:<4} {record.getMessage()}"
         if record.exc_info:
@@ -95,7 +105,9 @@ class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating file handler that degrades to silence (once announced) on I/O errors."""
 
     def __init__(self, path: Path, max_bytes: int, backups: int, fallback: TextIO) -> None:
-        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
+        super().__init__(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
+        )
         self._fallback = fallback
         self.failed = False
         self._warn_lock = threading.Lock()
@@ -105,20 +117,22 @@ class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
             return
         super().emit(record)
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)
+    def handleError(self, record: logging.LogRecord) -> None:
         with self._warn_lock:
             if self.failed:
                 return
             self.failed = True
         err = sys.exc_info()[1]
-        _say_once(self._fallback, f"cannot write log file {self.baseFilename}: {err}; "
-                  "logging to the console only")
+        _say_once(
+            self._fallback,
+            f"cannot write log file {self.baseFilename}: {err}; logging to the console only",
+        )
         try:
             if self.stream:
                 self.stream.close()
         except OSError:
             pass
-        self.stream = None  # type: ignore[assignment]
+        self.stream = None
 
 
 def _say_once(stream: TextIO, message: str) -> None:
@@ -142,10 +156,8 @@ class LogSetup:
 
     def flush(self) -> None:
         for h in logging.getLogger("guardian").handlers:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 h.flush()
-            except (OSError, ValueError):
-                pass
 
 
 def setup_logging(
@@ -181,8 +193,9 @@ def setup_logging(
         with open(path, "a", encoding="utf-8"):
             pass
     except OSError as e:
-        _say_once(stream, f"cannot write log file {path}: {e.strerror or e}; "
-                  "logging to the console only")
+        _say_once(
+            stream, f"cannot write log file {path}: {e.strerror or e}; logging to the console only"
+        )
         return LogSetup(None, None)
     handler = SafeRotatingFileHandler(path, max_bytes, backups, stream)
     handler.setFormatter(JsonFormatter())

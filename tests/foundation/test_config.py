@@ -28,31 +28,74 @@ BROKEN = [
     ("[guardian]\nlog_level = 'loud'", "guardian.log_level", 2, "'debug'"),
     ("[api]\nport = 'eighty'", "api.port", 2, "integer"),
     (BASE + "interval = 0\n", "targets[0].checks[0].interval", 7, "greater than 0"),
-    (BASE + "interval = 5\ntimeout = 10\n", "targets[0].checks[0]", 4, "must be less than interval"),
+    (
+        BASE + "interval = 5\ntimeout = 10\n",
+        "targets[0].checks[0]",
+        4,
+        "must be less than interval",
+    ),
     (BASE + BASE, "targets[1].name", 9, "duplicate target name 'panel'"),
     (
         "[[targets]]\nname='d'\n[[targets.checks]]\nkind='disk'\nwarn_gb=10\ncritical_gb=20\n",
-        "targets[0].checks[0]", 3, "warn_gb (10) is below critical_gb (20)",
+        "targets[0].checks[0]",
+        3,
+        "warn_gb (10) is below critical_gb (20)",
     ),
-    ("[[targets]]\nname='x'\n[[targets.checks]]\nkind='smtp'\n", "targets[0].checks[0]", 3,
-     "unknown check kind 'smtp'"),
-    ("[[targets]]\nname='x'\n[[targets.checks]]\ninterval=5\n", "targets[0].checks[0]", 3,
-     "missing `kind`"),
+    (
+        "[[targets]]\nname='x'\n[[targets.checks]]\nkind='smtp'\n",
+        "targets[0].checks[0]",
+        3,
+        "unknown check kind 'smtp'",
+    ),
+    (
+        "[[targets]]\nname='x'\n[[targets.checks]]\ninterval=5\n",
+        "targets[0].checks[0]",
+        3,
+        "missing `kind`",
+    ),
     ("[[targets]]\nname='bad name!'\n", "targets[0].name", 2, "should match pattern"),
-    ("[[targets]]\nname='x'\n[targets.service]\nname='foo & del C:\\\\*'\n",
-     "targets[0].service.name", 4, "invalid service name"),
-    ("[[targets]]\nname='x'\n[targets.service]\nbackend='process'\n", "targets[0].service", 3,
-     "needs `command`"),
-    ("[[targets]]\nname='x'\n[targets.recovery]\nmax_attempts=0\n",
-     "targets[0].recovery.max_attempts", 4, "greater than or equal to 1"),
-    (BASE + "[targets.recovery]\ndepends_on=['nope']\n", "targets[0].recovery.depends_on", 8,
-     "unknown target 'nope'"),
-    (BASE + "[[targets.checks]]\nkind='http'\nurl='http://x'\n", "targets[0].checks[1]", 7,
-     "duplicate check name 'http'"),
-    ("[[targets]]\nname='x'\n[[targets.checks]]\nkind='service'\n", "targets[0].checks[0]", 3,
-     "needs [targets.service]"),
-    ("[[targets]]\nname='x'\n[[targets.checks]]\nkind='http'\nurl='ftp://x'\n",
-     "targets[0].checks[0].url", 5, "https?"),
+    (
+        "[[targets]]\nname='x'\n[targets.service]\nname='foo & del C:\\\\*'\n",
+        "targets[0].service.name",
+        4,
+        "invalid service name",
+    ),
+    (
+        "[[targets]]\nname='x'\n[targets.service]\nbackend='process'\n",
+        "targets[0].service",
+        3,
+        "needs `command`",
+    ),
+    (
+        "[[targets]]\nname='x'\n[targets.recovery]\nmax_attempts=0\n",
+        "targets[0].recovery.max_attempts",
+        4,
+        "greater than or equal to 1",
+    ),
+    (
+        BASE + "[targets.recovery]\ndepends_on=['nope']\n",
+        "targets[0].recovery.depends_on",
+        8,
+        "unknown target 'nope'",
+    ),
+    (
+        BASE + "[[targets.checks]]\nkind='http'\nurl='http://x'\n",
+        "targets[0].checks[1]",
+        7,
+        "duplicate check name 'http'",
+    ),
+    (
+        "[[targets]]\nname='x'\n[[targets.checks]]\nkind='service'\n",
+        "targets[0].checks[0]",
+        3,
+        "needs [targets.service]",
+    ),
+    (
+        "[[targets]]\nname='x'\n[[targets.checks]]\nkind='http'\nurl='ftp://x'\n",
+        "targets[0].checks[0].url",
+        5,
+        "https?",
+    ),
 ]
 
 
@@ -80,7 +123,11 @@ def test_every_problem_is_reported_at_once() -> None:
     text = "[guardian]\nlog_level='loud'\nnope=1\n[api]\nport=-1\n"
     with pytest.raises(ConfigError) as exc:
         parse_config(text)
-    assert {p.path for p in exc.value.problems} == {"guardian.log_level", "guardian.nope", "api.port"}
+    assert {p.path for p in exc.value.problems} == {
+        "guardian.log_level",
+        "guardian.nope",
+        "api.port",
+    }
 
 
 def test_example_config_is_valid_and_is_the_original_plan() -> None:
@@ -114,8 +161,14 @@ def test_defaults_match_the_plan_without_any_file() -> None:
 def test_env_overrides_scalars_and_bad_env_values_name_the_key(tmp_path: Path) -> None:
     f = tmp_path / "g.toml"
     f.write_text("[guardian]\nlog_level='info'\n")
-    cfg = load_config(f, env={"GUARDIAN_LOG_DIR": str(tmp_path / "logs"), "GUARDIAN_API_PORT": "9000",
-                              "GUARDIAN_API_TOKEN": "s3cret"})
+    cfg = load_config(
+        f,
+        env={
+            "GUARDIAN_LOG_DIR": str(tmp_path / "logs"),
+            "GUARDIAN_API_PORT": "9000",
+            "GUARDIAN_API_TOKEN": "s3cret",
+        },
+    )
     assert cfg.guardian.log_dir == tmp_path / "logs"
     assert cfg.api.port == 9000
     assert cfg.api.token is not None and cfg.api.token.get_secret_value() == "s3cret"
@@ -124,7 +177,9 @@ def test_env_overrides_scalars_and_bad_env_values_name_the_key(tmp_path: Path) -
     assert exc.value.problems[0].path == "api.port"
 
 
-def test_config_file_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_file_from_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     f = tmp_path / "g.toml"
     f.write_text("[[targets]]\nname='only'\n")
     monkeypatch.setenv("GUARDIAN_CONFIG", str(f))

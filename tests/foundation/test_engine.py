@@ -44,14 +44,21 @@ class FakeCheck:
         pass
 
 
-def make(name: str, interval: float, timeout: float, behaviour: str = "ok", **kw: object) -> FakeCheck:
+def make(
+    name: str, interval: float, timeout: float, behaviour: str = "ok", **kw: object
+) -> FakeCheck:
     return FakeCheck(Cfg(name=name, interval=interval, timeout=timeout), behaviour, **kw)  # type: ignore[arg-type]
 
 
 def engine(checks: list[FakeCheck], clock: object, jitter: float = 0.0) -> Engine:
     state = State(Config())
-    return Engine(state, [("t", c) for c in checks], clock, jitter=jitter,  # type: ignore[arg-type]
-                  rng=random.Random(1))
+    return Engine(
+        state,
+        [("t", c) for c in checks],
+        clock,
+        jitter=jitter,  # type: ignore[arg-type]
+        rng=random.Random(1),
+    )
 
 
 async def test_hung_check_times_out_while_fast_check_keeps_cadence_real_time() -> None:

@@ -15,7 +15,9 @@ log = logging.getLogger("guardian.test")
 def test_json_lines_have_time_level_msg_and_event_fields(tmp_path: Path) -> None:
     console = io.StringIO()
     setup_logging(tmp_path, "debug", "json", stream=console)
-    log.info("restarted %s", "comfyui", extra={"target": "comfyui", "event": "restart", "attempt": 2})
+    log.info(
+        "restarted %s", "comfyui", extra={"target": "comfyui", "event": "restart", "attempt": 2}
+    )
     try:
         raise ValueError("bad")
     except ValueError:
@@ -27,7 +29,10 @@ def test_json_lines_have_time_level_msg_and_event_fields(tmp_path: Path) -> None
     assert first["level"] == "info" and first["target"] == "comfyui" and first["attempt"] == 2
     assert first["time"].endswith("+00:00")
     assert "ValueError: bad" in entries[1]["exc"]
-    assert [json.loads(x)["msg"] for x in console.getvalue().splitlines()] == ["restarted comfyui", "oops"]
+    assert [json.loads(x)["msg"] for x in console.getvalue().splitlines()] == [
+        "restarted comfyui",
+        "oops",
+    ]
 
 
 def test_rotation_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
@@ -57,10 +62,12 @@ def test_log_file_failing_mid_run_is_announced_once(tmp_path: Path) -> None:
     setup = setup_logging(tmp_path, "info", "json", stream=console)
     log.info("before")
     assert setup.file_handler is not None
+
     # Simulate the disk going away under an open file: every write now raises.
     class Broken(io.StringIO):
         def write(self, s: str) -> int:
             raise OSError(28, "No space left on device")
+
     setup.file_handler.stream = Broken()
     for _ in range(5):
         log.info("during outage")

@@ -44,7 +44,9 @@ def test_signal_stops_guardian_with_exit_0_and_final_log_line(tmp_path: Path, si
     cfg = write_config(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "guardian", "run", "--config", str(cfg), "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     log_file = tmp_path / "logs" / "guardian.log"
     deadline = time.monotonic() + 15
