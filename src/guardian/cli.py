@@ -197,6 +197,62 @@ def check(
     raise typer.Exit(EXIT_FOR[health])
 
 
+# --------------------------------------------------------------------------- client
+
+
+def _api_call(cfg: Config, method: str, path: str) -> Any:
+    """Call the running Guardian's API; print a clear error and exit 2 when it fails."""
+    import httpx
+
+    host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::", "") else cfg.api.host
+    url = f"http://{host}:{cfg.api.port}{path}"
+    headers = {}
+    if cfg.api.token is not None and cfg.api.token.get_secret_value():
+        headers["Authorization"] = f"Bearer {cfg.api.token.get_secret_value()}"
+    try:
+        resp = httpx.request(method, url, headers=headers, timeout=30)
+    except httpx.HTTPError as e:
+        err.print(f"cannot reach Guardian at {url}: {e}. Is `guardian run` running?")
+        raise typer.Exit(2) from None
+    if resp.status_code >= 400:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        err.print(f"Guardian answered HTTP {resp.status_code}: {detail}")
+        raise typer.Exit(2)
+    return resp.json()
+
+
+@app.command()
+def restart(
+    target: Annotated[str, typer.Argument(help="target whose service to restart")],
+    config: ConfigOpt = None,
+) -> None:
+    """Ask the running Guardian to restart a target now (resets its circuit breaker)."""
+    cfg = load_or_exit(config)
+    if target not in {t.name for t in cfg.targets}:
+        err.print(f"unknown target {target!r}")
+        raise typer.Exit(2)
+    body = _api_call(cfg, "POST", f"/api/targets/{target}/restart")
+    out.print(body.get("message", body) if isinstance(body, dict) else body)
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """Show the running Guardian's view of the stack; exit 0/1/2 like `check`."""
+    cfg = load_or_exit(config)
+    body = _api_call(cfg, "GET", "/api/health")
+    health = body.get("status", "unhealthy")
+    table = Table(title=f"Guardian: {health}", title_justify="left")
+    for col in ("target", "status", "reason"):
+        table.add_column(col)
+    for name, info in (body.get("targets") or {}).items():
+        table.add_row(name, str(info.get("status")), str(info.get("reason") or ""))
+    out.print(table)
+    raise typer.Exit(EXIT_FOR.get(health, 2))
+
+
 # --------------------------------------------------------------------------- demo
 
 
