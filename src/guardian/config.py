@@ -117,11 +117,13 @@ class EscalationSection(_Section):
     report_log_lines: int = Field(200, ge=0, le=100_000)
 
 
+NotifyEvent = Literal["open", "escalate", "resolve"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("open", "escalate", "resolve")
+
+
 class NotifySection(_Section):
     urls: list[SecretStr] = Field(default_factory=list, description="apprise URLs")
-    events: list[Literal["open", "escalate", "resolve"]] = Field(
-        default_factory=lambda: ["open", "escalate", "resolve"]
-    )
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
     rate_limit_per_hour: int = Field(20, ge=1, description="per target")
     retries: int = Field(3, ge=0, le=10)
     timeout: float = Field(10.0, gt=0)
@@ -316,7 +318,9 @@ def load_config(
     return parse_config(text, source=source, env=env)
 
 
-def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+def parse_config(
+    text: str, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> Config:
     env = {} if env is None else env
     try:
         raw = tomllib.loads(text)
@@ -337,9 +341,7 @@ def _validate(raw: dict[str, Any], source: str, text: str) -> Config:
             path = _format_loc(err["loc"])
             problems.append(Problem(path, _message(err), locator.line_of(path)))
         raise ConfigError(source, _dedupe(problems)) from None
-    problems = [
-        Problem(p, m, locator.line_of(p)) for p, m in _semantic_problems(cfg)
-    ]
+    problems = [Problem(p, m, locator.line_of(p)) for p, m in _semantic_problems(cfg)]
     if problems:
         raise ConfigError(source, problems)
     return cfg
@@ -352,7 +354,10 @@ def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     for i, t in enumerate(cfg.targets):
         if t.name in seen:
             problems.append(
-                (f"targets[{i}].name", f"duplicate target name {t.name!r} (also targets[{seen[t.name]}])")
+                (
+                    f"targets[{i}].name",
+                    f"duplicate target name {t.name!r} (also targets[{seen[t.name]}])",
+                )
             )
         else:
             seen[t.name] = i
@@ -376,7 +381,9 @@ def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
             if dep not in seen:
                 problems.append((f"targets[{i}].recovery.depends_on", f"unknown target {dep!r}"))
             elif dep == t.name:
-                problems.append((f"targets[{i}].recovery.depends_on", "a target cannot depend on itself"))
+                problems.append(
+                    (f"targets[{i}].recovery.depends_on", "a target cannot depend on itself")
+                )
     return problems
 
 
@@ -397,12 +404,17 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "union_tag_invalid":
-        return f"unknown check kind {err.get('input', {}).get('kind')!r}; expected one of {', '.join(CHECK_KINDS)}"
+        got = err.get("input", {}).get("kind")
+        return f"unknown check kind {got!r}; expected one of {', '.join(CHECK_KINDS)}"
     if kind == "union_tag_not_found":
         return f"missing `kind`; expected one of {', '.join(CHECK_KINDS)}"
     msg = msg.removeprefix("Value error, ")
     inp = err.get("input")
-    if kind not in ("missing", "value_error") and isinstance(inp, str | int | float | bool) and len(str(inp)) < 80:
+    if (
+        kind not in ("missing", "value_error")
+        and isinstance(inp, str | int | float | bool)
+        and len(str(inp)) < 80
+    ):
         msg += f" (got {inp!r})"
     return msg
 

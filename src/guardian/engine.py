@@ -1,0 +1,237 @@
+"""The scheduler: every check on its own interval, under its own hard timeout.
+
+Each check gets one asyncio task that sleeps until its next due time, runs the check,
+records the result and computes the next due time on a fixed grid (so a slow run never
+drifts the cadence). Timeouts are enforced here, not trusted to the check: an overrunning
+check is cancelled and recorded as failed with reason ``timeout``; an exception becomes a
+failed result with the exception's text. One check can therefore never delay or kill
+another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from guardian.checks.base import Check
+from guardian.clock import Clock
+from guardian.result import CheckResult, Outcome, Status
+from guardian.state import State
+
+log = logging.getLogger("guardian.engine")
+
+MAX_REASON = 500
+
+
+@dataclass(eq=False)
+class Scheduled:
+    """A check bound to its target, with its scheduling bookkeeping."""
+
+    target: str
+    check: Check
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    running: bool = False
+    runs: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.check.config.check_name
+
+    @property
+    def kind(self) -> str:
+        return self.check.config.kind
+
+
+class Engine:
+    def __init__(
+        self,
+        state: State,
+        checks: Iterable[tuple[str, Check]],
+        clock: Clock,
+        *,
+        jitter: float = 0.1,
+        first_run_spread: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.state = state
+        self.clock = clock
+        self.jitter = jitter
+        self.first_run_spread = first_run_spread
+        self.scheduled = [Scheduled(t, c) for t, c in checks if c.config.enabled]
+        self._rng = rng or random.Random()
+        self._tasks: dict[Scheduled, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._stray: set[asyncio.Task[Outcome]] = set()
+
+    # ------------------------------------------------------------------ one run
+
+    async def execute(self, sc: Scheduled) -> CheckResult:
+        """Run one check once under its timeout; always returns a result."""
+        cfg = sc.check.config
+        started = self.clock.now()
+        t0 = self.clock.monotonic()
+        outcome = await self._run_with_timeout(sc.check, cfg.timeout)
+        duration = self.clock.monotonic() - t0
+        reason = (
+            outcome.reason
+            if len(outcome.reason) <= MAX_REASON
+            else outcome.reason[:MAX_REASON] + "…"
+        )
+        return CheckResult(
+            target=sc.target,
+            check=sc.name,
+            kind=sc.kind,
+            status=outcome.status,
+            reason=reason,
+            values=dict(outcome.values),
+            started=started,
+            finished=self.clock.now(),
+            duration=duration,
+        )
+
+    async def _run_with_timeout(self, check: Check, timeout: float) -> Outcome:
+        task: asyncio.Task[Outcome] = asyncio.ensure_future(check.run())
+        timer = asyncio.ensure_future(self.clock.sleep(timeout))
+        try:
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            timer.cancel()
+            raise
+        if not task.done():
+            task.cancel()
+            self._stray.add(task)
+            task.add_done_callback(self._reap)
+            return Outcome.failed("timeout", timeout_s=timeout)
+        timer.cancel()
+        if task.cancelled():
+            return Outcome.failed("check was cancelled")
+        exc = task.exception()
+        if exc is not None:
+            log.debug("check raised", exc_info=exc)
+            return Outcome.failed(f"check error: {type(exc).__name__}: {exc}")
+        result = task.result()
+        if not isinstance(result, Outcome):
+            return Outcome.failed(f"check returned {type(result).__name__}, not an Outcome")
+        return result
+
+    def _reap(self, task: asyncio.Task[Outcome]) -> None:
+        self._stray.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieve so asyncio doesn't warn; the timeout was recorded
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _record(self, result: CheckResult) -> None:
+        prev = self.state.latest(result.target, result.check)
+        self.state.record(result)
+        changed = prev is None or prev.status is not result.status
+        fields = {
+            "target": result.target,
+            "check": result.check,
+            "kind": result.kind,
+            "event": "check",
+            "status": result.status.value,
+            "reason": result.reason,
+            "duration_ms": round(result.duration * 1000, 2),
+        }
+        if changed and prev is not None:
+            fields["previous"] = prev.status.value
+            level = logging.WARNING if result.status is Status.FAILED else logging.INFO
+            log.log(
+                level,
+                "%s/%s %s -> %s %s",
+                result.target,
+                result.check,
+                prev.status.value,
+                result.status.value,
+                result.reason,
+                extra=fields,
+            )
+        elif changed:
+            level = logging.WARNING if result.status is Status.FAILED else logging.INFO
+            log.log(
+                level,
+                "%s/%s %s %s",
+                result.target,
+                result.check,
+                result.status.value,
+                result.reason,
+                extra=fields,
+            )
+        else:
+            log.debug("%s/%s %s", result.target, result.check, result.status.value, extra=fields)
+
+    async def _loop(self, sc: Scheduled) -> None:
+        interval = sc.check.config.interval
+        spread = min(self.jitter * interval, self.first_run_spread)
+        origin = self.clock.monotonic() + self._rng.uniform(0, spread)
+        n = 0
+        while not self._stopping:
+            due = origin + n * interval
+            if n:
+                due += self._rng.uniform(-0.5, 0.5) * self.jitter * interval
+            delay = due - self.clock.monotonic()
+            if delay > 0:
+                await self.clock.sleep(delay)
+            if self._stopping:
+                return
+            sc.lateness.append(max(0.0, self.clock.monotonic() - due))
+            sc.running = True
+            try:
+                result = await self.execute(sc)
+            finally:
+                sc.running = False
+            sc.runs += 1
+            self._record(result)
+            # Next slot on the fixed grid; skip slots a slow run overlapped.
+            now = self.clock.monotonic()
+            n += 1
+            while origin + n * interval < now - interval * 0.5:
+                n += 1
+
+    def start(self) -> None:
+        """Start one scheduling task per enabled check."""
+        self._stopping = False
+        for sc in self.scheduled:
+            if sc not in self._tasks or self._tasks[sc].done():
+                self._tasks[sc] = asyncio.create_task(
+                    self._loop(sc), name=f"check:{sc.target}/{sc.name}"
+                )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop scheduling; running checks get ``grace`` seconds, then are cancelled."""
+        self._stopping = True
+        running = [t for sc, t in self._tasks.items() if sc.running and not t.done()]
+        strays: list[asyncio.Task[Outcome]] = list(self._stray)
+        for sc, task in self._tasks.items():
+            if not sc.running:
+                task.cancel()
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        for stray in strays:
+            stray.cancel()
+
+    async def run_once(self, target: str | None = None) -> list[CheckResult]:
+        """Run every (matching) check once, concurrently, and record the results."""
+        chosen = [sc for sc in self.scheduled if target is None or sc.target == target]
+        results = await asyncio.gather(*(self.execute(sc) for sc in chosen))
+        for r in results:
+            self._record(r)
+        return list(results)
+
+    async def aclose(self) -> None:
+        await self.stop(grace=0.1)
+        for sc in self.scheduled:
+            try:
+                await sc.check.aclose()
+            except Exception:
+                log.exception("closing check %s/%s failed", sc.target, sc.name)
