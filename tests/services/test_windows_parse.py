@@ -71,7 +71,12 @@ def test_stopped_with_error_exit_is_failed():
             "The specified service does not exist as an installed service.",
         ),
         ("sc_queryex_5.txt", "OpenService", 5, "Access is denied."),
-        ("sc_start_1056.txt", "StartService", 1056, "An instance of the service is already running."),
+        (
+            "sc_start_1056.txt",
+            "StartService",
+            1056,
+            "An instance of the service is already running.",
+        ),
         ("sc_stop_1062.txt", "ControlService", 1062, "The service has not been started."),
         ("sc_queryex_1060_de_cp850.txt", "EnumQueryServicesStatus:OpenService", 1060, None),
         ("sc_start_5_fr_cp850.txt", "OpenService", 5, None),
@@ -115,9 +120,10 @@ def test_nssm_utf16_would_not_parse_naively():
 def test_nssm_errors():
     notfound = text("nssm_status_notfound.txt")
     assert parse_nssm_status(notfound) is None
-    assert classify_nssm_error(notfound, 3) is ServiceErrorKind.NOT_FOUND
-    assert classify_nssm_error("OpenService(): Access is denied.", 5) is ServiceErrorKind.ACCESS_DENIED
-    assert classify_nssm_error("something else", 1) is ServiceErrorKind.FAILED
+    assert classify_nssm_error(notfound) is ServiceErrorKind.NOT_FOUND
+    denied = classify_nssm_error("OpenService(): Access is denied.")
+    assert denied is ServiceErrorKind.ACCESS_DENIED
+    assert classify_nssm_error("something else") is ServiceErrorKind.FAILED
 
 
 def test_read_tail_reads_backwards(tmp_path):

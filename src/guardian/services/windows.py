@@ -154,9 +154,7 @@ def _leading_int(value: str) -> int | None:
 
 # --------------------------------------------------------------------------- NSSM
 
-_NSSM_STATES: dict[str, ServiceState] = {
-    "SERVICE_" + k: v for k, v in _STATE_MAP.items()
-}
+_NSSM_STATES: dict[str, ServiceState] = {"SERVICE_" + k: v for k, v in _STATE_MAP.items()}
 
 
 def parse_nssm_status(text: str) -> ServiceState | None:
@@ -167,7 +165,7 @@ def parse_nssm_status(text: str) -> ServiceState | None:
     return None
 
 
-def classify_nssm_error(text: str, rc: int) -> ServiceErrorKind:
+def classify_nssm_error(text: str) -> ServiceErrorKind:
     """NSSM prints Win32 messages (``OpenService(): Access is denied.``); English only."""
     lowered = text.lower()
     if "does not exist" in lowered or "no such service" in lowered:
@@ -333,7 +331,7 @@ class WindowsServiceBackend:
         if result.rc == 0 and state is not None:
             return ServiceStatus(state, detail=result.stdout.strip())
         text = (result.stdout + "\n" + result.stderr).strip()
-        kind = classify_nssm_error(text, result.rc)
+        kind = classify_nssm_error(text)
         if kind is ServiceErrorKind.NOT_FOUND:
             return ServiceStatus(ServiceState.NOT_FOUND, detail=text)
         raise ServiceError(kind, f"nssm status {self.service_name}: {text[:300]}")
@@ -388,7 +386,7 @@ class WindowsServiceBackend:
         if result.rc == 0:
             return
         text = (result.stdout + "\n" + result.stderr).strip()
-        kind = classify_nssm_error(text, result.rc)
+        kind = classify_nssm_error(text)
         raise ServiceError(kind, f"nssm restart {self.service_name}: {text[:300]}")
 
     async def log_tail(self, lines: int = 200) -> list[str]:
@@ -418,7 +416,7 @@ class WindowsServiceBackend:
         if result.rc != 0:
             text = (result.stdout + "\n" + result.stderr).strip()
             raise ServiceError(
-                classify_nssm_error(text, result.rc),
+                classify_nssm_error(text),
                 f"nssm get {self.service_name} {parameter}: {text[:300]}",
             )
         return result.stdout.strip()
