@@ -199,3 +199,11 @@ async def test_hostile_names_never_reach_a_tool(fake_tools, hostile):
     with pytest.raises(ValueError):
         WindowsServiceBackend("t", hostile, use_nssm=True)
     assert fake_tools.calls() == []
+
+
+async def test_unrecognised_sc_output_is_a_clear_failure(fake_tools):
+    (fake_tools.bin / "sc.exe").write_text("#!/bin/sh\necho 'something else entirely'\n")
+    with pytest.raises(ServiceError) as e:
+        await backend().status()
+    assert e.value.kind is ServiceErrorKind.FAILED
+    assert "unrecognised output" in str(e.value)

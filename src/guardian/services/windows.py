@@ -289,6 +289,11 @@ class WindowsServiceBackend:
     def _sc_failure(self, action: str, result: CommandResult) -> ServiceError:
         text = result.stdout + "\n" + result.stderr
         err = parse_sc_error(text)
+        if err is None and result.rc == 0:
+            return ServiceError(
+                ServiceErrorKind.FAILED,
+                f"sc {action} {self.service_name}: unrecognised output: {text.strip()[:300]!r}",
+            )
         code = err.code if err else result.rc
         words = err.message if err and err.message else text.strip()[:300]
         message = f"sc {action} {self.service_name}: error {code}: {words}"
