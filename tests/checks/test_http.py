@@ -70,8 +70,9 @@ async def test_status_codes(http_server: Any, run_http: RunHttp, route: Any) -> 
     ("body", "status", "reason"),
     [
         ({"status": "healthy"}, Status.OK, "HTTP 200"),
-        ({"status": "ok"}, Status.OK, "HTTP 200"),
-        ({"status": "pass"}, Status.OK, "HTTP 200"),
+        ({"status": "HEALTHY "}, Status.OK, "HTTP 200"),
+        ({"status": "ok"}, Status.FAILED, 'status "ok"'),  # the plan's contract is strict
+        ({"status": "warn"}, Status.FAILED, 'status "warn"'),
         ({"status": "degraded"}, Status.DEGRADED, 'status "degraded"'),
         ({"status": "unhealthy"}, Status.FAILED, 'status "unhealthy"'),
         ({"status": "exploded"}, Status.FAILED, 'status "exploded"'),

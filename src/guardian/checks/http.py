@@ -11,8 +11,8 @@ One GET/HEAD per run, judged in this order (the first failure wins; degradations
 4. JSON. The body is parsed when it is not empty. Invalid JSON *fails* when the server
    says it is JSON (``Content-Type: ...json``) or when ``conditions`` need it; otherwise it
    is a plain-text health endpoint and a 2xx is enough. With ``json_status``, a top-level
-   object's ``status`` (or else ``overall``) decides: ``healthy``/``ok``/``up``/``pass`` →
-   ok, ``degraded``/``warn`` → *degraded*, anything else (``unhealthy``, ``fail``, a
+   object's ``status`` (or else ``overall``) decides: ``healthy`` →
+   ok, ``degraded`` → *degraded*, anything else (``unhealthy``, ``ok``, ``fail``, a
    number, a nested object) → *failed* ``status "unhealthy"``. JSON without either field
    (or a list or string at the top) says nothing about health, so it is ok.
 5. ``conditions``: each dotted path must resolve (through objects and list indices) and
@@ -37,8 +37,10 @@ from guardian.checks.base import CheckConfigBase, CheckContext
 from guardian.checks.bodyread import BodyTooLarge, read_capped
 from guardian.result import Outcome, Status, Value, worst
 
-OK_WORDS = frozenset({"healthy", "ok", "up", "pass"})
-DEGRADED_WORDS = frozenset({"degraded", "warn"})
+# The original plan's contract, strictly: anything but these two words is a failure.
+# (An endpoint that says "UP"/"pass" can set json_status = false and use conditions.)
+OK_WORDS = frozenset({"healthy"})
+DEGRADED_WORDS = frozenset({"degraded"})
 
 
 class JsonCondition(BaseModel):
