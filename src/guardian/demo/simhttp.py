@@ -204,7 +204,8 @@ class SimApp:
         self.port = int(self._server.server_address[1])
         self.started_at = time.time()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"{self.name}-http", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name=f"{self.name}-http",
+            daemon=True,
         )
         self._thread.start()
         self.on_start()
@@ -275,8 +276,12 @@ class SimApp:
         self.log("[sim] crash fault: exiting with status 1")
         if self.exit_on_crash:
             os._exit(1)
-        self.crashed = True
-        threading.Thread(target=self.stop, daemon=True).start()
+
+        def die() -> None:
+            self.stop()
+            self.crashed = True  # set once the port is closed, so tests can wait on it
+
+        threading.Thread(target=die, daemon=True).start()
 
     def wait_while_fault(self, mode: str, timeout: float | None = None) -> None:
         """Block while ``mode`` is active (or until stop/timeout): a hung process."""
