@@ -75,6 +75,7 @@ async def test_oom_reason_names_cuda_out_of_memory(comfy: ComfyUISim, make: Make
     assert out.status is Status.FAILED
     assert "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate" in out.reason
     assert len(out.reason) < 500
+    assert "TIPS: If the workflow worked before" in str(out.values["exception_message"])
 
 
 async def test_interrupted_canary_fails(comfy: ComfyUISim, make: Make, until: Any) -> None:
@@ -173,7 +174,7 @@ async def test_connection_refused_fails(make: Make) -> None:
         port = s.getsockname()[1]
     out = await make(url=f"http://127.0.0.1:{port}").run()
     assert out.status is Status.FAILED
-    assert out.reason.startswith(f"cannot connect to http://127.0.0.1:{port}")
+    assert out.reason == f"cannot connect to http://127.0.0.1:{port}: connection refused"
 
 
 async def test_hung_server_fails_within_the_timeout(comfy: ComfyUISim, make: Make) -> None:

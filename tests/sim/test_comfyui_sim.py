@@ -322,3 +322,19 @@ def test_crash_in_process_refuses_connections(comfy: ComfyUISim, client: httpx.C
     h.wait_for(lambda: comfy.crashed)
     with pytest.raises(httpx.ConnectError):
         httpx.get(comfy.url + "/system_stats", timeout=1, trust_env=False)
+
+
+def test_crash_after_delay_in_process(comfy: ComfyUISim, client: httpx.Client,
+                                      h: SimpleNamespace) -> None:
+    assert set_fault(client, mode="crash", crash_after=0.4)["crash_after"] == 0.4
+    assert client.get("/system_stats").status_code == 200  # still alive for a while
+    h.wait_for(lambda: comfy.crashed)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(comfy.url + "/system_stats", timeout=1, trust_env=False)
+
+
+def test_clearing_a_pending_crash_cancels_it(comfy: ComfyUISim, client: httpx.Client) -> None:
+    set_fault(client, mode="crash", crash_after=0.3)
+    set_fault(client, mode="none")
+    time.sleep(0.5)
+    assert not comfy.crashed and client.get("/queue").status_code == 200

@@ -26,7 +26,7 @@ DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
 MIB = 1024 * 1024
 CANARY_MAX_BODY_BYTES = 4 * MIB
 CANARY_FIRST_POLL = 0.05  # the canary takes milliseconds: poll fast first, then back off
-MAX_MESSAGE = 400
+MAX_MESSAGE = 240  # of an exception message in a reason; values keep more
 
 
 class ComfyUICheckConfig(CheckConfigBase):
@@ -86,7 +86,7 @@ class _Api:
                 f"({type(exc).__name__})"
             ) from exc
         except httpx.ConnectError as exc:
-            raise ComfyUIError(f"cannot connect to {self.url}: {_text(exc)}") from exc
+            raise ComfyUIError(f"cannot connect to {self.url}: {_connect_reason(exc)}") from exc
         except httpx.HTTPError as exc:
             raise ComfyUIError(
                 f"{method} {path} failed: {type(exc).__name__}: {_text(exc)}"
@@ -125,6 +125,18 @@ def parse_json(body: bytes, path: str) -> Any:
 
 def _text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """'connection refused' rather than httpx's 'All connection attempts failed'."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return _text(exc)
 
 
 def _snippet(body: bytes, limit: int = 120) -> str:
@@ -445,6 +457,7 @@ def judge_canary(entry: dict[str, Any], prompt_id: str, latency: float) -> Outco
         exc_type = str(err.get("exception_type") or "error")
         values["exception_type"] = exc_type
         values["node_type"] = _optional_str(err.get("node_type"))
+        values["exception_message"] = _clip(str(err.get("exception_message") or ""), 2000)
         where = f"node {err.get('node_id')} ({err.get('node_type')})"
         message = _clip(str(err.get("exception_message") or ""))
         return Outcome.failed(f"canary failed at {where}: {exc_type}: {message}", **values)

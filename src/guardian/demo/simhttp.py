@@ -27,6 +27,7 @@ INTERNAL_ERROR_BODY = "500 Internal Server Error\n\nServer got itself in trouble
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 CONTROL_PREFIX = "/__sim/"
 COMMON_FAULTS = frozenset({"none", "crash", "hang", "slow", "error500"})
+FAULT_PARAMS = ("delay", "crash_after", "leak_mb")
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Fault:
 
     mode: str = "none"
     delay: float = 5.0  # slow: seconds added to every response
-    after: float = 0.0  # crash: seconds until the process dies
+    crash_after: float = 0.0  # crash: seconds until the process dies
     leak_mb: float = 512.0  # vram_leak: MB lost per /system_stats call
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,7 +250,7 @@ class SimApp:
             raise ValueError(f"unknown fault mode {mode!r}; one of {sorted(self.fault_modes)}")
         fault = Fault(mode)
         for key, value in params.items():
-            if key not in ("delay", "after", "leak_mb"):
+            if key not in FAULT_PARAMS:
                 raise ValueError(f"unknown fault parameter {key!r}")
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"fault parameter {key!r} must be a number >= 0")
@@ -264,7 +265,7 @@ class SimApp:
         self.on_fault(fault)
         if mode == "crash":
             # A short floor so the control request that asked for the crash gets its answer.
-            self._crash_timer = threading.Timer(max(fault.after, 0.1), self.crash)
+            self._crash_timer = threading.Timer(max(fault.crash_after, 0.1), self.crash)
             self._crash_timer.daemon = True
             self._crash_timer.start()
         return fault
@@ -283,15 +284,10 @@ class SimApp:
 
         threading.Thread(target=die, daemon=True).start()
 
-    def wait_while_fault(self, mode: str, timeout: float | None = None) -> None:
-        """Block while ``mode`` is active (or until stop/timeout): a hung process."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def wait_while_fault(self, mode: str) -> None:
+        """Block while ``mode`` is active or until the app stops: a hung process."""
         with self.cond:
-            while self._fault.mode == mode and not self._stopping:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return
-                self.cond.wait(remaining)
+            self.cond.wait_for(lambda: self._fault.mode != mode or self._stopping)
 
     def pause(self, seconds: float) -> None:
         """Sleep, but wake up early when the app stops."""
@@ -387,7 +383,7 @@ def serve_forever(app: SimApp, args: argparse.Namespace, **fault_params: float) 
     print(f"listening on {app.url}", flush=True)
     if args.fault != "none":
         app.set_fault(
-            args.fault, delay=args.slow_delay, after=args.crash_after, **fault_params
+            args.fault, delay=args.slow_delay, crash_after=args.crash_after, **fault_params
         )
     while not done.wait(0.5):
         pass
