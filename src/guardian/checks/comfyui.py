@@ -20,6 +20,7 @@ import httpx
 from pydantic import Field
 
 from guardian.checks.base import Check, CheckConfigBase, CheckContext
+from guardian.checks.bodyread import BodyTooLarge, read_capped
 from guardian.result import Outcome, Value
 
 DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
@@ -93,17 +94,10 @@ class _Api:
             ) from exc
 
     async def _read_capped(self, response: httpx.Response, path: str) -> bytes:
-        limit = self.max_body_bytes
-        declared = response.headers.get("content-length", "")
-        too_large = ComfyUIError(f"{path}: response body larger than {limit} bytes")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_large
-        buf = bytearray()
-        async for chunk in response.aiter_bytes():
-            if len(buf) + len(chunk) > limit:
-                raise too_large
-            buf += chunk
-        return bytes(buf)
+        try:
+            return await read_capped(response, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            raise ComfyUIError(f"{path}: response {exc}") from exc
 
     async def get_json(self, path: str) -> Any:
         """A 200 JSON body, or :class:`ComfyUIError` saying what was wrong with it."""
