@@ -231,7 +231,7 @@ async def test_oversized_body_is_cut_off(scripted: Any, make: Make) -> None:
     scripted.replies[("GET", "/system_stats")] = json_reply(huge)
     out = await make(url=scripted.url, max_body_bytes=1000).run()
     assert out.status is Status.FAILED
-    assert out.reason == "/system_stats: response body larger than 1000 bytes"
+    assert out.reason == "/system_stats: response body larger than 1000 bytes (stopped reading)"
 
 
 async def test_minimal_valid_shapes_pass(scripted: Any, make: Make) -> None:
