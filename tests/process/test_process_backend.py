@@ -166,9 +166,7 @@ async def test_log_capture_rotation_and_tail(tmp_path: Path) -> None:
         "    print(f'line {i:05d} ' + 'x' * 40)\n"
         "print('to stderr', file=sys.stderr)\n"
     )
-    b = ProcessBackend(
-        "svc", [PY, "-c", script], log_file=logf, log_max_bytes=8192, log_backups=2
-    )
+    b = ProcessBackend("svc", [PY, "-c", script], log_file=logf, log_max_bytes=8192, log_backups=2)
     done: list[int | None] = []
     b.add_exit_listener(done.append)
     try:
