@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -97,7 +98,7 @@ async def test_crash_loop_exactly_max_attempts_then_breaker() -> None:
         assert attempts == [1, 2, 3]
         # cooldown respected between attempts
         times = [e.time for e in events if e.kind == RecoveryKind.RESTART_STARTED]
-        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
         assert all(g >= 0.045 for g in gaps), gaps
         assert backend.last_exit_code == 3
     finally:
