@@ -157,8 +157,12 @@ async def _render(cfg: Config, store: Store, incident_id: int, target: str) -> s
             raise LookupError("no service backend")
         return await backend.log_tail(n)
 
+    # Read here, not inside the snapshot function: that runs in a worker thread and the
+    # SQLite connection belongs to this one.
+    latest = store.latest_results(list(SNAPSHOT_KINDS))
+
     def snapshot() -> dict[str, list[str]]:
-        return system_snapshot(store.latest_results(list(SNAPSHOT_KINDS)))
+        return system_snapshot(latest)
 
     reporter = Reporter(cfg, store, log_tail=tail if backend else None, snapshot=snapshot)
     try:

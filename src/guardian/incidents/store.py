@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from guardian.config import Config
 from guardian.events import RecoveryEvent
 from guardian.result import CheckResult
 
@@ -213,7 +214,7 @@ class Store:
             raise StoreError(f"incident store {path}: {e}") from e
 
     @classmethod
-    def from_config(cls, config: Any, now: Callable[[], datetime] | None = None) -> Store:
+    def from_config(cls, config: Config, now: Callable[[], datetime] | None = None) -> Store:
         """Open ``config.store_path`` with the config's retention settings."""
         return cls(
             config.store_path,

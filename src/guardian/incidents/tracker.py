@@ -118,6 +118,7 @@ class IncidentTracker:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def idle(self) -> None:
         """Wait until background work (reports, escalation events) is done (for tests)."""
