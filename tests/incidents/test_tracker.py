@@ -305,3 +305,32 @@ async def test_aclose_unsubscribes(tmp_path: Path) -> None:
     h.record(FAILED)
     assert h.store.incidents() == []
     await asyncio.sleep(0)
+
+
+async def test_an_escalation_interrupted_before_its_report_is_finished_on_restart(
+    tmp_path: Path,
+) -> None:
+    written: list[int] = []
+
+    class Reporter:
+        async def write(self, incident_id: int, *, capture: bool = True) -> Path:
+            written.append(incident_id)
+            return tmp_path / "r.md"
+
+    config = make_config(tmp_path)
+    h1 = Harness(tmp_path, config)  # no reporter: as if killed before the report
+    for _ in range(3):
+        h1.record(FAILED)
+    (inc,) = h1.store.incidents()
+    await h1.tracker.idle()
+    assert inc.status == "escalated" and inc.report_path is None
+    h1.store.close()
+
+    h2 = Harness(tmp_path, config, reporter=Reporter())
+    await h2.tracker.idle()
+    assert written == [inc.id]
+    assert h2.store.incident(inc.id).report_path == str(tmp_path / "r.md")  # type: ignore[union-attr]
+    assert h2.transitions() == [(inc.id, "escalated")]
+    h3 = Harness(tmp_path, config, reporter=Reporter())  # report exists now: nothing to redo
+    await h3.tracker.idle()
+    assert written == [inc.id] and h3.transitions() == []

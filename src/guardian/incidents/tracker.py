@@ -98,6 +98,7 @@ class IncidentTracker:
         self._open: dict[str, _Live] = {}
         self._reload()
         self._unsubscribe: Callable[[], None] | None = bus.subscribe(self._on_event)
+        self._finish_interrupted_escalations()
 
     # ------------------------------------------------------------------ public
 
@@ -157,6 +158,20 @@ class IncidentTracker:
                     "incident": incident.id,
                 },
             )
+
+    def _finish_interrupted_escalations(self) -> None:
+        """An escalation whose report was never written (Guardian died in between) gets
+        its report and announcement now; the notifier's store check keeps it to one
+        message."""
+        if self.reporter is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # built outside a loop (a tool reading the store): nothing to finish
+        for live in self._open.values():
+            if live.incident.status == "escalated" and live.incident.report_path is None:
+                self._spawn(self._finish_escalation(live.incident.id))
 
     # ------------------------------------------------------------------ events
 
