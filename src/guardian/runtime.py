@@ -18,6 +18,8 @@ from guardian.clock import Clock, SystemClock
 from guardian.config import Config
 from guardian.engine import Engine
 from guardian.events import EventBus
+from guardian.incidents import Incidents, start_incidents
+from guardian.incidents.store import StoreError
 from guardian.recovery import BreakerStore, MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
@@ -47,6 +49,7 @@ class Guardian:
         self.started_at: datetime | None = None
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
+        self.incidents: Incidents | None = None
 
     def _open_breaker_store(self) -> BreakerStore:
         path = self.config.store_path
@@ -65,6 +68,16 @@ class Guardian:
     async def start(self) -> None:
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
+        try:
+            self.incidents = start_incidents(
+                self.config, self.bus, self.clock, self.state, self.backends
+            )
+        except (StoreError, OSError) as e:
+            log.error(
+                "incident store unavailable (%s): running without incidents and reports",
+                e,
+                extra={"event": "store_unavailable"},
+            )
         self.breakers = self._open_breaker_store()
         self.recovery = RecoveryManager(
             self.config,
@@ -89,6 +102,8 @@ class Guardian:
         await self.engine.aclose()
         if self.recovery is not None:
             await self.recovery.aclose()
+        if self.incidents is not None:
+            await self.incidents.aclose(grace)
         # Supervised processes are Guardian's children and stop with it; OS services
         # (SCM, systemd) keep running: their backends' aclose() only releases handles.
         for name, backend in self.backends.items():
