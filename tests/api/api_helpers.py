@@ -72,7 +72,9 @@ DISK_VALUES: dict[str, Value] = {
     "free_gb./data": 900.0,
     "total_gb./data": 2000.0,
 }
-MEMORY_VALUES: dict[str, Value] = {"available_mb": 8192.0, "total_mb": 32768.0, "used_percent": 75.0}
+MEMORY_VALUES: dict[str, Value] = {
+    "available_mb": 8192.0, "total_mb": 32768.0, "used_percent": 75.0
+}
 GPU_VALUES: dict[str, Value] = {
     "backend": "nvml",
     "gpu_count": 1,
@@ -115,7 +117,8 @@ def result(
 def healthy_results() -> list[CheckResult]:
     return [
         result("panel", "http", values={"status_code": 200, "response_ms": 12.0}),
-        result("panel", "service", reason="service running", values={"state": "running", "pid": 4242}),
+        result("panel", "service", reason="service running",
+               values={"state": "running", "pid": 4242}),
         result("comfyui", "comfyui", reason="ComfyUI 0.3.40", values=COMFY_VALUES),
         result("comfyui", "service", values={"state": "running", "pid": 777}),
         result("disk", "disk", reason="lowest free 120.5 GB", values=DISK_VALUES),

@@ -56,7 +56,8 @@ def _with(replacement: CheckResult) -> list[CheckResult]:
 async def test_critical_failure_is_unhealthy_503_with_reason() -> None:
     down = result("comfyui", "comfyui", Status.FAILED, "connection refused", {"online": False})
     async with client(make_view(results=_with(down))) as c:
-        health, ready, live = await c.get("/api/health"), await c.get("/readyz"), await c.get("/livez")
+        health, ready = await c.get("/api/health"), await c.get("/readyz")
+        live = await c.get("/livez")
     assert health.status_code == 503
     body = health.json()
     assert body["status"] == "unhealthy"

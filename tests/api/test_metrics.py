@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -175,8 +176,13 @@ async def test_promtool_check_metrics_passes() -> None:
         view.state.record(r)
     view.state.record(result("panel", "http", Status.FAILED, "HTTP 500"))
     text = await scrape(view)
-    proc = subprocess.run(
-        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        ["promtool", "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
