@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from guardian.api import models
@@ -41,18 +42,22 @@ def _err(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": models.ErrorResponse} for code in codes}
 
 
+_bearer = HTTPBearer(auto_error=False, description="api.token from Guardian's config")
+
+
 def _token_guard(view: GuardianView) -> Any:
     """A dependency enforcing ``Authorization: Bearer <api.token>``."""
 
-    def check(request: Request) -> None:
+    def check(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
         secret = view.config.api.token
         expected = secret.get_secret_value() if secret is not None else ""
         if not expected:
             raise HTTPException(403, "mutating API disabled: set api.token")
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode("utf-8", "surrogateescape"), expected.encode("utf-8")
+        given = credentials.credentials if credentials is not None else ""
+        ok = bool(given) and hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
         )
         if not ok:
             raise HTTPException(
