@@ -186,3 +186,18 @@ async def test_promtool_check_metrics_passes() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
+
+
+def test_render_cache_is_invalidated_by_any_event_and_by_age() -> None:
+    view = make_view()
+    metrics = Metrics(view, process=False, max_age=60)
+    first = metrics.render()[0]
+    view.recovery["panel"]["breaker_open"] = True  # no event: cached exposition reused
+    assert metrics.render()[0] is first
+    view.state.record(result("panel", "http"))
+    assert value(samples(metrics.render()[0].decode()), "guardian_breaker_open",
+                 target="panel") == 1
+    fresh = Metrics(view, process=False, max_age=0)
+    view.recovery["panel"]["breaker_open"] = False
+    assert value(samples(fresh.render()[0].decode()), "guardian_breaker_open",
+                 target="panel") == 0

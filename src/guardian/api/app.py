@@ -238,7 +238,10 @@ class ApiServer:
     async def start(self) -> int:
         """Bind, serve in a task, return once accepting connections; the bound port."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on connections
+        # from such sockets, and without it Nagle + delayed ACK add ~40 ms per keep-alive
+        # response (headers and body are two writes).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.requested_port))

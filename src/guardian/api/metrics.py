@@ -23,6 +23,7 @@ Encodings (numeric, so they graph and alert with plain comparisons):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Final
@@ -245,10 +246,12 @@ class StateCollector(Collector):
 class Metrics:
     """All of Guardian's metrics on one private registry, subscribed to the view's bus."""
 
-    def __init__(self, view: GuardianView, *, process: bool = True) -> None:
+    def __init__(
+        self, view: GuardianView, *, process: bool = True, max_age: float = 1.0
+    ) -> None:
         # ``*_created`` series only double the exposition; Guardian's counters start at 0
         # with the process (process_start_time_seconds says when). Process-wide setting.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.registry.register(StateCollector(view))
         if process:
@@ -285,9 +288,17 @@ class Metrics:
             if target.service is not None:
                 for outcome in RESTART_OUTCOMES.values():
                     self.restarts.labels(target.name, outcome)
+        # A rendered exposition is reused until any event arrives or ``max_age`` passes:
+        # rendering ~500 samples costs milliseconds, so bursts of scrapes (several
+        # Prometheus servers, dashboards polling) stay cheap, and nothing goes stale
+        # because every state change is an event.
+        self.max_age = max_age
+        self._generation = 0
+        self._cache: tuple[int, float, bytes] | None = None
         self._unsubscribe = view.state.bus.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
+        self._generation += 1
         if isinstance(event, CheckResult):
             self.check_duration.labels(event.target, event.check).observe(max(0.0, event.duration))
             if event.status is Status.FAILED:
@@ -302,7 +313,13 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        now = time.monotonic()
+        cached = self._cache
+        if cached is not None and cached[0] == self._generation and now - cached[1] < self.max_age:
+            return cached[2], CONTENT_TYPE_LATEST
+        body = generate_latest(self.registry)
+        self._cache = (self._generation, now, body)
+        return body, CONTENT_TYPE_LATEST
 
     def close(self) -> None:
         self._unsubscribe()
