@@ -1,0 +1,112 @@
+"""What the HTTP API needs from a running Guardian, and nothing more.
+
+The API depends on this narrow protocol instead of the runtime class so it can be tested
+(and fuzzed) against a :class:`StaticView` holding a real :class:`State`, and so the
+runtime can change its internals without touching the API. ``guardian.runtime.Guardian``
+satisfies :class:`GuardianView` structurally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from guardian.config import Config
+from guardian.result import CheckResult
+from guardian.state import State
+
+
+class GuardianView(Protocol):
+    """Read access to state plus the two actions the API may trigger.
+
+    Attributes are read-only properties here so that a runtime holding
+    ``started_at: datetime | None`` (set on start) still matches.
+    """
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def started_at(self) -> datetime | None: ...
+
+    def recovery_snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per target with a service: attempts, last_restart (ISO|None), breaker_open,
+        consecutive_failures (more keys allowed)."""
+        ...
+
+    async def restart(self, target: str) -> str:
+        """Restart now (manual: resets the breaker). KeyError for an unknown target."""
+        ...
+
+    async def run_checks(self, target: str | None = None) -> list[CheckResult]:
+        """Run every check (of one target) once now. KeyError for an unknown target."""
+        ...
+
+    def incidents(self, limit: int = 50, include_resolved: bool = False) -> list[dict[str, Any]]:
+        ...
+
+    def incident(self, incident_id: int) -> dict[str, Any] | None:
+        """One incident with ``report_markdown`` (None when no report was written)."""
+        ...
+
+
+RestartFn = Callable[[str], Awaitable[str]]
+RunChecksFn = Callable[[str | None], Awaitable[list[CheckResult]]]
+
+
+@dataclass
+class StaticView:
+    """A :class:`GuardianView` over a given State and fixed recovery/incident data.
+
+    Used by the API's tests and benchmark, and handy wherever the API must be served
+    without a scheduler (e.g. a read-only replay). Actions are recorded in ``restarts``;
+    pass ``restart_fn`` / ``run_checks_fn`` to make them do real work.
+    """
+
+    config: Config
+    state: State
+    started_at: datetime | None = field(default_factory=lambda: datetime.now(UTC))
+    recovery: dict[str, dict[str, Any]] = field(default_factory=dict)
+    incident_list: list[dict[str, Any]] = field(default_factory=list)
+    restart_fn: RestartFn | None = None
+    run_checks_fn: RunChecksFn | None = None
+    restarts: list[str] = field(default_factory=list)
+
+    def _known(self, target: str) -> None:
+        if target not in {t.name for t in self.config.targets}:
+            raise KeyError(target)
+
+    def recovery_snapshot(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(info) for name, info in self.recovery.items()}
+
+    async def restart(self, target: str) -> str:
+        self._known(target)
+        self.restarts.append(target)
+        if self.restart_fn is not None:
+            return await self.restart_fn(target)
+        return f"restart of {target} requested"
+
+    async def run_checks(self, target: str | None = None) -> list[CheckResult]:
+        if target is not None:
+            self._known(target)
+        if self.run_checks_fn is not None:
+            return await self.run_checks_fn(target)
+        return self.state.results(target)
+
+    def incidents(self, limit: int = 50, include_resolved: bool = False) -> list[dict[str, Any]]:
+        found = [
+            i for i in self.incident_list if include_resolved or i.get("status") != "resolved"
+        ]
+        found.sort(key=lambda i: i["id"] if isinstance(i.get("id"), int) else -1, reverse=True)
+        return [{k: v for k, v in i.items() if k != "report_markdown"} for i in found[:limit]]
+
+    def incident(self, incident_id: int) -> dict[str, Any] | None:
+        for i in self.incident_list:
+            if i.get("id") == incident_id:
+                return {"report_markdown": None, **i}
+        return None

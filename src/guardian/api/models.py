@@ -1,0 +1,427 @@
+"""The JSON shapes of the API (pydantic, so OpenAPI documents them) and their builders.
+
+Builders read only the cached :class:`~guardian.state.State` and the view's snapshots:
+a health request never runs a check, so it answers in microseconds even while a check
+hangs on a dead ComfyUI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from guardian.api import readings
+from guardian.api.context import GuardianView
+from guardian.result import CheckResult, Status, Value, worst
+from guardian.state import Health
+
+TargetStatus = Literal["ok", "degraded", "failed", "skipped", "unknown"]
+HISTORY_POINTS = 30
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+# --------------------------------------------------------------------------- health
+
+
+class ServiceHealth(BaseModel):
+    state: str = Field(description="from the latest service check, else up/down/unknown")
+    pid: int | None = None
+    restarts: int = Field(0, description="Guardian's restart attempts in the current window")
+    breaker_open: bool = False
+    last_restart: datetime | None = None
+    consecutive_failures: int = 0
+
+
+class ComfyUIDevice(BaseModel):
+    index: str
+    name: str | None = None
+    type: str | None = None
+    vram_free_mb: float | None = None
+    vram_total_mb: float | None = None
+
+
+class ComfyUIQueue(BaseModel):
+    running: int | None = None
+    pending: int | None = None
+
+
+class ComfyUIHealth(BaseModel):
+    target: str
+    online: bool
+    status: TargetStatus
+    reason: str
+    version: str | None = None
+    cuda: bool
+    devices: list[ComfyUIDevice]
+    queue: ComfyUIQueue
+    checked_at: datetime
+
+
+class DiskHealth(BaseModel):
+    path: str
+    free_gb: float | None = None
+    total_gb: float | None = None
+    free_percent: float | None = None
+
+
+class MemoryHealth(BaseModel):
+    available_mb: float | None = None
+    total_mb: float | None = None
+    used_percent: float | None = None
+
+
+class GpuHealth(BaseModel):
+    index: str
+    name: str | None = None
+    util_percent: float | None = None
+    mem_used_mb: float | None = None
+    mem_total_mb: float | None = None
+    temp_c: float | None = None
+
+
+class SystemHealth(BaseModel):
+    disks: list[DiskHealth] = Field(default_factory=list)
+    memory: MemoryHealth | None = None
+    gpus: list[GpuHealth] = Field(default_factory=list)
+
+
+class TargetHealth(BaseModel):
+    status: TargetStatus
+    reason: str
+    critical: bool
+    checked_at: datetime | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Health
+    timestamp: datetime
+    uptime_seconds: float
+    services: dict[str, ServiceHealth]
+    comfyui: ComfyUIHealth | None
+    system: SystemHealth
+    targets: dict[str, TargetHealth]
+
+
+class Probe(BaseModel):
+    status: str
+    ready: bool | None = None
+
+
+# --------------------------------------------------------------------------- status
+
+
+class HistoryPoint(BaseModel):
+    status: Status
+    duration: float
+    finished: datetime
+
+
+class CheckModel(BaseModel):
+    target: str
+    check: str
+    kind: str
+    status: Status
+    reason: str
+    values: dict[str, Value]
+    started: datetime
+    finished: datetime
+    duration: float
+
+
+class CheckView(CheckModel):
+    history: list[HistoryPoint] = Field(description=f"the last {HISTORY_POINTS} results")
+
+
+class RecoveryInfo(BaseModel):
+    attempts: int = 0
+    last_restart: datetime | None = None
+    breaker_open: bool = False
+    consecutive_failures: int = 0
+
+
+class TargetView(BaseModel):
+    name: str
+    description: str | None = None
+    critical: bool
+    status: TargetStatus
+    reason: str
+    has_service: bool
+    recovery: RecoveryInfo | None
+    checks: list[CheckView]
+
+
+class Incident(BaseModel):
+    id: int
+    target: str
+    status: str
+    severity: str = ""
+    summary: str = ""
+    opened_at: datetime | None = None
+    escalated_at: datetime | None = None
+    resolved_at: datetime | None = None
+    failure_count: int = 0
+    flap_count: int = 0
+    report_path: str | None = None
+
+
+class IncidentDetail(Incident):
+    report_markdown: str | None = None
+
+
+class IncidentList(BaseModel):
+    incidents: list[Incident]
+
+
+class StatusResponse(BaseModel):
+    status: Health
+    timestamp: datetime
+    uptime_seconds: float
+    targets: list[TargetView]
+    incidents_open: list[Incident]
+
+
+class RestartResponse(BaseModel):
+    target: str
+    message: str
+
+
+class RunChecksResponse(BaseModel):
+    status: Health
+    results: list[CheckModel]
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def uptime(view: GuardianView, now: datetime) -> float:
+    started = view.started_at
+    return max(0.0, (now - started).total_seconds()) if started is not None else 0.0
+
+
+def check_model(r: CheckResult) -> CheckModel:
+    return CheckModel(
+        target=r.target,
+        check=r.check,
+        kind=r.kind,
+        status=r.status,
+        reason=r.reason,
+        values=dict(r.values),
+        started=r.started,
+        finished=r.finished,
+        duration=r.duration,
+    )
+
+
+def target_summary(results: list[CheckResult]) -> tuple[TargetStatus, str]:
+    """The target's worst status and the reasons of the checks that have it."""
+    if not results:
+        return "unknown", "no results yet"
+    status = worst(r.status for r in results)
+    if all(r.status is Status.SKIPPED for r in results):
+        return "skipped", "; ".join(f"{r.check}: {r.reason}" for r in results if r.reason)
+    chosen = [r for r in results if r.status is status]
+    reason = "; ".join(f"{r.check}: {r.reason}" if r.reason else r.check for r in chosen)
+    return status.value, reason
+
+
+def _recovery(info: Mapping[str, Any] | None) -> RecoveryInfo | None:
+    if info is None:
+        return None
+    try:
+        return RecoveryInfo.model_validate(dict(info))
+    except ValidationError:
+        return RecoveryInfo()
+
+
+def _service(
+    results: list[CheckResult], status: TargetStatus, recovery: RecoveryInfo | None
+) -> ServiceHealth:
+    state, pid = {"ok": "up", "degraded": "up", "failed": "down"}.get(status, "unknown"), None
+    for r in results:
+        if r.kind == "service":
+            raw_state, raw_pid = r.values.get("state"), r.values.get("pid")
+            if isinstance(raw_state, str) and raw_state:
+                state = raw_state
+            if isinstance(raw_pid, int) and not isinstance(raw_pid, bool):
+                pid = raw_pid
+            break
+    rec = recovery or RecoveryInfo()
+    return ServiceHealth(
+        state=state,
+        pid=pid,
+        restarts=rec.attempts,
+        breaker_open=rec.breaker_open,
+        last_restart=rec.last_restart,
+        consecutive_failures=rec.consecutive_failures,
+    )
+
+
+def _int(value: Value | None) -> int | None:
+    n = readings.number(value)
+    return int(n) if n is not None else None
+
+
+def _comfyui(r: CheckResult) -> ComfyUIHealth:
+    v = r.values
+    free, total = readings.indexed(v, "vram_free_mb"), readings.indexed(v, "vram_total_mb")
+    names, types = readings.indexed_str(v, "device_name"), readings.indexed_str(v, "device_type")
+    indices = sorted({*free, *total, *names, *types}, key=lambda s: (len(s), s))
+    version = v.get("comfyui_version")
+    return ComfyUIHealth(
+        target=r.target,
+        online=v.get("online") is True,
+        status=r.status.value,
+        reason=r.reason,
+        version=version if isinstance(version, str) else None,
+        cuda=any(t.lower() == "cuda" for t in types.values()),
+        devices=[
+            ComfyUIDevice(
+                index=i,
+                name=names.get(i),
+                type=types.get(i),
+                vram_free_mb=free.get(i),
+                vram_total_mb=total.get(i),
+            )
+            for i in indices
+        ],
+        queue=ComfyUIQueue(
+            running=_int(v.get("queue_running")), pending=_int(v.get("queue_pending"))
+        ),
+        checked_at=r.finished,
+    )
+
+
+def _system(results: list[CheckResult]) -> SystemHealth:
+    system = SystemHealth()
+    seen_paths: set[str] = set()
+    seen_gpus: set[str] = set()
+    for r in results:
+        v = r.values
+        if r.kind == "disk":
+            free, total = readings.indexed(v, "free_gb"), readings.indexed(v, "total_gb")
+            pct = readings.indexed(v, "free_percent")
+            for path in [*free, *(p for p in total if p not in free)]:
+                if path not in seen_paths:
+                    seen_paths.add(path)
+                    system.disks.append(
+                        DiskHealth(
+                            path=path,
+                            free_gb=free.get(path),
+                            total_gb=total.get(path),
+                            free_percent=pct.get(path),
+                        )
+                    )
+        elif r.kind == "memory" and system.memory is None:
+            system.memory = MemoryHealth(
+                available_mb=readings.number(v.get("available_mb")),
+                total_mb=readings.number(v.get("total_mb")),
+                used_percent=readings.number(v.get("used_percent")),
+            )
+        elif r.kind == "gpu":
+            for idx, g in readings.gpus(v).items():
+                if idx in seen_gpus:
+                    continue
+                seen_gpus.add(idx)
+                name = g.get("name")
+                nums = {k: x for k, x in g.items() if isinstance(x, float)}
+                system.gpus.append(
+                    GpuHealth(index=idx, name=name if isinstance(name, str) else None, **nums)
+                )
+    return system
+
+
+def _by_target(view: GuardianView) -> dict[str, list[CheckResult]]:
+    grouped: dict[str, list[CheckResult]] = {t.name: [] for t in view.config.targets}
+    for r in view.state.results():
+        grouped.setdefault(r.target, []).append(r)
+    return grouped
+
+
+def build_health(view: GuardianView, now: datetime) -> HealthResponse:
+    grouped = _by_target(view)
+    snapshot = view.recovery_snapshot()
+    critical = {t.name: t.critical for t in view.config.targets}
+    with_service = {t.name for t in view.config.targets if t.service is not None}
+    targets: dict[str, TargetHealth] = {}
+    services: dict[str, ServiceHealth] = {}
+    comfyui: ComfyUIHealth | None = None
+    for name, results in grouped.items():
+        status, reason = target_summary(results)
+        targets[name] = TargetHealth(
+            status=status,
+            reason=reason,
+            critical=critical.get(name, True),
+            checked_at=max((r.finished for r in results), default=None),
+        )
+        if name in with_service or name in snapshot:
+            services[name] = _service(results, status, _recovery(snapshot.get(name)))
+        if comfyui is None:
+            found = next((r for r in results if r.kind == "comfyui"), None)
+            if found is not None:
+                comfyui = _comfyui(found)
+    all_results = [r for rs in grouped.values() for r in rs]
+    return HealthResponse(
+        status=view.state.overall(),
+        timestamp=now,
+        uptime_seconds=round(uptime(view, now), 3),
+        services=services,
+        comfyui=comfyui,
+        system=_system(all_results),
+        targets=targets,
+    )
+
+
+def incident_model(data: Mapping[str, Any], detail: bool = False) -> Incident | None:
+    """Validate one incident dict from the view; None (skipped) when malformed."""
+    try:
+        return (IncidentDetail if detail else Incident).model_validate(dict(data))
+    except ValidationError:
+        return None
+
+
+def build_status(view: GuardianView, now: datetime) -> StatusResponse:
+    grouped = _by_target(view)
+    snapshot = view.recovery_snapshot()
+    configs = {t.name: t for t in view.config.targets}
+    targets: list[TargetView] = []
+    for name, results in grouped.items():
+        cfg = configs.get(name)
+        status, reason = target_summary(results)
+        checks = [
+            CheckView(
+                **check_model(r).model_dump(),
+                history=[
+                    HistoryPoint(status=h.status, duration=h.duration, finished=h.finished)
+                    for h in view.state.history(name, r.check)[-HISTORY_POINTS:]
+                ],
+            )
+            for r in results
+        ]
+        targets.append(
+            TargetView(
+                name=name,
+                description=cfg.description if cfg is not None else None,
+                critical=cfg.critical if cfg is not None else True,
+                status=status,
+                reason=reason,
+                has_service=cfg is not None and cfg.service is not None,
+                recovery=_recovery(snapshot.get(name)),
+                checks=checks,
+            )
+        )
+    open_incidents = [
+        m for m in (incident_model(i) for i in view.incidents(100, False)) if m is not None
+    ]
+    return StatusResponse(
+        status=view.state.overall(),
+        timestamp=now,
+        uptime_seconds=round(uptime(view, now), 3),
+        targets=targets,
+        incidents_open=open_incidents,
+    )

@@ -1,0 +1,203 @@
+"""Prometheus exposition: gauges from state, counters from events, promtool-clean."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from datetime import UTC, datetime
+
+import pytest
+from api_helpers import (  # type: ignore[import-not-found]
+    INCIDENTS,
+    client,
+    healthy_results,
+    make_view,
+    result,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from guardian.api.metrics import METRIC_FAMILIES, Metrics
+from guardian.api.readings import REASON_CLASSES, classify_reason
+from guardian.events import IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
+from guardian.result import Status
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(found: Samples, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+async def scrape(view: object) -> str:
+    async with client(view) as c:
+        resp = await c.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    return resp.text
+
+
+async def test_gauges_follow_state_at_scrape_time() -> None:
+    view = make_view(incident_list=INCIDENTS)
+    found = samples(await scrape(view))
+    gib, mib = 1024**3, 1024**2
+    assert value(found, "guardian_target_up", target="panel", critical="true") == 1
+    assert value(found, "guardian_target_health", target="system") == 0
+    assert value(found, "guardian_disk_free_bytes", path="/") == 120.5 * gib
+    assert value(found, "guardian_memory_available_bytes") == 8192 * mib
+    assert value(found, "guardian_gpu_utilization_ratio", gpu="0") == pytest.approx(0.37)
+    assert value(found, "guardian_gpu_memory_used_bytes", gpu="0") == 4563.5 * mib
+    assert value(found, "guardian_gpu_temperature_celsius", gpu="0") == 61
+    assert value(found, "guardian_comfyui_queue_pending", target="comfyui") == 2
+    assert value(found, "guardian_comfyui_vram_free_bytes", target="comfyui", device="0") == (
+        20000 * mib
+    )
+    assert value(found, "guardian_breaker_open", target="comfyui") == 0
+    assert value(found, "guardian_incidents_open") == 1
+
+    stuck = "queue stuck: 3 pending, nothing running for 400s"
+    view.state.record(result("comfyui", "comfyui", Status.FAILED, stuck, {"online": True}))
+    view.recovery["comfyui"]["breaker_open"] = True
+    found = samples(await scrape(view))
+    assert value(found, "guardian_target_up", target="comfyui", critical="true") == 0
+    assert value(found, "guardian_target_health", target="comfyui") == 2
+    assert value(found, "guardian_check_status", target="comfyui", check="comfyui",
+                 kind="comfyui") == 2
+    assert value(found, "guardian_check_failing", target="comfyui", check="comfyui",
+                 kind="comfyui", reason_class="queue_stuck") == 1
+    assert value(found, "guardian_breaker_open", target="comfyui") == 1
+    # The stuck result carries no queue/VRAM values: no stale samples.
+    assert value(found, "guardian_comfyui_queue_pending", target="comfyui") is None
+    assert value(found, "guardian_comfyui_online", target="comfyui") == 1
+
+
+async def test_documented_table_keys_are_read() -> None:
+    results = [
+        result("system", "gpu", values={"util_percent.1": 50, "mem_used_mb.1": 10,
+                                        "mem_total_mb.1": 20, "temp_c.1": 70}),
+    ]
+    found = samples(await scrape(make_view(results=results)))
+    assert value(found, "guardian_gpu_utilization_ratio", gpu="1") == 0.5
+    assert value(found, "guardian_gpu_memory_total_bytes", gpu="1") == 20 * 1024**2
+    assert value(found, "guardian_target_health", target="panel") == -1  # no results
+    assert value(found, "guardian_target_up", target="panel", critical="true") is None
+
+
+async def test_counters_and_histogram_from_events() -> None:
+    view = make_view()
+    metrics = Metrics(view, process=False)
+    bus = view.state.bus
+    now = datetime.now(UTC)
+    for reason in ("connection refused", "read timed out after 10s", "timeout"):
+        view.state.record(result("panel", "http", Status.FAILED, reason, duration=0.2))
+    bus.publish(RecoveryEvent("panel", RecoveryKind.RESTART_STARTED, now, 1))
+    bus.publish(RecoveryEvent("panel", RecoveryKind.RESTART_SUCCEEDED, now, 1))
+    bus.publish(RecoveryEvent("panel", RecoveryKind.RESTART_FAILED, now, 2))
+    bus.publish(IncidentEvent(1, "panel", IncidentTransition.OPENED, now, "critical", "down"))
+    found = samples(metrics.render()[0].decode())
+    assert value(found, "guardian_check_failures_total", target="panel", check="http",
+                 reason_class="timeout") == 2
+    assert value(found, "guardian_check_failures_total", target="panel", check="http",
+                 reason_class="connection") == 1
+    assert value(found, "guardian_check_duration_seconds_count", target="panel",
+                 check="http") == 3
+    assert value(found, "guardian_check_duration_seconds_bucket", target="panel",
+                 check="http", le="0.25") == 3
+    assert value(found, "guardian_restarts_total", target="panel", outcome="succeeded") == 1
+    assert value(found, "guardian_restarts_total", target="panel", outcome="failed") == 1
+    assert value(found, "guardian_restarts_total", target="comfyui", outcome="failed") == 0
+    assert value(found, "guardian_incidents_total", transition="opened") == 1
+    assert value(found, "guardian_incidents_total", transition="resolved") == 0
+    metrics.close()
+    view.state.record(result("panel", "http", Status.FAILED, "timeout"))
+    again = samples(metrics.render()[0].decode())
+    assert value(again, "guardian_check_failures_total", target="panel", check="http",
+                 reason_class="timeout") == 2  # unsubscribed
+
+
+def test_registries_are_isolated() -> None:
+    a, b = make_view(), make_view()
+    ma, mb = Metrics(a, process=False), Metrics(b, process=False)
+    a.state.record(result("panel", "http", Status.FAILED, "HTTP 500"))
+    fa, fb = samples(ma.render()[0].decode()), samples(mb.render()[0].decode())
+    key = dict(target="panel", check="http", reason_class="http_status")
+    assert value(fa, "guardian_check_failures_total", **key) == 1
+    assert value(fb, "guardian_check_failures_total", **key) is None
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("connect timed out after 5s", "timeout"),
+        ("timeout", "timeout"),
+        ("the previous NVML call has not returned (driver hung?)", "timeout"),
+        ("connection refused", "connection"),
+        ("connection reset by peer", "connection"),
+        ("DNS lookup failed for panel.local: Name or service not known", "connection"),
+        ("TLS certificate rejected: self-signed", "connection"),
+        ("HTTP 502", "http_status"),
+        ("invalid JSON body: Expecting value", "invalid_response"),
+        ("/system_stats: 'devices' is missing or not a list", "invalid_response"),
+        ("body does not contain 'ok'", "invalid_response"),
+        ("queue stuck: prompt abc running for 901s", "queue_stuck"),
+        ("lowest free 12 GB; /: 12.0 GB free, below critical 20 GB", "threshold"),
+        ("GPU 0 (RTX): 97 C, at/above critical 95 C", "threshold"),
+        ("service not running", "service"),
+        ("service not installed", "service"),
+        ("check error: ZeroDivisionError: division by zero", "other"),
+        ("", "other"),
+    ],
+)
+def test_reason_classes_are_bounded(reason: str, expected: str) -> None:
+    assert classify_reason(reason) == expected
+    assert expected in REASON_CLASSES
+
+
+async def test_every_documented_family_is_exported_with_data() -> None:
+    view = make_view(incident_list=INCIDENTS)
+    view.state.record(result("panel", "http", Status.FAILED, "HTTP 500"))
+    text = await scrape(view)
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert set(METRIC_FAMILIES) <= names
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+async def test_promtool_check_metrics_passes() -> None:
+    view = make_view(incident_list=INCIDENTS)
+    for r in healthy_results():
+        view.state.record(r)
+    view.state.record(result("panel", "http", Status.FAILED, "HTTP 500"))
+    text = await scrape(view)
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        ["promtool", "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
+
+
+def test_render_cache_is_invalidated_by_any_event_and_by_age() -> None:
+    view = make_view()
+    metrics = Metrics(view, process=False, max_age=60)
+    first = metrics.render()[0]
+    view.recovery["panel"]["breaker_open"] = True  # no event: cached exposition reused
+    assert metrics.render()[0] is first
+    view.state.record(result("panel", "http"))
+    assert value(samples(metrics.render()[0].decode()), "guardian_breaker_open",
+                 target="panel") == 1
+    fresh = Metrics(view, process=False, max_age=0)
+    view.recovery["panel"]["breaker_open"] = False
+    assert value(samples(fresh.render()[0].decode()), "guardian_breaker_open",
+                 target="panel") == 0
