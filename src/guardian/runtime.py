@@ -13,7 +13,7 @@ import logging
 import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guardian.checks import CheckContext, build_check
 from guardian.checks.base import Check
@@ -28,6 +28,11 @@ from guardian.result import CheckResult
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
 from guardian.state import State
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from guardian.api.app import ApiServer
 
 log = logging.getLogger("guardian.runtime")
 
@@ -54,6 +59,8 @@ class Guardian:
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
         self._incidents: Incidents | None = None
+        self.api: ApiServer | None = None
+        self._app: FastAPI | None = None
 
     def _open_breaker_store(self) -> BreakerStore:
         path = self.config.store_path
@@ -93,6 +100,8 @@ class Guardian:
         )
         await self.recovery.start_all()
         self.engine.start()
+        if self.config.api.enabled:
+            await self._start_api()
         log.info(
             "guardian started: %d targets, %d checks",
             len(self.config.targets),
@@ -100,8 +109,31 @@ class Guardian:
             extra={"event": "started"},
         )
 
+    async def _start_api(self) -> None:
+        from guardian.api.app import create_app, serve
+
+        self._app = create_app(self)
+        api = self.config.api
+        try:
+            self.api = await serve(self._app, api.host, api.port)
+        except OSError as e:
+            # Watching and repairing matter more than the dashboard: keep running.
+            log.error(
+                "API not started on %s:%d: %s",
+                api.host,
+                api.port,
+                e.strerror or e,
+                extra={"event": "api_failed"},
+            )
+            return
+        log.info("API and status page on %s", self.api.url, extra={"event": "api_started"})
+
     async def stop(self) -> None:
         grace = self.config.guardian.shutdown_grace
+        if self.api is not None:
+            await self.api.stop(timeout=grace)
+        if self._app is not None:
+            self._app.state.metrics.close()
         await self.engine.stop(grace=grace)
         await self.engine.aclose()
         if self.recovery is not None:
