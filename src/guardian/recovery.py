@@ -393,6 +393,7 @@ class RecoveryManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # one restart or wait per target
         self._retrigger: dict[str, str] = {}
         self._manual_locks: dict[str, asyncio.Lock] = {}  # one manual restart at a time
+        self._restart_done: dict[str, datetime] = {}  # wall clock end of the last restart
         self._closed = False
         for target in config.targets:
             if target.service is None or target.name not in self.backends:
@@ -473,6 +474,9 @@ class RecoveryManager:
         policy = self.policies.get(event.target)
         if policy is None:
             return
+        done = self._restart_done.get(event.target)
+        if event.status == Status.FAILED and done is not None and event.started < done:
+            return  # began before the last restart finished: it describes the old instance
         now = self.clock.monotonic()
         reason = policy.observe_check(event.check, event.kind, event.status, now)
         if reason is not None:
@@ -544,11 +548,15 @@ class RecoveryManager:
         self._save(target)
         if self.dry_run:
             self._emit(target, RecoveryKind.DRY_RUN, attempt=d.attempt, reason=reason)
-            policy.finished(self.clock.monotonic())
+            self._finished(target)
             return
         self._tasks[target] = asyncio.create_task(
             self._restart_task(target, d.attempt, reason), name=f"recovery-restart-{target}"
         )
+
+    def _finished(self, target: str) -> None:
+        self.policies[target].finished(self.clock.monotonic())
+        self._restart_done[target] = self.clock.now()
 
     async def _wait_then_retry(self, target: str, delay: float) -> None:
         await self.clock.sleep(delay)
@@ -559,11 +567,10 @@ class RecoveryManager:
             self._want(target, reason)
 
     async def _restart_task(self, target: str, attempt: int, reason: str) -> None:
-        policy = self.policies[target]
         try:
             await self._execute(target, attempt, reason)
         finally:
-            policy.finished(self.clock.monotonic())
+            self._finished(target)
             self._tasks.pop(target, None)
         again = self._retrigger.pop(target, None)
         if again is not None and not self._closed:
@@ -654,7 +661,7 @@ class RecoveryManager:
             ok = await self._execute(target, 0, reason)
         finally:
             if policy is not None:
-                policy.finished(self.clock.monotonic())
+                self._finished(target)
         again = self._retrigger.pop(target, None)
         if again is not None and policy is not None and not self._closed:
             self._want(target, again)

@@ -447,3 +447,25 @@ def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path)
     con.close()
     with pytest.raises(sqlite3.DatabaseError, match="v99, newer than this Guardian"):
         SqliteBreakerStore(newer)
+
+
+async def test_failure_observed_before_a_restart_finished_is_stale() -> None:
+    from datetime import timedelta
+
+    r = Rig(target("api", cooldown=0, max_attempts=10))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    began = r.clock.now()  # a service check starts while the old instance still runs
+    await r.clock.advance(0.5)
+    b.die()
+    await r.clock.settle()
+    assert b.restarts == 1
+    late = CheckResult("api", "service", "service", Status.FAILED, "", {}, began, r.clock.now(), 1)
+    r.bus.publish(late)  # ...and reports after the restart: about the old instance
+    await r.clock.settle()
+    assert b.restarts == 1
+    fresh = r.clock.now() + timedelta(seconds=1)
+    r.bus.publish(CheckResult("api", "service", "service", Status.FAILED, "", {}, fresh, fresh, 0))
+    await r.clock.settle()
+    assert b.restarts == 2
+    await r.mgr.aclose()
