@@ -16,7 +16,11 @@ Timing rules (documented for operators):
 * At most ``max_attempts`` attempts within ``window`` seconds. When one more would be
   needed the breaker opens: no further restarts, one ``breaker_open`` event (escalation).
 * The breaker closes, and the attempt counter clears, after ``stable_period`` seconds of
-  continuous health or on a manual restart (``guardian restart NAME`` / the API).
+  continuous health or on a manual restart (``guardian restart NAME`` / the API). Health
+  starts when a (re)start reports RUNNING (or at the first passing check) and ends at a
+  failed liveness/service check or an exit; it is judged on each check result and on exit.
+* A failed result whose check began before the last restart finished is about the old
+  instance and triggers nothing. Restarts of one target never overlap, manual ones included.
 * For ``grace_period`` seconds after each (re)start liveness failures are not counted.
   A process exit or a failed ``service`` check always triggers at once.
 """
