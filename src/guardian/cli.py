@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from guardian import __version__
-from guardian.config import Config, ConfigError, config_summary, load_config
+from guardian.cli_support import ConfigOpt, err, load_or_exit, out
+from guardian.config import Config, config_summary
 from guardian.log import LogFormat, setup_logging
 from guardian.result import CheckResult, Status
 from guardian.state import aggregate
@@ -34,25 +34,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect and validate configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="TOML config (default: $GUARDIAN_CONFIG or ./guardian.toml)"
-    ),
-]
 EXIT_FOR = {"healthy": 0, "degraded": 1, "unhealthy": 2}
-
-
-def load_or_exit(path: Path | None) -> Config:
-    """Load the config or print every problem and exit 2."""
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        err.print(e.render(), markup=False, highlight=False)
-        raise typer.Exit(2) from None
 
 
 # --------------------------------------------------------------------------- version

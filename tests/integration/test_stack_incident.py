@@ -54,7 +54,7 @@ def stack_config(tmp: Path, port: int, hook: str) -> Config:
                 "jitter": 0,
             },
             "api": {"enabled": False},
-            "escalation": {"failures": 3, "stable_period": 1.0},
+            "escalation": {"failures": 3, "stable_period": 3.0},  # > one crash cycle
             "notify": {"urls": [hook], "retries": 0, "timeout": 5},
             "targets": [
                 {

@@ -12,33 +12,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from guardian.config import Config, ConfigError, load_config
+from guardian.cli_support import ConfigOpt, err, load_or_exit, out
+from guardian.config import Config
 from guardian.incidents.notify import Notifier
 from guardian.incidents.redact import redact
 from guardian.incidents.report import Reporter
 from guardian.incidents.snapshot import SNAPSHOT_KINDS, system_snapshot
 from guardian.incidents.store import Store, StoreError
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="TOML config (default: $GUARDIAN_CONFIG or ./guardian.toml)"
-    ),
-]
-
-
-def _config(path: Path | None) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        err.print(e.render(), markup=False, highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _store(cfg: Config, must_exist: bool) -> Store | None:
@@ -66,7 +48,7 @@ def incidents_command(
     config: ConfigOpt = None,
 ) -> None:
     """List open incidents (all of them with --all), newest first."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     store = _store(cfg, must_exist=False)
     if store is None:
         out.print(f"no incidents recorded (no store at {cfg.store_path})", markup=False)
@@ -117,7 +99,7 @@ def report_command(
     config: ConfigOpt = None,
 ) -> None:
     """Print (or write) the Markdown report of an incident, generated from the store."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     store = _store(cfg, must_exist=True)
     assert store is not None
     try:
@@ -175,7 +157,7 @@ async def _render(cfg: Config, store: Store, incident_id: int, target: str) -> s
 
 def notify_test_command(config: ConfigOpt = None) -> None:
     """Send a test message to every configured notification URL; exit 1 if any fails."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     if not cfg.notify.urls:
         err.print("no notification URLs configured ([notify] urls)", markup=False)
         raise typer.Exit(1)

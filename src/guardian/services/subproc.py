@@ -75,6 +75,23 @@ async def run_command(
     return CommandResult(rc, decode_output(out), decode_output(err))
 
 
+async def run_service_tool(argv: Sequence[str], *, timeout: float, what: str) -> CommandResult:
+    """:func:`run_command` for service backends: failures become :class:`ServiceError`.
+
+    ``what`` names the call in the error (e.g. ``"sc.exe queryex ComfyUI"``).
+    """
+    from guardian.services.base import ServiceError, ServiceErrorKind
+
+    try:
+        return await run_command(argv, timeout=timeout)
+    except TimeoutError:
+        raise ServiceError(ServiceErrorKind.TIMEOUT, f"{what}: no answer in {timeout:g}s") from None
+    except OSError as e:
+        raise ServiceError(
+            ServiceErrorKind.UNAVAILABLE, f"cannot run {argv[0]}: {e.strerror or e}"
+        ) from None
+
+
 async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
     buf = bytearray()
     while True:

@@ -18,7 +18,7 @@ from guardian.services.base import (
     ServiceStatus,
     validate_service_name,
 )
-from guardian.services.subproc import CommandResult, run_command
+from guardian.services.subproc import CommandResult, run_service_tool
 
 SHOW_PROPERTIES = (
     "LoadState",
@@ -130,17 +130,8 @@ class SystemdBackend:
         return argv
 
     async def _run(self, argv: list[str], timeout: float) -> CommandResult:
-        try:
-            return await run_command(argv, timeout=timeout)
-        except TimeoutError:
-            raise ServiceError(
-                ServiceErrorKind.TIMEOUT,
-                f"{Path(argv[0]).name} for {self.unit}: no answer in {timeout:g}s",
-            ) from None
-        except OSError as e:
-            raise ServiceError(
-                ServiceErrorKind.UNAVAILABLE, f"cannot run {argv[0]}: {e.strerror or e}"
-            ) from None
+        what = f"{Path(argv[0]).name} for {self.unit}"
+        return await run_service_tool(argv, timeout=timeout, what=what)
 
     async def status(self) -> ServiceStatus:
         argv = self._systemctl("show", "-p", ",".join(SHOW_PROPERTIES), "--", self.unit)

@@ -25,7 +25,7 @@ from guardian.services.base import (
     ServiceStatus,
     validate_service_name,
 )
-from guardian.services.subproc import CommandResult, run_command
+from guardian.services.subproc import CommandResult, run_service_tool
 
 # Win32 error codes sc.exe reports as "[SC] <Function> FAILED <code>:".
 ERROR_ACCESS_DENIED = 5
@@ -274,17 +274,8 @@ class WindowsServiceBackend:
 
     async def _run(self, argv: list[str], timeout: float | None = None) -> CommandResult:
         limit = self.timeout if timeout is None else timeout
-        try:
-            return await run_command(argv, timeout=limit)
-        except TimeoutError:
-            raise ServiceError(
-                ServiceErrorKind.TIMEOUT,
-                f"{Path(argv[0]).name} {argv[1]} {self.service_name}: no answer in {limit:g}s",
-            ) from None
-        except OSError as e:
-            raise ServiceError(
-                ServiceErrorKind.UNAVAILABLE, f"cannot run {argv[0]}: {e.strerror or e}"
-            ) from None
+        what = f"{Path(argv[0]).name} {argv[1]} {self.service_name}"
+        return await run_service_tool(argv, timeout=limit, what=what)
 
     def _sc_failure(self, action: str, result: CommandResult) -> ServiceError:
         text = result.stdout + "\n" + result.stderr
