@@ -16,7 +16,11 @@ Timing rules (documented for operators):
 * At most ``max_attempts`` attempts within ``window`` seconds. When one more would be
   needed the breaker opens: no further restarts, one ``breaker_open`` event (escalation).
 * The breaker closes, and the attempt counter clears, after ``stable_period`` seconds of
-  continuous health or on a manual restart (``guardian restart NAME`` / the API).
+  continuous health or on a manual restart (``guardian restart NAME`` / the API). Health
+  starts when a (re)start reports RUNNING (or at the first passing check) and ends at a
+  failed liveness/service check or an exit; it is judged on each check result and on exit.
+* A failed result whose check began before the last restart finished is about the old
+  instance and triggers nothing. Restarts of one target never overlap, manual ones included.
 * For ``grace_period`` seconds after each (re)start liveness failures are not counted.
   A process exit or a failed ``service`` check always triggers at once.
 """
@@ -84,6 +88,24 @@ def _copy(r: BreakerRecord) -> BreakerRecord:
     return BreakerRecord(r.attempts, list(r.attempt_times), r.last_restart, r.breaker_open)
 
 
+# The breaker tables share Guardian's SQLite file with the incident store, which owns
+# PRAGMA user_version for its own migrations. A second owner of that one number would make
+# either store skip the other's migrations, so the breaker tables keep their version in a
+# row of `guardian_schema` instead. Index i upgrades version i -> i + 1; append, never edit.
+BREAKER_COMPONENT = "breakers"
+BREAKER_MIGRATIONS: tuple[str, ...] = (
+    # IF NOT EXISTS: files written before versioning already have this exact table.
+    "CREATE TABLE IF NOT EXISTS breakers ("
+    " target TEXT PRIMARY KEY,"
+    " attempts INTEGER NOT NULL,"
+    " attempt_times TEXT NOT NULL,"
+    " last_restart TEXT,"
+    " breaker_open INTEGER NOT NULL,"
+    " updated TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
+)
+BREAKER_SCHEMA_VERSION = len(BREAKER_MIGRATIONS)
+
+
 class SqliteBreakerStore:
     """Breaker state in its own table of Guardian's SQLite file (WAL, created if missing)."""
 
@@ -92,18 +114,42 @@ class SqliteBreakerStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=5.0, check_same_thread=False)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS breakers ("
-                " target TEXT PRIMARY KEY,"
-                " attempts INTEGER NOT NULL,"
-                " attempt_times TEXT NOT NULL,"
-                " last_restart TEXT,"
-                " breaker_open INTEGER NOT NULL,"
-                " updated TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._migrate()
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS guardian_schema ("
+            " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        self._db.commit()
+        version = self.schema_version
+        if version > BREAKER_SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"{self.path}: breaker tables are at schema v{version}, newer than this "
+                f"Guardian (v{BREAKER_SCHEMA_VERSION}); upgrade Guardian or use another store"
             )
-            self._db.commit()
+        for i in range(version, BREAKER_SCHEMA_VERSION):
+            # executescript commits on its own: migration and version bump in one transaction.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{BREAKER_MIGRATIONS[i]}\n"
+                "INSERT INTO guardian_schema (component, version)"
+                f" VALUES ('{BREAKER_COMPONENT}', {i + 1})"
+                " ON CONFLICT(component) DO UPDATE SET version = excluded.version;\n"
+                "COMMIT;"
+            )
+
+    @property
+    def schema_version(self) -> int:
+        row = self._db.execute(
+            "SELECT version FROM guardian_schema WHERE component = ?", (BREAKER_COMPONENT,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def load(self) -> dict[str, BreakerRecord]:
         with self._lock:
@@ -277,6 +323,15 @@ class RestartPolicy:
         """The service was (first) started outside a restart: grace applies."""
         self.started_at = now
 
+    def running(self, now: float) -> None:
+        """The service reported RUNNING after a (re)start: a healthy run begins.
+
+        Targets without liveness checks only ever send exit events, so without this their
+        attempt counter could never be cleared by a stable run. A failed check ends the run.
+        """
+        if self.healthy_since is None:
+            self.healthy_since = now
+
     def reset(self) -> None:
         """Close the breaker and forget attempts (manual restart or stable again)."""
         self.attempt_times.clear()
@@ -341,6 +396,8 @@ class RecoveryManager:
         self.policies: dict[str, RestartPolicy] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}  # one restart or wait per target
         self._retrigger: dict[str, str] = {}
+        self._manual_locks: dict[str, asyncio.Lock] = {}  # one manual restart at a time
+        self._restart_done: dict[str, datetime] = {}  # wall clock end of the last restart
         self._closed = False
         for target in config.targets:
             if target.service is None or target.name not in self.backends:
@@ -421,20 +478,29 @@ class RecoveryManager:
         policy = self.policies.get(event.target)
         if policy is None:
             return
+        done = self._restart_done.get(event.target)
+        if event.status == Status.FAILED and done is not None and event.started < done:
+            return  # began before the last restart finished: it describes the old instance
         now = self.clock.monotonic()
         reason = policy.observe_check(event.check, event.kind, event.status, now)
         if reason is not None:
             self._want(event.target, reason)
-        elif policy.stable_reset_due(now):
-            was_open = policy.breaker_open
-            policy.reset()
-            self._emit(
-                event.target,
-                RecoveryKind.BREAKER_RESET,
-                reason=f"healthy for {self.policies[event.target].cfg.stable_period:g} s",
-                breaker_was_open=was_open,
-            )
-            self._save(event.target)
+        else:
+            self._stable_reset(event.target, now)
+
+    def _stable_reset(self, target: str, now: float) -> None:
+        policy = self.policies[target]
+        if not policy.stable_reset_due(now):
+            return
+        was_open = policy.breaker_open
+        policy.reset()
+        self._emit(
+            target,
+            RecoveryKind.BREAKER_RESET,
+            reason=f"healthy for {policy.cfg.stable_period:g} s",
+            breaker_was_open=was_open,
+        )
+        self._save(target)
 
     def _on_exit(self, target: str, code: int | None) -> None:
         if self._closed:
@@ -443,6 +509,9 @@ class RecoveryManager:
         policy = self.policies.get(target)
         if policy is None:
             return
+        # A crash after a long healthy run starts a fresh count instead of inheriting the
+        # attempts of an old, unrelated incident.
+        self._stable_reset(target, self.clock.monotonic())
         self._want(target, policy.observe_exit(code))
 
     # -------------------------------------------------------------- deciding
@@ -483,11 +552,15 @@ class RecoveryManager:
         self._save(target)
         if self.dry_run:
             self._emit(target, RecoveryKind.DRY_RUN, attempt=d.attempt, reason=reason)
-            policy.finished(self.clock.monotonic())
+            self._finished(target)
             return
         self._tasks[target] = asyncio.create_task(
             self._restart_task(target, d.attempt, reason), name=f"recovery-restart-{target}"
         )
+
+    def _finished(self, target: str) -> None:
+        self.policies[target].finished(self.clock.monotonic())
+        self._restart_done[target] = self.clock.now()
 
     async def _wait_then_retry(self, target: str, delay: float) -> None:
         await self.clock.sleep(delay)
@@ -498,11 +571,10 @@ class RecoveryManager:
             self._want(target, reason)
 
     async def _restart_task(self, target: str, attempt: int, reason: str) -> None:
-        policy = self.policies[target]
         try:
             await self._execute(target, attempt, reason)
         finally:
-            policy.finished(self.clock.monotonic())
+            self._finished(target)
             self._tasks.pop(target, None)
         again = self._retrigger.pop(target, None)
         if again is not None and not self._closed:
@@ -530,6 +602,8 @@ class RecoveryManager:
             return False
         took = round(self.clock.monotonic() - t0, 3)
         if status.state in (ServiceState.RUNNING, ServiceState.STARTING):
+            if target in self.policies:
+                self.policies[target].running(self.clock.monotonic())
             self._emit(
                 target,
                 RecoveryKind.RESTART_SUCCEEDED,
@@ -557,9 +631,15 @@ class RecoveryManager:
         """Restart ``target`` now (CLI/API): closes its breaker first. KeyError if unknown."""
         if target not in self.backends:
             raise KeyError(target)
+        async with self._manual_locks.setdefault(target, asyncio.Lock()):
+            return await self._manual_restart(target, manual)
+
+    async def _manual_restart(self, target: str, manual: bool) -> str:
         policy = self.policies.get(target)
-        task = self._tasks.get(target)
-        if task is not None and not task.done():
+        # Let a running automatic restart finish and drop a scheduled one. Finishing may
+        # schedule a follow-up (its retrigger), hence the loop. From here to policy.begin()
+        # nothing awaits, so no automatic restart can slip in between.
+        while (task := self._tasks.get(target)) is not None and not task.done():
             if policy is not None and policy.in_progress:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(task)
@@ -567,7 +647,8 @@ class RecoveryManager:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            self._tasks.pop(target, None)
+            if self._tasks.get(target) is task:
+                self._tasks.pop(target)
         reason = "manual restart" if manual else "requested restart"
         if policy is not None:
             was_open, had = policy.breaker_open, bool(policy.attempt_times)
@@ -584,7 +665,7 @@ class RecoveryManager:
             ok = await self._execute(target, 0, reason)
         finally:
             if policy is not None:
-                policy.finished(self.clock.monotonic())
+                self._finished(target)
         again = self._retrigger.pop(target, None)
         if again is not None and policy is not None and not self._closed:
             self._want(target, again)
@@ -635,10 +716,18 @@ class RecoveryManager:
                     extra={"target": name, "event": "start_failed"},
                 )
                 continue
-            if name in self.policies:
-                self.policies[name].started(self.clock.monotonic())
+            policy = self.policies.get(name)
+            if policy is not None:
+                policy.started(self.clock.monotonic())
             if name in needed:
-                await self._wait_running(name)
+                up = await self._wait_running(name)
+            else:
+                try:
+                    up = (await backend.status()).state == ServiceState.RUNNING
+                except Exception:
+                    up = False
+            if policy is not None and up:
+                policy.running(self.clock.monotonic())
 
     async def _wait_running(self, name: str) -> bool:
         deadline = self.clock.monotonic() + self.start_wait

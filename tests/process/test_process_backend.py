@@ -251,23 +251,58 @@ async def test_env_and_cwd(tmp_path: Path) -> None:
         await b.aclose()
 
 
-async def test_no_leaked_fds_after_30_cycles() -> None:
+def our_zombies() -> list[int]:
+    """PIDs of this process's children that exited but were never reaped."""
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == me:
+            out.append(int(entry))
+    return out
+
+
+async def test_no_leaked_fds_tasks_or_zombies_after_50_cycles() -> None:
     b = ProcessBackend("svc", SLEEPER, stop_timeout=2)
     await b.start()
     await b.stop()
     await asyncio.sleep(0.05)
-    before = len(os.listdir("/proc/self/fd"))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    tasks_before = len(asyncio.all_tasks())
     pids = []
-    for _ in range(30):
+    for _ in range(50):
         await b.start()
         pids.append(b.pid)
         await b.stop()
     await b.aclose()
     await asyncio.sleep(0.1)
-    after = len(os.listdir("/proc/self/fd"))
-    assert after <= before
-    assert len(set(pids)) == 30
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
+    assert len(asyncio.all_tasks()) <= tasks_before
+    assert len(set(pids)) == 50
+    assert b.starts == 51
     assert not any(alive(p) for p in pids if p is not None)
+    assert await wait_for(lambda: not our_zombies(), 2), our_zombies()
+
+
+async def test_crashed_child_is_reaped_and_counted() -> None:
+    b = ProcessBackend("svc", [PY, "-c", "raise SystemExit(7)"])
+    got: list[int | None] = []
+    b.add_exit_listener(got.append)
+    try:
+        for n in (1, 2, 3):
+            await b.start() if n == 1 else await b.restart()
+            assert await wait_for(lambda n=n: len(got) == n)  # type: ignore[misc]
+        assert got == [7, 7, 7]
+        assert b.starts == 3 and (await b.status()).restarts == 2
+        assert await wait_for(lambda: not our_zombies(), 2), our_zombies()
+    finally:
+        await b.aclose()
 
 
 def test_rotating_log_never_exceeds_its_limit_even_for_huge_chunks(tmp_path: Path) -> None:

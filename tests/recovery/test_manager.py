@@ -330,3 +330,142 @@ async def test_memory_store_round_trip() -> None:
     await r2.clock.advance(51)
     assert r2.backends["api"].restarts == 1
     await r2.mgr.aclose()
+
+
+class SlowBackend(MemBackend):
+    """restart() takes 5 fake seconds and records how many run at once."""
+
+    def __init__(self, name: str, log: list[str], clock: FakeClock) -> None:
+        super().__init__(name, log)
+        self.clock = clock
+        self.active = 0
+        self.max_active = 0
+
+    async def restart(self) -> None:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await self.clock.sleep(5)
+            await super().restart()
+        finally:
+            self.active -= 1
+
+
+async def test_restarts_of_one_target_never_overlap() -> None:
+    import asyncio
+
+    r = Rig(target("api", cooldown=0, max_attempts=10))
+    slow = SlowBackend("api", r.order, r.clock)
+    r.backends["api"] = slow
+    r.mgr = RecoveryManager(r.config, r.bus, {"api": slow}, r.clock)  # type: ignore[dict-item]
+    await r.mgr.start_all()
+    slow.die()  # automatic restart begins
+    await r.clock.settle()
+    manual = [asyncio.create_task(r.mgr.restart("api")) for _ in range(3)]
+    slow.die()  # a crash reported mid-restart is queued, not run alongside
+    for _ in range(10):
+        await r.clock.advance(5)
+    results = await asyncio.gather(*manual)
+    assert all(m.startswith("restarted api") for m in results)
+    assert slow.max_active == 1
+    assert slow.restarts == 5  # the automatic one, its queued follow-up, three manual
+    await r.mgr.aclose()
+
+
+async def test_exit_only_target_attempts_clear_after_a_stable_run() -> None:
+    # No liveness checks: the exit event is all recovery hears about this service.
+    cfg = TargetConfig(
+        name="api",
+        service=ServiceConfig(backend="process", command=["x"]),
+        recovery=RecoveryConfig(
+            cooldown=1, backoff_factor=1, max_attempts=2, window=3600, stable_period=60
+        ),
+    )
+    r = Rig(cfg)
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    for _ in range(5):  # a crash every 100 s, each after a stable run: never gives up
+        await r.clock.advance(100)
+        b.die()
+        await r.clock.settle()
+    assert b.restarts == 5 and not r.kinds(RecoveryKind.BREAKER_OPEN)
+    assert [e.attempt for e in r.kinds(RecoveryKind.RESTART_STARTED)] == [1] * 5
+    for _ in range(3):  # crashes closer together than stable_period still count
+        await r.clock.advance(10)
+        b.die()
+        await r.clock.settle()
+    assert b.restarts == 6 and len(r.kinds(RecoveryKind.BREAKER_OPEN)) == 1
+    await r.mgr.aclose()
+
+
+def test_breaker_store_shares_the_file_with_the_incident_store(tmp_path: Path) -> None:
+    import sqlite3
+
+    from guardian.incidents.store import SCHEMA_VERSION, Store
+    from guardian.recovery import BREAKER_SCHEMA_VERSION, BreakerRecord
+
+    for first in ("breakers", "incidents"):
+        db = tmp_path / f"{first}-first.db"
+        if first == "breakers":
+            SqliteBreakerStore(db).save("api", BreakerRecord(attempts=1, attempt_times=["x"]))
+        store = Store(db)  # its migrations must not be skipped or disturbed
+        assert store.schema_version == SCHEMA_VERSION
+        store.close()
+        breakers = SqliteBreakerStore(db)
+        assert breakers.schema_version == BREAKER_SCHEMA_VERSION
+        breakers.save("web", BreakerRecord(breaker_open=True))
+        breakers.close()
+        with sqlite3.connect(db) as con:
+            assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        reopened = Store(db)
+        assert reopened.schema_version == SCHEMA_VERSION
+        reopened.close()
+        assert SqliteBreakerStore(db).load()["web"].breaker_open
+
+
+def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path) -> None:
+    import sqlite3
+
+    from guardian.recovery import BREAKER_MIGRATIONS
+
+    old = tmp_path / "old.db"  # written before the schema row existed
+    with sqlite3.connect(old) as con:
+        con.execute(BREAKER_MIGRATIONS[0])
+        con.execute(
+            "INSERT INTO breakers (target, attempts, attempt_times, breaker_open)"
+            " VALUES ('api', 2, '[]', 1)"
+        )
+    con.close()
+    store = SqliteBreakerStore(old)
+    assert store.load()["api"].breaker_open and store.schema_version == len(BREAKER_MIGRATIONS)
+    store.close()
+
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as con:
+        con.execute("CREATE TABLE guardian_schema (component TEXT PRIMARY KEY, version INTEGER)")
+        con.execute("INSERT INTO guardian_schema VALUES ('breakers', 99)")
+    con.close()
+    with pytest.raises(sqlite3.DatabaseError, match="v99, newer than this Guardian"):
+        SqliteBreakerStore(newer)
+
+
+async def test_failure_observed_before_a_restart_finished_is_stale() -> None:
+    from datetime import timedelta
+
+    r = Rig(target("api", cooldown=0, max_attempts=10))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    began = r.clock.now()  # a service check starts while the old instance still runs
+    await r.clock.advance(0.5)
+    b.die()
+    await r.clock.settle()
+    assert b.restarts == 1
+    late = CheckResult("api", "service", "service", Status.FAILED, "", {}, began, r.clock.now(), 1)
+    r.bus.publish(late)  # ...and reports after the restart: about the old instance
+    await r.clock.settle()
+    assert b.restarts == 1
+    fresh = r.clock.now() + timedelta(seconds=1)
+    r.bus.publish(CheckResult("api", "service", "service", Status.FAILED, "", {}, fresh, fresh, 0))
+    await r.clock.settle()
+    assert b.restarts == 2
+    await r.mgr.aclose()

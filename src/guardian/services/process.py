@@ -112,6 +112,7 @@ class ProcessBackend:
         self._last_exit: int | None = None
         self._ever_started = False
         self._restarts = 0
+        self._starts = 0
 
     # ----------------------------------------------------------------- protocol
 
@@ -128,6 +129,11 @@ class ProcessBackend:
     @property
     def last_exit_code(self) -> int | None:
         return self._last_exit
+
+    @property
+    def starts(self) -> int:
+        """How many times a child was spawned (first start and every restart)."""
+        return self._starts
 
     async def status(self) -> ServiceStatus:
         pid = self.pid
@@ -196,9 +202,18 @@ class ProcessBackend:
         else:
             kwargs["start_new_session"] = True
         hook = _ExitHook(self)
+
+        def factory() -> _ChildProtocol:
+            # Adopt the protocol before subprocess_exec returns: a child that dies within a
+            # millisecond can have process_exited delivered before that await resumes, and
+            # _on_exit ignores protocols that are not current.
+            proto = _ChildProtocol(sink, hook)
+            self._proto = proto
+            return proto
+
         try:
-            _, proto = await loop.subprocess_exec(
-                lambda: _ChildProtocol(sink, hook),
+            await loop.subprocess_exec(
+                factory,
                 *self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -215,8 +230,8 @@ class ProcessBackend:
             raise ServiceError(
                 ServiceErrorKind.FAILED, f"{self.name}: cannot start {self.argv[0]!r}: {exc}"
             ) from exc
-        self._proto = proto
         self._ever_started = True
+        self._starts += 1
         log.info(
             "started %s (pid %s)",
             self.name,
