@@ -6,6 +6,7 @@ then binds 127.0.0.1:PORT and answers ``GET /`` with 200. Options:
 * ``--daemon``: double-fork and detach first, as Monit expects of a start program.
 * ``--requests-log F``: append the wall-clock time of every request (bench_hang uses it to
   know when the first failing check arrived).
+* ``--exit-after S``: crash with exit code 3 after S seconds (a crash-looping service).
 * SIGUSR1 switches to *hang* mode: the process stays alive and keeps accepting, but never
   answers again, like a wedged server.
 """
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pidfile", required=True)
     p.add_argument("--daemon", action="store_true")
     p.add_argument("--requests-log")
+    p.add_argument("--exit-after", type=float, help="crash (exit 3) after this many seconds")
     a = p.parse_args(argv)
     if a.daemon:
         _daemonize()
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if a.exit_after is not None:
+        threading.Timer(a.exit_after, lambda: os._exit(3)).start()
     try:
         server.serve_forever(poll_interval=0.05)
     finally:

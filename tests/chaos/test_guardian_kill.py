@@ -1,0 +1,136 @@
+"""Guardian itself SIGKILLed (mid-restart, mid-incident), then started again.
+
+The ProcessBackend starts children in their own session, so a SIGKILLed Guardian leaves
+its child running, holding the port. What must hold after the new Guardian starts:
+
+* exactly one victim process exists, it serves the port, and it is the new Guardian's
+  own child (the orphan was found and killed, or re-adopted) -- not an unsupervised
+  orphan serving while Guardian's fresh child crash-loops on EADDRINUSE;
+* no restart storm: a handful of restarts at most in the new Guardian's first seconds;
+* a target whose breaker was open stays open across the crash (the attempt count lives
+  in the state store), so a crash-looping Guardian cannot multiply restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from chaos_support import (
+    GuardianProc,
+    cleanup,
+    features,
+    free_port,
+    guardian_config,
+    http_ok,
+    listener_pid,
+    log_events,
+    read_pid,
+    victims,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.skipif(os.name == "nt", reason="POSIX signals"),
+    pytest.mark.timeout(120),
+]
+
+RESTART_KINDS = {"restart_started"}
+
+
+def restarts(log: Path, since: float = 0.0) -> int:
+    """restart_started events in the JSON log logged after ``since`` (epoch seconds)."""
+    from datetime import datetime
+
+    n = 0
+    for e in log_events(log):
+        kind = e.get("event") if e.get("event") in RESTART_KINDS else e.get("kind")
+        if kind in RESTART_KINDS and datetime.fromisoformat(e["time"]).timestamp() >= since:
+            n += 1
+    return n
+
+
+def assert_one_supervised_victim(g: GuardianProc, port: int, marker: str) -> None:
+    def settled() -> bool:
+        vs = victims(marker)
+        owner = listener_pid(port)
+        return len(vs) == 1 and owner == vs[0].pid and http_ok(port)
+
+    wait_for(settled, 20, step=0.1)
+    vs = victims(marker)
+    assert len(vs) == 1, f"{len(vs)} victim processes: {[(v.pid, v.ppid()) for v in vs]}"
+    owner = listener_pid(port)
+    assert owner == vs[0].pid and http_ok(port)
+    assert psutil.Process(owner).ppid() == g.pid, (
+        f"port {port} is served by pid {owner} (parent {psutil.Process(owner).ppid()}), "
+        f"not by a child of the running Guardian {g.pid}: an unsupervised orphan"
+    )
+
+
+@pytest.mark.parametrize("moment", ["steady", "mid_restart"])
+def test_sigkilled_guardian_restarts_without_orphans_or_storm(tmp_path: Path, moment: str) -> None:
+    why = features()
+    if why:
+        pytest.skip(why)
+    port, pidfile = free_port(), tmp_path / "victim.pid"
+    cfg = guardian_config(tmp_path, port, pidfile)
+    log = tmp_path / "logs" / "guardian.log"
+    g1: GuardianProc | None = None
+    g2: GuardianProc | None = None
+    with cleanup(str(pidfile), lambda: g1, lambda: g2):
+        g1 = GuardianProc(cfg, tmp_path / "g1.err")
+        assert wait_for(lambda: http_ok(port), 20), g1.stderr()[-3000:]
+        if moment == "mid_restart":
+            before = restarts(log)
+            victim = read_pid(pidfile)
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            assert wait_for(lambda: restarts(log) > before, 10, step=0.002), g1.stderr()[-2000:]
+        g1.sigkill()
+        t_restart = time.time()
+        g2 = GuardianProc(cfg, tmp_path / "g2.err")
+        assert_one_supervised_victim(g2, port, str(pidfile))
+        time.sleep(3)  # a storm would show here: failure_threshold x interval is 1.5 s
+        n = restarts(log, since=t_restart)
+        assert n <= 2, f"{n} restarts in the new Guardian's first seconds"
+        assert_one_supervised_victim(g2, port, str(pidfile))
+        assert g2.stop() == 0
+    assert victims(str(pidfile)) == []
+
+
+def test_open_breaker_survives_a_guardian_crash(tmp_path: Path) -> None:
+    """A crash-looping child opens the breaker; after a SIGKILL of Guardian it stays open."""
+    why = features()
+    if why:
+        pytest.skip(why)
+    port, pidfile = free_port(), tmp_path / "victim.pid"
+    recovery = (
+        "cooldown = 0\nmax_attempts = 3\nwindow = 600\nbackoff_factor = 1.0\n"
+        "backoff_max = 0\nfailure_threshold = 1\ngrace_period = 0\nstable_period = 600\n"
+    )
+    cfg = guardian_config(tmp_path, port, pidfile, victim_extra=["--exit-after", "0.3"],
+                          recovery=recovery)
+    log = tmp_path / "logs" / "guardian.log"
+    g1: GuardianProc | None = None
+    g2: GuardianProc | None = None
+    with cleanup(str(pidfile), lambda: g1, lambda: g2):
+        g1 = GuardianProc(cfg, tmp_path / "g1.err")
+        opened = wait_for(
+            lambda: any(e.get("event") == "breaker_open" for e in log_events(log)), 30
+        )
+        assert opened, g1.stderr()[-3000:]
+        first_run = restarts(log)
+        assert 1 <= first_run <= 3
+        g1.sigkill()
+        t_restart = time.time()
+        g2 = GuardianProc(cfg, tmp_path / "g2.err")
+        assert wait_for(lambda: "guardian started" in g2.stderr(), 20), g2.stderr()[-2000:]
+        time.sleep(4)
+        n = restarts(log, since=t_restart)
+        assert n == 0, f"breaker forgotten: {n} new restarts after the crash"
+        assert g2.stop() == 0
+    assert victims(str(pidfile)) == []
