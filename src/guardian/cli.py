@@ -274,6 +274,16 @@ def demo(
     raise typer.Exit(run_guardian(demo_cfg, log_format))
 
 
+def _register_extensions() -> None:
+    """Commands that live next to the code they drive."""
+    from guardian import install
+
+    install.register(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     app()
 

@@ -1,18 +1,30 @@
-"""Disk free-space check (config; the runtime lands with the checks issue)."""
+"""Disk free-space check.
+
+``shutil.disk_usage`` on every configured path (drive roots such as ``D:\\`` on Windows,
+mount points on Linux): the same call everywhere, no ``wmic``. "Free" is what an
+unprivileged process can still write (``f_bavail`` on POSIX). Each path is judged against
+the GB and percent thresholds; the worst path decides, and every problem is named.
+Values per path: ``free_gb.<path>``, ``free_percent.<path>``, ``total_gb.<path>``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from guardian.checks.base import CheckConfigBase
+from guardian.checks.base import CheckConfigBase, CheckContext
+from guardian.result import Outcome, Status, Value, worst
+
+GB = 1024**3
 
 
 def default_disk_paths() -> list[str]:
     if os.name == "nt":
-        return [os.environ.get("SystemDrive", "C:") + "\\"]
+        return [os.environ.get("SYSTEMDRIVE", "C:") + "\\"]
     return ["/"]
 
 
@@ -36,3 +48,68 @@ class DiskCheckConfig(CheckConfigBase):
                     "must fire before the critical level"
                 )
         return self
+
+
+def judge_path(
+    cfg: DiskCheckConfig, path: str, free_gb: float, free_percent: float
+) -> tuple[Status, str]:
+    """One path's status and, when not ok, why."""
+    shown = f"{path}: {free_gb:.1f} GB free ({free_percent:.1f}%)"
+    if cfg.critical_gb is not None and free_gb < cfg.critical_gb:
+        return Status.FAILED, f"{shown}, below critical {cfg.critical_gb:g} GB"
+    if cfg.critical_percent is not None and free_percent < cfg.critical_percent:
+        return Status.FAILED, f"{shown}, below critical {cfg.critical_percent:g}%"
+    if cfg.warn_gb is not None and free_gb < cfg.warn_gb:
+        return Status.DEGRADED, f"{shown}, below warning {cfg.warn_gb:g} GB"
+    if cfg.warn_percent is not None and free_percent < cfg.warn_percent:
+        return Status.DEGRADED, f"{shown}, below warning {cfg.warn_percent:g}%"
+    return Status.OK, ""
+
+
+class DiskCheck:
+    def __init__(self, config: DiskCheckConfig, ctx: CheckContext) -> None:
+        self.config = config
+        self._ctx = ctx
+
+    async def run(self) -> Outcome:
+        # disk_usage can block for seconds on a sleeping or network drive: keep the loop free
+        return await asyncio.to_thread(self._measure)
+
+    def _measure(self) -> Outcome:
+        cfg = self.config
+        values: dict[str, Value] = {}
+        problems: list[tuple[Status, str]] = []
+        for path in cfg.paths:
+            try:
+                usage = shutil.disk_usage(path)
+            except FileNotFoundError:
+                problems.append((Status.FAILED, f"{path}: does not exist"))
+                continue
+            except OSError as exc:
+                problems.append((Status.FAILED, f"{path}: {exc.strerror or exc}"))
+                continue
+            free_gb = usage.free / GB
+            free_percent = 100.0 * usage.free / usage.total if usage.total else 0.0
+            values[f"free_gb.{path}"] = round(free_gb, 2)
+            values[f"free_percent.{path}"] = round(free_percent, 2)
+            values[f"total_gb.{path}"] = round(usage.total / GB, 2)
+            status, why = judge_path(cfg, path, free_gb, free_percent)
+            if status is not Status.OK:
+                problems.append((status, why))
+        if not problems:
+            lowest = min(
+                (v for k, v in values.items() if k.startswith("free_gb.")),
+                key=lambda v: float(v or 0),
+            )
+            return Outcome.ok(f"lowest free {lowest} GB", **values)
+        status = worst(s for s, _ in problems)
+        # most severe first, so a truncated reason still leads with what matters
+        ordered = sorted(problems, key=lambda p: -p[0].severity)
+        return Outcome(status, "; ".join(why for _, why in ordered), values)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def create(cfg: DiskCheckConfig, ctx: CheckContext) -> DiskCheck:
+    return DiskCheck(cfg, ctx)

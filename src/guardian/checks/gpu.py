@@ -1,12 +1,35 @@
-"""GPU check via NVML or nvidia-smi (config; the runtime lands with the checks issue)."""
+"""GPU check via NVML, falling back to nvidia-smi.
+
+Backend ``auto`` tries NVML first (no process, cheapest); when NVML cannot be loaded or
+initialised it runs ``nvidia-smi``, whose error text ("couldn't communicate with the
+NVIDIA driver", "Driver/library version mismatch") is what an operator recognises.
+No NVIDIA stack at all (neither library nor tool), or zero devices → *skipped*
+``no NVIDIA GPU``: a CPU-only box is not unhealthy.
+
+Per GPU: temperature at/above ``temp_critical_c`` → failed, at/above ``temp_warn_c`` →
+degraded; VRAM use at/above ``vram_warn_percent`` → degraded; with ``memory_errors``,
+pending page retirement / row remapping or uncorrected ECC errors → degraded and a
+row-remapping failure → failed; any field the driver answered with an error ("GPU is
+lost", "[Unknown Error]") → failed. Values are per GPU, ``gpu<index>.<metric>``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 from pydantic import Field, model_validator
 
-from guardian.checks.base import CheckConfigBase
+from guardian.checks.base import CheckConfigBase, CheckContext
+from guardian.gpu import GpuInfo, GpuQueryError, NoGpu, smi
+from guardian.gpu.nvml import Nvml, load_pynvml
+from guardian.result import Outcome, Status, Value, worst
+
+T = TypeVar("T")
+NO_GPU = "no NVIDIA GPU"
+log = logging.getLogger("guardian.checks.gpu")
 
 
 class GpuCheckConfig(CheckConfigBase):
@@ -16,6 +39,12 @@ class GpuCheckConfig(CheckConfigBase):
     vram_warn_percent: float | None = Field(95.0, gt=0, le=100)
     temp_warn_c: float | None = Field(85.0, gt=0)
     temp_critical_c: float | None = Field(95.0, gt=0)
+    memory_errors: bool = Field(
+        True, description="judge pending page retirement/row remapping and uncorrected ECC"
+    )
+    nvidia_smi_path: str | None = Field(
+        None, description="nvidia-smi to run; default: PATH, then the NVSMI folder on Windows"
+    )
 
     @model_validator(mode="after")
     def _warn_below_critical(self) -> GpuCheckConfig:
@@ -23,3 +52,170 @@ class GpuCheckConfig(CheckConfigBase):
         if warn is not None and crit is not None and warn > crit:
             raise ValueError(f"temp_warn_c ({warn:g}) is above temp_critical_c ({crit:g})")
         return self
+
+
+def judge_gpus(
+    cfg: GpuCheckConfig, gpus: list[GpuInfo], complaints: list[str], backend: str
+) -> Outcome:
+    """Thresholds and hardware signals over every GPU; the worst GPU decides."""
+    values: dict[str, Value] = {"backend": backend, "gpu_count": len(gpus)}
+    problems: list[tuple[Status, str]] = [(Status.FAILED, line) for line in complaints]
+    summaries: list[str] = []
+    for gpu in gpus:
+        p = f"gpu{gpu.index}."
+        label = f"GPU {gpu.index} ({gpu.name})"
+        vram = gpu.memory_percent
+        measured: dict[str, float | int | str | None] = {
+            "name": gpu.name,
+            "util_percent": gpu.utilization_percent,
+            "vram_used_mb": _round(gpu.memory_used_mb),
+            "vram_total_mb": _round(gpu.memory_total_mb),
+            "vram_percent": _round(vram),
+            "temp_c": gpu.temperature_c,
+            "power_w": _round(gpu.power_draw_w),
+            "power_limit_w": _round(gpu.power_limit_w),
+            "ecc_uncorrected": gpu.ecc_uncorrected,
+        }
+        values.update({p + k: v for k, v in measured.items() if v is not None})
+        for error in gpu.errors:
+            problems.append((Status.FAILED, f"{label}: {error}"))
+        temp = gpu.temperature_c
+        if temp is not None and cfg.temp_critical_c is not None and temp >= cfg.temp_critical_c:
+            problems.append(
+                (Status.FAILED, f"{label}: {temp:g} C, at/above critical {cfg.temp_critical_c:g} C")
+            )
+        elif temp is not None and cfg.temp_warn_c is not None and temp >= cfg.temp_warn_c:
+            problems.append(
+                (Status.DEGRADED, f"{label}: {temp:g} C, at/above warning {cfg.temp_warn_c:g} C")
+            )
+        if vram is not None and cfg.vram_warn_percent is not None and vram >= cfg.vram_warn_percent:
+            problems.append(
+                (
+                    Status.DEGRADED,
+                    f"{label}: VRAM {vram:.1f}% used, at/above {cfg.vram_warn_percent:g}%",
+                )
+            )
+        if cfg.memory_errors:
+            problems.extend(_memory_error_problems(gpu, label))
+        summaries.append(
+            f"{label}: "
+            + ", ".join(
+                part
+                for part in (
+                    f"{temp:g} C" if temp is not None else "",
+                    f"VRAM {vram:.0f}%" if vram is not None else "",
+                    f"{gpu.utilization_percent:g}% busy"
+                    if gpu.utilization_percent is not None
+                    else "",
+                )
+                if part
+            )
+        )
+    if not problems:
+        return Outcome.ok("; ".join(summaries), **values)
+    ordered = sorted(problems, key=lambda item: -item[0].severity)
+    return Outcome(worst(s for s, _ in problems), "; ".join(w for _, w in ordered), values)
+
+
+def _memory_error_problems(gpu: GpuInfo, label: str) -> list[tuple[Status, str]]:
+    found: list[tuple[Status, str]] = []
+    if gpu.remapped_rows_failure:
+        found.append((Status.FAILED, f"{label}: row remapping failed, the board needs service"))
+    if gpu.remapped_rows_pending:
+        found.append((Status.DEGRADED, f"{label}: remapped rows pending, reset the GPU"))
+    if gpu.retired_pages_pending:
+        found.append((Status.DEGRADED, f"{label}: retired pages pending, reset the GPU"))
+    if gpu.ecc_uncorrected:
+        found.append((Status.DEGRADED, f"{label}: {gpu.ecc_uncorrected} uncorrected ECC errors"))
+    return found
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None
+
+
+class GpuCheck:
+    def __init__(self, config: GpuCheckConfig, ctx: CheckContext) -> None:
+        self.config = config
+        self._ctx = ctx
+        self._nvml: Nvml | None = None
+        self._busy = False  # an NVML call is still running in its thread
+
+    async def run(self) -> Outcome:
+        cfg = self.config
+        if self._busy:
+            # NVML calls cannot be cancelled; never pile threads onto a wedged driver
+            return Outcome.failed("the previous NVML call has not returned (driver hung?)")
+        nvml_error: GpuQueryError | None = None
+        if cfg.backend in ("auto", "nvml"):
+            try:
+                nvml = await self._open_nvml()
+            except NoGpu:
+                nvml = None
+            except GpuQueryError as exc:
+                nvml, nvml_error = None, exc
+            if nvml is not None:
+                try:
+                    gpus = await self._in_thread(nvml.read)
+                except NoGpu:
+                    return Outcome.skipped(NO_GPU, backend="nvml")
+                except GpuQueryError as exc:
+                    await self._reset_nvml()  # a reloaded driver needs a fresh nvmlInit
+                    return Outcome.failed(str(exc), backend="nvml")
+                return judge_gpus(cfg, gpus, [], "nvml")
+            if cfg.backend == "nvml":
+                if nvml_error is not None:
+                    return Outcome.failed(str(nvml_error), backend="nvml")
+                return Outcome.skipped(NO_GPU, backend="nvml")
+        executable = smi.find_nvidia_smi(cfg.nvidia_smi_path)
+        if nvml_error is not None and executable is not None:
+            log.debug(
+                "NVML unusable, asking nvidia-smi: %s",
+                nvml_error,
+                extra={"target": self._ctx.target, "event": "gpu_nvml_fallback"},
+            )
+        if executable is None:
+            if nvml_error is not None:
+                return Outcome.failed(str(nvml_error), backend="nvml")
+            return Outcome.skipped(NO_GPU)
+        try:
+            gpus, complaints = await smi.query(executable, cfg.timeout * 0.9)
+        except NoGpu:
+            return Outcome.skipped(NO_GPU, backend="nvidia-smi")
+        except GpuQueryError as exc:
+            return Outcome.failed(str(exc), backend="nvidia-smi")
+        return judge_gpus(cfg, gpus, complaints, "nvidia-smi")
+
+    async def _open_nvml(self) -> Nvml | None:
+        if self._nvml is not None:
+            return self._nvml
+        module = load_pynvml()
+        if module is None:
+            return None
+        session = Nvml(module)
+        await self._in_thread(session.open)
+        self._nvml = session
+        return session
+
+    async def _reset_nvml(self) -> None:
+        session, self._nvml = self._nvml, None
+        if session is not None and not self._busy:
+            await self._in_thread(session.close)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        self._busy = True
+
+        def call() -> T:
+            try:
+                return fn()
+            finally:
+                self._busy = False
+
+        return await asyncio.to_thread(call)
+
+    async def aclose(self) -> None:
+        await self._reset_nvml()
+
+
+def create(cfg: GpuCheckConfig, ctx: CheckContext) -> GpuCheck:
+    return GpuCheck(cfg, ctx)

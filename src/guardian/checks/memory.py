@@ -1,12 +1,29 @@
-"""System memory check (config; the runtime lands with the checks issue)."""
+"""System memory check, plus the target service's own footprint.
+
+System: ``psutil.virtual_memory().available`` (what can be allocated without swapping)
+against ``warn_available_mb`` / ``critical_available_mb``. Process: when the target has a
+service with a known PID and ``process_rss_warn_mb`` is set, the RSS of that process and
+all its descendants (ComfyUI spawns workers; NSSM wraps python) is summed, and above the
+limit the check is *degraded* — a leak worth a look, not proof the service is down.
+Values: ``available_mb``, ``total_mb``, ``used_percent``, and where measured
+``process_rss_mb``, ``process_count``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Literal
 
+import psutil
 from pydantic import Field, model_validator
 
-from guardian.checks.base import CheckConfigBase
+from guardian.checks.base import CheckConfigBase, CheckContext
+from guardian.result import Outcome, Status, Value, worst
+from guardian.services.base import ServiceError
+
+MB = 1024 * 1024
+log = logging.getLogger("guardian.checks.memory")
 
 
 class MemoryCheckConfig(CheckConfigBase):
@@ -26,3 +43,99 @@ class MemoryCheckConfig(CheckConfigBase):
                 f"warn_available_mb ({warn:g}) is below critical_available_mb ({crit:g})"
             )
         return self
+
+
+def process_tree_rss(pid: int) -> tuple[int, int] | None:
+    """(RSS bytes, process count) of ``pid`` and its descendants; ``None`` if it is gone.
+
+    Children that exit or deny access while we walk are skipped, not fatal.
+    """
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        procs = [root]
+    total = 0
+    counted = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+            counted += 1
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return (total, counted) if counted else None
+
+
+class MemoryCheck:
+    def __init__(self, config: MemoryCheckConfig, ctx: CheckContext) -> None:
+        self.config = config
+        self._ctx = ctx
+
+    async def _service_pid(self) -> int | None:
+        service = self._ctx.service
+        if service is None or self.config.process_rss_warn_mb is None:
+            return None
+        try:
+            return (await service.status()).pid
+        except ServiceError as exc:
+            # the service check reports that; memory still judges the system
+            log.debug(
+                "no pid for memory check: %s",
+                exc,
+                extra={"target": self._ctx.target, "event": "memory_no_pid"},
+            )
+            return None
+
+    async def run(self) -> Outcome:
+        pid = await self._service_pid()
+        return await asyncio.to_thread(self._measure, pid)
+
+    def _measure(self, pid: int | None) -> Outcome:
+        cfg = self.config
+        vm = psutil.virtual_memory()
+        available_mb = vm.available / MB
+        values: dict[str, Value] = {
+            "available_mb": round(available_mb, 1),
+            "total_mb": round(vm.total / MB, 1),
+            "used_percent": round(float(vm.percent), 1),
+        }
+        problems: list[tuple[Status, str]] = []
+        shown = f"{available_mb:.0f} MB available"
+        if cfg.critical_available_mb is not None and available_mb < cfg.critical_available_mb:
+            problems.append(
+                (Status.FAILED, f"{shown}, below critical {cfg.critical_available_mb:g} MB")
+            )
+        elif cfg.warn_available_mb is not None and available_mb < cfg.warn_available_mb:
+            problems.append(
+                (Status.DEGRADED, f"{shown}, below warning {cfg.warn_available_mb:g} MB")
+            )
+        if pid is not None and cfg.process_rss_warn_mb is not None:
+            measured = process_tree_rss(pid)
+            if measured is not None:
+                rss_mb = measured[0] / MB
+                values["process_rss_mb"] = round(rss_mb, 1)
+                values["process_count"] = measured[1]
+                if rss_mb > cfg.process_rss_warn_mb:
+                    problems.append(
+                        (
+                            Status.DEGRADED,
+                            f"service process tree (pid {pid}, {measured[1]} processes) uses "
+                            f"{rss_mb:.0f} MB, above {cfg.process_rss_warn_mb:g} MB",
+                        )
+                    )
+        if not problems:
+            return Outcome.ok(shown, **values)
+        status = worst(s for s, _ in problems)
+        return Outcome(status, "; ".join(why for _, why in problems), values)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def create(cfg: MemoryCheckConfig, ctx: CheckContext) -> MemoryCheck:
+    return MemoryCheck(cfg, ctx)

@@ -1,4 +1,8 @@
-"""Service state check (config; the runtime lands with the services issue)."""
+"""Service state check: asks the target's service manager whether the service runs.
+
+A cheap, direct signal next to the HTTP checks: it tells "the process is gone" apart from
+"the process is up but not answering", which recovery and reports both care about.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from guardian.checks.base import CheckConfigBase
+from guardian.checks.base import CheckConfigBase, CheckContext
+from guardian.result import Outcome
+from guardian.services.base import ServiceError, ServiceState, ServiceStatus
 
 
 class ServiceCheckConfig(CheckConfigBase):
@@ -15,3 +21,52 @@ class ServiceCheckConfig(CheckConfigBase):
     kind: Literal["service"] = "service"
     interval: float = Field(60.0, gt=0)
     timeout: float = Field(15.0, gt=0)
+
+
+_FAILED_REASONS: dict[ServiceState, str] = {
+    ServiceState.STOPPED: "service stopped",
+    ServiceState.FAILED: "service failed",
+    ServiceState.PAUSED: "service paused",
+    ServiceState.NOT_FOUND: "service not installed",
+}
+
+
+def outcome_for(status: ServiceStatus) -> Outcome:
+    """Map a backend status to a check outcome (pure, so it is tested on its own)."""
+    values: dict[str, int | str | None] = {
+        "state": status.state.value,
+        "pid": status.pid,
+        "restarts": status.restarts,
+    }
+    detail = f" ({status.detail})" if status.detail else ""
+    if status.state is ServiceState.RUNNING:
+        return Outcome.ok(f"service running{detail}", **values)
+    if status.state in (ServiceState.STARTING, ServiceState.STOPPING):
+        return Outcome.degraded(f"service {status.state.value}{detail}", **values)
+    if status.state is ServiceState.UNKNOWN:
+        # Unreadable state: report it, but don't let it count as "down" for recovery.
+        return Outcome.degraded(f"service state unknown{detail}", **values)
+    return Outcome.failed(_FAILED_REASONS[status.state] + detail, **values)
+
+
+class ServiceCheck:
+    def __init__(self, config: ServiceCheckConfig, ctx: CheckContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def run(self) -> Outcome:
+        service = self.ctx.service
+        if service is None:
+            return Outcome.failed("no service configured")
+        try:
+            status = await service.status()
+        except ServiceError as e:
+            return Outcome.failed(f"{e.kind.value}: {e}", error=e.kind.value)
+        return outcome_for(status)
+
+    async def aclose(self) -> None:
+        """The backend belongs to the target, not to this check: nothing to close."""
+
+
+def create(cfg: ServiceCheckConfig, ctx: CheckContext) -> ServiceCheck:
+    return ServiceCheck(cfg, ctx)

@@ -37,9 +37,16 @@ def build_backend(target: TargetConfig, clock: Clock | None = None) -> ServiceBa
     if backend == "systemd":
         from guardian.services.systemd import SystemdBackend
 
-        return SystemdBackend(target.name, svc.name, user=svc.systemd_user)
+        return SystemdBackend(
+            target.name, svc.name, user=svc.systemd_user, stop_timeout=svc.stop_timeout
+        )
     from guardian.services.windows import WindowsServiceBackend
 
     return WindowsServiceBackend(
-        target.name, svc.name, use_nssm=backend == "nssm", log_file=svc.log_file
+        target.name,
+        svc.name,
+        use_nssm=backend == "nssm",
+        log_file=svc.log_file,
+        stop_timeout=svc.stop_timeout,
+        clock=clock,
     )

@@ -1,0 +1,430 @@
+"""Windows services through the Service Control Manager (sc.exe) and NSSM.
+
+The stack's services are normally NSSM-wrapped (``OrchestratorComfyUI``,
+``OrchestratorPanel``). Status always comes from ``sc.exe queryex`` (it gives the PID and
+exit codes, and works for any service); with ``use_nssm`` a restart goes through
+``nssm restart`` (which waits for the app to stop and start) and the log tail comes from
+NSSM's AppStdout/AppStderr files. sc.exe messages are localised, so errors are recognised
+by their numeric code (``FAILED 1060:``), never by their words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from guardian.clock import Clock, SystemClock
+from guardian.services.base import (
+    ServiceError,
+    ServiceErrorKind,
+    ServiceState,
+    ServiceStatus,
+    validate_service_name,
+)
+from guardian.services.subproc import CommandResult, run_command
+
+# Win32 error codes sc.exe reports as "[SC] <Function> FAILED <code>:".
+ERROR_ACCESS_DENIED = 5
+ERROR_SERVICE_REQUEST_TIMEOUT = 1053
+ERROR_SERVICE_ALREADY_RUNNING = 1056
+ERROR_SERVICE_DISABLED = 1058
+ERROR_SERVICE_DOES_NOT_EXIST = 1060
+ERROR_SERVICE_CANNOT_ACCEPT_CTRL = 1061
+ERROR_SERVICE_NOT_ACTIVE = 1062
+ERROR_SERVICE_NEVER_STARTED = 1077
+
+# SERVICE_STATUS.dwCurrentState values.
+SC_STATES: dict[int, str] = {
+    1: "STOPPED",
+    2: "START_PENDING",
+    3: "STOP_PENDING",
+    4: "RUNNING",
+    5: "CONTINUE_PENDING",
+    6: "PAUSE_PENDING",
+    7: "PAUSED",
+}
+_STATE_MAP: dict[str, ServiceState] = {
+    "RUNNING": ServiceState.RUNNING,
+    "STOPPED": ServiceState.STOPPED,
+    "START_PENDING": ServiceState.STARTING,
+    "CONTINUE_PENDING": ServiceState.STARTING,
+    "STOP_PENDING": ServiceState.STOPPING,
+    "PAUSE_PENDING": ServiceState.STOPPING,
+    "PAUSED": ServiceState.PAUSED,
+}
+
+# "FAILED" is localised ("FEHLER", "ÉCHEC 5 :"), so only the shape is matched.
+_SC_ERROR_RE = re.compile(r"\[SC\]\s*(\S+)\s+\S+\s+(\d+)\s*:[ \t]*\n?(.*)", re.S)
+_SC_FIELD_RE = re.compile(r"^\s*([A-Z0-9_]+)\s*:\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class ScQuery:
+    """The parsed block of ``sc query``/``sc queryex``/``sc start``/``sc stop``."""
+
+    service_name: str
+    state_code: int
+    state_name: str
+    controls: tuple[str, ...] = ()  # e.g. ("STOPPABLE", "NOT_PAUSABLE", "ACCEPTS_SHUTDOWN")
+    win32_exit_code: int = 0
+    service_exit_code: int = 0
+    pid: int | None = None  # queryex only; None when 0 (not running)
+    flags: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def state(self) -> ServiceState:
+        mapped = _STATE_MAP.get(self.state_name, ServiceState.UNKNOWN)
+        if mapped is ServiceState.STOPPED and self.win32_exit_code not in (
+            0,
+            ERROR_SERVICE_NEVER_STARTED,
+        ):
+            return ServiceState.FAILED
+        return mapped
+
+    def to_status(self) -> ServiceStatus:
+        detail = f"{self.state_name}"
+        if self.win32_exit_code:
+            detail += f" (WIN32_EXIT_CODE {self.win32_exit_code}"
+            if self.service_exit_code:
+                detail += f", SERVICE_EXIT_CODE {self.service_exit_code}"
+            detail += ")"
+        return ServiceStatus(self.state, pid=self.pid, detail=detail)
+
+
+@dataclass(frozen=True)
+class ScError:
+    """``[SC] OpenService FAILED 1060:`` followed by the (localised) message."""
+
+    function: str
+    code: int
+    message: str
+
+
+def parse_sc_error(text: str) -> ScError | None:
+    m = _SC_ERROR_RE.search(text)
+    if not m:
+        return None
+    message = " ".join(line.strip() for line in m.group(3).splitlines() if line.strip())
+    return ScError(m.group(1), int(m.group(2)), message)
+
+
+def parse_sc_query(text: str) -> ScQuery | None:
+    """Parse the ``SERVICE_NAME:`` block; None when the text holds none."""
+    fields: dict[str, str] = {}
+    controls: tuple[str, ...] = ()
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("(") and stripped.endswith(")") and "STATE" in fields:
+            controls = tuple(c.strip() for c in stripped[1:-1].split(",") if c.strip())
+            continue
+        m = _SC_FIELD_RE.match(line)
+        if m and m.group(1) not in fields:
+            fields[m.group(1)] = m.group(2)
+    if "SERVICE_NAME" not in fields or "STATE" not in fields:
+        return None
+    state_parts = fields["STATE"].split()
+    try:
+        code = int(state_parts[0])
+    except (IndexError, ValueError):
+        return None
+    name = state_parts[1] if len(state_parts) > 1 else SC_STATES.get(code, "UNKNOWN")
+    pid = _leading_int(fields.get("PID", ""))
+    return ScQuery(
+        service_name=fields["SERVICE_NAME"],
+        state_code=code,
+        state_name=name,
+        controls=controls,
+        win32_exit_code=_leading_int(fields.get("WIN32_EXIT_CODE", "")) or 0,
+        service_exit_code=_leading_int(fields.get("SERVICE_EXIT_CODE", "")) or 0,
+        pid=pid or None,
+        flags=fields.get("FLAGS", ""),
+        fields=fields,
+    )
+
+
+def _leading_int(value: str) -> int | None:
+    m = re.match(r"\s*(\d+)", value)
+    return int(m.group(1)) if m else None
+
+
+# --------------------------------------------------------------------------- NSSM
+
+_NSSM_STATES: dict[str, ServiceState] = {"SERVICE_" + k: v for k, v in _STATE_MAP.items()}
+
+
+def parse_nssm_status(text: str) -> ServiceState | None:
+    """``SERVICE_RUNNING`` etc. (any encoding already decoded); None if not recognised."""
+    for token in text.split():
+        if token in _NSSM_STATES:
+            return _NSSM_STATES[token]
+    return None
+
+
+def classify_nssm_error(text: str) -> ServiceErrorKind:
+    """NSSM prints Win32 messages (``OpenService(): Access is denied.``); English only."""
+    lowered = text.lower()
+    if "does not exist" in lowered or "no such service" in lowered:
+        return ServiceErrorKind.NOT_FOUND
+    if "access is denied" in lowered:
+        return ServiceErrorKind.ACCESS_DENIED
+    return ServiceErrorKind.FAILED
+
+
+# --------------------------------------------------------------------------- log files
+
+_TAIL_BLOCK = 64 * 1024
+_TAIL_MAX_BYTES = 8 * 1024 * 1024  # never read more than this from the end of a log
+
+
+def read_tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path``, reading backwards block by block.
+
+    NSSM logs can grow to gigabytes between rotations, so the file is never read whole.
+    A missing file gives []. Undecodable bytes are replaced, not fatal.
+    """
+    if lines <= 0:
+        return []
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise ServiceError(
+            ServiceErrorKind.FAILED, f"cannot read log {path}: {e.strerror or e}"
+        ) from None
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        chunks: list[bytes] = []
+        newlines = 0
+        while pos > 0 and newlines <= lines and end - pos < _TAIL_MAX_BYTES:
+            step = min(_TAIL_BLOCK, pos)
+            pos -= step
+            f.seek(pos)
+            chunk = f.read(step)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+    data = b"".join(reversed(chunks))
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\x00", "")
+    out = text.split("\n")
+    if pos > 0:
+        out = out[1:]  # the first line is cut off
+    if out and out[-1] == "":
+        out.pop()
+    return out[-lines:]
+
+
+async def tail_lines(path: Path, lines: int) -> list[str]:
+    return await asyncio.to_thread(read_tail, path, lines)
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def find_tool(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class WindowsServiceBackend:
+    """Controls one Windows service; see the module docstring for which tool does what."""
+
+    def __init__(
+        self,
+        target_name: str,
+        service_name: str,
+        *,
+        use_nssm: bool,
+        log_file: Path | None = None,
+        timeout: float = 30.0,
+        stop_timeout: float = 60.0,
+        poll_interval: float = 0.5,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = target_name
+        self.service_name = validate_service_name(service_name)
+        self.use_nssm = use_nssm
+        self.log_file = log_file
+        self.timeout = timeout
+        self.stop_timeout = stop_timeout
+        self.poll_interval = poll_interval
+        self.clock = clock or SystemClock()
+
+    # ---------------------------------------------------------------- tools
+
+    def _sc(self) -> str:
+        tool = find_tool("sc.exe")
+        if tool is None:
+            raise ServiceError(ServiceErrorKind.UNAVAILABLE, "sc.exe not found on PATH")
+        return tool
+
+    def _nssm(self) -> str:
+        tool = find_tool("nssm.exe", "nssm")
+        if tool is None:
+            raise ServiceError(ServiceErrorKind.UNAVAILABLE, "nssm.exe not found on PATH")
+        return tool
+
+    async def _run(self, argv: list[str], timeout: float | None = None) -> CommandResult:
+        limit = self.timeout if timeout is None else timeout
+        try:
+            return await run_command(argv, timeout=limit)
+        except TimeoutError:
+            raise ServiceError(
+                ServiceErrorKind.TIMEOUT,
+                f"{Path(argv[0]).name} {argv[1]} {self.service_name}: no answer in {limit:g}s",
+            ) from None
+        except OSError as e:
+            raise ServiceError(
+                ServiceErrorKind.UNAVAILABLE, f"cannot run {argv[0]}: {e.strerror or e}"
+            ) from None
+
+    def _sc_failure(self, action: str, result: CommandResult) -> ServiceError:
+        text = result.stdout + "\n" + result.stderr
+        err = parse_sc_error(text)
+        if err is None and result.rc == 0:
+            return ServiceError(
+                ServiceErrorKind.FAILED,
+                f"sc {action} {self.service_name}: unrecognised output: {text.strip()[:300]!r}",
+            )
+        code = err.code if err else result.rc
+        words = err.message if err and err.message else text.strip()[:300]
+        message = f"sc {action} {self.service_name}: error {code}: {words}"
+        if code == ERROR_SERVICE_DOES_NOT_EXIST:
+            return ServiceError(ServiceErrorKind.NOT_FOUND, message)
+        if code == ERROR_ACCESS_DENIED:
+            return ServiceError(ServiceErrorKind.ACCESS_DENIED, message)
+        if code == ERROR_SERVICE_REQUEST_TIMEOUT:
+            return ServiceError(ServiceErrorKind.TIMEOUT, message)
+        return ServiceError(ServiceErrorKind.FAILED, message)
+
+    @staticmethod
+    def _sc_code(result: CommandResult) -> int | None:
+        err = parse_sc_error(result.stdout + "\n" + result.stderr)
+        if err:
+            return err.code
+        return result.rc if result.rc else None
+
+    # ---------------------------------------------------------------- protocol
+
+    async def status(self) -> ServiceStatus:
+        try:
+            sc = self._sc()
+        except ServiceError:
+            if self.use_nssm and find_tool("nssm.exe", "nssm"):
+                return await self._nssm_status()
+            raise
+        result = await self._run([sc, "queryex", self.service_name])
+        parsed = parse_sc_query(result.stdout)
+        if parsed is not None:
+            return parsed.to_status()
+        failure = self._sc_failure("queryex", result)
+        if failure.kind is ServiceErrorKind.NOT_FOUND:
+            return ServiceStatus(ServiceState.NOT_FOUND, detail=str(failure))
+        raise failure
+
+    async def _nssm_status(self) -> ServiceStatus:
+        result = await self._run([self._nssm(), "status", self.service_name])
+        state = parse_nssm_status(result.stdout)
+        if result.rc == 0 and state is not None:
+            return ServiceStatus(state, detail=result.stdout.strip())
+        text = (result.stdout + "\n" + result.stderr).strip()
+        kind = classify_nssm_error(text)
+        if kind is ServiceErrorKind.NOT_FOUND:
+            return ServiceStatus(ServiceState.NOT_FOUND, detail=text)
+        raise ServiceError(kind, f"nssm status {self.service_name}: {text[:300]}")
+
+    async def start(self) -> None:
+        result = await self._run([self._sc(), "start", self.service_name])
+        code = self._sc_code(result)
+        if code is None or code == ERROR_SERVICE_ALREADY_RUNNING:
+            return
+        raise self._sc_failure("start", result)
+
+    async def stop(self) -> None:
+        result = await self._run([self._sc(), "stop", self.service_name])
+        code = self._sc_code(result)
+        if code is None or code == ERROR_SERVICE_NOT_ACTIVE:
+            return
+        raise self._sc_failure("stop", result)
+
+    async def restart(self) -> None:
+        if self.use_nssm:
+            await self._nssm_restart()
+            return
+        await self.stop()
+        await self._wait_stopped()
+        await self.start()
+
+    async def _wait_stopped(self) -> None:
+        """Poll until STOPPED: sc.exe returns at STOP_PENDING, and starting then fails."""
+        deadline = self.clock.monotonic() + self.stop_timeout
+        while True:
+            status = await self.status()
+            if status.state in (ServiceState.STOPPED, ServiceState.FAILED):
+                return
+            if status.state is ServiceState.NOT_FOUND:
+                raise ServiceError(
+                    ServiceErrorKind.NOT_FOUND, f"{self.service_name} disappeared while stopping"
+                )
+            if self.clock.monotonic() >= deadline:
+                raise ServiceError(
+                    ServiceErrorKind.TIMEOUT,
+                    f"{self.service_name} still {status.detail or status.state} "
+                    f"after {self.stop_timeout:g}s",
+                )
+            await self.clock.sleep(self.poll_interval)
+
+    async def _nssm_restart(self) -> None:
+        # nssm waits for the stop and the start itself, so it gets both budgets.
+        result = await self._run(
+            [self._nssm(), "restart", self.service_name],
+            timeout=self.timeout + self.stop_timeout,
+        )
+        if result.rc == 0:
+            return
+        text = (result.stdout + "\n" + result.stderr).strip()
+        kind = classify_nssm_error(text)
+        raise ServiceError(kind, f"nssm restart {self.service_name}: {text[:300]}")
+
+    async def log_tail(self, lines: int = 200) -> list[str]:
+        """Last lines of the service's log: ``log_file``, else NSSM's AppStdout/AppStderr.
+
+        With separate stdout and stderr files, both contribute (half each, stderr lines
+        prefixed) since the order between them is unknowable.
+        """
+        if lines <= 0:
+            return []
+        if self.log_file is not None:
+            return await tail_lines(self.log_file, lines)
+        if not self.use_nssm:
+            return []
+        stdout = await self._nssm_get("AppStdout")
+        stderr = await self._nssm_get("AppStderr")
+        if stdout and stderr and Path(stdout) != Path(stderr):
+            err_n = lines // 2
+            out = await tail_lines(Path(stdout), lines - err_n)
+            err = await tail_lines(Path(stderr), err_n) if err_n else []
+            return out + [f"[stderr] {line}" for line in err]
+        path = stdout or stderr
+        return await tail_lines(Path(path), lines) if path else []
+
+    async def _nssm_get(self, parameter: str) -> str:
+        result = await self._run([self._nssm(), "get", self.service_name, parameter])
+        if result.rc != 0:
+            text = (result.stdout + "\n" + result.stderr).strip()
+            raise ServiceError(
+                classify_nssm_error(text),
+                f"nssm get {self.service_name} {parameter}: {text[:300]}",
+            )
+        return result.stdout.strip()
+
+    async def aclose(self) -> None:
+        """Nothing is held between calls."""

@@ -1,0 +1,175 @@
+"""Real local servers for the check tests: a raw TCP one for hostile modes, a stdlib one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from guardian.checks.base import CheckContext
+from guardian.clock import SystemClock
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """An asyncio TCP server that hands each connection to ``handler``.
+
+    Handler tasks are tracked and cancelled on close, so endless senders stop with the test.
+    """
+
+    def __init__(self, handler: RawHandler, ssl_context: Any = None) -> None:
+        self._handler = handler
+        self._ssl = ssl_context
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+        self.connections = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        try:
+            await self._handler(reader, writer)
+        except (ConnectionError, asyncio.CancelledError, OSError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._ssl)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def raw_server() -> Callable[..., RawServer]:
+    def make(handler: RawHandler, ssl_context: Any = None) -> RawServer:
+        return RawServer(handler, ssl_context)
+
+    return make
+
+
+@dataclass
+class Route:
+    status: int = 200
+    body: bytes | str | Any = b"OK"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: dict[str, Route]
+
+    def _reply(self, with_body: bool) -> None:
+        route = self.routes.get(self.path)
+        if route is None:
+            route = Route() if self.path == "/" else Route(404, b"not found")
+        if route.delay:
+            time.sleep(route.delay)
+        body = route.body
+        if not isinstance(body, bytes | str):
+            body = json.dumps(body)
+            route.headers.setdefault("Content-Type", "application/json")
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(route.status)
+        for key, value in route.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._reply(True)
+
+    def do_HEAD(self) -> None:
+        self._reply(False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class HttpServer:
+    def __init__(self) -> None:
+        handler = type("H", (_Handler,), {"routes": {}})
+        self.routes: dict[str, Route] = handler.routes  # type: ignore[attr-defined]
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def http_server() -> Iterator[HttpServer]:
+    server = HttpServer()
+    server._thread.start()
+    try:
+        yield server
+    finally:
+        server._httpd.shutdown()
+        server._httpd.server_close()
+
+
+@pytest.fixture
+def ctx() -> CheckContext:
+    return CheckContext(target="t", clock=SystemClock())
+
+
+class Closer:
+    """Closes every check a test made, even when the test fails."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def __call__(self, check: Any) -> Any:
+        self.items.append(check)
+        return check
+
+
+@pytest.fixture
+async def closer() -> AsyncIterator[Closer]:
+    c = Closer()
+    try:
+        yield c
+    finally:
+        for check in c.items:
+            await check.aclose()
+
+
+@pytest.fixture
+def route() -> type[Route]:
+    return Route
