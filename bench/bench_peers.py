@@ -14,6 +14,7 @@ cannot throttle (cooldown 0, huge max_attempts, 1 s window, no backoff).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     PYTHON,
+    RESULTS,
     Children,
     free_port,
     guardian_argv,
@@ -158,7 +160,9 @@ def setup_bare(tmp: Path, port: int, pidfile: Path, ch: Children) -> None:
     ch.start([PYTHON, "-c", loop, *victim_argv(port, pidfile)])
 
 
-def run_peer(name: str, setup: Setup, runs: int, timeout: float) -> dict[str, Any]:
+def run_peer(
+    name: str, setup: Setup, runs: int, timeout: float, period: float = 1.0
+) -> dict[str, Any]:
     """Start ``name`` supervising the victim, SIGKILL it ``runs`` times, collect latencies."""
     pid_lat: list[float] = []
     http_lat: list[float] = []
@@ -174,8 +178,9 @@ def run_peer(name: str, setup: Setup, runs: int, timeout: float) -> dict[str, An
             ]
             return {"name": name, "error": "victim never came up", "logs": errs}
         for i in range(runs):
-            # Random phase so a poll-based supervisor is not always hit at the same point.
-            time.sleep(random.uniform(0.3, 1.3))
+            # A kill at a random phase of a poll-based supervisor's cycle (``period``):
+            # right after a restart is also right after a poll, Monit's worst case.
+            time.sleep(random.uniform(0.3, 0.3 + period))
             t_pid, t_http = measure_kill(pidfile, port, timeout)
             if t_pid is None or t_http is None:
                 failures += 1
@@ -188,6 +193,7 @@ def run_peer(name: str, setup: Setup, runs: int, timeout: float) -> dict[str, An
             print(f"  {name}: run {i + 1}/{runs}: new pid {ms(t_pid)}, http {ms(t_http)}")
     return {
         "name": name,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": runs,
         "failures": failures,
         "new_pid_s": summary(pid_lat),
@@ -201,21 +207,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20, help="SIGKILLs per peer (default 20)")
     ap.add_argument("--monit30-runs", type=int, default=5, help="runs for Monit at 30 s poll")
-    ap.add_argument("--only", nargs="*", help="peer names to run")
+    ap.add_argument(
+        "--only", nargs="*",
+        help="peer names to run; the others' figures are kept from bench/results/peers.json",
+    )
     a = ap.parse_args(argv)
 
-    peers: list[tuple[str, Setup, int, float, str | None]] = [
-        ("guardian", setup_guardian, a.runs, 15.0, guardian_supervises()),
-        ("supervisord", setup_supervisord, a.runs, 15.0,
+    peers: list[tuple[str, Setup, int, float, float, str | None]] = [
+        ("guardian", setup_guardian, a.runs, 15.0, 1.0, guardian_supervises()),
+        ("supervisord", setup_supervisord, a.runs, 15.0, 1.0,
          None if which("supervisord") else "supervisord not installed (pip install supervisor)"),
-        ("monit-1s", monit_setup(1), a.runs, 15.0,
+        ("monit-1s", monit_setup(1), a.runs, 15.0, 1.0,
          None if which("monit") else "monit not installed (apt-get install monit)"),
-        ("monit-30s", monit_setup(30), a.monit30_runs, 45.0,
+        ("monit-30s", monit_setup(30), a.monit30_runs, 45.0, 30.0,
          None if which("monit") else "monit not installed (apt-get install monit)"),
-        ("bare-loop", setup_bare, a.runs, 15.0, None),
+        ("bare-loop", setup_bare, a.runs, 15.0, 1.0, None),
     ]
     results: dict[str, dict[str, Any]] = {}
-    for name, setup, runs, timeout, missing in peers:
+    previous = RESULTS / "peers.json"
+    if a.only and previous.exists():
+        results = json.loads(previous.read_text()).get("results", {})
+    for name, setup, runs, timeout, period, missing in peers:
         if a.only and name not in a.only:
             continue
         if missing:
@@ -223,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"name": name, "skipped": missing}
             continue
         print(f"{name}: {runs} SIGKILLs")
-        results[name] = run_peer(name, setup, runs, timeout)
+        results[name] = run_peer(name, setup, runs, timeout, period)
 
+    results = {p[0]: results[p[0]] for p in peers if p[0] in results}  # table order
     g = results.get("guardian", {})
     rows = []
     for name, r in results.items():
@@ -250,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         "\n\nkill = SIGKILL to the victim; new PID = the new victim process wrote its pidfile "
         "(first thing it does); HTTP = it answered GET / with 200. Polled every 5 ms. "
         f"Monit at 30 s poll: {a.monit30_runs} runs (each waits up to a full poll cycle). "
+        "Each kill comes 0.3 s + U(0, poll period) after the previous recovery, so a "
+        "poll-based supervisor is hit at a random phase of its cycle. "
         "Ratios are of medians (Guardian / peer; below 1 = Guardian faster)."
     )
     print()

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -97,17 +98,24 @@ class GuardianProc:
 
     def __init__(self, config: Path, stderr: Path, **popen: Any) -> None:
         self.stderr_path = stderr
-        with open(stderr, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "guardian", "run", "--config", str(config),
-                 "--log-format", "json"],
-                env=guardian_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-                **popen,
-            )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "guardian", "run", "--config", str(config),
+             "--log-format", "json"],
+            env=guardian_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,  # a pipe: a file limit on Guardian must not cap this
+            start_new_session=True,
+            **popen,
+        )
+        self._pump = threading.Thread(target=self._copy_stderr, daemon=True)
+        self._pump.start()
+
+    def _copy_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        with open(self.stderr_path, "ab", buffering=0) as out:
+            for line in self.proc.stderr:
+                out.write(line)
 
     @property
     def pid(self) -> int:
@@ -120,16 +128,17 @@ class GuardianProc:
         """SIGKILL Guardian alone (not its group): what a crash or OOM-kill does."""
         self.proc.kill()
         self.proc.wait(timeout=10)
+        self._pump.join(timeout=5)
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                return self.proc.wait(timeout=timeout)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-                return -9
+        self._pump.join(timeout=5)
         return self.proc.returncode
 
 
@@ -146,17 +155,21 @@ def cleanup(marker: str, *procs: Callable[[], GuardianProc | None]) -> Iterator[
         kill_all(victims(marker))
 
 
+def http_check_missing() -> str | None:
+    import guardian.checks.http as http
+
+    return None if hasattr(http, "create") else "http check runtime not merged yet"
+
+
 def features() -> str | None:
     """Why Guardian cannot supervise a process here yet (None when it can)."""
     import importlib.util
 
+    if http_check_missing():
+        return http_check_missing()
     for mod in ("guardian.services.process", "guardian.recovery"):
         if importlib.util.find_spec(mod) is None:
             return f"{mod} not merged yet"
-    import guardian.checks.http as http
-
-    if not hasattr(http, "create"):
-        return "http check runtime not merged yet"
     return None
 
 
@@ -170,13 +183,25 @@ def guardian_config(
     log_level: str = "info",
     recovery: str = "",
     interval: float = 0.5,
+    supervised: bool = True,
 ) -> Path:
-    """A config: one process-backed victim with an http check; state under ``tmp``."""
+    """A config: one process-backed victim with an http check; state under ``tmp``.
+
+    ``supervised=False`` leaves out ``[targets.service]`` (the caller runs the victim).
+    """
     cmd = ", ".join(toml(a) for a in victim_argv(port, pidfile, *victim_extra))
     recovery = recovery or (
         "cooldown = 0\nmax_attempts = 1000\nwindow = 1\nbackoff_factor = 1.0\n"
         "backoff_max = 0\nfailure_threshold = 3\ngrace_period = 2\nstable_period = 0\n"
     )
+    service = f"""
+[targets.service]
+backend = "process"
+command = [{cmd}]
+log_file = {toml(tmp / "victim.out")}
+stop_timeout = 2
+[targets.recovery]
+{recovery}"""
     path = tmp / "guardian.toml"
     path.write_text(f"""
 [guardian]
@@ -193,13 +218,7 @@ failures = 2
 stable_period = 5
 [[targets]]
 name = "victim"
-[targets.service]
-backend = "process"
-command = [{cmd}]
-log_file = {toml(tmp / "victim.out")}
-stop_timeout = 2
-[targets.recovery]
-{recovery}
+{service if supervised else ""}
 [[targets.checks]]
 kind = "http"
 url = "http://127.0.0.1:{port}/"
