@@ -1,14 +1,33 @@
-"""Deep ComfyUI checks (config; the runtime lands with the checks issue)."""
+"""Deep ComfyUI checks: server health with hung-queue detection, and an end-to-end canary.
+
+``comfyui`` reads ``/system_stats`` (online, versions, RAM, every device's VRAM) and
+``/queue`` (running/pending). A ComfyUI whose executor is wedged still answers HTTP, so the
+queue is tracked across runs: the same prompt running too long, or prompts pending while
+nothing runs, fails the check. ``comfyui_canary`` proves the executor works by running a
+model-free EmptyImage -> PreviewImage prompt. Shapes follow real ComfyUI 0.3.64 captures;
+any other shape is a failed result with a reason, never an exception.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import json
+import random
+import uuid
+from typing import Any, Literal
 
+import httpx
 from pydantic import Field
 
-from guardian.checks.base import CheckConfigBase
+from guardian.checks.base import Check, CheckConfigBase, CheckContext
+from guardian.checks.bodyread import BodyTooLarge, read_capped
+from guardian.result import Outcome, Value
 
 DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
+MIB = 1024 * 1024
+CANARY_MAX_BODY_BYTES = 4 * MIB
+CANARY_FIRST_POLL = 0.05  # the canary takes milliseconds: poll fast first, then back off
+MAX_MESSAGE = 240  # of an exception message in a reason; values keep more
 
 
 class ComfyUICheckConfig(CheckConfigBase):
@@ -38,3 +57,414 @@ class ComfyUICanaryConfig(CheckConfigBase):
     poll_interval: float = Field(0.5, gt=0)
     width: int = Field(64, ge=8, le=4096)
     height: int = Field(64, ge=8, le=4096)
+
+
+class ComfyUIError(Exception):
+    """What ComfyUI answered made no sense; the message is the failed result's reason."""
+
+
+# ---------------------------------------------------------------------- HTTP plumbing
+
+
+class _Api:
+    """One httpx client per check, with capped body reads and errors turned into reasons."""
+
+    def __init__(self, url: str, timeout: float, max_body_bytes: int) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.max_body_bytes = max_body_bytes
+        # trust_env=False: a proxy from the environment must never sit between us and loopback.
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=timeout, trust_env=False)
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """Status and body, reading at most ``max_body_bytes``."""
+        try:
+            async with self.client.stream(method, path, json=body) as response:
+                return response.status_code, await self._read_capped(response, path)
+        except httpx.TimeoutException as exc:
+            raise ComfyUIError(
+                f"no answer from {self.url}{path} within {self.timeout:g}s "
+                f"({type(exc).__name__})"
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise ComfyUIError(f"cannot connect to {self.url}: {_connect_reason(exc)}") from exc
+        except httpx.HTTPError as exc:
+            raise ComfyUIError(
+                f"{method} {path} failed: {type(exc).__name__}: {_text(exc)}"
+            ) from exc
+
+    async def _read_capped(self, response: httpx.Response, path: str) -> bytes:
+        try:
+            return await read_capped(response, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            raise ComfyUIError(f"{path}: response {exc}") from exc
+
+    async def get_json(self, path: str) -> Any:
+        """A 200 JSON body, or :class:`ComfyUIError` saying what was wrong with it."""
+        status, body = await self.request("GET", path)
+        if status != 200:
+            raise ComfyUIError(f"GET {path} returned HTTP {status}{_snippet(body)}")
+        return parse_json(body, path)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def parse_json(body: bytes, path: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ComfyUIError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """'connection refused' rather than httpx's 'All connection attempts failed'."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return _text(exc)
+
+
+def _snippet(body: bytes, limit: int = 120) -> str:
+    text = " ".join(body[: limit * 4].decode("utf-8", "replace").split())
+    return f": {text[:limit]}" if text else ""
+
+
+def _clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _mb(value: Any) -> float | None:
+    number = _number(value)
+    return None if number is None else round(number / MIB, 1)
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# ---------------------------------------------------------------------- parsers
+
+
+def parse_system_stats(
+    data: Any, vram_free_min_mb: float | None
+) -> tuple[dict[str, Value], list[str]]:
+    """Flat values from ``/system_stats`` and the reasons to call it degraded (low VRAM)."""
+    where = "/system_stats"
+    if not isinstance(data, dict):
+        raise ComfyUIError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    system, devices = data.get("system"), data.get("devices")
+    if not isinstance(system, dict):
+        raise ComfyUIError(f"{where}: 'system' is missing or not an object")
+    if not isinstance(devices, list):
+        raise ComfyUIError(f"{where}: 'devices' is missing or not a list")
+    python = _optional_str(system.get("python_version"))
+    values: dict[str, Value] = {
+        "online": True,
+        "comfyui_version": _optional_str(system.get("comfyui_version")),
+        "python_version": python.split(" ", 1)[0] if python else None,
+        "pytorch_version": _optional_str(system.get("pytorch_version")),
+        "ram_total_mb": _mb(system.get("ram_total")),
+        "ram_free_mb": _mb(system.get("ram_free")),
+        "devices": len(devices),
+    }
+    problems: list[str] = []
+    for i, device in enumerate(devices):
+        if not isinstance(device, dict):
+            raise ComfyUIError(f"{where}: devices[{i}] is not an object")
+        name, kind = device.get("name"), device.get("type")
+        if not isinstance(name, str) or not isinstance(kind, str):
+            raise ComfyUIError(f"{where}: devices[{i}] has no string 'name' and 'type'")
+        vram_total, vram_free = _mb(device.get("vram_total")), _mb(device.get("vram_free"))
+        if vram_total is None or vram_free is None:
+            raise ComfyUIError(f"{where}: devices[{i}] vram_total/vram_free are not numbers")
+        values[f"device_name.{i}"] = name
+        values[f"device_type.{i}"] = kind
+        values[f"vram_total_mb.{i}"] = vram_total
+        values[f"vram_free_mb.{i}"] = vram_free
+        values[f"torch_vram_total_mb.{i}"] = _mb(device.get("torch_vram_total"))
+        values[f"torch_vram_free_mb.{i}"] = _mb(device.get("torch_vram_free"))
+        if kind != "cpu" and vram_free_min_mb is not None and vram_free < vram_free_min_mb:
+            problems.append(
+                f"low VRAM on {name}: {vram_free:.0f} MB free < {vram_free_min_mb:g} MB"
+            )
+    return values, problems
+
+
+QueueItem = tuple[Any, str]  # (number, prompt_id)
+
+
+def parse_queue(data: Any) -> tuple[list[QueueItem], list[QueueItem]]:
+    """Running and pending ``(number, prompt_id)`` pairs from ``/queue``."""
+    if not isinstance(data, dict):
+        raise ComfyUIError(f"/queue: expected a JSON object, got {type(data).__name__}")
+    lists = []
+    for key in ("queue_running", "queue_pending"):
+        items = data.get(key)
+        if not isinstance(items, list):
+            raise ComfyUIError(f"/queue: '{key}' is missing or not a list")
+        parsed: list[QueueItem] = []
+        for item in items:
+            if not (isinstance(item, list) and len(item) >= 2 and isinstance(item[1], str)):
+                raise ComfyUIError(f"/queue: {key} items are not [number, prompt_id, ...] arrays")
+            parsed.append((item[0], item[1]))
+        lists.append(parsed)
+    return lists[0], lists[1]
+
+
+# ---------------------------------------------------------------------- comfyui
+
+
+class ComfyUICheck:
+    """``/system_stats`` + ``/queue``, remembering the queue between runs.
+
+    ComfyUI executes one prompt at a time, so "progress" is the running prompt changing:
+    the same ``(number, prompt_id)`` seen running for ``stuck_running_after`` means the
+    executor is wedged (a restart renumbers from 0, which counts as a change). Pending
+    prompts with nothing running for ``stuck_pending_after`` means the worker died.
+    """
+
+    def __init__(self, cfg: ComfyUICheckConfig, ctx: CheckContext) -> None:
+        self.config: CheckConfigBase = cfg
+        self.cfg = cfg
+        self.ctx = ctx
+        self.api = _Api(cfg.url, cfg.timeout, cfg.max_body_bytes)
+        self._running: QueueItem | None = None
+        self._running_since = 0.0
+        self._idle_since: float | None = None  # pending > 0, nothing running, since
+
+    async def run(self) -> Outcome:
+        try:
+            values, problems = parse_system_stats(
+                await self.api.get_json("/system_stats"), self.cfg.vram_free_min_mb
+            )
+            running, pending = parse_queue(await self.api.get_json("/queue"))
+        except ComfyUIError as exc:
+            return Outcome.failed(str(exc), online=False)
+        values["queue_running"] = len(running)
+        values["queue_pending"] = len(pending)
+        stuck = self._track_queue(running, pending, values)
+        if stuck:
+            return Outcome.failed(stuck, **values)
+        if problems:
+            return Outcome.degraded("; ".join(problems), **values)
+        version = values["comfyui_version"] or "(unknown version)"
+        return Outcome.ok(
+            f"ComfyUI {version}: {len(running)} running, {len(pending)} pending", **values
+        )
+
+    def _track_queue(
+        self, running: list[QueueItem], pending: list[QueueItem], values: dict[str, Value]
+    ) -> str | None:
+        """Update the queue memory; the 'queue stuck' reason when a limit is crossed."""
+        now = self.ctx.clock.monotonic()
+        if running:
+            self._idle_since = None
+            current = running[0]
+            if current != self._running:
+                self._running, self._running_since = current, now
+            elapsed = now - self._running_since
+            values["running_for_s"] = round(elapsed, 1)
+            if elapsed >= self.cfg.stuck_running_after:
+                return f"queue stuck: prompt {current[1]} running for {elapsed:.0f}s"
+            return None
+        self._running = None
+        if not pending:
+            self._idle_since = None
+            return None
+        if self._idle_since is None:
+            self._idle_since = now
+        idle = now - self._idle_since
+        values["idle_with_pending_s"] = round(idle, 1)
+        if idle >= self.cfg.stuck_pending_after:
+            return f"queue stuck: {len(pending)} pending, nothing running for {idle:.0f}s"
+        return None
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+
+
+# ---------------------------------------------------------------------- comfyui_canary
+
+
+def canary_prompt(width: int, height: int, color: int) -> dict[str, Any]:
+    """The model-free graph: runs in milliseconds on any machine, even CPU-only."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1, "color": color},
+        },
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+
+
+class ComfyUICanaryCheck:
+    """Submit the canary, poll ``/history/{id}`` until it has a status, judge it.
+
+    The colour is random every time: ComfyUI serves an identical resubmit from its cache and
+    runs no node, which would prove nothing. The engine bounds the whole run by cancelling
+    it; a canary left behind by a cancelled run is removed from the queue on the next run.
+    """
+
+    def __init__(
+        self, cfg: ComfyUICanaryConfig, ctx: CheckContext, rng: random.Random | None = None
+    ) -> None:
+        self.config: CheckConfigBase = cfg
+        self.cfg = cfg
+        self.ctx = ctx
+        self.api = _Api(cfg.url, cfg.timeout, CANARY_MAX_BODY_BYTES)
+        self.client_id = str(uuid.uuid4())
+        self._rng = rng or random.Random()
+        self._last_color: int | None = None
+        self._unfinished: str | None = None
+
+    async def run(self) -> Outcome:
+        try:
+            return await self._run()
+        except ComfyUIError as exc:
+            return Outcome.failed(str(exc))
+
+    def _next_color(self) -> int:
+        color = self._rng.randrange(0, 0x1000000)
+        while color == self._last_color:
+            color = self._rng.randrange(0, 0x1000000)
+        self._last_color = color
+        return color
+
+    async def _run(self) -> Outcome:
+        await self._drop_unfinished()
+        clock = self.ctx.clock
+        started = clock.monotonic()
+        prompt_id = await self._submit()
+        self._unfinished = prompt_id
+        delay = CANARY_FIRST_POLL
+        while True:
+            await clock.sleep(min(delay, self.cfg.poll_interval))
+            delay *= 2
+            entry = await self._history(prompt_id)
+            if entry is None:
+                continue
+            self._unfinished = None
+            return judge_canary(entry, prompt_id, clock.monotonic() - started)
+
+    async def _submit(self) -> str:
+        body = {
+            "prompt": canary_prompt(self.cfg.width, self.cfg.height, self._next_color()),
+            "client_id": self.client_id,
+            "extra_data": {"note": "guardian-canary"},
+        }
+        status, raw = await self.api.request("POST", "/prompt", body)
+        if status == 400:
+            raise ComfyUIError(f"canary rejected by ComfyUI: {describe_prompt_error(raw)}")
+        if status != 200:
+            raise ComfyUIError(f"POST /prompt returned HTTP {status}{_snippet(raw)}")
+        data = parse_json(raw, "/prompt")
+        prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        if not isinstance(prompt_id, str) or not prompt_id:
+            raise ComfyUIError("/prompt: answer has no string 'prompt_id'")
+        return prompt_id
+
+    async def _history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The finished history entry, or None while the prompt is queued or running."""
+        path = f"/history/{prompt_id}"
+        data = await self.api.get_json(path)
+        if not isinstance(data, dict):
+            raise ComfyUIError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        if not data:
+            return None  # {} while queued or running
+        entry = data.get(prompt_id)
+        if not isinstance(entry, dict):
+            raise ComfyUIError(f"{path}: answer has no entry for prompt {prompt_id}")
+        return entry if isinstance(entry.get("status"), dict) else None
+
+    async def _drop_unfinished(self) -> None:
+        """Best effort: take a canary abandoned by a cancelled run off the queue."""
+        if self._unfinished is None:
+            return
+        prompt_id, self._unfinished = self._unfinished, None
+        with contextlib.suppress(ComfyUIError):
+            await self.api.request("POST", "/queue", {"delete": [prompt_id]})
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+
+
+def describe_prompt_error(raw: bytes) -> str:
+    """``type: message`` from a 400 answer to ``POST /prompt``, plus the first node error."""
+    try:
+        data = parse_json(raw, "/prompt")
+    except ComfyUIError:
+        return f"HTTP 400{_snippet(raw)}"
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return f"HTTP 400{_snippet(raw)}"
+    text = f"{error.get('type', 'unknown')}: {error.get('message', '')}"
+    node_errors = data.get("node_errors")
+    if isinstance(node_errors, dict):
+        for node_id, node in node_errors.items():
+            errors = node.get("errors") if isinstance(node, dict) else None
+            if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+                first = errors[0]
+                text += f" (node {node_id}: {first.get('message')}: {first.get('details')})"
+                break
+    return _clip(text)
+
+
+def judge_canary(entry: dict[str, Any], prompt_id: str, latency: float) -> Outcome:
+    """The outcome of a finished canary from its history entry."""
+    status = entry["status"]
+    status_str = status.get("status_str")
+    messages = status.get("messages")
+    events: dict[str, dict[str, Any]] = {}
+    if isinstance(messages, list):
+        for message in messages:
+            if (isinstance(message, list) and len(message) == 2 and isinstance(message[0], str)
+                    and isinstance(message[1], dict)):
+                events[message[0]] = message[1]
+    latency_ms = round(latency * 1000, 1)
+    values: dict[str, Value] = {"latency_ms": latency_ms, "prompt_id": prompt_id}
+    if status_str == "success":
+        start = _number(events.get("execution_start", {}).get("timestamp"))
+        end = _number(events.get("execution_success", {}).get("timestamp"))
+        if start is not None and end is not None:
+            values["exec_ms"] = end - start
+        return Outcome.ok(f"canary finished in {latency_ms:.0f} ms", **values)
+    if status_str != "error":
+        return Outcome.failed(f"canary ended with unexpected status {status_str!r}", **values)
+    if "execution_error" in events:
+        err = events["execution_error"]
+        exc_type = str(err.get("exception_type") or "error")
+        values["exception_type"] = exc_type
+        values["node_type"] = _optional_str(err.get("node_type"))
+        values["exception_message"] = _clip(str(err.get("exception_message") or ""), 2000)
+        where = f"node {err.get('node_id')} ({err.get('node_type')})"
+        message = _clip(str(err.get("exception_message") or ""))
+        return Outcome.failed(f"canary failed at {where}: {exc_type}: {message}", **values)
+    if "execution_interrupted" in events:
+        err = events["execution_interrupted"]
+        return Outcome.failed(
+            f"canary interrupted at node {err.get('node_id')} ({err.get('node_type')})", **values
+        )
+    return Outcome.failed("canary ended with status error", **values)
+
+
+def create(cfg: ComfyUICheckConfig | ComfyUICanaryConfig, ctx: CheckContext) -> Check:
+    """The runtime check for either ComfyUI config kind."""
+    if isinstance(cfg, ComfyUICanaryConfig):
+        return ComfyUICanaryCheck(cfg, ctx)
+    return ComfyUICheck(cfg, ctx)
