@@ -153,8 +153,11 @@ async def worker(config: Path, warmup: float, duration: float) -> dict[str, Any]
     runs = sum(sc.runs for sc in g.engine.scheduled) - runs0
     late = [x for sc in g.engine.scheduled for x in sc.lateness]
     statuses: dict[str, int] = {}
+    reasons: dict[str, int] = {}
     for r in g.state.results():
         statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
+        if r.status.value != "ok":
+            reasons[r.reason[:60]] = reasons.get(r.reason[:60], 0) + 1
     await g.stop()
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     interval = min((sc.check.config.interval for sc in g.engine.scheduled), default=1.0)
@@ -170,6 +173,7 @@ async def worker(config: Path, warmup: float, duration: float) -> dict[str, Any]
         "lateness_ms_p99": pct(late, 99) * 1000,
         "lateness_ms_max": max(late, default=float("nan")) * 1000,
         "latest_status_counts": statuses,
+        "latest_failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:5]),
     }
 
 
@@ -223,6 +227,36 @@ def load_part(n: int, port: int, warmup: float, seconds: float) -> dict[str, Any
         return result
 
 
+def render(idle: dict[str, Any], loads: dict[Any, dict[str, Any]], idle_s: float,
+           warmup: float, load_s: float) -> str:
+    rows = [[
+        "idle (" + ", ".join(idle["checks"]) + ")", f"{idle['cpu_percent']:.2f}",
+        f"{idle['rss_mib_median']:.1f} / {idle['rss_mib_max']:.1f}", "—", "—", "—", "—",
+    ]]
+    for n, r in loads.items():
+        cpu_ms = r["cpu_percent"] / 100 * r["seconds"] / max(1, r["checks_run"]) * 1000
+        rows.append([
+            f"{n} http targets @1 s", f"{r['cpu_percent']:.1f}",
+            f"{r['rss_mib_median']:.1f} / {r['rss_mib_max']:.1f}",
+            f"{r['checks_run']} / {r['checks_expected']}", f"{cpu_ms:.2f}",
+            f"{r['lateness_ms_p50']:.1f} / {r['lateness_ms_p99']:.1f}",
+            ", ".join(f"{k} {v}" for k, v in sorted(r["latest_status_counts"].items())),
+        ])
+    md = table(
+        ["load", "CPU % (one core = 100)", "RSS MiB median / max", "checks run / due",
+         "CPU ms per check", "start lateness ms p50 / p99", "latest results"],
+        rows,
+    )
+    return md + (
+        f"\n\nIdle: `guardian run` sampled from outside for {idle_s:.0f} s. Load: "
+        f"Guardian in-process in a worker, {warmup:.0f} s warm-up then {load_s:.0f} s "
+        "measured; CPU from getrusage (user+sys) of the worker only; lateness from the "
+        "engine's `Scheduled.lateness` (start time minus jittered due time). The target is "
+        "one asyncio keep-alive server in its own process. Failed results at high load are "
+        "Guardian's own overload (check timeouts while its one event-loop core is saturated)."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--idle-seconds", type=float, default=60)
@@ -230,7 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--targets", type=int, nargs="*", default=[10, 100, 1000])
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--render", action="store_true", help="re-render the .md from the JSON")
     a = ap.parse_args(argv)
+    if a.render:
+        from _common import RESULTS
+
+        data = json.loads((RESULTS / "overhead.json").read_text())
+        sec = data.get("seconds", {"idle": 60, "warmup": 5, "load": 30})
+        md = render(data["idle"], data["load"], sec["idle"], sec["warmup"], sec["load"])
+        data.pop("bench"), data.pop("machine")
+        write_results("overhead", data, md)
+        return 0
     if a.worker:
         cfg, warm, dur = a.worker
         print(json.dumps(asyncio.run(worker(Path(cfg), float(warm), float(dur)))))
@@ -253,33 +297,15 @@ def main(argv: list[str] | None = None) -> int:
                 loads[n] = load_part(n, port, a.warmup, a.load_seconds)
                 print(f"  {loads[n]}")
 
-    rows = [[
-        "idle (" + ", ".join(idle["checks"]) + ")", f"{idle['cpu_percent']:.2f}",
-        f"{idle['rss_mib_median']:.1f} / {idle['rss_mib_max']:.1f}", "—", "—", "—",
-    ]]
-    for n, r in loads.items():
-        rows.append([
-            f"{n} http targets @1 s", f"{r['cpu_percent']:.1f}",
-            f"{r['rss_mib_median']:.1f} / {r['rss_mib_max']:.1f}",
-            f"{r['checks_run']} / {r['checks_expected']}",
-            f"{r['lateness_ms_p50']:.1f} / {r['lateness_ms_p99']:.1f}",
-            ", ".join(f"{k} {v}" for k, v in sorted(r["latest_status_counts"].items())),
-        ])
-    md = table(
-        ["load", "CPU % (one core = 100)", "RSS MiB median / max", "checks run / due",
-         "start lateness ms p50 / p99", "latest results"],
-        rows,
-    )
-    note = (
-        f"\n\nIdle: `guardian run` sampled from outside for {a.idle_seconds:.0f} s. Load: "
-        f"Guardian in-process in a worker, {a.warmup:.0f} s warm-up then {a.load_seconds:.0f} s "
-        "measured; CPU from getrusage (user+sys) of the worker only; lateness from the "
-        "engine's `Scheduled.lateness` (start time minus jittered due time). The target is "
-        "one asyncio keep-alive server in its own process."
-    )
+    md = render(idle, loads, a.idle_seconds, a.warmup, a.load_seconds)
     print()
-    print(md + note)
-    write_results("overhead", {"idle": idle, "load": loads}, md + note)
+    print(md)
+    write_results(
+        "overhead",
+        {"idle": idle, "load": loads, "seconds": {"idle": a.idle_seconds, "warmup": a.warmup,
+                                                  "load": a.load_seconds}},
+        md,
+    )
     return 0
 
 
