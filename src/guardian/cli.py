@@ -85,6 +85,14 @@ def config_show(config: ConfigOpt = None) -> None:
     out.print_json(cfg.model_dump_json())
 
 
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown) generated from the validator."""
+    from guardian.reference import render
+
+    print(render())
+
+
 # --------------------------------------------------------------------------- run
 
 

@@ -84,12 +84,18 @@ class _Section(BaseModel):
 
 
 class GuardianSection(_Section):
-    log_dir: Path = Field(default_factory=lambda: default_dir("logs"))
-    report_dir: Path = Field(default_factory=lambda: default_dir("reports"))
-    state_dir: Path = Field(default_factory=lambda: default_dir("state"))
+    log_dir: Path = Field(
+        default_factory=lambda: default_dir("logs"), description="guardian.log (JSON lines)"
+    )
+    report_dir: Path = Field(
+        default_factory=lambda: default_dir("reports"), description="Markdown incident reports"
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: default_dir("state"), description="the SQLite store"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
-    log_backups: int = Field(5, ge=0, le=100)
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=4096, description="rotate guardian.log here")
+    log_backups: int = Field(5, ge=0, le=100, description="rotated log files kept")
     jitter: float = Field(
         0.1, ge=0, le=0.5, description="random spread of check start, fraction of interval"
     )
@@ -103,8 +109,8 @@ class GuardianSection(_Section):
 
 
 class ApiSection(_Section):
-    enabled: bool = True
-    host: str = "127.0.0.1"
+    enabled: bool = Field(True, description="serve /api/health, /metrics and the status page")
+    host: str = Field("127.0.0.1", description="bind address; loopback unless you mean it")
     port: int = Field(8787, ge=0, le=65535)
     token: SecretStr | None = Field(
         None, description="bearer token for mutating calls; they are disabled without one"
@@ -114,7 +120,9 @@ class ApiSection(_Section):
 class EscalationSection(_Section):
     failures: int = Field(3, ge=1, description="consecutive failures that escalate an incident")
     stable_period: float = Field(120.0, ge=0, description="healthy this long resolves it")
-    report_log_lines: int = Field(200, ge=0, le=100_000)
+    report_log_lines: int = Field(
+        200, ge=0, le=100_000, description="last lines of the service's log in a report"
+    )
 
 
 NotifyEvent = Literal["open", "escalate", "resolve"]
@@ -123,16 +131,18 @@ NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("open", "escalate", "resolve")
 
 class NotifySection(_Section):
     urls: list[SecretStr] = Field(default_factory=list, description="apprise URLs")
-    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS), description="transitions that notify"
+    )
     rate_limit_per_hour: int = Field(20, ge=1, description="per target")
-    retries: int = Field(3, ge=0, le=10)
-    timeout: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0, le=10, description="per message, with backoff")
+    timeout: float = Field(10.0, gt=0, description="seconds per delivery attempt")
 
 
 class StoreSection(_Section):
     path: Path | None = Field(None, description="SQLite file; default <state_dir>/guardian.db")
-    retention_days: float = Field(30.0, gt=0)
-    max_events: int = Field(100_000, ge=100)
+    retention_days: float = Field(30.0, gt=0, description="events older than this are pruned")
+    max_events: int = Field(100_000, ge=100, description="and at most this many are kept")
 
 
 # --------------------------------------------------------------------------- targets
