@@ -98,6 +98,7 @@ class GuardianProc:
 
     def __init__(self, config: Path, stderr: Path, **popen: Any) -> None:
         self.stderr_path = stderr
+        stderr.touch()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "guardian", "run", "--config", str(config),
              "--log-format", "json"],
