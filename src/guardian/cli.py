@@ -275,10 +275,10 @@ def demo(
     log_format: Annotated[str, typer.Option("--log-format")] = "auto",
 ) -> None:
     """Start a simulated ComfyUI + panel under Guardian's supervision and watch them."""
-    from guardian.demo.stack import prepare_demo
+    from guardian.demo.stack import demo_banner, prepare_demo
 
     demo_cfg, config_path = prepare_demo(directory, api_port=api_port)
-    err.print(f"[bold]Guardian demo[/] config: {config_path}")
+    err.print(demo_banner(demo_cfg, config_path), highlight=False)
     raise typer.Exit(run_guardian(demo_cfg, log_format))
 
 

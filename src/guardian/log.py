@@ -80,10 +80,11 @@ class PrettyFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         level = record.levelname[:4]
+        hidden = ("event", "target", "check", "kind", "status", "reason", "previous")
         extras = {
             k: v
             for k, v in _fields(record).items()
-            if k not in ("event", "target", "check", "kind", "status", "reason")
+            if k not in hidden and v not in (None, "", {}, [])
         }
         tail = " ".join(f"{k}={v}" for k, v in extras.items())
         line = f"{ts} {level:<4} {record.getMessage()}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from datetime import datetime
 
 from guardian.checks import CheckContext, build_check
@@ -17,6 +18,7 @@ from guardian.clock import Clock, SystemClock
 from guardian.config import Config
 from guardian.engine import Engine
 from guardian.events import EventBus
+from guardian.recovery import BreakerStore, MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
 from guardian.state import State
@@ -43,10 +45,36 @@ class Guardian:
                     checks.append((target.name, build_check(check_cfg, ctx)))
         self.engine = Engine(self.state, checks, self.clock, jitter=config.guardian.jitter)
         self.started_at: datetime | None = None
+        self.breakers: BreakerStore | None = None
+        self.recovery: RecoveryManager | None = None
+
+    def _open_breaker_store(self) -> BreakerStore:
+        path = self.config.store_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return SqliteBreakerStore(path)
+        except (OSError, sqlite3.Error) as e:
+            log.warning(
+                "cannot open state store %s (%s): restart counters will not survive a restart",
+                path,
+                e,
+                extra={"event": "store_unavailable"},
+            )
+            return MemoryBreakerStore()
 
     async def start(self) -> None:
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
+        self.breakers = self._open_breaker_store()
+        self.recovery = RecoveryManager(
+            self.config,
+            self.bus,
+            self.backends,
+            self.clock,
+            dry_run=self.config.guardian.dry_run,
+            store=self.breakers,
+        )
+        await self.recovery.start_all()
         self.engine.start()
         log.info(
             "guardian started: %d targets, %d checks",
@@ -59,11 +87,17 @@ class Guardian:
         grace = self.config.guardian.shutdown_grace
         await self.engine.stop(grace=grace)
         await self.engine.aclose()
+        if self.recovery is not None:
+            await self.recovery.aclose()
+        # Supervised processes are Guardian's children and stop with it; OS services
+        # (SCM, systemd) keep running: their backends' aclose() only releases handles.
         for name, backend in self.backends.items():
             try:
                 await asyncio.wait_for(backend.aclose(), timeout=grace)
             except Exception:
                 log.exception("closing service backend %s failed", name)
+        if self.breakers is not None and hasattr(self.breakers, "close"):
+            self.breakers.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""

@@ -179,3 +179,30 @@ def prepare_demo(directory: Path | None = None, *, api_port: int = 8787) -> tupl
     text = demo_config_text(directory, free_port(), free_port(), api_port or free_port(), token)
     path.write_text(text, encoding="utf-8")
     return load_config(path), path
+
+
+def demo_banner(cfg: Config, config_path: Path) -> str:
+    """What a newcomer needs to poke the demo: where things are and how to break them."""
+    urls = {}
+    for t in cfg.targets:
+        for c in t.checks:
+            url = getattr(c, "url", None)
+            if url and t.name not in urls:
+                urls[t.name] = str(url).removesuffix("/api/health")
+    comfy = urls.get("comfyui", "")
+    api = f"http://{cfg.api.host}:{cfg.api.port}"
+    token = cfg.api.token.get_secret_value() if cfg.api.token else ""
+    return "\n".join(
+        [
+            "[bold]Guardian demo[/]: a simulated ComfyUI and admin panel, supervised by Guardian.",
+            f"  config       {config_path}",
+            f"  status page  {api}/   (token: {token})",
+            f"  ComfyUI sim  {comfy}      panel sim  {urls.get('panel', '')}",
+            "  Try, from another terminal:",
+            f'    curl -X POST {comfy}/__sim/fault -d \'{{"mode": "crash"}}\'',
+            f'    curl -X POST {comfy}/__sim/fault -d \'{{"mode": "hang"}}\'',
+            f"    guardian check --config {config_path}",
+            "  Ctrl-C stops Guardian and the simulators.",
+            "",
+        ]
+    )

@@ -1,0 +1,727 @@
+"""Deciding and executing restarts: a pure per-target policy and the manager that acts on it.
+
+:class:`RestartPolicy` is a clock-driven state machine with no I/O, so every rule (cooldown,
+backoff, breaker, grace, stable reset, liveness streaks) is tested in microseconds with a
+FakeClock. :class:`RecoveryManager` feeds it events (check results from the bus, exit events
+from supervised processes), runs the restarts it asks for in background tasks, publishes a
+:class:`RecoveryEvent` for every action and persists the breaker state so a crash-looping
+service stays given-up across a Guardian restart.
+
+Timing rules (documented for operators):
+
+* The first restart happens at once (unless a previous restart was less than ``cooldown``
+  ago). After attempt *n* the next attempt waits
+  ``max(cooldown, min(cooldown * backoff_factor ** (n - 1), backoff_max))`` seconds:
+  with the defaults 30 s, 60 s, 120 s ... capped at 300 s.
+* At most ``max_attempts`` attempts within ``window`` seconds. When one more would be
+  needed the breaker opens: no further restarts, one ``breaker_open`` event (escalation).
+* The breaker closes, and the attempt counter clears, after ``stable_period`` seconds of
+  continuous health or on a manual restart (``guardian restart NAME`` / the API).
+* For ``grace_period`` seconds after each (re)start liveness failures are not counted.
+  A process exit or a failed ``service`` check always triggers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from guardian.clock import Clock
+from guardian.config import Config, RecoveryConfig
+from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
+from guardian.result import CheckResult, Status
+from guardian.services.base import ExitNotifying, ServiceBackend, ServiceState
+
+log = logging.getLogger("guardian.recovery")
+
+START_WAIT = 30.0  # seconds start_all waits for a dependency to report RUNNING
+START_POLL = 0.1
+
+
+# =========================================================================== persistence
+
+
+@dataclass
+class BreakerRecord:
+    """What survives a Guardian restart for one target."""
+
+    attempts: int = 0
+    attempt_times: list[str] = field(default_factory=list)  # wall clock, ISO 8601 UTC
+    last_restart: str | None = None
+    breaker_open: bool = False
+
+
+class BreakerStore(Protocol):
+    def load(self) -> dict[str, BreakerRecord]: ...
+
+    def save(self, target: str, record: BreakerRecord) -> None: ...
+
+
+class MemoryBreakerStore:
+    """A store that lives as long as the object (tests, --dry-run)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, BreakerRecord] = {}
+
+    def load(self) -> dict[str, BreakerRecord]:
+        return {k: _copy(v) for k, v in self.records.items()}
+
+    def save(self, target: str, record: BreakerRecord) -> None:
+        self.records[target] = _copy(record)
+
+
+def _copy(r: BreakerRecord) -> BreakerRecord:
+    return BreakerRecord(r.attempts, list(r.attempt_times), r.last_restart, r.breaker_open)
+
+
+class SqliteBreakerStore:
+    """Breaker state in its own table of Guardian's SQLite file (WAL, created if missing)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), timeout=5.0, check_same_thread=False)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS breakers ("
+                " target TEXT PRIMARY KEY,"
+                " attempts INTEGER NOT NULL,"
+                " attempt_times TEXT NOT NULL,"
+                " last_restart TEXT,"
+                " breaker_open INTEGER NOT NULL,"
+                " updated TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
+            )
+            self._db.commit()
+
+    def load(self) -> dict[str, BreakerRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT target, attempts, attempt_times, last_restart, breaker_open FROM breakers"
+            ).fetchall()
+        out: dict[str, BreakerRecord] = {}
+        for target, attempts, times, last, is_open in rows:
+            try:
+                parsed = [str(t) for t in json.loads(times)]
+            except (ValueError, TypeError):
+                parsed = []
+            out[str(target)] = BreakerRecord(int(attempts), parsed, last, bool(is_open))
+        return out
+
+    def save(self, target: str, record: BreakerRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO breakers (target, attempts, attempt_times, last_restart,"
+                " breaker_open, updated) VALUES (?, ?, ?, ?, ?,"
+                " strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
+                " ON CONFLICT(target) DO UPDATE SET attempts=excluded.attempts,"
+                " attempt_times=excluded.attempt_times, last_restart=excluded.last_restart,"
+                " breaker_open=excluded.breaker_open, updated=excluded.updated",
+                (
+                    target,
+                    record.attempts,
+                    json.dumps(record.attempt_times),
+                    record.last_restart,
+                    int(record.breaker_open),
+                ),
+            )
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# =========================================================================== policy
+
+
+class Action(StrEnum):
+    NONE = "none"  # nothing to do (restart in progress, breaker already open)
+    RESTART = "restart"
+    WAIT = "wait"  # a restart is due, but not before `at`
+    BREAKER_OPEN = "breaker_open"  # attempts exhausted just now
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    attempt: int = 0
+    at: float | None = None  # monotonic time the restart becomes allowed (WAIT)
+    reason: str = ""
+
+
+class RestartPolicy:
+    """The restart rules for one target; see the module docstring. No I/O, no tasks."""
+
+    def __init__(self, cfg: RecoveryConfig, liveness: set[str] | None = None) -> None:
+        self.cfg = cfg
+        self.liveness = set(liveness or ())  # names of checks with `liveness: true`
+        self.attempt_times: list[float] = []  # monotonic
+        self.last_restart: float | None = None  # monotonic start of the last attempt
+        self.started_at: float | None = None  # end of the last (re)start: grace starts here
+        self.breaker_open = False
+        self.in_progress = False
+        self.pending_reason: str | None = None
+        self.streaks: dict[str, int] = {}
+        self.healthy_since: float | None = None
+
+    # -------------------------------------------------------------- observations
+
+    @property
+    def consecutive_failures(self) -> int:
+        return max(self.streaks.values(), default=0)
+
+    def in_grace(self, now: float) -> bool:
+        return self.started_at is not None and now - self.started_at < self.cfg.grace_period
+
+    def observe_check(self, check: str, kind: str, status: Status, now: float) -> str | None:
+        """Feed one check result; returns a restart reason when one is now needed."""
+        if status == Status.SKIPPED:
+            return None
+        is_service = kind == "service"
+        if not is_service and check not in self.liveness:
+            return None
+        if status != Status.FAILED:
+            self.streaks[check] = 0
+            if self.pending_reason is not None and not self.pending_reason.startswith("exit"):
+                self.pending_reason = None  # recovered on its own while we waited
+            if self.healthy_since is None and self.consecutive_failures == 0:
+                self.healthy_since = now
+            return None
+        self.healthy_since = None
+        if self.in_progress:
+            return None  # being restarted right now; a stale failure says nothing new
+        if is_service:
+            return f"service not running ({check})"
+        if self.in_grace(now):
+            return None
+        self.streaks[check] = self.streaks.get(check, 0) + 1
+        if self.streaks[check] >= self.cfg.failure_threshold:
+            count = self.streaks[check]
+            self.streaks[check] = 0
+            return f"liveness check {check!r} failed {count} times in a row"
+        return None
+
+    def observe_exit(self, code: int | None) -> str:
+        self.healthy_since = None
+        return f"exited with code {code}"
+
+    def stable_reset_due(self, now: float) -> bool:
+        """True (once) when continuous health for stable_period should clear the counter."""
+        if self.healthy_since is None or self.in_progress:
+            return False
+        if not (self.attempt_times or self.breaker_open):
+            return False
+        return now - self.healthy_since >= self.cfg.stable_period
+
+    # -------------------------------------------------------------- decisions
+
+    def gap_after(self, n: int) -> float:
+        """Minimum seconds between attempt ``n`` and attempt ``n + 1`` (n >= 1)."""
+        c = self.cfg
+        backoff = min(c.cooldown * c.backoff_factor ** max(n - 1, 0), c.backoff_max)
+        return max(c.cooldown, backoff)
+
+    def prune(self, now: float) -> None:
+        cutoff = now - self.cfg.window
+        self.attempt_times = [t for t in self.attempt_times if t > cutoff]
+
+    def next_allowed_at(self, now: float) -> float | None:
+        if self.breaker_open:
+            return None
+        self.prune(now)
+        if self.last_restart is None:
+            return now
+        return self.last_restart + self.gap_after(max(len(self.attempt_times), 1))
+
+    def decide(self, now: float, reason: str) -> Decision:
+        """A restart is wanted now: restart, wait, open the breaker, or nothing."""
+        if self.in_progress or self.breaker_open or not self.cfg.enabled:
+            return Decision(Action.NONE, reason=reason)
+        self.prune(now)
+        if len(self.attempt_times) >= self.cfg.max_attempts:
+            self.breaker_open = True
+            self.pending_reason = None
+            return Decision(Action.BREAKER_OPEN, attempt=len(self.attempt_times), reason=reason)
+        allowed = self.next_allowed_at(now)
+        if allowed is not None and now < allowed:
+            self.pending_reason = reason
+            return Decision(Action.WAIT, at=allowed, reason=reason)
+        return Decision(Action.RESTART, attempt=len(self.attempt_times) + 1, reason=reason)
+
+    def begin(self, now: float, *, counted: bool = True) -> None:
+        self.in_progress = True
+        self.pending_reason = None
+        self.healthy_since = None
+        self.streaks.clear()
+        if counted:
+            self.attempt_times.append(now)
+            self.last_restart = now
+
+    def finished(self, now: float) -> None:
+        self.in_progress = False
+        self.started_at = now
+
+    def started(self, now: float) -> None:
+        """The service was (first) started outside a restart: grace applies."""
+        self.started_at = now
+
+    def reset(self) -> None:
+        """Close the breaker and forget attempts (manual restart or stable again)."""
+        self.attempt_times.clear()
+        self.breaker_open = False
+        self.pending_reason = None
+        self.streaks.clear()
+
+    # -------------------------------------------------------------- persistence
+
+    def to_record(self, mono_now: float, wall_now: datetime) -> BreakerRecord:
+        def wall(t: float) -> str:
+            return (wall_now - timedelta(seconds=mono_now - t)).isoformat()
+
+        self.prune(mono_now)
+        return BreakerRecord(
+            attempts=len(self.attempt_times),
+            attempt_times=[wall(t) for t in self.attempt_times],
+            last_restart=None if self.last_restart is None else wall(self.last_restart),
+            breaker_open=self.breaker_open,
+        )
+
+    def restore(self, rec: BreakerRecord, mono_now: float, wall_now: datetime) -> None:
+        def mono(iso: str) -> float | None:
+            try:
+                t = datetime.fromisoformat(iso)
+            except ValueError:
+                return None
+            if t.tzinfo is None:
+                return None
+            return mono_now - (wall_now - t).total_seconds()
+
+        self.attempt_times = [m for m in (mono(s) for s in rec.attempt_times) if m is not None]
+        self.last_restart = None if rec.last_restart is None else mono(rec.last_restart)
+        self.breaker_open = rec.breaker_open
+        self.prune(mono_now)
+
+
+# =========================================================================== manager
+
+
+class RecoveryManager:
+    """Subscribes to check results and exit events and restarts what the policy says."""
+
+    def __init__(
+        self,
+        config: Config,
+        bus: EventBus,
+        backends: dict[str, ServiceBackend],
+        clock: Clock,
+        *,
+        dry_run: bool = False,
+        store: BreakerStore | None = None,
+        start_wait: float = START_WAIT,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.backends = dict(backends)
+        self.clock = clock
+        self.dry_run = dry_run
+        self.store = store
+        self.start_wait = start_wait
+        self.policies: dict[str, RestartPolicy] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # one restart or wait per target
+        self._retrigger: dict[str, str] = {}
+        self._closed = False
+        for target in config.targets:
+            if target.service is None or target.name not in self.backends:
+                continue
+            if not target.recovery.enabled:
+                continue
+            liveness = {c.check_name for c in target.checks if c.liveness}
+            self.policies[target.name] = RestartPolicy(target.recovery, liveness)
+        self._restore()
+        for name, backend in self.backends.items():
+            if isinstance(backend, ExitNotifying):
+                backend.add_exit_listener(self._exit_listener(name))
+        self._unsubscribe: Callable[[], None] | None = bus.subscribe(self._on_event)
+
+    # -------------------------------------------------------------- plumbing
+
+    def _restore(self) -> None:
+        if self.store is None:
+            return
+        try:
+            records = self.store.load()
+        except Exception:
+            log.exception("cannot load breaker state", extra={"event": "store_error"})
+            return
+        now, wall = self.clock.monotonic(), self.clock.now()
+        for name, rec in records.items():
+            if name in self.policies:
+                self.policies[name].restore(rec, now, wall)
+
+    def _save(self, target: str) -> None:
+        if self.store is None or self.dry_run or target not in self.policies:
+            return
+        try:
+            rec = self.policies[target].to_record(self.clock.monotonic(), self.clock.now())
+            self.store.save(target, rec)
+        except Exception:
+            log.exception("cannot save breaker state", extra={"target": target})
+
+    def _emit(
+        self,
+        target: str,
+        kind: RecoveryKind,
+        *,
+        attempt: int = 0,
+        reason: str = "",
+        detail: str = "",
+        **values: Any,
+    ) -> None:
+        event = RecoveryEvent(
+            target=target,
+            kind=kind,
+            time=self.clock.now(),
+            attempt=attempt,
+            reason=reason,
+            detail=detail,
+            values=values,
+        )
+        level = logging.WARNING if kind in _LOUD else logging.INFO
+        log.log(
+            level,
+            "%s: %s%s",
+            target,
+            kind.value,
+            f" ({reason})" if reason else "",
+            extra={"target": target, "event": kind.value, "attempt": attempt, "detail": detail},
+        )
+        self.bus.publish(event)
+
+    def _exit_listener(self, target: str) -> Callable[[int | None], None]:
+        def listener(code: int | None) -> None:
+            self._on_exit(target, code)
+
+        return listener
+
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, CheckResult) or self._closed:
+            return
+        policy = self.policies.get(event.target)
+        if policy is None:
+            return
+        now = self.clock.monotonic()
+        reason = policy.observe_check(event.check, event.kind, event.status, now)
+        if reason is not None:
+            self._want(event.target, reason)
+        elif policy.stable_reset_due(now):
+            was_open = policy.breaker_open
+            policy.reset()
+            self._emit(
+                event.target,
+                RecoveryKind.BREAKER_RESET,
+                reason=f"healthy for {self.policies[event.target].cfg.stable_period:g} s",
+                breaker_was_open=was_open,
+            )
+            self._save(event.target)
+
+    def _on_exit(self, target: str, code: int | None) -> None:
+        if self._closed:
+            return
+        self._emit(target, RecoveryKind.EXITED, reason=f"exit code {code}", exit_code=code)
+        policy = self.policies.get(target)
+        if policy is None:
+            return
+        self._want(target, policy.observe_exit(code))
+
+    # -------------------------------------------------------------- deciding
+
+    def _busy(self, target: str) -> bool:
+        task = self._tasks.get(target)
+        return task is not None and not task.done()
+
+    def _want(self, target: str, reason: str) -> None:
+        policy = self.policies[target]
+        if policy.in_progress:
+            self._retrigger[target] = reason  # e.g. it died again during the restart
+            return
+        if self._busy(target):
+            return  # a wait is already scheduled
+        now = self.clock.monotonic()
+        d = policy.decide(now, reason)
+        if d.action == Action.NONE:
+            return
+        if d.action == Action.BREAKER_OPEN:
+            self._emit(
+                target,
+                RecoveryKind.BREAKER_OPEN,
+                attempt=d.attempt,
+                reason=reason,
+                detail=f"{d.attempt} restart attempts within {policy.cfg.window:g} s; "
+                "giving up until a manual restart",
+            )
+            self._save(target)
+            return
+        if d.action == Action.WAIT:
+            assert d.at is not None
+            self._tasks[target] = asyncio.create_task(
+                self._wait_then_retry(target, d.at - now), name=f"recovery-wait-{target}"
+            )
+            return
+        policy.begin(now)
+        self._save(target)
+        if self.dry_run:
+            self._emit(target, RecoveryKind.DRY_RUN, attempt=d.attempt, reason=reason)
+            policy.finished(self.clock.monotonic())
+            return
+        self._tasks[target] = asyncio.create_task(
+            self._restart_task(target, d.attempt, reason), name=f"recovery-restart-{target}"
+        )
+
+    async def _wait_then_retry(self, target: str, delay: float) -> None:
+        await self.clock.sleep(delay)
+        policy = self.policies[target]
+        reason = policy.pending_reason
+        self._tasks.pop(target, None)
+        if reason is not None and not self._closed:
+            self._want(target, reason)
+
+    async def _restart_task(self, target: str, attempt: int, reason: str) -> None:
+        policy = self.policies[target]
+        try:
+            await self._execute(target, attempt, reason)
+        finally:
+            policy.finished(self.clock.monotonic())
+            self._tasks.pop(target, None)
+        again = self._retrigger.pop(target, None)
+        if again is not None and not self._closed:
+            self._want(target, again)
+
+    async def _execute(self, target: str, attempt: int, reason: str) -> bool:
+        """Restart one backend and say whether it came back running."""
+        backend = self.backends[target]
+        self._emit(target, RecoveryKind.RESTART_STARTED, attempt=attempt, reason=reason)
+        t0 = self.clock.monotonic()
+        try:
+            await backend.restart()
+            status = await backend.status()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._emit(
+                target,
+                RecoveryKind.RESTART_FAILED,
+                attempt=attempt,
+                reason=reason,
+                detail=f"{type(exc).__name__}: {exc}",
+            )
+            self._retrigger.setdefault(target, f"restart failed: {exc}")
+            return False
+        took = round(self.clock.monotonic() - t0, 3)
+        if status.state in (ServiceState.RUNNING, ServiceState.STARTING):
+            self._emit(
+                target,
+                RecoveryKind.RESTART_SUCCEEDED,
+                attempt=attempt,
+                reason=reason,
+                detail=status.detail,
+                pid=status.pid,
+                duration_s=took,
+            )
+            return True
+        self._emit(
+            target,
+            RecoveryKind.RESTART_FAILED,
+            attempt=attempt,
+            reason=reason,
+            detail=f"{status.state.value} after restart: {status.detail}",
+            duration_s=took,
+        )
+        self._retrigger.setdefault(target, f"not running after restart ({status.state.value})")
+        return False
+
+    # -------------------------------------------------------------- public API
+
+    async def restart(self, target: str, manual: bool = True) -> str:
+        """Restart ``target`` now (CLI/API): closes its breaker first. KeyError if unknown."""
+        if target not in self.backends:
+            raise KeyError(target)
+        policy = self.policies.get(target)
+        task = self._tasks.get(target)
+        if task is not None and not task.done():
+            if policy is not None and policy.in_progress:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._tasks.pop(target, None)
+        reason = "manual restart" if manual else "requested restart"
+        if policy is not None:
+            was_open, had = policy.breaker_open, bool(policy.attempt_times)
+            policy.reset()
+            if was_open or had:
+                self._emit(target, RecoveryKind.BREAKER_RESET, reason=reason)
+            self._save(target)
+        if self.dry_run:
+            self._emit(target, RecoveryKind.DRY_RUN, reason=reason)
+            return f"dry run: would restart {target}"
+        if policy is not None:
+            policy.begin(self.clock.monotonic(), counted=False)
+        try:
+            ok = await self._execute(target, 0, reason)
+        finally:
+            if policy is not None:
+                policy.finished(self.clock.monotonic())
+        again = self._retrigger.pop(target, None)
+        if again is not None and policy is not None and not self._closed:
+            self._want(target, again)
+        status = await self.backends[target].status()
+        if ok:
+            pid = f" (pid {status.pid})" if status.pid is not None else ""
+            return f"restarted {target}{pid}"
+        return f"restart of {target} failed: {status.state.value} {status.detail}".strip()
+
+    def start_order(self) -> list[str]:
+        """Targets with a backend, each after the targets it depends on (config order)."""
+        deps = {
+            t.name: [d for d in t.recovery.depends_on if d in self.backends]
+            for t in self.config.targets
+            if t.name in self.backends
+        }
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in order or name in visiting:
+                return  # done, or a cycle: break it rather than hang
+            visiting.add(name)
+            for dep in deps.get(name, []):
+                visit(dep)
+            visiting.discard(name)
+            order.append(name)
+
+        for name in deps:
+            visit(name)
+        for name in self.backends:
+            if name not in order:
+                order.append(name)
+        return order
+
+    async def start_all(self) -> None:
+        """Start every backend, dependencies first, each dependency RUNNING before its users."""
+        needed = {d for t in self.config.targets for d in t.recovery.depends_on}
+        for name in self.start_order():
+            backend = self.backends[name]
+            try:
+                await backend.start()
+            except Exception as exc:
+                log.error(
+                    "%s: start failed: %s",
+                    name,
+                    exc,
+                    extra={"target": name, "event": "start_failed"},
+                )
+                continue
+            if name in self.policies:
+                self.policies[name].started(self.clock.monotonic())
+            if name in needed:
+                await self._wait_running(name)
+
+    async def _wait_running(self, name: str) -> bool:
+        deadline = self.clock.monotonic() + self.start_wait
+        while True:
+            try:
+                if (await self.backends[name].status()).state == ServiceState.RUNNING:
+                    return True
+            except Exception:
+                pass
+            if self.clock.monotonic() >= deadline:
+                log.warning(
+                    "%s: not running %.0f s after start; starting its dependents anyway",
+                    name,
+                    self.start_wait,
+                    extra={"target": name, "event": "start_timeout"},
+                )
+                return False
+            await self.clock.sleep(START_POLL)
+
+    async def stop_all(self) -> None:
+        """Stop every backend, dependents first."""
+        await self._cancel_tasks()
+        for name in reversed(self.start_order()):
+            try:
+                await self.backends[name].stop()
+            except Exception as exc:
+                log.error(
+                    "%s: stop failed: %s", name, exc, extra={"target": name, "event": "stop_failed"}
+                )
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        now, wall = self.clock.monotonic(), self.clock.now()
+
+        def iso(t: float | None) -> str | None:
+            return None if t is None else (wall + timedelta(seconds=t - now)).isoformat()
+
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.backends:
+            p = self.policies.get(name)
+            if p is None:
+                out[name] = {
+                    "enabled": False,
+                    "attempts": 0,
+                    "last_restart": None,
+                    "breaker_open": False,
+                    "next_allowed_at": None,
+                    "consecutive_failures": 0,
+                    "restarting": False,
+                }
+                continue
+            p.prune(now)
+            out[name] = {
+                "enabled": True,
+                "attempts": len(p.attempt_times),
+                "last_restart": iso(p.last_restart),
+                "breaker_open": p.breaker_open,
+                "next_allowed_at": iso(p.next_allowed_at(now)),
+                "consecutive_failures": p.consecutive_failures,
+                "restarting": p.in_progress,
+            }
+        return out
+
+    async def _cancel_tasks(self) -> None:
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+
+    async def aclose(self) -> None:
+        """Stop listening and cancel background work; services keep running."""
+        self._closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        await self._cancel_tasks()
+
+
+_LOUD = {
+    RecoveryKind.RESTART_FAILED,
+    RecoveryKind.BREAKER_OPEN,
+    RecoveryKind.EXITED,
+    RecoveryKind.RESTART_STARTED,
+}

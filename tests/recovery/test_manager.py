@@ -1,0 +1,332 @@
+"""RecoveryManager with a FakeClock and an in-memory backend (timing rules), and SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardian.checks.disk import DiskCheckConfig
+from guardian.checks.http import HttpCheckConfig
+from guardian.clock import FakeClock
+from guardian.config import Config, RecoveryConfig, ServiceConfig, TargetConfig
+from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
+from guardian.recovery import MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
+from guardian.result import CheckResult, Status
+from guardian.services.base import ExitListener, ServiceState, ServiceStatus
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class MemBackend:
+    """A service that lives in memory; `die()` simulates a crash via the exit event."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+        self.running = False
+        self.pid = 100
+        self.restarts = 0
+        self.listeners: list[ExitListener] = []
+
+    def add_exit_listener(self, listener: ExitListener) -> None:
+        self.listeners.append(listener)
+
+    async def status(self) -> ServiceStatus:
+        if self.running:
+            return ServiceStatus(ServiceState.RUNNING, pid=self.pid)
+        return ServiceStatus(ServiceState.STOPPED)
+
+    async def start(self) -> None:
+        self.log.append(f"start {self.name}")
+        self.running = True
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+        self.running = False
+
+    async def restart(self) -> None:
+        self.restarts += 1
+        self.pid += 1
+        self.running = True
+
+    async def log_tail(self, lines: int = 200) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        self.running = False
+
+    def die(self, code: int = 1) -> None:
+        self.running = False
+        for cb in list(self.listeners):
+            cb(code)
+
+
+def target(name: str, **rec: Any) -> TargetConfig:
+    return TargetConfig(
+        name=name,
+        service=ServiceConfig(backend="process", command=["x"]),
+        recovery=RecoveryConfig(**{"grace_period": 0, **rec}),
+        checks=[
+            HttpCheckConfig(url="http://127.0.0.1:1/", liveness=True, interval=1, timeout=0.5),
+            DiskCheckConfig(paths=["/"], interval=1, timeout=0.5),
+        ],
+    )
+
+
+class Rig:
+    def __init__(self, *targets: TargetConfig, dry_run: bool = False, store: Any = None) -> None:
+        self.clock = FakeClock()
+        self.bus = EventBus()
+        self.events: list[RecoveryEvent] = []
+        self.bus.subscribe(self._collect)
+        self.order: list[str] = []
+        self.backends = {t.name: MemBackend(t.name, self.order) for t in targets}
+        self.config = Config(targets=list(targets))
+        self.mgr = RecoveryManager(
+            self.config,
+            self.bus,
+            dict(self.backends),  # type: ignore[arg-type]
+            self.clock,
+            dry_run=dry_run,
+            store=store,
+        )
+
+    def _collect(self, e: Event) -> None:
+        if isinstance(e, RecoveryEvent):
+            self.events.append(e)
+
+    def kinds(self, kind: RecoveryKind) -> list[RecoveryEvent]:
+        return [e for e in self.events if e.kind == kind]
+
+    def check(self, tgt: str, status: Status, check: str = "http", kind: str = "http") -> None:
+        now = self.clock.now()
+        self.bus.publish(CheckResult(tgt, check, kind, status, "", {}, now, now, 0.01))
+
+
+async def test_cooldown_and_breaker_with_fake_clock() -> None:
+    r = Rig(target("api", cooldown=30, backoff_factor=2, backoff_max=100, max_attempts=3))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.settle()
+    assert b.restarts == 1
+    b.die()
+    await r.clock.advance(29)
+    assert b.restarts == 1  # cooldown not over
+    await r.clock.advance(1.5)
+    assert b.restarts == 2
+    b.die()
+    await r.clock.advance(59)
+    assert b.restarts == 2  # backoff: 60 s after the 2nd attempt
+    await r.clock.advance(1.5)
+    assert b.restarts == 3
+    b.die()
+    await r.clock.advance(1000)
+    assert b.restarts == 3
+    assert len(r.kinds(RecoveryKind.BREAKER_OPEN)) == 1
+    assert len(r.kinds(RecoveryKind.RESTART_SUCCEEDED)) == 3
+    assert len(r.kinds(RecoveryKind.EXITED)) == 4
+    snap = r.mgr.snapshot()["api"]
+    assert snap["breaker_open"] and snap["attempts"] == 3 and snap["next_allowed_at"] is None
+    await r.mgr.aclose()
+
+
+async def test_failure_threshold_via_bus() -> None:
+    r = Rig(target("api", failure_threshold=3))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    for _ in range(2):
+        r.check("api", Status.FAILED)
+    r.check("disk", Status.FAILED, check="disk", kind="disk")  # other target: ignored
+    r.check("api", Status.FAILED, check="disk", kind="disk")  # not liveness
+    await r.clock.settle()
+    assert b.restarts == 0
+    assert r.mgr.snapshot()["api"]["consecutive_failures"] == 2
+    r.check("api", Status.FAILED)
+    await r.clock.settle()
+    assert b.restarts == 1
+    started = r.kinds(RecoveryKind.RESTART_STARTED)
+    assert started[0].attempt == 1 and "3 times" in started[0].reason
+    await r.mgr.aclose()
+
+
+async def test_grace_period_after_restart() -> None:
+    r = Rig(target("api", failure_threshold=1, grace_period=10, cooldown=0))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    r.check("api", Status.FAILED)  # within the start grace
+    await r.clock.settle()
+    assert b.restarts == 0
+    await r.clock.advance(11)
+    r.check("api", Status.FAILED)
+    await r.clock.settle()
+    assert b.restarts == 1
+    await r.clock.advance(5)
+    r.check("api", Status.FAILED)
+    await r.clock.settle()
+    assert b.restarts == 1
+    await r.clock.advance(6)
+    r.check("api", Status.FAILED)
+    await r.clock.settle()
+    assert b.restarts == 2
+    await r.mgr.aclose()
+
+
+async def test_stable_period_resets_attempts() -> None:
+    r = Rig(target("api", cooldown=1, backoff_factor=1, max_attempts=2, stable_period=60))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.advance(2)
+    b.die()
+    await r.clock.advance(2)
+    assert b.restarts == 2
+    for _ in range(7):
+        r.check("api", Status.OK)
+        await r.clock.advance(10)
+    r.check("api", Status.OK)
+    assert len(r.kinds(RecoveryKind.BREAKER_RESET)) == 1
+    assert r.mgr.snapshot()["api"]["attempts"] == 0
+    b.die()
+    await r.clock.advance(2)
+    assert b.restarts == 3 and not r.kinds(RecoveryKind.BREAKER_OPEN)
+    await r.mgr.aclose()
+
+
+async def test_dry_run_executes_nothing() -> None:
+    r = Rig(target("api", cooldown=5, max_attempts=2), dry_run=True)
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.settle()
+    b.die()
+    await r.clock.advance(6)
+    b.die()
+    await r.clock.advance(60)
+    assert b.restarts == 0
+    assert len(r.kinds(RecoveryKind.DRY_RUN)) == 2
+    assert len(r.kinds(RecoveryKind.BREAKER_OPEN)) == 1
+    assert not r.kinds(RecoveryKind.RESTART_STARTED)
+    assert await r.mgr.restart("api") == "dry run: would restart api"
+    assert b.restarts == 0
+    await r.mgr.aclose()
+
+
+async def test_manual_restart_resets_breaker() -> None:
+    r = Rig(target("api", cooldown=1, backoff_factor=1, max_attempts=1))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.advance(2)
+    b.die()
+    await r.clock.advance(2)
+    assert r.mgr.snapshot()["api"]["breaker_open"] and b.restarts == 1
+    msg = await r.mgr.restart("api")
+    assert msg == "restarted api (pid 102)"
+    assert b.restarts == 2
+    assert not r.mgr.snapshot()["api"]["breaker_open"]
+    assert len(r.kinds(RecoveryKind.BREAKER_RESET)) == 1
+    with pytest.raises(KeyError):
+        await r.mgr.restart("nope")
+    # after the manual restart, automatic recovery works again
+    b.die()
+    await r.clock.advance(2)
+    assert b.restarts == 3
+    await r.mgr.aclose()
+
+
+async def test_disabled_and_serviceless_targets_never_restart() -> None:
+    plain = TargetConfig(name="web", checks=[])
+    r = Rig(target("api", enabled=False, failure_threshold=1))
+    r.config.targets.append(plain)
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    r.check("api", Status.FAILED)
+    r.check("web", Status.FAILED, check="service", kind="service")
+    await r.clock.advance(100)
+    assert b.restarts == 0
+    assert r.kinds(RecoveryKind.EXITED)  # still reported
+    assert r.mgr.snapshot()["api"]["enabled"] is False
+    await r.mgr.aclose()
+
+
+async def test_depends_on_start_and_stop_order() -> None:
+    db = target("db")
+    api = target("api", depends_on=["db"])
+    ui = target("ui", depends_on=["api"])
+    r = Rig(ui, api, db)
+    assert r.mgr.start_order() == ["db", "api", "ui"]
+    await r.mgr.start_all()
+    assert r.order == ["start db", "start api", "start ui"]
+    await r.mgr.stop_all()
+    assert r.order[3:] == ["stop ui", "stop api", "stop db"]
+    await r.mgr.aclose()
+
+
+async def test_start_all_waits_for_dependency_running_bounded() -> None:
+    db = target("db")
+    api = target("api", depends_on=["db"])
+    r = Rig(api, db)
+    r.mgr.start_wait = 5
+
+    async def never_up() -> None:
+        r.order.append("start db")
+
+    r.backends["db"].start = never_up  # type: ignore[method-assign]
+    import asyncio
+
+    task = asyncio.create_task(r.mgr.start_all())
+    await r.clock.advance(4)
+    assert r.order == ["start db"]
+    await r.clock.advance(2)
+    await task
+    assert r.order == ["start db", "start api"]
+    await r.mgr.aclose()
+
+
+async def test_breaker_survives_guardian_restart_sqlite(tmp_path: Path) -> None:
+    db = tmp_path / "guardian.db"
+    cfg = target("api", cooldown=1, backoff_factor=1, max_attempts=2, window=3600)
+    r = Rig(cfg, store=SqliteBreakerStore(db))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    for _ in range(3):
+        b.die()
+        await r.clock.advance(2)
+    assert b.restarts == 2 and r.mgr.snapshot()["api"]["breaker_open"]
+    await r.mgr.aclose()
+
+    # A new Guardian process: new clock origin, same file.
+    store2 = SqliteBreakerStore(db)
+    rec = store2.load()["api"]
+    assert rec.breaker_open and rec.attempts == 2 and len(rec.attempt_times) == 2
+    r2 = Rig(cfg, store=store2)
+    assert r2.mgr.snapshot()["api"]["breaker_open"]
+    r2.backends["api"].die()
+    await r2.clock.advance(10)
+    assert r2.backends["api"].restarts == 0
+    await r2.mgr.restart("api")
+    assert not SqliteBreakerStore(db).load()["api"].breaker_open
+    await r2.mgr.aclose()
+
+
+async def test_memory_store_round_trip() -> None:
+    store = MemoryBreakerStore()
+    cfg = target("api", cooldown=100)
+    r = Rig(cfg, store=store)
+    await r.mgr.start_all()
+    r.backends["api"].die()
+    await r.clock.settle()
+    await r.mgr.aclose()
+    r2 = Rig(cfg, store=store)
+    snap = r2.mgr.snapshot()["api"]
+    assert snap["attempts"] == 1 and snap["last_restart"] is not None
+    r2.backends["api"].die()
+    await r2.clock.advance(50)
+    assert r2.backends["api"].restarts == 0  # cooldown carried over
+    await r2.clock.advance(51)
+    assert r2.backends["api"].restarts == 1
+    await r2.mgr.aclose()

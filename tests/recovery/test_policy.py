@@ -1,0 +1,161 @@
+"""RestartPolicy: the pure rules, driven by explicit times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardian.config import RecoveryConfig
+from guardian.recovery import Action, BreakerRecord, RestartPolicy
+from guardian.result import Status
+
+
+def policy(**kw: object) -> RestartPolicy:
+    cfg = RecoveryConfig(**{"grace_period": 0, **kw})  # type: ignore[arg-type]
+    return RestartPolicy(cfg, liveness={"http"})
+
+
+def do_restart(p: RestartPolicy, now: float) -> int:
+    d = p.decide(now, "x")
+    assert d.action == Action.RESTART, d
+    p.begin(now)
+    p.finished(now)
+    return d.attempt
+
+
+def test_first_restart_immediate_then_cooldown() -> None:
+    p = policy(cooldown=30, backoff_factor=1.0)
+    assert do_restart(p, 0) == 1
+    d = p.decide(10, "again")
+    assert d.action == Action.WAIT and d.at == 30
+    assert do_restart(p, 30) == 2
+
+
+def test_backoff_grows_and_caps() -> None:
+    p = policy(cooldown=10, backoff_factor=2, backoff_max=35, max_attempts=10)
+    assert [p.gap_after(n) for n in (1, 2, 3, 4, 5)] == [10, 20, 35, 35, 35]
+    now = 0.0
+    gaps = []
+    do_restart(p, now)
+    for _ in range(4):
+        d = p.decide(now, "x")
+        assert d.action == Action.WAIT and d.at is not None
+        gaps.append(d.at - now)
+        now = d.at
+        do_restart(p, now)
+    assert gaps == [10, 20, 35, 35]
+
+
+def test_backoff_never_below_cooldown() -> None:
+    p = policy(cooldown=30, backoff_factor=2, backoff_max=5)
+    assert p.gap_after(3) == 30
+
+
+def test_breaker_opens_after_max_attempts_once() -> None:
+    p = policy(cooldown=1, backoff_factor=1, max_attempts=3, window=100)
+    for t in (0, 1, 2):
+        do_restart(p, t)
+    d = p.decide(3, "x")
+    assert d.action == Action.BREAKER_OPEN and d.attempt == 3
+    assert p.breaker_open
+    assert p.decide(4, "x").action == Action.NONE
+    assert p.decide(500, "x").action == Action.NONE  # stays open until a reset
+    p.reset()
+    assert p.decide(500, "x").action == Action.RESTART
+
+
+def test_attempts_outside_window_do_not_count() -> None:
+    p = policy(cooldown=1, backoff_factor=1, max_attempts=2, window=10)
+    do_restart(p, 0)
+    do_restart(p, 1)
+    d = p.decide(20, "x")
+    assert d.action == Action.RESTART and d.attempt == 1
+
+
+def test_failure_threshold_streak() -> None:
+    p = policy(failure_threshold=3)
+    assert p.observe_check("http", "http", Status.FAILED, 1) is None
+    assert p.observe_check("http", "http", Status.FAILED, 2) is None
+    assert p.consecutive_failures == 2
+    # a success in between resets the streak
+    assert p.observe_check("http", "http", Status.OK, 3) is None
+    assert p.observe_check("http", "http", Status.FAILED, 4) is None
+    assert p.observe_check("http", "http", Status.FAILED, 5) is None
+    reason = p.observe_check("http", "http", Status.FAILED, 6)
+    assert reason is not None and "3 times" in reason
+
+
+def test_non_liveness_checks_never_trigger() -> None:
+    p = policy(failure_threshold=1)
+    assert p.observe_check("disk", "disk", Status.FAILED, 1) is None
+    assert p.observe_check("other", "http", Status.FAILED, 1) is None
+    assert p.observe_check("http", "http", Status.SKIPPED, 1) is None
+
+
+def test_service_check_failure_triggers_immediately_even_in_grace() -> None:
+    p = policy(grace_period=60)
+    p.started(0)
+    assert p.observe_check("service", "service", Status.FAILED, 1) is not None
+
+
+def test_grace_period_ignores_liveness_failures() -> None:
+    p = policy(grace_period=30, failure_threshold=2)
+    p.started(100)
+    assert p.in_grace(110)
+    for t in (101, 110, 120, 129):
+        assert p.observe_check("http", "http", Status.FAILED, t) is None
+    assert p.consecutive_failures == 0
+    assert p.observe_check("http", "http", Status.FAILED, 131) is None
+    assert p.observe_check("http", "http", Status.FAILED, 132) is not None
+
+
+def test_failures_during_restart_are_ignored() -> None:
+    p = policy(failure_threshold=1)
+    p.begin(0)
+    assert p.observe_check("http", "http", Status.FAILED, 0.5) is None
+    assert p.decide(0.5, "x").action == Action.NONE
+
+
+def test_stable_period_resets_counter() -> None:
+    p = policy(cooldown=1, backoff_factor=1, stable_period=120, max_attempts=3)
+    do_restart(p, 0)
+    do_restart(p, 1)
+    p.observe_check("http", "http", Status.OK, 10)
+    assert not p.stable_reset_due(100)
+    p.observe_check("http", "http", Status.FAILED, 100)  # breaks the healthy run
+    p.observe_check("http", "http", Status.OK, 101)
+    assert not p.stable_reset_due(200)
+    assert p.stable_reset_due(221)
+    p.reset()
+    assert not p.stable_reset_due(230)
+    assert p.decide(300, "x").attempt == 1
+
+
+def test_record_round_trip_across_clocks() -> None:
+    p = policy(cooldown=1, backoff_factor=1, max_attempts=2, window=1000)
+    do_restart(p, 100)
+    do_restart(p, 150)
+    p.decide(160, "x")  # opens the breaker
+    wall = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+    rec = p.to_record(200, wall)
+    assert rec.attempts == 2 and rec.breaker_open
+    assert rec.attempt_times[0] == "2026-03-01T11:58:20+00:00"
+    q = policy(cooldown=1, backoff_factor=1, max_attempts=2, window=1000)
+    q.restore(BreakerRecord(**vars(rec)), 5.0, wall)  # new process, other monotonic origin
+    assert q.breaker_open and len(q.attempt_times) == 2
+    assert q.attempt_times == [-95.0, -45.0]
+
+
+@given(
+    factor=st.floats(1, 5),
+    cooldown=st.floats(0, 100),
+    cap=st.floats(0, 1000),
+    n=st.integers(1, 30),
+)
+def test_gap_is_monotonic_and_bounded(factor: float, cooldown: float, cap: float, n: int) -> None:
+    p = policy(cooldown=cooldown, backoff_factor=factor, backoff_max=cap)
+    g, g2 = p.gap_after(n), p.gap_after(n + 1)
+    assert g2 >= g
+    assert cooldown <= g <= max(cooldown, cap)
