@@ -54,15 +54,21 @@ def restarts(log: Path, since: float = 0.0) -> int:
     return n
 
 
-def supervision_problems(g: GuardianProc, port: int, marker: str) -> list[str]:
+def supervision_problems(
+    g: GuardianProc, port: int, marker: str, wait: float = 10.0
+) -> list[str]:
     """What is wrong with who serves ``port`` after Guardian came back ([] = all good)."""
 
     def settled() -> bool:
         vs = victims(marker)
         owner = listener_pid(port)
-        return len(vs) == 1 and owner == vs[0].pid and http_ok(port)
+        try:
+            supervised = owner is not None and psutil.Process(owner).ppid() == g.pid
+        except psutil.Error:
+            supervised = False
+        return len(vs) == 1 and owner == vs[0].pid and supervised and http_ok(port)
 
-    wait_for(settled, 20, step=0.1)
+    wait_for(settled, wait, step=0.1)
     problems = []
     vs = victims(marker)
     if len(vs) != 1:
@@ -78,6 +84,13 @@ def supervision_problems(g: GuardianProc, port: int, marker: str) -> list[str]:
     return problems
 
 
+# Fails on the ProcessBackend as merged: the old child keeps the port, the new one
+# crash-loops on EADDRINUSE (30-290 restarts) while the orphan serves unsupervised.
+# tests/chaos/proposed_orphan_fix.patch (pid record + reap on first start) makes it pass;
+# strict, so applying the fix turns this into XPASS-fails: then drop the mark.
+@pytest.mark.xfail(
+    strict=True, reason="orphan of a SIGKILLed Guardian; see proposed_orphan_fix.patch"
+)
 @pytest.mark.parametrize("moment", ["steady", "mid_restart"])
 def test_sigkilled_guardian_restarts_without_orphans_or_storm(tmp_path: Path, moment: str) -> None:
     why = features()
@@ -104,8 +117,8 @@ def test_sigkilled_guardian_restarts_without_orphans_or_storm(tmp_path: Path, mo
         time.sleep(3)  # a storm would show here: failure_threshold x interval is 1.5 s
         n = restarts(log, since=t_restart)
         if n > 2:
-            problems.append(f"{n} restarts in the new Guardian's first 5 s: a restart storm")
-        problems += supervision_problems(g2, port, str(pidfile))
+            problems.append(f"{n} restarts since the new Guardian started: a restart storm")
+        problems += supervision_problems(g2, port, str(pidfile), wait=2.0)
         assert not problems, "\n".join(problems)
         assert g2.stop() == 0
     assert victims(str(pidfile)) == []
