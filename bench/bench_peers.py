@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         p, h = r["new_pid_s"], r["http_s"]
         ratio_p = ratio_h = "—"
         if "new_pid_s" in g and g["new_pid_s"].get("n") and p.get("n"):
-            ratio_p = f"{g['new_pid_s']['median'] / p['median']:.2f}"
-            ratio_h = f"{g['http_s']['median'] / h['median']:.2f}"
+            ratio_p = f"{g['new_pid_s']['median'] / p['median']:.3g}"
+            ratio_h = f"{g['http_s']['median'] / h['median']:.3g}"
         rows.append([
             name, f"{p.get('n', 0)}/{r['runs']}",
             ms(p.get("median")), ms(p.get("p95")), ms(h.get("median")), ms(h.get("p95")),
