@@ -1,7 +1,9 @@
 """Crash/restart cycles of a supervised process leak nothing.
 
 A real child (``sleep 60``) is started by the ProcessBackend, SIGKILLed, its exit noticed
-(the exit listener fires exactly once per crash), and started again, CYCLES times.
+(the exit listener fires exactly once per crash), and started again, CYCLES times: once
+with the test driving the restarts, once with the RecoveryManager doing it from the exit
+event under a policy that allows unbounded restarts (cooldown 0, huge max_attempts).
 Afterwards: no child processes of this process remain, the open file descriptors, the
 threads and the asyncio tasks are back at their baseline (fds within a small margin).
 
@@ -84,6 +86,78 @@ async def test_crash_restart_cycles_leak_nothing(tmp_path: Path) -> None:
     assert await wait_until(lambda: threading.active_count() <= base_threads, 5), (
         threading.enumerate()
     )
+    await asyncio.sleep(0.05)
+    assert len(asyncio.all_tasks()) <= base_tasks, asyncio.all_tasks()
+    assert abs(fd_count() - base_fds) <= 2, (base_fds, os.listdir("/proc/self/fd"))
+
+
+def _leak_free_config(sleep: str, tmp: Path) -> str:
+    return f"""
+[[targets]]
+name = "victim"
+[targets.service]
+backend = "process"
+command = ["{sleep}", "60"]
+log_file = "{tmp / "victim.log"}"
+stop_timeout = 2
+[targets.recovery]
+cooldown = 0
+max_attempts = 1000000
+window = 1
+backoff_factor = 1.0
+backoff_max = 0
+grace_period = 0
+stable_period = 0
+"""
+
+
+@pytest.mark.timeout(240)
+async def test_recovery_manager_restart_cycles_leak_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("guardian.services.process")
+    from guardian.config import parse_config
+    from guardian.events import EventBus, RecoveryEvent, RecoveryKind
+    from guardian.recovery import MemoryBreakerStore, RecoveryManager
+    from guardian.services import build_backend
+
+    cfg = parse_config(_leak_free_config(SLEEP, tmp_path))
+    clock = SystemClock()
+    bus = EventBus()
+    succeeded: list[RecoveryEvent] = []
+    bus.subscribe(
+        lambda e: succeeded.append(e)
+        if isinstance(e, RecoveryEvent) and e.kind is RecoveryKind.RESTART_SUCCEEDED
+        else None
+    )
+    me = psutil.Process()
+    await asyncio.sleep(0)
+    base_fds, base_threads = fd_count(), threading.active_count()
+    base_tasks = len(asyncio.all_tasks())
+    backend = build_backend(cfg.targets[0], clock)
+    assert backend is not None
+    manager = RecoveryManager(cfg, bus, {"victim": backend}, clock, store=MemoryBreakerStore())
+    t0 = time.monotonic()
+    try:
+        await manager.start_all()
+        for i in range(CYCLES):
+            st = await backend.status()
+            assert st.state is ServiceState.RUNNING and st.pid, f"cycle {i}: {st}"
+            old = st.pid
+            os.kill(old, signal.SIGKILL)
+
+            def restarted(old: int = old, i: int = i) -> bool:
+                pid = getattr(backend, "pid", None)
+                return pid is not None and pid != old and len(succeeded) >= i + 1
+
+            assert await wait_until(restarted), f"cycle {i}: not restarted"
+    finally:
+        await manager.aclose()
+        await backend.aclose()
+    per_cycle_ms = (time.monotonic() - t0) / CYCLES * 1000
+    print(f"{CYCLES} manager cycles, {per_cycle_ms:.1f} ms per cycle")
+
+    assert len(succeeded) == CYCLES  # one restart per crash: no duplicates, none missed
+    assert await wait_until(lambda: not me.children(recursive=True), 5), me.children()
+    assert await wait_until(lambda: threading.active_count() <= base_threads, 5)
     await asyncio.sleep(0.05)
     assert len(asyncio.all_tasks()) <= base_tasks, asyncio.all_tasks()
     assert abs(fd_count() - base_fds) <= 2, (base_fds, os.listdir("/proc/self/fd"))
