@@ -285,8 +285,10 @@ def demo(
 def _register_extensions() -> None:
     """Commands that live next to the code they drive."""
     from guardian import install
+    from guardian.incidents import commands as incident_commands
 
     install.register(app)
+    incident_commands.register(app)
 
 
 _register_extensions()

@@ -8,9 +8,12 @@ so a stuck part cannot keep Guardian from exiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from guardian.checks import CheckContext, build_check
 from guardian.checks.base import Check
@@ -18,7 +21,10 @@ from guardian.clock import Clock, SystemClock
 from guardian.config import Config
 from guardian.engine import Engine
 from guardian.events import EventBus
+from guardian.incidents import Incidents, start_incidents
+from guardian.incidents.store import Incident, Store, StoreError
 from guardian.recovery import BreakerStore, MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
+from guardian.result import CheckResult
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
 from guardian.state import State
@@ -47,6 +53,7 @@ class Guardian:
         self.started_at: datetime | None = None
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
+        self._incidents: Incidents | None = None
 
     def _open_breaker_store(self) -> BreakerStore:
         path = self.config.store_path
@@ -65,6 +72,16 @@ class Guardian:
     async def start(self) -> None:
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
+        try:
+            self._incidents = start_incidents(
+                self.config, self.bus, self.clock, self.state, self.backends
+            )
+        except (StoreError, OSError) as e:
+            log.error(
+                "incident store unavailable (%s): running without incidents and reports",
+                e,
+                extra={"event": "store_unavailable"},
+            )
         self.breakers = self._open_breaker_store()
         self.recovery = RecoveryManager(
             self.config,
@@ -89,6 +106,8 @@ class Guardian:
         await self.engine.aclose()
         if self.recovery is not None:
             await self.recovery.aclose()
+        if self._incidents is not None:
+            await self._incidents.aclose(grace)
         # Supervised processes are Guardian's children and stop with it; OS services
         # (SCM, systemd) keep running: their backends' aclose() only releases handles.
         for name, backend in self.backends.items():
@@ -109,7 +128,46 @@ class Guardian:
             await self.stop()
             log.info("guardian stopped", extra={"event": "stopped"})
 
-    async def check_once(self, target: str | None = None) -> list:  # type: ignore[type-arg]
+    # ------------------------------------------------------------------ what the API reads
+
+    def recovery_snapshot(self) -> dict[str, dict[str, Any]]:
+        return self.recovery.snapshot() if self.recovery is not None else {}
+
+    async def restart(self, target: str) -> str:
+        """A manual restart (API/CLI): resets the breaker. KeyError for unknown targets."""
+        if self.recovery is None:
+            raise RuntimeError("Guardian is not running")
+        return await self.recovery.restart(target, manual=True)
+
+    async def run_checks(self, target: str | None = None) -> list[CheckResult]:
+        if target is not None and target not in {t.name for t in self.config.targets}:
+            raise KeyError(target)
+        return await self.engine.run_once(target)
+
+    def incidents(self, limit: int = 50, include_resolved: bool = False) -> list[dict[str, Any]]:
+        if self.incidents_store is None:
+            return []
+        found = self.incidents_store.incidents(include_resolved=include_resolved, limit=limit)
+        return [_incident_dict(i) for i in found]
+
+    def incident(self, incident_id: int) -> dict[str, Any] | None:
+        if self.incidents_store is None:
+            return None
+        found = self.incidents_store.incident(incident_id)
+        if found is None:
+            return None
+        data = _incident_dict(found)
+        data["report_markdown"] = None
+        if found.report_path:
+            with contextlib.suppress(OSError):
+                data["report_markdown"] = Path(found.report_path).read_text(encoding="utf-8")
+        return data
+
+    @property
+    def incidents_store(self) -> Store | None:
+        return self._incidents.store if self._incidents is not None else None
+
+    async def check_once(self, target: str | None = None) -> list[CheckResult]:
         """Run every check once (``guardian check``) without starting anything."""
         try:
             return await self.engine.run_once(target)
@@ -117,3 +175,22 @@ class Guardian:
             await self.engine.aclose()
             for backend in self.backends.values():
                 await backend.aclose()
+
+
+def _incident_dict(incident: Incident) -> dict[str, Any]:
+    def iso(t: datetime | None) -> str | None:
+        return t.isoformat() if t is not None else None
+
+    return {
+        "id": incident.id,
+        "target": incident.target,
+        "status": str(incident.status),
+        "severity": incident.severity,
+        "summary": incident.summary,
+        "opened_at": iso(incident.opened_at),
+        "escalated_at": iso(incident.escalated_at),
+        "resolved_at": iso(incident.resolved_at),
+        "failure_count": incident.failure_count,
+        "flap_count": incident.flap_count,
+        "report_path": incident.report_path,
+    }

@@ -174,7 +174,7 @@ async def test_log_capture_rotation_and_tail(tmp_path: Path) -> None:
         assert await wait_for(lambda: bool(done), 10)
         # Output may still be draining from the pipe after the exit notice.
         assert await wait_for(lambda: "to stderr" in "".join(tail_file(logf, 3)), 5)
-        assert logf.stat().st_size <= 8192 + 4096
+        assert logf.stat().st_size <= 8192
         assert (tmp_path / "logs" / "svc.log.1").exists()
         assert (tmp_path / "logs" / "svc.log.2").exists()
         assert not (tmp_path / "logs" / "svc.log.3").exists()
@@ -268,3 +268,16 @@ async def test_no_leaked_fds_after_30_cycles() -> None:
     assert after <= before
     assert len(set(pids)) == 30
     assert not any(alive(p) for p in pids if p is not None)
+
+
+def test_rotating_log_never_exceeds_its_limit_even_for_huge_chunks(tmp_path: Path) -> None:
+    from guardian.services.logfile import RotatingLog
+
+    log = RotatingLog(tmp_path / "x.log", max_bytes=1000, backups=3)
+    log.write(b"".join(b"line %05d\n" % i for i in range(2000)))  # one 20 KB chunk
+    log.write(b"y" * 2500)  # no line break at all
+    log.close()
+    files = sorted(tmp_path.iterdir())
+    assert [f.name for f in files] == ["x.log", "x.log.1", "x.log.2", "x.log.3"]
+    assert all(f.stat().st_size <= 1000 for f in files)
+    assert (tmp_path / "x.log").read_bytes().endswith(b"y" * 500)

@@ -62,8 +62,8 @@ def rotated_name(path: Path, index: int) -> Path:
 class RotatingLog:
     """Appends to ``path``; when it would exceed ``max_bytes`` it shifts to ``path.1`` etc.
 
-    Rotation happens only at a chunk boundary, so a single huge chunk may overshoot once;
-    with ``backups == 0`` the file is simply truncated.
+    Rotation happens at line breaks where possible; with ``backups == 0`` the file is
+    simply truncated.
     """
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
@@ -75,14 +75,25 @@ class RotatingLog:
         self._size = self._fh.tell()
 
     def write(self, data: bytes) -> None:
-        if self._fh is None or not data:
-            return
-        if self._size > 0 and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        assert self._fh is not None
-        self._fh.write(data)
-        self._fh.flush()
-        self._size += len(data)
+        """Append ``data``, rotating so no file grows past ``max_bytes``.
+
+        A pipe read can return up to 64 KiB at once when the child is fast, so a chunk is
+        split, at a line break where one fits, rather than overshooting the limit.
+        """
+        while data and self._fh is not None:
+            room = self.max_bytes - self._size
+            if room <= 0 or (self._size > 0 and len(data) > room and b"\n" not in data[:room]):
+                self._rotate()
+                continue
+            if len(data) <= room:
+                piece, data = data, b""
+            else:
+                cut = data.rfind(b"\n", 0, room) + 1 or room
+                piece, data = data[:cut], data[cut:]
+            self._fh.write(piece)
+            self._size += len(piece)
+        if self._fh is not None:
+            self._fh.flush()
 
     def _rotate(self) -> None:
         assert self._fh is not None

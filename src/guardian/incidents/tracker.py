@@ -1,0 +1,350 @@
+"""Turns the stream of check results and recovery actions into incidents.
+
+An incident opens on a target's first FAILED result, collects every later result and
+recovery action of that target, escalates once (``escalation.failures`` consecutive
+failures of one check, or recovery giving up with ``breaker_open``) and resolves after the
+target has been fully healthy for ``escalation.stable_period``. A failure inside that
+stable period is a flap of the same incident, not a new one, so a crash-looping service
+yields one incident with a flap count instead of a page per crash.
+
+Everything is persisted as it happens, and on startup open incidents are reloaded with
+their per-check failure streaks, so a Guardian restart (or SIGKILL) continues the same
+incident instead of opening a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from guardian.clock import Clock
+from guardian.config import Config
+from guardian.events import (
+    Event,
+    EventBus,
+    IncidentEvent,
+    IncidentTransition,
+    RecoveryEvent,
+    RecoveryKind,
+)
+from guardian.incidents.store import Incident, Store
+from guardian.result import CheckResult, Status
+
+log = logging.getLogger("guardian.incidents")
+
+
+class ReportWriter(Protocol):
+    async def write(self, incident_id: int, *, capture: bool = True) -> Path: ...
+
+
+class IncidentSink(Protocol):
+    def submit(self, event: IncidentEvent) -> object: ...
+
+
+@dataclass
+class _Live:
+    """An open incident and what the tracker needs to continue it."""
+
+    incident: Incident
+    streaks: dict[str, int] = field(default_factory=dict)  # check -> consecutive failures
+    healthy_since: float | None = None  # monotonic; None while anything is failing
+
+
+# Recovery events this close before an incident opens belong to it (an exit seen before
+# the failing check).
+ADOPT_WINDOW = timedelta(minutes=5)
+_OK_STATUSES = {Status.OK.value, Status.SKIPPED.value}
+
+
+class IncidentTracker:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        bus: EventBus,
+        clock: Clock,
+        reporter: ReportWriter | None = None,
+        notifier: IncidentSink | None = None,
+        *,
+        report_timeout: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.reporter = reporter
+        self.notifier = notifier
+        self.report_timeout = report_timeout
+        self._threshold = config.escalation.failures
+        self._stable = config.escalation.stable_period
+        self._checks = {t.name: {c.check_name for c in t.checks} for t in config.targets}
+        self._critical = {t.name: t.critical for t in config.targets}
+        self._tasks: set[asyncio.Task[None]] = set()
+        try:
+            self.store.prune(self.clock.now())
+        except Exception:
+            log.exception("pruning the incident store failed", extra={"event": "prune_failed"})
+        # Change detection and health resume from what the store last saw.
+        self._last = self.store.last_statuses()
+        self._latest: dict[str, dict[str, str]] = {}
+        for (target, check), status in self._last.items():
+            if check in self._checks.get(target, ()):
+                self._latest.setdefault(target, {})[check] = status
+        self._open: dict[str, _Live] = {}
+        self._reload()
+        self._unsubscribe: Callable[[], None] | None = bus.subscribe(self._on_event)
+        self._finish_interrupted_escalations()
+
+    # ------------------------------------------------------------------ public
+
+    def open_incident_for(self, target: str) -> Incident | None:
+        live = self._open.get(target)
+        return None if live is None else live.incident
+
+    @property
+    def open_incidents(self) -> list[Incident]:
+        return [live.incident for live in self._open.values()]
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Stop listening and give in-flight report/notify work ``timeout`` to finish."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until background work (reports, escalation events) is done (for tests)."""
+        while self._tasks:
+            await asyncio.gather(*set(self._tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------------ startup
+
+    def _reload(self) -> None:
+        for incident in sorted(self.store.open_incidents(), key=lambda i: i.id):
+            if incident.target not in self._checks:
+                # The target was removed from the config: nothing will ever resolve it.
+                self.store.update_incident(
+                    incident.id,
+                    status="resolved",
+                    resolved_at=self.clock.now(),
+                    summary=f"{incident.summary} (target no longer configured)",
+                )
+                continue
+            previous = self._open.get(incident.target)
+            if previous is not None:  # never expected; keep the newest, close the other
+                self.store.update_incident(
+                    previous.incident.id, status="resolved", resolved_at=self.clock.now()
+                )
+            streaks: dict[str, int] = {}
+            for r in self.store.results(incident_id=incident.id):
+                streaks[r.check] = streaks.get(r.check, 0) + 1 if r.status == "failed" else 0
+            self._open[incident.target] = _Live(incident, streaks)
+            log.info(
+                "continuing incident %d of %s",
+                incident.id,
+                incident.target,
+                extra={
+                    "event": "incident_reloaded",
+                    "target": incident.target,
+                    "incident": incident.id,
+                },
+            )
+
+    def _finish_interrupted_escalations(self) -> None:
+        """An escalation whose report was never written (Guardian died in between) gets
+        its report and announcement now; the notifier's store check keeps it to one
+        message."""
+        if self.reporter is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # built outside a loop (a tool reading the store): nothing to finish
+        for live in self._open.values():
+            if live.incident.status == "escalated" and live.incident.report_path is None:
+                self._spawn(self._finish_escalation(live.incident.id))
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, CheckResult):
+            self._on_result(event)
+        elif isinstance(event, RecoveryEvent):
+            self._on_recovery(event)
+
+    def _on_result(self, r: CheckResult) -> None:
+        key = (r.target, r.check)
+        status = str(r.status)
+        changed = self._last.get(key) != status
+        self._last[key] = status
+        self._latest.setdefault(r.target, {})[r.check] = status
+        live = self._open.get(r.target)
+        failed = r.status is Status.FAILED
+
+        if failed and live is None:
+            live = self._open_new(r.target, r.finished, f"{r.check}: {r.reason}")
+        if live is None:
+            if changed:
+                self.store.add_result(r)
+            return
+
+        incident_id = live.incident.id
+        if failed or changed:
+            self.store.add_result(r, incident_id)
+        if failed:
+            if live.healthy_since is not None:
+                live.healthy_since = None
+                live.incident = self.store.update_incident(
+                    incident_id, flap_count=live.incident.flap_count + 1
+                )
+                log.warning(
+                    "%s failed again within the stable period (flap %d)",
+                    r.target,
+                    live.incident.flap_count,
+                    extra={"event": "incident_flap", "target": r.target, "incident": incident_id},
+                )
+            streak = live.streaks[r.check] = live.streaks.get(r.check, 0) + 1
+            live.incident = self.store.update_incident(
+                incident_id, failure_count=live.incident.failure_count + 1
+            )
+            if live.incident.status == "open" and streak >= self._threshold:
+                self._escalate(live, f"{r.check} failed {streak} times in a row: {r.reason}")
+            return
+
+        live.streaks[r.check] = 0
+        if not self._healthy(r.target):
+            live.healthy_since = None
+            return
+        now = self.clock.monotonic()
+        if live.healthy_since is None:
+            live.healthy_since = now
+        if now - live.healthy_since >= self._stable:
+            self._resolve(live)
+
+    def _on_recovery(self, e: RecoveryEvent) -> None:
+        live = self._open.get(e.target)
+        if e.kind is RecoveryKind.BREAKER_OPEN and live is None:
+            live = self._open_new(e.target, e.time, f"recovery gave up: {e.reason}")
+        self.store.add_recovery(e, None if live is None else live.incident.id)
+        if live is None:
+            return
+        if e.kind is RecoveryKind.BREAKER_OPEN and live.incident.status == "open":
+            self._escalate(live, f"recovery gave up after {e.attempt} attempts: {e.reason}")
+
+    # ------------------------------------------------------------------ transitions
+
+    def _healthy(self, target: str) -> bool:
+        return all(s in _OK_STATUSES for s in self._latest.get(target, {}).values())
+
+    def _severity(self, target: str, escalated: bool) -> str:
+        critical = self._critical.get(target, True)
+        if escalated:
+            return "critical" if critical else "major"
+        return "major" if critical else "minor"
+
+    def _open_new(self, target: str, opened_at: datetime, summary: str) -> _Live:
+        incident = self.store.open_incident(
+            target, opened_at, self._severity(target, False), summary[:500]
+        )
+        self.store.adopt_recovery(target, incident.id, opened_at - ADOPT_WINDOW)
+        live = self._open[target] = _Live(incident)
+        log.warning(
+            "incident %d opened for %s: %s",
+            incident.id,
+            target,
+            summary,
+            extra={"event": "incident_opened", "target": target, "incident": incident.id},
+        )
+        self._announce(incident, IncidentTransition.OPENED)
+        return live
+
+    def _escalate(self, live: _Live, why: str) -> None:
+        inc = live.incident
+        live.incident = self.store.update_incident(
+            inc.id,
+            status="escalated",
+            escalated_at=self.clock.now(),
+            severity=self._severity(inc.target, True),
+            summary=why[:500],
+        )
+        log.error(
+            "incident %d of %s escalated: %s",
+            inc.id,
+            inc.target,
+            why,
+            extra={"event": "incident_escalated", "target": inc.target, "incident": inc.id},
+        )
+        self._spawn(self._finish_escalation(inc.id))
+
+    async def _finish_escalation(self, incident_id: int) -> None:
+        """Write the report (bounded), then announce the escalation with its path."""
+        if self.reporter is not None:
+            try:
+                path = await asyncio.wait_for(
+                    self.reporter.write(incident_id), timeout=self.report_timeout
+                )
+                self.store.update_incident(incident_id, report_path=str(path))
+            except Exception:
+                log.exception(
+                    "writing the report of incident %d failed",
+                    incident_id,
+                    extra={"event": "report_failed", "incident": incident_id},
+                )
+        incident = self.store.incident(incident_id)
+        if incident is not None:
+            live = self._open.get(incident.target)
+            if live is not None and live.incident.id == incident_id:
+                live.incident = incident
+            self._announce(incident, IncidentTransition.ESCALATED)
+
+    def _resolve(self, live: _Live) -> None:
+        inc = live.incident
+        live.incident = self.store.update_incident(
+            inc.id, status="resolved", resolved_at=self.clock.now()
+        )
+        del self._open[inc.target]
+        log.info(
+            "incident %d of %s resolved after %d failures, %d flaps",
+            inc.id,
+            inc.target,
+            inc.failure_count,
+            inc.flap_count,
+            extra={"event": "incident_resolved", "target": inc.target, "incident": inc.id},
+        )
+        self._announce(live.incident, IncidentTransition.RESOLVED)
+
+    def _announce(self, incident: Incident, transition: IncidentTransition) -> None:
+        when = {
+            IncidentTransition.OPENED: incident.opened_at,
+            IncidentTransition.ESCALATED: incident.escalated_at,
+            IncidentTransition.RESOLVED: incident.resolved_at,
+        }[transition] or self.clock.now()
+        event = IncidentEvent(
+            incident_id=incident.id,
+            target=incident.target,
+            transition=transition,
+            time=when,
+            severity=incident.severity,
+            summary=incident.summary,
+            report_path=incident.report_path,
+        )
+        self.bus.publish(event)
+        if self.notifier is not None:
+            try:
+                self.notifier.submit(event)
+            except Exception:
+                log.exception("submitting a notification failed")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,336 @@
+"""Incident lifecycle: open, escalate, flap, resolve, and continuity across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from incidents_helpers import SRC, make_config, recovery, result
+
+from guardian.clock import FakeClock
+from guardian.config import Config
+from guardian.events import EventBus, IncidentEvent, IncidentTransition, RecoveryKind
+from guardian.incidents.store import Store
+from guardian.incidents.tracker import IncidentTracker
+from guardian.result import Status
+from guardian.state import State
+
+FAILED, OK, DEGRADED = Status.FAILED, Status.OK, Status.DEGRADED
+
+
+class Harness:
+    def __init__(self, tmp: Path, config: Config | None = None, **kw: object) -> None:
+        self.config = config or make_config(tmp, escalation={"stable_period": 60})
+        self.clock = FakeClock()
+        self.bus = EventBus()
+        self.state = State(self.config, self.bus)
+        self.store = Store.from_config(self.config, now=self.clock.now)
+        self.events: list[IncidentEvent] = []
+        self.bus.subscribe(
+            lambda e: self.events.append(e) if isinstance(e, IncidentEvent) else None
+        )
+        self.tracker = IncidentTracker(self.config, self.store, self.bus, self.clock, **kw)  # type: ignore[arg-type]
+
+    def record(
+        self, status: Status, check: str = "http", target: str = "comfyui", **kw: object
+    ) -> None:
+        self.state.record(result(self.clock, status, check=check, target=target, **kw))  # type: ignore[arg-type]
+
+    def transitions(self) -> list[tuple[int, str]]:
+        return [(e.incident_id, str(e.transition)) for e in self.events]
+
+
+async def test_opens_on_first_failure_escalates_after_three_resolves_after_stable(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.record(OK)
+    h.record(OK, check="disk")
+    assert h.store.incidents() == []
+
+    h.record(FAILED)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None and inc.status == "open" and inc.severity == "major"
+    assert inc.summary == "http: connection refused"
+    h.record(FAILED)
+    assert h.store.incident(inc.id).status == "open"  # type: ignore[union-attr]
+    h.record(FAILED)
+    await h.tracker.idle()
+    got = h.store.incident(inc.id)
+    assert got is not None and got.status == "escalated" and got.severity == "critical"
+    assert got.failure_count == 3 and "failed 3 times in a row" in got.summary
+
+    h.record(OK)  # healthy: every latest check ok -> stable period starts
+    await h.clock.advance(59)
+    h.record(OK)
+    assert h.store.incident(inc.id).status == "escalated"  # type: ignore[union-attr]
+    await h.clock.advance(1)
+    h.record(OK)
+    got = h.store.incident(inc.id)
+    assert got is not None and got.status == "resolved" and got.resolved_at == h.clock.now()
+    assert h.transitions() == [(inc.id, "opened"), (inc.id, "escalated"), (inc.id, "resolved")]
+    assert h.tracker.open_incident_for("comfyui") is None
+
+    # everything relevant is linked to the incident; the first oks are state changes only
+    linked = h.store.results(incident_id=inc.id)
+    assert [r.status for r in linked] == ["failed", "failed", "failed", "ok"]
+    assert len(h.store.results()) == 2 + 4
+
+
+async def test_a_failure_within_the_stable_period_is_a_flap_of_the_same_incident(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.record(OK, check="disk")
+    h.record(FAILED)
+    first = h.tracker.open_incident_for("comfyui")
+    assert first is not None
+    for _ in range(3):
+        h.record(OK)
+        await h.clock.advance(30)
+        h.record(FAILED)
+    inc = h.store.incident(first.id)
+    assert inc is not None and inc.flap_count == 3 and inc.status == "open"
+    assert len(h.store.incidents()) == 1  # no new incident per crash
+    # streaks were broken by the oks, so no escalation by failures
+    assert h.transitions() == [(first.id, "opened")]
+    h.record(OK)
+    await h.clock.advance(60)
+    h.record(OK)
+    assert h.store.incident(first.id).status == "resolved"  # type: ignore[union-attr]
+    h.record(FAILED)  # after resolution a failure is a new incident
+    again = h.tracker.open_incident_for("comfyui")
+    assert again is not None and again.id != first.id
+
+
+async def test_a_target_with_one_check_still_failing_is_not_healthy(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.record(FAILED)
+    h.record(FAILED, check="disk", kind="disk")
+    h.record(OK)
+    await h.clock.advance(600)
+    h.record(OK)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None and inc.status == "open"  # disk still failing
+    h.record(DEGRADED, check="disk", kind="disk")
+    await h.clock.advance(600)
+    h.record(OK)
+    assert h.tracker.open_incident_for("comfyui") is not None  # degraded is not healthy
+    h.record(OK, check="disk", kind="disk")
+    await h.clock.advance(60)
+    h.record(OK)
+    assert h.tracker.open_incident_for("comfyui") is None
+
+
+async def test_breaker_open_escalates_once_and_reports(tmp_path: Path) -> None:
+    reports: list[int] = []
+
+    class Reporter:
+        async def write(self, incident_id: int, *, capture: bool = True) -> Path:
+            reports.append(incident_id)
+            return tmp_path / f"r{incident_id}.md"
+
+    h = Harness(tmp_path, reporter=Reporter())
+    h.record(FAILED)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None
+    for attempt in (1, 2, 3):
+        h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED, attempt=attempt))
+        h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_FAILED, attempt=attempt))
+    h.bus.publish(recovery(h.clock, RecoveryKind.BREAKER_OPEN, attempt=3, reason="3 attempts"))
+    h.record(FAILED)
+    h.record(FAILED)  # would be the 3rd failure: already escalated, no second report
+    h.bus.publish(recovery(h.clock, RecoveryKind.BREAKER_OPEN, attempt=3))
+    await h.tracker.idle()
+    assert reports == [inc.id]
+    got = h.store.incident(inc.id)
+    assert got is not None and got.status == "escalated"
+    assert got.report_path == str(tmp_path / f"r{inc.id}.md")
+    escalated = [e for e in h.events if e.transition is IncidentTransition.ESCALATED]
+    assert len(escalated) == 1 and escalated[0].report_path == got.report_path
+    assert "recovery gave up after 3 attempts" in escalated[0].summary
+    assert len(h.store.recovery_events(incident_id=inc.id)) == 8
+
+
+async def test_breaker_open_without_an_incident_opens_and_escalates(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.bus.publish(recovery(h.clock, RecoveryKind.BREAKER_OPEN, attempt=3, reason="exhausted"))
+    await h.tracker.idle()
+    (inc,) = h.store.incidents()
+    assert inc.status == "escalated" and inc.target == "comfyui"
+    assert [t for _, t in h.transitions()] == ["opened", "escalated"]
+
+
+async def test_a_failing_reporter_still_escalates(tmp_path: Path) -> None:
+    class Broken:
+        async def write(self, incident_id: int, *, capture: bool = True) -> Path:
+            raise OSError("disk full")
+
+    h = Harness(tmp_path, reporter=Broken())
+    for _ in range(3):
+        h.record(FAILED)
+    await h.tracker.idle()
+    (inc,) = h.store.incidents()
+    assert inc.status == "escalated" and inc.report_path is None
+    assert [t for _, t in h.transitions()] == ["opened", "escalated"]
+
+
+async def test_noncritical_target_gets_lower_severity_and_targets_are_independent(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.record(FAILED, target="panel")
+    h.record(FAILED)
+    panel = h.tracker.open_incident_for("panel")
+    comfy = h.tracker.open_incident_for("comfyui")
+    assert panel is not None and comfy is not None and panel.id != comfy.id
+    assert panel.severity == "minor" and comfy.severity == "major"
+
+
+async def test_restart_continues_the_same_incident(tmp_path: Path) -> None:
+    """Drop a tracker mid-incident without closing anything; a new one continues it."""
+    config = make_config(tmp_path, escalation={"stable_period": 60})
+    h1 = Harness(tmp_path, config)
+    h1.record(OK, check="disk")
+    h1.record(FAILED)
+    h1.record(FAILED)
+    first = h1.tracker.open_incident_for("comfyui")
+    assert first is not None
+    del h1  # no aclose, no store.close: as if the process died
+
+    h2 = Harness(tmp_path, config)
+    assert h2.tracker.open_incident_for("comfyui") == h2.store.incident(first.id)
+    h2.record(FAILED)  # third consecutive failure overall -> escalates the SAME incident
+    await h2.tracker.idle()
+    (inc,) = h2.store.incidents()
+    assert inc.id == first.id and inc.status == "escalated" and inc.failure_count == 3
+    assert h2.transitions() == [(first.id, "escalated")]  # no second "opened"
+
+
+async def test_restart_resumes_healthy_tracking_from_the_stored_statuses(tmp_path: Path) -> None:
+    config = make_config(tmp_path, escalation={"stable_period": 60})
+    h1 = Harness(tmp_path, config)
+    h1.record(FAILED, check="disk", kind="disk")
+    h1.record(FAILED)
+    h1.store.close()
+    h2 = Harness(tmp_path, config)
+    h2.record(OK)  # http ok, but the stored disk status is still failed
+    await h2.clock.advance(120)
+    h2.record(OK)
+    assert h2.tracker.open_incident_for("comfyui") is not None
+
+
+async def test_incident_of_a_removed_target_is_closed_on_startup(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    store = Store.from_config(config)
+    clock = FakeClock()
+    gone = store.open_incident("old-target", clock.now(), "major", "x")
+    store.close()
+    h = Harness(tmp_path, config)
+    got = h.store.incident(gone.id)
+    assert got is not None and got.status == "resolved"
+    assert "no longer configured" in got.summary
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    sys.path.insert(0, sys.argv[2])
+    from datetime import UTC, datetime
+    from guardian.clock import SystemClock
+    from guardian.config import Config
+    from guardian.events import EventBus
+    from guardian.incidents.store import Store
+    from guardian.incidents.tracker import IncidentTracker
+    from guardian.result import CheckResult, Status
+    from guardian.state import State
+
+    async def main():
+        config = Config.model_validate(json.loads(open(sys.argv[1]).read()))
+        bus = EventBus()
+        state = State(config, bus)
+        store = Store.from_config(config)
+        tracker = IncidentTracker(config, store, bus, SystemClock())
+        for _ in range(2):
+            now = datetime.now(UTC)
+            state.record(CheckResult("comfyui", "http", "http", Status.FAILED, "refused",
+                                     {}, now, now, 0.01))
+        print(tracker.open_incident_for("comfyui").id, flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_sigkilled_guardian_mid_incident_is_continued_not_duplicated(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path)
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps(config.model_dump(mode="json")))
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(cfg_file), str(SRC), stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        incident_id = int(line)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    h = Harness(tmp_path, config)
+    assert h.store.integrity_check() == "ok"
+    h.record(FAILED)
+    await h.tracker.idle()
+    (inc,) = h.store.incidents()
+    assert inc.id == incident_id and inc.status == "escalated" and inc.failure_count == 3
+
+
+async def test_aclose_unsubscribes(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.tracker.aclose()
+    h.record(FAILED)
+    assert h.store.incidents() == []
+    await asyncio.sleep(0)
+
+
+async def test_an_escalation_interrupted_before_its_report_is_finished_on_restart(
+    tmp_path: Path,
+) -> None:
+    written: list[int] = []
+
+    class Reporter:
+        async def write(self, incident_id: int, *, capture: bool = True) -> Path:
+            written.append(incident_id)
+            return tmp_path / "r.md"
+
+    config = make_config(tmp_path)
+    h1 = Harness(tmp_path, config)  # no reporter: as if killed before the report
+    for _ in range(3):
+        h1.record(FAILED)
+    (inc,) = h1.store.incidents()
+    await h1.tracker.idle()
+    assert inc.status == "escalated" and inc.report_path is None
+    h1.store.close()
+
+    h2 = Harness(tmp_path, config, reporter=Reporter())
+    await h2.tracker.idle()
+    assert written == [inc.id]
+    assert h2.store.incident(inc.id).report_path == str(tmp_path / "r.md")  # type: ignore[union-attr]
+    assert h2.transitions() == [(inc.id, "escalated")]
+    h3 = Harness(tmp_path, config, reporter=Reporter())  # report exists now: nothing to redo
+    await h3.tracker.idle()
+    assert written == [inc.id] and h3.transitions() == []

@@ -1,0 +1,61 @@
+"""start_incidents: the one call the runtime makes, with a service backend's log tail."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from incidents_helpers import Webhook, make_config, result
+
+from guardian.clock import FakeClock
+from guardian.events import EventBus
+from guardian.incidents import start_incidents
+from guardian.result import Status
+from guardian.services.base import ServiceState, ServiceStatus
+from guardian.state import State
+
+
+class FileLogBackend:
+    """The log_tail part of a ServiceBackend, reading a real file."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+
+    async def status(self) -> ServiceStatus:
+        return ServiceStatus(ServiceState.FAILED)
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def restart(self) -> None: ...
+
+    async def log_tail(self, lines: int = 200) -> list[str]:
+        return self.path.read_text().splitlines()[-lines:]
+
+    async def aclose(self) -> None: ...
+
+
+async def test_start_incidents_wires_store_tracker_reports_and_notifications(
+    tmp_path: Path, webhook: Webhook
+) -> None:
+    log = tmp_path / "comfy.log"
+    log.write_text("boot\nOSError: [WinError 10048] Only one usage of each socket address\n")
+    config = make_config(tmp_path, notify={"urls": [webhook.url()]})
+    clock = FakeClock()
+    bus = EventBus()
+    state = State(config, bus)
+    incidents = start_incidents(
+        config, bus, clock, state, {"comfyui": FileLogBackend("comfyui", log)}
+    )
+    for _ in range(3):
+        state.record(result(clock, Status.FAILED))
+        await clock.advance(10)
+    await incidents.tracker.idle()
+    await incidents.notifier.idle()
+    (inc,) = incidents.store.incidents()
+    assert inc.status == "escalated" and inc.report_path
+    md = await asyncio.to_thread(Path(inc.report_path).read_text)
+    assert "WinError 10048" in md and "**Port already in use**" in md
+    assert [t.rsplit(" ", 1)[1] for t in webhook.titles()] == ["opened", "escalated"]
+    await incidents.aclose()
+    assert config.store_path.is_file()
