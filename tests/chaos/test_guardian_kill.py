@@ -42,16 +42,20 @@ pytestmark = [
 RESTART_KINDS = {"restart_started"}
 
 
-def restarts(log: Path, since: float = 0.0) -> int:
-    """restart_started events in the JSON log logged after ``since`` (epoch seconds)."""
+def count_events(log: Path, kinds: set[str], since: float = 0.0) -> int:
+    """JSON log lines whose event (or kind) is in ``kinds``, logged after ``since`` (epoch)."""
     from datetime import datetime
 
     n = 0
     for e in log_events(log):
-        kind = e.get("event") if e.get("event") in RESTART_KINDS else e.get("kind")
-        if kind in RESTART_KINDS and datetime.fromisoformat(e["time"]).timestamp() >= since:
+        kind = e.get("event") if e.get("event") in kinds else e.get("kind")
+        if kind in kinds and datetime.fromisoformat(e["time"]).timestamp() >= since:
             n += 1
     return n
+
+
+def restarts(log: Path, since: float = 0.0) -> int:
+    return count_events(log, RESTART_KINDS, since)
 
 
 def supervision_problems(
@@ -125,7 +129,8 @@ def test_sigkilled_guardian_restarts_without_orphans_or_storm(tmp_path: Path, mo
 
 
 def test_open_breaker_survives_a_guardian_crash(tmp_path: Path) -> None:
-    """A crash-looping child opens the breaker; after a SIGKILL of Guardian it stays open."""
+    """A crash-looping child opens the breaker (and an incident); Guardian is SIGKILLed
+    mid-incident; the new one keeps the breaker open and opens no duplicate incident."""
     why = features()
     if why:
         pytest.skip(why)
@@ -147,6 +152,7 @@ def test_open_breaker_survives_a_guardian_crash(tmp_path: Path) -> None:
         assert opened, g1.stderr()[-3000:]
         first_run = restarts(log)
         assert 1 <= first_run <= 3
+        assert wait_for(lambda: count_events(log, {"incident_opened"}), 10), "no incident"
         g1.sigkill()
         t_restart = time.time()
         g2 = GuardianProc(cfg, tmp_path / "g2.err")
@@ -154,5 +160,7 @@ def test_open_breaker_survives_a_guardian_crash(tmp_path: Path) -> None:
         time.sleep(4)
         n = restarts(log, since=t_restart)
         assert n == 0, f"breaker forgotten: {n} new restarts after the crash"
+        dup = count_events(log, {"incident_opened"}, since=t_restart)
+        assert dup == 0, f"{dup} duplicate incidents opened after the crash"
         assert g2.stop() == 0
     assert victims(str(pidfile)) == []
