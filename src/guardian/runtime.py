@@ -45,7 +45,7 @@ class Guardian:
         self.state = State(config, self.bus)
         self.backends: dict[str, ServiceBackend] = {}
         for target in config.targets:
-            backend = build_backend(target, self.clock)
+            backend = build_backend(target, self.clock, config.guardian.state_dir)
             if backend is not None:
                 self.backends[target.name] = backend
         checks: list[tuple[str, Check]] = []

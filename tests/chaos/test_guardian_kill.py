@@ -88,13 +88,12 @@ def supervision_problems(
     return problems
 
 
-# Fails on the ProcessBackend as merged: the old child keeps the port, the new one
-# crash-loops on EADDRINUSE (30-290 restarts) while the orphan serves unsupervised.
-# tests/chaos/proposed_orphan_fix.patch (pid record + reap on first start) makes it pass;
-# strict, so applying the fix turns this into XPASS-fails: then drop the mark.
-@pytest.mark.xfail(
-    strict=True, reason="orphan of a SIGKILLed Guardian; see proposed_orphan_fix.patch"
-)
+# A supervised child runs in its own session, so it outlives a SIGKILLed Guardian and keeps
+# its port. Without care the next Guardian's child crash-loops on EADDRINUSE while the
+# orphan serves unsupervised. ProcessBackend records pid + start time + argv in the state
+# dir and, on its first start, stops a matching leftover group before starting its own:
+# children are cleanly restarted, not re-adopted (a non-child's exit cannot be awaited, so
+# an adopted process would lose the instant exit detection).
 @pytest.mark.parametrize("moment", ["steady", "mid_restart"])
 def test_sigkilled_guardian_restarts_without_orphans_or_storm(tmp_path: Path, moment: str) -> None:
     why = features()

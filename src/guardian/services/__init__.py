@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from guardian.clock import Clock, SystemClock
@@ -11,7 +12,9 @@ if TYPE_CHECKING:
     from guardian.config import TargetConfig
 
 
-def build_backend(target: TargetConfig, clock: Clock | None = None) -> ServiceBackend | None:
+def build_backend(
+    target: TargetConfig, clock: Clock | None = None, state_dir: Path | None = None
+) -> ServiceBackend | None:
     """The backend that controls ``target``'s service, or None when it has none."""
     svc = target.service
     if svc is None:
@@ -32,6 +35,7 @@ def build_backend(target: TargetConfig, clock: Clock | None = None) -> ServiceBa
             log_backups=svc.log_backups,
             stop_timeout=svc.stop_timeout,
             clock=clock,
+            record=None if state_dir is None else state_dir / f"process-{target.name}.json",
         )
     assert svc.name is not None  # validated by ServiceConfig
     if backend == "systemd":

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from guardian.clock import Clock, SystemClock
 from guardian.services.base import (
@@ -93,6 +97,7 @@ class ProcessBackend:
         log_backups: int = 3,
         stop_timeout: float = 10.0,
         clock: Clock | None = None,
+        record: Path | None = None,
     ) -> None:
         if not argv:
             raise ValueError("a supervised process needs a non-empty argv")
@@ -113,6 +118,9 @@ class ProcessBackend:
         self._ever_started = False
         self._restarts = 0
         self._starts = 0
+        # Where the running child's pid + start time live, so the next Guardian can find a
+        # child that outlived a SIGKILLed Guardian (it runs in its own session).
+        self.record = record
 
     # ----------------------------------------------------------------- protocol
 
@@ -192,6 +200,9 @@ class ProcessBackend:
         if self.pid is not None:
             return  # already running: starting twice must not spawn a second copy
         self._close_transport()
+        if not self._ever_started:
+            await self._reap_orphans()
+        self._write_record(intent=True)
         if self._sink is None:
             self._sink = self._make_sink()
         sink = self._sink
@@ -232,6 +243,7 @@ class ProcessBackend:
             ) from exc
         self._ever_started = True
         self._starts += 1
+        self._write_record()
         log.info(
             "started %s (pid %s)",
             self.name,
@@ -260,6 +272,93 @@ class ProcessBackend:
                     )
         self._kill_leftovers(proto)
         self._close_transport()
+        # The record is deliberately kept: it names a process that is now dead, which
+        # _orphan() recognises (pid, start time, argv), and a Guardian killed halfway
+        # through a restart still finds the child it had just stopped or started.
+
+    # ----------------------------------------------------------------- orphans
+
+    def _write_record(self, *, intent: bool = False) -> None:
+        """Note the child about to start (``intent``) or just started, atomically.
+
+        The intent closes the gap between spawning and learning the pid: a Guardian killed
+        in between still leaves a record of when a child with this argv was started.
+        """
+        if self.record is None:
+            return
+        data: dict[str, Any] = {"argv": self.argv, "intent_time": time.time()}
+        pid = None if intent else self.pid
+        try:
+            if pid is not None:
+                old = json.loads(self.record.read_text()) if self.record.exists() else {}
+                data["intent_time"] = old.get("intent_time", data["intent_time"])
+                data.update(pid=pid, create_time=psutil.Process(pid).create_time())
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.record)
+        except (OSError, ValueError, psutil.Error) as exc:
+            log.warning(
+                "%s: cannot record the child process: %s",
+                self.name,
+                exc,
+                extra={"target": self.name, "event": "record_failed"},
+            )
+
+    def _orphans(self) -> list[psutil.Process]:
+        """Children a previous Guardian left running: the recorded pid (same start time and
+        argv), or, if it died before learning the pid, any process with this exact argv
+        started since its last start intent whose parent is not us."""
+        if self.record is None:
+            return []
+        try:
+            data = json.loads(self.record.read_text())
+            since = float(data["intent_time"]) - 1.0
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        found: list[psutil.Process] = []
+        for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "status"]):
+            info = proc.info
+            if info["cmdline"] != self.argv or info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if info["ppid"] == os.getpid() or proc.pid == os.getpid():
+                continue
+            recorded = (
+                proc.pid == data.get("pid")
+                and abs(info["create_time"] - float(data.get("create_time", 0))) <= 1.0
+            )
+            if recorded or info["create_time"] >= since:
+                found.append(proc)
+        return found
+
+    async def _reap_orphans(self) -> None:
+        """Stop children left by a SIGKILLed Guardian before starting ours (they hold the
+        port): SIGTERM to their process group, then SIGKILL."""
+        for proc in self._orphans():
+            log.warning(
+                "%s: stopping pid %s left running by a previous Guardian",
+                self.name,
+                proc.pid,
+                extra={"target": self.name, "event": "orphan_stopped", "pid": proc.pid},
+            )
+            for graceful, wait in ((True, self.stop_timeout), (False, KILL_WAIT)):
+                with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+                    if IS_WINDOWS:
+                        proc.terminate() if graceful else proc.kill()
+                    else:
+                        os.killpg(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
+                deadline = self.clock.monotonic() + wait
+                gone = False
+                while self.clock.monotonic() < deadline:
+                    try:
+                        gone = not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+                    except psutil.Error:
+                        gone = True
+                    if gone:
+                        break
+                    await self.clock.sleep(0.02)
+                if gone:
+                    break
 
     async def _wait_exit(self, proto: _ChildProtocol, timeout: float) -> bool:
         timer = asyncio.ensure_future(self.clock.sleep(timeout))
