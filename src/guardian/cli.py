@@ -190,7 +190,7 @@ def check(
 # --------------------------------------------------------------------------- client
 
 
-def _api_call(cfg: Config, method: str, path: str) -> Any:
+def _api_call(cfg: Config, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
     """Call the running Guardian's API; print a clear error and exit 2 when it fails."""
     import httpx
 
@@ -204,7 +204,7 @@ def _api_call(cfg: Config, method: str, path: str) -> Any:
     except httpx.HTTPError as e:
         err.print(f"cannot reach Guardian at {url}: {e}. Is `guardian run` running?")
         raise typer.Exit(2) from None
-    if resp.status_code >= 400:
+    if resp.status_code >= 400 and resp.status_code not in ok:
         try:
             detail = resp.json().get("detail", resp.text)
         except ValueError:
@@ -232,7 +232,7 @@ def restart(
 def status(config: ConfigOpt = None) -> None:
     """Show the running Guardian's view of the stack; exit 0/1/2 like `check`."""
     cfg = load_or_exit(config)
-    body = _api_call(cfg, "GET", "/api/health")
+    body = _api_call(cfg, "GET", "/api/health", ok=(503,))  # 503 = unhealthy, still a view
     health = body.get("status", "unhealthy")
     table = Table(title=f"Guardian: {health}", title_justify="left")
     for col in ("target", "status", "reason"):
