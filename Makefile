@@ -22,6 +22,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy src
 
 bench: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:
