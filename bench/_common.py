@@ -275,3 +275,49 @@ def which(name: str) -> str | None:
 
 def toml_str(value: str | Path) -> str:
     return json.dumps(str(value))
+
+
+def victim_config_text(
+    tmp: Path,
+    victim: list[str],
+    port: int,
+    *,
+    failure_threshold: int,
+    grace_period: float,
+    interval: float = 1.0,
+    timeout: float = 0.5,
+) -> str:
+    """A Guardian config supervising ``victim`` with a policy that never throttles restarts
+    (cooldown 0, unbounded attempts), so the figures measure the mechanism, plus an http
+    liveness check on ``port``."""
+    cmd = ", ".join(toml_str(a) for a in victim)
+    return f"""
+[guardian]
+log_dir = {toml_str(tmp / "logs")}
+state_dir = {toml_str(tmp / "state")}
+report_dir = {toml_str(tmp / "reports")}
+jitter = 0
+[api]
+enabled = false
+[[targets]]
+name = "victim"
+[targets.service]
+backend = "process"
+command = [{cmd}]
+log_file = {toml_str(tmp / "victim.log")}
+stop_timeout = 2
+[targets.recovery]
+cooldown = 0
+max_attempts = 1000000
+window = 1
+backoff_factor = 1.0
+backoff_max = 0
+failure_threshold = {failure_threshold}
+grace_period = {grace_period}
+stable_period = 0
+[[targets.checks]]
+kind = "http"
+url = "http://127.0.0.1:{port}/"
+interval = {interval}
+timeout = {timeout}
+"""

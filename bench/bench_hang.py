@@ -34,8 +34,8 @@ from _common import (
     read_pid,
     summary,
     table,
-    toml_str,
     victim_argv,
+    victim_config_text,
     wait_for,
     write_results,
 )
@@ -43,37 +43,9 @@ from _common import (
 
 def config_text(tmp: Path, port: int, pidfile: Path, reqlog: Path, i: float, t: float,
                 f: int) -> str:
-    cmd = ", ".join(toml_str(a) for a in victim_argv(port, pidfile, "--requests-log", str(reqlog)))
-    return f"""
-[guardian]
-log_dir = {toml_str(tmp / "logs")}
-state_dir = {toml_str(tmp / "state")}
-report_dir = {toml_str(tmp / "reports")}
-jitter = 0
-[api]
-enabled = false
-[[targets]]
-name = "victim"
-[targets.service]
-backend = "process"
-command = [{cmd}]
-log_file = {toml_str(tmp / "victim.log")}
-stop_timeout = 2
-[targets.recovery]
-cooldown = 0
-max_attempts = 1000000
-window = 1
-backoff_factor = 1.0
-backoff_max = 0
-failure_threshold = {f}
-grace_period = 1
-stable_period = 0
-[[targets.checks]]
-kind = "http"
-url = "http://127.0.0.1:{port}/"
-interval = {i}
-timeout = {t}
-"""
+    victim = victim_argv(port, pidfile, "--requests-log", str(reqlog))
+    return victim_config_text(tmp, victim, port, failure_threshold=f, grace_period=1,
+                              interval=i, timeout=t)
 
 
 def requests_after(reqlog: Path, t: float) -> list[float]:

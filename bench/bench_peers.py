@@ -39,8 +39,8 @@ from _common import (
     read_pid,
     summary,
     table,
-    toml_str,
     victim_argv,
+    victim_config_text,
     wait_for,
     which,
     write_results,
@@ -49,55 +49,11 @@ from _common import (
 Setup = Callable[[Path, int, Path, Children], None]
 
 
-def http_check_available() -> bool:
-    try:
-        import guardian.checks.http as http
-    except ImportError:
-        return False
-    return hasattr(http, "create")
-
-
 def setup_guardian(tmp: Path, port: int, pidfile: Path, ch: Children) -> None:
-    cmd = ", ".join(toml_str(a) for a in victim_argv(port, pidfile))
-    check = (
-        f"""
-[[targets.checks]]
-kind = "http"
-url = "http://127.0.0.1:{port}/"
-interval = 1
-timeout = 0.5
-"""
-        if http_check_available()
-        else ""
-    )
     cfg = tmp / "guardian.toml"
-    cfg.write_text(
-        f"""
-[guardian]
-log_dir = {toml_str(tmp / "logs")}
-state_dir = {toml_str(tmp / "state")}
-report_dir = {toml_str(tmp / "reports")}
-jitter = 0
-[api]
-enabled = false
-[[targets]]
-name = "victim"
-[targets.service]
-backend = "process"
-command = [{cmd}]
-log_file = {toml_str(tmp / "victim.log")}
-stop_timeout = 2
-[targets.recovery]
-cooldown = 0
-max_attempts = 1000000
-window = 1
-backoff_factor = 1.0
-backoff_max = 0
-failure_threshold = 3
-grace_period = 2
-stable_period = 0
-{check}"""
-    )
+    text = victim_config_text(tmp, victim_argv(port, pidfile), port, failure_threshold=3,
+                              grace_period=2)
+    cfg.write_text(text)
     ch.start(guardian_argv(cfg), env=guardian_env(), stderr_to=tmp / "guardian.err")
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from collections.abc import Mapping
 from typing import Final, Literal
 
@@ -54,16 +55,7 @@ ReasonClass = Literal[
     "service",
     "other",
 ]
-REASON_CLASSES: Final[tuple[ReasonClass, ...]] = (
-    "timeout",
-    "connection",
-    "http_status",
-    "invalid_response",
-    "queue_stuck",
-    "threshold",
-    "service",
-    "other",
-)
+REASON_CLASSES: Final[tuple[ReasonClass, ...]] = typing.get_args(ReasonClass)
 
 # First match wins; patterns follow the reasons the checks and the engine write.
 _REASON_RULES: Final[tuple[tuple[ReasonClass, re.Pattern[str]], ...]] = (
