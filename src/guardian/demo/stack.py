@@ -181,6 +181,14 @@ def prepare_demo(directory: Path | None = None, *, api_port: int = 8787) -> tupl
     return load_config(path), path
 
 
+def _guardian_command() -> str:
+    """How the user invoked Guardian, so the banner's commands can be pasted as they are."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name in ("guardian", "guardian.exe"):
+        return str(argv0)
+    return f"{sys.executable} -m guardian"
+
+
 def demo_banner(cfg: Config, config_path: Path) -> str:
     """What a newcomer needs to poke the demo: where things are and how to break them."""
     urls = {}
@@ -201,7 +209,7 @@ def demo_banner(cfg: Config, config_path: Path) -> str:
             "  Try, from another terminal:",
             f'    curl -X POST {comfy}/__sim/fault -d \'{{"mode": "crash"}}\'',
             f'    curl -X POST {comfy}/__sim/fault -d \'{{"mode": "hang"}}\'',
-            f"    guardian check --config {config_path}",
+            f"    {_guardian_command()} check --config {config_path}",
             "  Ctrl-C stops Guardian and the simulators.",
             "",
         ]
