@@ -33,8 +33,19 @@ token = "{TOKEN}"
 name = "comfyui"
 [targets.service]
 backend = "process"
-command = {json.dumps([sys.executable, "-m", "guardian.demo.comfyui_sim", "--device", "cpu",
-                       "--port", str(sim_port)])}
+command = {
+            json.dumps(
+                [
+                    sys.executable,
+                    "-m",
+                    "guardian.demo.comfyui_sim",
+                    "--device",
+                    "cpu",
+                    "--port",
+                    str(sim_port),
+                ]
+            )
+        }
 [targets.recovery]
 grace_period = 5
 [[targets.checks]]
@@ -105,3 +116,36 @@ async def test_api_serves_runtime_state_and_restart_needs_the_token(tmp_path: Pa
         await guardian.stop()
     log = (tmp_path / "logs").glob("*.log")
     assert log is not None
+
+
+async def test_status_command_shows_an_unhealthy_stack(tmp_path: Path) -> None:
+    """/api/health answers 503 when unhealthy; `guardian status` still shows the table."""
+    api_port, dead_port = free_port(), free_port()
+    cfg_file = tmp_path / "g.toml"
+    cfg_file.write_text(
+        f"""
+[guardian]
+log_dir = {json.dumps(str(tmp_path / "logs"))}
+state_dir = {json.dumps(str(tmp_path / "state"))}
+report_dir = {json.dumps(str(tmp_path / "reports"))}
+[api]
+port = {api_port}
+[[targets]]
+name = "panel"
+[[targets.checks]]
+kind = "http"
+url = "http://127.0.0.1:{dead_port}/api/health"
+interval = 5
+timeout = 1
+"""
+    )
+    guardian = Guardian(load_config(cfg_file))
+    await guardian.start()
+    try:
+        await guardian.run_checks()
+        status = await asyncio.to_thread(cli, "status", "--config", str(cfg_file))
+    finally:
+        await guardian.stop()
+    assert status.returncode == 2, status.stderr
+    assert "unhealthy" in status.stdout and "panel" in status.stdout
+    assert "connection refused" in status.stdout.lower()
