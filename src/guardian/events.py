@@ -27,6 +27,12 @@ class RecoveryKind(StrEnum):
     BREAKER_OPEN = "breaker_open"  # attempts exhausted: stop restarting, escalate
     BREAKER_RESET = "breaker_reset"  # manual reset or stable again
     EXITED = "exited"  # a supervised process exited (seen from the exit event)
+    # The remediation ladder: gentler actions than a restart, each verified.
+    REMEDIATION_STARTED = "remediation_started"
+    INTERRUPT_SENT = "interrupt_sent"  # POST /interrupt for a stuck prompt
+    FREE_SENT = "free_sent"  # POST /free under memory pressure
+    REMEDIATION_SUCCEEDED = "remediation_succeeded"  # the condition cleared after a rung
+    REMEDIATION_FAILED = "remediation_failed"  # every gentle rung tried: restart is next
 
 
 @dataclass(frozen=True, slots=True)

@@ -231,9 +231,19 @@ class RestartPolicy:
     def in_grace(self, now: float) -> bool:
         return self.started_at is not None and now - self.started_at < self.cfg.grace_period
 
-    def observe_check(self, check: str, kind: str, status: Status, now: float) -> str | None:
-        """Feed one check result; returns a restart reason when one is now needed."""
+    def observe_check(
+        self, check: str, kind: str, status: Status, now: float, *, owned: bool = False
+    ) -> str | None:
+        """Feed one check result; returns a restart reason when one is now needed.
+
+        ``owned``: the failure names a condition the remediation ladder handles (a stuck
+        prompt, memory pressure). It ends a healthy run but feeds no liveness streak: the
+        ladder tries gentler actions first and asks for a restart itself when they fail.
+        """
         if status == Status.SKIPPED:
+            return None
+        if owned and status == Status.FAILED:
+            self.healthy_since = None
             return None
         is_service = kind == "service"
         if not is_service and check not in self.liveness:
@@ -482,7 +492,8 @@ class RecoveryManager:
         if event.status == Status.FAILED and done is not None and event.started < done:
             return  # began before the last restart finished: it describes the old instance
         now = self.clock.monotonic()
-        reason = policy.observe_check(event.check, event.kind, event.status, now)
+        owned = isinstance(event.values.get("condition"), str)
+        reason = policy.observe_check(event.check, event.kind, event.status, now, owned=owned)
         if reason is not None:
             self._want(event.target, reason)
         else:
@@ -626,6 +637,17 @@ class RecoveryManager:
         return False
 
     # -------------------------------------------------------------- public API
+
+    def request_restart(self, target: str, reason: str) -> None:
+        """An automatic restart wanted by another part (the remediation ladder).
+
+        It goes through the same policy as a liveness failure: cooldown, backoff, breaker,
+        no overlap. KeyError for a target without a restart policy.
+        """
+        if target not in self.policies:
+            raise KeyError(target)
+        if not self._closed:
+            self._want(target, reason)
 
     async def restart(self, target: str, manual: bool = True) -> str:
         """Restart ``target`` now (CLI/API): closes its breaker first. KeyError if unknown."""

@@ -78,6 +78,10 @@ class CheckResult:
     started: datetime  # wall clock, UTC
     finished: datetime  # wall clock, UTC
     duration: float  # seconds, from the monotonic clock
+    # True while the target is in its startup phase (after Guardian's start or a restart,
+    # until its first success or `startup_timeout`): failures then open no incident and
+    # count toward no restart. Set by the engine.
+    startup: bool = False
 
     @property
     def ok(self) -> bool:
@@ -94,4 +98,5 @@ class CheckResult:
             "started": self.started.isoformat(),
             "finished": self.finished.isoformat(),
             "duration": round(self.duration, 6),
+            "startup": self.startup,
         }

@@ -27,6 +27,21 @@ class State:
         self._history: dict[tuple[str, str], deque[CheckResult]] = {}
         self._critical = {t.name: t.critical for t in config.targets}
         self.started_at: datetime | None = None
+        # Guardian's own trouble (damaged store, overload, unwritable logs), keyed by area.
+        # Shown in /api/health under `guardian`; never a verdict on a target.
+        self._problems: dict[str, str] = {}
+
+    def set_problem(self, key: str, message: str) -> None:
+        """Report (or update) a problem of Guardian itself, e.g. ``"store"``."""
+        self._problems[key] = message
+
+    def clear_problem(self, key: str) -> None:
+        self._problems.pop(key, None)
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """A copy: readers may be on another thread than the writer."""
+        return dict(self._problems)
 
     def record(self, result: CheckResult) -> None:
         key = (result.target, result.check)

@@ -175,3 +175,19 @@ async def test_openapi_documents_typed_models() -> None:
         schema["components"]["schemas"]
     )
     assert T0.year == 2025
+
+
+async def test_guardian_own_problems_are_reported_apart_from_targets() -> None:
+    view = make_view()
+    async with client(view) as c:
+        body = (await c.get("/api/health")).json()
+        assert body["guardian"] == {"ok": True, "problems": {}}
+        view.state.set_problem("store", "store damaged: moved aside")
+        resp = await c.get("/api/health")
+        body = resp.json()
+        # Guardian's trouble is never the stack's: still healthy, still 200.
+        assert resp.status_code == 200 and body["status"] == "healthy"
+        problems = {"store": "store damaged: moved aside"}
+        assert body["guardian"] == {"ok": False, "problems": problems}
+        view.state.clear_problem("store")
+        assert (await c.get("/api/health")).json()["guardian"]["ok"] is True

@@ -469,3 +469,30 @@ async def test_failure_observed_before_a_restart_finished_is_stale() -> None:
     await r.clock.settle()
     assert b.restarts == 2
     await r.mgr.aclose()
+
+
+async def test_condition_failures_belong_to_the_ladder_not_the_streak() -> None:
+    """A stuck prompt is the remediation ladder's: no restart until it asks for one."""
+    r = Rig(target("api", failure_threshold=1, cooldown=0))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    now = r.clock.now()
+    for _ in range(5):
+        r.bus.publish(CheckResult(
+            "api", "http", "http", Status.FAILED, "queue stuck",
+            {"condition": "stuck_running"}, now, now, 0.01,
+        ))
+    await r.clock.settle()
+    assert b.restarts == 0
+    assert r.mgr.snapshot()["api"]["consecutive_failures"] == 0
+    r.mgr.request_restart("api", "stuck prompt did not move after interrupt")
+    await r.clock.settle()
+    assert b.restarts == 1
+    started = r.kinds(RecoveryKind.RESTART_STARTED)
+    assert started[0].reason == "stuck prompt did not move after interrupt"
+    r.mgr.request_restart("api", "again at once")  # the policy still rules: cooldown 0 ok
+    await r.clock.settle()
+    assert b.restarts == 2
+    with pytest.raises(KeyError):
+        r.mgr.request_restart("nope", "x")
+    await r.mgr.aclose()

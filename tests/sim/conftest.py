@@ -16,21 +16,19 @@ import pytest
 from guardian.demo.comfyui_sim import ComfyUISim
 
 REPO = Path(__file__).resolve().parents[2]
-# CI checks the repo out next to shared/; a git worktree sits one level deeper.
-CAPTURE_DIRS = [REPO / "../shared/comfyui/captures", REPO / "../../shared/comfyui/captures"]
+# Real ComfyUI 0.3.64 captures, vendored from ../shared/comfyui (the reference copy) so a bare
+# clone runs every test; see tests/fixtures/comfyui/README.md.
+CAPTURES = REPO / "tests" / "fixtures" / "comfyui" / "captures"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TEMP_NAME = re.compile(r"ComfyUI_temp_[a-z]{5}_")
 
 
 @pytest.fixture(scope="session")
 def captures() -> Callable[[str], Any]:
-    """Load a capture by file name (skips when the captures are not checked out)."""
-    found = next((d.resolve() for d in CAPTURE_DIRS if d.is_dir()), None)
-    if found is None:
-        pytest.skip(f"ComfyUI captures not found (looked in {[str(d) for d in CAPTURE_DIRS]})")
+    """Load a capture by file name."""
 
     def load(name: str) -> Any:
-        return json.loads((found / name).read_text(encoding="utf-8"))
+        return json.loads((CAPTURES / name).read_text(encoding="utf-8"))
 
     return load
 

@@ -98,6 +98,13 @@ class TargetHealth(BaseModel):
     checked_at: datetime | None = None
 
 
+class GuardianHealth(BaseModel):
+    """Guardian's own trouble, kept apart from the targets' health (it is never theirs)."""
+
+    ok: bool
+    problems: dict[str, str] = Field(default_factory=dict)
+
+
 class HealthResponse(BaseModel):
     status: Health
     timestamp: datetime
@@ -106,6 +113,7 @@ class HealthResponse(BaseModel):
     comfyui: ComfyUIHealth | None
     system: SystemHealth
     targets: dict[str, TargetHealth]
+    guardian: GuardianHealth = Field(default_factory=lambda: GuardianHealth(ok=True))
 
 
 class Probe(BaseModel):
@@ -366,6 +374,7 @@ def build_health(view: GuardianView, now: datetime) -> HealthResponse:
             if found is not None:
                 comfyui = _comfyui(found)
     all_results = [r for rs in grouped.values() for r in rs]
+    problems = view.state.problems
     return HealthResponse(
         status=view.state.overall(),
         timestamp=now,
@@ -374,6 +383,7 @@ def build_health(view: GuardianView, now: datetime) -> HealthResponse:
         comfyui=comfyui,
         system=_system(all_results),
         targets=targets,
+        guardian=GuardianHealth(ok=not problems, problems=problems),
     )
 
 
