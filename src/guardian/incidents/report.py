@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from guardian import blocking
 from guardian.clock import Clock, SystemClock
 from guardian.config import Config
 from guardian.incidents.redact import redact
-from guardian.incidents.snapshot import Snapshot, SnapshotFn, system_snapshot
+from guardian.incidents.snapshot import SNAPSHOT_DEADLINE, Snapshot, SnapshotFn, system_snapshot
 from guardian.incidents.store import Incident, Store, StoredRecovery, StoredResult
 
 log = logging.getLogger("guardian.incidents")
@@ -183,8 +184,10 @@ class Reporter:
         return [redact(line[:MAX_LINE]) for line in lines[-n:]]
 
     async def _take_snapshot(self) -> Snapshot:
-        try:
-            return await asyncio.to_thread(self.snapshot)
+        try:  # bounded: a hung drive must not hold the report (see guardian.blocking)
+            return await blocking.pool("report").run(
+                self.snapshot, SNAPSHOT_DEADLINE + 2.0, what="system snapshot"
+            )
         except Exception as e:
             return {"Snapshot": [f"unavailable: {e}"]}
 
