@@ -8,7 +8,6 @@ snapshot noting what did not answer, and ``guardian run`` exits promptly on SIGT
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
 import subprocess

@@ -27,6 +27,15 @@ def workers(kind: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"guardian-{kind}"]
 
 
+async def started(p: BlockingPool) -> None:
+    """Until the pool's first call is running in its thread."""
+    for _ in range(10_000):
+        if p.busy:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the call never started")
+
+
 async def test_value_and_exception_come_back() -> None:
     p = BlockingPool("t-value", 2)
     assert await p.run(lambda: 41 + 1, 5) == 42
@@ -41,7 +50,7 @@ async def test_value_and_exception_come_back() -> None:
 
 async def test_hung_call_times_out_and_is_not_started_again(gate: threading.Event) -> None:
     p = BlockingPool("t-hung", 4)
-    with pytest.raises(CallTimedOut, match="statfs did not return within 0.05 s"):
+    with pytest.raises(CallTimedOut, match=r"statfs did not return within 0\.05 s"):
         await p.run(gate.wait, 0.05, key="statfs:/mnt/dead", what="statfs")
     assert p.busy == 1
     threads = workers("t-hung")
@@ -76,8 +85,7 @@ async def test_a_waiting_call_gets_the_worker_that_frees_up() -> None:
     release = threading.Event()
     p = BlockingPool("t-wait", 1)
     first = asyncio.ensure_future(p.run(release.wait, 30))
-    while p.busy == 0:
-        await asyncio.sleep(0)
+    await started(p)
     second = asyncio.ensure_future(p.run(lambda: "second", 30))
     await asyncio.sleep(0.01)
     assert not second.done()  # queued for the single worker, not failed
@@ -89,8 +97,7 @@ async def test_a_waiting_call_gets_the_worker_that_frees_up() -> None:
 async def test_cancelled_caller_abandons_the_call(gate: threading.Event) -> None:
     p = BlockingPool("t-cancel", 2)
     task = asyncio.ensure_future(p.run(gate.wait, 30, key="k"))
-    while p.busy == 0:
-        await asyncio.sleep(0)
+    await started(p)
     task.cancel()  # what the engine's timeout does
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -101,7 +108,7 @@ async def test_cancelled_caller_abandons_the_call(gate: threading.Event) -> None
 def test_sync_call_and_submit(gate: threading.Event) -> None:
     p = BlockingPool("t-sync", 2)
     assert p.call(lambda: 7, 5) == 7
-    with pytest.raises(CallTimedOut, match="hang did not return within 0.05 s"):
+    with pytest.raises(CallTimedOut, match=r"hang did not return within 0\.05 s"):
         p.call(gate.wait, 0.05, key="h", what="hang")
     with pytest.raises(StillBlocked):
         p.submit(gate.wait, 0.05, key="h", what="hang")
