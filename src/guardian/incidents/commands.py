@@ -16,6 +16,7 @@ from rich.table import Table
 
 from guardian.cli_support import ConfigOpt, err, load_or_exit, out
 from guardian.config import Config
+from guardian.escape import terminal
 from guardian.incidents.notify import Notifier
 from guardian.incidents.redact import redact
 from guardian.incidents.report import Reporter
@@ -78,15 +79,15 @@ def incidents_command(
     for i in rows:
         table.add_row(
             str(i.id),
-            i.target,
+            terminal(i.target),
             f"[{style[i.status]}]{i.status}[/]",
-            i.severity,
+            terminal(i.severity),
             _short(i.opened_at),
             _short(i.escalated_at),
             _short(i.resolved_at),
             str(i.failure_count),
             str(i.flap_count),
-            redact(i.summary),
+            terminal(redact(i.summary)),  # target text: "[/]" is not markup
         )
     out.print(table)
 
@@ -175,7 +176,9 @@ def notify_test_command(config: ConfigOpt = None) -> None:
     for col in ("Channel", "Result", "Error"):
         table.add_column(col, overflow="fold")
     for label, ok, error in results:
-        table.add_row(label, "[green]sent[/]" if ok else "[red]failed[/]", error or "-")
+        table.add_row(
+            terminal(label), "[green]sent[/]" if ok else "[red]failed[/]", terminal(error or "-")
+        )
     out.print(table)
     if not all(ok for _, ok, _ in results):
         raise typer.Exit(1)
