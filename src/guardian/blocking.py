@@ -8,9 +8,11 @@ shutdown. Here every *kind* of blocking call gets its own :class:`BlockingPool`:
   stuck one never keeps Guardian from exiting);
 - every call has its own deadline: past it the caller gets :class:`CallTimedOut` and the
   thread is abandoned (a blocked syscall cannot be cancelled, only left behind);
-- a call with a ``key`` (a path, a check) is not started again while the previous call
-  for that key is still stuck: the caller gets :class:`StillBlocked` at once, so one hung
-  mount costs one thread, not one per check interval.
+- a call with a ``key`` (a path, a check: one key names one operation) is never run twice
+  at once. A caller that finds the key's call running joins it and shares its answer
+  (two targets checking ``/`` at the same moment start one statfs); if that call has
+  been running longer than the caller's whole deadline it is stuck, and the caller gets
+  :class:`StillBlocked` at once. One hung mount costs one thread, not one per interval.
 """
 
 from __future__ import annotations
@@ -105,13 +107,18 @@ def _wake(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
 class Pending(Generic[T]):
     """A started call, for code in a thread: :meth:`wait` for its value."""
 
-    def __init__(self, call: _Call[T], what: str) -> None:
+    def __init__(self, call: _Call[T], what: str, joined: bool, pool: BlockingPool) -> None:
         self._call = call
         self.what = what
+        self._joined = joined
+        self._pool = pool
 
     def wait(self, timeout: float) -> T:
-        """The value (or the call's own exception); :class:`CallTimedOut` after ``timeout``."""
+        """The value (or the call's own exception); :class:`CallTimedOut` after ``timeout``
+        (:class:`StillBlocked` when this joined a call that was already running)."""
         if not self._call.done.wait(max(0.0, timeout)):
+            if self._joined:
+                raise StillBlocked(self.what, self._pool.age(self._call))
             raise CallTimedOut(self.what, timeout)
         return self._call.value()
 
@@ -164,8 +171,9 @@ class BlockingPool:
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         while True:
-            call = self._try_start(fn, key, what)
-            if call is not None:
+            started = self._try_start(fn, key, what, deadline)
+            if started is not None:
+                call, joined = started
                 break
             remaining = end - loop.time()
             if remaining <= 0:
@@ -185,6 +193,8 @@ class BlockingPool:
         try:
             await asyncio.wait_for(finished, max(0.0, end - loop.time()))
         except TimeoutError:
+            if joined:
+                raise StillBlocked(what, self.age(call)) from None
             raise CallTimedOut(what, deadline) from None
         return call.value()
 
@@ -196,6 +206,8 @@ class BlockingPool:
         pending = self.submit(fn, deadline, key=key, what=what)
         try:
             return pending.wait(max(0.0, end - time.monotonic()))
+        except StillBlocked:
+            raise
         except CallTimedOut:
             raise CallTimedOut(pending.what, deadline) from None
 
@@ -211,23 +223,33 @@ class BlockingPool:
         end = time.monotonic() + deadline
         with self._slot_free:
             while True:
-                call = self._try_start_locked(fn, key, what)
-                if call is not None:
-                    return Pending(call, what)
+                started = self._try_start_locked(fn, key, what, deadline)
+                if started is not None:
+                    return Pending(started[0], what, started[1], self)
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     raise NoWorker(self.kind, len(self._running))
                 self._slot_free.wait(remaining)
 
-    def _try_start(self, fn: Callable[[], T], key: str | None, what: str) -> _Call[T] | None:
+    def age(self, call: _Call[T]) -> float:
+        """Seconds ``call`` has been running."""
+        return self._monotonic() - call.started
+
+    def _try_start(
+        self, fn: Callable[[], T], key: str | None, what: str, deadline: float
+    ) -> tuple[_Call[T], bool] | None:
         with self._lock:
-            return self._try_start_locked(fn, key, what)
+            return self._try_start_locked(fn, key, what, deadline)
 
     def _try_start_locked(
-        self, fn: Callable[[], T], key: str | None, what: str
-    ) -> _Call[T] | None:
+        self, fn: Callable[[], T], key: str | None, what: str, deadline: float
+    ) -> tuple[_Call[T], bool] | None:
+        """(call, joined): a new call, or the key's running one; ``None``: no free worker."""
         if key is not None and key in self._by_key:
-            raise StillBlocked(what, self._monotonic() - self._by_key[key].started)
+            running: _Call[T] = self._by_key[key]  # type: ignore[assignment]
+            if self.age(running) >= deadline:  # older than our whole deadline: stuck
+                raise StillBlocked(what, self.age(running))
+            return running, True
         if len(self._running) >= self.max_workers:
             return None
         call: _Call[T] = _Call(fn, key, self._monotonic())
@@ -242,7 +264,7 @@ class BlockingPool:
         except RuntimeError:  # cannot start a thread (limits): say so, hold nothing
             self._release_locked(call)  # type: ignore[arg-type]
             raise
-        return call
+        return call, False
 
     def _work(self, call: _Call[T]) -> None:
         try:

@@ -101,8 +101,29 @@ async def test_cancelled_caller_abandons_the_call(gate: threading.Event) -> None
     task.cancel()  # what the engine's timeout does
     with pytest.raises(asyncio.CancelledError):
         await task
-    with pytest.raises(StillBlocked):
-        await p.run(gate.wait, 1, key="k")
+    with pytest.raises(StillBlocked):  # joins the running call, which never answers
+        await p.run(gate.wait, 0.05, key="k")
+
+
+async def test_concurrent_callers_of_one_key_share_one_call() -> None:
+    """Two targets checking "/" at the same moment: one statfs, both get its answer."""
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow_statfs() -> str:
+        calls.append(1)
+        release.wait(30)
+        return "usage of /"
+
+    p = BlockingPool("t-join", 4)
+    first = asyncio.ensure_future(p.run(slow_statfs, 30, key="statfs:/"))
+    await started(p)
+    second = asyncio.ensure_future(p.run(slow_statfs, 30, key="statfs:/"))
+    await asyncio.sleep(0.01)
+    assert p.busy == 1 and not second.done()  # joined, not failed, no second thread
+    release.set()
+    assert await first == await second == "usage of /"
+    assert calls == [1]
 
 
 def test_sync_call_and_submit(gate: threading.Event) -> None:
