@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-DEFAULT_WORKERS = {"disk": 8, "memory": 4, "gpu": 4, "snapshot": 8, "report": 2}
+DEFAULT_WORKERS = {"disk": 8, "memory": 4, "gpu": 4, "snapshot": 8, "report": 2, "notify": 4}
 
 
 class BlockingError(Exception):
