@@ -106,11 +106,15 @@ class Component:
 
     Never edit a shipped migration; append. ``legacy_version`` reads the version of a file
     written before ``guardian_schema`` knew this component (0 when it has none).
+    ``mirror_user_version`` (the incident store only) keeps ``PRAGMA user_version`` equal
+    to the component's version, so a Guardian from before this module still recognises a
+    file it can use, and refuses one that is newer than it knows.
     """
 
     name: str
     migrations: tuple[str, ...]
     legacy_version: Callable[[sqlite3.Connection], int] | None = None
+    mirror_user_version: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -388,14 +392,18 @@ class Database:
             " VALUES ('{name}', {v}) ON CONFLICT(component) DO UPDATE SET version ="
             " excluded.version;"
         )
+
+        def bump(v: int) -> str:
+            mirror = f"\nPRAGMA user_version = {v};" if comp.mirror_user_version else ""
+            return record.format(name=comp.name, v=v) + mirror
+
         try:
             if not recorded and version > 0:  # adopt a legacy version as it is
-                conn.execute(record.format(name=comp.name, v=version))
+                conn.executescript(f"BEGIN IMMEDIATE;\n{bump(version)}\nCOMMIT;")
             for i in range(version, comp.version):
                 # executescript commits on its own: migration and version bump in one script.
                 conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{comp.migrations[i]}\n"
-                    f"{record.format(name=comp.name, v=i + 1)}\nCOMMIT;"
+                    f"BEGIN IMMEDIATE;\n{comp.migrations[i]}\n{bump(i + 1)}\nCOMMIT;"
                 )
         except BaseException:
             if conn.in_transaction:

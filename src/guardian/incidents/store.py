@@ -2,7 +2,7 @@
 
 A component of the one file :mod:`guardian.db` owns (its migrations are versioned in
 ``guardian_schema``; files written before that kept the version in ``PRAGMA
-user_version``, which is adopted once and never written again).
+user_version``, which is adopted once and from then on only mirrored, for older Guardians).
 
 Why synchronous, in the event loop: every write here is one tiny row in one short
 transaction on a WAL database with ``synchronous=NORMAL``, which commits without an
@@ -138,7 +138,9 @@ def _legacy_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-INCIDENTS = Component("incidents", MIGRATIONS, legacy_version=_legacy_version)
+INCIDENTS = Component(
+    "incidents", MIGRATIONS, legacy_version=_legacy_version, mirror_user_version=True
+)
 
 
 @dataclass(frozen=True, slots=True)
