@@ -91,7 +91,7 @@ class SqliteBreakerStore:
 
     def __init__(self, db: Database | Path | str) -> None:
         self._owns = not isinstance(db, Database)
-        self.db = db if isinstance(db, Database) else Database(db)
+        self.db = db if isinstance(db, Database) else Database(db, components=(BREAKERS,))
         self.path = self.db.path
         self._records: dict[str, BreakerRecord] = {}
         self._unsaved: set[str] = set()

@@ -28,8 +28,11 @@ none; its store is Guardian's trouble, never a reason to exit or to act on a tar
   problem: the store is recreated, but not silently.
 * A file whose component schema is newer than this Guardian knows is *refused and left
   untouched* (not moved aside: it is healthy, and the newer Guardian that wrote it may come
-  back). Guardian then runs on an in-memory database for every component, with the
-  problem set, so it keeps supervising; nothing it learns survives its restart.
+  back; it is checked before the first write, even before WAL mode is set, for every
+  component named at open). Guardian then runs on an in-memory database for every
+  component, with the problem set, so it keeps supervising; nothing it learns survives
+  its restart. Moving it aside instead would make a downgrade silently throw away the
+  newer Guardian's state; refusing keeps it for the Guardian that can read it.
 * Anything that prevents opening the file at all (permissions, a directory in the way)
   also falls back to memory with the problem set.
 
@@ -49,7 +52,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,7 +166,9 @@ class Database:
 
     Components :meth:`register` themselves (their migrations run at once) and do all their
     I/O through :meth:`read` and :meth:`write`, which hold the lock and apply the error
-    rules. ``persistent`` is False while running on memory.
+    rules. ``persistent`` is False while running on memory. Pass the components you will
+    register as ``components`` so a newer schema is refused before any of them writes
+    (a component only registered later can only be refused after the others migrated).
     """
 
     def __init__(
@@ -176,8 +181,11 @@ class Database:
         log_every: float = LOG_EVERY,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] | None = None,
+        components: Sequence[Component] = (),
     ) -> None:
         self.path = Path(path)
+        # Checked at open before anything is written, so a refused file stays untouched.
+        self._expected = tuple(components)
         self.in_memory_requested = str(path) == ":memory:"
         self.problems = problems
         self.recover = recover
@@ -225,6 +233,13 @@ class Database:
                     raise StoreDamaged(f"store {self.path} is damaged: {e}") from e
                 return self._replace_damaged(str(e))
             return self._unusable(f"cannot open {self.path}: {e}", e)
+        except StoreNewer as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()  # type: ignore[union-attr]
+            if not self.recover:
+                raise
+            self._refused(str(e))
+            return self._memory()
         self.persistent = True
         self._write_marker()
         return conn
@@ -237,7 +252,6 @@ class Database:
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error:
@@ -249,6 +263,10 @@ class Database:
         rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
         if rows != ["ok"]:
             raise _Damaged("quick_check: " + "; ".join(rows[:3]))
+        for comp in self._expected:
+            self._check_not_newer(conn, comp, self._recorded(conn, comp))
+        # Only now the first write: WAL mode changes the file header.
+        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS guardian_schema ("
             " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
@@ -374,19 +392,34 @@ class Database:
         )
         return 0 if row is None else int(row[0])
 
-    def _migrate(self, conn: sqlite3.Connection, comp: Component) -> None:
-        row = conn.execute(
-            "SELECT version FROM guardian_schema WHERE component = ?", (comp.name,)
+    @staticmethod
+    def _recorded(conn: sqlite3.Connection, comp: Component) -> tuple[bool, int]:
+        """(has a guardian_schema row, version) without writing anything."""
+        has_table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'guardian_schema'"
         ).fetchone()
-        recorded = row is not None
-        version = int(row[0]) if row is not None else 0
-        if not recorded and comp.legacy_version is not None:
-            version = comp.legacy_version(conn)
+        row = None
+        if has_table:
+            row = conn.execute(
+                "SELECT version FROM guardian_schema WHERE component = ?", (comp.name,)
+            ).fetchone()
+        if row is not None:
+            return True, int(row[0])
+        return False, comp.legacy_version(conn) if comp.legacy_version is not None else 0
+
+    def _check_not_newer(
+        self, conn: sqlite3.Connection, comp: Component, recorded: tuple[bool, int]
+    ) -> None:
+        version = recorded[1]
         if version > comp.version:
             raise StoreNewer(
                 f"store {self.path}: {comp.name} tables are at schema v{version}, newer than"
                 f" this Guardian (v{comp.version}); upgrade Guardian or use another store path"
             )
+
+    def _migrate(self, conn: sqlite3.Connection, comp: Component) -> None:
+        recorded, version = self._recorded(conn, comp)
+        self._check_not_newer(conn, comp, (recorded, version))
         record = (
             "INSERT INTO guardian_schema (component, version)"
             " VALUES ('{name}', {v}) ON CONFLICT(component) DO UPDATE SET version ="
@@ -412,10 +445,13 @@ class Database:
             raise
 
     def _refuse(self, why: str) -> None:
-        msg = f"{why}; the file is left untouched and Guardian runs on an in-memory store"
+        self._refused(why)
+        self._reset(self._memory)
+
+    def _refused(self, why: str) -> None:
+        msg = f"{why}; the file is kept as it is and Guardian runs on an in-memory store"
         log.error(msg, extra={"event": "store_refused", "path": str(self.path)})
         self._set_sticky("refused", msg)
-        self._reset(self._memory)
 
     def _reset(self, reopen: Callable[[], sqlite3.Connection]) -> None:
         """Swap the connection for ``reopen()``, migrate every component, call their hooks."""

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardian.breakers import BreakerStore, MemoryBreakerStore, SqliteBreakerStore
+from guardian.breakers import BREAKERS, BreakerStore, MemoryBreakerStore, SqliteBreakerStore
 from guardian.checks import CheckContext, build_check
 from guardian.checks.base import Check
 from guardian.clock import Clock, SystemClock
@@ -23,7 +23,7 @@ from guardian.db import Database
 from guardian.engine import Engine
 from guardian.events import EventBus
 from guardian.incidents import Incidents, start_incidents
-from guardian.incidents.store import Incident, Store, StoreError
+from guardian.incidents.store import INCIDENTS, Incident, Store, StoreError
 from guardian.recovery import RecoveryManager
 from guardian.result import CheckResult
 from guardian.services import build_backend
@@ -76,6 +76,7 @@ class Guardian:
             recover=True,
             monotonic=self.clock.monotonic,
             now=self.clock.now,
+            components=(INCIDENTS, BREAKERS),
         )
 
     def _open_breaker_store(self, db: Database) -> BreakerStore:

@@ -16,11 +16,11 @@ from rich.table import Table
 
 from guardian.cli_support import ConfigOpt, err, load_or_exit, out
 from guardian.config import Config
+from guardian.db import StoreDamaged
 from guardian.incidents.notify import Notifier
 from guardian.incidents.redact import redact
 from guardian.incidents.report import Reporter
 from guardian.incidents.snapshot import SNAPSHOT_KINDS, system_snapshot
-from guardian.db import StoreDamaged
 from guardian.incidents.store import Store, StoreError
 
 

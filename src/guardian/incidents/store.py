@@ -24,6 +24,7 @@ Times are stored as fixed-width UTC ISO-8601 text so they sort as strings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -55,7 +56,7 @@ def parse_ts(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Incident", "Store", "StoreError"]
+__all__ = ["INCIDENTS", "MIGRATIONS", "SCHEMA_VERSION", "Incident", "Store", "StoreError"]
 
 # Ordered migrations: index i upgrades version i -> i+1. Never edit a shipped entry;
 # append a new one.
@@ -241,7 +242,7 @@ class Store:
         now: Callable[[], datetime] | None = None,
     ) -> None:
         self._owns = not isinstance(path, Database)
-        self.db = path if isinstance(path, Database) else Database(path)
+        self.db = path if isinstance(path, Database) else Database(path, components=(INCIDENTS,))
         self.path = self.db.path
         self.retention = timedelta(days=retention_days)
         self.max_events = max_events
@@ -251,10 +252,12 @@ class Store:
         self.dropped = 0  # event rows that could not be written (store unavailable)
         self._live: dict[int, Incident] = {}  # open incidents, and any not yet in the file
         self._unsaved: set[int] = set()
+        self._high = 0  # the highest incident id this process has seen: ids are never reused
         try:
             self.db.register(INCIDENTS, self._rewrite_live)
             for incident in self._read_incidents(include_resolved=False, limit=1_000_000):
                 self._live[incident.id] = incident
+            self._high = self._next_id() - 1
         except BaseException:
             if self._owns:
                 self.db.close()
@@ -349,7 +352,21 @@ class Store:
 
     def _rewrite_live(self) -> None:
         """The file was replaced: write the incidents this process holds, same ids."""
+        high = self._high
+
+        def keep_ids_unique(c: sqlite3.Connection) -> None:
+            # A report file is named after its incident id: the fresh file must not reuse one.
+            c.execute(
+                "INSERT OR IGNORE INTO sqlite_sequence (name, seq) SELECT 'incidents', 0"
+                " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'incidents')"
+            )
+            c.execute(
+                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'incidents'", (high,)
+            )
+
         with self.db.lock:
+            with contextlib.suppress(StoreUnavailable):
+                self.db.write(keep_ids_unique)
             self._unsaved.update(self._live)
             self._flush_incidents()
             n = len(self._live)
@@ -516,6 +533,7 @@ class Store:
         then held in memory (with an id the file will get) and written when it can be."""
         with self.db.lock:
             new_id = self._next_id()
+            self._high = max(self._high, new_id)
             incident = Incident(
                 id=new_id,
                 target=target,
@@ -543,7 +561,7 @@ class Store:
             stored = int(rows[0][0] or 0)
         except StoreUnavailable:
             stored = 0
-        return max([stored, *self._live]) + 1
+        return max([stored, self._high, *self._live]) + 1
 
     def adopt_recovery(self, target: str, incident_id: int, since: datetime) -> int:
         """Link the target's unlinked recovery events since ``since`` to an incident.
