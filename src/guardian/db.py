@@ -203,6 +203,7 @@ class Database:
         self._trouble_count = 0
         self._trouble_logged_at: float | None = None
         self._closed = False
+        self._resetting = False
         with self.lock:
             self._conn = self._open()
 
@@ -454,7 +455,18 @@ class Database:
         self._set_sticky("refused", msg)
 
     def _reset(self, reopen: Callable[[], sqlite3.Connection]) -> None:
-        """Swap the connection for ``reopen()``, migrate every component, call their hooks."""
+        """Swap the connection for ``reopen()``, migrate every component, call their hooks.
+
+        Not re-entered: damage found while the hooks re-save is an error of that save,
+        not a second replacement (a fresh file that is damaged at once would loop).
+        """
+        self._resetting = True
+        try:
+            self._reset_now(reopen)
+        finally:
+            self._resetting = False
+
+    def _reset_now(self, reopen: Callable[[], sqlite3.Connection]) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
         self._conn = reopen()
@@ -500,7 +512,7 @@ class Database:
                     if kind == "damaged":
                         if not self.recover:
                             raise StoreDamaged(f"store {self.path} is damaged: {e}") from e
-                        if attempt == 1:
+                        if attempt == 1 and not self._resetting:
                             self._reset(functools.partial(self._replace_damaged, str(e)))
                             continue
                         raise StoreError(f"store {self.path}: {e}") from e

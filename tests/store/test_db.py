@@ -192,8 +192,9 @@ def test_an_unopenable_path_falls_back_to_memory(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- damage mid-run
 
 
+@pytest.mark.parametrize("found_by", ["write", "read"])
 def test_damage_found_mid_run_keeps_breakers_and_open_incidents(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, found_by: str
 ) -> None:
     path = tmp_path / "guardian.db"
     problems = Problems()
@@ -214,8 +215,11 @@ def test_damage_found_mid_run_keeps_breakers_and_open_incidents(
     other.close()
 
     with caplog.at_level(logging.WARNING):
+        if found_by == "read":
+            assert db.version("breakers") == 1  # page 2: guardian_schema, read on a fresh file
+            assert store.notifications() == []  # the history went with the damaged file
         rid = store.add_notification(incident.id, "comfyui", "mail", "after", WHEN, True)
-    assert rid > 0  # the write that found the damage was retried on the fresh file
+    assert rid > 0  # on the fresh file (the write that found the damage was retried there)
     assert len(db.moved_to) == 1 and db.moved_to[0].exists()
     assert events(caplog, "store_damaged") and "damaged" in problems.problems[PROBLEM_KEY]
     db.close()
