@@ -217,7 +217,9 @@ def test_times_from_other_timezones_are_stored_as_utc(tmp_path: Path) -> None:
     got = store.incident(later.id)
     assert got is not None and got.opened_at == b and got.opened_at.utcoffset() == timedelta(0)
     assert (
-        store.db.connection.execute("SELECT id FROM incidents ORDER BY opened_at DESC LIMIT 1").fetchone()[0]
+        store.db.connection.execute(
+            "SELECT id FROM incidents ORDER BY opened_at DESC LIMIT 1"
+        ).fetchone()[0]
         == later.id
     )
     store.close()

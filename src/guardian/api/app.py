@@ -247,9 +247,8 @@ class ApiServer:
             sock.bind((self.host, self.requested_port))
         except OSError as e:
             sock.close()
-            raise OSError(
-                e.errno, f"cannot listen on {self.host}:{self.requested_port}: {e.strerror}"
-            ) from None
+            raise OSError(e.errno, f"cannot listen on {self.host}:{self.requested_port}: "
+                          f"{e.strerror}") from None
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -267,9 +266,8 @@ class ApiServer:
                 self._task.result()  # re-raises why it stopped
                 raise RuntimeError("API server stopped during startup")
             await asyncio.sleep(0.01)
-        log.info(
-            "API listening on %s", self.url, extra={"event": "api_listening", "port": self.port}
-        )
+        log.info("API listening on %s", self.url, extra={"event": "api_listening",
+                                                          "port": self.port})
         return self.port
 
     @staticmethod

@@ -47,9 +47,8 @@ class GuardianView(Protocol):
         """Run every check (of one target) once now. KeyError for an unknown target."""
         ...
 
-    def incidents(
-        self, limit: int = 50, include_resolved: bool = False
-    ) -> list[dict[str, Any]]: ...
+    def incidents(self, limit: int = 50, include_resolved: bool = False) -> list[dict[str, Any]]:
+        ...
 
     def incident(self, incident_id: int) -> dict[str, Any] | None:
         """One incident with ``report_markdown`` (None when no report was written)."""
@@ -100,7 +99,9 @@ class StaticView:
         return self.state.results(target)
 
     def incidents(self, limit: int = 50, include_resolved: bool = False) -> list[dict[str, Any]]:
-        found = [i for i in self.incident_list if include_resolved or i.get("status") != "resolved"]
+        found = [
+            i for i in self.incident_list if include_resolved or i.get("status") != "resolved"
+        ]
         found.sort(key=lambda i: i["id"] if isinstance(i.get("id"), int) else -1, reverse=True)
         return [{k: v for k, v in i.items() if k != "report_markdown"} for i in found[:limit]]
 

@@ -115,7 +115,9 @@ class StateCollector(Collector):
             up.add_metric([], max(0.0, (datetime.now(UTC) - started).total_seconds()))
         yield up
 
-    def _targets(self, results: list[CheckResult], critical: dict[str, bool]) -> Iterable[Metric]:
+    def _targets(
+        self, results: list[CheckResult], critical: dict[str, bool]
+    ) -> Iterable[Metric]:
         up = _gauge("guardian_target_up", "1 unless the target is failing", ["target", "critical"])
         health = _gauge(
             "guardian_target_health",
@@ -181,9 +183,8 @@ class StateCollector(Collector):
                     if path in totals:
                         disk_total.add_metric([path], totals[path] * readings.GIB)
             elif r.kind == "memory" and not memory_done:
-                avail, tot = (
-                    readings.number(v.get("available_mb")),
-                    readings.number(v.get("total_mb")),
+                avail, tot = readings.number(v.get("available_mb")), readings.number(
+                    v.get("total_mb")
                 )
                 if avail is not None:
                     mem_avail.add_metric([], avail * readings.MIB)
@@ -245,7 +246,9 @@ class StateCollector(Collector):
 class Metrics:
     """All of Guardian's metrics on one private registry, subscribed to the view's bus."""
 
-    def __init__(self, view: GuardianView, *, process: bool = True, max_age: float = 1.0) -> None:
+    def __init__(
+        self, view: GuardianView, *, process: bool = True, max_age: float = 1.0
+    ) -> None:
         # ``*_created`` series only double the exposition; Guardian's counters start at 0
         # with the process (process_start_time_seconds says when). Process-wide setting.
         disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -83,7 +83,8 @@ class _Api:
                 return response.status_code, await self._read_capped(response, path)
         except httpx.TimeoutException as exc:
             raise ComfyUIError(
-                f"no answer from {self.url}{path} within {self.timeout:g}s ({type(exc).__name__})"
+                f"no answer from {self.url}{path} within {self.timeout:g}s "
+                f"({type(exc).__name__})"
             ) from exc
         except httpx.ConnectError as exc:
             raise ComfyUIError(f"cannot connect to {self.url}: {_connect_reason(exc)}") from exc
@@ -432,12 +433,8 @@ def judge_canary(entry: dict[str, Any], prompt_id: str, latency: float) -> Outco
     events: dict[str, dict[str, Any]] = {}
     if isinstance(messages, list):
         for message in messages:
-            if (
-                isinstance(message, list)
-                and len(message) == 2
-                and isinstance(message[0], str)
-                and isinstance(message[1], dict)
-            ):
+            if (isinstance(message, list) and len(message) == 2 and isinstance(message[0], str)
+                    and isinstance(message[1], dict)):
                 events[message[0]] = message[1]
     latency_ms = round(latency * 1000, 1)
     values: dict[str, Value] = {"latency_ms": latency_ms, "prompt_id": prompt_id}

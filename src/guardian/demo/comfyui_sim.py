@@ -70,13 +70,8 @@ def _int_input(default: int, lo: int, hi: int, **extra: Any) -> list[Any]:
 
 
 def _node_info(
-    name: str,
-    display: str,
-    required: dict[str, Any],
-    output: list[str],
-    *,
-    description: str,
-    hidden: bool,
+    name: str, display: str, required: dict[str, Any], output: list[str], *,
+    description: str, hidden: bool,
 ) -> dict[str, Any]:
     inputs: dict[str, Any] = {"required": required}
     order: dict[str, list[str]] = {"required": list(required)}
@@ -101,44 +96,31 @@ def _node_info(
 _SAVES = "Saves the input images to your ComfyUI output directory."
 NODE_INFO: dict[str, dict[str, Any]] = {
     "EmptyImage": _node_info(
-        "EmptyImage",
-        "EmptyImage",
+        "EmptyImage", "EmptyImage",
         {
             "width": _int_input(512, 1, 16384, step=1),
             "height": _int_input(512, 1, 16384, step=1),
             "batch_size": _int_input(1, 1, 4096),
             "color": _int_input(0, 0, 16777215, step=1, display="color"),
         },
-        ["IMAGE"],
-        description="",
-        hidden=False,
+        ["IMAGE"], description="", hidden=False,
     ),
     "PreviewImage": _node_info(
-        "PreviewImage",
-        "Preview Image",
-        {"images": ["IMAGE"]},
-        [],
-        description=_SAVES,
-        hidden=True,
+        "PreviewImage", "Preview Image", {"images": ["IMAGE"]}, [],
+        description=_SAVES, hidden=True,
     ),
     "SaveImage": _node_info(
-        "SaveImage",
-        "Save Image",
+        "SaveImage", "Save Image",
         {
             "images": ["IMAGE", {"tooltip": "The images to save."}],
-            "filename_prefix": [
-                "STRING",
-                {
-                    "default": "ComfyUI",
-                    "tooltip": "The prefix for the file to save. This may include formatting "
-                    "information such as %date:yyyy-MM-dd% or %Empty Latent Image.width% to "
-                    "include values from nodes.",
-                },
-            ],
+            "filename_prefix": ["STRING", {
+                "default": "ComfyUI",
+                "tooltip": "The prefix for the file to save. This may include formatting "
+                "information such as %date:yyyy-MM-dd% or %Empty Latent Image.width% to "
+                "include values from nodes.",
+            }],
         },
-        [],
-        description=_SAVES,
-        hidden=True,
+        [], description=_SAVES, hidden=True,
     ),
 }
 
@@ -217,14 +199,10 @@ def validate_prompt(prompt: dict[str, Any]) -> Validation:
             valid, reasons = _validate_inputs(prompt, out, validated)
         except (KeyError, IndexError, TypeError) as exc:
             valid = False
-            reasons = [
-                _reason(
-                    "exception_during_validation",
-                    "Exception when validating node",
-                    str(exc),
-                    {"exception_type": type(exc).__name__, "traceback": list(_VALIDATE_TRACEBACK)},
-                )
-            ]
+            reasons = [_reason(
+                "exception_during_validation", "Exception when validating node", str(exc),
+                {"exception_type": type(exc).__name__, "traceback": list(_VALIDATE_TRACEBACK)},
+            )]
             validated[out] = (False, reasons)
         if valid:
             good.append(out)
@@ -232,14 +210,11 @@ def validate_prompt(prompt: dict[str, Any]) -> Validation:
         failed.extend(reasons)
         for node_id, (ok, node_reasons) in validated.items():
             if not ok and node_reasons:
-                entry = node_errors.setdefault(
-                    node_id,
-                    {
-                        "errors": node_reasons,
-                        "dependent_outputs": [],
-                        "class_type": prompt[node_id]["class_type"],
-                    },
-                )
+                entry = node_errors.setdefault(node_id, {
+                    "errors": node_reasons,
+                    "dependent_outputs": [],
+                    "class_type": prompt[node_id]["class_type"],
+                })
                 entry["dependent_outputs"].append(out)
     if not good:
         details = "\n".join(f"{r['message']}: {r['details']}" for r in failed)
@@ -267,14 +242,8 @@ def _validate_inputs(
         input_type = spec[0]
         config = spec[1] if len(spec) > 1 else {}
         if name not in inputs:
-            reasons.append(
-                _reason(
-                    "required_input_missing",
-                    "Required input is missing",
-                    name,
-                    {"input_name": name},
-                )
-            )
+            reasons.append(_reason("required_input_missing", "Required input is missing", name,
+                                   {"input_name": name}))
             valid = False
             continue
         value = inputs[name]
@@ -282,19 +251,12 @@ def _validate_inputs(
             source = prompt[value[0]]  # KeyError for a link to a missing node, as in ComfyUI
             received = NODE_INFO[source["class_type"]]["output"][value[1]]
             if received != input_type:
-                reasons.append(
-                    _reason(
-                        "return_type_mismatch",
-                        "Return type mismatch between linked nodes",
-                        f"{name}, received_type({received}) mismatch input_type({input_type})",
-                        {
-                            "input_name": name,
-                            "input_config": spec,
-                            "received_type": received,
-                            "linked_node": value,
-                        },
-                    )
-                )
+                reasons.append(_reason(
+                    "return_type_mismatch", "Return type mismatch between linked nodes",
+                    f"{name}, received_type({received}) mismatch input_type({input_type})",
+                    {"input_name": name, "input_config": spec, "received_type": received,
+                     "linked_node": value},
+                ))
                 valid = False
                 continue
             if not _validate_inputs(prompt, value[0], validated)[0]:
@@ -304,36 +266,23 @@ def _validate_inputs(
             try:
                 number = int(value)
             except (TypeError, ValueError) as exc:
-                reasons.append(
-                    _reason(
-                        "invalid_input_type",
-                        "Failed to convert an input value to a INT value",
-                        f"{name}, {value}, {exc}",
-                        {"input_name": name, "input_config": spec, "received_value": value},
-                    )
-                )
+                reasons.append(_reason(
+                    "invalid_input_type", "Failed to convert an input value to a INT value",
+                    f"{name}, {value}, {exc}",
+                    {"input_name": name, "input_config": spec, "received_value": value},
+                ))
                 valid = False
                 continue
             extra = {"input_name": name, "input_config": spec, "received_value": number}
             if "min" in config and number < config["min"]:
-                reasons.append(
-                    _reason(
-                        "value_smaller_than_min",
-                        f"Value {number} smaller than min of {config['min']}",
-                        name,
-                        extra,
-                    )
-                )
+                reasons.append(_reason("value_smaller_than_min",
+                                       f"Value {number} smaller than min of {config['min']}",
+                                       name, extra))
                 valid = False
             elif "max" in config and number > config["max"]:
-                reasons.append(
-                    _reason(
-                        "value_bigger_than_max",
-                        f"Value {number} bigger than max of {config['max']}",
-                        name,
-                        extra,
-                    )
-                )
+                reasons.append(_reason("value_bigger_than_max",
+                                       f"Value {number} bigger than max of {config['max']}",
+                                       name, extra))
                 valid = False
     validated[node_id] = (valid, reasons)
     return valid, reasons
@@ -433,13 +382,13 @@ class ComfyUISim(SimApp):
             if post:
                 return self._post_history(request)
         if get and path.startswith("/history/"):
-            return json_reply(self.history_entry(path[len("/history/") :]))
+            return json_reply(self.history_entry(path[len("/history/"):]))
         if post and path == "/interrupt":
             return self._post_interrupt(request)
         if get and path == "/object_info":
             return json_reply(NODE_INFO)
         if get and path.startswith("/object_info/"):
-            name = path[len("/object_info/") :]
+            name = path[len("/object_info/"):]
             return json_reply({name: NODE_INFO[name]} if name in NODE_INFO else {})
         if get and path == "/features":
             return json_reply(FEATURES)
@@ -450,38 +399,22 @@ class ComfyUISim(SimApp):
         if get and path in ("/", ""):
             page = "<!DOCTYPE html><html><head><title>ComfyUI</title></head><body></body></html>"
             return Reply(200, page.encode(), "text/html; charset=utf-8")
-        if path in (
-            "/system_stats",
-            "/object_info",
-            "/features",
-            "/embeddings",
-            "/extensions",
-            "/interrupt",
-        ) or path.startswith("/history/"):
+        if path in ("/system_stats", "/object_info", "/features", "/embeddings", "/extensions",
+                    "/interrupt") or path.startswith("/history/"):
             return text_reply("405: Method Not Allowed", 405)
         return None
 
     # ------------------------------------------------------------------ state views
 
     def _ram(self) -> tuple[int, int]:
-        return (
-            (64 * GIB, 51 * GIB + 300 * MIB)
-            if self.device == "cuda"
-            else (25276502016, 24232742912)
-        )
+        return (64 * GIB, 51 * GIB + 300 * MIB) if self.device == "cuda" else (
+            25276502016, 24232742912)
 
     def _device_stats(self) -> dict[str, Any]:
         if self.device == "cpu":
             total, free = self._ram()
-            return {
-                "name": "cpu",
-                "type": "cpu",
-                "index": None,
-                "vram_total": total,
-                "vram_free": free,
-                "torch_vram_total": total,
-                "torch_vram_free": free,
-            }
+            return {"name": "cpu", "type": "cpu", "index": None, "vram_total": total,
+                    "vram_free": free, "torch_vram_total": total, "torch_vram_free": free}
         return {
             "name": "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync",
             "type": "cuda",
@@ -520,12 +453,10 @@ class ComfyUISim(SimApp):
 
     def queue(self) -> dict[str, Any]:
         with self.cond:
-            return copy.deepcopy(
-                {
-                    "queue_running": [self._running] if self._running is not None else [],
-                    "queue_pending": sorted(self._pending, key=lambda item: item[0]),
-                }
-            )
+            return copy.deepcopy({
+                "queue_running": [self._running] if self._running is not None else [],
+                "queue_pending": sorted(self._pending, key=lambda item: item[0]),
+            })
 
     def queue_remaining(self) -> int:
         with self.cond:
@@ -547,7 +478,7 @@ class ComfyUISim(SimApp):
         with self.cond:
             keys = list(self._history)
             if max_items is not None:
-                keys = keys[max(0, len(keys) - max_items) :] if max_items > 0 else []
+                keys = keys[max(0, len(keys) - max_items):] if max_items > 0 else []
             return json_reply({k: self._history[k] for k in keys})
 
     def _post_history(self, request: Request) -> Reply:
@@ -663,7 +594,8 @@ class ComfyUISim(SimApp):
         fresh = [n for n in order if n not in cached]
         messages: list[list[Any]] = [
             ["execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()}],
-            ["execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": _now_ms()}],
+            ["execution_cached", {"nodes": cached, "prompt_id": prompt_id,
+                                  "timestamp": _now_ms()}],
         ]
         with self.cond:
             if fresh:
@@ -677,39 +609,23 @@ class ComfyUISim(SimApp):
         failing = order[-1]
         executed = [n for n in fresh if n != failing]
         if interrupted:
-            messages.append(
-                [
-                    "execution_interrupted",
-                    {
-                        "prompt_id": prompt_id,
-                        "node_id": failing,
-                        "node_type": prompt[failing]["class_type"],
-                        "executed": executed,
-                        "timestamp": _now_ms(),
-                    },
-                ]
-            )
+            messages.append(["execution_interrupted", {
+                "prompt_id": prompt_id, "node_id": failing,
+                "node_type": prompt[failing]["class_type"], "executed": executed,
+                "timestamp": _now_ms(),
+            }])
             self.log("Processing interrupted")
             entry = _entry(item, {}, "error", messages, {})
         elif (error := self._failure(prompt, failing, mode)) is not None:
             exc_type, message = error
-            messages.append(
-                [
-                    "execution_error",
-                    {
-                        "prompt_id": prompt_id,
-                        "node_id": failing,
-                        "node_type": prompt[failing]["class_type"],
-                        "executed": executed,
-                        "exception_message": message,
-                        "exception_type": exc_type,
-                        "traceback": list(_EXEC_TRACEBACK),
-                        "current_inputs": _current_inputs(prompt, failing),
-                        "current_outputs": list(order),
-                        "timestamp": _now_ms(),
-                    },
-                ]
-            )
+            messages.append(["execution_error", {
+                "prompt_id": prompt_id, "node_id": failing,
+                "node_type": prompt[failing]["class_type"], "executed": executed,
+                "exception_message": message, "exception_type": exc_type,
+                "traceback": list(_EXEC_TRACEBACK),
+                "current_inputs": _current_inputs(prompt, failing),
+                "current_outputs": list(order), "timestamp": _now_ms(),
+            }])
             self._log_exception(exc_type, message)
             with self.cond:
                 for node_id in executed:
@@ -721,16 +637,16 @@ class ComfyUISim(SimApp):
             with self.cond:
                 for node_id in order:
                     sig = signatures[node_id]
-                    out = self._cache[sig] if node_id in cached else self._run_node(prompt, node_id)
+                    out = self._cache[sig] if node_id in cached else self._run_node(prompt,
+                                                                                    node_id)
                     new_cache[sig] = out
                     if out is not None:
                         outputs[node_id] = out
                 self._cache = new_cache  # ComfyUI's classic cache keeps the last prompt only
-            messages.append(["execution_success", {"prompt_id": prompt_id, "timestamp": _now_ms()}])
-            meta = {
-                n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n}
-                for n in outputs
-            }
+            messages.append(["execution_success", {"prompt_id": prompt_id,
+                                                   "timestamp": _now_ms()}])
+            meta = {n: {"node_id": n, "display_node": n, "parent_node": None,
+                        "real_node_id": n} for n in outputs}
             entry = _entry(item, outputs, "success", messages, meta)
         self.log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
         return entry
@@ -778,21 +694,20 @@ class ComfyUISim(SimApp):
         for _ in range(max(1, min(count, 64))):
             n = self._counters.get(base, 0) + 1
             self._counters[base] = n
-            images.append({"filename": f"{base}_{n:05}_.png", "subfolder": subfolder, "type": kind})
+            images.append({"filename": f"{base}_{n:05}_.png", "subfolder": subfolder,
+                           "type": kind})
         return {"images": images}
 
 
 def _entry(
-    item: list[Any],
-    outputs: dict[str, Any],
-    status: str,
-    messages: list[list[Any]],
+    item: list[Any], outputs: dict[str, Any], status: str, messages: list[list[Any]],
     meta: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "prompt": item,
         "outputs": outputs,
-        "status": {"status_str": status, "completed": status == "success", "messages": messages},
+        "status": {"status_str": status, "completed": status == "success",
+                   "messages": messages},
         "meta": meta,
     }
 
@@ -846,24 +761,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_common_args(parser, FAULT_MODES)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
-    parser.add_argument(
-        "--exec-time", type=float, default=0.05, help="seconds one prompt takes to execute"
-    )
-    parser.add_argument(
-        "--leak-mb",
-        type=float,
-        default=512.0,
-        help="MB of VRAM lost per /system_stats call, fault vram_leak",
-    )
+    parser.add_argument("--exec-time", type=float, default=0.05,
+                        help="seconds one prompt takes to execute")
+    parser.add_argument("--leak-mb", type=float, default=512.0,
+                        help="MB of VRAM lost per /system_stats call, fault vram_leak")
     args = parser.parse_args(argv)
-    app = ComfyUISim(
-        args.host,
-        args.port,
-        device=args.device,
-        exec_time=args.exec_time,
-        exit_on_crash=True,
-        log_stream=sys.stdout,
-    )
+    app = ComfyUISim(args.host, args.port, device=args.device, exec_time=args.exec_time,
+                     exit_on_crash=True, log_stream=sys.stdout)
     app.boot_banner()
     return serve_forever(app, args, leak_mb=args.leak_mb)
 

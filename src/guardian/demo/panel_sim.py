@@ -92,9 +92,8 @@ class PanelSim(SimApp):
             services[COMFYUI_SERVICE] = self.probe_comfyui()
             if not services[COMFYUI_SERVICE]["running"]:
                 status = "degraded"
-                self.log(
-                    f" ⚠ {COMFYUI_SERVICE} unreachable: {services[COMFYUI_SERVICE].get('error')}"
-                )
+                self.log(f" ⚠ {COMFYUI_SERVICE} unreachable: "
+                         f"{services[COMFYUI_SERVICE].get('error')}")
         mode = self.fault.mode
         if mode in ("degraded", "unhealthy"):
             status = mode
@@ -114,13 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser, FAULT_MODES)
     parser.add_argument("--comfyui-url", default=None, help="probe this ComfyUI on /api/health")
     args = parser.parse_args(argv)
-    app = PanelSim(
-        args.host,
-        args.port,
-        comfyui_url=args.comfyui_url,
-        exit_on_crash=True,
-        log_stream=sys.stdout,
-    )
+    app = PanelSim(args.host, args.port, comfyui_url=args.comfyui_url, exit_on_crash=True,
+                   log_stream=sys.stdout)
     return serve_forever(app, args)
 
 

@@ -205,9 +205,7 @@ class SimApp:
         self.port = int(self._server.server_address[1])
         self.started_at = time.time()
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            args=(0.05,),
-            name=f"{self.name}-http",
+            target=self._server.serve_forever, args=(0.05,), name=f"{self.name}-http",
             daemon=True,
         )
         self._thread.start()
@@ -362,12 +360,8 @@ def add_common_args(parser: argparse.ArgumentParser, fault_modes: frozenset[str]
     parser.add_argument("--fault", choices=sorted(fault_modes), default="none")
     parser.add_argument("--slow-delay", type=float, default=5.0, help="seconds, fault slow")
     parser.add_argument("--crash-after", type=float, default=0.0, help="seconds, fault crash")
-    parser.add_argument(
-        "--startup-delay",
-        type=float,
-        default=0.0,
-        help="seconds before the port opens (connections refused until then)",
-    )
+    parser.add_argument("--startup-delay", type=float, default=0.0,
+                        help="seconds before the port opens (connections refused until then)")
 
 
 def serve_forever(app: SimApp, args: argparse.Namespace, **fault_params: float) -> int:
