@@ -21,8 +21,9 @@ none; its store is Guardian's trouble, never a reason to exit or to act on a tar
   The failed operation is retried once on the fresh file.
 * A write that fails because the disk is full (``SQLITE_FULL``, ``ENOSPC``), an I/O error
   or a lock held too long raises :class:`StoreUnavailable`; components drop or keep that
-  write in memory. It is logged once, then at most every ``log_every`` seconds with a
-  count, the problem is set, and cleared (with a log line) at the next successful write.
+  write in memory. It is logged at once, then at most every ``log_every`` seconds with a
+  count; the problem is set at once and cleared at the next successful write (logged as
+  ``store_recovered`` once per reported failure, so a flapping disk cannot flood the log).
 * A missing or zero-length file where Guardian had written before (the sidecar
   ``<file>.written`` marker exists) is logged as ``store_lost`` at WARNING and raised as a
   problem: the store is recreated, but not silently.
@@ -202,6 +203,7 @@ class Database:
         self._trouble: str | None = None  # current write trouble (full, I/O, busy)
         self._trouble_count = 0
         self._trouble_logged_at: float | None = None
+        self._trouble_reported = False
         self._closed = False
         self._resetting = False
         with self.lock:
@@ -541,33 +543,36 @@ class Database:
         return out
 
     def _trouble_seen(self, kind: ErrorKind, exc: BaseException) -> None:
+        """One rate limit for the whole trouble, across clears: a nearly full disk lets
+        some writes through and fails others, and that flapping must not flood the log."""
         now = self._monotonic()
         self._trouble_count += 1
-        first = self._trouble is None
         self._trouble = f"store {self.path}: writes failing: {_describe(kind, exc)}"
         self._publish()
         due = self._trouble_logged_at is None or now - self._trouble_logged_at >= self.log_every
-        if first or due:
-            self._trouble_logged_at = now
-            log.error(
-                "%s (%d failed so far); Guardian keeps supervising, these writes are dropped"
-                " or kept in memory until the store works again",
-                self._trouble,
-                self._trouble_count,
-                extra={"event": "store_write_failed", "path": str(self.path), "kind": kind},
-            )
+        if not due:
+            return
+        self._trouble_logged_at = now
+        self._trouble_reported = True
+        log.error(
+            "%s (%d failed since the last report); Guardian keeps supervising, these writes"
+            " are dropped or kept in memory until the store works again",
+            self._trouble,
+            self._trouble_count,
+            extra={"event": "store_write_failed", "path": str(self.path), "kind": kind},
+        )
+        self._trouble_count = 0
 
     def _trouble_cleared(self) -> None:
-        log.warning(
-            "store %s writable again after %d failed writes",
-            self.path,
-            self._trouble_count,
-            extra={"event": "store_recovered", "path": str(self.path)},
-        )
         self._trouble = None
-        self._trouble_count = 0
-        self._trouble_logged_at = None
         self._publish()
+        if self._trouble_reported:  # one "works again" per reported failure, not per flap
+            self._trouble_reported = False
+            log.warning(
+                "store %s writable again",
+                self.path,
+                extra={"event": "store_recovered", "path": str(self.path)},
+            )
 
     @property
     def trouble(self) -> str | None:

@@ -266,6 +266,11 @@ async def test_a_full_disk_is_reported_not_a_crash_and_cleared_when_space_return
                 if db.trouble:
                     break
             assert db.trouble and "disk full" in g.state.problems["store"]
+            # Guardian's own trouble is no verdict on the target: a healthy victim is left
+            # alone while the disk stays full (4 check intervals).
+            calm = read_pid(pidfile)
+            await asyncio.sleep(2.0)
+            assert read_pid(pidfile) == calm and http_ok(port)
             failed = [r for r in caplog.records if getattr(r, "event", "") == "store_write_failed"]
             assert len(failed) == 1  # rate-limited: one line, not one per write
 

@@ -282,8 +282,9 @@ def test_a_full_disk_is_reported_once_kept_in_memory_and_cleared(
     assert store.dropped == 21
     failed = events(caplog, "store_write_failed")
     assert len(failed) == 2  # the first, and one more after log_every with the count
-    assert "disk full" in failed[0].getMessage() and "(1 failed so far)" in failed[0].getMessage()
-    assert re.search(r"\((2\d) failed so far\)", failed[1].getMessage())
+    assert "disk full" in failed[0].getMessage()
+    assert "(1 failed since the last report)" in failed[0].getMessage()
+    assert re.search(r"\((2\d) failed since the last report\)", failed[1].getMessage())
     assert "disk full" in problems.problems[PROBLEM_KEY]
     with pytest.raises(StoreUnavailable):
         db.write(
@@ -484,4 +485,28 @@ def test_a_failed_migration_leaves_the_version_where_it_was(tmp_path: Path) -> N
     with pytest.raises(Exception, match="already exists"):
         db.register(bad)
     assert db.version("uptime") == 1
+    db.close()
+
+
+def test_a_flapping_full_disk_does_not_flood_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "guardian.db"
+    small_pages(path)
+    now = [0.0]
+    problems = Problems()
+    db = Database(path, problems=problems, recover=True, monotonic=lambda: now[0])
+    breakers = SqliteBreakerStore(db)
+    with caplog.at_level(logging.INFO, "guardian.db"):
+        for i in range(10):  # full, then space, then full again ... within one minute
+            now[0] += 1
+            cap_pages(db)
+            breakers.save(f"t{i}", BreakerRecord(attempt_times=["t" * 40] * 100))
+            assert PROBLEM_KEY in problems.problems
+            uncap_pages(db)
+            breakers.save("ok", BreakerRecord())
+            assert PROBLEM_KEY not in problems.problems
+    assert len(events(caplog, "store_write_failed")) == 1
+    assert len(events(caplog, "store_recovered")) == 1
+    assert breakers.unsaved == set()  # every kept record was written once space came back
     db.close()
