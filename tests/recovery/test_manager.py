@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def target(name: str, **rec: Any) -> TargetConfig:
     return TargetConfig(
         name=name,
         service=ServiceConfig(backend="process", command=["x"]),
-        recovery=RecoveryConfig(**{"grace_period": 0, **rec}),
+        recovery=RecoveryConfig(**{"grace_period": 0, "min_uptime": 0, **rec}),
         checks=[
             HttpCheckConfig(url="http://127.0.0.1:1/", liveness=True, interval=1, timeout=0.5),
             DiskCheckConfig(paths=["/"], interval=1, timeout=0.5),
@@ -76,8 +77,14 @@ def target(name: str, **rec: Any) -> TargetConfig:
 
 
 class Rig:
-    def __init__(self, *targets: TargetConfig, dry_run: bool = False, store: Any = None) -> None:
-        self.clock = FakeClock()
+    def __init__(
+        self,
+        *targets: TargetConfig,
+        dry_run: bool = False,
+        store: Any = None,
+        clock: FakeClock | None = None,
+    ) -> None:
+        self.clock = clock or FakeClock()
         self.bus = EventBus()
         self.events: list[RecoveryEvent] = []
         self.bus.subscribe(self._collect)
@@ -450,22 +457,61 @@ def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path)
 
 
 async def test_failure_observed_before_a_restart_finished_is_stale() -> None:
-    from datetime import timedelta
-
     r = Rig(target("api", cooldown=0, max_attempts=10))
     b = r.backends["api"]
     await r.mgr.start_all()
-    began = r.clock.now()  # a service check starts while the old instance still runs
+    began, began_mono = r.clock.now(), r.clock.monotonic()  # starts on the old instance
     await r.clock.advance(0.5)
     b.die()
     await r.clock.settle()
     assert b.restarts == 1
-    late = CheckResult("api", "service", "service", Status.FAILED, "", {}, began, r.clock.now(), 1)
+    late = CheckResult(
+        "api", "service", "service", Status.FAILED, "", {}, began, r.clock.now(), 1,
+        started_mono=began_mono,
+    )
     r.bus.publish(late)  # ...and reports after the restart: about the old instance
     await r.clock.settle()
     assert b.restarts == 1
-    fresh = r.clock.now() + timedelta(seconds=1)
-    r.bus.publish(CheckResult("api", "service", "service", Status.FAILED, "", {}, fresh, fresh, 0))
+    await r.clock.advance(1)
+    now = r.clock.now()
+    r.bus.publish(CheckResult(
+        "api", "service", "service", Status.FAILED, "", {}, now, now, 0,
+        started_mono=r.clock.monotonic(),
+    ))
+    await r.clock.settle()
+    assert b.restarts == 2
+    await r.mgr.aclose()
+
+
+class SteppingClock(FakeClock):
+    """A FakeClock whose wall clock can be stepped (NTP, a user) while monotonic runs on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = timedelta(0)
+
+    def now(self) -> datetime:
+        return super().now() + self.step
+
+
+async def test_wall_clock_stepping_back_does_not_hide_liveness_failures() -> None:
+    """Issue 11.7: after a restart the wall clock steps back 600 s; a hung child must still
+    be restarted, because staleness is judged on the monotonic clock."""
+    clock = SteppingClock()
+    r = Rig(target("api", failure_threshold=2, cooldown=0, max_attempts=10), clock=clock)
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.settle()
+    assert b.restarts == 1
+    clock.step = timedelta(seconds=-600)
+    for _ in range(2):
+        await r.clock.advance(1)
+        now = r.clock.now()  # 600 s "before" the restart finished, on the wall clock
+        r.bus.publish(CheckResult(
+            "api", "http", "http", Status.FAILED, "timeout", {}, now, now, 0.5,
+            started_mono=r.clock.monotonic(),
+        ))
     await r.clock.settle()
     assert b.restarts == 2
     await r.mgr.aclose()
