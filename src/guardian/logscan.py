@@ -15,7 +15,10 @@ from dataclasses import dataclass
 _TRACEBACK = "Traceback (most recent call last):"
 # "ValueError: boom", "torch.OutOfMemoryError: CUDA out of memory", "KeyboardInterrupt"
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*$")
-_ERROR = re.compile(r"\b(?:error|fatal|critical|exception|panic)\b", re.I)
+_ERROR = re.compile(
+    r"\b(?:error|fatal|critical|exception|panic|fail(?:ed|ure)?|cannot|aborted)\b", re.I
+)
+MAX_BURST = 20  # lines of one error burst kept as its evidence
 _NOT_ERROR = re.compile(r"\bwarn(?:ing)?\b|\b(?:0|no) errors?\b", re.I)
 
 
@@ -42,10 +45,24 @@ def last_error(lines: Sequence[str]) -> LastError | None:
             return LastError(lines[end].strip(), tuple(lines[start : end + 1]))
         # A traceback cut off by the tail's end: its last frame line is all there is.
         return LastError(lines[-1].strip(), tuple(lines[start:]))
-    for line in reversed(lines):
-        text = line.strip()
-        if not text or _NOT_ERROR.search(text):
-            continue
-        if _EXCEPTION.match(text) or _ERROR.search(text):
-            return LastError(text, (line,))
-    return None
+    # No traceback: the last burst of consecutive error lines, headed by its exception.
+    end = None
+    for i in range(len(lines) - 1, -1, -1):
+        if _is_error(lines[i]):
+            end = i
+            break
+    if end is None:
+        return None
+    begin = end
+    while begin > 0 and end - begin < MAX_BURST - 1 and _is_error(lines[begin - 1]):
+        begin -= 1
+    block = tuple(lines[begin : end + 1])
+    named = [b.strip() for b in block if _EXCEPTION.match(b.strip())]
+    return LastError(named[-1] if named else block[-1].strip(), block)
+
+
+def _is_error(line: str) -> bool:
+    text = line.strip()
+    if not text or _NOT_ERROR.search(text):
+        return False
+    return bool(_EXCEPTION.match(text) or _ERROR.search(text))

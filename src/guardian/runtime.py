@@ -27,6 +27,7 @@ from guardian.recovery import BreakerStore, MemoryBreakerStore, RecoveryManager,
 from guardian.result import CheckResult
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
+from guardian.startup import StartupPhases
 from guardian.state import State
 
 if TYPE_CHECKING:
@@ -54,7 +55,13 @@ class Guardian:
             for check_cfg in target.checks:
                 if check_cfg.enabled:
                     checks.append((target.name, build_check(check_cfg, ctx)))
-        self.engine = Engine(self.state, checks, self.clock, jitter=config.guardian.jitter)
+        # Startup phases follow recovery's restart events on the bus (engine never imports
+        # recovery); they begin for every target when Guardian itself starts.
+        self.startup = StartupPhases(config, self.clock)
+        self.startup.attach(self.bus)
+        self.engine = Engine(
+            self.state, checks, self.clock, jitter=config.guardian.jitter, startup=self.startup
+        )
         self.started_at: datetime | None = None
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
@@ -98,6 +105,7 @@ class Guardian:
             dry_run=self.config.guardian.dry_run,
             store=self.breakers,
         )
+        self.startup.begin_all()
         await self.recovery.start_all()
         self.engine.start()
         if self.config.api.enabled:

@@ -25,6 +25,8 @@ from guardian.config import Config
 from guardian.incidents.redact import redact
 from guardian.incidents.snapshot import Snapshot, SnapshotFn, system_snapshot
 from guardian.incidents.store import Incident, Store, StoredRecovery, StoredResult
+from guardian.incidents.tracker import ADOPT_WINDOW
+from guardian.logscan import last_error
 
 log = logging.getLogger("guardian.incidents")
 
@@ -120,6 +122,13 @@ def suggestions(
                 steps.insert(0, "Missing module(s): " + ", ".join(f"`{m}`" for m in modules))
         found.append((sig.name, steps))
     return found
+
+
+def _in_span(incident: Incident, when: datetime) -> bool:
+    """Whether an event belongs to the incident's own time span (adopted exits included)."""
+    if when < incident.opened_at - ADOPT_WINDOW:
+        return False
+    return incident.resolved_at is None or when <= incident.resolved_at
 
 
 def report_filename(incident: Incident, when: datetime) -> str:
@@ -240,8 +249,16 @@ class Reporter:
         with nothing saved takes a fresh snapshot.
         """
         incident = self._incident(incident_id)
-        results = self.store.results(incident_id=incident_id)
-        recovery = self.store.recovery_events(incident_id=incident_id)
+        results = [
+            r
+            for r in self.store.results(incident_id=incident_id)
+            if _in_span(incident, r.finished)
+        ]
+        recovery = [
+            e
+            for e in self.store.recovery_events(incident_id=incident_id)
+            if _in_span(incident, e.time)
+        ]
 
         log_lines: list[str] | None = None
         log_note = ""
@@ -369,8 +386,12 @@ class Reporter:
 
         add("## Suggested next steps")
         add("")
+        # Only the last traceback (or error line) of the log: a warning every boot prints
+        # must not be blamed for a crash.
         texts = [r.reason for r in results] + [f"{e.reason} {e.detail}" for e in recovery]
-        texts += log_lines
+        culprit = last_error(log_lines)
+        if culprit is not None:
+            texts += culprit.block
         found = suggestions(texts, {r.kind for r in results if r.status == "failed"})
         if not found:
             add(
