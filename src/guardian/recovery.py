@@ -509,7 +509,7 @@ class RecoveryManager:
             "%s: %s%s",
             target,
             kind.value,
-            f" ({reason})" if reason else "",
+            _describe(kind, attempt, reason, detail),
             extra={"target": target, "event": kind.value, "attempt": attempt, "detail": detail},
         )
         self.bus.publish(event)
@@ -949,6 +949,18 @@ class RecoveryManager:
             self._unsubscribe()
             self._unsubscribe = None
         await self._cancel_tasks()
+
+
+def _describe(kind: RecoveryKind, attempt: int, reason: str, detail: str) -> str:
+    """A log suffix that cannot be misread: a restart's reason is why it was started,
+    never its outcome ("restart_succeeded (exited with code 1)" read as a contradiction)."""
+    parts = [f"attempt {attempt}"] if attempt else []
+    if reason:
+        parts.append(f"because: {reason}" if kind.value.startswith("restart_") else reason)
+    out = f" ({', '.join(parts)})" if parts else ""
+    if detail and kind is not RecoveryKind.RESTART_SUCCEEDED:
+        out += f": {detail}"
+    return out
 
 
 _LOUD = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class MemBackend:
         self.pid = 100
         self.restarts = 0
         self.listeners: list[ExitListener] = []
+        self.tail: list[str] = []  # what log_tail returns
 
     def add_exit_listener(self, listener: ExitListener) -> None:
         self.listeners.append(listener)
@@ -53,7 +55,7 @@ class MemBackend:
         self.running = True
 
     async def log_tail(self, lines: int = 200) -> list[str]:
-        return []
+        return self.tail[-lines:]
 
     async def aclose(self) -> None:
         self.running = False
@@ -541,4 +543,120 @@ async def test_condition_failures_belong_to_the_ladder_not_the_streak() -> None:
     assert b.restarts == 2
     with pytest.raises(KeyError):
         r.mgr.request_restart("nope", "x")
+    await r.mgr.aclose()
+
+
+# --------------------------------------------------------------------------- min_uptime
+
+BOOT_LOG = [
+    "WARNING: No module named 'xformers' (harmless, printed on every boot)",
+    "Traceback (most recent call last):",
+    '  File "main.py", line 3, in <module>',
+    "    raise RuntimeError('CUDA driver too old')",
+    "RuntimeError: CUDA driver too old",
+]
+
+
+def ok_result(r: Rig, tgt: str, check: str = "http", kind: str = "http") -> CheckResult:
+    now = r.clock.now()
+    return CheckResult(
+        tgt, check, kind, Status.OK, "", {}, now, now, 0.01, started_mono=r.clock.monotonic()
+    )
+
+
+async def test_a_child_that_dies_within_min_uptime_is_a_failed_start_and_opens_the_breaker() -> None:
+    r = Rig(target("api", min_uptime=10, cooldown=0, backoff_factor=1, max_attempts=3))
+    b = r.backends["api"]
+    b.tail = list(BOOT_LOG)
+    await r.mgr.start_all()
+    b.die()  # the first crash: each restart then dies 0.2 s after spawn
+    for _ in range(3):
+        await r.clock.settle()
+        await r.clock.advance(0.2)
+        b.die(1)
+    await r.clock.settle()
+    assert b.restarts == 3
+    assert r.kinds(RecoveryKind.RESTART_SUCCEEDED) == []
+    failed = r.kinds(RecoveryKind.RESTART_FAILED)
+    assert len(failed) == 3
+    for e in failed:
+        assert e.values["exit_code"] == 1 and e.values["startup_exit"] is True
+        assert e.detail == "exits during startup with code 1: RuntimeError: CUDA driver too old"
+    # the next attempt says why, and the breaker names it
+    assert r.kinds(RecoveryKind.RESTART_STARTED)[1].reason.startswith("exits during startup")
+    (opened,) = r.kinds(RecoveryKind.BREAKER_OPEN)
+    assert opened.reason.startswith("exits during startup with code 1")
+    assert r.mgr.snapshot()["api"]["breaker_open"]
+    await r.mgr.aclose()
+
+
+async def test_a_passing_check_proves_a_start_before_min_uptime() -> None:
+    r = Rig(target("api", min_uptime=60, cooldown=0))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.advance(2)
+    assert r.kinds(RecoveryKind.RESTART_SUCCEEDED) == []  # still being judged
+    r.bus.publish(ok_result(r, "api", "disk", "disk"))  # a host check proves nothing
+    await r.clock.settle()
+    assert r.kinds(RecoveryKind.RESTART_SUCCEEDED) == []
+    r.bus.publish(ok_result(r, "api"))
+    await r.clock.settle()
+    (ok,) = r.kinds(RecoveryKind.RESTART_SUCCEEDED)
+    assert ok.values["proven_by"] == "passed"
+    assert r.kinds(RecoveryKind.RESTART_FAILED) == []
+    await r.mgr.aclose()
+
+
+async def test_a_child_up_for_min_uptime_succeeded_and_a_later_exit_is_a_plain_exit() -> None:
+    r = Rig(target("api", min_uptime=10, cooldown=0, max_attempts=10))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.advance(10.5)
+    (ok,) = r.kinds(RecoveryKind.RESTART_SUCCEEDED)
+    assert ok.values["proven_by"] == "min_uptime"
+    b.die(3)  # long after min_uptime: a crash, not a failed start
+    await r.clock.settle()
+    assert r.kinds(RecoveryKind.RESTART_FAILED) == []
+    assert r.kinds(RecoveryKind.RESTART_STARTED)[-1].reason == "exited with code 3"
+    await r.mgr.aclose()
+
+
+async def test_min_uptime_does_not_fail_a_healthy_restart() -> None:
+    r = Rig(target("api", min_uptime=10, cooldown=0))
+    await r.mgr.start_all()
+    task = asyncio.ensure_future(r.mgr.restart("api"))
+    await r.clock.advance(10.5)
+    assert await task == "restarted api (pid 101)"
+    assert r.kinds(RecoveryKind.RESTART_FAILED) == []
+    assert len(r.kinds(RecoveryKind.RESTART_SUCCEEDED)) == 1
+    await r.mgr.aclose()
+
+
+async def test_startup_results_trigger_no_restart() -> None:
+    r = Rig(target("api", failure_threshold=1, cooldown=0))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    now = r.clock.now()
+    for _ in range(5):
+        r.bus.publish(CheckResult(
+            "api", "http", "http", Status.FAILED, "connection refused", {}, now, now, 0.01,
+            startup=True, started_mono=r.clock.monotonic(),
+        ))
+    await r.clock.settle()
+    assert b.restarts == 0
+    await r.mgr.aclose()
+
+
+async def test_snapshot_survives_extreme_backoff_numbers() -> None:
+    r = Rig(target("api", cooldown=1e300, backoff_factor=1e200, backoff_max=1e308))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.settle()
+    b.die()
+    await r.clock.settle()
+    snap = r.mgr.snapshot()["api"]  # renders next_allowed_at as wall time
+    assert snap["attempts"] == 1 and snap["next_allowed_at"] is not None
     await r.mgr.aclose()
