@@ -46,17 +46,17 @@ def last_error(lines: Sequence[str]) -> LastError | None:
         # A traceback cut off by the tail's end: its last frame line is all there is.
         return LastError(lines[-1].strip(), tuple(lines[start:]))
     # No traceback: the last burst of consecutive error lines, headed by its exception.
-    end = None
+    last = None
     for i in range(len(lines) - 1, -1, -1):
         if _is_error(lines[i]):
-            end = i
+            last = i
             break
-    if end is None:
+    if last is None:
         return None
-    begin = end
-    while begin > 0 and end - begin < MAX_BURST - 1 and _is_error(lines[begin - 1]):
+    begin = last
+    while begin > 0 and last - begin < MAX_BURST - 1 and _is_error(lines[begin - 1]):
         begin -= 1
-    block = tuple(lines[begin : end + 1])
+    block = tuple(lines[begin : last + 1])
     named = [b.strip() for b in block if _EXCEPTION.match(b.strip())]
     return LastError(named[-1] if named else block[-1].strip(), block)
 

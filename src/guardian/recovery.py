@@ -529,9 +529,9 @@ class RecoveryManager:
         self._judge_start(event)
         done = self._restart_done.get(event.target)
         began = event.started_mono
-        if event.status == Status.FAILED and done is not None and began is not None:
-            if began < done:
-                return  # began before the last restart finished: about the old instance
+        stale = done is not None and began is not None and began < done
+        if event.status == Status.FAILED and stale:
+            return  # began before the last restart finished: about the old instance
         now = self.clock.monotonic()
         owned = isinstance(event.values.get("condition"), str)
         reason = policy.observe_check(
@@ -738,7 +738,8 @@ class RecoveryManager:
         if min_uptime > 0 and not waiter.done():
             timer = asyncio.ensure_future(self.clock.sleep(min(min_uptime, MAX_DELAY)))
             try:
-                await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+                racing: set[asyncio.Future[Any]] = {waiter, timer}
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 timer.cancel()
         if not waiter.done():

@@ -193,7 +193,8 @@ def guardian_config(
     cmd = ", ".join(toml(a) for a in victim_argv(port, pidfile, *victim_extra))
     recovery = recovery or (
         "cooldown = 0\nmax_attempts = 1000\nwindow = 1\nbackoff_factor = 1.0\n"
-        "backoff_max = 0\nfailure_threshold = 3\ngrace_period = 2\nmin_uptime = 0\nstable_period = 0\n"
+        "backoff_max = 0\nfailure_threshold = 3\ngrace_period = 2\nstable_period = 0\n"
+        "min_uptime = 0\n"
     )
     service = f"""
 [targets.service]

@@ -236,7 +236,7 @@ async def test_a_restart_begins_a_new_phase_and_wakes_a_long_sleep() -> None:
 
 
 async def test_startup_timeout_ends_the_phase_and_failures_say_so() -> None:
-    clock, check, eng, phases, results, _ = startup_rig(up_at=1e9, timeout=5, interval=2)
+    clock, _, eng, phases, results, _ = startup_rig(up_at=1e9, timeout=5, interval=2)
     phases.begin_all()
     eng.start()
     await clock.advance(9)
@@ -249,7 +249,7 @@ async def test_startup_timeout_ends_the_phase_and_failures_say_so() -> None:
 
 
 async def test_a_failed_start_ends_the_phase_at_once() -> None:
-    clock, check, eng, phases, results, bus = startup_rig(up_at=1e9, interval=2)
+    clock, _, eng, phases, results, bus = startup_rig(up_at=1e9, interval=2)
     phases.begin_all()
     eng.start()
     await clock.advance(1.5)

@@ -192,7 +192,8 @@ def test_last_error_is_the_last_traceback_not_a_warning() -> None:
     assert found.line.startswith("OSError: [Errno 98]")
     assert found.block[0] == "Traceback (most recent call last):"
     assert last_error(BOOTS[:3]) is None  # warnings and chatter only: no culprit
-    chained = BOOTS + [
+    chained = [
+        *BOOTS,
         "Traceback (most recent call last):",
         '  File "x.py", line 1, in <module>',
         "ValueError: second",

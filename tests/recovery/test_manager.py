@@ -564,7 +564,7 @@ def ok_result(r: Rig, tgt: str, check: str = "http", kind: str = "http") -> Chec
     )
 
 
-async def test_a_child_that_dies_within_min_uptime_is_a_failed_start_and_opens_the_breaker() -> None:
+async def test_a_child_dying_within_min_uptime_is_a_failed_start_and_opens_the_breaker() -> None:
     r = Rig(target("api", min_uptime=10, cooldown=0, backoff_factor=1, max_attempts=3))
     b = r.backends["api"]
     b.tail = list(BOOT_LOG)
