@@ -1,8 +1,9 @@
 """The startup phase: a booting service is not a failing one (like Kubernetes' startupProbe).
 
 After Guardian's start and after each (re)start of a target, the results of the checks
-that talk to the service carry ``startup=True`` until that check's first success (OK or
-DEGRADED) or until ``startup_timeout`` passes. Recovery and incidents ignore failed
+that talk to the service carry ``startup=True`` until the first success (OK or DEGRADED)
+of any of them, or until ``startup_timeout`` passes: like a startupProbe, one success
+says the service is up, and from then on every failure counts. Recovery and incidents ignore failed
 startup results, so a 12 s ComfyUI boot opens no incident and triggers no restart. While a
 check is in its phase the engine runs it every ``startup_probe_interval`` seconds, so a
 recovered service is seen about a second after it answers, not one full interval later.
@@ -35,7 +36,7 @@ def guards_startup(kind: str) -> bool:
 @dataclass
 class _Phase:
     deadline: float  # monotonic
-    pending: set[str] = field(default_factory=set)  # checks without a success yet
+    pending: set[str] = field(default_factory=set)  # the checks the phase applies to
 
 
 class StartupPhases:
@@ -108,7 +109,7 @@ class StartupPhases:
         return phase is not None and check in phase.pending
 
     def in_startup(self, target: str) -> bool:
-        """Whether any check of ``target`` is still waiting for its first success."""
+        """Whether ``target`` is in its startup phase (for status displays)."""
         phase = self._phase(target)
         return phase is not None and bool(phase.pending)
 
@@ -124,12 +125,12 @@ class StartupPhases:
         return None
 
     def observe(self, result: CheckResult) -> None:
-        """A success ends that check's phase (and any timed-out note)."""
+        """A success of a check that talks to the service ends the target's phase (and
+        the timed-out note)."""
         if result.status not in _PASSED:
             return
         phase = self._phases.get(result.target)
-        if phase is not None:
-            phase.pending.discard(result.check)
-            if not phase.pending:
-                del self._phases[result.target]
-        self._timed_out.get(result.target, set()).discard(result.check)
+        if phase is not None and result.check in phase.pending:
+            del self._phases[result.target]  # it answers: the service is up
+        if result.check in self._checks.get(result.target, ()):
+            self._timed_out.pop(result.target, None)

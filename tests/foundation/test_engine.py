@@ -271,3 +271,21 @@ async def test_host_checks_have_no_startup_phase() -> None:
     phases.begin_all()
     assert not phases.active("t", "disk") and not phases.in_startup("t")
     assert guards_startup("http") and guards_startup("comfyui") and not guards_startup("service")
+
+
+async def test_one_success_ends_the_phase_for_every_check_of_the_target() -> None:
+    """Like a startupProbe: once the service answers, a failing canary counts at once."""
+    from guardian.config import TargetConfig
+
+    clock = FakeClock()
+    cfg = Config(targets=[TargetConfig(name="t", checks=[
+        HttpCheckConfig(name="api", url="http://127.0.0.1:1/"),
+        HttpCheckConfig(name="canary", url="http://127.0.0.1:1/"),
+    ])])
+    phases = StartupPhases(cfg, clock)
+    phases.begin_all()
+    assert phases.active("t", "api") and phases.active("t", "canary")
+    now = clock.now()
+    phases.observe(CheckResult("t", "api", "http", Status.OK, "", {}, now, now, 0.1))
+    assert not phases.active("t", "canary") and not phases.in_startup("t")
+    assert phases.timed_out("t", "canary") is None  # it became healthy: no such note
