@@ -6,6 +6,11 @@ drifts the cadence). Timeouts are enforced here, not trusted to the check: an ov
 check is cancelled and recorded as failed with reason ``timeout``; an exception becomes a
 failed result with the exception's text. One check can therefore never delay or kill
 another.
+
+While a target is in its startup phase (:mod:`guardian.startup`) its results carry
+``startup=True`` and its service-facing checks run every ``startup_probe_interval``; a
+phase that begins (a restart) wakes a check sleeping through a long interval. Every
+result carries the monotonic time it began (``started_mono``) for decisions.
 """
 
 from __future__ import annotations
