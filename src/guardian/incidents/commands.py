@@ -16,6 +16,7 @@ from rich.table import Table
 
 from guardian.cli_support import ConfigOpt, err, load_or_exit, out
 from guardian.config import Config
+from guardian.db import StoreDamaged
 from guardian.incidents.notify import Notifier
 from guardian.incidents.redact import redact
 from guardian.incidents.report import Reporter
@@ -24,14 +25,35 @@ from guardian.incidents.store import Store, StoreError
 
 
 def _store(cfg: Config, must_exist: bool) -> Store | None:
+    """Open the store for reading, or say clearly why not (exit 1), never a traceback.
+
+    A strict open: a damaged or newer file is reported, not moved or replaced (that is
+    the running Guardian's job), and an empty file is not turned into a fresh store.
+    """
     path = cfg.store_path
-    if not path.exists():
+    try:
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        empty = None
+    except OSError as e:
+        err.print(f"cannot read the incident store {path}: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    if empty is None or empty:
         if must_exist:
-            err.print(f"no incident store at {path}", markup=False, highlight=False)
+            what = "no incident store at" if empty is None else "the incident store is empty:"
+            err.print(f"{what} {path}", markup=False, highlight=False)
             raise typer.Exit(1)
         return None
     try:
         return Store.from_config(cfg)
+    except StoreDamaged as e:
+        err.print(
+            f"{e}. The running Guardian moves a damaged store aside (keeping it) and starts"
+            " a fresh one; `guardian run` does so at its next start.",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
     except (StoreError, OSError) as e:
         err.print(f"cannot open the incident store: {e}", markup=False, highlight=False)
         raise typer.Exit(1) from None
@@ -55,6 +77,9 @@ def incidents_command(
         return
     try:
         rows = store.incidents(include_resolved=all_)
+    except StoreError as e:
+        err.print(f"cannot read the incident store: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     finally:
         store.close()
     if not rows:
@@ -108,6 +133,9 @@ def report_command(
             err.print(f"no incident #{incident_id}", markup=False)
             raise typer.Exit(1)
         text = asyncio.run(_render(cfg, store, incident_id, incident.target))
+    except StoreError as e:
+        err.print(f"cannot read the incident store: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     finally:
         store.close()
     if out_file is None:
