@@ -439,7 +439,20 @@ class RecoveryManager:
         waiter = self._start_waiters.get(target)
         if waiter is not None and not waiter.done():
             waiter.set_result(("exit", code))
-        self._emit(target, RecoveryKind.EXITED, reason=f"exit code {code}", exit_code=code)
+        spawned = self._spawned.get(target)
+        policy_cfg = self.policies[target].cfg if target in self.policies else None
+        booting = (
+            spawned is not None
+            and policy_cfg is not None
+            and self.clock.monotonic() - spawned < policy_cfg.min_uptime
+        )
+        self._emit(
+            target,
+            RecoveryKind.EXITED,
+            reason=f"exit code {code}",
+            exit_code=code,
+            during_startup=booting,
+        )
         policy = self.policies.get(target)
         if policy is None:
             return
@@ -717,6 +730,7 @@ class RecoveryManager:
             backend = self.backends[name]
             try:
                 await backend.start()
+                self._spawned[name] = self.clock.monotonic()
             except Exception as exc:
                 log.error(
                     "%s: start failed: %s",

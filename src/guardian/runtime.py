@@ -120,6 +120,14 @@ class Guardian:
             dry_run=self.config.guardian.dry_run,
             store=self.breakers,
         )
+        for target in self.config.targets:
+            if "grace_period" in target.recovery.model_fields_set:
+                log.warning(
+                    "%s: recovery.grace_period is deprecated: the startup phase"
+                    " (startup_timeout, startup_probe_interval) covers boots; it still applies",
+                    target.name,
+                    extra={"event": "config_deprecated", "target": target.name},
+                )
         self.startup.begin_all()
         await self.recovery.start_all()
         self.engine.start()

@@ -25,6 +25,7 @@ from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
 from guardian.result import CheckResult, Status
 
 HOST_KINDS = frozenset({"disk", "memory", "gpu", "service"})
+MIN_PROBE_INTERVAL = 0.1  # seconds: however small the config, a booting service is not hammered
 _PASSED = (Status.OK, Status.DEGRADED)
 
 
@@ -115,7 +116,9 @@ class StartupPhases:
 
     def probe_interval(self, target: str, check: str) -> float | None:
         """The short period to run ``check`` at now, or None (its own interval)."""
-        return self._probe.get(target) if self.active(target, check) else None
+        if not self.active(target, check):
+            return None
+        return max(self._probe.get(target, 1.0), MIN_PROBE_INTERVAL)
 
     def timed_out(self, target: str, check: str) -> float | None:
         """startup_timeout when ``check``'s phase ran out without a success, else None."""

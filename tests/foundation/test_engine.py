@@ -289,3 +289,19 @@ async def test_one_success_ends_the_phase_for_every_check_of_the_target() -> Non
     phases.observe(CheckResult("t", "api", "http", Status.OK, "", {}, now, now, 0.1))
     assert not phases.active("t", "canary") and not phases.in_startup("t")
     assert phases.timed_out("t", "canary") is None  # it became healthy: no such note
+
+
+def test_a_tiny_probe_interval_never_hammers_a_booting_service() -> None:
+    from guardian.config import RecoveryConfig, TargetConfig
+    from guardian.startup import MIN_PROBE_INTERVAL
+
+    clock = FakeClock()
+    cfg = Config(targets=[TargetConfig(
+        name="t",
+        recovery=RecoveryConfig(startup_probe_interval=1e-300, startup_timeout=1e308),
+        checks=[HttpCheckConfig(url="http://127.0.0.1:1/")],
+    )])
+    phases = StartupPhases(cfg, clock)
+    phases.begin_all()
+    assert phases.probe_interval("t", "http") == MIN_PROBE_INTERVAL
+    assert phases.active("t", "http")  # a huge timeout is just a long phase

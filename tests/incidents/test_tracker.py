@@ -436,6 +436,20 @@ async def test_a_failed_start_opens_the_incident_with_its_own_headline(tmp_path:
     inc = h.tracker.open_incident_for("comfyui")
     assert inc is not None
     assert inc.summary == "exits during startup with code 1: RuntimeError: CUDA driver too old"
+    h.tracker._resolve(h.tracker._open["comfyui"])
+    from guardian.events import RecoveryEvent
+
+    h.bus.publish(RecoveryEvent(  # first the bare exit, then the failed start's detail
+        "comfyui", RecoveryKind.EXITED, h.clock.now(), 0, "exit code 1",
+        values={"exit_code": 1, "during_startup": True},
+    ))
+    again = h.tracker.open_incident_for("comfyui")
+    assert again is not None and again.summary == "process exits during startup with code 1"
+    startup_exit(h, 2)
+    again = h.tracker.open_incident_for("comfyui")
+    assert again is not None  # the same cause in more detail replaces, not "(earlier: ...)"
+    assert again.summary == "exits during startup with code 1: RuntimeError: CUDA driver too old"
+    inc = again
     h.record(FAILED)  # the check's "connection refused" does not replace it
     assert h.tracker.open_incident_for("comfyui").summary == inc.summary  # type: ignore[union-attr]
 
@@ -481,17 +495,43 @@ async def test_an_incident_adopts_no_actions_from_before_the_target_was_healthy(
     tmp_path: Path,
 ) -> None:
     h = Harness(tmp_path, supervised_config(tmp_path))
-    h.bus.publish(recovery(h.clock, RecoveryKind.EXITED))  # an old, healed trouble
-    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED, attempt=1))
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED))  # an earlier manual restart
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_SUCCEEDED))
     await h.clock.advance(10)
     h.record(OK)
     h.record(OK, check="disk")
     await h.clock.advance(30)
-    h.bus.publish(recovery(h.clock, RecoveryKind.EXITED))  # this incident's own exit
+    h.bus.publish(recovery(h.clock, RecoveryKind.FREE_SENT))  # this incident's own action
     await h.clock.advance(1)
     h.record(FAILED)
     inc = h.tracker.open_incident_for("comfyui")
     assert inc is not None
     linked = h.store.recovery_events(incident_id=inc.id)
-    assert [e.kind for e in linked] == ["exited"]
+    assert [e.kind for e in linked] == ["free_sent"]
     assert linked[0].time == inc.opened_at - timedelta(seconds=1)
+
+
+async def test_a_crash_opens_an_incident_but_the_boot_after_it_does_not_escalate(
+    tmp_path: Path,
+) -> None:
+    from guardian.events import RecoveryEvent
+
+    h = Harness(tmp_path, supervised_config(tmp_path, failures=3))
+    h.bus.publish(RecoveryEvent(
+        "comfyui", RecoveryKind.EXITED, h.clock.now(), 0, "exit code -9", values={"exit_code": -9}
+    ))
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None and inc.summary == "process exited with code -9"
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED, attempt=1))
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_SUCCEEDED, attempt=1))
+    for _ in range(12):  # its boot
+        startup_result(h)
+        await h.clock.advance(1)
+    h.record(OK)
+    h.record(OK, check="disk")
+    await h.tracker.idle()
+    assert h.store.incident(inc.id).status == "open"  # type: ignore[union-attr]
+    await h.clock.advance(60)
+    h.record(OK)
+    assert h.store.incident(inc.id).status == "resolved"  # type: ignore[union-attr]
+    assert h.transitions() == [(inc.id, "opened"), (inc.id, "resolved")]

@@ -135,11 +135,13 @@ async def test_a_crash_at_startup_is_a_failed_start_that_opens_the_breaker(
             30,
         )
         opened = next(e for e in watch.incidents() if e.transition == "opened")
-        assert opened.summary == headline  # not "connection refused"
+        assert opened.summary == "process exits during startup with code 1"  # the first exit
         escalated = next(e for e in watch.incidents() if e.transition == "escalated")
         assert escalated.summary.startswith("recovery gave up after 3 attempts: exits during")
         assert {e.incident_id for e in watch.incidents()} == {opened.incident_id}
         report = Path(escalated.report_path or "").read_text(encoding="utf-8")
+        assert "connection refused" not in escalated.summary
+        assert "exits during startup with code 1: OSError: [Errno 98]" in report
         steps = report.split("## Suggested next steps")[1].split("## System snapshot")[0]
         assert "**Port already in use**" in steps
         assert "Missing Python module" not in steps  # the boot warning is not blamed

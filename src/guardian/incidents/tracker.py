@@ -16,9 +16,10 @@ What is not an incident, and what changes one:
   only one failure after recovery would have acted, and every restart begins a fresh
   streak: recovery gets its chance before anyone is paged, and a restart that worked never
   escalates anything.
-* A restarted process that dies during startup opens (or re-heads) the incident with its
-  own cause: "exits during startup with code N: <last error of its log>". A new cause in
-  an open incident heads its summary, the older one kept after it.
+* A supervised process's crash (its exit event) opens an incident even when the restart
+  heals it at once. A restarted process that dies during startup opens (or re-heads) the
+  incident with its own cause: "exits during startup with code N: <last error of its
+  log>". A new cause in an open incident heads its summary, the older one kept after it.
 * The breaker opening on an already escalated incident rewrites its report and notifies
   again (``gave_up``): giving up changes what people must do.
 
@@ -298,10 +299,11 @@ class IncidentTracker:
         if not cause or cause == live.cause:
             return
         old = live.incident.summary
+        # The same cause told in more detail (the exit, then its exception) replaces it.
+        same = old == live.cause and cause.startswith(live.cause.removeprefix("process "))
         live.cause = cause
-        live.incident = self.store.update_incident(
-            live.incident.id, summary=f"{cause} (earlier: {old})"[:500]
-        )
+        summary = cause if same else f"{cause} (earlier: {old})"
+        live.incident = self.store.update_incident(live.incident.id, summary=summary[:500])
 
     def _on_recovery(self, e: RecoveryEvent) -> None:
         live = self._open.get(e.target)
@@ -310,6 +312,11 @@ class IncidentTracker:
             live = self._open_new(e.target, e.time, f"recovery gave up: {e.reason}")
         elif startup_exit and live is None:
             live = self._open_new(e.target, e.time, e.detail)
+        elif e.kind is RecoveryKind.EXITED and live is None:
+            # A crash is an incident even when a restart heals it; the boot after it is not.
+            code = e.values.get("exit_code")
+            what = "exits during startup" if e.values.get("during_startup") else "exited"
+            live = self._open_new(e.target, e.time, f"process {what} with code {code}")
         elif startup_exit and live is not None:
             self._new_cause(live, e.detail)
         self.store.add_recovery(e, None if live is None else live.incident.id)
