@@ -123,7 +123,7 @@ async def main() -> None:
     a = ap.parse_args()
     out = [await run_variant(a.rounds, a.boot, a.interval, s) for s in (True, False)]
     lines = ["| startup phase | boot | check interval | seen after listening median / max"
-             " | kill → healthy median / max | incidents | failed starts |",
+             " | kill → healthy median / max | incident events | failed starts |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in out:
         s, t = r["seen_after_listening_s"], r["kill_to_healthy_s"]
