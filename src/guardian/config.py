@@ -195,7 +195,27 @@ class RecoveryConfig(_Section):
     backoff_max: float = Field(300.0, ge=0)
     failure_threshold: int = Field(3, ge=1, description="consecutive liveness failures")
     stable_period: float = Field(120.0, ge=0, description="healthy this long resets attempts")
-    grace_period: float = Field(30.0, ge=0, description="after a (re)start failures don't count")
+    grace_period: float = Field(
+        0.0,
+        ge=0,
+        description="deprecated (use startup_timeout): seconds after a (re)start in which"
+        " liveness failures never count, even after a first success",
+    )
+    startup_timeout: float = Field(
+        300.0,
+        ge=0,
+        description="after Guardian's start or a (re)start, failures open no incident and"
+        " count toward no restart until the first success or this many seconds; 0 disables",
+    )
+    startup_probe_interval: float = Field(
+        1.0, gt=0, description="seconds between checks while in the startup phase"
+    )
+    min_uptime: float = Field(
+        10.0,
+        ge=0,
+        description="a restarted process that exits sooner (before a passing check) is a"
+        " failed start",
+    )
     depends_on: list[str] = Field(default_factory=list, description="start after these targets")
 
 

@@ -28,6 +28,7 @@ from guardian.recovery import RecoveryManager
 from guardian.result import CheckResult
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
+from guardian.startup import StartupPhases
 from guardian.state import State
 
 if TYPE_CHECKING:
@@ -55,7 +56,13 @@ class Guardian:
             for check_cfg in target.checks:
                 if check_cfg.enabled:
                     checks.append((target.name, build_check(check_cfg, ctx)))
-        self.engine = Engine(self.state, checks, self.clock, jitter=config.guardian.jitter)
+        # Startup phases follow recovery's restart events on the bus (engine never imports
+        # recovery); they begin for every target when Guardian itself starts.
+        self.startup = StartupPhases(config, self.clock)
+        self.startup.attach(self.bus)
+        self.engine = Engine(
+            self.state, checks, self.clock, jitter=config.guardian.jitter, startup=self.startup
+        )
         self.started_at: datetime | None = None
         self.db: Database | None = None
         self.breakers: BreakerStore | None = None
@@ -113,6 +120,15 @@ class Guardian:
             dry_run=self.config.guardian.dry_run,
             store=self.breakers,
         )
+        for target in self.config.targets:
+            if "grace_period" in target.recovery.model_fields_set:
+                log.warning(
+                    "%s: recovery.grace_period is deprecated: the startup phase"
+                    " (startup_timeout, startup_probe_interval) covers boots; it still applies",
+                    target.name,
+                    extra={"event": "config_deprecated", "target": target.name},
+                )
+        self.startup.begin_all()
         await self.recovery.start_all()
         self.engine.start()
         if self.config.api.enabled:

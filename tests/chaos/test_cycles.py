@@ -107,6 +107,7 @@ window = 1
 backoff_factor = 1.0
 backoff_max = 0
 grace_period = 0
+min_uptime = 0
 stable_period = 0
 """
 

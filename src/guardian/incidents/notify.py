@@ -30,6 +30,7 @@ Sender = Callable[[str, str, str], tuple[bool, str]]  # (url, title, body) -> (o
 EVENT_NAMES = {
     IncidentTransition.OPENED: "open",
     IncidentTransition.ESCALATED: "escalate",
+    IncidentTransition.GAVE_UP: "escalate",
     IncidentTransition.RESOLVED: "resolve",
 }
 HOUR = 3600.0

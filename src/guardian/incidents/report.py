@@ -27,6 +27,8 @@ from guardian.escape import markdown_cell, markdown_inline
 from guardian.incidents.redact import MASK, redact
 from guardian.incidents.snapshot import SNAPSHOT_DEADLINE, Snapshot, SnapshotFn, system_snapshot
 from guardian.incidents.store import Incident, Store, StoredRecovery, StoredResult
+from guardian.incidents.tracker import ADOPT_WINDOW
+from guardian.logscan import last_error
 
 log = logging.getLogger("guardian.incidents")
 
@@ -122,6 +124,13 @@ def suggestions(
                 steps.insert(0, "Missing module(s): " + ", ".join(f"`{m}`" for m in modules))
         found.append((sig.name, steps))
     return found
+
+
+def _in_span(incident: Incident, when: datetime) -> bool:
+    """Whether an event belongs to the incident's own time span (adopted exits included)."""
+    if when < incident.opened_at - ADOPT_WINDOW:
+        return False
+    return incident.resolved_at is None or when <= incident.resolved_at
 
 
 def report_filename(incident: Incident, when: datetime) -> str:
@@ -256,8 +265,16 @@ class Reporter:
         with nothing saved takes a fresh snapshot.
         """
         incident = self._incident(incident_id)
-        results = self.store.results(incident_id=incident_id)
-        recovery = self.store.recovery_events(incident_id=incident_id)
+        results = [
+            r
+            for r in self.store.results(incident_id=incident_id)
+            if _in_span(incident, r.finished)
+        ]
+        recovery = [
+            e
+            for e in self.store.recovery_events(incident_id=incident_id)
+            if _in_span(incident, e.time)
+        ]
 
         log_lines: list[str] | None = None
         log_note = ""
@@ -385,8 +402,12 @@ class Reporter:
 
         add("## Suggested next steps")
         add("")
+        # Only the last traceback (or error line) of the log: a warning every boot prints
+        # must not be blamed for a crash.
         texts = [r.reason for r in results] + [f"{e.reason} {e.detail}" for e in recovery]
-        texts += log_lines
+        culprit = last_error(log_lines)
+        if culprit is not None:
+            texts += culprit.block
         found = suggestions(texts, {r.kind for r in results if r.status == "failed"})
         if not found:
             add(
