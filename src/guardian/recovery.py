@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -286,8 +287,11 @@ class RestartPolicy:
     def gap_after(self, n: int) -> float:
         """Minimum seconds between attempt ``n`` and attempt ``n + 1`` (n >= 1)."""
         c = self.cfg
-        backoff = min(c.cooldown * c.backoff_factor ** max(n - 1, 0), c.backoff_max)
-        return max(c.cooldown, backoff)
+        try:
+            grown = c.cooldown * c.backoff_factor ** max(n - 1, 0)
+        except OverflowError:  # factor ** n past a float's range: long past backoff_max
+            grown = math.inf if c.cooldown > 0 else 0.0
+        return max(c.cooldown, min(grown, c.backoff_max))
 
     def prune(self, now: float) -> None:
         cutoff = now - self.cfg.window
