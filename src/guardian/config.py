@@ -9,6 +9,7 @@ a config in one pass. Nothing here starts anything.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import sys
@@ -36,6 +37,7 @@ from guardian.checks.gpu import GpuCheckConfig
 from guardian.checks.http import HttpCheckConfig
 from guardian.checks.memory import MemoryCheckConfig
 from guardian.checks.service import ServiceCheckConfig
+from guardian.redact import redact_data
 from guardian.services.base import validate_service_name
 
 DEFAULT_CONFIG_FILE = "guardian.toml"
@@ -740,6 +742,12 @@ class _KeyLocator:
             cut = max(path.rfind("."), path.rfind("["))
             path = path[:cut] if cut > 0 else ""
         return None
+
+
+def redacted_config(cfg: Config) -> dict[str, Any]:
+    """The effective config as JSON-ready data with every secret hidden (``config show``)."""
+    data = redact_data(cfg.model_dump(mode="python"))
+    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 
 
 def config_summary(cfg: Config) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from guardian.checks.base import Check
 from guardian.clock import Clock
+from guardian.redact import redact
 from guardian.result import CheckResult, Outcome, Status
 from guardian.state import State
 
@@ -76,11 +77,10 @@ class Engine:
         t0 = self.clock.monotonic()
         outcome = await self._run_with_timeout(sc.check, cfg.timeout)
         duration = self.clock.monotonic() - t0
-        reason = (
-            outcome.reason
-            if len(outcome.reason) <= MAX_REASON
-            else outcome.reason[:MAX_REASON] + "…"
-        )
+        # Redacted here, once (before cutting, so no half secret survives): the API, the
+        # store, logs and reports all carry this text.
+        text = redact(outcome.reason)
+        reason = text if len(text) <= MAX_REASON else text[:MAX_REASON] + "…"
         return CheckResult(
             target=sc.target,
             check=sc.name,
