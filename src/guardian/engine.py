@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from guardian.checks.base import Check
 from guardian.clock import Clock
-from guardian.redact import redact
+from guardian.redact import redact, redact_value
 from guardian.result import CheckResult, Outcome, Status
 from guardian.state import State
 
@@ -87,7 +87,10 @@ class Engine:
             kind=sc.kind,
             status=outcome.status,
             reason=reason,
-            values=dict(outcome.values),
+            values={
+                k: redact_value(k, v) if isinstance(v, str) else v
+                for k, v in outcome.values.items()
+            },
             started=started,
             finished=self.clock.now(),
             duration=duration,

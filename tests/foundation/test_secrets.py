@@ -167,7 +167,11 @@ async def test_check_reasons_are_redacted_before_any_sink_sees_them() -> None:
         config = Cfg()
 
         async def run(self) -> Outcome:
-            return Outcome.failed("GET http://u:S3CR3T-x@h/?api_key=S3CR3T-y: 401 " + "z" * 900)
+            return Outcome.failed(
+                "GET http://u:S3CR3T-x@h/?api_key=S3CR3T-y: 401 " + "z" * 900,
+                body="token=S3CR3T-z",
+                status_code=401,
+            )
 
         async def aclose(self) -> None:
             pass
@@ -176,6 +180,7 @@ async def test_check_reasons_are_redacted_before_any_sink_sees_them() -> None:
     engine = Engine(state, [("t", Leaky())], FakeClock())  # type: ignore[list-item]
     result = await engine.execute(engine.scheduled[0])
     assert "S3CR3T" not in result.reason and MASK in result.reason
+    assert result.values == {"body": f"token={MASK}", "status_code": 401}
 
 
 # ----------------------------------------------------------------- the CLI tells the truth
