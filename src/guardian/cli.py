@@ -28,6 +28,7 @@ from guardian.cli_support import (
     token_hint,
 )
 from guardian.config import Config, config_summary, redacted_config
+from guardian.escape import terminal
 from guardian.log import LogFormat, setup_logging
 from guardian.result import CheckResult, Status
 from guardian.state import aggregate
@@ -164,11 +165,11 @@ def results_table(results: list[CheckResult], title: str) -> Table:
     for r in results:
         detail = r.reason or ", ".join(f"{k}={v}" for k, v in list(r.values.items())[:6])
         table.add_row(
-            r.target,
-            r.check,
+            terminal(r.target),
+            terminal(r.check),
             f"[{style[r.status]}]{r.status.value}[/]",
             f"{r.duration * 1000:.0f} ms",
-            detail,
+            terminal(detail),  # target text: "[/]" in a health body is not markup
         )
     return table
 
@@ -237,7 +238,7 @@ def restart(
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
     body = _api_call(cfg, "POST", f"/api/targets/{target}/restart")
-    out.print(body.get("message", body) if isinstance(body, dict) else body)
+    out.print(body.get("message", body) if isinstance(body, dict) else body, markup=False)
 
 
 @app.command()
@@ -246,11 +247,13 @@ def status(config: ConfigOpt = None) -> None:
     cfg = load_or_exit(config)
     body = _api_call(cfg, "GET", "/api/health", ok=(503,))  # 503 = unhealthy, still a view
     health = body.get("status", "unhealthy")
-    table = Table(title=f"Guardian: {health}", title_justify="left")
+    table = Table(title=f"Guardian: {terminal(health)}", title_justify="left")
     for col in ("target", "status", "reason"):
         table.add_column(col)
     for name, info in (body.get("targets") or {}).items():
-        table.add_row(name, str(info.get("status")), str(info.get("reason") or ""))
+        table.add_row(
+            terminal(name), terminal(info.get("status")), terminal(info.get("reason") or "")
+        )
     out.print(table)
     raise typer.Exit(EXIT_FOR.get(health, 2))
 
