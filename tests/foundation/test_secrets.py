@@ -291,3 +291,19 @@ def test_ordinary_names_are_not_secrets() -> None:
     for name in ("PATH", "CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED", "interval", "url",
                  "command", "description", "monkey", "keyframes", "passed", "--port"):
         assert not is_secret_name(name), name
+
+
+async def test_the_supervised_process_record_holding_argv_is_0600(tmp_path: Path) -> None:
+    import sys
+
+    from guardian.services.process import ProcessBackend
+
+    record = tmp_path / "state" / "child.json"
+    argv = [sys.executable, "-c", "import time; time.sleep(30)", "--token", "S3CR3T"]
+    backend = ProcessBackend("t", argv, record=record, stop_timeout=5)
+    await backend.start()
+    try:
+        assert json.loads(record.read_text())["argv"] == argv  # kept whole, for recognition
+        assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    finally:
+        await backend.stop()
