@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -18,8 +17,17 @@ import typer
 from rich.table import Table
 
 from guardian import __version__
-from guardian.cli_support import ConfigOpt, err, load_or_exit, out
-from guardian.config import Config, config_summary
+from guardian.cli_support import (
+    ConfigOpt,
+    defaults_note,
+    err,
+    load_or_exit,
+    loaded_config_path,
+    out,
+    say_if_defaults,
+    token_hint,
+)
+from guardian.config import Config, config_summary, redacted_config
 from guardian.escape import terminal
 from guardian.log import LogFormat, setup_logging
 from guardian.result import CheckResult, Status
@@ -57,7 +65,7 @@ def config_validate(
 ) -> None:
     """Validate a config: exit 0 with a summary, or list every problem and exit 2."""
     cfg = load_or_exit(file or config)
-    source = file or config or os.environ.get("GUARDIAN_CONFIG") or "built-in defaults"
+    source = loaded_config_path() or defaults_note()
     out.print(f"ok: {source}: {config_summary(cfg)}", markup=False, highlight=False)
 
 
@@ -65,7 +73,7 @@ def config_validate(
 def config_show(config: ConfigOpt = None) -> None:
     """Print the effective config (defaults filled in, secrets hidden) as JSON."""
     cfg = load_or_exit(config)
-    out.print_json(cfg.model_dump_json())
+    out.print_json(json.dumps(redacted_config(cfg)))
 
 
 @config_app.command("reference")
@@ -105,6 +113,7 @@ def run(
 ) -> None:
     """Run Guardian in the foreground until SIGINT/SIGTERM."""
     cfg = load_or_exit(config)
+    say_if_defaults()
     if dry_run:
         cfg = cfg.model_copy(update={"guardian": cfg.guardian.model_copy(update={"dry_run": True})})
     raise typer.Exit(run_guardian(cfg, log_format, log_level))
@@ -173,6 +182,7 @@ def check(
 ) -> None:
     """Run every check once and exit 0 healthy / 1 degraded / 2 unhealthy."""
     cfg = load_or_exit(config)
+    say_if_defaults()
     if target is not None and target not in {t.name for t in cfg.targets}:
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
@@ -211,6 +221,8 @@ def _api_call(cfg: Config, method: str, path: str, ok: tuple[int, ...] = ()) -> 
         except ValueError:
             detail = resp.text
         err.print(f"Guardian answered HTTP {resp.status_code}: {detail}", markup=False)
+        if resp.status_code in (401, 403):
+            err.print(token_hint(cfg), markup=False, highlight=False)
         raise typer.Exit(2)
     return resp.json()
 

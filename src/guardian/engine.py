@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from guardian.checks.base import Check
 from guardian.clock import Clock
+from guardian.redact import redact, redact_value
 from guardian.result import CheckResult, Outcome, Status
 from guardian.startup import StartupPhases
 from guardian.state import State
@@ -88,12 +89,13 @@ class Engine:
         startup = self.startup is not None and self.startup.active(sc.target, sc.name)
         outcome = await self._run_with_timeout(sc.check, cfg.timeout)
         duration = self.clock.monotonic() - t0
-        reason = (
-            outcome.reason
-            if len(outcome.reason) <= MAX_REASON
-            else outcome.reason[:MAX_REASON] + "…"
-        )
-        values = dict(outcome.values)
+        # Redacted here, once (before cutting, so no half secret survives): the API, the
+        # store, logs and reports all carry this text.
+        text = redact(outcome.reason)
+        reason = text if len(text) <= MAX_REASON else text[:MAX_REASON] + "…"
+        values = {
+            k: redact_value(k, v) if isinstance(v, str) else v for k, v in outcome.values.items()
+        }
         if outcome.status is Status.FAILED and not startup and self.startup is not None:
             ran_out = self.startup.timed_out(sc.target, sc.name)
             if ran_out is not None:

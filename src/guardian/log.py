@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from guardian.redact import redact, redact_data
+
 LogFormat = Literal["json", "pretty", "auto"]
 LOG_FILE_NAME = "guardian.log"
 
@@ -55,12 +57,12 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         for key, value in _fields(record).items():
-            entry.setdefault(key, _jsonable(value))
+            entry.setdefault(key, redact_data(_jsonable(value), key))
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -86,23 +88,23 @@ class PrettyFormatter(logging.Formatter):
         level = record.levelname[:4]
         hidden = ("event", "target", "check", "kind", "status", "reason", "previous")
         extras = {
-            k: v
+            k: redact_data(_jsonable(v), k)
             for k, v in _fields(record).items()
             if k not in hidden and v not in (None, "", {}, [])
         }
         tail = " ".join(f"{k}={v}" for k, v in extras.items())
-        line = f"{ts} {level:<4} {record.getMessage()}"
+        msg = redact(record.getMessage())
+        line = f"{ts} {level:<4} {msg}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + redact(self.formatException(record.exc_info))
         if not self.color:
             return f"{line}  {tail}".rstrip()
         color = _COLORS.get(record.levelname, "")
-        msg = record.getMessage()
         out = f"{_DIM}{ts}{_RESET} {color}{level:<4}{_RESET} {msg}"
         if tail:
             out += f"  {_DIM}{tail}{_RESET}"
         if record.exc_info:
-            out += "\n" + self.formatException(record.exc_info)
+            out += "\n" + redact(self.formatException(record.exc_info))
         return out
 
 

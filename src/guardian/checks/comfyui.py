@@ -36,15 +36,21 @@ class ComfyUICheckConfig(CheckConfigBase):
     kind: Literal["comfyui"] = "comfyui"
     url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
     vram_free_min_mb: float | None = Field(
-        1024, ge=0, description="degraded when any GPU's free VRAM is below this"
+        1024, ge=0, le=1e9, description="degraded when any GPU's free VRAM is below this"
     )
     stuck_running_after: float = Field(
-        900, gt=0, description="same prompt running this long without progress: queue stuck"
+        900,
+        gt=0,
+        le=7 * 86_400,
+        description="same prompt running this long without progress: queue stuck"
     )
     stuck_pending_after: float = Field(
-        300, gt=0, description="pending > 0 with nothing running this long: queue stuck"
+        300,
+        gt=0,
+        le=7 * 86_400,
+        description="pending > 0 with nothing running this long: queue stuck"
     )
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, le=1 << 30)
 
 
 class ComfyUICanaryConfig(CheckConfigBase):
@@ -52,9 +58,9 @@ class ComfyUICanaryConfig(CheckConfigBase):
 
     kind: Literal["comfyui_canary"] = "comfyui_canary"
     url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
-    interval: float = Field(600.0, gt=0)
-    timeout: float = Field(60.0, gt=0)
-    poll_interval: float = Field(0.5, gt=0)
+    interval: float = Field(600.0, gt=0, le=86_400)
+    timeout: float = Field(60.0, gt=0, le=3600)
+    poll_interval: float = Field(0.5, gt=0, le=60)
     width: int = Field(64, ge=8, le=4096)
     height: int = Field(64, ge=8, le=4096)
 

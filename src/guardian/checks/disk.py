@@ -39,10 +39,14 @@ def default_disk_paths() -> list[str]:
 
 class DiskCheckConfig(CheckConfigBase):
     kind: Literal["disk"] = "disk"
-    interval: float = Field(300.0, gt=0)
-    paths: list[str] = Field(default_factory=default_disk_paths, min_length=1)
-    warn_gb: float | None = Field(50.0, ge=0, description="degraded below this many GB free")
-    critical_gb: float | None = Field(20.0, ge=0, description="failed below this many GB free")
+    interval: float = Field(300.0, gt=0, le=86_400)
+    paths: list[str] = Field(default_factory=default_disk_paths, min_length=1, max_length=256)
+    warn_gb: float | None = Field(
+        50.0, ge=0, le=1e9, description="degraded below this many GB free"
+    )
+    critical_gb: float | None = Field(
+        20.0, ge=0, le=1e9, description="failed below this many GB free"
+    )
     warn_percent: float | None = Field(None, ge=0, le=100, description="degraded below % free")
     critical_percent: float | None = Field(None, ge=0, le=100, description="failed below % free")
 

@@ -39,11 +39,11 @@ log = logging.getLogger("guardian.checks.gpu")
 
 class GpuCheckConfig(CheckConfigBase):
     kind: Literal["gpu"] = "gpu"
-    interval: float = Field(60.0, gt=0)
+    interval: float = Field(60.0, gt=0, le=86_400)
     backend: Literal["auto", "nvml", "nvidia-smi"] = "auto"
     vram_warn_percent: float | None = Field(95.0, gt=0, le=100)
-    temp_warn_c: float | None = Field(85.0, gt=0)
-    temp_critical_c: float | None = Field(95.0, gt=0)
+    temp_warn_c: float | None = Field(85.0, gt=0, le=200)
+    temp_critical_c: float | None = Field(95.0, gt=0, le=200)
     memory_errors: bool = Field(
         True, description="judge pending page retirement/row remapping and uncorrected ECC"
     )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import socket
 import ssl
 from collections.abc import Mapping
@@ -43,13 +44,14 @@ from guardian.result import Outcome, Status, Value, worst
 # The original plan's contract, strictly: anything but these two words is a failure.
 # (An endpoint that says "UP"/"pass" can set json_status = false and use conditions.)
 OK_WORDS = frozenset({"healthy"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 DEGRADED_WORDS = frozenset({"degraded"})
 
 
 class JsonCondition(BaseModel):
     """A condition on the JSON body, e.g. ``services.OrchestratorComfyUI.running == true``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     path: str = Field(min_length=1, description="dotted path; list items by index (a.0.b)")
     op: Literal["==", "!=", "contains", "<=", ">=", "<", ">", "exists"] = "=="
@@ -74,19 +76,31 @@ class HttpCheckConfig(CheckConfigBase):
     )
     conditions: list[JsonCondition] = Field(default_factory=list)
     body_contains: str | None = None
-    max_response_ms: float | None = Field(None, gt=0)
-    max_body_bytes: int = Field(1024 * 1024, gt=0, description="stop reading past this")
-    connect_timeout: float | None = Field(None, gt=0, description="defaults to timeout")
+    max_response_ms: float | None = Field(None, gt=0, le=3_600_000)
+    max_body_bytes: int = Field(1024 * 1024, gt=0, le=1 << 30, description="stop reading past this")
+    connect_timeout: float | None = Field(None, gt=0, le=3600, description="defaults to timeout")
     follow_redirects: bool = True
     max_redirects: int = Field(5, ge=0, le=30)
     verify_tls: bool = True
 
     @field_validator("headers")
     @classmethod
-    def _one_line_headers(cls, v: dict[str, str]) -> dict[str, str]:
+    def _valid_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        # RFC 9110 names (tokens), values without CR/LF/NUL: httpx refuses anything else
+        # on every run, so it is a config error, named at load time.
         for name, value in v.items():
-            if any(c in name + value for c in "\r\n\0") or not name.strip():
-                raise ValueError(f"header {name!r}: empty name, line break or NUL")
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if any(c in value for c in "\r\n\x00"):
+                raise ValueError(f"header {name!r}: value contains a line break or NUL")
+        return v
+
+    @field_validator("expect_status")
+    @classmethod
+    def _valid_statuses(cls, v: list[int]) -> list[int]:
+        bad = [code for code in v if not 100 <= code <= 599]
+        if bad:
+            raise ValueError(f"HTTP status codes are 100-599 (got {bad[0]})")
         return v
 
     @model_validator(mode="after")

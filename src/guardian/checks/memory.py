@@ -34,11 +34,14 @@ log = logging.getLogger("guardian.checks.memory")
 
 class MemoryCheckConfig(CheckConfigBase):
     kind: Literal["memory"] = "memory"
-    interval: float = Field(60.0, gt=0)
-    warn_available_mb: float | None = Field(2048, ge=0)
-    critical_available_mb: float | None = Field(512, ge=0)
+    interval: float = Field(60.0, gt=0, le=86_400)
+    warn_available_mb: float | None = Field(2048, ge=0, le=1e9)
+    critical_available_mb: float | None = Field(512, ge=0, le=1e9)
     process_rss_warn_mb: float | None = Field(
-        None, gt=0, description="degraded when the target's service process RSS exceeds this"
+        None,
+        gt=0,
+        le=1e9,
+        description="degraded when the target's service process RSS exceeds this",
     )
 
     @model_validator(mode="after")
