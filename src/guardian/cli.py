@@ -19,7 +19,7 @@ from rich.table import Table
 
 from guardian import __version__
 from guardian.cli_support import ConfigOpt, err, load_or_exit, out
-from guardian.config import Config, config_summary
+from guardian.config import Config, config_summary, resolve_config_path
 from guardian.log import LogFormat, setup_logging
 from guardian.result import CheckResult, Status
 from guardian.state import aggregate
@@ -106,10 +106,15 @@ def run(
     cfg = load_or_exit(config)
     if dry_run:
         cfg = cfg.model_copy(update={"guardian": cfg.guardian.model_copy(update={"dry_run": True})})
-    raise typer.Exit(run_guardian(cfg, log_format, log_level))
+    raise typer.Exit(run_guardian(cfg, log_format, log_level, resolve_config_path(config)))
 
 
-def run_guardian(cfg: Config, log_format: str = "auto", log_level: str | None = None) -> int:
+def run_guardian(
+    cfg: Config,
+    log_format: str = "auto",
+    log_level: str | None = None,
+    config_path: Path | None = None,
+) -> int:
     """Set up logging, run until a stop signal, return the exit code."""
     if log_format not in ("json", "pretty", "auto"):
         err.print(f"--log-format must be json, pretty or auto (got {log_format!r})")
@@ -124,7 +129,7 @@ def run_guardian(cfg: Config, log_format: str = "auto", log_level: str | None = 
     async def main() -> None:
         stop = asyncio.Event()
         _install_signal_handlers(asyncio.get_running_loop(), stop)
-        guardian = Guardian(cfg)
+        guardian = Guardian(cfg, config_path=config_path)
         await guardian.run(stop)
 
     try:
@@ -261,7 +266,7 @@ def demo(
 
     demo_cfg, config_path = prepare_demo(directory, api_port=api_port)
     err.print(demo_banner(demo_cfg, config_path), highlight=False)
-    raise typer.Exit(run_guardian(demo_cfg, log_format))
+    raise typer.Exit(run_guardian(demo_cfg, log_format, config_path=config_path))
 
 
 def _register_extensions() -> None:
