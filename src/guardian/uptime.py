@@ -229,10 +229,14 @@ class UptimeStore:
     def _rows(self, since: int) -> dict[str, dict[int, Counts]]:
         out: dict[str, dict[int, Counts]] = {}
         with self._lock:
-            rows = self.db.execute(
-                "SELECT target, bucket, ok, total, restarts FROM uptime WHERE bucket >= ?",
-                (since,),
-            ).fetchall()
+            try:
+                rows = self.db.execute(
+                    "SELECT target, bucket, ok, total, restarts FROM uptime WHERE bucket >= ?",
+                    (since,),
+                ).fetchall()
+            except sqlite3.Error as e:  # Guardian's trouble: show what is buffered
+                log.warning("uptime not readable: %s", e, extra={"event": "uptime_read_failed"})
+                rows = []
             pending = [(t, b, *c) for (t, b), c in self._pending.items() if b >= since]
         for target, bucket, ok, total, restarts in [*rows, *pending]:
             per = out.setdefault(str(target), {})
