@@ -41,7 +41,7 @@ def test_counts_from_the_bus_and_windows(tmp_path: Path) -> None:
     # 30 days ago .. now: one result per hour, the last 24 h with 6 failures.
     for h in range(30 * 24):
         when = T0 - timedelta(hours=h, minutes=1)
-        failed = h < 24 and h % 4 == 0 or 24 * 7 <= h < 24 * 7 + 12
+        failed = (h < 24 and h % 4 == 0) or 24 * 7 <= h < 24 * 7 + 12
         bus.publish(result("comfyui", Status.FAILED if failed else Status.OK, when))
     bus.publish(result("comfyui", Status.SKIPPED, T0))  # not counted
     bus.publish(result("comfyui", Status.DEGRADED, T0))  # up: it serves
@@ -94,7 +94,7 @@ def test_bars_cover_24h_in_equal_slots(tmp_path: Path) -> None:
     assert bars[-1].start <= T0 < bars[-1].start + timedelta(seconds=1800)
     assert sum(b.counts.total for b in bars) == 2
     assert bars[-1].counts.total == 1 and bars[-1].counts.percent == 0.0
-    assert [b for b in bars if b.counts.total == 0][0].counts.percent is None
+    assert next(b for b in bars if b.counts.total == 0).counts.percent is None
     db.close()
 
 
