@@ -479,15 +479,16 @@ class TargetUptime(BaseModel):
 
 class UptimeResponse(BaseModel):
     timestamp: datetime
+    available: bool = Field(True, description="false when Guardian has no store open")
     bucket_seconds: int
     targets: dict[str, TargetUptime]
 
 
-def build_uptime(view: GuardianView, now: datetime) -> UptimeResponse | None:
-    """Uptime of every configured target from the persisted buckets; None without a store."""
+def build_uptime(view: GuardianView, now: datetime) -> UptimeResponse:
+    """Uptime of every configured target from the persisted buckets."""
     counts = view.uptime_counts
-    if counts is None:
-        return None
+    if counts is None:  # Guardian's own trouble, not the targets': say so, don't fail
+        return UptimeResponse(timestamp=now, available=False, bucket_seconds=0, targets={})
     windows, bars = counts.windows(now), counts.bars(now)
     empty = {name: Counts() for name in WINDOWS}
     targets: dict[str, TargetUptime] = {}
