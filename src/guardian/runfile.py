@@ -106,9 +106,11 @@ def write(
 def remove(cfg: Config) -> None:
     """Remove the files :func:`write` wrote, if they are still this process's."""
     pid = os.getpid()
+    started = _process_started(pid) or 0.0
     for path in (runtime_path(cfg), instances_dir() / f"guardian-{pid}.json"):
         found = _load(path)
-        if found is not None and found.pid == pid:
+        if (found is not None and found.pid == pid
+                and abs(found.process_started - started) <= START_TOLERANCE):
             with contextlib.suppress(OSError):
                 path.unlink()
 
