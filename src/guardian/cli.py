@@ -27,6 +27,7 @@ from guardian.log import LogFormat, setup_logging
 from guardian.result import CheckResult, Status
 from guardian.state import aggregate
 
+
 def _hide_flag_types() -> None:
     """typer 0.29 prints ``<bool>`` beside every flag (``--help`` too); a flag takes no value."""
     from typer.core import TyperOption
