@@ -261,8 +261,13 @@ def check(
                   f"{where.running.api_url}); --local runs the checks here", markup=False,
                   highlight=False)
         if as_json:
-            print(json.dumps({"status": health, "source": "daemon",
-                              "targets": daemon.get("targets", [])}, indent=2))
+            targets = daemon.get("targets", [])
+            checks = [
+                {k: v for k, v in c.items() if k != "history"}
+                for t in targets for c in t.get("checks") or []
+            ]
+            print(json.dumps({"status": health, "source": "daemon", "results": checks,
+                              "targets": targets}, indent=2))
         else:
             out.print(status_table(daemon))
         raise typer.Exit(EXIT_FOR.get(health, 2))
@@ -388,20 +393,35 @@ def status(config: ConfigOpt = None) -> None:
 # --------------------------------------------------------------------------- demo
 
 
-@app.command()
+def _demo_help() -> str:
+    from guardian.demo.faults import fault_help
+
+    return (
+        "Start a simulated ComfyUI + panel under Guardian's supervision and watch them.\n\n"
+        "Break things with POST <sim URL>/__sim/fault -d '{\"mode\": MODE}' (the URLs are in "
+        "the banner). Every mode, and what Guardian should do about it:\n\n" + fault_help()
+    )
+
+
+@app.command(help=_demo_help())
 def demo(
     directory: Annotated[
         Path | None, typer.Option("--dir", help="where the demo writes config, logs, state")
     ] = None,
     api_port: Annotated[
-        int, typer.Option("--api-port", help="Guardian API port (0: any free)")
-    ] = 8787,
+        int | None,
+        typer.Option("--api-port", help="Guardian API port (default 8787 if free, else any; "
+                                        "0: any free)"),
+    ] = None,
     log_format: Annotated[str, typer.Option("--log-format")] = "auto",
 ) -> None:
-    """Start a simulated ComfyUI + panel under Guardian's supervision and watch them."""
     from guardian.demo.stack import demo_banner, prepare_demo
 
-    demo_cfg, config_path = prepare_demo(directory, api_port=api_port)
+    try:
+        demo_cfg, config_path = prepare_demo(directory, api_port=api_port)
+    except OSError as e:
+        err.print(str(e), markup=False)
+        raise typer.Exit(2) from None
     err.print(demo_banner(demo_cfg, config_path), highlight=False)
     raise typer.Exit(run_guardian(demo_cfg, log_format, config_path=config_path))
 
