@@ -146,7 +146,7 @@ def test_systemd_unit_quoting_and_user_mode():
     assert "NoNewPrivileges=yes" in unit
 
 
-def SHIPPED_UNIT() -> str:  # noqa: N802 - a constant, computed
+def shipped_unit() -> str:
     return systemd_unit(
         python="/opt/guardian/venv/bin/python",
         config="/etc/guardian/guardian.toml",
@@ -160,7 +160,7 @@ def SHIPPED_UNIT() -> str:  # noqa: N802 - a constant, computed
 
 def test_shipped_unit_is_the_generated_one():
     shipped = (REPO / "deploy" / "systemd" / "guardian.service").read_text()
-    assert shipped == SHIPPED_UNIT()
+    assert shipped == shipped_unit()
 
 
 def test_powershell_installer_passes_only_real_options(cli):
