@@ -7,6 +7,7 @@ Python traceback here is a bug.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -15,8 +16,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from guardian import __version__
+from guardian import __version__, runfile
 from guardian.cli_support import (
     ConfigOpt,
     defaults_note,
@@ -27,11 +29,30 @@ from guardian.cli_support import (
     say_if_defaults,
     token_hint,
 )
-from guardian.config import Config, config_summary, redacted_config
+from guardian.config import Config, config_summary, redacted_config, resolve_config_path
 from guardian.escape import terminal
+from guardian.locate import Located, locate_or_exit
 from guardian.log import LogFormat, setup_logging
 from guardian.result import CheckResult, Status
 from guardian.state import aggregate
+
+
+def _hide_flag_types() -> None:
+    """typer 0.29 prints ``<bool>`` beside every flag (``--help`` too); a flag takes no value."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "_guardian", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else original(self, ctx)
+
+    display_type_rich._guardian = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
 
 app = typer.Typer(
     name="guardian",
@@ -116,10 +137,15 @@ def run(
     say_if_defaults()
     if dry_run:
         cfg = cfg.model_copy(update={"guardian": cfg.guardian.model_copy(update={"dry_run": True})})
-    raise typer.Exit(run_guardian(cfg, log_format, log_level))
+    raise typer.Exit(run_guardian(cfg, log_format, log_level, resolve_config_path(config)))
 
 
-def run_guardian(cfg: Config, log_format: str = "auto", log_level: str | None = None) -> int:
+def run_guardian(
+    cfg: Config,
+    log_format: str = "auto",
+    log_level: str | None = None,
+    config_path: Path | None = None,
+) -> int:
     """Set up logging, run until a stop signal, return the exit code."""
     if log_format not in ("json", "pretty", "auto"):
         err.print(f"--log-format must be json, pretty or auto (got {log_format!r})")
@@ -134,7 +160,7 @@ def run_guardian(cfg: Config, log_format: str = "auto", log_level: str | None = 
     async def main() -> None:
         stop = asyncio.Event()
         _install_signal_handlers(asyncio.get_running_loop(), stop)
-        guardian = Guardian(cfg)
+        guardian = Guardian(cfg, config_path=config_path)
         await guardian.run(stop)
 
     try:
@@ -174,22 +200,92 @@ def results_table(results: list[CheckResult], title: str) -> Table:
     return table
 
 
+SUPERVISED_REASON = (
+    "supervised by the Guardian that runs it: cannot be judged from outside "
+    "(see `guardian status` while `guardian run` runs)"
+)
+
+
+def judge_from_outside(cfg: Config, results: list[CheckResult]) -> list[CheckResult]:
+    """A one-shot ``check`` runs no supervisor: a ``process`` target's service check would
+    say "not started" about a process another Guardian runs. Say so instead of failing."""
+    supervised = {
+        t.name for t in cfg.targets
+        if t.service is not None and t.service.resolved_backend == "process"
+    }
+    return [
+        dataclasses.replace(r, status=Status.SKIPPED, reason=SUPERVISED_REASON)
+        if r.target in supervised and r.kind == "service" and r.status is not Status.OK
+        else r
+        for r in results
+    ]
+
+
+def _daemon_view(where: Located, target: str | None) -> dict[str, Any] | None:
+    """The running Guardian's /api/status (one target's part with ``target``), else None."""
+    import httpx
+
+    if where.running is None or not where.running.api_url:
+        return None
+    try:
+        resp = httpx.get(f"{where.running.api_url}/api/status", timeout=5)
+        body = resp.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if resp.status_code != 200 or not isinstance(body, dict):
+        return None
+    if target is not None:
+        body["targets"] = [t for t in body.get("targets") or [] if t.get("name") == target]
+        statuses = {str(t.get("status")) for t in body["targets"]}
+        critical = any(t.get("critical", True) for t in body["targets"])
+        body["status"] = ("unhealthy" if critical else "degraded") if "failed" in statuses else (
+            "degraded" if "degraded" in statuses else "healthy")
+    return body
+
+
 @app.command()
 def check(
     config: ConfigOpt = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="only this target")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="run the checks here even while a Guardian runs this config"),
+    ] = False,
 ) -> None:
-    """Run every check once and exit 0 healthy / 1 degraded / 2 unhealthy."""
-    cfg = load_or_exit(config)
+    """Run every check once and exit 0 healthy / 1 degraded / 2 unhealthy.
+
+    While a Guardian runs this config, its view is shown: it knows what it supervises.
+
+    --local runs the checks here instead.
+    """
+    where = locate_or_exit(config)
+    cfg = where.config
     say_if_defaults()
     if target is not None and target not in {t.name for t in cfg.targets}:
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
+    daemon = None if local else _daemon_view(where, target)
+    if daemon is not None and where.running is not None:
+        health = daemon.get("status", "unhealthy")
+        err.print(f"the view of the running Guardian (pid {where.running.pid}, "
+                  f"{where.running.api_url}); --local runs the checks here", markup=False,
+                  highlight=False)
+        if as_json:
+            targets = daemon.get("targets", [])
+            checks = [
+                {k: v for k, v in c.items() if k != "history"}
+                for t in targets for c in t.get("checks") or []
+            ]
+            print(json.dumps({"status": health, "source": "daemon", "results": checks,
+                              "targets": targets}, indent=2))
+        else:
+            out.print(status_table(daemon))
+        raise typer.Exit(EXIT_FOR.get(health, 2))
     setup_logging(None, "error", "pretty" if err.is_terminal else "json")
     from guardian.runtime import Guardian
 
-    results = asyncio.run(Guardian(cfg).check_once(target))
+    results = judge_from_outside(cfg, asyncio.run(Guardian(cfg).check_once(target)))
     health = aggregate(results, {t.name: t.critical for t in cfg.targets})
     if as_json:
         print(json.dumps({"status": health, "results": [r.to_dict() for r in results]}, indent=2))
@@ -201,12 +297,20 @@ def check(
 # --------------------------------------------------------------------------- client
 
 
-def _api_call(cfg: Config, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
+def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
     """Call the running Guardian's API; print a clear error and exit 2 when it fails."""
     import httpx
 
-    host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::", "") else cfg.api.host
-    url = f"http://{host}:{cfg.api.port}{path}"
+    cfg = where.config
+    if where.running is None:
+        err.print(f"no runtime file of a running Guardian for {where.source} "
+                  f"(looked at {runfile.runtime_path(cfg)}); trying the configured API address",
+                  markup=False, highlight=False)
+    elif where.running.api_url is None:
+        err.print(f"the Guardian running {where.source} (pid {where.running.pid}) has no API "
+                  "(disabled, or its port was taken: see its log)", markup=False)
+        raise typer.Exit(2)
+    url = f"{where.api_url()}{path}"
     headers = {}
     if cfg.api.token is not None and cfg.api.token.get_secret_value():
         headers["Authorization"] = f"Bearer {cfg.api.token.get_secret_value()}"
@@ -233,50 +337,106 @@ def restart(
     config: ConfigOpt = None,
 ) -> None:
     """Ask the running Guardian to restart a target now (resets its circuit breaker)."""
-    cfg = load_or_exit(config)
-    if target not in {t.name for t in cfg.targets}:
+    where = locate_or_exit(config)
+    if target not in {t.name for t in where.config.targets}:
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
-    body = _api_call(cfg, "POST", f"/api/targets/{target}/restart")
+    body = _api_call(where, "POST", f"/api/targets/{target}/restart")
     out.print(body.get("message", body) if isinstance(body, dict) else body, markup=False)
+
+
+def target_states(target: dict[str, Any]) -> list[str]:
+    """What a person must know beyond ok/failed: busy, stuck, starting, breaker, restarting."""
+    states: list[str] = []
+    for chk in target.get("checks") or []:
+        values = chk.get("values") or {}
+        if values.get("busy") is True:
+            prompt = values.get("running_prompt_id")
+            running = values.get("running_for_s")
+            secs = f" {running:.0f} s" if isinstance(running, int | float) else ""
+            states.append(f"busy{' ' + str(prompt)[:8] if prompt else ''}{secs}")
+        condition = values.get("condition")
+        if isinstance(condition, str) and condition:
+            states.append(condition)
+        if chk.get("startup"):
+            states.append("starting up")
+    rec = target.get("recovery") or {}
+    if rec.get("restarting"):
+        states.append("restarting")
+    if rec.get("breaker_open"):
+        states.append("BREAKER OPEN")
+    elif rec.get("attempts"):
+        states.append(f"{rec['attempts']} restart attempt(s) in window")
+    return list(dict.fromkeys(states))
+
+
+def status_table(body: dict[str, Any]) -> Table:
+    health = body.get("status", "unhealthy")
+    table = Table(title=f"Guardian: {terminal(str(health))}", title_justify="left")
+    table.add_column("target", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("state", overflow="fold")
+    table.add_column("reason", overflow="fold", ratio=1)
+    style = {"ok": "green", "degraded": "yellow", "failed": "red"}
+    for t in body.get("targets") or []:
+        st = str(t.get("status"))
+        table.add_row(
+            Text(str(t.get("name"))),
+            Text(st, style=style.get(st, "dim")),
+            Text(", ".join(target_states(t)), style="bold red" if (t.get("recovery") or {})
+                 .get("breaker_open") else ""),
+            Text(str(t.get("reason") or "")),
+        )
+    return table
 
 
 @app.command()
 def status(config: ConfigOpt = None) -> None:
     """Show the running Guardian's view of the stack; exit 0/1/2 like `check`."""
-    cfg = load_or_exit(config)
-    body = _api_call(cfg, "GET", "/api/health", ok=(503,))  # 503 = unhealthy, still a view
-    health = body.get("status", "unhealthy")
-    table = Table(title=f"Guardian: {terminal(health)}", title_justify="left")
-    for col in ("target", "status", "reason"):
-        table.add_column(col)
-    for name, info in (body.get("targets") or {}).items():
-        table.add_row(
-            terminal(name), terminal(info.get("status")), terminal(info.get("reason") or "")
-        )
-    out.print(table)
-    raise typer.Exit(EXIT_FOR.get(health, 2))
+    where = locate_or_exit(config)
+    body = _api_call(where, "GET", "/api/status")
+    out.print(status_table(body))
+    opened = body.get("incidents_open") or []
+    if opened:
+        out.print(Text(f"open incidents: {', '.join('#' + str(i.get('id')) for i in opened)}"
+                       " (guardian incidents)"))
+    raise typer.Exit(EXIT_FOR.get(body.get("status", "unhealthy"), 2))
 
 
 # --------------------------------------------------------------------------- demo
 
 
-@app.command()
+def _demo_help() -> str:
+    from guardian.demo.faults import fault_help
+
+    return (
+        "Start a simulated ComfyUI + panel under Guardian's supervision and watch them.\n\n"
+        "Break things with POST <sim URL>/__sim/fault -d '{\"mode\": MODE}' (the URLs are in "
+        "the banner). Every mode, and what Guardian should do about it:\n\n" + fault_help()
+    )
+
+
+@app.command(help=_demo_help())
 def demo(
     directory: Annotated[
         Path | None, typer.Option("--dir", help="where the demo writes config, logs, state")
     ] = None,
     api_port: Annotated[
-        int, typer.Option("--api-port", help="Guardian API port (0: any free)")
-    ] = 8787,
+        int | None,
+        typer.Option("--api-port", help="Guardian API port (default 8787 if free, else any; "
+                                        "0: any free)"),
+    ] = None,
     log_format: Annotated[str, typer.Option("--log-format")] = "auto",
 ) -> None:
-    """Start a simulated ComfyUI + panel under Guardian's supervision and watch them."""
     from guardian.demo.stack import demo_banner, prepare_demo
 
-    demo_cfg, config_path = prepare_demo(directory, api_port=api_port)
+    try:
+        demo_cfg, config_path = prepare_demo(directory, api_port=api_port)
+    except OSError as e:
+        err.print(str(e), markup=False)
+        raise typer.Exit(2) from None
     err.print(demo_banner(demo_cfg, config_path), highlight=False)
-    raise typer.Exit(run_guardian(demo_cfg, log_format))
+    raise typer.Exit(run_guardian(demo_cfg, log_format, config_path=config_path))
 
 
 def _register_extensions() -> None:

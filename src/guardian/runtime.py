@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from guardian import runfile
 from guardian.breakers import BREAKERS, BreakerStore, MemoryBreakerStore, SqliteBreakerStore
 from guardian.checks import CheckContext, build_check
 from guardian.checks.base import Check
@@ -30,6 +33,7 @@ from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
 from guardian.startup import StartupPhases
 from guardian.state import State
+from guardian.uptime import UptimeStore
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -40,8 +44,11 @@ log = logging.getLogger("guardian.runtime")
 
 
 class Guardian:
-    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, config_path: Path | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path  # for the runtime file; None: built-in defaults
         self.clock = clock or SystemClock()
         self.bus = EventBus()
         self.state = State(config, self.bus)
@@ -70,6 +77,9 @@ class Guardian:
         self._incidents: Incidents | None = None
         self.api: ApiServer | None = None
         self._app: FastAPI | None = None
+        self.uptime_counts: UptimeStore | None = None
+        self._uptime_db: sqlite3.Connection | None = None
+        self._uptime_unsubscribe: Callable[[], None] | None = None
 
     def _open_database(self) -> Database:
         """Guardian's one SQLite file, opened once for every component.
@@ -97,6 +107,50 @@ class Guardian:
             )
             return MemoryBreakerStore()
 
+    def _open_uptime(self) -> None:
+        """Persisted uptime buckets in the store file (a component of its own)."""
+        path = self.config.store_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False)
+        except (OSError, sqlite3.Error) as e:
+            log.warning("uptime not recorded: cannot open %s (%s)", path, e,
+                        extra={"event": "store_unavailable"})
+            return
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            self.uptime_counts = UptimeStore(db, now=self.clock.now)
+        except sqlite3.Error as e:
+            db.close()
+            log.warning("uptime not recorded: %s", e, extra={"event": "store_unavailable"})
+            return
+        self._uptime_db = db
+        self._uptime_unsubscribe = self.uptime_counts.subscribe(self.bus)
+
+    def _close_uptime(self) -> None:
+        if self._uptime_unsubscribe is not None:
+            self._uptime_unsubscribe()
+            self._uptime_unsubscribe = None
+        if self.uptime_counts is not None:
+            self.uptime_counts.close()
+        if self._uptime_db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._uptime_db.close()
+            self._uptime_db = None
+
+    def _write_runtime_file(self) -> None:
+        started = self.started_at.isoformat() if self.started_at is not None else ""
+        try:
+            runfile.write(
+                self.config,
+                started_at=started,
+                config_path=self.config_path,
+                api_url=self.api.url if self.api is not None else None,
+            )
+        except OSError as e:
+            log.warning("runtime file not written (%s): the CLI needs --config to find this "
+                        "Guardian", e, extra={"event": "runtime_file_failed"})
+
     async def start(self) -> None:
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
@@ -112,6 +166,7 @@ class Guardian:
                 extra={"event": "store_unavailable"},
             )
         self.breakers = self._open_breaker_store(self.db)
+        self._open_uptime()
         self.recovery = RecoveryManager(
             self.config,
             self.bus,
@@ -133,6 +188,7 @@ class Guardian:
         self.engine.start()
         if self.config.api.enabled:
             await self._start_api()
+        self._write_runtime_file()
         log.info(
             "guardian started: %d targets, %d checks",
             len(self.config.targets),
@@ -161,6 +217,8 @@ class Guardian:
 
     async def stop(self) -> None:
         grace = self.config.guardian.shutdown_grace
+        with contextlib.suppress(OSError):
+            runfile.remove(self.config)
         if self.api is not None:
             await self.api.stop(timeout=grace)
         if self._app is not None:
@@ -180,6 +238,7 @@ class Guardian:
                 log.exception("closing service backend %s failed", name)
         if self.breakers is not None and hasattr(self.breakers, "close"):
             self.breakers.close()
+        self._close_uptime()
         if self.db is not None:
             self.db.close()
 
@@ -212,8 +271,9 @@ class Guardian:
     def incidents(self, limit: int = 50, include_resolved: bool = False) -> list[dict[str, Any]]:
         if self.incidents_store is None:
             return []
-        found = self.incidents_store.incidents(include_resolved=include_resolved, limit=limit)
-        return [_incident_dict(i) for i in found]
+        store = self.incidents_store
+        found = store.incidents(include_resolved=include_resolved, limit=limit)
+        return [_incident_dict(i, store) for i in found]
 
     def incident(self, incident_id: int) -> dict[str, Any] | None:
         if self.incidents_store is None:
@@ -221,7 +281,7 @@ class Guardian:
         found = self.incidents_store.incident(incident_id)
         if found is None:
             return None
-        data = _incident_dict(found)
+        data = _incident_dict(found, self.incidents_store)
         data["report_markdown"] = None
         if found.report_path:
             with contextlib.suppress(OSError):
@@ -242,7 +302,25 @@ class Guardian:
                 await backend.aclose()
 
 
-def _incident_dict(incident: Incident) -> dict[str, Any]:
+def _timeline(incident: Incident, store: Store) -> list[dict[str, Any]]:
+    """Opened, every recovery action the incident grouped, escalated, resolved: in order."""
+    entries: list[dict[str, Any]] = [{"time": incident.opened_at, "kind": "opened",
+                                      "reason": incident.summary}]
+    for e in store.recovery_events(incident_id=incident.id, limit=200):
+        entries.append({"time": e.time, "kind": e.kind, "attempt": e.attempt,
+                        "reason": e.reason, "detail": e.detail})
+    if incident.escalated_at is not None:
+        entries.append({"time": incident.escalated_at, "kind": "escalated",
+                        "reason": incident.severity})
+    if incident.resolved_at is not None:
+        entries.append({"time": incident.resolved_at, "kind": "resolved"})
+    entries.sort(key=lambda x: x["time"])
+    for x in entries:
+        x["time"] = x["time"].isoformat()
+    return entries
+
+
+def _incident_dict(incident: Incident, store: Store | None = None) -> dict[str, Any]:
     def iso(t: datetime | None) -> str | None:
         return t.isoformat() if t is not None else None
 
@@ -258,4 +336,5 @@ def _incident_dict(incident: Incident) -> dict[str, Any]:
         "failure_count": incident.failure_count,
         "flap_count": incident.flap_count,
         "report_path": incident.report_path,
+        "timeline": _timeline(incident, store) if store is not None else [],
     }

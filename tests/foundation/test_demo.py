@@ -38,7 +38,9 @@ def test_demo_comes_up_and_check_exits_0(tmp_path: Path) -> None:
                 [sys.executable, "-m", "guardian", "check", "--config", str(config), "--json"],
                 capture_output=True, text=True, timeout=60,
             )
-            if result.returncode == 0:
+            # While the demo runs, `check` shows its view: wait until every check has run.
+            kinds_seen = {r["kind"] for r in json.loads(result.stdout or "{}").get("results", [])}
+            if result.returncode == 0 and {"comfyui", "http", "gpu"} <= kinds_seen:
                 break
         assert result is not None and result.returncode == 0, (result.stdout, result.stderr)
         report = json.loads(result.stdout)

@@ -146,14 +146,21 @@ def test_systemd_unit_quoting_and_user_mode():
     assert "NoNewPrivileges=yes" in unit
 
 
-def test_shipped_unit_is_the_generated_one():
-    shipped = (REPO / "deploy" / "systemd" / "guardian.service").read_text()
-    assert shipped == systemd_unit(
+def shipped_unit() -> str:
+    return systemd_unit(
         python="/opt/guardian/venv/bin/python",
         config="/etc/guardian/guardian.toml",
         working_dir="/etc/guardian",
         rw_paths=["/var/log/guardian", "/var/lib/guardian", "/var/lib/guardian/reports"],
+        account=install.DEFAULT_ACCOUNT,
+        env={"GUARDIAN_LOG_DIR": "/var/log/guardian", "GUARDIAN_STATE_DIR": "/var/lib/guardian",
+             "GUARDIAN_REPORT_DIR": "/var/lib/guardian/reports"},
     )
+
+
+def test_shipped_unit_is_the_generated_one():
+    shipped = (REPO / "deploy" / "systemd" / "guardian.service").read_text()
+    assert shipped == shipped_unit()
 
 
 def test_powershell_installer_passes_only_real_options(cli):
@@ -331,3 +338,81 @@ def test_install_without_nssm_is_a_clear_error(cli, config_file, monkeypatch, em
 def test_shlex_roundtrip_of_printed_linux_steps():
     steps = install.systemd_disable_steps("Guardian", user=False)
     assert [shlex.split(" ".join(s)) for s in steps] == steps
+
+
+# ---------------------------------------------------------------- accounts and sandbox
+
+
+def test_default_system_unit_runs_as_guardian_with_setup_steps(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(install, "is_windows", lambda: False)
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        f"""
+[guardian]
+log_dir = "{tmp_path / 'logs'}"
+state_dir = "{tmp_path / 'state'}"
+
+[[targets]]
+name = "comfyui"
+[targets.service]
+backend = "systemd"
+name = "comfyui.service"
+[[targets.checks]]
+kind = "service"
+"""
+    )
+    out = CliRunner().invoke(cli, ["install-service", "-c", str(cfg), "--print"]).output
+    assert "\nUser=guardian\nGroup=guardian\n" in out
+    assert f"Environment=GUARDIAN_LOG_DIR={tmp_path / 'logs'}\n" in out
+    assert "useradd --system --user-group" in out
+    assert f"install -d -o guardian -g guardian -m 0750 {tmp_path / 'logs'}" in out
+    assert '["comfyui.service"].indexOf(action.lookup("unit"))' in out
+    assert 'subject.user == "guardian"' in out
+    root = CliRunner().invoke(cli, ["install-service", "-c", str(cfg), "--print",
+                                    "--account", "root"]).output
+    assert "User=" not in root and "useradd" not in root
+    bad = CliRunner().invoke(cli, ["install-service", "-c", str(cfg), "--print",
+                                   "--account", "x; rm -rf /"])
+    assert bad.exit_code == 2 and "invalid user or group name" in bad.output
+
+
+def test_sandbox_keeps_tmp_and_home_paths_working():
+    base = dict(python="/opt/g/venv/bin/python", config="/etc/guardian/g.toml",
+                working_dir="/etc/guardian", rw_paths=["/var/lib/guardian"], account="guardian")
+    unit = systemd_unit(**base)
+    assert "PrivateTmp=yes" in unit and "ProtectHome=read-only" in unit
+    # A venv or config under /tmp would vanish behind a private /tmp.
+    in_tmp = systemd_unit(**{**base, "python": "/tmp/venv/bin/python"})
+    assert "\nPrivateTmp" not in in_tmp and "PrivateTmp left out" in in_tmp
+    used_tmp = systemd_unit(**base, used_paths=["/var/tmp/comfy"])
+    assert "\nPrivateTmp" not in used_tmp
+    # A supervised ComfyUI in a home directory writes outputs and caches there.
+    home = systemd_unit(**base, supervises_in_home=True)
+    assert "\nProtectHome" not in home and "ProtectHome left out" in home
+    # A venv in /home only needs reading: read-only /home keeps it working.
+    venv_home = systemd_unit(**{**base, "python": "/home/me/venv/bin/python"})
+    assert "ProtectHome=read-only" in venv_home
+
+
+def test_supervised_in_home_is_derived_from_the_config(tmp_path):
+    from guardian.config import parse_config
+
+    cfg = parse_config(
+        """
+[[targets]]
+name = "comfyui"
+[targets.service]
+command = ["/home/me/ComfyUI/venv/bin/python", "main.py"]
+[[targets.checks]]
+kind = "service"
+"""
+    )
+    assert install.supervises_in_home(cfg)
+    assert Path("/home/me/ComfyUI/venv/bin/python") in install.used_paths(cfg)
+
+
+def test_user_unit_has_no_network_online_target():
+    unit = systemd_unit(python="/usr/bin/python3", config="/home/me/g.toml",
+                        working_dir="/home/me", rw_paths=[], user=True, account="guardian")
+    assert "network-online" not in unit
+    assert "User=" not in unit  # a user unit runs as its user

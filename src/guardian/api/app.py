@@ -202,7 +202,7 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    add_page_routes(app)
+    add_page_routes(app, view)
     return app
 
 

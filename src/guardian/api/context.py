@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from guardian.config import Config
 from guardian.result import CheckResult
 from guardian.state import State
+from guardian.uptime import UptimeStore
 
 
 class GuardianView(Protocol):
@@ -33,6 +34,11 @@ class GuardianView(Protocol):
 
     @property
     def started_at(self) -> datetime | None: ...
+
+    @property
+    def uptime_counts(self) -> UptimeStore | None:
+        """Persisted per-target uptime buckets; None when no store is open."""
+        ...
 
     def recovery_snapshot(self) -> dict[str, dict[str, Any]]:
         """Per target with a service: attempts, last_restart (ISO|None), breaker_open,
@@ -76,6 +82,7 @@ class StaticView:
     restart_fn: RestartFn | None = None
     run_checks_fn: RunChecksFn | None = None
     restarts: list[str] = field(default_factory=list)
+    uptime_counts: UptimeStore | None = None
 
     def _known(self, target: str) -> None:
         if target not in {t.name for t in self.config.targets}:

@@ -17,6 +17,7 @@ from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.result import CheckResult, Status, Value, worst
 from guardian.state import Health
+from guardian.uptime import WINDOWS, Counts
 
 TargetStatus = Literal["ok", "degraded", "failed", "skipped", "unknown"]
 HISTORY_POINTS = 30
@@ -140,6 +141,7 @@ class CheckModel(BaseModel):
     started: datetime
     finished: datetime
     duration: float
+    startup: bool = Field(False, description="the target was in its startup phase")
 
 
 class CheckView(CheckModel):
@@ -147,10 +149,12 @@ class CheckView(CheckModel):
 
 
 class RecoveryInfo(BaseModel):
-    attempts: int = 0
+    attempts: int = Field(0, description="restart attempts in the breaker's window")
     last_restart: datetime | None = None
     breaker_open: bool = False
     consecutive_failures: int = 0
+    restarting: bool = False
+    next_allowed_at: datetime | None = None
 
 
 class TargetView(BaseModel):
@@ -162,6 +166,14 @@ class TargetView(BaseModel):
     has_service: bool
     recovery: RecoveryInfo | None
     checks: list[CheckView]
+
+
+class TimelineEntry(BaseModel):
+    time: datetime
+    kind: str = Field(description="opened, escalated, resolved or a recovery event kind")
+    attempt: int = 0
+    reason: str = ""
+    detail: str = ""
 
 
 class Incident(BaseModel):
@@ -176,6 +188,9 @@ class Incident(BaseModel):
     failure_count: int = 0
     flap_count: int = 0
     report_path: str | None = None
+    timeline: list[TimelineEntry] = Field(
+        default_factory=list, description="opened, recovery actions, escalated, resolved"
+    )
 
 
 class IncidentDetail(Incident):
@@ -223,6 +238,7 @@ def check_model(r: CheckResult) -> CheckModel:
         started=r.started,
         finished=r.finished,
         duration=r.duration,
+        startup=r.startup,
     )
 
 
@@ -435,3 +451,64 @@ def build_status(view: GuardianView, now: datetime) -> StatusResponse:
         targets=targets,
         incidents_open=open_incidents,
     )
+
+
+# --------------------------------------------------------------------------- uptime
+
+
+class UptimeWindow(BaseModel):
+    ok: int
+    total: int
+    percent: float | None = Field(description="None without any counted result")
+    restarts: int = Field(0, description="restarts Guardian started in the window")
+
+
+class UptimeBar(BaseModel):
+    start: datetime
+    seconds: int
+    ok: int
+    total: int
+    restarts: int
+    percent: float | None
+
+
+class TargetUptime(BaseModel):
+    windows: dict[str, UptimeWindow] = Field(description="24h, 7d, 30d")
+    bars: list[UptimeBar] = Field(description="the last 24 h in equal slots, oldest first")
+
+
+class UptimeResponse(BaseModel):
+    timestamp: datetime
+    available: bool = Field(True, description="false when Guardian has no store open")
+    bucket_seconds: int
+    targets: dict[str, TargetUptime]
+
+
+def build_uptime(view: GuardianView, now: datetime) -> UptimeResponse:
+    """Uptime of every configured target from the persisted buckets."""
+    counts = view.uptime_counts
+    if counts is None:  # Guardian's own trouble, not the targets': say so, don't fail
+        return UptimeResponse(timestamp=now, available=False, bucket_seconds=0, targets={})
+    windows, bars = counts.windows(now), counts.bars(now)
+    empty = {name: Counts() for name in WINDOWS}
+    targets: dict[str, TargetUptime] = {}
+    for t in view.config.targets:
+        per = windows.get(t.name, {})
+        targets[t.name] = TargetUptime(
+            windows={
+                name: UptimeWindow(ok=c.ok, total=c.total, percent=c.percent, restarts=c.restarts)
+                for name, c in {**empty, **per}.items()
+            },
+            bars=[
+                UptimeBar(
+                    start=b.start,
+                    seconds=b.seconds,
+                    ok=b.counts.ok,
+                    total=b.counts.total,
+                    restarts=b.counts.restarts,
+                    percent=b.counts.percent,
+                )
+                for b in bars.get(t.name, [])
+            ],
+        )
+    return UptimeResponse(timestamp=now, bucket_seconds=counts.bucket_seconds, targets=targets)

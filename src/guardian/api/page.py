@@ -1,17 +1,24 @@
 """The status page: static HTML/CSS/JS from package data, no build step, no CDN.
 
-The page renders itself from ``/api/status`` in the browser (polling, default every 2 s,
-``?refresh=SECONDS`` to change), so the server only hands out three fixed files. They
-are read once at startup; a strict Content-Security-Policy keeps the page to its own
-origin, and the script only ever writes text nodes, so a hostile check reason cannot
-inject markup.
+The page renders itself in the browser from ``/api/status`` (polling, default every 2 s,
+``?refresh=SECONDS`` to change), ``/api/uptime`` (every 30 s: persisted 24 h / 7 d / 30 d
+uptime and the history bar) and ``/api/incidents?all=true`` (the incident timeline), so the
+server only hands out three fixed files, read once at startup. A strict
+Content-Security-Policy keeps the page to its own origin, and the script only ever writes
+text nodes, so a hostile check reason cannot inject markup. The two routes the page needs
+beyond the core API live here: ``GET /api/uptime`` and ``GET /incidents/{id}/report`` (an
+incident's Markdown report as plain text, so a link can open it in the browser).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from importlib import resources
 
 from fastapi import FastAPI, HTTPException, Response
+
+from guardian.api import models
+from guardian.api.context import GuardianView
 
 STATIC_FILES = {
     "status.css": "text/css; charset=utf-8",
@@ -33,7 +40,7 @@ def _read(name: str) -> bytes:
     return resources.files("guardian.api").joinpath("static", name).read_bytes()
 
 
-def add_page_routes(app: FastAPI) -> None:
+def add_page_routes(app: FastAPI, view: GuardianView | None = None) -> None:
     index = _read("index.html")
     files = {name: (_read(name), media) for name, media in STATIC_FILES.items()}
 
@@ -47,3 +54,20 @@ def add_page_routes(app: FastAPI) -> None:
         if found is None:
             raise HTTPException(404, "not found")
         return Response(found[0], media_type=found[1], headers=SECURITY_HEADERS)
+
+    if view is None:
+        return
+
+    @app.get("/api/uptime", response_model=models.UptimeResponse, tags=["status"])
+    async def uptime() -> Response:
+        """Per target: uptime over 24 h / 7 d / 30 d and the last 24 h as a history bar."""
+        body = models.build_uptime(view, datetime.now(UTC))
+        return Response(body.model_dump_json(), media_type="application/json")
+
+    @app.get("/incidents/{incident_id}/report", include_in_schema=False)
+    async def report(incident_id: int) -> Response:
+        data = view.incident(incident_id)
+        text = data.get("report_markdown") if data is not None else None
+        if not isinstance(text, str):
+            raise HTTPException(404, f"no report for incident {incident_id}")
+        return Response(text, media_type="text/plain; charset=utf-8", headers=SECURITY_HEADERS)

@@ -26,6 +26,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def api_port_for_demo(preferred: int | None, host: str = "127.0.0.1") -> int:
+    """``preferred`` (default 8787) when it is free right now, else one the OS picks.
+
+    The demo writes a concrete port into its config so the banner, the runtime file and
+    ``guardian status`` all name the port the API really listens on.
+    """
+    if preferred == 0:
+        return free_port(host)
+    want = 8787 if preferred is None else preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, want))
+        except OSError:
+            if preferred is not None:
+                raise OSError(f"--api-port {want}: port in use on {host}") from None
+            return free_port(host)
+    return want
+
+
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
@@ -171,13 +191,20 @@ interval = 30
 """
 
 
-def prepare_demo(directory: Path | None = None, *, api_port: int = 8787) -> tuple[Config, Path]:
-    """Write the demo config into ``directory`` and return it loaded and validated."""
+def prepare_demo(
+    directory: Path | None = None, *, api_port: int | None = None
+) -> tuple[Config, Path]:
+    """Write the demo config into ``directory`` and return it loaded and validated.
+
+    ``api_port`` None: 8787 if free, else any free port; 0: any free port; else exactly it
+    (OSError when taken).
+    """
     directory = directory or DEFAULT_DEMO_DIR
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "guardian-demo.toml"
     token = secrets.token_urlsafe(18)
-    text = demo_config_text(directory, free_port(), free_port(), api_port or free_port(), token)
+    port = api_port_for_demo(api_port)
+    text = demo_config_text(directory, free_port(), free_port(), port, token)
     write_private_text(path, text)  # it holds the API token: owner-only (0600)
     return load_config(path), path
 
@@ -210,6 +237,9 @@ def demo_banner(cfg: Config, config_path: Path) -> str:
             "  Try, from another terminal:",
             f'    curl -X POST {comfy}/__sim/fault -d \'{{"mode": "crash"}}\'',
             f'    curl -X POST {comfy}/__sim/fault -d \'{{"mode": "hang"}}\'',
+            f'    curl -X POST {comfy}/__sim/fault -d \'{{"mode": "stuck_running"}}\'',
+            "    (every fault mode and what Guardian does about it: guardian demo --help)",
+            f"    {_guardian_command()} status --config {config_path}",
             f"    {_guardian_command()} check --config {config_path}",
             "  Ctrl-C stops Guardian and the simulators.",
             "",

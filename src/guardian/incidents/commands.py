@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from guardian.cli_support import ConfigOpt, err, load_or_exit, out
 from guardian.config import Config
@@ -22,7 +24,8 @@ from guardian.incidents.notify import Notifier
 from guardian.incidents.redact import redact
 from guardian.incidents.report import Reporter
 from guardian.incidents.snapshot import SNAPSHOT_KINDS, system_snapshot
-from guardian.incidents.store import Store, StoreError
+from guardian.incidents.store import Incident, Store, StoreError
+from guardian.locate import locate_or_exit
 
 
 def _store(cfg: Config, must_exist: bool) -> Store | None:
@@ -60,10 +63,32 @@ def _store(cfg: Config, must_exist: bool) -> Store | None:
         raise typer.Exit(1) from None
 
 
-def _short(dt: object) -> str:
+def _short(dt: object, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     from datetime import UTC, datetime
 
-    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if isinstance(dt, datetime) else "-"
+    return dt.astimezone(UTC).strftime(fmt) if isinstance(dt, datetime) else "-"
+
+
+def incidents_table(rows: list[Incident], title: str) -> Table:
+    """Fits 80 columns: short fixed columns never wrap, only the summary folds."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col in ("ID", "Target", "Status", "Opened UTC", "Closed UTC", "Fails"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis")
+    table.add_column("Summary", overflow="fold", ratio=1, min_width=16)
+    style = {"open": "yellow", "escalated": "bold red", "resolved": "green"}
+    year = "%Y-" if len({i.opened_at.year for i in rows}) > 1 else ""
+    fmt = f"{year}%m-%d %H:%M"
+    for i in rows:
+        table.add_row(
+            str(i.id),
+            Text(i.target),
+            Text(str(i.status), style=style.get(str(i.status), "")),
+            _short(i.opened_at, fmt),
+            _short(i.resolved_at, fmt),
+            f"{i.failure_count}" + (f"/{i.flap_count}f" if i.flap_count else ""),
+            Text(redact(i.summary)),
+        )
+    return table
 
 
 def incidents_command(
@@ -71,7 +96,7 @@ def incidents_command(
     config: ConfigOpt = None,
 ) -> None:
     """List open incidents (all of them with --all), newest first."""
-    cfg = load_or_exit(config)
+    cfg = locate_or_exit(config).config
     store = _store(cfg, must_exist=False)
     if store is None:
         out.print(f"no incidents recorded (no store at {cfg.store_path})", markup=False)
@@ -86,34 +111,7 @@ def incidents_command(
     if not rows:
         out.print("no incidents" if all_ else "no open incidents (--all shows resolved ones)")
         return
-    table = Table(title="Incidents" if all_ else "Open incidents")
-    for col in (
-        "ID",
-        "Target",
-        "Status",
-        "Severity",
-        "Opened (UTC)",
-        "Escalated",
-        "Resolved",
-        "Failures",
-        "Flaps",
-        "Summary",
-    ):
-        table.add_column(col, overflow="fold")
-    style = {"open": "yellow", "escalated": "bold red", "resolved": "green"}
-    for i in rows:
-        table.add_row(
-            str(i.id),
-            terminal(i.target),
-            f"[{style[i.status]}]{i.status}[/]",
-            terminal(i.severity),
-            _short(i.opened_at),
-            _short(i.escalated_at),
-            _short(i.resolved_at),
-            str(i.failure_count),
-            str(i.flap_count),
-            terminal(redact(i.summary)),  # target text: "[/]" is not markup
-        )
+    table = incidents_table(rows, "Incidents" if all_ else "Open incidents")
     out.print(table)
 
 
@@ -125,7 +123,7 @@ def report_command(
     config: ConfigOpt = None,
 ) -> None:
     """Print (or write) the Markdown report of an incident, generated from the store."""
-    cfg = load_or_exit(config)
+    cfg = locate_or_exit(config).config
     store = _store(cfg, must_exist=True)
     assert store is not None
     try:

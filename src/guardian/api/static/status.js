@@ -1,4 +1,5 @@
-// Guardian status page: polls /api/status and updates the DOM in place.
+// Guardian status page: polls /api/status (every refresh), /api/incidents (every 5 s) and
+// /api/uptime (every 30 s) and updates the DOM in place.
 // Only text nodes are ever written from API data (no innerHTML), so a hostile reason
 // string cannot inject markup.
 "use strict";
@@ -7,10 +8,14 @@
   const params = new URLSearchParams(window.location.search);
   const requested = parseFloat(params.get("refresh") || "2");
   const refreshMs = Math.round(Math.min(300, Math.max(0.2, isFinite(requested) ? requested : 2)) * 1000);
+  const incidentsMs = Math.max(refreshMs, 5000);
+  const uptimeMs = Math.max(refreshMs, 30000);
   const TOKEN_KEY = "guardian.token";
   const SVG = "http://www.w3.org/2000/svg";
   const cards = new Map();
   const STATE_CLASSES = ["ok", "degraded", "failed", "skipped", "unknown", "healthy", "unhealthy"];
+  const WINDOWS = ["24h", "7d", "30d"];
+  let uptime = null;
 
   function el(tag, cls, text) {
     const node = document.createElement(tag);
@@ -25,8 +30,29 @@
     node.dataset.status = state;
   }
 
+  function time(iso) {
+    return iso ? new Date(iso).toLocaleTimeString() : "";
+  }
+
+  function when(iso) {
+    return iso ? new Date(iso).toLocaleString() : "";
+  }
+
+  function seconds(s) {
+    s = Math.max(0, Math.round(Number(s) || 0));
+    if (s < 120) return `${s} s`;
+    if (s < 7200) return `${Math.round(s / 60)} min`;
+    return `${(s / 3600).toFixed(1)} h`;
+  }
+
+  function pct(p) {
+    if (p === null || p === undefined) return "–";
+    if (p >= 99.995) return "100%";
+    return `${p >= 99 ? p.toFixed(2) : p.toFixed(1)}%`;
+  }
+
   function sparkline(history) {
-    const w = 120, h = 24, pad = 2;
+    const w = 96, h = 20, pad = 2;
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("class", "spark");
     svg.setAttribute("width", w);
@@ -55,6 +81,27 @@
     return svg;
   }
 
+  // What a person needs at a glance, from the cross-team result values.
+  function badges(t) {
+    const out = [];
+    const r = t.recovery || {};
+    for (const chk of t.checks) {
+      const v = chk.values || {};
+      if (v.busy === true) {
+        const id = v.running_prompt_id ? ` ${String(v.running_prompt_id).slice(0, 8)}` : "";
+        out.push(["busy", `busy${id} · ${seconds(v.running_for_s)}`]);
+      }
+      if (typeof v.condition === "string" && v.condition) {
+        out.push([v.condition.startsWith("stuck") ? "stuck" : "condition", v.condition.replace("_", " ")]);
+      }
+      if (chk.startup) out.push(["startup", "starting up"]);
+    }
+    if (r.restarting) out.push(["restarting", "restarting"]);
+    if (r.breaker_open) out.push(["breaker", "breaker open"]);
+    const seen = new Set();
+    return out.filter(([k, text]) => (seen.has(k + text) ? false : seen.add(k + text)));
+  }
+
   function card(name) {
     let c = cards.get(name);
     if (c) return c;
@@ -63,21 +110,76 @@
     const head = el("div", "card-head");
     const title = el("span", "name", name);
     const pill = el("span", "pill unknown", "unknown");
+    const flags = el("span", "badges");
     const button = el("button", "restart", "Restart");
     button.type = "button";
     button.hidden = true;
     button.addEventListener("click", () => restart(name, c));
-    head.append(title, pill, button);
+    head.append(title, pill, flags, button);
     const reason = el("div", "reason");
+    reason.title = "click to show all";
+    reason.addEventListener("click", () => reason.classList.toggle("expanded"));
+    const up = el("div", "uptime");
+    const bar = el("div", "bar");
+    bar.setAttribute("role", "img");
     const recovery = el("div", "recovery");
-    const table = el("table", "checks");
+    const checks = el("ul", "checks");
     const msg = el("div", "msg");
     msg.setAttribute("role", "status");
-    root.append(head, reason, recovery, table, msg);
+    root.append(head, reason, up, bar, recovery, checks, msg);
     document.getElementById("targets").appendChild(root);
-    c = { root, pill, button, reason, recovery, table, msg };
+    c = { root, pill, flags, button, reason, up, bar, recovery, checks, msg };
     cards.set(name, c);
+    renderUptime(name, c);
     return c;
+  }
+
+  function renderUptime(name, c) {
+    const u = uptime && uptime.targets ? uptime.targets[name] : null;
+    if (!u) {
+      c.up.replaceChildren(el("span", "muted", uptime === null ? "uptime: loading…" : "uptime: not recorded"));
+      c.bar.replaceChildren();
+      c.bar.hidden = true;
+      return;
+    }
+    c.up.replaceChildren(
+      ...WINDOWS.map((w) => {
+        const info = u.windows[w] || { percent: null, ok: 0, total: 0 };
+        const span = el("span", "window");
+        span.dataset.window = w;
+        span.append(el("span", "muted", `${w} `), el("strong", "", pct(info.percent)));
+        span.title = `${info.ok} of ${info.total} results up`;
+        return span;
+      }),
+    );
+    c.bar.hidden = false;
+    c.bar.setAttribute("aria-label", "last 24 hours");
+    c.bar.replaceChildren(
+      ...u.bars.map((b) => {
+        const s = el("span", "slot");
+        let cls = "none";
+        if (b.total) cls = b.ok === b.total ? "up" : b.ok === 0 ? "down" : "partial";
+        s.classList.add(cls);
+        const tail = b.restarts ? `, ${b.restarts} restart(s)` : "";
+        s.title = b.total
+          ? `${time(b.start)}: ${pct(b.percent)} (${b.ok}/${b.total})${tail}`
+          : `${time(b.start)}: no data${tail}`;
+        return s;
+      }),
+    );
+  }
+
+  function recoveryText(t) {
+    const r = t.recovery;
+    if (!r) return t.critical ? "" : "non-critical";
+    const u = uptime && uptime.targets ? uptime.targets[t.name] : null;
+    const parts = [];
+    if (u && u.windows["24h"]) parts.push(`restarts 24h: ${u.windows["24h"].restarts}`);
+    if (u && u.windows["7d"]) parts.push(`7d: ${u.windows["7d"].restarts}`);
+    if (r.attempts) parts.push(`${r.attempts} attempt(s) in the breaker window`);
+    if (r.last_restart) parts.push(`last restart ${when(r.last_restart)}`);
+    if (r.breaker_open) parts.push("breaker OPEN: automatic restarts stopped — Restart resets it");
+    return parts.join(" · ");
   }
 
   function renderTarget(t) {
@@ -87,52 +189,92 @@
     c.pill.textContent = t.status;
     c.reason.textContent = t.reason || "";
     c.button.hidden = !t.has_service;
-    const r = t.recovery;
-    if (r) {
-      const parts = [`restarts: ${r.attempts}`];
-      if (r.last_restart) parts.push(`last ${new Date(r.last_restart).toLocaleTimeString()}`);
-      if (r.breaker_open) parts.push("breaker OPEN: automatic restarts stopped");
-      c.recovery.textContent = parts.join(" · ");
-      c.recovery.classList.toggle("breaker", !!r.breaker_open);
-    } else {
-      c.recovery.textContent = t.critical ? "" : "non-critical";
-    }
+    c.flags.replaceChildren(
+      ...badges(t).map(([kind, text]) => {
+        const b = el("span", `badge ${kind}`, text);
+        b.dataset.badge = kind;
+        return b;
+      }),
+    );
+    c.recovery.textContent = recoveryText(t);
+    c.recovery.classList.toggle("breaker", !!(t.recovery && t.recovery.breaker_open));
     const rows = t.checks.map((chk) => {
-      const tr = el("tr");
-      tr.dataset.check = chk.check;
+      const li = el("li", "check");
+      li.dataset.check = chk.check;
       const dot = el("span", "dot");
       setState(dot, chk.status);
       dot.title = chk.status;
-      const tdDot = el("td");
-      tdDot.appendChild(dot);
-      const tdSpark = el("td");
-      tdSpark.appendChild(sparkline(chk.history || []));
-      tr.append(
-        tdDot,
-        el("td", "", chk.check),
-        el("td", "", `${(chk.duration * 1000).toFixed(0)} ms`),
-        tdSpark,
-        el("td", "why", chk.reason),
+      const line = el("div", "line");
+      line.append(
+        dot,
+        el("span", "cname", chk.check),
+        el("span", "ms", `${(chk.duration * 1000).toFixed(0)} ms`),
+        sparkline(chk.history || []),
       );
-      return tr;
+      li.append(line);
+      // The target's reason already quotes its failing checks: don't say it twice.
+      const quoted = (t.reason || "").includes(`${chk.check}: ${chk.reason}`);
+      if (chk.reason && !quoted) li.append(el("div", "why", chk.reason));
+      return li;
     });
-    c.table.replaceChildren(...rows);
+    c.checks.replaceChildren(...rows);
   }
 
+  const KIND_LABEL = {
+    opened: "opened",
+    escalated: "escalated",
+    resolved: "resolved",
+    restart_started: "restart started",
+    restart_succeeded: "restart succeeded",
+    restart_failed: "restart failed",
+    dry_run: "restart (dry run)",
+    breaker_open: "breaker opened",
+    breaker_reset: "breaker reset",
+    exited: "process exited",
+    remediation_started: "remediation started",
+    interrupt_sent: "interrupt sent",
+    free_sent: "free sent",
+    remediation_succeeded: "remediation succeeded",
+    remediation_failed: "remediation failed",
+  };
+
   function renderIncidents(list) {
-    const ul = document.getElementById("incidents");
+    const box = document.getElementById("incidents");
+    box.dataset.state = "loaded";
     if (!list.length) {
-      ul.replaceChildren(el("li", "muted", "none"));
+      box.replaceChildren(el("p", "muted", "no incidents recorded"));
       return;
     }
-    ul.replaceChildren(
+    const open = list.filter((i) => i.status !== "resolved");
+    const head = el("p", "muted", open.length ? `${open.length} open` : "none open");
+    box.replaceChildren(
+      head,
       ...list.map((i) => {
-        const li = el("li");
-        li.dataset.incident = String(i.id);
-        const pill = el("span", "pill " + (i.status === "escalated" ? "failed" : "degraded"), i.status);
-        li.append(pill, document.createTextNode(` #${i.id} ${i.target}: ${i.summary}`));
-        if (i.opened_at) li.appendChild(el("span", "muted", ` since ${new Date(i.opened_at).toLocaleString()}`));
-        return li;
+        const d = el("details", "incident");
+        d.dataset.incident = String(i.id);
+        d.dataset.status = i.status;
+        d.open = i.status !== "resolved";
+        const s = el("summary");
+        const pill = el("span", "pill " + ({ escalated: "failed", resolved: "ok" }[i.status] || "degraded"), i.status);
+        s.append(pill, el("strong", "", ` #${i.id} ${i.target}`), document.createTextNode(` ${i.summary || ""}`));
+        s.append(el("span", "muted", ` · ${when(i.opened_at)}`));
+        d.append(s);
+        const ol = el("ol", "timeline");
+        (i.timeline || []).forEach((e) => {
+          const li = el("li", `ev ${e.kind}`);
+          li.dataset.kind = e.kind;
+          li.append(el("time", "muted", time(e.time)), el("span", "what", KIND_LABEL[e.kind] || e.kind));
+          const extra = [e.attempt ? `#${e.attempt}` : "", e.reason || "", e.detail || ""].filter(Boolean).join(" · ");
+          if (extra) li.append(el("span", "detail", extra));
+          ol.append(li);
+        });
+        d.append(ol);
+        if (i.report_path) {
+          const a = el("a", "report", "report");
+          a.href = `/incidents/${encodeURIComponent(i.id)}/report`;
+          d.append(a);
+        }
+        return d;
       }),
     );
   }
@@ -142,7 +284,7 @@
     setState(overall, data.status);
     overall.textContent = data.status;
     document.getElementById("updated").textContent =
-      `updated ${new Date(data.timestamp).toLocaleTimeString()} · refresh ${refreshMs / 1000}s`;
+      `updated ${time(data.timestamp)} · refresh ${refreshMs / 1000}s`;
     const names = new Set();
     data.targets.forEach((t) => {
       names.add(t.name);
@@ -154,7 +296,7 @@
         cards.delete(name);
       }
     }
-    renderIncidents(data.incidents_open || []);
+    document.getElementById("targets").setAttribute("aria-busy", "false");
   }
 
   function banner(text) {
@@ -163,16 +305,51 @@
     b.hidden = !text;
   }
 
+  async function getJson(path) {
+    const resp = await fetch(path, { cache: "no-store" });
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    return resp.json();
+  }
+
+  let lastStatus = null;
   async function poll() {
     try {
-      const resp = await fetch("/api/status", { cache: "no-store" });
-      if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
-      render(await resp.json());
+      lastStatus = await getJson("/api/status");
+      render(lastStatus);
       banner("");
     } catch (e) {
       banner(`Guardian unreachable: ${e.message}. Showing the last known state.`);
     } finally {
       window.setTimeout(poll, refreshMs);
+    }
+  }
+
+  async function pollIncidents() {
+    try {
+      renderIncidents((await getJson("/api/incidents?all=true&limit=20")).incidents || []);
+    } catch (e) {
+      const box = document.getElementById("incidents");
+      if (box.dataset.state === "loading") {
+        box.dataset.state = "error";
+        box.replaceChildren(el("p", "error", `incidents unavailable: ${e.message}`));
+      }
+    } finally {
+      window.setTimeout(pollIncidents, incidentsMs);
+    }
+  }
+
+  async function pollUptime() {
+    try {
+      uptime = await getJson("/api/uptime");
+    } catch (e) {
+      uptime = { targets: {} };
+    } finally {
+      for (const [name, c] of cards) renderUptime(name, c);
+      if (lastStatus) lastStatus.targets.forEach((t) => {
+        const c = cards.get(t.name);
+        if (c) c.recovery.textContent = recoveryText(t);
+      });
+      window.setTimeout(pollUptime, uptimeMs);
     }
   }
 
@@ -201,5 +378,7 @@
   const tokenInput = document.getElementById("token");
   tokenInput.value = window.sessionStorage.getItem(TOKEN_KEY) || "";
   tokenInput.addEventListener("input", () => window.sessionStorage.setItem(TOKEN_KEY, tokenInput.value));
+  pollUptime();
   poll();
+  pollIncidents();
 })();
