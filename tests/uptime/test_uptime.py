@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from guardian.events import EventBus, RecoveryEvent, RecoveryKind
-from guardian.recovery import SqliteBreakerStore
+from guardian.breakers import SqliteBreakerStore
 from guardian.result import CheckResult, Status
 from guardian.uptime import UPTIME_SCHEMA_VERSION, UptimeStore
 
