@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from guardian.checks.base import Check
 from guardian.clock import Clock
+from guardian.overload import LagProbe, overloaded_reason
 from guardian.result import CheckResult, Outcome, Status
 from guardian.state import State
 
@@ -66,6 +67,8 @@ class Engine:
         self._tasks: dict[Scheduled, asyncio.Task[None]] = {}
         self._stopping = False
         self._stray: set[asyncio.Task[Outcome]] = set()
+        # Set by the runtime: a timeout while Guardian itself stalled is SKIPPED, not FAILED.
+        self.lag_probe: LagProbe | None = None
 
     # ------------------------------------------------------------------ one run
 
@@ -94,6 +97,7 @@ class Engine:
         )
 
     async def _run_with_timeout(self, check: Check, timeout: float) -> Outcome:
+        mark = self.lag_probe.mark() if self.lag_probe is not None else 0.0
         task: asyncio.Task[Outcome] = asyncio.ensure_future(check.run())
         timer = asyncio.ensure_future(self.clock.sleep(timeout))
         try:
@@ -106,6 +110,11 @@ class Engine:
             task.cancel()
             self._stray.add(task)
             task.add_done_callback(self._reap)
+            if self.lag_probe is not None:
+                stalled = self.lag_probe.stalled_since(mark)
+                own_fault = overloaded_reason(stalled, timeout)
+                if own_fault is not None:
+                    return Outcome.skipped(own_fault, timeout_s=timeout, guardian_lag_s=stalled)
             return Outcome.failed("timeout", timeout_s=timeout)
         timer.cancel()
         if task.cancelled():

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from guardian.config import Config
+from guardian.overload import LoopLagMonitor
 from guardian.result import CheckResult
 from guardian.state import State
 
@@ -33,6 +34,11 @@ class GuardianView(Protocol):
 
     @property
     def started_at(self) -> datetime | None: ...
+
+    @property
+    def overload(self) -> LoopLagMonitor | None:
+        """Guardian's own event-loop lag (None where nothing measures it)."""
+        ...
 
     def recovery_snapshot(self) -> dict[str, dict[str, Any]]:
         """Per target with a service: attempts, last_restart (ISO|None), breaker_open,
@@ -76,6 +82,7 @@ class StaticView:
     restart_fn: RestartFn | None = None
     run_checks_fn: RunChecksFn | None = None
     restarts: list[str] = field(default_factory=list)
+    overload: LoopLagMonitor | None = None
 
     def _known(self, target: str) -> None:
         if target not in {t.name for t in self.config.targets}:
