@@ -113,7 +113,7 @@ async def test_requests_over_the_in_flight_cap_get_503() -> None:
 def test_non_loopback_bind_without_token_is_a_config_error(host: str) -> None:
     with pytest.raises(ConfigError, match=r"api\.host = .* is not a loopback address"):
         parse_config(f'[api]\nhost = "{host}"\n')
-    with pytest.raises(ConfigError, match="api.token"):
+    with pytest.raises(ConfigError, match=r"api\.token"):
         parse_config(f'[api]\nhost = "{host}"\ntoken = ""\n')
     assert parse_config(f'[api]\nhost = "{host}"\ntoken = "x"\n').api.host == host
     assert parse_config(f'[api]\nhost = "{host}"\nenabled = false\n').api.enabled is False

@@ -56,7 +56,7 @@ def _engine(state: State, monitor: LoopLagMonitor | None) -> Engine:
 
 async def _block_loop(after: float, seconds: float) -> None:
     await asyncio.sleep(after)
-    time.sleep(seconds)  # the whole loop stalls, as under Guardian's own overload
+    time.sleep(seconds)  # noqa: ASYNC251 - the point: the whole loop stalls, as under overload
 
 
 async def test_timeout_while_guardian_stalled_is_skipped_not_failed() -> None:
