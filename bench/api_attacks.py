@@ -100,8 +100,10 @@ def _limit_nofile(n: int) -> None:
 
 
 @contextlib.contextmanager
-def guardian(tmp: Path, *, nofile: int | None = None, api: str = "") -> Iterator[RunningGuardian]:
-    """``guardian run`` on a supervised victim; yields once both answer HTTP."""
+def guardian(
+    tmp: Path, *, nofile: int | None = None, api: str = "", src: Path | None = None
+) -> Iterator[RunningGuardian]:
+    """``guardian run`` (of ``src``, default this checkout) on a supervised victim."""
     tmp.mkdir(parents=True, exist_ok=True)
     api_port, victim_port, pidfile = free_port(), free_port(), tmp / "victim.pid"
     argv = [sys.executable, str(VICTIM), "--port", str(victim_port), "--pidfile", str(pidfile)]
@@ -136,7 +138,9 @@ interval = 1
 timeout = 0.5
 """)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(src or REPO / "src"), *filter(None, [env.get("PYTHONPATH")])]
+    )
     stderr_path = tmp / "guardian.stderr"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
