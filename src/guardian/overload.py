@@ -70,7 +70,7 @@ class LoopLagMonitor:
         self,
         state: State | None = None,
         *,
-        tick: float = 0.05,
+        tick: float = 0.1,
         threshold: float = 0.25,
         recover_after: float = 5.0,
         horizon: float = 600.0,

@@ -148,13 +148,13 @@ class Guardian:
         )
         try:
             self.api = await serve(self._app, api.host, api.port, limits)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             # Watching and repairing matter more than the dashboard: keep running.
             log.error(
                 "API not started on %s:%d: %s",
                 api.host,
                 api.port,
-                e.strerror or e,
+                getattr(e, "strerror", None) or e,
                 extra={"event": "api_failed"},
             )
             return
