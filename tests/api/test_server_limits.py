@@ -144,3 +144,15 @@ def test_raise_nofile_moves_soft_toward_hard() -> None:
         assert got.soft is not None and got.soft > 200 and got.open_now
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_bridge_reads_degrade_when_the_owner_loop_does_not_answer() -> None:
+    stalled = asyncio.new_event_loop()  # never run: like a main loop stuck for good
+    try:
+        bridge = LoopBridge(make_view(), stalled, read_timeout=0.05)
+        assert bridge.recovery_snapshot() == {}
+        assert bridge.incidents() == []
+        assert bridge.incident(1) is None
+        bridge.close()
+    finally:
+        stalled.close()
