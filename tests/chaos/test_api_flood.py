@@ -64,8 +64,14 @@ def test_a_more_idle_connections_than_fds_harm_nothing(tmp_path: Path) -> None:
                 time.sleep(0.1)
             assert peak < nofile // 2, f"API took {peak} of {nofile} fds"
             _no_harm(g, pid0, n0)
-            silent, _answered, _closed = still_open(held)
-            assert silent == 0, "idle connections outlived the header timeout"
+            # every idle connection is answered 503 or closed by the header timeout (2 s);
+            # ones the kernel queued are accepted late, so allow a few more seconds
+            silent = still_open(held)[0]
+            end = time.monotonic() + 6
+            while silent and time.monotonic() < end:
+                time.sleep(0.2)
+                silent = still_open(held)[0]
+            assert silent == 0, f"{silent} idle connections outlived the header timeout"
         finally:
             for s in held:
                 s.close()
