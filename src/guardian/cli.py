@@ -20,6 +20,7 @@ from rich.table import Table
 from guardian import __version__
 from guardian.cli_support import ConfigOpt, err, load_or_exit, out
 from guardian.config import Config, config_summary
+from guardian.escape import terminal
 from guardian.log import LogFormat, setup_logging
 from guardian.result import CheckResult, Status
 from guardian.state import aggregate
@@ -155,11 +156,11 @@ def results_table(results: list[CheckResult], title: str) -> Table:
     for r in results:
         detail = r.reason or ", ".join(f"{k}={v}" for k, v in list(r.values.items())[:6])
         table.add_row(
-            r.target,
-            r.check,
+            terminal(r.target),
+            terminal(r.check),
             f"[{style[r.status]}]{r.status.value}[/]",
             f"{r.duration * 1000:.0f} ms",
-            detail,
+            terminal(detail),  # target text: "[/]" in a health body is not markup
         )
     return table
 
@@ -209,7 +210,7 @@ def _api_call(cfg: Config, method: str, path: str, ok: tuple[int, ...] = ()) -> 
             detail = resp.json().get("detail", resp.text)
         except ValueError:
             detail = resp.text
-        err.print(f"Guardian answered HTTP {resp.status_code}: {detail}")
+        err.print(f"Guardian answered HTTP {resp.status_code}: {detail}", markup=False)
         raise typer.Exit(2)
     return resp.json()
 
@@ -225,7 +226,7 @@ def restart(
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
     body = _api_call(cfg, "POST", f"/api/targets/{target}/restart")
-    out.print(body.get("message", body) if isinstance(body, dict) else body)
+    out.print(body.get("message", body) if isinstance(body, dict) else body, markup=False)
 
 
 @app.command()
@@ -234,11 +235,13 @@ def status(config: ConfigOpt = None) -> None:
     cfg = load_or_exit(config)
     body = _api_call(cfg, "GET", "/api/health", ok=(503,))  # 503 = unhealthy, still a view
     health = body.get("status", "unhealthy")
-    table = Table(title=f"Guardian: {health}", title_justify="left")
+    table = Table(title=f"Guardian: {terminal(health)}", title_justify="left")
     for col in ("target", "status", "reason"):
         table.add_column(col)
     for name, info in (body.get("targets") or {}).items():
-        table.add_row(name, str(info.get("status")), str(info.get("reason") or ""))
+        table.add_row(
+            terminal(name), terminal(info.get("status")), terminal(info.get("reason") or "")
+        )
     out.print(table)
     raise typer.Exit(EXIT_FOR.get(health, 2))
 

@@ -29,17 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import sqlite3
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from guardian.breakers import BreakerRecord, BreakerStore
 from guardian.clock import Clock
 from guardian.config import Config, RecoveryConfig
 from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
@@ -53,140 +50,8 @@ START_POLL = 0.1
 
 
 # =========================================================================== persistence
-
-
-@dataclass
-class BreakerRecord:
-    """What survives a Guardian restart for one target."""
-
-    attempts: int = 0
-    attempt_times: list[str] = field(default_factory=list)  # wall clock, ISO 8601 UTC
-    last_restart: str | None = None
-    breaker_open: bool = False
-
-
-class BreakerStore(Protocol):
-    def load(self) -> dict[str, BreakerRecord]: ...
-
-    def save(self, target: str, record: BreakerRecord) -> None: ...
-
-
-class MemoryBreakerStore:
-    """A store that lives as long as the object (tests, --dry-run)."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, BreakerRecord] = {}
-
-    def load(self) -> dict[str, BreakerRecord]:
-        return {k: _copy(v) for k, v in self.records.items()}
-
-    def save(self, target: str, record: BreakerRecord) -> None:
-        self.records[target] = _copy(record)
-
-
-def _copy(r: BreakerRecord) -> BreakerRecord:
-    return BreakerRecord(r.attempts, list(r.attempt_times), r.last_restart, r.breaker_open)
-
-
-# The breaker tables share Guardian's SQLite file with the incident store, which owns
-# PRAGMA user_version for its own migrations. A second owner of that one number would make
-# either store skip the other's migrations, so the breaker tables keep their version in a
-# row of `guardian_schema` instead. Index i upgrades version i -> i + 1; append, never edit.
-BREAKER_COMPONENT = "breakers"
-BREAKER_MIGRATIONS: tuple[str, ...] = (
-    # IF NOT EXISTS: files written before versioning already have this exact table.
-    "CREATE TABLE IF NOT EXISTS breakers ("
-    " target TEXT PRIMARY KEY,"
-    " attempts INTEGER NOT NULL,"
-    " attempt_times TEXT NOT NULL,"
-    " last_restart TEXT,"
-    " breaker_open INTEGER NOT NULL,"
-    " updated TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
-)
-BREAKER_SCHEMA_VERSION = len(BREAKER_MIGRATIONS)
-
-
-class SqliteBreakerStore:
-    """Breaker state in its own table of Guardian's SQLite file (WAL, created if missing)."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), timeout=5.0, check_same_thread=False)
-        try:
-            with self._lock:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._migrate()
-        except sqlite3.Error:
-            self._db.close()
-            raise
-
-    def _migrate(self) -> None:
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS guardian_schema ("
-            " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-        self._db.commit()
-        version = self.schema_version
-        if version > BREAKER_SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"{self.path}: breaker tables are at schema v{version}, newer than this "
-                f"Guardian (v{BREAKER_SCHEMA_VERSION}); upgrade Guardian or use another store"
-            )
-        for i in range(version, BREAKER_SCHEMA_VERSION):
-            # executescript commits on its own: migration and version bump in one transaction.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE;\n{BREAKER_MIGRATIONS[i]}\n"
-                "INSERT INTO guardian_schema (component, version)"
-                f" VALUES ('{BREAKER_COMPONENT}', {i + 1})"
-                " ON CONFLICT(component) DO UPDATE SET version = excluded.version;\n"
-                "COMMIT;"
-            )
-
-    @property
-    def schema_version(self) -> int:
-        row = self._db.execute(
-            "SELECT version FROM guardian_schema WHERE component = ?", (BREAKER_COMPONENT,)
-        ).fetchone()
-        return 0 if row is None else int(row[0])
-
-    def load(self) -> dict[str, BreakerRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT target, attempts, attempt_times, last_restart, breaker_open FROM breakers"
-            ).fetchall()
-        out: dict[str, BreakerRecord] = {}
-        for target, attempts, times, last, is_open in rows:
-            try:
-                parsed = [str(t) for t in json.loads(times)]
-            except (ValueError, TypeError):
-                parsed = []
-            out[str(target)] = BreakerRecord(int(attempts), parsed, last, bool(is_open))
-        return out
-
-    def save(self, target: str, record: BreakerRecord) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO breakers (target, attempts, attempt_times, last_restart,"
-                " breaker_open, updated) VALUES (?, ?, ?, ?, ?,"
-                " strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
-                " ON CONFLICT(target) DO UPDATE SET attempts=excluded.attempts,"
-                " attempt_times=excluded.attempt_times, last_restart=excluded.last_restart,"
-                " breaker_open=excluded.breaker_open, updated=excluded.updated",
-                (
-                    target,
-                    record.attempts,
-                    json.dumps(record.attempt_times),
-                    record.last_restart,
-                    int(record.breaker_open),
-                ),
-            )
-            self._db.commit()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+# BreakerRecord, BreakerStore and the Memory/Sqlite stores live in guardian.breakers, a
+# component of Guardian's one SQLite file (guardian.db); imported above.
 
 
 # =========================================================================== policy

@@ -10,22 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from guardian.breakers import BREAKERS, BreakerStore, MemoryBreakerStore, SqliteBreakerStore
 from guardian.checks import CheckContext, build_check
 from guardian.checks.base import Check
 from guardian.clock import Clock, SystemClock
 from guardian.config import Config
+from guardian.db import Database
 from guardian.engine import Engine
 from guardian.events import EventBus
 from guardian.fdlimit import FdLimits, api_connection_cap, raise_nofile
 from guardian.incidents import Incidents, start_incidents
-from guardian.incidents.store import Incident, Store, StoreError
+from guardian.incidents.store import INCIDENTS, Incident, Store, StoreError
 from guardian.overload import LoopLagMonitor
-from guardian.recovery import BreakerStore, MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
+from guardian.recovery import RecoveryManager
 from guardian.result import CheckResult
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
@@ -66,6 +67,7 @@ class Guardian:
         )
         self.fd_limits: FdLimits | None = None
         self.started_at: datetime | None = None
+        self.db: Database | None = None
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
         self._incidents: Incidents | None = None
@@ -73,15 +75,27 @@ class Guardian:
         self._app: FastAPI | None = None
         self._bridge: LoopBridge | None = None
 
-    def _open_breaker_store(self) -> BreakerStore:
-        path = self.config.store_path
+    def _open_database(self) -> Database:
+        """Guardian's one SQLite file, opened once for every component.
+
+        It never raises for the file's sake: a damaged file is moved aside, a refused or
+        unopenable one is replaced by memory, and each is shown as the ``store`` problem.
+        """
+        return Database(
+            self.config.store_path,
+            problems=self.state,
+            recover=True,
+            monotonic=self.clock.monotonic,
+            now=self.clock.now,
+            components=(INCIDENTS, BREAKERS),
+        )
+
+    def _open_breaker_store(self, db: Database) -> BreakerStore:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return SqliteBreakerStore(path)
-        except (OSError, sqlite3.Error) as e:
-            log.warning(
-                "cannot open state store %s (%s): restart counters will not survive a restart",
-                path,
+            return SqliteBreakerStore(db)
+        except (StoreError, OSError) as e:
+            log.error(
+                "breaker store unavailable (%s): restart counters will not survive a restart",
                 e,
                 extra={"event": "store_unavailable"},
             )
@@ -92,9 +106,10 @@ class Guardian:
         self.state.started_at = self.started_at
         self.fd_limits = raise_nofile()
         self.overload.start()
+        self.db = self._open_database()
         try:
             self._incidents = start_incidents(
-                self.config, self.bus, self.clock, self.state, self.backends
+                self.config, self.bus, self.clock, self.state, self.backends, db=self.db
             )
         except (StoreError, OSError) as e:
             log.error(
@@ -102,7 +117,7 @@ class Guardian:
                 e,
                 extra={"event": "store_unavailable"},
             )
-        self.breakers = self._open_breaker_store()
+        self.breakers = self._open_breaker_store(self.db)
         self.recovery = RecoveryManager(
             self.config,
             self.bus,
@@ -184,6 +199,8 @@ class Guardian:
                 log.exception("closing service backend %s failed", name)
         if self.breakers is not None and hasattr(self.breakers, "close"):
             self.breakers.close()
+        if self.db is not None:
+            self.db.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""

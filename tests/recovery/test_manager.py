@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
+from guardian.breakers import MemoryBreakerStore, SqliteBreakerStore
 from guardian.checks.disk import DiskCheckConfig
 from guardian.checks.http import HttpCheckConfig
 from guardian.clock import FakeClock
 from guardian.config import Config, RecoveryConfig, ServiceConfig, TargetConfig
 from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.recovery import MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
+from guardian.recovery import RecoveryManager
 from guardian.result import CheckResult, Status
 from guardian.services.base import ExitListener, ServiceState, ServiceStatus
 
@@ -401,8 +402,8 @@ async def test_exit_only_target_attempts_clear_after_a_stable_run() -> None:
 def test_breaker_store_shares_the_file_with_the_incident_store(tmp_path: Path) -> None:
     import sqlite3
 
+    from guardian.breakers import BREAKER_SCHEMA_VERSION, BreakerRecord
     from guardian.incidents.store import SCHEMA_VERSION, Store
-    from guardian.recovery import BREAKER_SCHEMA_VERSION, BreakerRecord
 
     for first in ("breakers", "incidents"):
         db = tmp_path / f"{first}-first.db"
@@ -426,7 +427,8 @@ def test_breaker_store_shares_the_file_with_the_incident_store(tmp_path: Path) -
 def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path) -> None:
     import sqlite3
 
-    from guardian.recovery import BREAKER_MIGRATIONS
+    from guardian.breakers import BREAKER_MIGRATIONS
+    from guardian.db import StoreNewer
 
     old = tmp_path / "old.db"  # written before the schema row existed
     with sqlite3.connect(old) as con:
@@ -445,7 +447,7 @@ def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path)
         con.execute("CREATE TABLE guardian_schema (component TEXT PRIMARY KEY, version INTEGER)")
         con.execute("INSERT INTO guardian_schema VALUES ('breakers', 99)")
     con.close()
-    with pytest.raises(sqlite3.DatabaseError, match="v99, newer than this Guardian"):
+    with pytest.raises(StoreNewer, match="v99, newer than this Guardian"):
         SqliteBreakerStore(newer)
 
 
