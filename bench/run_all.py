@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_peers.py", "bench_hang.py", "bench_overhead.py"]
+BENCHES = ["bench_peers.py", "bench_hang.py", "bench_overhead.py", "bench_api_flood.py"]
 
 
 def main() -> int:

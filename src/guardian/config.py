@@ -145,6 +145,37 @@ class ApiSection(_Section):
     token: SecretStr | None = Field(
         None, description="bearer token for mutating calls; they are disabled without one"
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="extra Host header names served (loopback names and `host` always are)",
+    )
+    max_connections: int = Field(
+        64, ge=1, le=10_000, description="open API connections; more are closed at once"
+    )
+    max_concurrency: int = Field(
+        32, ge=1, le=10_000, description="requests in progress; more get 503"
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024, description="a request head larger gets 431"
+    )
+    header_timeout: float = Field(
+        5.0, gt=0, le=300, description="seconds to send a request head, else closed"
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, le=300, description="seconds an idle keep-alive connection stays open"
+    )
+
+    @model_validator(mode="after")
+    def _public_bind_needs_token(self) -> ApiSection:
+        # Anyone who can reach a non-loopback address could read the whole stack's state
+        # and, with a guessed empty token, act on it: such a bind must be deliberate.
+        token = self.token.get_secret_value() if self.token is not None else ""
+        if self.enabled and not token and not is_loopback_host(self.host):
+            raise ValueError(
+                f"api.host = {self.host!r} is not a loopback address: set api.token "
+                "(GUARDIAN_API_TOKEN) to serve beyond this machine, or bind 127.0.0.1"
+            )
+        return self
 
     @field_validator("token")
     @classmethod
@@ -152,6 +183,19 @@ class ApiSection(_Section):
         if v is not None and re.search(r"[\x00-\x20\x7f]", v.get_secret_value()):
             raise ValueError("token must not contain spaces or control characters")
         return v
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class EscalationSection(_Section):

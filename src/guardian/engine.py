@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from guardian.checks.base import Check
 from guardian.clock import Clock
+from guardian.overload import LagProbe, overloaded_reason
 from guardian.redact import redact, redact_value
 from guardian.result import CheckResult, Outcome, Status
 from guardian.startup import StartupPhases
@@ -78,6 +79,8 @@ class Engine:
         self._wake: dict[Scheduled, asyncio.Event] = {}
         if startup is not None:
             startup.add_waker(self._wake_target)
+        # Set by the runtime: a timeout while Guardian itself stalled is SKIPPED, not FAILED.
+        self.lag_probe: LagProbe | None = None
 
     # ------------------------------------------------------------------ one run
 
@@ -115,6 +118,7 @@ class Engine:
         )
 
     async def _run_with_timeout(self, check: Check, timeout: float) -> Outcome:
+        mark = self.lag_probe.mark() if self.lag_probe is not None else 0.0
         task: asyncio.Task[Outcome] = asyncio.ensure_future(check.run())
         timer = asyncio.ensure_future(self.clock.sleep(timeout))
         try:
@@ -127,6 +131,11 @@ class Engine:
             task.cancel()
             self._stray.add(task)
             task.add_done_callback(self._reap)
+            if self.lag_probe is not None:
+                stalled = self.lag_probe.stalled_since(mark)
+                own_fault = overloaded_reason(stalled, timeout)
+                if own_fault is not None:
+                    return Outcome.skipped(own_fault, timeout_s=timeout, guardian_lag_s=stalled)
             return Outcome.failed("timeout", timeout_s=timeout)
         timer.cancel()
         if task.cancelled():

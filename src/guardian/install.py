@@ -237,6 +237,7 @@ def systemd_unit(
         "# SIGTERM to Guardian only: it stops the processes it supervises itself, in order.",
         "KillMode=mixed",
         "TimeoutStopSec=30",
+        "LimitNOFILE=65536",
         "NoNewPrivileges=yes",
     ]
     if not user:

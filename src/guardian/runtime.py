@@ -25,8 +25,10 @@ from guardian.config import Config
 from guardian.db import Database
 from guardian.engine import Engine
 from guardian.events import EventBus
+from guardian.fdlimit import FdLimits, api_connection_cap, raise_nofile
 from guardian.incidents import Incidents, start_incidents
 from guardian.incidents.store import INCIDENTS, Incident, Store, StoreError
+from guardian.overload import LoopLagMonitor
 from guardian.recovery import RecoveryManager
 from guardian.result import CheckResult
 from guardian.services import build_backend
@@ -38,7 +40,8 @@ from guardian.uptime import UptimeStore
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from guardian.api.app import ApiServer
+    from guardian.api.bridge import LoopBridge
+    from guardian.api.server import ApiServer
 
 log = logging.getLogger("guardian.runtime")
 
@@ -70,6 +73,13 @@ class Guardian:
         self.engine = Engine(
             self.state, checks, self.clock, jitter=config.guardian.jitter, startup=self.startup
         )
+        # Guardian's own lateness: timeouts while it stalls are never held against targets.
+        self.overload = LoopLagMonitor(self.state)
+        self.engine.lag_probe = self.overload
+        self.overload.watch_lateness(
+            lambda: [(sc.target, sc.name, list(sc.lateness)) for sc in self.engine.scheduled]
+        )
+        self.fd_limits: FdLimits | None = None
         self.started_at: datetime | None = None
         self.db: Database | None = None
         self.breakers: BreakerStore | None = None
@@ -80,6 +90,7 @@ class Guardian:
         self.uptime_counts: UptimeStore | None = None
         self._uptime_db: sqlite3.Connection | None = None
         self._uptime_unsubscribe: Callable[[], None] | None = None
+        self._bridge: LoopBridge | None = None
 
     def _open_database(self) -> Database:
         """Guardian's one SQLite file, opened once for every component.
@@ -154,6 +165,8 @@ class Guardian:
     async def start(self) -> None:
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
+        self.fd_limits = raise_nofile()
+        self.overload.start()
         self.db = self._open_database()
         try:
             self._incidents = start_incidents(
@@ -197,19 +210,38 @@ class Guardian:
         )
 
     async def _start_api(self) -> None:
-        from guardian.api.app import create_app, serve
+        from guardian.api.app import create_app
+        from guardian.api.bridge import LoopBridge
+        from guardian.api.server import ServeLimits, serve
 
-        self._app = create_app(self)
+        # The API runs on its own thread and loop; it reaches this one only via the bridge.
+        self._bridge = LoopBridge(self, asyncio.get_running_loop())
+        self._app = create_app(self._bridge)
         api = self.config.api
+        max_connections = api_connection_cap(
+            api.max_connections, self.fd_limits or FdLimits(None, None)
+        )
+        if max_connections < api.max_connections:
+            log.info(
+                "API connections capped at %d (a quarter of the open-files limit)",
+                max_connections,
+                extra={"event": "api_connection_cap", "max_connections": max_connections},
+            )
+        limits = ServeLimits(
+            max_connections=max_connections,
+            max_header_bytes=api.max_header_bytes,
+            header_timeout=api.header_timeout,
+            keep_alive_timeout=api.keep_alive_timeout,
+        )
         try:
-            self.api = await serve(self._app, api.host, api.port)
-        except OSError as e:
+            self.api = await serve(self._app, api.host, api.port, limits)
+        except (OSError, RuntimeError) as e:
             # Watching and repairing matter more than the dashboard: keep running.
             log.error(
                 "API not started on %s:%d: %s",
                 api.host,
                 api.port,
-                e.strerror or e,
+                getattr(e, "strerror", None) or e,
                 extra={"event": "api_failed"},
             )
             return
@@ -223,8 +255,11 @@ class Guardian:
             await self.api.stop(timeout=grace)
         if self._app is not None:
             self._app.state.metrics.close()
+        if self._bridge is not None:
+            self._bridge.close()
         await self.engine.stop(grace=grace)
         await self.engine.aclose()
+        await self.overload.stop()
         if self.recovery is not None:
             await self.recovery.aclose()
         if self._incidents is not None:

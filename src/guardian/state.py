@@ -57,7 +57,9 @@ class State:
 
     def results(self, target: str | None = None) -> list[CheckResult]:
         """Latest result of every check (of one target), in config order."""
-        return [r for r in self._latest.values() if target is None or r.target == target]
+        # list() copies in one C call, so a reader on the API thread never iterates a
+        # dict the engine is inserting into.
+        return [r for r in list(self._latest.values()) if target is None or r.target == target]
 
     def history(self, target: str, check: str) -> list[CheckResult]:
         return list(self._history.get((target, check), ()))

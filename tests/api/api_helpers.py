@@ -11,6 +11,7 @@ import httpx
 from guardian.api.app import create_app
 from guardian.api.context import StaticView
 from guardian.config import Config, parse_config
+from guardian.overload import LoopLagMonitor
 from guardian.result import CheckResult, Status, Value
 from guardian.state import State
 
@@ -144,7 +145,17 @@ def make_view(
                         "breaker_open": False, "consecutive_failures": 1, "restarting": False},
         },
     )
+    kwargs.setdefault("overload", lag_monitor(state))
     return StaticView(config=config, state=state, **kwargs)
+
+
+def lag_monitor(state: State) -> LoopLagMonitor:
+    """A monitor (not started) with a few known lags and one check's start lateness."""
+    monitor = LoopLagMonitor(state)
+    for at, lag in enumerate((0.002, 0.004, 0.03)):
+        monitor.observe(lag, float(at))
+    monitor.watch_lateness(lambda: [("panel", "http", [0.001, 0.002, 0.05])])
+    return monitor
 
 
 INCIDENTS: list[dict[str, Any]] = [
@@ -162,4 +173,4 @@ INCIDENTS: list[dict[str, Any]] = [
 
 def client(view: StaticView) -> httpx.AsyncClient:
     app = create_app(view)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://guardian")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")

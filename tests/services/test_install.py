@@ -113,6 +113,7 @@ def test_systemd_unit_text():
         "RestartSec=5",
         "KillMode=mixed",
         "TimeoutStopSec=30",
+        "LimitNOFILE=65536",
         "NoNewPrivileges=yes",
         "ProtectSystem=full",
         "ProtectHome=read-only",

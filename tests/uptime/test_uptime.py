@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from guardian.events import EventBus, RecoveryEvent, RecoveryKind
 from guardian.breakers import SqliteBreakerStore
+from guardian.events import EventBus, RecoveryEvent, RecoveryKind
 from guardian.result import CheckResult, Status
 from guardian.uptime import UPTIME_SCHEMA_VERSION, UptimeStore
 

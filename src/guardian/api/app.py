@@ -2,31 +2,33 @@
 
 Every read is answered from cached state (see :mod:`guardian.api.models`); responses are
 serialised by pydantic-core directly, skipping FastAPI's generic encoder, which keeps
-``/api/health`` well under a millisecond. The two mutating endpoints need a bearer token
-(``api.token``) and are disabled outright when none is configured: an empty token must
-never mean "open".
+``/api/health`` well under a millisecond. :class:`RequestGuard` refuses unknown Host
+headers (DNS rebinding) and caps requests in progress; serving itself (own thread, bounded
+connections and headers) is :mod:`guardian.api.server`. The two mutating endpoints need
+a bearer token (``api.token``) and are disabled outright when none is configured: an
+empty token must never mean "open".
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
+import ipaddress
+import json
 import logging
-import socket
-from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guardian.api import models
 from guardian.api.context import GuardianView
 from guardian.api.metrics import Metrics
 from guardian.api.page import add_page_routes
+from guardian.api.server import ApiServer, serve
+from guardian.config import ApiSection
 
 log = logging.getLogger("guardian.api")
 
@@ -134,7 +136,9 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
         responses=_err(404),
         tags=["incidents"],
     )
-    async def incident(incident_id: int) -> Response:
+    async def incident(
+        incident_id: Annotated[int, Path(ge=1, le=MAX_INCIDENT_ID)],
+    ) -> Response:
         data = view.incident(incident_id)
         found = models.incident_model(data, detail=True) if data is not None else None
         if found is None:
@@ -171,7 +175,7 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
     @app.post(
         "/api/checks/run",
         response_model=models.RunChecksResponse,
-        responses=_err(401, 403, 404),
+        responses=_err(401, 403, 404, 503),
         dependencies=[authorized],
         tags=["actions"],
     )
@@ -185,12 +189,20 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
             results = await view.run_checks(target)
         except KeyError:
             raise HTTPException(404, f"unknown target {target!r}") from None
+        except RuntimeError as e:
+            raise HTTPException(503, str(e)) from None
         return _json(
             models.RunChecksResponse(
                 status=view.state.overall(), results=[models.check_model(r) for r in results]
             )
         )
 
+    @app.get(
+        "/api/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        tags=["metrics"],
+    )
     @app.get(
         "/metrics",
         response_class=Response,
@@ -203,104 +215,90 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
         return Response(body, media_type=content_type)
 
     add_page_routes(app, view)
+    app.add_middleware(RequestGuard, config=view.config.api)
     return app
 
 
-# --------------------------------------------------------------------------- serving
+# --------------------------------------------------------------------------- guard
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: Guardian's runtime owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
+MAX_INCIDENT_ID = 2**63 - 1  # SQLite INTEGER; larger ids cannot exist
 
 
-class ApiServer:
-    """The API on its own socket inside Guardian's event loop; start, then stop gracefully.
+def allowed_hosts(config: ApiSection) -> frozenset[str]:
+    """Host header names this API answers to (lowercase, no port, IPv6 without brackets)."""
+    names = {"localhost", "127.0.0.1", "::1", config.host.strip("[]").lower()}
+    names.update(h.strip().strip("[]").lower() for h in config.allowed_hosts)
+    return frozenset(names)
 
-    The socket is bound here rather than by uvicorn so a taken port is a clear OSError
-    (uvicorn would ``sys.exit`` from inside a task) and port 0 reports the port it got.
+
+def host_of(value: str) -> str:
+    """``Host`` header value -> bare lowercase name: ``[::1]:8787`` -> ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") == 1:
+        return value.partition(":")[0]
+    return value
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class RequestGuard:
+    """ASGI middleware: Host allowlist (DNS rebinding) and a cap on requests in progress.
+
+    A DNS-rebinding page reaches 127.0.0.1 under its *own* name, which it cannot make a
+    loopback name or an IP literal; so only those, the configured host and
+    ``api.allowed_hosts`` are served (421 otherwise), GET routes included. A request
+    without a Host header is not from a browser and is served. On a wildcard bind
+    (``0.0.0.0``/``::``, which needs a token) any IP literal is accepted, since users
+    reach such a Guardian by its address.
     """
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8787) -> None:
-        self.app, self.host, self.requested_port = app, host, port
-        self.port = port
-        self.server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, app: ASGIApp, config: ApiSection) -> None:
+        self.app = app
+        self.allowed = allowed_hosts(config)
+        self.any_ip = config.host.strip("[]") in ("0.0.0.0", "::")
+        self.max_in_flight = config.max_concurrency
+        self.in_flight = 0
 
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+    def host_allowed(self, raw: bytes | None) -> bool:
+        if raw is None:
+            return True
+        name = host_of(raw.decode("latin-1"))
+        return name in self.allowed or (self.any_ip and _is_ip_literal(name))
 
-    async def start(self) -> int:
-        """Bind, serve in a task, return once accepting connections; the bound port."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        # proto must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on connections
-        # from such sockets, and without it Nagle + delayed ACK add ~40 ms per keep-alive
-        # response (headers and body are two writes).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.requested_port))
-        except OSError as e:
-            sock.close()
-            raise OSError(e.errno, f"cannot listen on {self.host}:{self.requested_port}: "
-                          f"{e.strerror}") from None
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            timeout_graceful_shutdown=3,
-        )
-        self.server = server = _Server(config)
-        self._task = asyncio.create_task(self._run(server, sock), name="guardian-api")
-        while not server.started:
-            if self._task.done():
-                self._task.result()  # re-raises why it stopped
-                raise RuntimeError("API server stopped during startup")
-            await asyncio.sleep(0.01)
-        log.info("API listening on %s", self.url, extra={"event": "api_listening",
-                                                          "port": self.port})
-        return self.port
-
-    @staticmethod
-    async def _run(server: uvicorn.Server, sock: socket.socket) -> None:
-        try:
-            await server.serve(sockets=[sock])
-        except SystemExit as e:  # uvicorn's startup failure path
-            raise RuntimeError(f"API server failed to start (exit {e.code})") from None
-        finally:
-            sock.close()
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let running requests finish (bounded), then return."""
-        if self.server is None or self._task is None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        self.server.should_exit = True
+        host = next((v for k, v in scope["headers"] if k == b"host"), None)
+        if not self.host_allowed(host):
+            await _send_json(send, 421, "unknown Host header: request refused")
+            return
+        if self.in_flight >= self.max_in_flight:
+            await _send_json(send, 503, "too many requests in progress", retry_after=True)
+            return
+        self.in_flight += 1
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
-            self.server.force_exit = True
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, 1.0)
-        except Exception:
-            log.exception("API server ended with an error")
+            await self.app(scope, receive, send)
         finally:
-            if not self._task.done():
-                self._task.cancel()
-            self.server = None
-            self._task = None
+            self.in_flight -= 1
 
 
-async def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8787) -> ApiServer:
-    """Start serving ``app``; returns the running :class:`ApiServer` (call ``stop()``)."""
-    server = ApiServer(app, host, port)
-    await server.start()
-    return server
+async def _send_json(send: Send, status: int, detail: str, *, retry_after: bool = False) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+__all__ = ["ApiServer", "RequestGuard", "create_app", "serve"]

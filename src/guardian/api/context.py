@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from guardian.config import Config
+from guardian.overload import LoopLagMonitor
 from guardian.result import CheckResult
 from guardian.state import State
 from guardian.uptime import UptimeStore
@@ -38,6 +39,11 @@ class GuardianView(Protocol):
     @property
     def uptime_counts(self) -> UptimeStore | None:
         """Persisted per-target uptime buckets; None when no store is open."""
+        ...
+
+    @property
+    def overload(self) -> LoopLagMonitor | None:
+        """Guardian's own event-loop lag (None where nothing measures it)."""
         ...
 
     def recovery_snapshot(self) -> dict[str, dict[str, Any]]:
@@ -83,6 +89,7 @@ class StaticView:
     run_checks_fn: RunChecksFn | None = None
     restarts: list[str] = field(default_factory=list)
     uptime_counts: UptimeStore | None = None
+    overload: LoopLagMonitor | None = None
 
     def _known(self, target: str) -> None:
         if target not in {t.name for t in self.config.targets}:

@@ -38,7 +38,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -80,6 +80,9 @@ METRIC_FAMILIES: Final = (
     "guardian_restart_attempts",
     "guardian_incidents_open",
     "guardian_uptime_seconds",
+    "guardian_event_loop_lag_seconds",
+    "guardian_overloaded",
+    "guardian_check_lateness_p99_seconds",
     "guardian_check_duration_seconds",
     "guardian_check_failures",
     "guardian_restarts",
@@ -106,6 +109,7 @@ class StateCollector(Collector):
         yield from self._system(results)
         yield from self._comfyui(results)
         yield from self._recovery()
+        yield from self._overload()
         incidents = _gauge("guardian_incidents_open", "Incidents not yet resolved")
         incidents.add_metric([], len(view.incidents(10_000, False)))
         yield incidents
@@ -229,6 +233,32 @@ class StateCollector(Collector):
                     family.add_metric([r.target, device], mb * readings.MIB)
         yield from (online, running, pending, free, total)
 
+    def _overload(self) -> Iterable[Metric]:
+        """Guardian's own lateness: loop lag, overload flag, check start lateness."""
+        monitor = self.view.overload
+        if monitor is None:
+            return
+        h = monitor.histogram()
+        lag = HistogramMetricFamily(
+            "guardian_event_loop_lag_seconds",
+            "How late Guardian's check loop woke up (its own overload, not a target's)",
+        )
+        lag.add_metric(
+            [], [(_le(bound), float(n)) for bound, n in h.buckets], sum_value=h.total
+        )
+        yield lag
+        flag = _gauge("guardian_overloaded", "1 while Guardian itself is falling behind")
+        flag.add_metric([], 1 if monitor.overloaded else 0)
+        yield flag
+        lateness = _gauge(
+            "guardian_check_lateness_p99_seconds",
+            "99th percentile of how late checks started (last 1000 runs each)",
+            ["target", "check"],
+        )
+        for target, check, p99 in monitor.lateness_p99():
+            lateness.add_metric([target, check], p99)
+        yield lateness
+
     def _recovery(self) -> Iterable[Metric]:
         breaker = _gauge("guardian_breaker_open", "1 when restarts gave up", ["target"])
         attempts = _gauge(
@@ -241,6 +271,10 @@ class StateCollector(Collector):
                 attempts.add_metric([target], n)
         yield breaker
         yield attempts
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class Metrics:

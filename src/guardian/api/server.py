@@ -1,0 +1,309 @@
+"""Serving the API on its own thread and event loop, with every resource a client can take bounded.
+
+Why a thread: the API used to share the checks' event loop, so 1000 keep-alive clients
+delayed checks past their timeouts and healthy services were restarted. Here uvicorn
+runs a private loop in a daemon thread; the checks' loop never runs a request. What the
+API reads crosses threads through :mod:`guardian.api.bridge` (snapshots; mutating calls
+are submitted to the checks' loop).
+
+Why these limits (all from ``[api]``):
+
+* ``max_connections``: a connection over the cap is answered 503 and closed at once, so
+  idle clients cannot take the file descriptors checks and restarts need. The runtime
+  lowers the cap further when ``RLIMIT_NOFILE`` is small (see :mod:`guardian.fdlimit`).
+* ``header_timeout``: a connection must deliver a complete request head within this
+  many seconds (from connect, or from the end of the previous response), else it is
+  closed (408 when something was sent). uvicorn alone has no time-before-request limit.
+* ``max_header_bytes``: a request head larger than this is answered 431 and closed before
+  it is buffered; with httptools uvicorn would otherwise buffer a 64 MiB header.
+* ``keep_alive_timeout``: idle keep-alive connections are closed after it.
+* The accept backlog is small, so a burst of connects waits in the kernel (no fd) rather
+  than being accepted all at once; ``accept()`` EMFILE errors are logged once per
+  interval with a count, never as a traceback per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("guardian.api")
+
+BACKLOG = 64
+EMFILE_LOG_INTERVAL = 30.0
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+try:  # the fast parser when present (as in Guardian's dependencies), else h11
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _BaseProtocol
+except ImportError:  # pragma: no cover - httptools missing
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _BaseProtocol  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeLimits:
+    max_connections: int = 64
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 5.0
+    keep_alive_timeout: float = 5.0
+
+
+@dataclass(slots=True)
+class ServeStats:
+    """Counters of what the limits turned away (read by tests and the bench)."""
+
+    rejected_connections: int = 0
+    header_too_large: int = 0
+    header_timeouts: int = 0
+    accept_errors: int = 0
+
+
+def _reply(status: str, detail: str) -> bytes:
+    body = ('{"detail":"' + detail + '"}').encode()
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def guarded_protocol(limits: ServeLimits, stats: ServeStats) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with a connection cap, a head deadline and a head size cap."""
+
+    class GuardedProtocol(_BaseProtocol):
+        _rejected = False
+        _head_bytes = 0
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if len(self.connections) >= limits.max_connections:
+                self._rejected = True
+                stats.rejected_connections += 1
+                transport.write(_reply("503 Service Unavailable", "too many connections"))
+                transport.close()
+                return
+            super().connection_made(transport)
+            self._arm(limits.header_timeout)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._rejected:
+                return
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._rejected or self.transport.is_closing():
+                return
+            if self._awaiting_head():
+                self._head_bytes += len(data)
+                if self._head_bytes > limits.max_header_bytes:
+                    stats.header_too_large += 1
+                    self._close_with(
+                        "431 Request Header Fields Too Large", "request head too large"
+                    )
+                    return
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._head_bytes = 0
+            self._arm(max(limits.header_timeout, limits.keep_alive_timeout))
+
+        def _awaiting_head(self) -> bool:
+            cycle = self.cycle
+            return cycle is None or bool(cycle.response_complete)
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(seconds, self._head_deadline)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_deadline(self) -> None:
+            self._head_timer = None
+            if self.transport is None or self.transport.is_closing() or not self._awaiting_head():
+                return  # a request is being answered; the deadline re-arms after it
+            stats.header_timeouts += 1
+            if self._head_bytes:
+                self._close_with("408 Request Timeout", "request head not received in time")
+            else:
+                self.transport.close()
+
+        def _close_with(self, status: str, detail: str) -> None:
+            self._disarm()
+            self.transport.write(_reply(status, detail))
+            self.transport.close()
+
+    return GuardedProtocol
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: Guardian's runtime owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class _ResourceErrorLog:
+    """A loop exception handler that turns accept() EMFILE storms into one line per interval."""
+
+    def __init__(self, stats: ServeStats, interval: float = EMFILE_LOG_INTERVAL) -> None:
+        self.stats, self.interval = stats, interval
+        self._last = -math.inf
+        self._since_last = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+            self.stats.accept_errors += 1
+            self._since_last += 1
+            now = time.monotonic()
+            if now - self._last >= self.interval:
+                log.error(
+                    "API cannot accept connections: %s (%d times since the last report); "
+                    "checks and restarts keep their file descriptors",
+                    exc.strerror or exc,
+                    self._since_last,
+                    extra={"event": "api_accept_error", "count": self._since_last},
+                )
+                self._last, self._since_last = now, 0
+            return
+        loop.default_exception_handler(context)
+
+
+class ApiServer:
+    """The API on its own socket, thread and event loop; start, then stop gracefully.
+
+    The socket is bound here rather than by uvicorn so a taken port is a clear OSError
+    (uvicorn would ``sys.exit``) and port 0 reports the port it got.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 8787,
+        limits: ServeLimits | None = None,
+    ) -> None:
+        self.app, self.host, self.requested_port = app, host, port
+        self.port = port
+        self.limits = limits or ServeLimits()
+        self.stats = ServeStats()
+        self.server: uvicorn.Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        # proto must be IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on connections
+        # from such sockets, and without it Nagle + delayed ACK add ~40 ms per keep-alive
+        # response (headers and body are two writes).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.requested_port))
+        except OSError as e:
+            sock.close()
+            raise OSError(
+                e.errno, f"cannot listen on {self.host}:{self.requested_port}: {e.strerror}"
+            ) from None
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> int:
+        """Bind, serve on the API thread, return once accepting connections; the bound port."""
+        sock = self._bind()
+        self.port = sock.getsockname()[1]
+        limits = self.limits
+        config = uvicorn.Config(
+            self.app,
+            http=guarded_protocol(limits, self.stats),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            backlog=min(BACKLOG, max(8, limits.max_connections)),
+            timeout_keep_alive=max(1, math.ceil(limits.keep_alive_timeout)),
+            h11_max_incomplete_event_size=limits.max_header_bytes,
+            timeout_graceful_shutdown=3,
+        )
+        self.server = server = _Server(config)
+        self._done = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._serve_thread, args=(server, sock), name="guardian-api", daemon=True
+        )
+        self._thread.start()
+        while not server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"API server stopped during startup: {self._error!r}")
+            await asyncio.sleep(0.01)
+        log.info("API listening on %s", self.url, extra={"event": "api_listening",
+                                                          "port": self.port})
+        return self.port
+
+    def _serve_thread(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        loop.set_exception_handler(_ResourceErrorLog(self.stats))
+        try:
+            loop.run_until_complete(server.serve(sockets=[sock]))
+        except SystemExit as e:  # uvicorn's startup failure path
+            self._error = RuntimeError(f"API server failed to start (exit {e.code})")
+        except BaseException as e:
+            self._error = e
+            log.exception("API server ended with an error")
+        finally:
+            sock.close()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._done.set_result(None)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let running requests finish (bounded), then return."""
+        server, thread = self.server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        done = asyncio.wrap_future(self._done)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            server.force_exit = True
+            try:
+                await asyncio.wait_for(done, 1.0)
+            except TimeoutError:
+                log.warning("API thread did not stop in time; leaving it (daemon)")
+        self.server = None
+        self._thread = None
+
+
+async def serve(
+    app: Any, host: str = "127.0.0.1", port: int = 8787, limits: ServeLimits | None = None
+) -> ApiServer:
+    """Start serving ``app``; returns the running :class:`ApiServer` (call ``stop()``)."""
+    server = ApiServer(app, host, port, limits)
+    await server.start()
+    return server

@@ -1,0 +1,194 @@
+"""Guardian's own lateness: an event-loop lag monitor, and the evidence it gives the engine.
+
+A check that times out because Guardian itself could not run (a flood, a blocked loop,
+a starved CPU) says nothing about its target. The monitor ticks every ``tick`` seconds
+on the loop that runs the checks and records how late each tick woke up: the sum of those
+delays over a check's window is how long Guardian was stalled while the check ran. The
+engine asks :meth:`LoopLagMonitor.stalled_since` when a check times out; when Guardian
+was stalled for a good part of the timeout, the result is SKIPPED instead of FAILED, so
+no restart can ever follow from Guardian's own load.
+
+Lag is measured on the real monotonic clock (``time.monotonic``), not the injectable
+:class:`~guardian.clock.Clock`: it is a property of the event loop itself.
+
+While the worst recent lag is above ``threshold`` Guardian is *overloaded*: it logs one
+warning, sets the ``"overload"`` problem in :class:`~guardian.state.State` (shown in
+``/api/health``), and clears both once it has kept up for ``recover_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from guardian.state import State
+
+log = logging.getLogger("guardian.overload")
+
+LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A timed-out check is not evidence against its target when Guardian was stalled for at
+# least this share of the check's timeout during the check.
+STALL_SHARE: Final = 0.5
+
+
+class LagProbe(Protocol):
+    """What the engine needs: a mark at check start, the stall since that mark."""
+
+    def mark(self) -> float: ...
+
+    def stalled_since(self, mark: float) -> float: ...
+
+
+def overloaded_reason(stalled: float, timeout: float) -> str | None:
+    """The SKIPPED reason for a timed-out check, or None when Guardian kept up."""
+    if stalled >= STALL_SHARE * timeout:
+        return f"guardian overloaded: event loop lag {stalled * 1000:.0f} ms"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class LagHistogram:
+    """A cumulative histogram snapshot (Prometheus ``le`` buckets), safe to hand across threads."""
+
+    buckets: tuple[tuple[float, int], ...]  # (upper bound, cumulative count), +Inf last
+    total: float
+    count: int
+
+
+class LoopLagMonitor:
+    """Measures the running loop's lag; start() on the loop that runs the checks."""
+
+    def __init__(
+        self,
+        state: State | None = None,
+        *,
+        tick: float = 0.1,
+        threshold: float = 0.25,
+        recover_after: float = 5.0,
+        horizon: float = 600.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.tick = tick
+        self.threshold = threshold
+        self.recover_after = recover_after
+        self._now = now
+        # (woke_at, lag) per tick, for the stall over a window; bounded to ``horizon``.
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max(16, int(horizon / tick)))
+        self._counts = [0] * (len(LAG_BUCKETS) + 1)
+        self._sum = 0.0
+        self._n = 0
+        self._expected: float | None = None  # when the pending tick should wake
+        self._task: asyncio.Task[None] | None = None
+        self.overloaded = False
+        self.max_lag = 0.0  # worst lag since overload began (or the last recovery)
+        self._last_slow = 0.0
+        self._events = 0  # times Guardian fell behind, for the log
+        self._lateness: Callable[[], Iterable[tuple[str, str, Sequence[float]]]] = tuple
+
+    # ------------------------------------------------------------------ measuring
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._expected = None
+
+    async def _run(self) -> None:
+        while True:
+            self._expected = self._now() + self.tick
+            await asyncio.sleep(self.tick)
+            woke = self._now()
+            self.observe(max(0.0, woke - self._expected), woke)
+
+    def observe(self, lag: float, at: float) -> None:
+        """Record one tick's lag (public so a test can feed known lags)."""
+        self._samples.append((at, lag))
+        self._counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+        self._sum += lag
+        self._n += 1
+        if lag >= self.threshold:
+            self._last_slow = at
+            self.max_lag = max(self.max_lag, lag)
+            if not self.overloaded:
+                self.overloaded = True
+                self._events += 1
+                message = (
+                    f"Guardian is falling behind: event loop lag {lag * 1000:.0f} ms "
+                    f"(threshold {self.threshold * 1000:.0f} ms); timeouts during it are "
+                    "not counted against targets"
+                )
+                log.warning(message, extra={"event": "overload", "lag_ms": round(lag * 1000)})
+                if self.state is not None:
+                    self.state.set_problem("overload", message)
+        elif self.overloaded and at - self._last_slow >= self.recover_after:
+            log.info(
+                "Guardian keeps up again (worst lag %.0f ms)",
+                self.max_lag * 1000,
+                extra={"event": "overload_cleared", "lag_ms": round(self.max_lag * 1000)},
+            )
+            self.overloaded = False
+            self.max_lag = 0.0
+            if self.state is not None:
+                self.state.clear_problem("overload")
+
+    # ------------------------------------------------------------------ LagProbe
+
+    def mark(self) -> float:
+        return self._now()
+
+    def stalled_since(self, mark: float) -> float:
+        """Seconds the loop was stalled since ``mark``, including a tick overdue right now.
+
+        The overdue part matters: after a stall the check's timeout and this monitor's
+        tick become ready together, and the timeout may be handled first.
+        """
+        total = 0.0
+        for at, lag in reversed(self._samples):
+            if at < mark:
+                break
+            total += min(lag, at - mark)  # only the part of a stall inside the window
+        expected = self._expected
+        if expected is not None:
+            now = self._now()
+            total += max(0.0, now - max(expected, mark))
+        return total
+
+    # ------------------------------------------------------------------ readers
+
+    def watch_lateness(
+        self, source: Callable[[], Iterable[tuple[str, str, Sequence[float]]]]
+    ) -> None:
+        """Where check start lateness comes from: ``(target, check, samples)`` per check."""
+        self._lateness = source
+
+    def lateness_p99(self) -> list[tuple[str, str, float]]:
+        return [(t, c, percentile(list(xs), 0.99)) for t, c, xs in self._lateness() if xs]
+
+    def histogram(self) -> LagHistogram:
+        counts = list(self._counts)  # one C-level copy: consistent across threads
+        cumulative, running = [], 0
+        for bound, n in zip((*LAG_BUCKETS, float("inf")), counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        return LagHistogram(tuple(cumulative), self._sum, running)
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1) of a non-empty sample."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

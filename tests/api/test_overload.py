@@ -1,0 +1,139 @@
+"""Guardian's own lag: measured on the real loop, reported, and never held against a target.
+
+The engine tests run real checks on the real loop: a check whose target never answers,
+with the loop blocked (``time.sleep`` in another task, as a flood or a stuck callback
+would) for longer than the check's timeout. Blocked: SKIPPED "guardian overloaded".
+Not blocked: the same check FAILS with "timeout", so the hook cannot hide real hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from guardian.checks.base import CheckConfigBase
+from guardian.clock import SystemClock
+from guardian.config import parse_config
+from guardian.engine import Engine
+from guardian.overload import LoopLagMonitor, overloaded_reason, percentile
+from guardian.result import Outcome, Status
+from guardian.state import State
+
+CONFIG = """
+[[targets]]
+name = "victim"
+[[targets.checks]]
+kind = "http"
+url = "http://127.0.0.1:9/"
+interval = 60
+timeout = 0.3
+"""
+
+
+class NeverAnswers:
+    """A target that accepted the request and will never reply."""
+
+    def __init__(self, config: CheckConfigBase) -> None:
+        self.config = config
+
+    async def aclose(self) -> None:
+        return None
+
+    async def run(self) -> Outcome:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def _engine(state: State, monitor: LoopLagMonitor | None) -> Engine:
+    cfg = state.config.targets[0].checks[0]
+    engine = Engine(state, [("victim", NeverAnswers(cfg))], SystemClock())
+    engine.lag_probe = monitor
+    return engine
+
+
+async def _block_loop(after: float, seconds: float) -> None:
+    await asyncio.sleep(after)
+    time.sleep(seconds)  # noqa: ASYNC251 - the point: the whole loop stalls, as under overload
+
+
+async def test_timeout_while_guardian_stalled_is_skipped_not_failed() -> None:
+    state = State(parse_config(CONFIG))
+    monitor = LoopLagMonitor(state, tick=0.02, threshold=0.1)
+    monitor.start()
+    try:
+        await asyncio.sleep(0.05)
+        engine = _engine(state, monitor)
+        blocker = asyncio.create_task(_block_loop(0.02, 0.4))
+        result = await engine.execute(engine.scheduled[0])
+        await blocker
+    finally:
+        await monitor.stop()
+    assert result.status is Status.SKIPPED
+    assert result.reason.startswith("guardian overloaded: event loop lag ")
+    assert float(result.values["guardian_lag_s"]) >= 0.15
+    assert monitor.overloaded and "overload" in state.problems
+
+
+async def test_timeout_while_guardian_keeps_up_still_fails() -> None:
+    state = State(parse_config(CONFIG))
+    monitor = LoopLagMonitor(state, tick=0.02, threshold=0.1)
+    monitor.start()
+    try:
+        await asyncio.sleep(0.05)
+        engine = _engine(state, monitor)
+        result = await engine.execute(engine.scheduled[0])
+    finally:
+        await monitor.stop()
+    assert result.status is Status.FAILED and result.reason == "timeout"
+    assert "overload" not in state.problems
+
+
+async def test_without_a_probe_a_stalled_timeout_fails_as_before() -> None:
+    state = State(parse_config(CONFIG))
+    engine = _engine(state, None)
+    blocker = asyncio.create_task(_block_loop(0.02, 0.4))
+    result = await engine.execute(engine.scheduled[0])
+    await blocker
+    assert result.status is Status.FAILED
+
+
+def test_overload_is_logged_once_and_cleared(caplog: pytest.LogCaptureFixture) -> None:
+    state = State(parse_config(CONFIG))
+    monitor = LoopLagMonitor(state, threshold=0.2, recover_after=5.0)
+    with caplog.at_level(logging.INFO, logger="guardian.overload"):
+        monitor.observe(0.01, 0.0)
+        for t in (1.0, 1.5, 2.0):
+            monitor.observe(0.5, t)
+        assert state.problems["overload"].startswith("Guardian is falling behind: event loop lag")
+        monitor.observe(0.01, 4.0)  # not yet kept up for 5 s
+        assert monitor.overloaded
+        monitor.observe(0.01, 7.5)
+    assert not monitor.overloaded and "overload" not in state.problems
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("falling behind" in m for m in messages) == 1
+    assert sum("keeps up again" in m for m in messages) == 1
+
+
+def test_stall_is_counted_only_inside_the_window() -> None:
+    now = [10.0]
+    monitor = LoopLagMonitor(now=lambda: now[0])
+    monitor.observe(1.0, 9.0)  # before the window
+    mark = monitor.mark()
+    monitor.observe(0.3, 10.1)  # stall began before the mark: only 0.1 s of it counts
+    monitor.observe(0.2, 10.5)
+    assert monitor.stalled_since(mark) == pytest.approx(0.3)
+
+
+def test_histogram_and_reason_helpers() -> None:
+    monitor = LoopLagMonitor()
+    for lag in (0.0005, 0.003, 0.2, 20.0):
+        monitor.observe(lag, 0.0)
+    h = monitor.histogram()
+    assert h.count == 4 and h.buckets[-1] == (float("inf"), 4)
+    assert dict(h.buckets)[0.001] == 1 and dict(h.buckets)[0.25] == 3
+    assert overloaded_reason(0.1, 0.5) is None
+    assert overloaded_reason(0.3, 0.5) == "guardian overloaded: event loop lag 300 ms"
+    assert percentile([5, 1, 3, 2, 4], 0.99) == 5 and percentile([1, 2], 0.5) == 1
