@@ -48,8 +48,12 @@ async def test_configured_and_extra_hosts_are_served() -> None:
         assert (await c.get("/livez")).status_code == 421
 
 
+# A file must name a target; these tests are about [api] only.
+TARGET = '[[targets]]\nname = "t"\n'
+
+
 def test_wildcard_bind_accepts_ip_literals_but_not_names() -> None:
-    config = parse_config('[api]\nhost = "0.0.0.0"\ntoken = "t"\n').api
+    config = parse_config(TARGET + '[api]\nhost = "0.0.0.0"\ntoken = "t"\n').api
     guard = RequestGuard(create_app(make_view()), config)
     assert guard.host_allowed(b"192.168.1.20:8787")
     assert guard.host_allowed(b"[fe80::1]:8787")
@@ -112,11 +116,11 @@ async def test_requests_over_the_in_flight_cap_get_503() -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5", "::", "example.org"])
 def test_non_loopback_bind_without_token_is_a_config_error(host: str) -> None:
     with pytest.raises(ConfigError, match=r"api\.host = .* is not a loopback address"):
-        parse_config(f'[api]\nhost = "{host}"\n')
+        parse_config(TARGET + f'[api]\nhost = "{host}"\n')
     with pytest.raises(ConfigError, match=r"api\.token"):
-        parse_config(f'[api]\nhost = "{host}"\ntoken = ""\n')
-    assert parse_config(f'[api]\nhost = "{host}"\ntoken = "x"\n').api.host == host
-    assert parse_config(f'[api]\nhost = "{host}"\nenabled = false\n').api.enabled is False
+        parse_config(TARGET + f'[api]\nhost = "{host}"\ntoken = ""\n')
+    assert parse_config(TARGET + f'[api]\nhost = "{host}"\ntoken = "x"\n').api.host == host
+    assert parse_config(TARGET + f'[api]\nhost = "{host}"\nenabled = false\n').api.enabled is False
 
 
 def test_loopback_names() -> None:

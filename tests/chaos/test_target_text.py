@@ -47,9 +47,10 @@ class Hostile(BaseHTTPRequestHandler):
             }
         elif self.path == "/queue":
             body = {"queue_running": [], "queue_pending": []}
-        elif self.path == "/api/health":  # standing in for a running Guardian's API
-            body = {"status": "degraded", "targets": {
-                "panel": {"status": "failed", "reason": f"status {MARKUP}"}}}
+        elif self.path == "/api/status":  # standing in for a running Guardian's API
+            body = {"status": "degraded", "targets": [
+                {"name": f"panel{MARKUP}", "status": "failed", "reason": f"status {MARKUP}",
+                 "recovery": None, "checks": []}], "incidents_open": []}
         else:
             self.send_error(404)
             return
@@ -111,7 +112,9 @@ def test_guardian_check_prints_target_markup_literally(target: int, tmp_path: Pa
 
 
 def test_guardian_status_prints_target_markup_literally(target: int, tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["status", "--config", str(_config(tmp_path, target))])
+    res = CliRunner().invoke(
+        app, ["status", "--config", str(_config(tmp_path, target))], env={"COLUMNS": "400"}
+    )
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
     assert res.exit_code == 1, res.output  # "degraded", not a crash
     assert "[bold red]pwned" in res.output

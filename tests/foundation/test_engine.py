@@ -298,7 +298,10 @@ def test_a_tiny_probe_interval_never_hammers_a_booting_service() -> None:
     clock = FakeClock()
     cfg = Config(targets=[TargetConfig(
         name="t",
-        recovery=RecoveryConfig(startup_probe_interval=1e-300, startup_timeout=1e308),
+        # Past the config's bounds on purpose (model_copy skips validation).
+        recovery=RecoveryConfig().model_copy(
+            update={"startup_probe_interval": 1e-300, "startup_timeout": 1e308}
+        ),
         checks=[HttpCheckConfig(url="http://127.0.0.1:1/")],
     )])
     phases = StartupPhases(cfg, clock)

@@ -141,7 +141,8 @@ async def test_a_crash_at_startup_is_a_failed_start_that_opens_the_breaker(
         assert {e.incident_id for e in watch.incidents()} == {opened.incident_id}
         report = Path(escalated.report_path or "").read_text(encoding="utf-8")
         assert "connection refused" not in escalated.summary
-        assert "exits during startup with code 1: OSError: [Errno 98]" in report
+        # Markdown-escaped: target text never becomes a link or HTML in the report.
+        assert "exits during startup with code 1: OSError: \\[Errno 98\\]" in report
         steps = report.split("## Suggested next steps")[1].split("## System snapshot")[0]
         assert "**Port already in use**" in steps
         assert "Missing Python module" not in steps  # the boot warning is not blamed

@@ -71,7 +71,8 @@ def target(name: str, **rec: Any) -> TargetConfig:
     return TargetConfig(
         name=name,
         service=ServiceConfig(backend="process", command=["x"]),
-        recovery=RecoveryConfig(**{"grace_period": 0, "min_uptime": 0, **rec}),
+        # model_copy skips validation: recovery must survive numbers past the config's bounds.
+        recovery=RecoveryConfig(grace_period=0, min_uptime=0).model_copy(update=rec),
         checks=[
             HttpCheckConfig(url="http://127.0.0.1:1/", liveness=True, interval=1, timeout=0.5),
             DiskCheckConfig(paths=["/"], interval=1, timeout=0.5),

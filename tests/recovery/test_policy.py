@@ -13,7 +13,8 @@ from guardian.result import Status
 
 
 def policy(**kw: object) -> RestartPolicy:
-    cfg = RecoveryConfig(**{"grace_period": 0, **kw})  # type: ignore[arg-type]
+    # model_copy skips validation: the policy must survive numbers past the config's bounds.
+    cfg = RecoveryConfig(grace_period=0).model_copy(update=kw)
     return RestartPolicy(cfg, liveness={"http"})
 
 
