@@ -24,6 +24,7 @@ from guardian.events import EventBus
 from guardian.incidents import Incidents, start_incidents
 from guardian.incidents.store import Incident, Store, StoreError
 from guardian.recovery import BreakerStore, MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
+from guardian.remediation import Remediation
 from guardian.result import CheckResult
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
@@ -58,6 +59,7 @@ class Guardian:
         self.started_at: datetime | None = None
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
+        self.remediation: Remediation | None = None
         self._incidents: Incidents | None = None
         self.api: ApiServer | None = None
         self._app: FastAPI | None = None
@@ -98,6 +100,9 @@ class Guardian:
             dry_run=self.config.guardian.dry_run,
             store=self.breakers,
         )
+        self.remediation = Remediation(
+            self.config, self.bus, self.clock, self.recovery, dry_run=self.config.guardian.dry_run
+        )
         await self.recovery.start_all()
         self.engine.start()
         if self.config.api.enabled:
@@ -136,6 +141,8 @@ class Guardian:
             self._app.state.metrics.close()
         await self.engine.stop(grace=grace)
         await self.engine.aclose()
+        if self.remediation is not None:
+            await self.remediation.aclose()
         if self.recovery is not None:
             await self.recovery.aclose()
         if self._incidents is not None:
