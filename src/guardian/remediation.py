@@ -194,7 +194,8 @@ class Remediation:
                           values={"prompt_id": prompt_id})
         elif self._cleared(result):
             self._outcome(result, condition, True, "none",
-                          f"prompt {prompt_id} is making progress again", values={"prompt_id": prompt_id})
+                          f"prompt {prompt_id} is making progress again",
+                          values={"prompt_id": prompt_id})
         else:
             self._outcome(result, condition, False, "interrupt",
                           f"prompt {prompt_id} still running {wait:g} s after /interrupt",
