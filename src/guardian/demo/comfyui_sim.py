@@ -348,6 +348,7 @@ class ComfyUISim(SimApp):
         self._leaked = 0
         self._free_flags: dict[str, bool] = {}  # set by POST /free, applied by the worker
         self.frees = 0  # times the worker applied a /free (tests read it)
+        self.interrupts = 0  # POST /interrupt requests received
         self._temp_prefix = "".join(random.choices(string.ascii_lowercase, k=5))
         self._counters: dict[str, int] = {}
         self._worker: threading.Thread | None = None
@@ -536,6 +537,7 @@ class ComfyUISim(SimApp):
         data = parse_json_body(request.body) if request.body else {}
         wanted = data.get("prompt_id") if isinstance(data, dict) else None
         with self.cond:
+            self.interrupts += 1
             if self._running is not None and wanted in (None, self._running[1]):
                 self._interrupt = True
                 self.cond.notify_all()
