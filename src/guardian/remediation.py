@@ -232,6 +232,10 @@ class Remediation:
             self._outcome(result, condition, True, "free", f"/free released {freed:.0f} MB",
                           values=values)
             return
+        if self._cleared(result):
+            self._outcome(result, condition, True, "free", "memory pressure cleared",
+                          values=values)
+            return
         running, pending = parse_queue(await api.get_json("/queue"))
         idle = not running and not pending
         may_restart = idle or (critical and result.values.get("progress_moved") is False)
@@ -257,7 +261,8 @@ class Remediation:
                    f"HTTP {status}", condition=condition, http_status=status, wait_s=wait)
         await self.clock.sleep(wait)
         running, pending = parse_queue(await api.get_json("/queue"))
-        if running or before_running or {p[1] for p in pending} != {p[1] for p in before_pending}:
+        moved = {p[1] for p in pending} != {p[1] for p in before_pending}
+        if running or before_running or moved or self._cleared(result):
             self._outcome(result, condition, True, "interrupt", "the queue is moving again")
         else:
             self._outcome(result, condition, False, "interrupt",

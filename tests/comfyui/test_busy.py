@@ -176,7 +176,8 @@ async def test_canary_skips_while_a_foreign_job_runs(sim: SimProcess) -> None:
     assert out.status is Status.SKIPPED
     assert out.reason.startswith(f"busy: prompt {prompt_id} running for ")
     assert out.values["busy"] is True and out.values["running_prompt_id"] == prompt_id
-    queue = httpx.get(sim.url + "/queue", trust_env=False).json()
+    async with httpx.AsyncClient(trust_env=False) as client:
+        queue = (await client.get(sim.url + "/queue")).json()
     assert queue["queue_pending"] == []  # no canary left queued behind the job
 
 
@@ -188,15 +189,22 @@ def test_canary_is_not_liveness_by_default() -> None:
 # ---------------------------------------------------------------------- memory
 
 
+async def started(sim: ComfyUISim) -> None:
+    """Until the in-process simulator's executor has picked the job up."""
+    for _ in range(500):
+        if sim.queue()["queue_running"]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("job did not start")
+
+
 async def test_low_vram_while_busy_is_not_a_condition() -> None:
     sim = ComfyUISim(device="cuda", exec_time=0.0).start()
     check = ComfyUICheck(ComfyUICheckConfig(url=sim.url, vram_free_min_mb=24000),
                          CheckContext("comfyui", FakeClock()))
     try:
         sim.submit_job("sleep", 30)
-        deadline = time.monotonic() + 5
-        while not sim.queue()["queue_running"] and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await started(sim)
         out = await check.run()
     finally:
         await check.aclose()
@@ -212,9 +220,7 @@ async def test_critical_vram_is_a_condition_even_while_busy() -> None:
                          CheckContext("comfyui", FakeClock()))
     try:
         sim.submit_job("sleep", 30)
-        deadline = time.monotonic() + 5
-        while not sim.queue()["queue_running"] and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await started(sim)
         out = await check.run()
     finally:
         await check.aclose()
@@ -301,9 +307,7 @@ async def test_remote_comfyui_without_signals_is_degraded_never_stuck() -> None:
     check.probe.port = None  # as for a ComfyUI on another host
     try:
         sim.submit_job("sleep", 60)
-        deadline = time.monotonic() + 5
-        while not sim.queue()["queue_running"] and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await started(sim)
         outs = []
         for _ in range(4):
             outs.append(await check.run())

@@ -134,7 +134,7 @@ async def test_cpu_bound_job_longer_than_every_threshold_is_left_alone(tmp_path:
 
 
 async def test_sleeping_job_is_interrupted_then_restarted(tmp_path: Path) -> None:
-    guardian, api, sim, events = await start(tmp_path)
+    guardian, _api, sim, events = await start(tmp_path)
     try:
         async with httpx.AsyncClient(trust_env=False, timeout=2) as c:
             t0 = time.monotonic()
