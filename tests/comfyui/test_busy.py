@@ -318,3 +318,49 @@ async def test_remote_comfyui_without_signals_is_degraded_never_stuck() -> None:
     assert [o.status for o in outs] == [Status.OK, Status.OK, Status.DEGRADED, Status.DEGRADED]
     assert "progress cannot be judged" in outs[-1].reason
     assert all("condition" not in o.values for o in outs)
+
+
+class _FakeNvml:
+    """pynvml's surface that gpu_process_percent uses (no GPU on CI: the one mock here)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, per_process: bool) -> None:
+        self.per_process = per_process
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetProcessUtilization(self, handle: int, last: int) -> list[Any]:
+        if not self.per_process:
+            raise self.NVMLError("Not Supported")
+        sample = type("S", (), {})
+        s = sample()
+        s.pid, s.smUtil, s.timeStamp = (42, 88, 1234) if handle == 1 else (7, 99, 1000)
+        return [s]
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+        p = type("P", (), {})()
+        p.pid = 42 if handle == 0 else 7
+        return [p]
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        u = type("U", (), {})()
+        u.gpu = 61 if handle == 0 else 100
+        return u
+
+
+def test_gpu_use_counts_only_the_services_processes() -> None:
+    from guardian.checks.progress import gpu_process_percent
+
+    last: dict[int, int] = {}
+    assert gpu_process_percent(_FakeNvml(per_process=True), {42}, last) == 88.0
+    assert last == {0: 1000, 1: 1234}  # the next read asks only for newer samples
+    assert gpu_process_percent(_FakeNvml(per_process=True), {5}, {}) == 0.0
+    # Without per-process samples: the device's use where the service runs compute work.
+    assert gpu_process_percent(_FakeNvml(per_process=False), {42}, {}) == 61.0
+    assert gpu_process_percent(_FakeNvml(per_process=False), {5}, {}) == 0.0
