@@ -314,6 +314,7 @@ backoff_factor = 1.0
 backoff_max = 0
 failure_threshold = {failure_threshold}
 grace_period = {grace_period}
+min_uptime = 0
 stable_period = 0
 [[targets.checks]]
 kind = "http"

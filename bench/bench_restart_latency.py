@@ -45,7 +45,10 @@ async def main(rounds: int) -> None:
         name="web",
         service=ServiceConfig(backend="process", command=argv),
         # No cooldown so each round measures the mechanism, not the policy's wait.
-        recovery=RecoveryConfig(cooldown=0, max_attempts=rounds + 1, grace_period=0),
+        # min_uptime 0: each round kills the child soon after it answers, on purpose.
+        recovery=RecoveryConfig(
+            cooldown=0, max_attempts=rounds + 1, grace_period=0, min_uptime=0
+        ),
     )
     backend = ProcessBackend("web", argv, stop_timeout=2)
     bus = EventBus()

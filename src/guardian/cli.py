@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -18,8 +17,18 @@ import typer
 from rich.table import Table
 
 from guardian import __version__
-from guardian.cli_support import ConfigOpt, err, load_or_exit, out
-from guardian.config import Config, config_summary
+from guardian.cli_support import (
+    ConfigOpt,
+    defaults_note,
+    err,
+    load_or_exit,
+    loaded_config_path,
+    out,
+    say_if_defaults,
+    token_hint,
+)
+from guardian.config import Config, config_summary, redacted_config
+from guardian.escape import terminal
 from guardian.log import LogFormat, setup_logging
 from guardian.result import CheckResult, Status
 from guardian.state import aggregate
@@ -56,7 +65,7 @@ def config_validate(
 ) -> None:
     """Validate a config: exit 0 with a summary, or list every problem and exit 2."""
     cfg = load_or_exit(file or config)
-    source = file or config or os.environ.get("GUARDIAN_CONFIG") or "built-in defaults"
+    source = loaded_config_path() or defaults_note()
     out.print(f"ok: {source}: {config_summary(cfg)}", markup=False, highlight=False)
 
 
@@ -64,7 +73,7 @@ def config_validate(
 def config_show(config: ConfigOpt = None) -> None:
     """Print the effective config (defaults filled in, secrets hidden) as JSON."""
     cfg = load_or_exit(config)
-    out.print_json(cfg.model_dump_json())
+    out.print_json(json.dumps(redacted_config(cfg)))
 
 
 @config_app.command("reference")
@@ -104,6 +113,7 @@ def run(
 ) -> None:
     """Run Guardian in the foreground until SIGINT/SIGTERM."""
     cfg = load_or_exit(config)
+    say_if_defaults()
     if dry_run:
         cfg = cfg.model_copy(update={"guardian": cfg.guardian.model_copy(update={"dry_run": True})})
     raise typer.Exit(run_guardian(cfg, log_format, log_level))
@@ -155,11 +165,11 @@ def results_table(results: list[CheckResult], title: str) -> Table:
     for r in results:
         detail = r.reason or ", ".join(f"{k}={v}" for k, v in list(r.values.items())[:6])
         table.add_row(
-            r.target,
-            r.check,
+            terminal(r.target),
+            terminal(r.check),
             f"[{style[r.status]}]{r.status.value}[/]",
             f"{r.duration * 1000:.0f} ms",
-            detail,
+            terminal(detail),  # target text: "[/]" in a health body is not markup
         )
     return table
 
@@ -172,6 +182,7 @@ def check(
 ) -> None:
     """Run every check once and exit 0 healthy / 1 degraded / 2 unhealthy."""
     cfg = load_or_exit(config)
+    say_if_defaults()
     if target is not None and target not in {t.name for t in cfg.targets}:
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
@@ -209,7 +220,9 @@ def _api_call(cfg: Config, method: str, path: str, ok: tuple[int, ...] = ()) -> 
             detail = resp.json().get("detail", resp.text)
         except ValueError:
             detail = resp.text
-        err.print(f"Guardian answered HTTP {resp.status_code}: {detail}")
+        err.print(f"Guardian answered HTTP {resp.status_code}: {detail}", markup=False)
+        if resp.status_code in (401, 403):
+            err.print(token_hint(cfg), markup=False, highlight=False)
         raise typer.Exit(2)
     return resp.json()
 
@@ -225,7 +238,7 @@ def restart(
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
     body = _api_call(cfg, "POST", f"/api/targets/{target}/restart")
-    out.print(body.get("message", body) if isinstance(body, dict) else body)
+    out.print(body.get("message", body) if isinstance(body, dict) else body, markup=False)
 
 
 @app.command()
@@ -234,11 +247,13 @@ def status(config: ConfigOpt = None) -> None:
     cfg = load_or_exit(config)
     body = _api_call(cfg, "GET", "/api/health", ok=(503,))  # 503 = unhealthy, still a view
     health = body.get("status", "unhealthy")
-    table = Table(title=f"Guardian: {health}", title_justify="left")
+    table = Table(title=f"Guardian: {terminal(health)}", title_justify="left")
     for col in ("target", "status", "reason"):
         table.add_column(col)
     for name, info in (body.get("targets") or {}).items():
-        table.add_row(name, str(info.get("status")), str(info.get("reason") or ""))
+        table.add_row(
+            terminal(name), terminal(info.get("status")), terminal(info.get("reason") or "")
+        )
     out.print(table)
     raise typer.Exit(EXIT_FOR.get(health, 2))
 

@@ -8,10 +8,13 @@ a config in one pass. Nothing here starts anything.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import sys
 import tomllib
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -33,6 +37,7 @@ from guardian.checks.gpu import GpuCheckConfig
 from guardian.checks.http import HttpCheckConfig
 from guardian.checks.memory import MemoryCheckConfig
 from guardian.checks.service import ServiceCheckConfig
+from guardian.redact import redact_data
 from guardian.services.base import validate_service_name
 
 DEFAULT_CONFIG_FILE = "guardian.toml"
@@ -49,6 +54,15 @@ CheckConfig = Annotated[
     Field(discriminator="kind"),
 ]
 CHECK_KINDS = ("http", "comfyui", "comfyui_canary", "disk", "memory", "gpu", "service")
+_CHECK_MODELS: dict[str, type[BaseModel]] = {
+    "http": HttpCheckConfig,
+    "comfyui": ComfyUICheckConfig,
+    "comfyui_canary": ComfyUICanaryConfig,
+    "disk": DiskCheckConfig,
+    "memory": MemoryCheckConfig,
+    "gpu": GpuCheckConfig,
+    "service": ServiceCheckConfig,
+}
 
 TARGET_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -77,7 +91,15 @@ def default_dir(kind: Literal["logs", "reports", "state"]) -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `port = "8787"` or `critical = "false"` is a mistake to name, not to guess
+    # at (an int is still accepted for a float); finite: inf/nan break timers and math.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# Upper bounds that keep every timer, backoff product and datetime computation finite.
+DAY = 86_400.0
+MAX_BYTES = 1 << 40  # 1 TiB
+MAX_COUNT = 1_000_000
 
 
 # --------------------------------------------------------------------------- sections
@@ -85,21 +107,29 @@ class _Section(BaseModel):
 
 class GuardianSection(_Section):
     log_dir: Path = Field(
-        default_factory=lambda: default_dir("logs"), description="guardian.log (JSON lines)"
+        default_factory=lambda: default_dir("logs"),
+        strict=False,
+        description="guardian.log (JSON lines)",
     )
     report_dir: Path = Field(
-        default_factory=lambda: default_dir("reports"), description="Markdown incident reports"
+        default_factory=lambda: default_dir("reports"),
+        strict=False,
+        description="Markdown incident reports",
     )
     state_dir: Path = Field(
-        default_factory=lambda: default_dir("state"), description="the SQLite store"
+        default_factory=lambda: default_dir("state"), strict=False, description="the SQLite store"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_max_bytes: int = Field(10 * 1024 * 1024, ge=4096, description="rotate guardian.log here")
+    log_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=4096, le=MAX_BYTES, description="rotate guardian.log here"
+    )
     log_backups: int = Field(5, ge=0, le=100, description="rotated log files kept")
     jitter: float = Field(
         0.1, ge=0, le=0.5, description="random spread of check start, fraction of interval"
     )
-    shutdown_grace: float = Field(5.0, gt=0, description="seconds running checks get on exit")
+    shutdown_grace: float = Field(
+        5.0, gt=0, le=3600, description="seconds running checks get on exit"
+    )
     dry_run: bool = Field(False, description="decide and log recovery actions, run none")
 
     @field_validator("log_level", mode="before")
@@ -116,10 +146,21 @@ class ApiSection(_Section):
         None, description="bearer token for mutating calls; they are disabled without one"
     )
 
+    @field_validator("token")
+    @classmethod
+    def _token_fits_a_header(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and re.search(r"[\x00-\x20\x7f]", v.get_secret_value()):
+            raise ValueError("token must not contain spaces or control characters")
+        return v
+
 
 class EscalationSection(_Section):
-    failures: int = Field(3, ge=1, description="consecutive failures that escalate an incident")
-    stable_period: float = Field(120.0, ge=0, description="healthy this long resolves it")
+    failures: int = Field(
+        3, ge=1, le=MAX_COUNT, description="consecutive failures that escalate an incident"
+    )
+    stable_period: float = Field(
+        120.0, ge=0, le=7 * DAY, description="healthy this long resolves it"
+    )
     report_log_lines: int = Field(
         200, ge=0, le=100_000, description="last lines of the service's log in a report"
     )
@@ -134,15 +175,21 @@ class NotifySection(_Section):
     events: list[NotifyEvent] = Field(
         default_factory=lambda: list(NOTIFY_EVENTS), description="transitions that notify"
     )
-    rate_limit_per_hour: int = Field(20, ge=1, description="per target")
+    rate_limit_per_hour: int = Field(20, ge=1, le=3600, description="per target")
     retries: int = Field(3, ge=0, le=10, description="per message, with backoff")
-    timeout: float = Field(10.0, gt=0, description="seconds per delivery attempt")
+    timeout: float = Field(10.0, gt=0, le=300, description="seconds per delivery attempt")
 
 
 class StoreSection(_Section):
-    path: Path | None = Field(None, description="SQLite file; default <state_dir>/guardian.db")
-    retention_days: float = Field(30.0, gt=0, description="events older than this are pruned")
-    max_events: int = Field(100_000, ge=100, description="and at most this many are kept")
+    path: Path | None = Field(
+        None, strict=False, description="SQLite file; default <state_dir>/guardian.db"
+    )
+    retention_days: float = Field(
+        30.0, gt=0, le=3650, description="events older than this are pruned"
+    )
+    max_events: int = Field(
+        100_000, ge=100, le=100_000_000, description="and at most this many are kept"
+    )
 
 
 # --------------------------------------------------------------------------- targets
@@ -154,18 +201,38 @@ class ServiceConfig(_Section):
     backend: Literal["auto", "windows", "nssm", "systemd", "process"] = "auto"
     name: str | None = Field(None, description="Windows service / systemd unit name")
     command: list[str] | None = Field(None, min_length=1, description="argv, for 'process'")
-    cwd: Path | None = None
+    cwd: Path | None = Field(None, strict=False)
     env: dict[str, str] = Field(default_factory=dict)
-    log_file: Path | None = Field(None, description="stdout/stderr of a process; NSSM's log")
-    log_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
+    log_file: Path | None = Field(
+        None, strict=False, description="stdout/stderr of a process; NSSM's log"
+    )
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=4096, le=MAX_BYTES)
     log_backups: int = Field(3, ge=0, le=100)
-    stop_timeout: float = Field(10.0, gt=0, description="SIGTERM -> SIGKILL after this")
+    stop_timeout: float = Field(10.0, gt=0, le=3600, description="SIGTERM -> SIGKILL after this")
     systemd_user: bool = Field(False, description="use systemctl --user")
 
     @field_validator("name")
     @classmethod
     def _valid_name(cls, v: str | None) -> str | None:
         return None if v is None else validate_service_name(v)
+
+    @field_validator("command")
+    @classmethod
+    def _program_named(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v[0].strip():
+            raise ValueError("the program (command[0]) is empty")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not key or "=" in key or "\x00" in key or key != key.strip():
+                raise ValueError(
+                    f"invalid environment variable name {key!r}: it must be non-empty, "
+                    "without '=', NUL or surrounding spaces"
+                )
+        return v
 
     @model_validator(mode="after")
     def _backend_needs(self) -> ServiceConfig:
@@ -188,14 +255,43 @@ class ServiceConfig(_Section):
 
 class RecoveryConfig(_Section):
     enabled: bool = True
-    cooldown: float = Field(30.0, ge=0, description="minimum seconds between attempts")
-    max_attempts: int = Field(3, ge=1, description="attempts within `window` before giving up")
-    window: float = Field(3600.0, gt=0)
-    backoff_factor: float = Field(2.0, ge=1.0)
-    backoff_max: float = Field(300.0, ge=0)
-    failure_threshold: int = Field(3, ge=1, description="consecutive liveness failures")
-    stable_period: float = Field(120.0, ge=0, description="healthy this long resets attempts")
-    grace_period: float = Field(30.0, ge=0, description="after a (re)start failures don't count")
+    cooldown: float = Field(30.0, ge=0, le=DAY, description="minimum seconds between attempts")
+    max_attempts: int = Field(
+        3, ge=1, le=MAX_COUNT, description="attempts within `window` before giving up"
+    )
+    window: float = Field(3600.0, gt=0, le=30 * DAY)
+    backoff_factor: float = Field(2.0, ge=1.0, le=10.0)
+    backoff_max: float = Field(300.0, ge=0, le=DAY)
+    failure_threshold: int = Field(
+        3, ge=1, le=MAX_COUNT, description="consecutive liveness failures"
+    )
+    stable_period: float = Field(
+        120.0, ge=0, le=7 * DAY, description="healthy this long resets attempts"
+    )
+    grace_period: float = Field(
+        0.0,
+        ge=0,
+        le=DAY,
+        description="deprecated (use startup_timeout): seconds after a (re)start in which"
+        " liveness failures never count, even after a first success",
+    )
+    startup_timeout: float = Field(
+        300.0,
+        ge=0,
+        le=7 * DAY,
+        description="after Guardian's start or a (re)start, failures open no incident and"
+        " count toward no restart until the first success or this many seconds; 0 disables",
+    )
+    startup_probe_interval: float = Field(
+        1.0, gt=0, le=3600, description="seconds between checks while in the startup phase"
+    )
+    min_uptime: float = Field(
+        10.0,
+        ge=0,
+        le=DAY,
+        description="a restarted process that exits sooner (before a passing check) is a"
+        " failed start",
+    )
     depends_on: list[str] = Field(default_factory=list, description="start after these targets")
 
 
@@ -332,14 +428,14 @@ def load_config(
     resolved = resolve_config_path(path)
     if resolved is None:
         raw: dict[str, Any] = default_config().model_dump(mode="python", exclude_unset=True)
-        return _validate(_apply_env(raw, env), source="(built-in defaults)", text="")
+        return _validate(_apply_env(raw, env), source=BUILTIN_SOURCE, text="", env=env)
     source = str(resolved)
     try:
         data = resolved.read_bytes()
     except OSError as e:
         raise ConfigError(source, [Problem("", f"cannot read: {e.strerror or e}")]) from None
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a BOM (Notepad writes one) is not content
     except UnicodeDecodeError as e:
         raise ConfigError(source, [Problem("", f"not UTF-8 text: {e.reason}")]) from None
     return parse_config(text, source=source, env=env)
@@ -349,29 +445,70 @@ def parse_config(
     text: str, source: str = "<string>", env: Mapping[str, str] | None = None
 ) -> Config:
     env = {} if env is None else env
+    text = text.removeprefix("\ufeff")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         line = _toml_error_line(str(e))
         msg = re.sub(r"\s*\(at line \d+, column \d+\)$", "", str(e))
         raise ConfigError(source, [Problem("", f"TOML syntax: {msg}", line)]) from None
-    return _validate(_apply_env(raw, env), source=source, text=text)
+    return _validate(_apply_env(raw, env), source=source, text=text, env=env)
 
 
-def _validate(raw: dict[str, Any], source: str, text: str) -> Config:
+BUILTIN_SOURCE = "(built-in defaults)"
+NO_TARGETS = (
+    "no targets: this file defines no [[targets]], so Guardian would watch nothing. "
+    "Add one (see guardian.example.toml), or use no file at all for the built-in defaults"
+)
+
+
+def _last_line(text: str) -> int:
+    """Where a missing table would go: the end of the file (line 1 when it is empty)."""
+    return max(1, len(text.splitlines()))
+
+
+def _validate(
+    raw: dict[str, Any], source: str, text: str, env: Mapping[str, str] | None = None
+) -> Config:
     locator = _KeyLocator(text)
+    from_env = {f"{sect}.{field}": var for var, (sect, field) in _env_names().items()}
+    from_env = {path: var for path, var in from_env.items() if env and var in env}
+
+    def problem(path: str, message: str) -> Problem:
+        if path in from_env:  # the value came from the environment, not from a line
+            return Problem(path, f"{message} (from ${from_env[path]})")
+        return Problem(path, message, locator.line_of(path))
+
+    problems = [problem(p, m) for p, m in _nul_problems(raw)]
+    if not raw.get("targets"):
+        line = locator.line_of("targets") or _last_line(text)
+        problems.append(Problem("targets", NO_TARGETS, line))
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            path = _format_loc(err["loc"])
-            problems.append(Problem(path, _message(err), locator.line_of(path)))
+        problems += [problem(_format_loc(err["loc"]), _message(err)) for err in e.errors()]
         raise ConfigError(source, _dedupe(problems)) from None
-    problems = [Problem(p, m, locator.line_of(p)) for p, m in _semantic_problems(cfg)]
+    problems += [problem(p, m) for p, m in _semantic_problems(cfg)]
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, _dedupe(problems))
     return cfg
+
+
+def _nul_problems(data: Any, path: str = "") -> list[tuple[str, str]]:
+    """A NUL in any string (argv, env, a path) would be cut or refused by the OS later."""
+    if isinstance(data, str):
+        return [(path, "contains a NUL character")] if "\x00" in data else []
+    if isinstance(data, dict):
+        found = []
+        for key, value in data.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                found.append((path, f"key {str(key)!r} contains a NUL character"))
+            found += _nul_problems(value, sub)
+        return found
+    if isinstance(data, list):
+        return [p for i, item in enumerate(data) for p in _nul_problems(item, f"{path}[{i}]")]
+    return []
 
 
 def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
@@ -406,12 +543,56 @@ def _semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     for i, t in enumerate(cfg.targets):
         for dep in t.recovery.depends_on:
             if dep not in seen:
-                problems.append((f"targets[{i}].recovery.depends_on", f"unknown target {dep!r}"))
+                hint = _did_you_mean(dep, list(seen))
+                problems.append(
+                    (f"targets[{i}].recovery.depends_on", f"unknown target {dep!r}{hint}")
+                )
             elif dep == t.name:
                 problems.append(
                     (f"targets[{i}].recovery.depends_on", "a target cannot depend on itself")
                 )
+    for cycle in _dependency_cycles(cfg.targets):
+        i = seen[cycle[0]]
+        problems.append(
+            (f"targets[{i}].recovery.depends_on", "depends_on cycle: " + " -> ".join(cycle))
+        )
     return problems
+
+
+def _dependency_cycles(targets: Sequence[TargetConfig]) -> list[list[str]]:
+    """Each cycle of ``depends_on`` once, as ``[a, b, a]``, starting at its first target."""
+    deps = {t.name: [d for d in t.recovery.depends_on if d != t.name] for t in targets}
+    order = {t.name: i for i, t in enumerate(targets)}
+    done: set[str] = set()
+    cycles: list[list[str]] = []
+    seen_cycles: set[frozenset[str]] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        if name in stack:
+            loop = stack[stack.index(name) :]
+            key = frozenset(loop)
+            if key not in seen_cycles:
+                seen_cycles.add(key)
+                start = min(range(len(loop)), key=lambda k: order[loop[k]])
+                loop = loop[start:] + loop[:start]
+                cycles.append([*loop, loop[0]])
+            return
+        if name in done or name not in deps:
+            return
+        stack.append(name)
+        for dep in deps[name]:
+            visit(dep, stack)
+        stack.pop()
+        done.add(name)
+
+    for t in targets:
+        visit(t.name, [])
+    return cycles
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -429,10 +610,14 @@ def _message(err: Mapping[str, Any]) -> str:
     msg = str(err["msg"])
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return "unknown key"
+        loc = err["loc"]
+        return "unknown key" + _did_you_mean(str(loc[-1]), _known_keys(loc[:-1]))
     if kind == "union_tag_invalid":
         got = err.get("input", {}).get("kind")
-        return f"unknown check kind {got!r}; expected one of {', '.join(CHECK_KINDS)}"
+        hint = _did_you_mean(str(got), CHECK_KINDS)
+        return f"unknown check kind {got!r}; expected one of {', '.join(CHECK_KINDS)}{hint}"
+    if kind == "path_type":
+        msg = "Input should be a path (a string)"
     if kind == "union_tag_not_found":
         return f"missing `kind`; expected one of {', '.join(CHECK_KINDS)}"
     msg = msg.removeprefix("Value error, ")
@@ -444,6 +629,37 @@ def _message(err: Mapping[str, Any]) -> str:
     ):
         msg += f" (got {inp!r})"
     return msg
+
+
+def _known_keys(loc: Sequence[str | int]) -> list[str]:
+    """The keys the table at ``loc`` accepts, following pydantic's error location."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            return []
+        if part in CHECK_KINDS and part not in fields:
+            model = _CHECK_MODELS[part]  # the discriminator tag pydantic puts in the path
+            continue
+        if part not in fields:
+            return []
+        model = _table_type(fields[part].annotation)
+    fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _table_type(annotation: Any) -> Any:
+    """``list[X]``, ``X | None`` -> X: the model a nested table is validated by."""
+    for _ in range(4):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        if not args:
+            return annotation
+        annotation = args[0]
+    return annotation
 
 
 def _format_loc(loc: Sequence[str | int]) -> str:
@@ -493,8 +709,23 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         if var in env and var != CONFIG_ENV:
             sect = raw.setdefault(section, {})
             if isinstance(sect, dict):
-                sect[fname] = env[var]
+                sect[fname] = _from_env(section, fname, env[var])
     return raw
+
+
+def _from_env(section: str, fname: str, text: str) -> Any:
+    """An environment string as the field's type (``"9000"`` -> 9000, ``"true"`` -> True).
+
+    The file is validated strictly, but the environment only has strings: they are
+    converted by the field's type here, and one that does not convert is left as it is
+    for the strict validation to report under its key path.
+    """
+    sub = Config.model_fields[section].annotation
+    annotation = sub.model_fields[fname].annotation  # type: ignore[union-attr]
+    try:
+        return TypeAdapter(annotation).validate_python(text)
+    except ValidationError:
+        return text
 
 
 # --------------------------------------------------------------------------- line lookup
@@ -522,6 +753,8 @@ class _KeyLocator:
                 parts = [p.strip().strip("\"'") for p in m.group(2).split(".")]
                 current = self._resolve(parts, counters, is_array)
                 self.lines.setdefault(current, n)
+                if is_array:  # `targets` itself is where its first [[targets]] is
+                    self.lines.setdefault(current.rsplit("[", 1)[0], n)
                 continue
             k = self._key.match(line)
             if k:
@@ -547,6 +780,12 @@ class _KeyLocator:
             cut = max(path.rfind("."), path.rfind("["))
             path = path[:cut] if cut > 0 else ""
         return None
+
+
+def redacted_config(cfg: Config) -> dict[str, Any]:
+    """The effective config as JSON-ready data with every secret hidden (``config show``)."""
+    data = redact_data(cfg.model_dump(mode="python"))
+    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 
 
 def config_summary(cfg: Config) -> str:

@@ -6,6 +6,11 @@ drifts the cadence). Timeouts are enforced here, not trusted to the check: an ov
 check is cancelled and recorded as failed with reason ``timeout``; an exception becomes a
 failed result with the exception's text. One check can therefore never delay or kill
 another.
+
+While a target is in its startup phase (:mod:`guardian.startup`) its results carry
+``startup=True`` and its service-facing checks run every ``startup_probe_interval``; a
+phase that begins (a restart) wakes a check sleeping through a long interval. Every
+result carries the monotonic time it began (``started_mono``) for decisions.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from dataclasses import dataclass, field
 
 from guardian.checks.base import Check
 from guardian.clock import Clock
+from guardian.redact import redact, redact_value
 from guardian.result import CheckResult, Outcome, Status
+from guardian.startup import StartupPhases
 from guardian.state import State
 
 log = logging.getLogger("guardian.engine")
@@ -56,6 +63,7 @@ class Engine:
         jitter: float = 0.1,
         first_run_spread: float = 1.0,
         rng: random.Random | None = None,
+        startup: StartupPhases | None = None,
     ) -> None:
         self.state = state
         self.clock = clock
@@ -66,6 +74,10 @@ class Engine:
         self._tasks: dict[Scheduled, asyncio.Task[None]] = {}
         self._stopping = False
         self._stray: set[asyncio.Task[Outcome]] = set()
+        self.startup = startup
+        self._wake: dict[Scheduled, asyncio.Event] = {}
+        if startup is not None:
+            startup.add_waker(self._wake_target)
 
     # ------------------------------------------------------------------ one run
 
@@ -74,23 +86,32 @@ class Engine:
         cfg = sc.check.config
         started = self.clock.now()
         t0 = self.clock.monotonic()
+        startup = self.startup is not None and self.startup.active(sc.target, sc.name)
         outcome = await self._run_with_timeout(sc.check, cfg.timeout)
         duration = self.clock.monotonic() - t0
-        reason = (
-            outcome.reason
-            if len(outcome.reason) <= MAX_REASON
-            else outcome.reason[:MAX_REASON] + "…"
-        )
+        # Redacted here, once (before cutting, so no half secret survives): the API, the
+        # store, logs and reports all carry this text.
+        text = redact(outcome.reason)
+        reason = text if len(text) <= MAX_REASON else text[:MAX_REASON] + "…"
+        values = {
+            k: redact_value(k, v) if isinstance(v, str) else v for k, v in outcome.values.items()
+        }
+        if outcome.status is Status.FAILED and not startup and self.startup is not None:
+            ran_out = self.startup.timed_out(sc.target, sc.name)
+            if ran_out is not None:
+                values["startup_timeout_s"] = ran_out  # "did not become healthy within"
         return CheckResult(
             target=sc.target,
             check=sc.name,
             kind=sc.kind,
             status=outcome.status,
             reason=reason,
-            values=dict(outcome.values),
+            values=values,
             started=started,
             finished=self.clock.now(),
             duration=duration,
+            startup=startup,
+            started_mono=t0,
         )
 
     async def _run_with_timeout(self, check: Check, timeout: float) -> Outcome:
@@ -127,6 +148,8 @@ class Engine:
     # ------------------------------------------------------------------ scheduling
 
     def _record(self, result: CheckResult) -> None:
+        if self.startup is not None:
+            self.startup.observe(result)
         prev = self.state.latest(result.target, result.check)
         self.state.record(result)
         changed = prev is None or prev.status is not result.status
@@ -166,18 +189,63 @@ class Engine:
         else:
             log.debug("%s/%s %s", result.target, result.check, result.status.value, extra=fields)
 
+    def _wake_target(self, target: str) -> None:
+        for sc, event in self._wake.items():
+            if sc.target == target:
+                event.set()
+
+    async def _sleep(self, sc: Scheduled, delay: float) -> bool:
+        """Sleep ``delay`` seconds; True if a startup phase of the target began meanwhile."""
+        wake = self._wake.get(sc)
+        if wake is None:
+            await self.clock.sleep(delay)
+            return False
+        if wake.is_set():
+            wake.clear()
+            return True
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+        if wake.is_set():
+            wake.clear()
+            return True
+        return False
+
+    def _probe_period(self, sc: Scheduled) -> float | None:
+        """The startup probe period when it is shorter than the check's own interval."""
+        if self.startup is None:
+            return None
+        period = self.startup.probe_interval(sc.target, sc.name)
+        if period is None or period >= sc.check.config.interval:
+            return None
+        return period
+
     async def _loop(self, sc: Scheduled) -> None:
         interval = sc.check.config.interval
         spread = min(self.jitter * interval, self.first_run_spread)
         origin = self.clock.monotonic() + self._rng.uniform(0, spread)
+        if self.startup is not None:
+            self._wake[sc] = asyncio.Event()
         n = 0
+        offset_n, offset = 0, 0.0
+        probe_from: float | None = None  # end of the last run (or a phase's start)
         while not self._stopping:
-            due = origin + n * interval
-            if n:
-                due += self._rng.uniform(-0.5, 0.5) * self.jitter * interval
+            if n and offset_n != n:
+                offset_n, offset = n, self._rng.uniform(-0.5, 0.5) * self.jitter * interval
+            grid = origin + n * interval + (offset if n else 0.0)
+            due = grid
+            # In a startup phase, probe at the short period; afterwards back to the grid.
+            period = self._probe_period(sc) if probe_from is not None else None
+            if period is not None and probe_from is not None:
+                due = min(grid, probe_from + period)
             delay = due - self.clock.monotonic()
-            if delay > 0:
-                await self.clock.sleep(delay)
+            if delay > 0 and await self._sleep(sc, delay):
+                probe_from = self.clock.monotonic()  # a restart began: probe from now
+                continue
             if self._stopping:
                 return
             sc.lateness.append(max(0.0, self.clock.monotonic() - due))
@@ -190,7 +258,9 @@ class Engine:
             self._record(result)
             # Next slot on the fixed grid; skip slots a slow run overlapped.
             now = self.clock.monotonic()
-            n += 1
+            probe_from = now
+            if due == grid:
+                n += 1
             while origin + n * interval < now - interval * 0.5:
                 n += 1
 

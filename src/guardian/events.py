@@ -49,6 +49,9 @@ class RecoveryEvent:
 class IncidentTransition(StrEnum):
     OPENED = "opened"
     ESCALATED = "escalated"
+    # Recovery gave up (breaker open) on an incident that had already escalated: the report
+    # is rewritten and people are told again, because the situation changed.
+    GAVE_UP = "gave_up"
     RESOLVED = "resolved"
 
 

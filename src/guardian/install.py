@@ -21,6 +21,8 @@ from typing import Annotated
 import typer
 
 from guardian.config import Config, ConfigError, load_config
+from guardian.private_file import write_private_text
+from guardian.redact import is_secret_name, redact_argv, redact_env
 from guardian.services.base import validate_service_name
 from guardian.services.subproc import CommandResult, run_command
 from guardian.services.windows import find_tool
@@ -130,7 +132,7 @@ async def run_plan(
     results: list[CommandResult] = []
     for i, argv in enumerate(plan):
         if echo:
-            typer.echo(f"> {subprocess.list2cmdline(list(argv))}")
+            typer.echo(f"> {subprocess.list2cmdline(redact_argv(argv))}")
         try:
             result = await run_command(list(argv), timeout=timeout)
         except TimeoutError:
@@ -340,6 +342,9 @@ def install_service(
     validate_service_name(name)
     cfg, config_path = _load(config)
     py = python or Path(sys.executable)  # not resolved: a venv's python is a symlink
+    _check_env(env)  # before redaction, so a bad value is refused even when printing
+    if print_only:
+        env = redact_env(env)  # what is shown is the plan, with its secrets hidden
     if is_windows():
         tool = _nssm_path(nssm, print_only)
         log_file = cfg.guardian.log_dir.absolute() / SERVICE_LOG
@@ -377,7 +382,10 @@ def install_service(
         typer.echo(unit)
     else:
         unit_path.parent.mkdir(parents=True, exist_ok=True)
-        unit_path.write_text(unit, encoding="utf-8")
+        if any(is_secret_name(key) for key in env):
+            write_private_text(unit_path, unit)  # Environment= carries a secret: 0600
+        else:
+            unit_path.write_text(unit, encoding="utf-8")
         typer.echo(f"wrote {unit_path}")
     typer.echo("# then run:")
     typer.echo(" && ".join(" ".join(step) for step in steps))

@@ -21,172 +21,52 @@ Timing rules (documented for operators):
   failed liveness/service check or an exit; it is judged on each check result and on exit.
 * A failed result whose check began before the last restart finished is about the old
   instance and triggers nothing. Restarts of one target never overlap, manual ones included.
-* For ``grace_period`` seconds after each (re)start liveness failures are not counted.
+* Startup phase (see :mod:`guardian.startup`): failed results marked ``startup`` (the
+  service is booting: after Guardian's start or a restart, before its first success and
+  within ``startup_timeout``) feed no streak. ``grace_period`` (deprecated) still skips
+  liveness failures for that many seconds after a (re)start.
   A process exit or a failed ``service`` check always triggers at once.
+* A restart succeeds only if the process stays up: a supervised child that exits within
+  ``min_uptime`` of the restart, before a passing check, is a failed start
+  (``restart_failed`` with its exit code and the last error of its log), counted toward
+  the breaker like any attempt.
+* All of it runs on the monotonic clock; wall time is only shown and stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import sqlite3
-import threading
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from guardian.breakers import BreakerRecord, BreakerStore
 from guardian.clock import Clock
 from guardian.config import Config, RecoveryConfig
 from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
+from guardian.logscan import last_error
 from guardian.result import CheckResult, Status
 from guardian.services.base import ExitNotifying, ServiceBackend, ServiceState
+from guardian.startup import guards_startup
 
 log = logging.getLogger("guardian.recovery")
 
 START_WAIT = 30.0  # seconds start_all waits for a dependency to report RUNNING
 START_POLL = 0.1
+# No decision waits longer than this, whatever the config's numbers multiply to: keeps
+# every deadline finite and every wall-clock rendering of it inside datetime's range.
+MAX_DELAY = 365 * 86400.0
+LOG_TAIL_TIMEOUT = 2.0  # seconds to read a failed start's log for its last error
 
 
 # =========================================================================== persistence
-
-
-@dataclass
-class BreakerRecord:
-    """What survives a Guardian restart for one target."""
-
-    attempts: int = 0
-    attempt_times: list[str] = field(default_factory=list)  # wall clock, ISO 8601 UTC
-    last_restart: str | None = None
-    breaker_open: bool = False
-
-
-class BreakerStore(Protocol):
-    def load(self) -> dict[str, BreakerRecord]: ...
-
-    def save(self, target: str, record: BreakerRecord) -> None: ...
-
-
-class MemoryBreakerStore:
-    """A store that lives as long as the object (tests, --dry-run)."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, BreakerRecord] = {}
-
-    def load(self) -> dict[str, BreakerRecord]:
-        return {k: _copy(v) for k, v in self.records.items()}
-
-    def save(self, target: str, record: BreakerRecord) -> None:
-        self.records[target] = _copy(record)
-
-
-def _copy(r: BreakerRecord) -> BreakerRecord:
-    return BreakerRecord(r.attempts, list(r.attempt_times), r.last_restart, r.breaker_open)
-
-
-# The breaker tables share Guardian's SQLite file with the incident store, which owns
-# PRAGMA user_version for its own migrations. A second owner of that one number would make
-# either store skip the other's migrations, so the breaker tables keep their version in a
-# row of `guardian_schema` instead. Index i upgrades version i -> i + 1; append, never edit.
-BREAKER_COMPONENT = "breakers"
-BREAKER_MIGRATIONS: tuple[str, ...] = (
-    # IF NOT EXISTS: files written before versioning already have this exact table.
-    "CREATE TABLE IF NOT EXISTS breakers ("
-    " target TEXT PRIMARY KEY,"
-    " attempts INTEGER NOT NULL,"
-    " attempt_times TEXT NOT NULL,"
-    " last_restart TEXT,"
-    " breaker_open INTEGER NOT NULL,"
-    " updated TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
-)
-BREAKER_SCHEMA_VERSION = len(BREAKER_MIGRATIONS)
-
-
-class SqliteBreakerStore:
-    """Breaker state in its own table of Guardian's SQLite file (WAL, created if missing)."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), timeout=5.0, check_same_thread=False)
-        try:
-            with self._lock:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._migrate()
-        except sqlite3.Error:
-            self._db.close()
-            raise
-
-    def _migrate(self) -> None:
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS guardian_schema ("
-            " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-        self._db.commit()
-        version = self.schema_version
-        if version > BREAKER_SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"{self.path}: breaker tables are at schema v{version}, newer than this "
-                f"Guardian (v{BREAKER_SCHEMA_VERSION}); upgrade Guardian or use another store"
-            )
-        for i in range(version, BREAKER_SCHEMA_VERSION):
-            # executescript commits on its own: migration and version bump in one transaction.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE;\n{BREAKER_MIGRATIONS[i]}\n"
-                "INSERT INTO guardian_schema (component, version)"
-                f" VALUES ('{BREAKER_COMPONENT}', {i + 1})"
-                " ON CONFLICT(component) DO UPDATE SET version = excluded.version;\n"
-                "COMMIT;"
-            )
-
-    @property
-    def schema_version(self) -> int:
-        row = self._db.execute(
-            "SELECT version FROM guardian_schema WHERE component = ?", (BREAKER_COMPONENT,)
-        ).fetchone()
-        return 0 if row is None else int(row[0])
-
-    def load(self) -> dict[str, BreakerRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT target, attempts, attempt_times, last_restart, breaker_open FROM breakers"
-            ).fetchall()
-        out: dict[str, BreakerRecord] = {}
-        for target, attempts, times, last, is_open in rows:
-            try:
-                parsed = [str(t) for t in json.loads(times)]
-            except (ValueError, TypeError):
-                parsed = []
-            out[str(target)] = BreakerRecord(int(attempts), parsed, last, bool(is_open))
-        return out
-
-    def save(self, target: str, record: BreakerRecord) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO breakers (target, attempts, attempt_times, last_restart,"
-                " breaker_open, updated) VALUES (?, ?, ?, ?, ?,"
-                " strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
-                " ON CONFLICT(target) DO UPDATE SET attempts=excluded.attempts,"
-                " attempt_times=excluded.attempt_times, last_restart=excluded.last_restart,"
-                " breaker_open=excluded.breaker_open, updated=excluded.updated",
-                (
-                    target,
-                    record.attempts,
-                    json.dumps(record.attempt_times),
-                    record.last_restart,
-                    int(record.breaker_open),
-                ),
-            )
-            self._db.commit()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+# BreakerRecord, BreakerStore and the Memory/Sqlite stores live in guardian.breakers, a
+# component of Guardian's one SQLite file (guardian.db); imported above.
 
 
 # =========================================================================== policy
@@ -232,15 +112,26 @@ class RestartPolicy:
         return self.started_at is not None and now - self.started_at < self.cfg.grace_period
 
     def observe_check(
-        self, check: str, kind: str, status: Status, now: float, *, owned: bool = False
+        self,
+        check: str,
+        kind: str,
+        status: Status,
+        now: float,
+        *,
+        owned: bool = False,
+        startup: bool = False,
     ) -> str | None:
         """Feed one check result; returns a restart reason when one is now needed.
 
         ``owned``: the failure names a condition the remediation ladder handles (a stuck
         prompt, memory pressure). It ends a healthy run but feeds no liveness streak: the
         ladder tries gentler actions first and asks for a restart itself when they fail.
+        ``startup``: the service is booting (its startup phase); a failure says nothing yet.
         """
         if status == Status.SKIPPED:
+            return None
+        if startup and status == Status.FAILED:
+            self.healthy_since = None
             return None
         if owned and status == Status.FAILED:
             self.healthy_since = None
@@ -286,8 +177,9 @@ class RestartPolicy:
     def gap_after(self, n: int) -> float:
         """Minimum seconds between attempt ``n`` and attempt ``n + 1`` (n >= 1)."""
         c = self.cfg
-        backoff = min(c.cooldown * c.backoff_factor ** max(n - 1, 0), c.backoff_max)
-        return max(c.cooldown, backoff)
+        grown = c.cooldown * _power(c.backoff_factor, max(n - 1, 0)) if c.cooldown > 0 else 0.0
+        gap = max(c.cooldown, min(grown, c.backoff_max))
+        return gap if gap <= MAX_DELAY else MAX_DELAY  # also turns inf (and nan) into finite
 
     def prune(self, now: float) -> None:
         cutoff = now - self.cfg.window
@@ -379,6 +271,14 @@ class RestartPolicy:
         self.prune(mono_now)
 
 
+def _power(base: float, exp: int) -> float:
+    """``base ** exp`` that saturates at infinity instead of raising OverflowError."""
+    try:
+        return float(base**exp)
+    except OverflowError:
+        return math.inf
+
+
 # =========================================================================== manager
 
 
@@ -407,7 +307,10 @@ class RecoveryManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # one restart or wait per target
         self._retrigger: dict[str, str] = {}
         self._manual_locks: dict[str, asyncio.Lock] = {}  # one manual restart at a time
-        self._restart_done: dict[str, datetime] = {}  # wall clock end of the last restart
+        self._restart_done: dict[str, float] = {}  # monotonic end of the last restart
+        # A restart being judged (min_uptime): resolves with ("exit", code) or ("passed", 0).
+        self._start_waiters: dict[str, asyncio.Future[tuple[str, int | None]]] = {}
+        self._spawned: dict[str, float] = {}  # monotonic time the running child was spawned
         self._closed = False
         for target in config.targets:
             if target.service is None or target.name not in self.backends:
@@ -471,7 +374,7 @@ class RecoveryManager:
             "%s: %s%s",
             target,
             kind.value,
-            f" ({reason})" if reason else "",
+            _describe(kind, attempt, reason, detail),
             extra={"target": target, "event": kind.value, "attempt": attempt, "detail": detail},
         )
         self.bus.publish(event)
@@ -488,16 +391,33 @@ class RecoveryManager:
         policy = self.policies.get(event.target)
         if policy is None:
             return
+        self._judge_start(event)
         done = self._restart_done.get(event.target)
-        if event.status == Status.FAILED and done is not None and event.started < done:
-            return  # began before the last restart finished: it describes the old instance
+        began = event.started_mono
+        stale = done is not None and began is not None and began < done
+        if event.status == Status.FAILED and stale:
+            return  # began before the last restart finished: about the old instance
         now = self.clock.monotonic()
         owned = isinstance(event.values.get("condition"), str)
-        reason = policy.observe_check(event.check, event.kind, event.status, now, owned=owned)
+        reason = policy.observe_check(
+            event.check, event.kind, event.status, now, owned=owned, startup=event.startup
+        )
         if reason is not None:
             self._want(event.target, reason)
         else:
             self._stable_reset(event.target, now)
+
+    def _judge_start(self, event: CheckResult) -> None:
+        """A passing check of the service itself proves a restart came up (min_uptime)."""
+        waiter = self._start_waiters.get(event.target)
+        if waiter is None or waiter.done():
+            return
+        if event.status not in (Status.OK, Status.DEGRADED) or not guards_startup(event.kind):
+            return
+        spawned = self._spawned.get(event.target)
+        if spawned is None or event.started_mono is None or event.started_mono < spawned:
+            return
+        waiter.set_result(("passed", 0))
 
     def _stable_reset(self, target: str, now: float) -> None:
         policy = self.policies[target]
@@ -516,7 +436,23 @@ class RecoveryManager:
     def _on_exit(self, target: str, code: int | None) -> None:
         if self._closed:
             return
-        self._emit(target, RecoveryKind.EXITED, reason=f"exit code {code}", exit_code=code)
+        waiter = self._start_waiters.get(target)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(("exit", code))
+        spawned = self._spawned.get(target)
+        policy_cfg = self.policies[target].cfg if target in self.policies else None
+        booting = (
+            spawned is not None
+            and policy_cfg is not None
+            and self.clock.monotonic() - spawned < policy_cfg.min_uptime
+        )
+        self._emit(
+            target,
+            RecoveryKind.EXITED,
+            reason=f"exit code {code}",
+            exit_code=code,
+            during_startup=booting,
+        )
         policy = self.policies.get(target)
         if policy is None:
             return
@@ -556,7 +492,8 @@ class RecoveryManager:
         if d.action == Action.WAIT:
             assert d.at is not None
             self._tasks[target] = asyncio.create_task(
-                self._wait_then_retry(target, d.at - now), name=f"recovery-wait-{target}"
+                self._wait_then_retry(target, min(d.at - now, MAX_DELAY)),
+                name=f"recovery-wait-{target}",
             )
             return
         policy.begin(now)
@@ -570,8 +507,9 @@ class RecoveryManager:
         )
 
     def _finished(self, target: str) -> None:
-        self.policies[target].finished(self.clock.monotonic())
-        self._restart_done[target] = self.clock.now()
+        now = self.clock.monotonic()
+        self.policies[target].finished(now)
+        self._restart_done[target] = now
 
     async def _wait_then_retry(self, target: str, delay: float) -> None:
         await self.clock.sleep(delay)
@@ -592,13 +530,20 @@ class RecoveryManager:
             self._want(target, again)
 
     async def _execute(self, target: str, attempt: int, reason: str) -> bool:
-        """Restart one backend and say whether it came back running."""
+        """Restart one backend and say whether it came back running and stayed up."""
         backend = self.backends[target]
         self._emit(target, RecoveryKind.RESTART_STARTED, attempt=attempt, reason=reason)
         t0 = self.clock.monotonic()
+        waiter: asyncio.Future[tuple[str, int | None]] | None = None
+        if isinstance(backend, ExitNotifying):
+            waiter = asyncio.get_running_loop().create_future()
+            self._start_waiters[target] = waiter
         try:
             await backend.restart()
+            self._spawned[target] = self.clock.monotonic()
             status = await backend.status()
+            up = status.state in (ServiceState.RUNNING, ServiceState.STARTING)
+            verdict = await self._stays_up(target, waiter) if up and waiter else None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -611,8 +556,12 @@ class RecoveryManager:
             )
             self._retrigger.setdefault(target, f"restart failed: {exc}")
             return False
+        finally:
+            if waiter is not None and self._start_waiters.get(target) is waiter:
+                del self._start_waiters[target]
         took = round(self.clock.monotonic() - t0, 3)
-        if status.state in (ServiceState.RUNNING, ServiceState.STARTING):
+        exited = waiter is not None and waiter.done() and waiter.result()[0] == "exit"
+        if up and not exited:
             if target in self.policies:
                 self.policies[target].running(self.clock.monotonic())
             self._emit(
@@ -623,8 +572,27 @@ class RecoveryManager:
                 detail=status.detail,
                 pid=status.pid,
                 duration_s=took,
+                proven_by=verdict or "running",
             )
             return True
+        if exited:
+            assert waiter is not None
+            code = waiter.result()[1]
+            error = await self._last_error(target)
+            headline = f"exits during startup with code {code}" + (f": {error}" if error else "")
+            self._emit(
+                target,
+                RecoveryKind.RESTART_FAILED,
+                attempt=attempt,
+                reason=reason,
+                detail=headline,
+                duration_s=took,
+                exit_code=code,
+                startup_exit=True,
+                last_error=error,
+            )
+            self._retrigger[target] = headline  # the next attempt says why
+            return False
         self._emit(
             target,
             RecoveryKind.RESTART_FAILED,
@@ -635,6 +603,38 @@ class RecoveryManager:
         )
         self._retrigger.setdefault(target, f"not running after restart ({status.state.value})")
         return False
+
+    async def _stays_up(
+        self, target: str, waiter: asyncio.Future[tuple[str, int | None]]
+    ) -> str | None:
+        """Wait until the new child passes a check, exits, or has been up ``min_uptime``.
+
+        Returns what proved it up ("passed", "min_uptime"), or None when it exited.
+        """
+        policy = self.policies.get(target)
+        min_uptime = policy.cfg.min_uptime if policy is not None else 0.0
+        if min_uptime > 0 and not waiter.done():
+            timer = asyncio.ensure_future(self.clock.sleep(min(min_uptime, MAX_DELAY)))
+            try:
+                racing: set[asyncio.Future[Any]] = {waiter, timer}
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+        if not waiter.done():
+            return "min_uptime" if min_uptime > 0 else None
+        kind, _ = waiter.result()
+        return None if kind == "exit" else "passed"
+
+    async def _last_error(self, target: str) -> str:
+        """The last exception line of the service's own log ('' when none is readable)."""
+        try:
+            lines = await asyncio.wait_for(
+                self.backends[target].log_tail(200), timeout=LOG_TAIL_TIMEOUT
+            )
+        except Exception:
+            return ""
+        found = last_error(lines)
+        return "" if found is None else found.line[:300]
 
     # -------------------------------------------------------------- public API
 
@@ -730,6 +730,7 @@ class RecoveryManager:
             backend = self.backends[name]
             try:
                 await backend.start()
+                self._spawned[name] = self.clock.monotonic()
             except Exception as exc:
                 log.error(
                     "%s: start failed: %s",
@@ -828,6 +829,18 @@ class RecoveryManager:
             self._unsubscribe()
             self._unsubscribe = None
         await self._cancel_tasks()
+
+
+def _describe(kind: RecoveryKind, attempt: int, reason: str, detail: str) -> str:
+    """A log suffix that cannot be misread: a restart's reason is why it was started,
+    never its outcome ("restart_succeeded (exited with code 1)" read as a contradiction)."""
+    parts = [f"attempt {attempt}"] if attempt else []
+    if reason:
+        parts.append(f"because: {reason}" if kind.value.startswith("restart_") else reason)
+    out = f" ({', '.join(parts)})" if parts else ""
+    if detail and kind is not RecoveryKind.RESTART_SUCCEEDED:
+        out += f": {detail}"
+    return out
 
 
 _LOUD = {

@@ -82,6 +82,10 @@ class CheckResult:
     # until its first success or `startup_timeout`): failures then open no incident and
     # count toward no restart. Set by the engine.
     startup: bool = False
+    # Monotonic time the check began (set by the engine). Decisions compare this, never the
+    # wall-clock `started`, so a wall clock stepping back cannot hide a failure. None for
+    # results built outside the engine (tests, the store).
+    started_mono: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -10,24 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from guardian.breakers import BREAKERS, BreakerStore, MemoryBreakerStore, SqliteBreakerStore
 from guardian.checks import CheckContext, build_check
 from guardian.checks.base import Check
 from guardian.clock import Clock, SystemClock
 from guardian.config import Config
+from guardian.db import Database
 from guardian.engine import Engine
 from guardian.events import EventBus
 from guardian.incidents import Incidents, start_incidents
-from guardian.incidents.store import Incident, Store, StoreError
-from guardian.recovery import BreakerStore, MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
+from guardian.incidents.store import INCIDENTS, Incident, Store, StoreError
+from guardian.recovery import RecoveryManager
 from guardian.remediation import Remediation
 from guardian.result import CheckResult
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
+from guardian.startup import StartupPhases
 from guardian.state import State
 
 if TYPE_CHECKING:
@@ -55,8 +57,15 @@ class Guardian:
             for check_cfg in target.checks:
                 if check_cfg.enabled:
                     checks.append((target.name, build_check(check_cfg, ctx)))
-        self.engine = Engine(self.state, checks, self.clock, jitter=config.guardian.jitter)
+        # Startup phases follow recovery's restart events on the bus (engine never imports
+        # recovery); they begin for every target when Guardian itself starts.
+        self.startup = StartupPhases(config, self.clock)
+        self.startup.attach(self.bus)
+        self.engine = Engine(
+            self.state, checks, self.clock, jitter=config.guardian.jitter, startup=self.startup
+        )
         self.started_at: datetime | None = None
+        self.db: Database | None = None
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
         self.remediation: Remediation | None = None
@@ -64,15 +73,27 @@ class Guardian:
         self.api: ApiServer | None = None
         self._app: FastAPI | None = None
 
-    def _open_breaker_store(self) -> BreakerStore:
-        path = self.config.store_path
+    def _open_database(self) -> Database:
+        """Guardian's one SQLite file, opened once for every component.
+
+        It never raises for the file's sake: a damaged file is moved aside, a refused or
+        unopenable one is replaced by memory, and each is shown as the ``store`` problem.
+        """
+        return Database(
+            self.config.store_path,
+            problems=self.state,
+            recover=True,
+            monotonic=self.clock.monotonic,
+            now=self.clock.now,
+            components=(INCIDENTS, BREAKERS),
+        )
+
+    def _open_breaker_store(self, db: Database) -> BreakerStore:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return SqliteBreakerStore(path)
-        except (OSError, sqlite3.Error) as e:
-            log.warning(
-                "cannot open state store %s (%s): restart counters will not survive a restart",
-                path,
+            return SqliteBreakerStore(db)
+        except (StoreError, OSError) as e:
+            log.error(
+                "breaker store unavailable (%s): restart counters will not survive a restart",
                 e,
                 extra={"event": "store_unavailable"},
             )
@@ -81,9 +102,10 @@ class Guardian:
     async def start(self) -> None:
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
+        self.db = self._open_database()
         try:
             self._incidents = start_incidents(
-                self.config, self.bus, self.clock, self.state, self.backends
+                self.config, self.bus, self.clock, self.state, self.backends, db=self.db
             )
         except (StoreError, OSError) as e:
             log.error(
@@ -91,7 +113,7 @@ class Guardian:
                 e,
                 extra={"event": "store_unavailable"},
             )
-        self.breakers = self._open_breaker_store()
+        self.breakers = self._open_breaker_store(self.db)
         self.recovery = RecoveryManager(
             self.config,
             self.bus,
@@ -103,6 +125,15 @@ class Guardian:
         self.remediation = Remediation(
             self.config, self.bus, self.clock, self.recovery, dry_run=self.config.guardian.dry_run
         )
+        for target in self.config.targets:
+            if "grace_period" in target.recovery.model_fields_set:
+                log.warning(
+                    "%s: recovery.grace_period is deprecated: the startup phase"
+                    " (startup_timeout, startup_probe_interval) covers boots; it still applies",
+                    target.name,
+                    extra={"event": "config_deprecated", "target": target.name},
+                )
+        self.startup.begin_all()
         await self.recovery.start_all()
         self.engine.start()
         if self.config.api.enabled:
@@ -156,6 +187,8 @@ class Guardian:
                 log.exception("closing service backend %s failed", name)
         if self.breakers is not None and hasattr(self.breakers, "close"):
             self.breakers.close()
+        if self.db is not None:
+            self.db.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""

@@ -194,6 +194,7 @@ def guardian_config(
     recovery = recovery or (
         "cooldown = 0\nmax_attempts = 1000\nwindow = 1\nbackoff_factor = 1.0\n"
         "backoff_max = 0\nfailure_threshold = 3\ngrace_period = 2\nstable_period = 0\n"
+        "min_uptime = 0\n"
     )
     service = f"""
 [targets.service]

@@ -107,6 +107,7 @@ window = 1
 backoff_factor = 1.0
 backoff_max = 0
 grace_period = 0
+min_uptime = 0
 stable_period = 0
 """
 
@@ -114,9 +115,10 @@ stable_period = 0
 @pytest.mark.timeout(240)
 async def test_recovery_manager_restart_cycles_leak_nothing(tmp_path: Path) -> None:
     pytest.importorskip("guardian.services.process")
+    from guardian.breakers import MemoryBreakerStore
     from guardian.config import parse_config
     from guardian.events import EventBus, RecoveryEvent, RecoveryKind
-    from guardian.recovery import MemoryBreakerStore, RecoveryManager
+    from guardian.recovery import RecoveryManager
     from guardian.services import build_backend
 
     cfg = parse_config(_leak_free_config(SLEEP, tmp_path))

@@ -137,6 +137,7 @@ def test_open_breaker_survives_a_guardian_crash(tmp_path: Path) -> None:
     recovery = (
         "cooldown = 0\nmax_attempts = 3\nwindow = 600\nbackoff_factor = 1.0\n"
         "backoff_max = 0\nfailure_threshold = 1\ngrace_period = 0\nstable_period = 600\n"
+        "min_uptime = 0\n"
     )
     cfg = guardian_config(tmp_path, port, pidfile, victim_extra=["--exit-after", "0.3"],
                           recovery=recovery)

@@ -125,3 +125,33 @@ async def test_no_nvidia_stack_at_all_is_skipped(
     for backend in ("auto", "nvml", "nvidia-smi"):
         out = await run_gpu(backend=backend)
         assert (out.status, out.reason) == (Status.SKIPPED, "no NVIDIA GPU"), backend
+
+
+async def test_an_unkillable_nvidia_smi_is_not_started_again(
+    fake_smi: SetSmi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed nvidia-smi that will not die (a wedged driver) blocks the next run cleanly.
+
+    An uninterruptible process cannot be made on purpose, so a live process stands in for
+    it in the registry of left-behind runs; while it lives no new nvidia-smi is started.
+    """
+    import asyncio
+
+    from guardian.gpu import smi
+
+    exe = fake_smi("h100_x2.csv")
+    argv_log = Path(os.environ["FAKE_SMI_ARGV_LOG"])
+    stand_in = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)"
+    )
+    monkeypatch.setitem(smi._stuck, str(exe), (stand_in, time.monotonic()))
+    try:
+        out = await run_gpu(backend="nvidia-smi")
+        assert out.status is Status.FAILED
+        assert f"nvidia-smi (pid {stand_in.pid}) still blocked since" in out.reason
+        assert not argv_log.exists()  # nothing was started
+    finally:
+        stand_in.kill()
+        await stand_in.wait()
+    assert (await run_gpu(backend="nvidia-smi")).status is not Status.FAILED
+    assert str(exe) not in smi._stuck

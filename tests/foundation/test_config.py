@@ -127,6 +127,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "guardian.log_level",
         "guardian.nope",
         "api.port",
+        "targets",  # and that it watches nothing
     }
 
 
@@ -160,7 +161,7 @@ def test_defaults_match_the_plan_without_any_file() -> None:
 
 def test_env_overrides_scalars_and_bad_env_values_name_the_key(tmp_path: Path) -> None:
     f = tmp_path / "g.toml"
-    f.write_text("[guardian]\nlog_level='info'\n")
+    f.write_text("[guardian]\nlog_level='info'\n[[targets]]\nname='t'\n")
     cfg = load_config(
         f,
         env={
@@ -193,3 +194,72 @@ def test_unreadable_and_non_utf8_files_are_clean_errors(tmp_path: Path) -> None:
     f.write_bytes(b"[guardian]\nlog_level = '\xe9'\n")
     bad = runner.invoke(app, ["config", "validate", str(f)])
     assert bad.exit_code == 2 and "UTF-8" in bad.output
+
+
+def test_env_values_are_converted_by_type_and_a_bad_one_names_its_variable(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "g.toml"
+    f.write_text("[[targets]]\nname='t'\n")
+    cfg = load_config(f, env={"GUARDIAN_DRY_RUN": "true", "GUARDIAN_STORE_RETENTION_DAYS": "7"})
+    assert cfg.guardian.dry_run is True and cfg.store.retention_days == 7
+    with pytest.raises(ConfigError) as exc:
+        load_config(f, env={"GUARDIAN_STORE_RETENTION_DAYS": "1e12"})
+    (problem,) = exc.value.problems
+    assert problem.path == "store.retention_days" and problem.line is None
+    assert "$GUARDIAN_STORE_RETENTION_DAYS" in problem.message
+
+
+def test_a_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    f = tmp_path / "bom.toml"
+    f.write_bytes(b"\xef\xbb\xbf" + (ROOT / "guardian.example.toml").read_bytes())
+    result = runner.invoke(app, ["config", "validate", str(f)])
+    assert result.exit_code == 0, result.output
+    assert [t.name for t in load_config(f, env={}).targets][:2] == ["panel", "comfyui"]
+
+
+def test_a_zero_byte_file_says_it_has_no_targets(tmp_path: Path) -> None:
+    f = tmp_path / "empty.toml"
+    f.write_bytes(b"")
+    for args in (["config", "validate", str(f)], ["run", "--config", str(f)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "targets (line 1): no targets" in result.output
+        assert "built-in defaults" in result.output
+
+
+def test_strict_types_still_take_an_int_for_a_float() -> None:
+    cfg = parse_config(BASE + "interval = 30\ntimeout = 5\n")
+    assert cfg.targets[0].checks[0].interval == 30.0
+    assert isinstance(cfg.targets[0].checks[0].interval, float)
+
+
+def test_a_misspelt_key_suggests_the_closest_known_key_of_its_own_table() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(BASE + "[targets.recovery]\nmax_atempts = 3\nzzzz = 1\n")
+    by_path = {p.path: p.message for p in exc.value.problems}
+    assert by_path["targets[0].recovery.max_atempts"] == "unknown key; did you mean 'max_attempts'?"
+    assert by_path["targets[0].recovery.zzzz"] == "unknown key"  # nothing close: no guess
+
+
+def test_every_cycle_is_named_once_and_acyclic_dependencies_pass() -> None:
+    chain = "".join(
+        f"[[targets]]\nname='{n}'\n[targets.recovery]\ndepends_on={deps}\n"
+        for n, deps in [("a", "['b']"), ("b", "['c']"), ("c", "[]"), ("x", "['y']"), ("y", "['x']")]
+    )
+    with pytest.raises(ConfigError) as exc:
+        parse_config(chain)
+    assert [p.message for p in exc.value.problems] == ["depends_on cycle: x -> y -> x"]
+    ok = parse_config(chain.replace("depends_on=['x']", "depends_on=['a']"))
+    assert ok.target("y").recovery.depends_on == ["a"]
+
+
+def test_backoff_gap_stays_finite_for_any_attempt_count() -> None:
+    from guardian.config import RecoveryConfig
+    from guardian.recovery import RestartPolicy
+
+    policy = RestartPolicy(RecoveryConfig(cooldown=30, backoff_factor=10, backoff_max=300))
+    assert [policy.gap_after(n) for n in (1, 2, 3)] == [30, 300, 300]
+    assert policy.gap_after(100_000) == 300  # 10 ** 99_999 overflows a float
+    zero = RestartPolicy(RecoveryConfig(cooldown=0, backoff_factor=10, backoff_max=300))
+    assert zero.gap_after(100_000) == 0

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 import pytest
 
 from guardian.checks.base import CheckConfigBase
+from guardian.checks.http import HttpCheckConfig
 from guardian.clock import FakeClock, SystemClock
 from guardian.config import Config
 from guardian.engine import Engine
-from guardian.result import Outcome, Status
+from guardian.events import EventBus, RecoveryEvent, RecoveryKind
+from guardian.result import CheckResult, Outcome, Status
+from guardian.startup import StartupPhases, guards_startup
 from guardian.state import State
 
 
@@ -144,3 +147,161 @@ async def test_stop_lets_running_check_finish_within_grace_then_cancels() -> Non
     await eng.stop(grace=0.2)
     assert loop.time() - t0 < 1.0
     assert not eng._tasks
+
+
+# --------------------------------------------------------------------------- startup phase
+
+
+class Booting:
+    """A check of a service that answers only from ``up_at`` (monotonic) on."""
+
+    def __init__(self, clock: FakeClock, up_at: float, interval: float = 30.0) -> None:
+        self.config = Cfg(name="http", interval=interval, timeout=0.5)
+        self.clock = clock
+        self.up_at = up_at
+        self.times: list[float] = []
+
+    async def run(self) -> Outcome:
+        self.times.append(self.clock.monotonic())
+        if self.clock.monotonic() >= self.up_at:
+            return Outcome.ok("answering")
+        return Outcome.failed("connect failed: connection refused")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def startup_rig(
+    up_at: float, *, timeout: float = 300.0, interval: float = 30.0
+) -> tuple[FakeClock, Booting, Engine, StartupPhases, list[CheckResult], EventBus]:
+    from guardian.config import RecoveryConfig, TargetConfig
+
+    clock = FakeClock()
+    check = Booting(clock, clock.monotonic() + up_at, interval)
+    cfg = Config(
+        targets=[
+            TargetConfig(
+                name="t",
+                recovery=RecoveryConfig(startup_timeout=timeout, startup_probe_interval=1),
+                checks=[HttpCheckConfig(url="http://127.0.0.1:1/", interval=interval, timeout=0.5)],
+            )
+        ]
+    )
+    bus = EventBus()
+    phases = StartupPhases(cfg, clock)
+    phases.attach(bus)
+    results: list[CheckResult] = []
+    bus.subscribe(lambda e: results.append(e) if isinstance(e, CheckResult) else None)
+    eng = Engine(
+        State(cfg, bus), [("t", check)], clock, jitter=0.0, first_run_spread=0.0,  # type: ignore[list-item]
+        rng=random.Random(1), startup=phases,
+    )
+    return clock, check, eng, phases, results, bus
+
+
+async def test_a_booting_service_is_probed_every_second_and_marked_startup() -> None:
+    clock, check, eng, phases, results, _ = startup_rig(up_at=11.5)
+    phases.begin_all()
+    t0 = clock.monotonic()
+    eng.start()
+    await clock.advance(20)
+    failed = [r for r in results if r.status is Status.FAILED]
+    assert failed and all(r.startup for r in failed)  # booting: no failure counts
+    first_ok = next(r for r in results if r.status is Status.OK)
+    # Seen at most one probe period after it answers (boot + 1 s), not a 30 s interval later.
+    assert first_ok.started_mono is not None and first_ok.started_mono - t0 <= 11.5 + 1
+    assert not phases.in_startup("t")  # the first success ended the phase
+    runs_after = [t for t in check.times if t > first_ok.started_mono]
+    assert runs_after == []  # back on the check's own 30 s grid
+    await clock.advance(30)
+    assert check.times[-1] - t0 == pytest.approx(30.0)  # the grid slot, not a probe
+    await eng.stop()
+
+
+async def test_a_restart_begins_a_new_phase_and_wakes_a_long_sleep() -> None:
+    clock, check, eng, phases, results, bus = startup_rig(up_at=0)
+    phases.begin_all()
+    eng.start()
+    await clock.advance(1)
+    assert results[-1].status is Status.OK and not phases.in_startup("t")
+    check.up_at = clock.monotonic() + 5.2  # it is restarted and boots for 5.2 s
+    bus.publish(RecoveryEvent("t", RecoveryKind.RESTART_STARTED, clock.now(), 1))
+    assert phases.in_startup("t")
+    await clock.advance(7)
+    assert [r.status for r in results[1:]] == [Status.FAILED] * 5 + [Status.OK]
+    assert all(r.startup for r in results[1:])  # the success that ends it is its last
+    assert not phases.in_startup("t")
+    assert len(check.times) == 7  # woken from the 30 s sleep: probes at 1 s
+    await eng.stop()
+
+
+async def test_startup_timeout_ends_the_phase_and_failures_say_so() -> None:
+    clock, _, eng, phases, results, _ = startup_rig(up_at=1e9, timeout=5, interval=2)
+    phases.begin_all()
+    eng.start()
+    await clock.advance(9)
+    early = [r for r in results if r.started_mono is not None and r.started_mono < 1005]
+    late = [r for r in results if r.started_mono is not None and r.started_mono >= 1005]
+    assert early and all(r.startup for r in early)
+    assert late and not any(r.startup for r in late)
+    assert all(r.values["startup_timeout_s"] == 5 for r in late)
+    await eng.stop()
+
+
+async def test_a_failed_start_ends_the_phase_at_once() -> None:
+    clock, _, eng, phases, results, bus = startup_rig(up_at=1e9, interval=2)
+    phases.begin_all()
+    eng.start()
+    await clock.advance(1.5)
+    assert results and results[-1].startup
+    bus.publish(RecoveryEvent("t", RecoveryKind.RESTART_FAILED, clock.now(), 1))
+    await clock.advance(2)
+    assert not results[-1].startup and "startup_timeout_s" not in results[-1].values
+    await eng.stop()
+
+
+async def test_host_checks_have_no_startup_phase() -> None:
+    """A full disk at Guardian's start is not 'booting': it counts at once."""
+    from guardian.checks.disk import DiskCheckConfig
+    from guardian.config import TargetConfig
+
+    clock = FakeClock()
+    cfg = Config(targets=[TargetConfig(name="t", checks=[DiskCheckConfig(paths=["/"])])])
+    phases = StartupPhases(cfg, clock)
+    phases.begin_all()
+    assert not phases.active("t", "disk") and not phases.in_startup("t")
+    assert guards_startup("http") and guards_startup("comfyui") and not guards_startup("service")
+
+
+async def test_one_success_ends_the_phase_for_every_check_of_the_target() -> None:
+    """Like a startupProbe: once the service answers, a failing canary counts at once."""
+    from guardian.config import TargetConfig
+
+    clock = FakeClock()
+    cfg = Config(targets=[TargetConfig(name="t", checks=[
+        HttpCheckConfig(name="api", url="http://127.0.0.1:1/"),
+        HttpCheckConfig(name="canary", url="http://127.0.0.1:1/"),
+    ])])
+    phases = StartupPhases(cfg, clock)
+    phases.begin_all()
+    assert phases.active("t", "api") and phases.active("t", "canary")
+    now = clock.now()
+    phases.observe(CheckResult("t", "api", "http", Status.OK, "", {}, now, now, 0.1))
+    assert not phases.active("t", "canary") and not phases.in_startup("t")
+    assert phases.timed_out("t", "canary") is None  # it became healthy: no such note
+
+
+def test_a_tiny_probe_interval_never_hammers_a_booting_service() -> None:
+    from guardian.config import RecoveryConfig, TargetConfig
+    from guardian.startup import MIN_PROBE_INTERVAL
+
+    clock = FakeClock()
+    cfg = Config(targets=[TargetConfig(
+        name="t",
+        recovery=RecoveryConfig(startup_probe_interval=1e-300, startup_timeout=1e308),
+        checks=[HttpCheckConfig(url="http://127.0.0.1:1/")],
+    )])
+    phases = StartupPhases(cfg, clock)
+    phases.begin_all()
+    assert phases.probe_interval("t", "http") == MIN_PROBE_INTERVAL
+    assert phases.active("t", "http")  # a huge timeout is just a long phase

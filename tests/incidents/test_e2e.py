@@ -100,6 +100,9 @@ async def test_crash_loop_opens_escalates_reports_notifies_and_resolves(
         await clock.advance(2)
         record(Status.FAILED, f"process exited with code {code}", exit_code=code, pid=proc.pid)
         await clock.advance(5)
+    # Each restart began a fresh streak: recovery escalates by giving up, as it would here.
+    assert store.incidents()[0].status == "open"
+    publish(RecoveryKind.BREAKER_OPEN, 3, "exited with code 1")
 
     await tracker.idle()
     await asyncio.wait_for(notifier.idle(), timeout=30)

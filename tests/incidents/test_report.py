@@ -169,3 +169,70 @@ def test_default_snapshot_reads_the_machine_and_quotes_gpu_comfyui_results(
     assert snap["GPU"][0].startswith("system/gpu ok") and "  vram_used_mb: 4096" in snap["GPU"]
     assert "queue stuck" in snap["ComfyUI"][0]
     assert system_snapshot()["GPU"] == ["no GPU check result"]
+
+
+# --------------------------------------------------------------------------- last error, span
+
+BOOTS = [
+    "Starting server",
+    "WARNING: No module named 'xformers'; falling back (printed on every boot)",
+    "Import times for custom nodes: 0.1 seconds",
+    "Traceback (most recent call last):",
+    '  File "main.py", line 9, in <module>',
+    "    server.start(port=8188)",
+    "OSError: [Errno 98] error while attempting to bind on address: address already in use",
+]
+
+
+def test_last_error_is_the_last_traceback_not_a_warning() -> None:
+    from guardian.logscan import last_error
+
+    found = last_error(BOOTS)
+    assert found is not None
+    assert found.line.startswith("OSError: [Errno 98]")
+    assert found.block[0] == "Traceback (most recent call last):"
+    assert last_error(BOOTS[:3]) is None  # warnings and chatter only: no culprit
+    chained = [
+        *BOOTS,
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "ValueError: second",
+        "shutting down",
+    ]
+    assert last_error(chained).line == "ValueError: second"  # type: ignore[union-attr]
+    plain = ["loading", "ERROR: model file is corrupt", "bye"]
+    assert last_error(plain).line == "ERROR: model file is corrupt"  # type: ignore[union-attr]
+
+
+async def test_next_steps_come_from_the_last_traceback_not_any_warning(tmp_path: Path) -> None:
+    store, clock, iid = _incident(tmp_path)
+
+    async def tail(target: str, n: int) -> list[str]:
+        return BOOTS[-n:]
+
+    reporter = Reporter(make_config(tmp_path), store, log_tail=tail, snapshot=dict, clock=clock)
+    md = await reporter.render(iid, live_log=True)
+    steps = md.split("## Suggested next steps")[1].split("## System snapshot")[0]
+    assert "**Port already in use**" in steps
+    assert "Missing Python module" not in steps and "xformers" not in steps
+    assert "No module named 'xformers'" in md  # still quoted in the log tail
+    store.close()
+
+
+async def test_a_report_lists_only_its_own_time_span(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    store, clock, iid = _incident(tmp_path)
+    old = recovery(clock, RecoveryKind.RESTART_SUCCEEDED, attempt=9, reason="an old trouble")
+    store.add_recovery(
+        type(old)(old.target, old.kind, clock.now() - timedelta(hours=3), 9, old.reason), iid
+    )
+    store.update_incident(iid, status="resolved", resolved_at=clock.now())
+    late = recovery(clock, RecoveryKind.RESTART_STARTED, attempt=7, reason="after it ended")
+    store.add_recovery(type(late)(late.target, late.kind, clock.now() + timedelta(hours=1), 7,
+                                  late.reason), iid)
+    reporter = Reporter(make_config(tmp_path), store, snapshot=dict, clock=clock)
+    md = await reporter.render(iid)
+    assert "an old trouble" not in md and "after it ended" not in md
+    assert "exit code 1" in md  # its own restart_failed stays
+    store.close()

@@ -17,6 +17,7 @@ import pytest
 from incidents_helpers import SRC, recovery, result
 
 from guardian.clock import FakeClock
+from guardian.db import StoreDamaged
 from guardian.events import RecoveryKind
 from guardian.incidents.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from guardian.result import Status
@@ -25,8 +26,8 @@ from guardian.result import Status
 def test_fresh_store_is_wal_and_current_schema(tmp_path: Path) -> None:
     store = Store(tmp_path / "sub" / "g.db")
     assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
-    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert store.db.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert store.integrity_check() == "ok"
     store.close()
 
@@ -60,8 +61,11 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match="incident store"):
+    with pytest.raises(StoreDamaged, match=r"g\.db is damaged"):
         Store(path)
+    # A reader (CLI, tools) never moves the daemon's file: only the daemon recovers.
+    assert path.read_bytes() == b"this is not a database" * 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.db"]
 
 
 def test_round_trips_results_recovery_incidents_notifications(tmp_path: Path) -> None:
@@ -213,7 +217,9 @@ def test_times_from_other_timezones_are_stored_as_utc(tmp_path: Path) -> None:
     got = store.incident(later.id)
     assert got is not None and got.opened_at == b and got.opened_at.utcoffset() == timedelta(0)
     assert (
-        store._db.execute("SELECT id FROM incidents ORDER BY opened_at DESC LIMIT 1").fetchone()[0]
+        store.db.connection.execute(
+            "SELECT id FROM incidents ORDER BY opened_at DESC LIMIT 1"
+        ).fetchone()[0]
         == later.id
     )
     store.close()

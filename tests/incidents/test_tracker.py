@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 from incidents_helpers import SRC, make_config, recovery, result
@@ -334,3 +335,203 @@ async def test_an_escalation_interrupted_before_its_report_is_finished_on_restar
     h3 = Harness(tmp_path, config, reporter=Reporter())  # report exists now: nothing to redo
     await h3.tracker.idle()
     assert written == [inc.id] and h3.transitions() == []
+
+
+# --------------------------------------------------------------------------- startup, causes
+
+
+def supervised_config(tmp: Path, **escalation: object) -> Config:
+    """comfyui supervised by Guardian, restarted on its http check (threshold 3)."""
+    cfg = make_config(tmp, escalation={"stable_period": 60, **escalation})
+    data = cfg.model_dump(mode="json")
+    data["targets"][0]["service"] = {"backend": "process", "command": ["comfyui"]}
+    data["targets"][0]["recovery"] = {"failure_threshold": 3}
+    return Config.model_validate(data)
+
+
+def startup_result(h: Harness, status: Status = FAILED) -> None:
+    from dataclasses import replace
+
+    h.state.record(replace(result(h.clock, status), startup=True))
+
+
+async def test_a_booting_service_opens_no_incident(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    for _ in range(20):  # a slow boot: connection refused, marked startup by the engine
+        startup_result(h)
+        await h.clock.advance(1)
+    assert h.store.incidents() == [] and h.events == []
+    h.record(OK)
+    assert h.store.incidents() == []
+
+
+async def test_startup_results_keep_an_open_incident_from_resolving_or_escalating(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    h.record(FAILED)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None
+    h.record(OK)
+    for _ in range(70):  # a restart boots for 70 s: not healthy, not failing
+        startup_result(h)
+        await h.clock.advance(1)
+    got = h.store.incident(inc.id)
+    assert got is not None and got.status == "open" and got.failure_count == 1
+
+
+async def test_a_startup_that_timed_out_says_so(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.record(FAILED, startup_timeout_s=300)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None
+    assert inc.summary == (
+        "did not become healthy within startup_timeout (300 s): http: connection refused"
+    )
+
+
+async def test_no_escalation_at_the_moment_recovery_restarts(tmp_path: Path) -> None:
+    """Issue 13: the 3rd failure made recovery restart *and* the incident escalate."""
+    h = Harness(tmp_path, supervised_config(tmp_path, failures=3))
+    for _ in range(3):
+        h.record(FAILED)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None and inc.status == "open"  # recovery acts now, not a page
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED, attempt=1))
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_SUCCEEDED, attempt=1))
+    startup_result(h)
+    h.record(FAILED)  # a fresh streak for the restarted instance
+    h.record(FAILED)
+    await h.tracker.idle()
+    assert h.store.incident(inc.id).status == "open"  # type: ignore[union-attr]
+    h.record(FAILED)
+    h.record(FAILED)  # one past the restart threshold: recovery did not fix it
+    await h.tracker.idle()
+    assert h.store.incident(inc.id).status == "escalated"  # type: ignore[union-attr]
+
+
+async def test_unsupervised_targets_still_escalate_at_the_threshold(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    for _ in range(3):
+        h.record(FAILED)
+    await h.tracker.idle()
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None and inc.status == "escalated"
+
+
+def startup_exit(h: Harness, attempt: int) -> None:
+    from guardian.events import RecoveryEvent
+
+    h.bus.publish(RecoveryEvent(
+        "comfyui", RecoveryKind.RESTART_FAILED, h.clock.now(), attempt, "exited with code 1",
+        "exits during startup with code 1: RuntimeError: CUDA driver too old",
+        {"exit_code": 1, "startup_exit": True},
+    ))
+
+
+async def test_a_failed_start_opens_the_incident_with_its_own_headline(tmp_path: Path) -> None:
+    h = Harness(tmp_path, supervised_config(tmp_path))
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED, attempt=1))
+    startup_exit(h, 1)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None
+    assert inc.summary == "exits during startup with code 1: RuntimeError: CUDA driver too old"
+    h.tracker._resolve(h.tracker._open["comfyui"])
+    from guardian.events import RecoveryEvent
+
+    h.bus.publish(RecoveryEvent(  # first the bare exit, then the failed start's detail
+        "comfyui", RecoveryKind.EXITED, h.clock.now(), 0, "exit code 1",
+        values={"exit_code": 1, "during_startup": True},
+    ))
+    again = h.tracker.open_incident_for("comfyui")
+    assert again is not None and again.summary == "process exits during startup with code 1"
+    startup_exit(h, 2)
+    again = h.tracker.open_incident_for("comfyui")
+    assert again is not None  # the same cause in more detail replaces, not "(earlier: ...)"
+    assert again.summary == "exits during startup with code 1: RuntimeError: CUDA driver too old"
+    inc = again
+    h.record(FAILED)  # the check's "connection refused" does not replace it
+    assert h.tracker.open_incident_for("comfyui").summary == inc.summary  # type: ignore[union-attr]
+
+
+async def test_a_crash_loop_after_a_stuck_job_heads_the_summary_and_re_reports(
+    tmp_path: Path,
+) -> None:
+    """Issue 10.5: the crash loop folded into the older stuck-job incident, and the breaker
+    opening on the already escalated incident was neither written nor notified."""
+    reports: list[int] = []
+
+    class Reporter:
+        async def write(self, incident_id: int, *, capture: bool = True) -> Path:
+            reports.append(incident_id)
+            return tmp_path / f"r{incident_id}-{len(reports)}.md"
+
+    h = Harness(tmp_path, supervised_config(tmp_path), reporter=Reporter())
+    for _ in range(3):  # a stuck job (the ladder's): escalates at the threshold
+        h.record(FAILED, reason="stuck: prompt p1 no progress for 300 s", condition="stuck_running")
+    await h.tracker.idle()
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None and inc.status == "escalated" and reports == [inc.id]
+    for attempt in (1, 2, 3):
+        h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED, attempt=attempt))
+        startup_exit(h, attempt)
+    got = h.tracker.open_incident_for("comfyui")
+    assert got is not None
+    assert got.summary.startswith("exits during startup with code 1: RuntimeError")
+    assert "(earlier: http failed 3 times in a row: stuck" in got.summary
+    h.bus.publish(recovery(
+        h.clock, RecoveryKind.BREAKER_OPEN, attempt=3,
+        reason="exits during startup with code 1: RuntimeError: CUDA driver too old",
+    ))
+    await h.tracker.idle()
+    final = h.store.incident(inc.id)
+    assert final is not None and final.summary.startswith("recovery gave up after 3 attempts")
+    assert reports == [inc.id, inc.id]  # the report was rewritten
+    assert (inc.id, "gave_up") in h.transitions()  # and people are told (notify: escalate)
+    assert final.report_path is not None and final.report_path.endswith("-2.md")
+
+
+async def test_an_incident_adopts_no_actions_from_before_the_target_was_healthy(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, supervised_config(tmp_path))
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED))  # an earlier manual restart
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_SUCCEEDED))
+    await h.clock.advance(10)
+    h.record(OK)
+    h.record(OK, check="disk")
+    await h.clock.advance(30)
+    h.bus.publish(recovery(h.clock, RecoveryKind.FREE_SENT))  # this incident's own action
+    await h.clock.advance(1)
+    h.record(FAILED)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None
+    linked = h.store.recovery_events(incident_id=inc.id)
+    assert [e.kind for e in linked] == ["free_sent"]
+    assert linked[0].time == inc.opened_at - timedelta(seconds=1)
+
+
+async def test_a_crash_opens_an_incident_but_the_boot_after_it_does_not_escalate(
+    tmp_path: Path,
+) -> None:
+    from guardian.events import RecoveryEvent
+
+    h = Harness(tmp_path, supervised_config(tmp_path, failures=3))
+    h.bus.publish(RecoveryEvent(
+        "comfyui", RecoveryKind.EXITED, h.clock.now(), 0, "exit code -9", values={"exit_code": -9}
+    ))
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None and inc.summary == "process exited with code -9"
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED, attempt=1))
+    h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_SUCCEEDED, attempt=1))
+    for _ in range(12):  # its boot
+        startup_result(h)
+        await h.clock.advance(1)
+    h.record(OK)
+    h.record(OK, check="disk")
+    await h.tracker.idle()
+    assert h.store.incident(inc.id).status == "open"  # type: ignore[union-attr]
+    await h.clock.advance(60)
+    h.record(OK)
+    assert h.store.incident(inc.id).status == "resolved"  # type: ignore[union-attr]
+    assert h.transitions() == [(inc.id, "opened"), (inc.id, "resolved")]

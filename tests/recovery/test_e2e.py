@@ -81,7 +81,8 @@ async def test_crash_loop_exactly_max_attempts_then_breaker() -> None:
         name="crashy",
         service=ServiceConfig(backend="process", command=argv),
         recovery=RecoveryConfig(
-            cooldown=0.05, backoff_factor=1.0, max_attempts=3, window=60, grace_period=0
+            cooldown=0.05, backoff_factor=1.0, max_attempts=3, window=60, grace_period=0,
+            min_uptime=0,
         ),
     )
     backend = ProcessBackend("crashy", argv, stop_timeout=1)
@@ -112,7 +113,7 @@ async def test_sigkilled_http_server_restarted_from_exit_event() -> None:
     t = TargetConfig(
         name="web",
         service=ServiceConfig(backend="process", command=argv),
-        recovery=RecoveryConfig(cooldown=0.1, grace_period=0),
+        recovery=RecoveryConfig(cooldown=0.1, grace_period=0, min_uptime=0),
     )
     backend = ProcessBackend("web", argv, stop_timeout=2)
     mgr, events = rig(t, backend)
@@ -160,7 +161,9 @@ async def test_hung_liveness_restarts_after_threshold_not_before() -> None:
     t = TargetConfig(
         name="hung",
         service=ServiceConfig(backend="process", command=argv),
-        recovery=RecoveryConfig(cooldown=0.1, failure_threshold=3, grace_period=0, max_attempts=5),
+        recovery=RecoveryConfig(
+            cooldown=0.1, failure_threshold=3, grace_period=0, min_uptime=0, max_attempts=5
+        ),
         checks=[check_cfg],
     )
     clock = SystemClock()

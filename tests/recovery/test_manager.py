@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from guardian.breakers import MemoryBreakerStore, SqliteBreakerStore
 from guardian.checks.disk import DiskCheckConfig
 from guardian.checks.http import HttpCheckConfig
 from guardian.clock import FakeClock
 from guardian.config import Config, RecoveryConfig, ServiceConfig, TargetConfig
 from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.recovery import MemoryBreakerStore, RecoveryManager, SqliteBreakerStore
+from guardian.recovery import RecoveryManager
 from guardian.result import CheckResult, Status
 from guardian.services.base import ExitListener, ServiceState, ServiceStatus
 
@@ -29,6 +32,7 @@ class MemBackend:
         self.pid = 100
         self.restarts = 0
         self.listeners: list[ExitListener] = []
+        self.tail: list[str] = []  # what log_tail returns
 
     def add_exit_listener(self, listener: ExitListener) -> None:
         self.listeners.append(listener)
@@ -52,7 +56,7 @@ class MemBackend:
         self.running = True
 
     async def log_tail(self, lines: int = 200) -> list[str]:
-        return []
+        return self.tail[-lines:]
 
     async def aclose(self) -> None:
         self.running = False
@@ -67,7 +71,7 @@ def target(name: str, **rec: Any) -> TargetConfig:
     return TargetConfig(
         name=name,
         service=ServiceConfig(backend="process", command=["x"]),
-        recovery=RecoveryConfig(**{"grace_period": 0, **rec}),
+        recovery=RecoveryConfig(**{"grace_period": 0, "min_uptime": 0, **rec}),
         checks=[
             HttpCheckConfig(url="http://127.0.0.1:1/", liveness=True, interval=1, timeout=0.5),
             DiskCheckConfig(paths=["/"], interval=1, timeout=0.5),
@@ -76,8 +80,14 @@ def target(name: str, **rec: Any) -> TargetConfig:
 
 
 class Rig:
-    def __init__(self, *targets: TargetConfig, dry_run: bool = False, store: Any = None) -> None:
-        self.clock = FakeClock()
+    def __init__(
+        self,
+        *targets: TargetConfig,
+        dry_run: bool = False,
+        store: Any = None,
+        clock: FakeClock | None = None,
+    ) -> None:
+        self.clock = clock or FakeClock()
         self.bus = EventBus()
         self.events: list[RecoveryEvent] = []
         self.bus.subscribe(self._collect)
@@ -401,8 +411,8 @@ async def test_exit_only_target_attempts_clear_after_a_stable_run() -> None:
 def test_breaker_store_shares_the_file_with_the_incident_store(tmp_path: Path) -> None:
     import sqlite3
 
+    from guardian.breakers import BREAKER_SCHEMA_VERSION, BreakerRecord
     from guardian.incidents.store import SCHEMA_VERSION, Store
-    from guardian.recovery import BREAKER_SCHEMA_VERSION, BreakerRecord
 
     for first in ("breakers", "incidents"):
         db = tmp_path / f"{first}-first.db"
@@ -426,7 +436,8 @@ def test_breaker_store_shares_the_file_with_the_incident_store(tmp_path: Path) -
 def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path) -> None:
     import sqlite3
 
-    from guardian.recovery import BREAKER_MIGRATIONS
+    from guardian.breakers import BREAKER_MIGRATIONS
+    from guardian.db import StoreNewer
 
     old = tmp_path / "old.db"  # written before the schema row existed
     with sqlite3.connect(old) as con:
@@ -445,27 +456,66 @@ def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path)
         con.execute("CREATE TABLE guardian_schema (component TEXT PRIMARY KEY, version INTEGER)")
         con.execute("INSERT INTO guardian_schema VALUES ('breakers', 99)")
     con.close()
-    with pytest.raises(sqlite3.DatabaseError, match="v99, newer than this Guardian"):
+    with pytest.raises(StoreNewer, match="v99, newer than this Guardian"):
         SqliteBreakerStore(newer)
 
 
 async def test_failure_observed_before_a_restart_finished_is_stale() -> None:
-    from datetime import timedelta
-
     r = Rig(target("api", cooldown=0, max_attempts=10))
     b = r.backends["api"]
     await r.mgr.start_all()
-    began = r.clock.now()  # a service check starts while the old instance still runs
+    began, began_mono = r.clock.now(), r.clock.monotonic()  # starts on the old instance
     await r.clock.advance(0.5)
     b.die()
     await r.clock.settle()
     assert b.restarts == 1
-    late = CheckResult("api", "service", "service", Status.FAILED, "", {}, began, r.clock.now(), 1)
+    late = CheckResult(
+        "api", "service", "service", Status.FAILED, "", {}, began, r.clock.now(), 1,
+        started_mono=began_mono,
+    )
     r.bus.publish(late)  # ...and reports after the restart: about the old instance
     await r.clock.settle()
     assert b.restarts == 1
-    fresh = r.clock.now() + timedelta(seconds=1)
-    r.bus.publish(CheckResult("api", "service", "service", Status.FAILED, "", {}, fresh, fresh, 0))
+    await r.clock.advance(1)
+    now = r.clock.now()
+    r.bus.publish(CheckResult(
+        "api", "service", "service", Status.FAILED, "", {}, now, now, 0,
+        started_mono=r.clock.monotonic(),
+    ))
+    await r.clock.settle()
+    assert b.restarts == 2
+    await r.mgr.aclose()
+
+
+class SteppingClock(FakeClock):
+    """A FakeClock whose wall clock can be stepped (NTP, a user) while monotonic runs on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = timedelta(0)
+
+    def now(self) -> datetime:
+        return super().now() + self.step
+
+
+async def test_wall_clock_stepping_back_does_not_hide_liveness_failures() -> None:
+    """Issue 11.7: after a restart the wall clock steps back 600 s; a hung child must still
+    be restarted, because staleness is judged on the monotonic clock."""
+    clock = SteppingClock()
+    r = Rig(target("api", failure_threshold=2, cooldown=0, max_attempts=10), clock=clock)
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.settle()
+    assert b.restarts == 1
+    clock.step = timedelta(seconds=-600)
+    for _ in range(2):
+        await r.clock.advance(1)
+        now = r.clock.now()  # 600 s "before" the restart finished, on the wall clock
+        r.bus.publish(CheckResult(
+            "api", "http", "http", Status.FAILED, "timeout", {}, now, now, 0.5,
+            started_mono=r.clock.monotonic(),
+        ))
     await r.clock.settle()
     assert b.restarts == 2
     await r.mgr.aclose()
@@ -495,4 +545,120 @@ async def test_condition_failures_belong_to_the_ladder_not_the_streak() -> None:
     assert b.restarts == 2
     with pytest.raises(KeyError):
         r.mgr.request_restart("nope", "x")
+    await r.mgr.aclose()
+
+
+# --------------------------------------------------------------------------- min_uptime
+
+BOOT_LOG = [
+    "WARNING: No module named 'xformers' (harmless, printed on every boot)",
+    "Traceback (most recent call last):",
+    '  File "main.py", line 3, in <module>',
+    "    raise RuntimeError('CUDA driver too old')",
+    "RuntimeError: CUDA driver too old",
+]
+
+
+def ok_result(r: Rig, tgt: str, check: str = "http", kind: str = "http") -> CheckResult:
+    now = r.clock.now()
+    return CheckResult(
+        tgt, check, kind, Status.OK, "", {}, now, now, 0.01, started_mono=r.clock.monotonic()
+    )
+
+
+async def test_a_child_dying_within_min_uptime_is_a_failed_start_and_opens_the_breaker() -> None:
+    r = Rig(target("api", min_uptime=10, cooldown=0, backoff_factor=1, max_attempts=3))
+    b = r.backends["api"]
+    b.tail = list(BOOT_LOG)
+    await r.mgr.start_all()
+    b.die()  # the first crash: each restart then dies 0.2 s after spawn
+    for _ in range(3):
+        await r.clock.settle()
+        await r.clock.advance(0.2)
+        b.die(1)
+    await r.clock.settle()
+    assert b.restarts == 3
+    assert r.kinds(RecoveryKind.RESTART_SUCCEEDED) == []
+    failed = r.kinds(RecoveryKind.RESTART_FAILED)
+    assert len(failed) == 3
+    for e in failed:
+        assert e.values["exit_code"] == 1 and e.values["startup_exit"] is True
+        assert e.detail == "exits during startup with code 1: RuntimeError: CUDA driver too old"
+    # the next attempt says why, and the breaker names it
+    assert r.kinds(RecoveryKind.RESTART_STARTED)[1].reason.startswith("exits during startup")
+    (opened,) = r.kinds(RecoveryKind.BREAKER_OPEN)
+    assert opened.reason.startswith("exits during startup with code 1")
+    assert r.mgr.snapshot()["api"]["breaker_open"]
+    await r.mgr.aclose()
+
+
+async def test_a_passing_check_proves_a_start_before_min_uptime() -> None:
+    r = Rig(target("api", min_uptime=60, cooldown=0))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.advance(2)
+    assert r.kinds(RecoveryKind.RESTART_SUCCEEDED) == []  # still being judged
+    r.bus.publish(ok_result(r, "api", "disk", "disk"))  # a host check proves nothing
+    await r.clock.settle()
+    assert r.kinds(RecoveryKind.RESTART_SUCCEEDED) == []
+    r.bus.publish(ok_result(r, "api"))
+    await r.clock.settle()
+    (ok,) = r.kinds(RecoveryKind.RESTART_SUCCEEDED)
+    assert ok.values["proven_by"] == "passed"
+    assert r.kinds(RecoveryKind.RESTART_FAILED) == []
+    await r.mgr.aclose()
+
+
+async def test_a_child_up_for_min_uptime_succeeded_and_a_later_exit_is_a_plain_exit() -> None:
+    r = Rig(target("api", min_uptime=10, cooldown=0, max_attempts=10))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.advance(10.5)
+    (ok,) = r.kinds(RecoveryKind.RESTART_SUCCEEDED)
+    assert ok.values["proven_by"] == "min_uptime"
+    b.die(3)  # long after min_uptime: a crash, not a failed start
+    await r.clock.settle()
+    assert r.kinds(RecoveryKind.RESTART_FAILED) == []
+    assert r.kinds(RecoveryKind.RESTART_STARTED)[-1].reason == "exited with code 3"
+    await r.mgr.aclose()
+
+
+async def test_min_uptime_does_not_fail_a_healthy_restart() -> None:
+    r = Rig(target("api", min_uptime=10, cooldown=0))
+    await r.mgr.start_all()
+    task = asyncio.ensure_future(r.mgr.restart("api"))
+    await r.clock.advance(10.5)
+    assert await task == "restarted api (pid 101)"
+    assert r.kinds(RecoveryKind.RESTART_FAILED) == []
+    assert len(r.kinds(RecoveryKind.RESTART_SUCCEEDED)) == 1
+    await r.mgr.aclose()
+
+
+async def test_startup_results_trigger_no_restart() -> None:
+    r = Rig(target("api", failure_threshold=1, cooldown=0))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    now = r.clock.now()
+    for _ in range(5):
+        r.bus.publish(CheckResult(
+            "api", "http", "http", Status.FAILED, "connection refused", {}, now, now, 0.01,
+            startup=True, started_mono=r.clock.monotonic(),
+        ))
+    await r.clock.settle()
+    assert b.restarts == 0
+    await r.mgr.aclose()
+
+
+async def test_snapshot_survives_extreme_backoff_numbers() -> None:
+    r = Rig(target("api", cooldown=1e300, backoff_factor=1e200, backoff_max=1e308))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    b.die()
+    await r.clock.settle()
+    b.die()
+    await r.clock.settle()
+    snap = r.mgr.snapshot()["api"]  # renders next_allowed_at as wall time
+    assert snap["attempts"] == 1 and snap["next_allowed_at"] is not None
     await r.mgr.aclose()

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guardian.config import RecoveryConfig
-from guardian.recovery import Action, BreakerRecord, RestartPolicy
+from guardian.recovery import MAX_DELAY, Action, BreakerRecord, RestartPolicy
 from guardian.result import Status
 
 
@@ -159,3 +159,42 @@ def test_gap_is_monotonic_and_bounded(factor: float, cooldown: float, cap: float
     g, g2 = p.gap_after(n), p.gap_after(n + 1)
     assert g2 >= g
     assert cooldown <= g <= max(cooldown, cap)
+
+
+def test_huge_backoff_factor_saturates_instead_of_overflowing() -> None:
+    """Issue 11.8: backoff_factor = 1e200 raised OverflowError after the 3rd attempt."""
+    p = policy(cooldown=30, backoff_factor=1e200, backoff_max=300, max_attempts=50, window=1e9)
+    assert p.gap_after(1) == 30
+    assert p.gap_after(3) == 300 and p.gap_after(10_000) == 300
+    now = 0.0
+    for _ in range(5):
+        d = p.decide(now, "x")
+        assert d.action in (Action.RESTART, Action.WAIT)
+        if d.action == Action.WAIT:
+            assert d.at is not None
+            now = d.at
+            continue
+        p.begin(now)
+        p.finished(now)
+    rec = p.to_record(now, datetime(2026, 1, 1, tzinfo=UTC))  # renders as wall time
+    assert rec.attempts >= 3
+
+
+def test_extreme_but_valid_numbers_keep_every_deadline_finite() -> None:
+    p = policy(cooldown=1e300, backoff_factor=1e300, backoff_max=1e308, window=1e308)
+    p.begin(0)
+    p.finished(0)
+    gap = p.gap_after(5)
+    assert gap == MAX_DELAY  # a year: finite, and inside datetime's range
+    allowed = p.next_allowed_at(1.0)
+    assert allowed is not None and allowed == MAX_DELAY
+    zero = policy(cooldown=0, backoff_factor=1e300, backoff_max=1e308)
+    assert zero.gap_after(7) == 0  # 0 * inf is not nan here
+
+
+def test_startup_failures_feed_no_streak() -> None:
+    p = policy(failure_threshold=1)
+    for _ in range(10):
+        assert p.observe_check("http", "http", Status.FAILED, 0, startup=True) is None
+    assert p.consecutive_failures == 0
+    assert p.observe_check("http", "http", Status.FAILED, 1) is not None  # after it: counts

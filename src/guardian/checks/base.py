@@ -21,12 +21,13 @@ class CheckConfigBase(BaseModel):
     interval/timeout defaults where the plan gives other ones.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict and finite like every config table (see guardian.config._Section).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     kind: str
     name: str | None = Field(None, description="unique within the target; defaults to kind")
-    interval: float = Field(30.0, gt=0, description="seconds between runs")
-    timeout: float = Field(10.0, gt=0, description="hard limit for one run, seconds")
+    interval: float = Field(30.0, gt=0, le=86_400, description="seconds between runs")
+    timeout: float = Field(10.0, gt=0, le=3600, description="hard limit for one run, seconds")
     enabled: bool = True
     liveness: bool = Field(
         True, description="failures count towards restarting the target's service"

@@ -39,31 +39,31 @@ class ComfyUICheckConfig(CheckConfigBase):
     kind: Literal["comfyui"] = "comfyui"
     url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
     vram_free_min_mb: float | None = Field(
-        1024, ge=0, description="idle with less free VRAM on any GPU: memory pressure"
+        1024, ge=0, le=1e9, description="idle with less free VRAM on any GPU: memory pressure"
     )
     vram_critical_mb: float | None = Field(
-        256, ge=0, description="less free VRAM than this: memory critical, even while busy"
+        256, ge=0, le=1e9, description="less free VRAM than this: memory critical, even busy"
     )
     ram_free_min_mb: float | None = Field(
-        None, ge=0, description="idle with less free RAM: memory pressure"
+        None, ge=0, le=1e9, description="idle with less free RAM: memory pressure"
     )
     ram_critical_mb: float | None = Field(
-        None, ge=0, description="less free RAM than this: memory critical, even while busy"
+        None, ge=0, le=1e9, description="less free RAM than this: memory critical, even busy"
     )
     leak_trend_runs: int = Field(
-        5, ge=2, description="idle free VRAM falling on this many runs in a row: a leak"
+        5, ge=2, le=1000, description="idle free VRAM falling on this many runs in a row: a leak"
     )
     leak_trend_mb: float = Field(
-        2048, gt=0, description="... and by at least this much in total"
+        2048, gt=0, le=1e9, description="... and by at least this much in total"
     )
     stuck_running_after: float = Field(
-        900, gt=0, description="a prompt running this long is judged for progress"
+        900, gt=0, le=7 * 86_400, description="a prompt running this long is judged for progress"
     )
     progress_window: float = Field(
-        120, gt=0, description="stuck: no progress signal moved over this many seconds"
+        120, gt=0, le=86_400, description="stuck: no progress signal moved over this many seconds"
     )
     progress_cpu_min: float = Field(
-        2.0, ge=0, description="CPU seconds per window the process tree must spend to count"
+        2.0, ge=0, le=1e6, description="CPU seconds per window the process tree must spend"
     )
     progress_gpu_min: float = Field(
         5.0, ge=0, le=100, description="GPU utilisation % of its processes that counts"
@@ -72,9 +72,12 @@ class ComfyUICheckConfig(CheckConfigBase):
         None, description="ComfyUI's own log to watch for new output (default: the service's)"
     )
     stuck_pending_after: float = Field(
-        300, gt=0, description="pending > 0 with nothing running this long: queue stuck"
+        300,
+        gt=0,
+        le=7 * 86_400,
+        description="pending > 0 with nothing running this long: queue stuck"
     )
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, le=1 << 30)
 
 
 class ComfyUICanaryConfig(CheckConfigBase):
@@ -82,9 +85,9 @@ class ComfyUICanaryConfig(CheckConfigBase):
 
     kind: Literal["comfyui_canary"] = "comfyui_canary"
     url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
-    interval: float = Field(600.0, gt=0)
-    timeout: float = Field(60.0, gt=0)
-    poll_interval: float = Field(0.5, gt=0)
+    interval: float = Field(600.0, gt=0, le=86_400)
+    timeout: float = Field(60.0, gt=0, le=3600)
+    poll_interval: float = Field(0.5, gt=0, le=60)
     # A canary that times out on a slow-but-working box must not get working ComfyUI
     # killed: by default its failures are evidence (incident, report), not a restart cause.
     liveness: bool = Field(

@@ -5,6 +5,12 @@ mount points on Linux): the same call everywhere, no ``wmic``. "Free" is what an
 unprivileged process can still write (``f_bavail`` on POSIX). Each path is judged against
 the GB and percent thresholds; the worst path decides, and every problem is named.
 Values per path: ``free_gb.<path>``, ``free_percent.<path>``, ``total_gb.<path>``.
+
+A sleeping network share or a hung FUSE mount can block ``statfs`` forever. Every path is
+measured in its own thread of the ``disk`` :mod:`guardian.blocking` pool, all at once,
+each with a deadline inside the check's timeout: a hung path fails with its own reason
+while the others are still judged, and a path whose previous call is still stuck is
+reported as such without starting another thread.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from functools import partial
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from guardian.blocking import BlockingError, BlockingPool, pool
 from guardian.checks.base import CheckConfigBase, CheckContext
 from guardian.result import Outcome, Status, Value, worst
 
 GB = 1024**3
+DEADLINE_SHARE = 0.9  # of the check's timeout: report a hung path before the engine cancels
 
 
 def default_disk_paths() -> list[str]:
@@ -30,10 +39,14 @@ def default_disk_paths() -> list[str]:
 
 class DiskCheckConfig(CheckConfigBase):
     kind: Literal["disk"] = "disk"
-    interval: float = Field(300.0, gt=0)
-    paths: list[str] = Field(default_factory=default_disk_paths, min_length=1)
-    warn_gb: float | None = Field(50.0, ge=0, description="degraded below this many GB free")
-    critical_gb: float | None = Field(20.0, ge=0, description="failed below this many GB free")
+    interval: float = Field(300.0, gt=0, le=86_400)
+    paths: list[str] = Field(default_factory=default_disk_paths, min_length=1, max_length=256)
+    warn_gb: float | None = Field(
+        50.0, ge=0, le=1e9, description="degraded below this many GB free"
+    )
+    critical_gb: float | None = Field(
+        20.0, ge=0, le=1e9, description="failed below this many GB free"
+    )
     warn_percent: float | None = Field(None, ge=0, le=100, description="degraded below % free")
     critical_percent: float | None = Field(None, ge=0, le=100, description="failed below % free")
 
@@ -67,32 +80,45 @@ def judge_path(
 
 
 class DiskCheck:
-    def __init__(self, config: DiskCheckConfig, ctx: CheckContext) -> None:
+    def __init__(
+        self, config: DiskCheckConfig, ctx: CheckContext, workers: BlockingPool | None = None
+    ) -> None:
         self.config = config
         self._ctx = ctx
+        self._pool = workers or pool("disk")
+
+    async def _usage(self, path: str) -> tuple[int, int] | str:
+        """(free, total) bytes of ``path``, or why it could not be measured (a failure)."""
+        try:
+            usage = await self._pool.run(
+                partial(shutil.disk_usage, path),
+                self.config.timeout * DEADLINE_SHARE,
+                key=statfs_key(path),
+                what="statfs",
+            )
+        except FileNotFoundError:
+            return f"{path}: does not exist"
+        except OSError as exc:
+            return f"{path}: {exc.strerror or exc}"
+        except BlockingError as exc:
+            return f"{path}: {exc}"
+        return usage.free, usage.total
 
     async def run(self) -> Outcome:
-        # disk_usage can block for seconds on a sleeping or network drive: keep the loop free
-        return await asyncio.to_thread(self._measure)
-
-    def _measure(self) -> Outcome:
         cfg = self.config
+        measured = await asyncio.gather(*(self._usage(path) for path in cfg.paths))
         values: dict[str, Value] = {}
         problems: list[tuple[Status, str]] = []
-        for path in cfg.paths:
-            try:
-                usage = shutil.disk_usage(path)
-            except FileNotFoundError:
-                problems.append((Status.FAILED, f"{path}: does not exist"))
+        for path, usage in zip(cfg.paths, measured, strict=True):
+            if isinstance(usage, str):
+                problems.append((Status.FAILED, usage))
                 continue
-            except OSError as exc:
-                problems.append((Status.FAILED, f"{path}: {exc.strerror or exc}"))
-                continue
-            free_gb = usage.free / GB
-            free_percent = 100.0 * usage.free / usage.total if usage.total else 0.0
+            free, total = usage
+            free_gb = free / GB
+            free_percent = 100.0 * free / total if total else 0.0
             values[f"free_gb.{path}"] = round(free_gb, 2)
             values[f"free_percent.{path}"] = round(free_percent, 2)
-            values[f"total_gb.{path}"] = round(usage.total / GB, 2)
+            values[f"total_gb.{path}"] = round(total / GB, 2)
             status, why = judge_path(cfg, path, free_gb, free_percent)
             if status is not Status.OK:
                 problems.append((status, why))
@@ -109,6 +135,11 @@ class DiskCheck:
 
     async def aclose(self) -> None:
         return None
+
+
+def statfs_key(path: str) -> str:
+    """The :mod:`guardian.blocking` key of one path's statfs, shared with the snapshot."""
+    return "statfs:" + os.path.normcase(os.path.abspath(path))
 
 
 def create(cfg: DiskCheckConfig, ctx: CheckContext) -> DiskCheck:

@@ -11,17 +11,21 @@ degraded; VRAM use at/above ``vram_warn_percent`` → degraded; with ``memory_er
 pending page retirement / row remapping or uncorrected ECC errors → degraded and a
 row-remapping failure → failed; any field the driver answered with an error ("GPU is
 lost", "[Unknown Error]") → failed. Values are per GPU, ``gpu<index>.<metric>``.
+
+NVML calls cannot be cancelled and hang with a wedged driver: they run in the ``gpu``
+:mod:`guardian.blocking` pool with a deadline inside the check's timeout, and while one
+is still stuck the check fails at once instead of piling threads onto the driver.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
 from pydantic import Field, model_validator
 
+from guardian.blocking import BlockingError, BlockingPool, CallTimedOut, StillBlocked, pool
 from guardian.checks.base import CheckConfigBase, CheckContext
 from guardian.gpu import GpuInfo, GpuQueryError, NoGpu, smi
 from guardian.gpu.nvml import Nvml, load_pynvml
@@ -29,16 +33,17 @@ from guardian.result import Outcome, Status, Value, worst
 
 T = TypeVar("T")
 NO_GPU = "no NVIDIA GPU"
+DEADLINE_SHARE = 0.9  # of the check's timeout: say what hung before the engine cancels
 log = logging.getLogger("guardian.checks.gpu")
 
 
 class GpuCheckConfig(CheckConfigBase):
     kind: Literal["gpu"] = "gpu"
-    interval: float = Field(60.0, gt=0)
+    interval: float = Field(60.0, gt=0, le=86_400)
     backend: Literal["auto", "nvml", "nvidia-smi"] = "auto"
     vram_warn_percent: float | None = Field(95.0, gt=0, le=100)
-    temp_warn_c: float | None = Field(85.0, gt=0)
-    temp_critical_c: float | None = Field(95.0, gt=0)
+    temp_warn_c: float | None = Field(85.0, gt=0, le=200)
+    temp_critical_c: float | None = Field(95.0, gt=0, le=200)
     memory_errors: bool = Field(
         True, description="judge pending page retirement/row remapping and uncorrected ECC"
     )
@@ -135,17 +140,35 @@ def _round(value: float | None) -> float | None:
 
 
 class GpuCheck:
-    def __init__(self, config: GpuCheckConfig, ctx: CheckContext) -> None:
+    def __init__(
+        self, config: GpuCheckConfig, ctx: CheckContext, workers: BlockingPool | None = None
+    ) -> None:
         self.config = config
         self._ctx = ctx
         self._nvml: Nvml | None = None
-        self._busy = False  # an NVML call is still running in its thread
+        self._pool = workers or pool("gpu")
+        self._key = f"nvml:{ctx.target}/{config.check_name}:{id(self)}"
+
+    @property
+    def _busy(self) -> bool:
+        """An NVML call of this check is still running in its thread."""
+        return self._pool.blocked_since(self._key) is not None
 
     async def run(self) -> Outcome:
-        cfg = self.config
-        if self._busy:
+        try:
+            return await self._run()
+        except StillBlocked as exc:
             # NVML calls cannot be cancelled; never pile threads onto a wedged driver
-            return Outcome.failed("the previous NVML call has not returned (driver hung?)")
+            return Outcome.failed(
+                f"the previous NVML call has not returned (driver hung?): {exc}"
+            )
+        except CallTimedOut as exc:
+            return Outcome.failed(f"{exc} (driver hung?)", backend="nvml")
+        except BlockingError as exc:
+            return Outcome.failed(str(exc))
+
+    async def _run(self) -> Outcome:
+        cfg = self.config
         nvml_error: GpuQueryError | None = None
         if cfg.backend in ("auto", "nvml"):
             try:
@@ -203,15 +226,9 @@ class GpuCheck:
             await self._in_thread(session.close)
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
-        self._busy = True
-
-        def call() -> T:
-            try:
-                return fn()
-            finally:
-                self._busy = False
-
-        return await asyncio.to_thread(call)
+        return await self._pool.run(
+            fn, self.config.timeout * DEADLINE_SHARE, key=self._key, what="NVML call"
+        )
 
     async def aclose(self) -> None:
         await self._reset_nvml()

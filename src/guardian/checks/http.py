@@ -27,27 +27,31 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import socket
 import ssl
+from collections.abc import Mapping
 from typing import Any, Literal, NoReturn
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from guardian.checks.base import CheckConfigBase, CheckContext
 from guardian.checks.bodyread import BodyTooLarge, read_capped
+from guardian.checks.httpwire import WireClient, WireError
 from guardian.result import Outcome, Status, Value, worst
 
 # The original plan's contract, strictly: anything but these two words is a failure.
 # (An endpoint that says "UP"/"pass" can set json_status = false and use conditions.)
 OK_WORDS = frozenset({"healthy"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 DEGRADED_WORDS = frozenset({"degraded"})
 
 
 class JsonCondition(BaseModel):
     """A condition on the JSON body, e.g. ``services.OrchestratorComfyUI.running == true``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     path: str = Field(min_length=1, description="dotted path; list items by index (a.0.b)")
     op: Literal["==", "!=", "contains", "<=", ">=", "<", ">", "exists"] = "=="
@@ -72,12 +76,32 @@ class HttpCheckConfig(CheckConfigBase):
     )
     conditions: list[JsonCondition] = Field(default_factory=list)
     body_contains: str | None = None
-    max_response_ms: float | None = Field(None, gt=0)
-    max_body_bytes: int = Field(1024 * 1024, gt=0, description="stop reading past this")
-    connect_timeout: float | None = Field(None, gt=0, description="defaults to timeout")
+    max_response_ms: float | None = Field(None, gt=0, le=3_600_000)
+    max_body_bytes: int = Field(1024 * 1024, gt=0, le=1 << 30, description="stop reading past this")
+    connect_timeout: float | None = Field(None, gt=0, le=3600, description="defaults to timeout")
     follow_redirects: bool = True
     max_redirects: int = Field(5, ge=0, le=30)
     verify_tls: bool = True
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        # RFC 9110 names (tokens), values without CR/LF/NUL: httpx refuses anything else
+        # on every run, so it is a config error, named at load time.
+        for name, value in v.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if any(c in value for c in "\r\n\x00"):
+                raise ValueError(f"header {name!r}: value contains a line break or NUL")
+        return v
+
+    @field_validator("expect_status")
+    @classmethod
+    def _valid_statuses(cls, v: list[int]) -> list[int]:
+        bad = [code for code in v if not 100 <= code <= 599]
+        if bad:
+            raise ValueError(f"HTTP status codes are 100-599 (got {bad[0]})")
+        return v
 
     @model_validator(mode="after")
     def _head_has_no_body(self) -> HttpCheckConfig:
@@ -266,24 +290,24 @@ def _tls_context(verify: bool) -> ssl.SSLContext:
     return ctx
 
 
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+
+
 class HttpCheck:
-    """Runtime of one ``kind = "http"`` check; owns one connection-less httpx client."""
+    """Runtime of one ``kind = "http"`` check.
+
+    Plain ``http://`` hops go through :class:`~guardian.checks.httpwire.WireClient`, one
+    kept-alive connection (closed after any failure, so the next run proves a fresh
+    connect); ``https://`` hops through an httpx client made on first use. No trust_env: a
+    proxy from the environment must not stand between Guardian and a local service.
+    """
 
     def __init__(self, config: HttpCheckConfig, ctx: CheckContext) -> None:
         self.config = config
         self._ctx = ctx
-        cfg = config
-        # No keep-alive: each run must prove the server still accepts connections, and an
-        # aborted stream never leaves a half-read connection in a pool. No trust_env: a
-        # proxy from the environment must not stand between Guardian and a local service.
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout or cfg.timeout),
-            limits=httpx.Limits(max_connections=2, max_keepalive_connections=0),
-            headers=cfg.headers,
-            verify=_tls_context(cfg.verify_tls),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._url = httpx.URL(config.url)
+        self._wire = WireClient(config.headers)
+        self._tls_client: httpx.AsyncClient | None = None
 
     async def run(self) -> Outcome:
         cfg = self.config
@@ -300,9 +324,12 @@ class HttpCheck:
             async with asyncio.timeout(budget):
                 code, content_type, body = await self._fetch()
         except TimeoutError:
+            await self._wire.aclose()
             return Outcome.failed(f"timed out after {cfg.timeout:g}s", response_ms=elapsed_ms())
         except BodyTooLarge as exc:
             return Outcome.failed(str(exc), response_ms=elapsed_ms(), body_bytes=exc.limit)
+        except WireError as exc:
+            return Outcome.failed(str(exc), response_ms=elapsed_ms())
         except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
             return Outcome.failed(describe_transport_error(exc, cfg), response_ms=elapsed_ms())
         values: dict[str, Value] = {
@@ -315,24 +342,58 @@ class HttpCheck:
     async def _fetch(self) -> tuple[int, str, bytes]:
         """Send, following redirects by hand; the final status, content type and body."""
         cfg = self.config
-        request = self._client.build_request(cfg.method, cfg.url)
+        url = self._url
         hops = 0
         while True:
-            response = await self._client.send(request, stream=True)
-            try:
-                next_request = response.next_request
-                if cfg.follow_redirects and response.is_redirect and next_request is not None:
-                    hops += 1
-                    if hops > cfg.max_redirects:
-                        raise httpx.TooManyRedirects("redirect loop", request=request)
-                    request = next_request
-                    continue
-                body = (
-                    b"" if cfg.method == "HEAD" else await read_capped(response, cfg.max_body_bytes)
-                )
-                return response.status_code, response.headers.get("content-type", ""), body
-            finally:
-                await response.aclose()
+            if url.scheme == "http":
+                code, headers, body = await self._wire_hop(url)
+            else:
+                code, headers, body = await self._tls_hop(url)
+            if self._follows(code, headers):
+                hops += 1
+                if hops > cfg.max_redirects:
+                    raise httpx.TooManyRedirects("redirect loop")
+                url = url.join(headers["location"])
+                continue
+            return code, headers.get("content-type", ""), body
+
+    def _follows(self, code: int, headers: Mapping[str, str]) -> bool:
+        return self.config.follow_redirects and code in REDIRECT_CODES and "location" in headers
+
+    async def _wire_hop(self, url: httpx.URL) -> tuple[int, Mapping[str, str], bytes]:
+        """One plain-http exchange; a body that is not to be read (HEAD, redirect) is b""."""
+        cfg = self.config
+        port = url.port or 80
+        target = url.raw_path.decode("ascii")
+        response = await self._wire.request(
+            cfg.method, url.host, port, target,
+            limit=cfg.max_body_bytes,
+            connect_timeout=cfg.connect_timeout or cfg.timeout,
+            skip_body=self._follows,
+        )  # fmt: skip
+        return response.status, response.headers, response.body or b""
+
+    async def _tls_hop(self, url: httpx.URL) -> tuple[int, Mapping[str, str], bytes]:
+        cfg = self.config
+        if self._tls_client is None:
+            # No keep-alive: an aborted stream must never leave a half-read connection.
+            self._tls_client = httpx.AsyncClient(
+                timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout or cfg.timeout),
+                limits=httpx.Limits(max_connections=2, max_keepalive_connections=0),
+                headers=cfg.headers,
+                verify=_tls_context(cfg.verify_tls),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        client = self._tls_client
+        response = await client.send(client.build_request(cfg.method, url), stream=True)
+        try:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            skip = cfg.method == "HEAD" or self._follows(response.status_code, headers)
+            body = b"" if skip else await read_capped(response, cfg.max_body_bytes)
+            return response.status_code, headers, body
+        finally:
+            await response.aclose()
 
     def _judge(
         self, code: int, content_type: str, body: bytes, values: dict[str, Value]
@@ -384,7 +445,9 @@ class HttpCheck:
         return Outcome(status, "; ".join(r for _, r in problems), values)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._wire.aclose()
+        if self._tls_client is not None:
+            await self._tls_client.aclose()
 
 
 def _reject_constant(name: str) -> NoReturn:

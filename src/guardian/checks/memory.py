@@ -7,32 +7,41 @@ all its descendants (ComfyUI spawns workers; NSSM wraps python) is summed, and a
 limit the check is *degraded* — a leak worth a look, not proof the service is down.
 Values: ``available_mb``, ``total_mb``, ``used_percent``, and where measured
 ``process_rss_mb``, ``process_count``.
+
+psutil reads ``/proc`` (or asks Windows); walking a process tree stuck in the kernel can
+block. The measurement runs in the ``memory`` :mod:`guardian.blocking` pool with a
+deadline inside the check's timeout, one call per check at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from functools import partial
 from typing import Literal
 
 import psutil
 from pydantic import Field, model_validator
 
+from guardian.blocking import BlockingError, BlockingPool, pool
 from guardian.checks.base import CheckConfigBase, CheckContext
 from guardian.result import Outcome, Status, Value, worst
 from guardian.services.base import ServiceError
 
 MB = 1024 * 1024
+DEADLINE_SHARE = 0.9  # of the check's timeout: say what hung before the engine cancels
 log = logging.getLogger("guardian.checks.memory")
 
 
 class MemoryCheckConfig(CheckConfigBase):
     kind: Literal["memory"] = "memory"
-    interval: float = Field(60.0, gt=0)
-    warn_available_mb: float | None = Field(2048, ge=0)
-    critical_available_mb: float | None = Field(512, ge=0)
+    interval: float = Field(60.0, gt=0, le=86_400)
+    warn_available_mb: float | None = Field(2048, ge=0, le=1e9)
+    critical_available_mb: float | None = Field(512, ge=0, le=1e9)
     process_rss_warn_mb: float | None = Field(
-        None, gt=0, description="degraded when the target's service process RSS exceeds this"
+        None,
+        gt=0,
+        le=1e9,
+        description="degraded when the target's service process RSS exceeds this",
     )
 
     @model_validator(mode="after")
@@ -72,9 +81,13 @@ def process_tree_rss(pid: int) -> tuple[int, int] | None:
 
 
 class MemoryCheck:
-    def __init__(self, config: MemoryCheckConfig, ctx: CheckContext) -> None:
+    def __init__(
+        self, config: MemoryCheckConfig, ctx: CheckContext, workers: BlockingPool | None = None
+    ) -> None:
         self.config = config
         self._ctx = ctx
+        self._pool = workers or pool("memory")
+        self._key = f"memory:{ctx.target}/{config.check_name}"
 
     async def _service_pid(self) -> int | None:
         service = self._ctx.service
@@ -93,7 +106,15 @@ class MemoryCheck:
 
     async def run(self) -> Outcome:
         pid = await self._service_pid()
-        return await asyncio.to_thread(self._measure, pid)
+        try:
+            return await self._pool.run(
+                partial(self._measure, pid),
+                self.config.timeout * DEADLINE_SHARE,
+                key=self._key,
+                what="memory query",
+            )
+        except BlockingError as exc:
+            return Outcome.failed(str(exc))
 
     def _measure(self, pid: int | None) -> Outcome:
         cfg = self.config

@@ -19,8 +19,8 @@ class ServiceCheckConfig(CheckConfigBase):
     """Asks the target's service backend whether it runs. Needs ``[targets.service]``."""
 
     kind: Literal["service"] = "service"
-    interval: float = Field(60.0, gt=0)
-    timeout: float = Field(15.0, gt=0)
+    interval: float = Field(60.0, gt=0, le=86_400)
+    timeout: float = Field(15.0, gt=0, le=3600)
 
 
 _FAILED_REASONS: dict[ServiceState, str] = {

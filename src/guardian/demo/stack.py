@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from guardian.config import Config, load_config
+from guardian.private_file import write_private_text
 
 DEFAULT_DEMO_DIR = Path("guardian-demo")
 
@@ -184,7 +185,7 @@ def prepare_demo(directory: Path | None = None, *, api_port: int = 8787) -> tupl
     path = directory / "guardian-demo.toml"
     token = secrets.token_urlsafe(18)
     text = demo_config_text(directory, free_port(), free_port(), api_port or free_port(), token)
-    path.write_text(text, encoding="utf-8")
+    write_private_text(path, text)  # it holds the API token: owner-only (0600)
     return load_config(path), path
 
 

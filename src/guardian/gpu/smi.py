@@ -6,6 +6,10 @@ sensor; anything else in brackets (``[Unknown Error]``, ``[GPU requires reset]``
 error. Lines that are not rows are the tool talking about trouble, e.g. "Unable to
 determine the device handle for GPU 0000:41:00.0: Unknown Error" for a GPU that fell off
 the bus while the others still answer.
+
+A wedged driver can leave nvidia-smi in an uninterruptible sleep where even SIGKILL does
+not end it. Waiting for such a process is bounded, and while it is still alive no second
+one is started for the same executable: the check says which pid is stuck and since when.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from guardian.gpu import GpuInfo, GpuQueryError, NoGpu
@@ -37,6 +42,12 @@ FIELDS = (
 FORMAT = "--format=csv,noheader,nounits"
 ABSENT = frozenset({"[N/A]", "[Not Supported]", "N/A", "Not Supported", ""})
 NO_DEVICES = "No devices were found"
+
+REAP_S = 2.0  # how long to wait for a killed nvidia-smi before leaving it behind
+MAX_STUCK = 4  # unkillable nvidia-smi processes tolerated before refusing to start more
+
+# executable -> (process, monotonic time it was started) for runs that would not die
+_stuck: dict[str, tuple[asyncio.subprocess.Process, float]] = {}
 
 # Installed by older Windows drivers outside PATH.
 _WINDOWS_NVSMI = Path(r"C:\Program Files\NVIDIA Corporation\NVSMI\nvidia-smi.exe")
@@ -125,6 +136,31 @@ def parse_output(text: str) -> tuple[list[GpuInfo], list[str]]:
     return gpus, complaints
 
 
+def _refuse_if_stuck(executable: str) -> None:
+    """Raise while an earlier, killed nvidia-smi of ``executable`` is still alive."""
+    for path, (proc, _) in list(_stuck.items()):
+        if proc.returncode is not None:
+            del _stuck[path]
+    found = _stuck.get(executable)
+    if found is not None:
+        proc, started = found
+        raise GpuQueryError(
+            f"nvidia-smi (pid {proc.pid}) still blocked since "
+            f"{time.monotonic() - started:.0f} s, even after SIGKILL (driver hung?)"
+        )
+    if len(_stuck) >= MAX_STUCK:
+        raise GpuQueryError(f"{len(_stuck)} nvidia-smi processes stuck, not starting another")
+
+
+async def _reaped(proc: asyncio.subprocess.Process) -> bool:
+    """Whether a killed process ended within :data:`REAP_S` (not so in uninterruptible sleep)."""
+    try:
+        await asyncio.wait_for(proc.wait(), REAP_S)
+    except TimeoutError:
+        return False
+    return True
+
+
 async def query(executable: str, limit_s: float) -> tuple[list[GpuInfo], list[str]]:
     """Run nvidia-smi once (argv, no shell) and parse what it printed.
 
@@ -132,6 +168,7 @@ async def query(executable: str, limit_s: float) -> tuple[list[GpuInfo], list[st
     process is killed and that becomes the error.
     ``limit_s`` sits inside the engine's timeout so we report it before being cancelled.
     """
+    _refuse_if_stuck(executable)
     # a service has no console: keep nvidia-smi from flashing one up
     flags = 0
     if sys.platform == "win32":
@@ -146,12 +183,14 @@ async def query(executable: str, limit_s: float) -> tuple[list[GpuInfo], list[st
         )
     except OSError as exc:
         raise GpuQueryError(f"cannot run {executable}: {exc.strerror or exc}") from exc
+    started = time.monotonic()
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), limit_s)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        await proc.wait()
+        if not await _reaped(proc):
+            _stuck[executable] = (proc, started)
         raise GpuQueryError(f"nvidia-smi did not answer within {limit_s:g}s") from None
     except BaseException:
         with contextlib.suppress(ProcessLookupError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from guardian.clock import Clock
 from guardian.config import Config
+from guardian.db import Database
 from guardian.events import EventBus
 from guardian.incidents.notify import Notifier
 from guardian.incidents.report import LogTail, Reporter
@@ -68,13 +69,16 @@ def start_incidents(
     backends: Mapping[str, ServiceBackend],
     *,
     snapshot: SnapshotFn | None = None,
+    db: Database | None = None,
 ) -> Incidents:
     """Open the store (pruning it) and subscribe an IncidentTracker to ``bus``.
 
-    Call from inside the running event loop (background report/notify tasks need it).
-    Raises StoreError when the store file is unusable.
+    ``db`` is Guardian's shared database (the runtime opens it once for every component);
+    without it the store opens ``config.store_path`` itself. Call from inside the running
+    event loop (background report/notify tasks need it). Raises StoreError when the store
+    file is unusable (only without a recovering ``db``).
     """
-    store = Store.from_config(config, now=clock.now)
+    store = Store.from_config(config, now=clock.now, db=db)
     reporter = Reporter(
         config,
         store,

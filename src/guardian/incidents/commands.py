@@ -16,6 +16,8 @@ from rich.table import Table
 
 from guardian.cli_support import ConfigOpt, err, load_or_exit, out
 from guardian.config import Config
+from guardian.db import StoreDamaged
+from guardian.escape import terminal
 from guardian.incidents.notify import Notifier
 from guardian.incidents.redact import redact
 from guardian.incidents.report import Reporter
@@ -24,14 +26,35 @@ from guardian.incidents.store import Store, StoreError
 
 
 def _store(cfg: Config, must_exist: bool) -> Store | None:
+    """Open the store for reading, or say clearly why not (exit 1), never a traceback.
+
+    A strict open: a damaged or newer file is reported, not moved or replaced (that is
+    the running Guardian's job), and an empty file is not turned into a fresh store.
+    """
     path = cfg.store_path
-    if not path.exists():
+    try:
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        empty = None
+    except OSError as e:
+        err.print(f"cannot read the incident store {path}: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    if empty is None or empty:
         if must_exist:
-            err.print(f"no incident store at {path}", markup=False, highlight=False)
+            what = "no incident store at" if empty is None else "the incident store is empty:"
+            err.print(f"{what} {path}", markup=False, highlight=False)
             raise typer.Exit(1)
         return None
     try:
         return Store.from_config(cfg)
+    except StoreDamaged as e:
+        err.print(
+            f"{e}. The running Guardian moves a damaged store aside (keeping it) and starts"
+            " a fresh one; `guardian run` does so at its next start.",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
     except (StoreError, OSError) as e:
         err.print(f"cannot open the incident store: {e}", markup=False, highlight=False)
         raise typer.Exit(1) from None
@@ -55,6 +78,9 @@ def incidents_command(
         return
     try:
         rows = store.incidents(include_resolved=all_)
+    except StoreError as e:
+        err.print(f"cannot read the incident store: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     finally:
         store.close()
     if not rows:
@@ -78,15 +104,15 @@ def incidents_command(
     for i in rows:
         table.add_row(
             str(i.id),
-            i.target,
+            terminal(i.target),
             f"[{style[i.status]}]{i.status}[/]",
-            i.severity,
+            terminal(i.severity),
             _short(i.opened_at),
             _short(i.escalated_at),
             _short(i.resolved_at),
             str(i.failure_count),
             str(i.flap_count),
-            redact(i.summary),
+            terminal(redact(i.summary)),  # target text: "[/]" is not markup
         )
     out.print(table)
 
@@ -108,6 +134,9 @@ def report_command(
             err.print(f"no incident #{incident_id}", markup=False)
             raise typer.Exit(1)
         text = asyncio.run(_render(cfg, store, incident_id, incident.target))
+    except StoreError as e:
+        err.print(f"cannot read the incident store: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     finally:
         store.close()
     if out_file is None:
@@ -175,7 +204,9 @@ def notify_test_command(config: ConfigOpt = None) -> None:
     for col in ("Channel", "Result", "Error"):
         table.add_column(col, overflow="fold")
     for label, ok, error in results:
-        table.add_row(label, "[green]sent[/]" if ok else "[red]failed[/]", error or "-")
+        table.add_row(
+            terminal(label), "[green]sent[/]" if ok else "[red]failed[/]", terminal(error or "-")
+        )
     out.print(table)
     if not all(ok for _, ok, _ in results):
         raise typer.Exit(1)

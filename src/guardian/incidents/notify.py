@@ -14,7 +14,9 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
+from guardian import blocking
 from guardian.clock import Clock, SystemClock
 from guardian.config import Config
 from guardian.events import IncidentEvent, IncidentTransition
@@ -28,6 +30,7 @@ Sender = Callable[[str, str, str], tuple[bool, str]]  # (url, title, body) -> (o
 EVENT_NAMES = {
     IncidentTransition.OPENED: "open",
     IncidentTransition.ESCALATED: "escalate",
+    IncidentTransition.GAVE_UP: "escalate",
     IncidentTransition.RESOLVED: "resolve",
 }
 HOUR = 3600.0
@@ -203,12 +206,14 @@ class Notifier:
                 await self.clock.sleep(self.backoff * 2**attempt)
 
     async def _send_once(self, url: str, title: str, body: str) -> tuple[bool, str]:
-        try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self.sender, url, title, body), timeout=self.timeout
+        try:  # a daemon thread of its own: a hung SMTP/webhook cannot block shutdown
+            return await blocking.pool("notify").run(
+                partial(self.sender, url, title, body), self.timeout, what="notification"
             )
-        except TimeoutError:
+        except (TimeoutError, blocking.CallTimedOut):
             return False, f"timed out after {self.timeout:g} s"
+        except blocking.BlockingError as e:  # every notify worker stuck on earlier sends
+            return False, str(e)
         except Exception as e:
             return False, redact(f"{type(e).__name__}: {e}")
 

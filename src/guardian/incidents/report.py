@@ -20,11 +20,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from guardian import blocking
 from guardian.clock import Clock, SystemClock
 from guardian.config import Config
-from guardian.incidents.redact import redact
-from guardian.incidents.snapshot import Snapshot, SnapshotFn, system_snapshot
+from guardian.escape import markdown_cell, markdown_inline
+from guardian.incidents.redact import MASK, redact
+from guardian.incidents.snapshot import SNAPSHOT_DEADLINE, Snapshot, SnapshotFn, system_snapshot
 from guardian.incidents.store import Incident, Store, StoredRecovery, StoredResult
+from guardian.incidents.tracker import ADOPT_WINDOW
+from guardian.logscan import last_error
 
 log = logging.getLogger("guardian.incidents")
 
@@ -122,6 +126,13 @@ def suggestions(
     return found
 
 
+def _in_span(incident: Incident, when: datetime) -> bool:
+    """Whether an event belongs to the incident's own time span (adopted exits included)."""
+    if when < incident.opened_at - ADOPT_WINDOW:
+        return False
+    return incident.resolved_at is None or when <= incident.resolved_at
+
+
 def report_filename(incident: Incident, when: datetime) -> str:
     stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = re.sub(r"[^A-Za-z0-9_.-]", "_", incident.target)
@@ -132,8 +143,20 @@ def _utc(dt: datetime | None) -> str:
     return "-" if dt is None else dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+_ESCAPED_MASK = markdown_inline(MASK)
+
+
 def _cell(text: object) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip()
+    return markdown_cell(redact(str(text))).replace(_ESCAPED_MASK, MASK)
+
+
+def _md(text: object) -> str:
+    """Target-controlled text inside a Markdown line: redacted, then made inert.
+
+    The mask stays readable as ``[REDACTED]`` (and so the final redaction pass over the
+    whole report leaves it alone); with no line start it cannot define a link.
+    """
+    return markdown_inline(redact(str(text))).replace(_ESCAPED_MASK, MASK)
 
 
 def _values(values: dict[str, object]) -> str:
@@ -183,8 +206,10 @@ class Reporter:
         return [redact(line[:MAX_LINE]) for line in lines[-n:]]
 
     async def _take_snapshot(self) -> Snapshot:
-        try:
-            return await asyncio.to_thread(self.snapshot)
+        try:  # bounded: a hung drive must not hold the report (see guardian.blocking)
+            return await blocking.pool("report").run(
+                self.snapshot, SNAPSHOT_DEADLINE + 2.0, what="system snapshot"
+            )
         except Exception as e:
             return {"Snapshot": [f"unavailable: {e}"]}
 
@@ -240,8 +265,16 @@ class Reporter:
         with nothing saved takes a fresh snapshot.
         """
         incident = self._incident(incident_id)
-        results = self.store.results(incident_id=incident_id)
-        recovery = self.store.recovery_events(incident_id=incident_id)
+        results = [
+            r
+            for r in self.store.results(incident_id=incident_id)
+            if _in_span(incident, r.finished)
+        ]
+        recovery = [
+            e
+            for e in self.store.recovery_events(incident_id=incident_id)
+            if _in_span(incident, e.time)
+        ]
 
         log_lines: list[str] | None = None
         log_note = ""
@@ -286,16 +319,16 @@ class Reporter:
                 about += f" - {tcfg.description}"
         except KeyError:
             about = f"{inc.target} (not in the current config)"
-        add(f"# Incident #{inc.id}: {inc.target} - {inc.status}")
+        add(f"# Incident #{inc.id}: {_md(inc.target)} - {inc.status}")
         add("")
         add(f"- **Severity:** {inc.severity}")
         add(f"- **Status:** {inc.status}")
-        add(f"- **Affected target:** {about}")
+        add(f"- **Affected target:** {_md(about)}")
         add(f"- **Opened:** {_utc(inc.opened_at)}")
         add(f"- **Escalated:** {_utc(inc.escalated_at)}")
         add(f"- **Resolved:** {_utc(inc.resolved_at)}")
         add(f"- **Failures:** {inc.failure_count}, **flaps:** {inc.flap_count}")
-        add(f"- **Summary:** {inc.summary}")
+        add(f"- **Summary:** {_md(inc.summary)}")
         add(f"- **Report generated:** {_utc(self.clock.now())}")
         add("")
 
@@ -341,16 +374,16 @@ class Reporter:
         for check, rs in failed.items():
             last = rs[-1]
             add(
-                f"### {check} ({last.kind}): {len(rs)} failure(s), "
+                f"### {_md(check)} ({_md(last.kind)}): {len(rs)} failure(s), "
                 f"first {_utc(rs[0].finished)}, last {_utc(last.finished)}"
             )
             add("")
-            add(f"- **Last reason:** {last.reason or '-'}")
-            add(f"- **Measured values:** {_values(last.values)}")
+            add(f"- **Last reason:** {_md(last.reason or '-')}")
+            add(f"- **Measured values:** {_md(_values(last.values))}")
             add(f"- **Duration:** {last.duration:.3f} s")
             other = sorted({r.reason for r in rs[:-1]} - {last.reason})
             for reason in other[:10]:
-                add(f"- Earlier reason: {reason}")
+                add(f"- Earlier reason: {_md(reason)}")
             add("")
 
         add("## Recovery attempts")
@@ -369,8 +402,12 @@ class Reporter:
 
         add("## Suggested next steps")
         add("")
+        # Only the last traceback (or error line) of the log: a warning every boot prints
+        # must not be blamed for a crash.
         texts = [r.reason for r in results] + [f"{e.reason} {e.detail}" for e in recovery]
-        texts += log_lines
+        culprit = last_error(log_lines)
+        if culprit is not None:
+            texts += culprit.block
         found = suggestions(texts, {r.kind for r in results if r.status == "failed"})
         if not found:
             add(
@@ -388,14 +425,14 @@ class Reporter:
         add(f"## System snapshot ({snap_note})" if snap_note else "## System snapshot")
         add("")
         for title, lines in snap.items():
-            add(f"### {title}")
+            add(f"### {_md(title)}")
             add("")
-            add("\n".join(f"- {line}" for line in lines) or "- (nothing)")
+            add("\n".join(f"- {_md(line)}" for line in lines) or "- (nothing)")
             add("")
 
         n = self.config.escalation.report_log_lines
         add(
-            f"## Service log: last {len(log_lines)} line(s) of {inc.target}"
+            f"## Service log: last {len(log_lines)} line(s) of {_md(inc.target)}"
             + (f" ({log_note})" if log_note else "")
         )
         add("")

@@ -4,6 +4,12 @@ OS, uptime, CPU, memory and disks come from psutil (cheap, local). GPU and Comfy
 *not* probed again: a report is written while something is already failing, and a second
 NVML/HTTP probe could hang or disagree with what the checks saw. Instead their sections
 quote the latest results of the ``gpu`` and ``comfyui`` checks.
+
+A report must be written even when the machine is in trouble, so nothing here may block
+for long: the sections are gathered at once in the ``snapshot`` :mod:`guardian.blocking`
+pool under one deadline, each disk's statfs goes through the ``disk`` pool under its own
+(a mount the disk check already found stuck is named at once, without a new thread), and
+whatever did not answer in time says so in its section instead of holding the report.
 """
 
 from __future__ import annotations
@@ -14,9 +20,13 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
 import psutil
+
+from guardian.blocking import BlockingError, CallTimedOut, Pending, pool
+from guardian.checks.disk import statfs_key
 
 Snapshot = dict[str, list[str]]  # section title -> lines
 SnapshotFn = Callable[[], Snapshot]
@@ -24,6 +34,8 @@ SnapshotFn = Callable[[], Snapshot]
 SNAPSHOT_KINDS = {"gpu": "GPU", "comfyui": "ComfyUI", "comfyui_canary": "ComfyUI"}
 _SKIP_FS = {"squashfs", "tmpfs", "devtmpfs", "overlay", "proc", "sysfs", "cgroup", "cgroup2"}
 MAX_DISKS = 20
+SNAPSHOT_DEADLINE = 8.0  # seconds for all of psutil's sections together
+DISK_DEADLINE = 2.0  # seconds for one mount's statfs
 
 
 class ResultLike(Protocol):
@@ -95,19 +107,33 @@ def _memory_section() -> list[str]:
     ]
 
 
-def _disk_section() -> list[str]:
+def _disk_section(budget: float = SNAPSHOT_DEADLINE - 1.0) -> list[str]:
     lines: list[str] = []
     seen: set[str] = set()
+    end = time.monotonic() + budget
+    disks = pool("disk")
     for part in psutil.disk_partitions(all=False):
         if part.fstype in _SKIP_FS or part.mountpoint in seen:
             continue
         if part.mountpoint.startswith(("/snap", "/boot/efi")):
             continue
         seen.add(part.mountpoint)
+        left = end - time.monotonic()
+        if left <= 0:
+            lines.append(f"{part.mountpoint}: not measured (snapshot deadline reached)")
+            continue
         try:
-            du = psutil.disk_usage(part.mountpoint)
+            du = disks.call(
+                partial(psutil.disk_usage, part.mountpoint),
+                min(DISK_DEADLINE, left),
+                key=statfs_key(part.mountpoint),
+                what="statfs",
+            )
         except OSError as e:  # CD drive without media, vanished mount
             lines.append(f"{part.mountpoint}: unavailable ({e.strerror or e})")
+            continue
+        except BlockingError as e:  # a hung network share or FUSE mount
+            lines.append(f"{part.mountpoint}: unavailable ({e})")
             continue
         lines.append(
             f"{part.mountpoint} ({part.fstype}): {_gib(du.free)} free of {_gib(du.total)} "
@@ -133,17 +159,45 @@ def check_sections(results: Iterable[ResultLike]) -> Snapshot:
     return sections
 
 
-def system_snapshot(results: Iterable[ResultLike] = ()) -> Snapshot:
-    """The default snapshot: psutil's view now plus the given GPU/ComfyUI results."""
+SECTIONS: tuple[tuple[str, Callable[[], list[str]]], ...] = (
+    ("OS", _os_section),
+    ("CPU", _cpu_section),
+    ("Memory", _memory_section),
+    ("Disks", _disk_section),
+)
+
+
+def system_snapshot(
+    results: Iterable[ResultLike] = (),
+    *,
+    sections: Iterable[tuple[str, Callable[[], list[str]]]] = SECTIONS,
+    deadline: float = SNAPSHOT_DEADLINE,
+) -> Snapshot:
+    """The default snapshot: psutil's view now plus the given GPU/ComfyUI results.
+
+    Never takes much longer than ``deadline``: a section still running then is listed as
+    ``unavailable: <what> did not return within <deadline> s``.
+    """
     snap: Snapshot = {}
-    for title, part in (
-        ("OS", _os_section),
-        ("CPU", _cpu_section),
-        ("Memory", _memory_section),
-        ("Disks", _disk_section),
-    ):
+    end = time.monotonic() + deadline
+    workers = pool("snapshot")
+    started: list[tuple[str, Pending[list[str]] | BaseException]] = []
+    for title, part in sections:
         try:
-            snap[title] = part()
+            started.append(
+                (title, workers.submit(part, deadline, key=f"snapshot:{title}", what=title))
+            )
+        except BlockingError as e:
+            started.append((title, e))
+    for title, pending in started:
+        try:
+            if isinstance(pending, BaseException):
+                raise pending
+            snap[title] = pending.wait(end - time.monotonic())
+        except CallTimedOut:
+            snap[title] = [f"unavailable: {title} did not return within {deadline:g} s"]
+        except BlockingError as e:  # still stuck from an earlier snapshot, or no worker
+            snap[title] = [f"unavailable: {e}"]
         except Exception as e:  # a snapshot must never stop a report
             snap[title] = [f"unavailable: {e}"]
     checks = check_sections(results)

@@ -1,31 +1,45 @@
-"""The incident store: one SQLite file with results, recovery actions, incidents, notices.
+"""The incident store: results, recovery actions, incidents, notices in Guardian's SQLite file.
+
+A component of the one file :mod:`guardian.db` owns (its migrations are versioned in
+``guardian_schema``; files written before that kept the version in ``PRAGMA
+user_version``, which is adopted once and from then on only mirrored, for older Guardians).
 
 Why synchronous, in the event loop: every write here is one tiny row in one short
 transaction on a WAL database with ``synchronous=NORMAL``, which commits without an
 fsync (WAL is synced at checkpoints) and takes tens of microseconds. A writer thread
 with a queue would add hand-off, shutdown draining and a window of queued-but-unwritten
 events a SIGKILL would lose; here a SIGKILL loses at most the transaction in flight and
-SQLite's journal keeps the file consistent. One connection, owned by this object, used
-from the event-loop thread only (the CLI uses its own Store instance in its own process;
-WAL lets it read while Guardian writes).
+SQLite's journal keeps the file consistent. The connection is the Database's, guarded by
+its lock, so the API may read from another thread (the CLI opens its own in its own
+process; WAL lets it read while Guardian writes).
+
+When the store cannot write (disk full) or its file is replaced (damage found mid-run),
+incidents are what must not get lost: the open ones are kept in memory too, a write that
+fails leaves them marked unsaved, and they are written (with their ids) as soon as a write
+works or the fresh file exists. Event rows (results, recovery actions, notifications,
+artifacts) that cannot be written are dropped and counted: supervising goes on.
 
 Times are stored as fixed-width UTC ISO-8601 text so they sort as strings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from guardian.config import Config
+from guardian.db import Component, Database, StoreError, StoreUnavailable
 from guardian.events import RecoveryEvent
 from guardian.result import CheckResult
+
+log = logging.getLogger("guardian.incidents.store")
 
 IncidentStatus = Literal["open", "escalated", "resolved"]
 OPEN_STATUSES: tuple[IncidentStatus, ...] = ("open", "escalated")
@@ -42,7 +56,9 @@ def parse_ts(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-# Ordered migrations: index i upgrades user_version i -> i+1. Never edit a shipped entry;
+__all__ = ["INCIDENTS", "MIGRATIONS", "SCHEMA_VERSION", "Incident", "Store", "StoreError"]
+
+# Ordered migrations: index i upgrades version i -> i+1. Never edit a shipped entry;
 # append a new one.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -118,8 +134,14 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class StoreError(Exception):
-    """The store file is unusable (corrupt, newer schema, unwritable)."""
+def _legacy_version(conn: sqlite3.Connection) -> int:
+    """Files written before guardian_schema kept the incident version in user_version."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+INCIDENTS = Component(
+    "incidents", MIGRATIONS, legacy_version=_legacy_version, mirror_user_version=True
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,43 +203,77 @@ class NotificationAttempt:
     error: str
 
 
+_INCIDENT_COLS = (
+    "id",
+    "target",
+    "opened_at",
+    "escalated_at",
+    "resolved_at",
+    "severity",
+    "status",
+    "summary",
+    "failure_count",
+    "flap_count",
+    "report_path",
+)
+_UPSERT_INCIDENT = (
+    f"INSERT INTO incidents ({', '.join(_INCIDENT_COLS)}) VALUES"
+    f" ({','.join('?' * len(_INCIDENT_COLS))}) ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _INCIDENT_COLS[1:])
+)
+_TS_FIELDS = ("escalated_at", "resolved_at")
+
+
 class Store:
-    """All persistent incident data. Open once; call :meth:`close` on shutdown."""
+    """All persistent incident data. Open once; call :meth:`close` on shutdown.
+
+    ``path`` is Guardian's shared :class:`~guardian.db.Database` (the daemon) or a file
+    path (the CLI, tools, tests): then the store opens and owns a strict Database that
+    raises :class:`StoreError` for a damaged or newer file instead of replacing it.
+    """
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | Database,
         *,
         retention_days: float = 30.0,
         max_events: int = 100_000,
         prune_every: int = 1000,
         now: Callable[[], datetime] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self._owns = not isinstance(path, Database)
+        self.db = path if isinstance(path, Database) else Database(path, components=(INCIDENTS,))
+        self.path = self.db.path
         self.retention = timedelta(days=retention_days)
         self.max_events = max_events
         self.prune_every = prune_every
         self._now = now or (lambda: datetime.now(UTC))
         self._writes = 0
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dropped = 0  # event rows that could not be written (store unavailable)
+        self._live: dict[int, Incident] = {}  # open incidents, and any not yet in the file
+        self._unsaved: set[int] = set()
+        self._high = 0  # the highest incident id this process has seen: ids are never reused
         try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per write.
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"incident store {path}: {e}") from e
+            self.db.register(INCIDENTS, self._rewrite_live)
+            for incident in self._read_incidents(include_resolved=False, limit=1_000_000):
+                self._live[incident.id] = incident
+            self._high = self._next_id() - 1
+        except BaseException:
+            if self._owns:
+                self.db.close()
+            raise
 
     @classmethod
-    def from_config(cls, config: Config, now: Callable[[], datetime] | None = None) -> Store:
-        """Open ``config.store_path`` with the config's retention settings."""
+    def from_config(
+        cls,
+        config: Config,
+        now: Callable[[], datetime] | None = None,
+        *,
+        db: Database | None = None,
+    ) -> Store:
+        """Open ``config.store_path`` (or the shared ``db``) with the retention settings."""
         return cls(
-            config.store_path,
+            db if db is not None else config.store_path,
             retention_days=config.store.retention_days,
             max_events=config.store.max_events,
             now=now,
@@ -226,85 +282,147 @@ class Store:
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"incident store {self.path} has schema v{version}, newer than this "
-                f"Guardian (v{SCHEMA_VERSION}); upgrade Guardian or use another store path"
-            )
-        for i in range(version, SCHEMA_VERSION):
-            # executescript commits implicitly, so the migration and its version bump go
-            # into one script wrapped in our own transaction.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE;\n{MIGRATIONS[i]}\nPRAGMA user_version = {i + 1};\nCOMMIT;"
-            )
+        """Close the Database if this store opened it (the daemon closes the shared one)."""
+        if self._owns:
+            self.db.close()
 
     @property
     def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        return self.db.version(INCIDENTS.name)
 
     def integrity_check(self) -> str:
-        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+        return self.db.integrity_check()
 
     def _wrote(self) -> None:
         self._writes += 1
         if self.prune_every and self._writes % self.prune_every == 0:
             self.prune()
 
+    def _event_write(self, fn: Callable[[sqlite3.Connection], sqlite3.Cursor]) -> int:
+        """Write one event row; 0 (dropped, counted) when the store cannot write now."""
+        with self.db.lock:
+            if not self._flush_incidents():
+                self.dropped += 1
+                return 0
+            try:
+                cur = self.db.write(fn)
+            except StoreUnavailable:
+                self.dropped += 1
+                return 0
+        self._wrote()
+        return int(cur.lastrowid or 0)
+
+    def _flush_incidents(self) -> bool:
+        """Write every unsaved incident row; False when the store cannot write now."""
+        pending = sorted(self._unsaved)
+        if not pending:
+            return True
+        rows = [_incident_row(self._live[i]) for i in pending]
+
+        def write(c: sqlite3.Connection) -> None:
+            c.executemany(_UPSERT_INCIDENT, rows)
+
+        try:
+            self.db.write(write)
+        except StoreUnavailable:
+            return False
+        self._unsaved.difference_update(pending)
+        for i in pending:
+            if not self._live[i].is_open:
+                del self._live[i]
+        return True
+
+    def _put_incident(self, incident: Incident) -> None:
+        with self.db.lock:
+            before = self._live.get(incident.id)
+            was_unsaved = incident.id in self._unsaved
+            self._live[incident.id] = incident
+            self._unsaved.add(incident.id)
+            try:
+                self._flush_incidents()
+            except Exception:
+                # Not the store's trouble (a bad value): undo, so it cannot block later writes.
+                if before is None:
+                    self._live.pop(incident.id, None)
+                else:
+                    self._live[incident.id] = before
+                if not was_unsaved:
+                    self._unsaved.discard(incident.id)
+                raise
+
+    def _rewrite_live(self) -> None:
+        """The file was replaced: write the incidents this process holds, same ids."""
+        high = self._high
+
+        def keep_ids_unique(c: sqlite3.Connection) -> None:
+            # A report file is named after its incident id: the fresh file must not reuse one.
+            c.execute(
+                "INSERT OR IGNORE INTO sqlite_sequence (name, seq) SELECT 'incidents', 0"
+                " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'incidents')"
+            )
+            c.execute(
+                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'incidents'", (high,)
+            )
+
+        with self.db.lock:
+            with contextlib.suppress(StoreUnavailable):
+                self.db.write(keep_ids_unique)
+            self._unsaved.update(self._live)
+            self._flush_incidents()
+            n = len(self._live)
+        if n:
+            log.warning(
+                "%d open incident(s) re-saved into the fresh store",
+                n,
+                extra={"event": "store_resaved", "component": INCIDENTS.name},
+            )
+
+    @property
+    def unsaved(self) -> set[int]:
+        """Incident ids whose latest state is not in the file yet."""
+        return set(self._unsaved)
+
     # ------------------------------------------------------------------ events
 
     def add_result(self, result: CheckResult, incident_id: int | None = None) -> int:
-        with self._tx() as db:
-            cur = db.execute(
+        row = (
+            incident_id,
+            result.target,
+            result.check,
+            result.kind,
+            str(result.status),
+            result.reason,
+            _dumps(result.values),
+            ts(result.started),
+            ts(result.finished),
+            float(result.duration),
+        )
+        return self._event_write(
+            lambda db: db.execute(
                 "INSERT INTO results (incident_id, target, check_name, kind, status, reason,"
                 " vals, started, finished, duration) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    incident_id,
-                    result.target,
-                    result.check,
-                    result.kind,
-                    str(result.status),
-                    result.reason,
-                    _dumps(result.values),
-                    ts(result.started),
-                    ts(result.finished),
-                    float(result.duration),
-                ),
+                row,
             )
-        self._wrote()
-        return int(cur.lastrowid or 0)
+        )
 
     def add_recovery(self, event: RecoveryEvent, incident_id: int | None = None) -> int:
-        with self._tx() as db:
-            cur = db.execute(
+        row = (
+            incident_id,
+            event.target,
+            str(event.kind),
+            ts(event.time),
+            event.attempt,
+            event.reason,
+            event.detail,
+            _dumps(event.values),
+        )
+        return self._event_write(
+            lambda db: db.execute(
                 "INSERT INTO recovery (incident_id, target, kind, time, attempt, reason,"
                 " detail, vals) VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    incident_id,
-                    event.target,
-                    str(event.kind),
-                    ts(event.time),
-                    event.attempt,
-                    event.reason,
-                    event.detail,
-                    _dumps(event.values),
-                ),
+                row,
             )
-        self._wrote()
-        return int(cur.lastrowid or 0)
+        )
 
     def add_notification(
         self,
@@ -316,21 +434,25 @@ class Store:
         ok: bool,
         error: str = "",
     ) -> int:
-        with self._tx() as db:
-            cur = db.execute(
+        row = (incident_id, target, channel, transition, ts(time), int(ok), error[:2000])
+        return self._event_write(
+            lambda db: db.execute(
                 "INSERT INTO notifications (incident_id, target, channel, transition, time,"
                 " ok, error) VALUES (?,?,?,?,?,?,?)",
-                (incident_id, target, channel, transition, ts(time), int(ok), error[:2000]),
+                row,
             )
-        self._wrote()
-        return int(cur.lastrowid or 0)
+        )
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        rows: list[sqlite3.Row] = self.db.read(lambda c: c.execute(sql, tuple(args)).fetchall())
+        return rows
 
     def last_statuses(self) -> dict[tuple[str, str], str]:
         """The last stored status of every (target, check): where change detection resumes."""
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT target, check_name, status FROM results WHERE id IN"
             " (SELECT MAX(id) FROM results GROUP BY target, check_name)"
-        ).fetchall()
+        )
         return {(r["target"], r["check_name"]): r["status"] for r in rows}
 
     def results(
@@ -338,30 +460,30 @@ class Store:
     ) -> list[StoredResult]:
         """Results of one incident (or one target), oldest first."""
         where, args = _filters(incident_id=incident_id, target=target)
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT * FROM (SELECT * FROM results {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
             (*args, limit),
-        ).fetchall()
+        )
         return [_result(r) for r in rows]
 
     def latest_results(self, kinds: Sequence[str]) -> list[StoredResult]:
         """The newest stored result of each check of the given kinds."""
         marks = ",".join("?" * len(kinds))
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT * FROM results WHERE id IN (SELECT MAX(id) FROM results WHERE kind IN"
             f" ({marks}) GROUP BY target, check_name) ORDER BY target, check_name",
             tuple(kinds),
-        ).fetchall()
+        )
         return [_result(r) for r in rows]
 
     def recovery_events(
         self, incident_id: int | None = None, target: str | None = None, limit: int = 10_000
     ) -> list[StoredRecovery]:
         where, args = _filters(incident_id=incident_id, target=target)
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT * FROM (SELECT * FROM recovery {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
             (*args, limit),
-        ).fetchall()
+        )
         return [
             StoredRecovery(
                 id=r["id"],
@@ -379,7 +501,7 @@ class Store:
 
     def notifications(self, incident_id: int | None = None) -> list[NotificationAttempt]:
         where, args = _filters(incident_id=incident_id)
-        rows = self._db.execute(f"SELECT * FROM notifications {where} ORDER BY id", args).fetchall()
+        rows = self._query(f"SELECT * FROM notifications {where} ORDER BY id", args)
         return [
             NotificationAttempt(
                 id=r["id"],
@@ -396,27 +518,50 @@ class Store:
 
     def notified(self, incident_id: int, transition: str) -> bool:
         """Whether a message for this transition of this incident was already attempted."""
-        row = self._db.execute(
+        rows = self._query(
             "SELECT 1 FROM notifications WHERE incident_id = ? AND transition = ? LIMIT 1",
             (incident_id, transition),
-        ).fetchone()
-        return row is not None
+        )
+        return bool(rows)
 
     # ------------------------------------------------------------------ incidents
 
     def open_incident(
         self, target: str, opened_at: datetime, severity: str, summary: str
     ) -> Incident:
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO incidents (target, opened_at, severity, status, summary)"
-                " VALUES (?,?,?,?,?)",
-                (target, ts(opened_at), severity, "open", summary),
+        """A new open incident. Never fails for a store that cannot write: the incident is
+        then held in memory (with an id the file will get) and written when it can be."""
+        with self.db.lock:
+            new_id = self._next_id()
+            self._high = max(self._high, new_id)
+            incident = Incident(
+                id=new_id,
+                target=target,
+                opened_at=_dt(ts(opened_at)),
+                escalated_at=None,
+                resolved_at=None,
+                severity=severity,
+                status="open",
+                summary=summary,
+                failure_count=0,
+                flap_count=0,
+                report_path=None,
             )
+            self._put_incident(incident)
         self._wrote()
-        incident = self.incident(int(cur.lastrowid or 0))
-        assert incident is not None
         return incident
+
+    def _next_id(self) -> int:
+        """One above every id the file ever gave (AUTOINCREMENT's rule) or memory holds."""
+        try:
+            rows = self._query(
+                "SELECT MAX(n) FROM (SELECT seq AS n FROM sqlite_sequence WHERE name ="
+                " 'incidents' UNION ALL SELECT MAX(id) FROM incidents)"
+            )
+            stored = int(rows[0][0] or 0)
+        except StoreUnavailable:
+            stored = 0
+        return max([stored, self._high, *self._live]) + 1
 
     def adopt_recovery(self, target: str, incident_id: int, since: datetime) -> int:
         """Link the target's unlinked recovery events since ``since`` to an incident.
@@ -424,12 +569,21 @@ class Store:
         A supervised process's exit is usually seen before the check that fails because
         of it; this puts that exit into the incident it caused.
         """
-        with self._tx() as db:
-            n = db.execute(
-                "UPDATE recovery SET incident_id = ? WHERE target = ? AND incident_id IS NULL"
-                " AND time >= ?",
-                (incident_id, target, ts(since)),
-            ).rowcount
+        with self.db.lock:
+            if not self._flush_incidents():
+                return 0
+            try:
+                n = self.db.write(
+                    lambda db: (
+                        db.execute(
+                            "UPDATE recovery SET incident_id = ? WHERE target = ? AND"
+                            " incident_id IS NULL AND time >= ?",
+                            (incident_id, target, ts(since)),
+                        ).rowcount
+                    )
+                )
+            except StoreUnavailable:
+                return 0
         return int(n)
 
     def update_incident(self, incident_id: int, **fields: Any) -> Incident:
@@ -447,26 +601,45 @@ class Store:
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"unknown incident fields: {sorted(bad)}")
-        values = [ts(v) if isinstance(v, datetime) else v for v in fields.values()]
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with self._tx() as db:
-            db.execute(f"UPDATE incidents SET {sets} WHERE id = ?", (*values, incident_id))
-        incident = self.incident(incident_id)
-        if incident is None:
-            raise KeyError(incident_id)
-        return incident
+        if fields.get("status", "open") not in ("open", "escalated", "resolved"):
+            raise ValueError(f"unknown incident status {fields['status']!r}")
+        changes: dict[str, Any] = {
+            k: (_dt(ts(v)) if isinstance(v, datetime) else v) for k, v in fields.items()
+        }
+        for k in _TS_FIELDS:
+            if isinstance(changes.get(k), str):
+                changes[k] = _dt(changes[k])
+        with self.db.lock:
+            current = self.incident(incident_id)
+            if current is None:
+                raise KeyError(incident_id)
+            updated = replace(current, **changes)
+            self._put_incident(updated)
+        return updated
 
     def incident(self, incident_id: int) -> Incident | None:
-        row = self._db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-        return None if row is None else _incident(row)
+        with self.db.lock:
+            held = self._live.get(incident_id)
+            if held is not None:
+                return held
+            rows = self._query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
+        return _incident(rows[0]) if rows else None
+
+    def _read_incidents(self, *, include_resolved: bool, limit: int) -> list[Incident]:
+        where = "" if include_resolved else "WHERE status IN ('open', 'escalated')"
+        rows = self._query(f"SELECT * FROM incidents {where} ORDER BY id DESC LIMIT ?", (limit,))
+        return [_incident(r) for r in rows]
 
     def incidents(self, *, include_resolved: bool = True, limit: int = 1000) -> list[Incident]:
-        """Newest first."""
-        where = "" if include_resolved else "WHERE status IN ('open', 'escalated')"
-        rows = self._db.execute(
-            f"SELECT * FROM incidents {where} ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [_incident(r) for r in rows]
+        """Newest first (what memory holds wins over the file: it is newer)."""
+        with self.db.lock:
+            found = {
+                i.id: i
+                for i in self._read_incidents(include_resolved=include_resolved, limit=limit)
+            }
+            found.update(self._live)
+        chosen = [i for i in found.values() if include_resolved or i.is_open]
+        return sorted(chosen, key=lambda i: i.id, reverse=True)[:limit]
 
     def open_incidents(self) -> list[Incident]:
         return self.incidents(include_resolved=False)
@@ -474,25 +647,26 @@ class Store:
     # ------------------------------------------------------------------ artifacts
 
     def put_artifact(self, incident_id: int, name: str, body: str, captured_at: datetime) -> None:
-        with self._tx() as db:
-            db.execute(
+        self._event_write(
+            lambda db: db.execute(
                 "INSERT OR REPLACE INTO artifacts (incident_id, name, captured_at, body)"
                 " VALUES (?,?,?,?)",
                 (incident_id, name, ts(captured_at), body),
             )
+        )
 
     def artifact(self, incident_id: int, name: str) -> tuple[datetime, str] | None:
-        row = self._db.execute(
+        rows = self._query(
             "SELECT captured_at, body FROM artifacts WHERE incident_id = ? AND name = ?",
             (incident_id, name),
-        ).fetchone()
-        return None if row is None else (_dt(row["captured_at"]), row["body"])
+        )
+        return None if not rows else (_dt(rows[0]["captured_at"]), rows[0]["body"])
 
     # ------------------------------------------------------------------ retention
 
     def counts(self) -> dict[str, int]:
         return {
-            t: int(self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+            t: int(self._query(f"SELECT COUNT(*) FROM {t}")[0][0])
             for t in ("incidents", "results", "recovery", "notifications", "artifacts")
         }
 
@@ -502,11 +676,13 @@ class Store:
         Rows of open incidents are kept whatever their age (a report still needs them).
         Each event table keeps at most ``max_events`` newest rows. Uses the time and id
         indexes, so it is cheap enough to run on startup and every ``prune_every`` writes.
+        Nothing is pruned while the store cannot write ({} then).
         """
         cutoff = ts((now or self._now()) - self.retention)
         keep_open = "(SELECT id FROM incidents WHERE status IN ('open', 'escalated'))"
-        removed: dict[str, int] = {}
-        with self._tx() as db:
+
+        def run(db: sqlite3.Connection) -> dict[str, int]:
+            removed: dict[str, int] = {}
             removed["incidents"] = db.execute(
                 "DELETE FROM incidents WHERE status = 'resolved' AND resolved_at < ?", (cutoff,)
             ).rowcount
@@ -527,7 +703,31 @@ class Store:
                     (self.max_events,),
                 ).rowcount
                 removed[table] = n
-        return removed
+            return removed
+
+        with self.db.lock:
+            if not self._flush_incidents():
+                return {}
+            try:
+                return self.db.write(run)
+            except StoreUnavailable:
+                return {}
+
+
+def _incident_row(i: Incident) -> tuple[Any, ...]:
+    return (
+        i.id,
+        i.target,
+        ts(i.opened_at),
+        None if i.escalated_at is None else ts(i.escalated_at),
+        None if i.resolved_at is None else ts(i.resolved_at),
+        i.severity,
+        i.status,
+        i.summary,
+        i.failure_count,
+        i.flap_count,
+        i.report_path,
+    )
 
 
 def _filters(**kw: Any) -> tuple[str, tuple[Any, ...]]:

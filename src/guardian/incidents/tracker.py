@@ -7,6 +7,22 @@ target has been fully healthy for ``escalation.stable_period``. A failure inside
 stable period is a flap of the same incident, not a new one, so a crash-looping service
 yields one incident with a flap count instead of a page per crash.
 
+What is not an incident, and what changes one:
+
+* Failed results marked ``startup`` (the service is booting, see :mod:`guardian.startup`)
+  open nothing and count toward nothing; a check whose startup phase ran out says so ("did
+  not become healthy within startup_timeout").
+* Where Guardian restarts the target on a check's failures, that check's streak escalates
+  only one failure after recovery would have acted, and every restart begins a fresh
+  streak: recovery gets its chance before anyone is paged, and a restart that worked never
+  escalates anything.
+* A supervised process's crash (its exit event) opens an incident even when the restart
+  heals it at once. A restarted process that dies during startup opens (or re-heads) the
+  incident with its own cause: "exits during startup with code N: <last error of its
+  log>". A new cause in an open incident heads its summary, the older one kept after it.
+* The breaker opening on an already escalated incident rewrites its report and notifies
+  again (``gave_up``): giving up changes what people must do.
+
 Everything is persisted as it happens, and on startup open incidents are reloaded with
 their per-check failure streaks, so a Guardian restart (or SIGKILL) continues the same
 incident instead of opening a duplicate.
@@ -53,6 +69,8 @@ class _Live:
     incident: Incident
     streaks: dict[str, int] = field(default_factory=dict)  # check -> consecutive failures
     healthy_since: float | None = None  # monotonic; None while anything is failing
+    cause: str = ""  # what the summary is about now (a new one re-heads the summary)
+    gave_up: bool = False  # the breaker opened on it (until the breaker is reset)
 
 
 # Recovery events this close before an incident opens belong to it (an exit seen before
@@ -84,6 +102,18 @@ class IncidentTracker:
         self._stable = config.escalation.stable_period
         self._checks = {t.name: {c.check_name for c in t.checks} for t in config.targets}
         self._critical = {t.name: t.critical for t in config.targets}
+        # Checks whose failures make Guardian restart the target: recovery acts on them at
+        # `failure_threshold` (a service check at once), so their escalation waits for it.
+        self._recovered: dict[str, dict[str, int]] = {}
+        for t in config.targets:
+            if t.service is None or not t.recovery.enabled:
+                continue
+            self._recovered[t.name] = {
+                c.check_name: 1 if c.kind == "service" else t.recovery.failure_threshold
+                for c in t.checks
+                if c.kind == "service" or c.liveness
+            }
+        self._healthy_at: dict[str, datetime] = {}  # wall time a target was last all-OK
         self._tasks: set[asyncio.Task[None]] = set()
         try:
             self.store.prune(self.clock.now())
@@ -147,7 +177,12 @@ class IncidentTracker:
             streaks: dict[str, int] = {}
             for r in self.store.results(incident_id=incident.id):
                 streaks[r.check] = streaks.get(r.check, 0) + 1 if r.status == "failed" else 0
-            self._open[incident.target] = _Live(incident, streaks)
+            self._open[incident.target] = _Live(
+                incident,
+                streaks,
+                cause=incident.summary,
+                gave_up=incident.summary.startswith("recovery gave up"),
+            )
             log.info(
                 "continuing incident %d of %s",
                 incident.id,
@@ -189,9 +224,21 @@ class IncidentTracker:
         self._latest.setdefault(r.target, {})[r.check] = status
         live = self._open.get(r.target)
         failed = r.status is Status.FAILED
+        if failed and r.startup:
+            # Booting: not healthy (nothing resolves meanwhile), but no failure either.
+            if live is not None:
+                live.healthy_since = None
+                if changed:
+                    self.store.add_result(r, live.incident.id)
+            elif changed:
+                self.store.add_result(r)
+            return
+        if self._healthy(r.target):
+            self._healthy_at[r.target] = r.finished
 
+        cause = self._cause(r) if failed else ""
         if failed and live is None:
-            live = self._open_new(r.target, r.finished, f"{r.check}: {r.reason}")
+            live = self._open_new(r.target, r.finished, cause)
         if live is None:
             if changed:
                 self.store.add_result(r)
@@ -206,6 +253,7 @@ class IncidentTracker:
                 live.incident = self.store.update_incident(
                     incident_id, flap_count=live.incident.flap_count + 1
                 )
+                self._new_cause(live, cause)
                 log.warning(
                     "%s failed again within the stable period (flap %d)",
                     r.target,
@@ -216,7 +264,7 @@ class IncidentTracker:
             live.incident = self.store.update_incident(
                 incident_id, failure_count=live.incident.failure_count + 1
             )
-            if live.incident.status == "open" and streak >= self._threshold:
+            if live.incident.status == "open" and streak >= self._escalate_at(r):
                 self._escalate(live, f"{r.check} failed {streak} times in a row: {r.reason}")
             return
 
@@ -230,15 +278,61 @@ class IncidentTracker:
         if now - live.healthy_since >= self._stable:
             self._resolve(live)
 
+    def _cause(self, r: CheckResult) -> str:
+        ran_out = r.values.get("startup_timeout_s")
+        if isinstance(ran_out, int | float) and not isinstance(ran_out, bool):
+            return (
+                f"did not become healthy within startup_timeout ({ran_out:g} s):"
+                f" {r.check}: {r.reason}"
+            )
+        return f"{r.check}: {r.reason}"
+
+    def _escalate_at(self, r: CheckResult) -> int:
+        """Consecutive failures of this check that escalate (see the module docstring)."""
+        acts_at = self._recovered.get(r.target, {}).get(r.check)
+        if acts_at is None or isinstance(r.values.get("condition"), str):
+            return self._threshold  # recovery does not restart on it (the ladder's own)
+        return max(self._threshold, acts_at + 1)
+
+    def _new_cause(self, live: _Live, cause: str) -> None:
+        """A different cause heads the summary; the earlier one stays after it."""
+        if not cause or cause == live.cause:
+            return
+        old = live.incident.summary
+        # The same cause told in more detail (the exit, then its exception) replaces it.
+        same = old == live.cause and cause.startswith(live.cause.removeprefix("process "))
+        live.cause = cause
+        summary = cause if same else f"{cause} (earlier: {old})"
+        live.incident = self.store.update_incident(live.incident.id, summary=summary[:500])
+
     def _on_recovery(self, e: RecoveryEvent) -> None:
         live = self._open.get(e.target)
+        startup_exit = e.kind is RecoveryKind.RESTART_FAILED and bool(e.values.get("startup_exit"))
         if e.kind is RecoveryKind.BREAKER_OPEN and live is None:
             live = self._open_new(e.target, e.time, f"recovery gave up: {e.reason}")
+        elif startup_exit and live is None:
+            live = self._open_new(e.target, e.time, e.detail)
+        elif e.kind is RecoveryKind.EXITED and live is None:
+            # A crash is an incident even when a restart heals it; the boot after it is not.
+            code = e.values.get("exit_code")
+            what = "exits during startup" if e.values.get("during_startup") else "exited"
+            live = self._open_new(e.target, e.time, f"process {what} with code {code}")
+        elif startup_exit and live is not None:
+            self._new_cause(live, e.detail)
         self.store.add_recovery(e, None if live is None else live.incident.id)
         if live is None:
             return
-        if e.kind is RecoveryKind.BREAKER_OPEN and live.incident.status == "open":
-            self._escalate(live, f"recovery gave up after {e.attempt} attempts: {e.reason}")
+        if e.kind is RecoveryKind.RESTART_STARTED:
+            live.streaks.clear()  # the restarted instance gets a fresh count
+        if e.kind is RecoveryKind.BREAKER_RESET:
+            live.gave_up = False
+        if e.kind is RecoveryKind.BREAKER_OPEN and not live.gave_up:
+            live.gave_up = True
+            why = f"recovery gave up after {e.attempt} attempts: {e.reason}"
+            if live.incident.status == "open":
+                self._escalate(live, why)
+            else:
+                self._give_up(live, why)
 
     # ------------------------------------------------------------------ transitions
 
@@ -255,8 +349,14 @@ class IncidentTracker:
         incident = self.store.open_incident(
             target, opened_at, self._severity(target, False), summary[:500]
         )
-        self.store.adopt_recovery(target, incident.id, opened_at - ADOPT_WINDOW)
-        live = self._open[target] = _Live(incident)
+        # Adopt the exit seen just before the failing check, not the actions of an
+        # earlier trouble the target had recovered from (it was healthy since).
+        since = opened_at - ADOPT_WINDOW
+        healthy_at = self._healthy_at.get(target)
+        if healthy_at is not None and since < healthy_at <= opened_at:
+            since = healthy_at
+        self.store.adopt_recovery(target, incident.id, since)
+        live = self._open[target] = _Live(incident, cause=summary)
         log.warning(
             "incident %d opened for %s: %s",
             incident.id,
@@ -285,7 +385,25 @@ class IncidentTracker:
         )
         self._spawn(self._finish_escalation(inc.id))
 
-    async def _finish_escalation(self, incident_id: int) -> None:
+    def _give_up(self, live: _Live, why: str) -> None:
+        """The breaker opened on an already escalated incident: new summary, report, news."""
+        inc = live.incident
+        live.cause = why
+        live.incident = self.store.update_incident(
+            inc.id, severity=self._severity(inc.target, True), summary=why[:500]
+        )
+        log.error(
+            "incident %d of %s: %s",
+            inc.id,
+            inc.target,
+            why,
+            extra={"event": "incident_gave_up", "target": inc.target, "incident": inc.id},
+        )
+        self._spawn(self._finish_escalation(inc.id, IncidentTransition.GAVE_UP))
+
+    async def _finish_escalation(
+        self, incident_id: int, transition: IncidentTransition = IncidentTransition.ESCALATED
+    ) -> None:
         """Write the report (bounded), then announce the escalation with its path."""
         if self.reporter is not None:
             try:
@@ -304,7 +422,7 @@ class IncidentTracker:
             live = self._open.get(incident.target)
             if live is not None and live.incident.id == incident_id:
                 live.incident = incident
-            self._announce(incident, IncidentTransition.ESCALATED)
+            self._announce(incident, transition)
 
     def _resolve(self, live: _Live) -> None:
         inc = live.incident
@@ -326,6 +444,7 @@ class IncidentTracker:
         when = {
             IncidentTransition.OPENED: incident.opened_at,
             IncidentTransition.ESCALATED: incident.escalated_at,
+            IncidentTransition.GAVE_UP: None,
             IncidentTransition.RESOLVED: incident.resolved_at,
         }[transition] or self.clock.now()
         event = IncidentEvent(

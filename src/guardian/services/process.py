@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from guardian.clock import Clock, SystemClock
+from guardian.private_file import write_private_text
 from guardian.services.base import (
     ExitListener,
     ServiceError,
@@ -294,9 +295,7 @@ class ProcessBackend:
                 data["intent_time"] = old.get("intent_time", data["intent_time"])
                 data.update(pid=pid, create_time=psutil.Process(pid).create_time())
             self.record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.record.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.record)
+            write_private_text(self.record, json.dumps(data))  # argv may hold a token
         except (OSError, ValueError, psutil.Error) as exc:
             log.warning(
                 "%s: cannot record the child process: %s",

@@ -1,0 +1,628 @@
+"""Guardian's SQLite file: one owner for opening it, checking it, migrating it and its errors.
+
+Breakers, incidents (and any later table, e.g. ``uptime``) are *components*: each brings
+its own ordered migrations and records how far it got in one row of ``guardian_schema``
+(component, version). Only this module opens the file, so the rules below hold for all of
+them at once.
+
+Rules (why: a watchdog that stops watching because of its own bookkeeping is worse than
+none; its store is Guardian's trouble, never a reason to exit or to act on a target):
+
+* Opening: WAL, ``synchronous=NORMAL``, foreign keys, a busy timeout, and ``PRAGMA
+  quick_check``. One connection per :class:`Database`, shared by every component and
+  guarded by one re-entrant lock (``check_same_thread=False``: the API may read from
+  another thread).
+* A damaged file (quick_check fails, "malformed", "file is not a database" - at open or in
+  the middle of a run) is *moved aside*, never deleted: renamed with a UTC timestamp
+  (``guardian.db.corrupt-20261201T221500Z`` plus its ``-wal``/``-shm``), logged as
+  ``store_damaged`` at ERROR with the new path, raised as the ``store`` problem in
+  ``/api/health``, and a fresh file takes its place at once. Components get a reset call
+  so they re-save what they hold in memory (the breaker state, the open incidents).
+  The failed operation is retried once on the fresh file.
+* A write that fails because the disk is full (``SQLITE_FULL``, ``ENOSPC``), an I/O error
+  or a lock held too long raises :class:`StoreUnavailable`; components drop or keep that
+  write in memory. It is logged at once, then at most every ``log_every`` seconds with a
+  count; the problem is set at once and cleared at the next successful write (logged as
+  ``store_recovered`` once per reported failure, so a flapping disk cannot flood the log).
+* A missing or zero-length file where Guardian had written before (the sidecar
+  ``<file>.written`` marker exists) is logged as ``store_lost`` at WARNING and raised as a
+  problem: the store is recreated, but not silently.
+* A file whose component schema is newer than this Guardian knows is *refused and left
+  untouched* (not moved aside: it is healthy, and the newer Guardian that wrote it may come
+  back; it is checked before the first write, even before WAL mode is set, for every
+  component named at open). Guardian then runs on an in-memory database for every
+  component, with the problem set, so it keeps supervising; nothing it learns survives
+  its restart. Moving it aside instead would make a downgrade silently throw away the
+  newer Guardian's state; refusing keeps it for the Guardian that can read it.
+* Anything that prevents opening the file at all (permissions, a directory in the way)
+  also falls back to memory with the problem set.
+
+``recover=False`` (the CLI and tools) turns the fallbacks into errors instead: a reader
+must not rename the daemon's file under it, and a refused file is reported, not replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar
+
+log = logging.getLogger("guardian.db")
+
+T = TypeVar("T")
+
+PROBLEM_KEY = "store"
+MARKER_SUFFIX = ".written"
+LOG_EVERY = 60.0  # seconds between repeated "write failed" lines
+
+# Primary SQLite result codes (extended codes carry them in the low byte).
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
+SQLITE_IOERR = 10
+SQLITE_CORRUPT = 11
+SQLITE_FULL = 13
+SQLITE_CANTOPEN = 14
+SQLITE_NOTADB = 26
+
+ErrorKind = Literal["damaged", "full", "io", "busy", "other"]
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (unusable file, refused schema, failed write)."""
+
+
+class StoreDamaged(StoreError):
+    """The file is not a usable SQLite database (raised where recovery is off)."""
+
+
+class StoreNewer(StoreError):
+    """A component's schema in the file is newer than this Guardian knows."""
+
+
+class StoreUnavailable(StoreError):
+    """This operation could not be done now (disk full, I/O error, locked); nothing broke."""
+
+
+class ProblemSink(Protocol):
+    """Where Guardian's own trouble is shown (``State`` in the daemon)."""
+
+    def set_problem(self, key: str, message: str) -> None: ...
+
+    def clear_problem(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Component:
+    """One user of the file: a name and its migrations (index i upgrades i -> i + 1).
+
+    Never edit a shipped migration; append. ``legacy_version`` reads the version of a file
+    written before ``guardian_schema`` knew this component (0 when it has none).
+    ``mirror_user_version`` (the incident store only) keeps ``PRAGMA user_version`` equal
+    to the component's version, so a Guardian from before this module still recognises a
+    file it can use, and refuses one that is newer than it knows.
+    """
+
+    name: str
+    migrations: tuple[str, ...]
+    legacy_version: Callable[[sqlite3.Connection], int] | None = None
+    mirror_user_version: bool = False
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"component name {self.name!r} must match {_NAME.pattern}")
+
+    @property
+    def version(self) -> int:
+        return len(self.migrations)
+
+
+ResetHook = Callable[[], None]
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """What kind of trouble an exception from sqlite3 (or the OS) is."""
+    if isinstance(exc, OSError):
+        return "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "io"
+    if not isinstance(exc, sqlite3.Error):
+        return "other"
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc).lower()
+    if primary in (SQLITE_CORRUPT, SQLITE_NOTADB) or "malformed" in text:
+        return "damaged"
+    if "not a database" in text:
+        return "damaged"
+    if primary == SQLITE_FULL or "disk is full" in text:
+        return "full"
+    if primary == SQLITE_IOERR or "disk i/o error" in text:
+        return "io"
+    if primary in (SQLITE_BUSY, SQLITE_LOCKED) or "locked" in text:
+        return "busy"
+    return "other"
+
+
+class _Damaged(Exception):
+    """quick_check found a problem that sqlite3 did not raise as an exception."""
+
+
+def utc_stamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+class Database:
+    """Guardian's SQLite file (or memory) with the rules in the module docstring.
+
+    Components :meth:`register` themselves (their migrations run at once) and do all their
+    I/O through :meth:`read` and :meth:`write`, which hold the lock and apply the error
+    rules. ``persistent`` is False while running on memory. Pass the components you will
+    register as ``components`` so a newer schema is refused before any of them writes
+    (a component only registered later can only be refused after the others migrated).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        problems: ProblemSink | None = None,
+        recover: bool = False,
+        timeout: float = 10.0,
+        log_every: float = LOG_EVERY,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] | None = None,
+        components: Sequence[Component] = (),
+    ) -> None:
+        self.path = Path(path)
+        # Checked at open before anything is written, so a refused file stays untouched.
+        self._expected = tuple(components)
+        self.in_memory_requested = str(path) == ":memory:"
+        self.problems = problems
+        self.recover = recover
+        self.timeout = timeout
+        self.log_every = log_every
+        self._monotonic = monotonic
+        self._now = now or (lambda: datetime.now(UTC))
+        self.lock = threading.RLock()
+        self.moved_to: list[Path] = []  # every damaged file this Database moved aside
+        self.lost = False  # a file Guardian had written was found missing or empty
+        self.persistent = False
+        self._components: dict[str, tuple[Component, ResetHook | None]] = {}
+        self._sticky: dict[str, str] = {}  # damaged / lost / refused: stays for the run
+        self._trouble: str | None = None  # current write trouble (full, I/O, busy)
+        self._trouble_count = 0
+        self._trouble_logged_at: float | None = None
+        self._trouble_reported = False
+        self._closed = False
+        self._resetting = False
+        with self.lock:
+            self._conn = self._open()
+
+    # ------------------------------------------------------------------ opening
+
+    @property
+    def marker(self) -> Path:
+        return self.path.with_name(self.path.name + MARKER_SUFFIX)
+
+    def _open(self) -> sqlite3.Connection:
+        if self.in_memory_requested:
+            return self._memory()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return self._unusable(f"cannot create {self.path.parent}: {e.strerror or e}", e)
+        self._check_lost()
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connect(str(self.path))
+            self._verify(conn)
+        except (sqlite3.Error, _Damaged) as e:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if isinstance(e, _Damaged) or classify(e) == "damaged":
+                if not self.recover:
+                    raise StoreDamaged(f"store {self.path} is damaged: {e}") from e
+                return self._replace_damaged(str(e))
+            return self._unusable(f"cannot open {self.path}: {e}", e)
+        except StoreNewer as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()  # type: ignore[union-attr]
+            if not self.recover:
+                raise
+            self._refused(str(e))
+            return self._memory()
+        self.persistent = True
+        self._write_marker()
+        return conn
+
+    def _connect(self, target: str) -> sqlite3.Connection:
+        # isolation_level=None: transactions are ours (write() issues BEGIN/COMMIT).
+        conn = sqlite3.connect(
+            target, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _verify(self, conn: sqlite3.Connection) -> None:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            raise _Damaged("quick_check: " + "; ".join(rows[:3]))
+        for comp in self._expected:
+            self._check_not_newer(conn, comp, self._recorded(conn, comp))
+        # Only now the first write: WAL mode changes the file header.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS guardian_schema ("
+            " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+
+    def _memory(self) -> sqlite3.Connection:
+        conn = self._connect(":memory:")
+        self._verify(conn)
+        self.persistent = False
+        return conn
+
+    def _unusable(self, why: str, exc: BaseException) -> sqlite3.Connection:
+        if not self.recover:
+            raise StoreError(why) from exc
+        msg = f"{why}; running on an in-memory store: nothing survives a restart"
+        log.error(msg, extra={"event": "store_unavailable", "path": str(self.path)})
+        self._set_sticky("unavailable", msg)
+        return self._memory()
+
+    def _check_lost(self) -> None:
+        if not self.marker.exists():
+            return
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        except OSError:
+            return
+        if size > 0:
+            return
+        what = "missing" if size < 0 else "empty (0 bytes)"
+        msg = (
+            f"state lost: store {self.path} is {what} although Guardian wrote it before;"
+            " breaker state and incident history start from nothing"
+        )
+        log.warning(msg, extra={"event": "store_lost", "path": str(self.path)})
+        self.lost = True
+        self._set_sticky("lost", msg)
+
+    def _write_marker(self) -> None:
+        if self.marker.exists():
+            return
+        body = {"created": self._now().isoformat(), "store": self.path.name}
+        try:
+            self.marker.write_text(json.dumps(body) + "\n", encoding="utf-8")
+        except OSError as e:
+            log.debug("cannot write the store marker %s: %s", self.marker, e)
+
+    def _replace_damaged(self, error: str) -> sqlite3.Connection:
+        """Move the damaged file aside and open a fresh one (memory if that fails)."""
+        try:
+            moved = self._move_aside()
+        except OSError as e:
+            return self._unusable(
+                f"store {self.path} is damaged ({error}) and cannot be moved aside"
+                f" ({e.strerror or e})",
+                e,
+            )
+        self.moved_to.append(moved)
+        msg = (
+            f"store {self.path} is damaged ({error}); kept as {moved},"
+            " supervising on with a fresh store"
+        )
+        log.error(
+            msg,
+            extra={"event": "store_damaged", "path": str(self.path), "moved_to": str(moved)},
+        )
+        self._set_sticky("damaged", msg)
+        try:
+            conn = self._connect(str(self.path))
+            self._verify(conn)
+        except (sqlite3.Error, _Damaged) as e:
+            return self._unusable(f"cannot create a fresh store at {self.path}: {e}", e)
+        self.persistent = True
+        self._write_marker()
+        return conn
+
+    def _move_aside(self) -> Path:
+        base = f"{self.path.name}.corrupt-{utc_stamp(self._now())}"
+        dest = self.path.with_name(base)
+        n = 1
+        while any(dest.with_name(dest.name + s).exists() for s in ("", "-wal", "-shm")):
+            n += 1
+            dest = self.path.with_name(f"{base}.{n}")
+        # The main file last: until it moves, a retry still finds the damage at the old path.
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(side, dest.with_name(dest.name + suffix))
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, dest)
+        return dest
+
+    # ------------------------------------------------------------------ components
+
+    def register(self, component: Component, on_reset: ResetHook | None = None) -> None:
+        """Add a component and bring its tables up to date.
+
+        ``on_reset`` is called after the file was replaced (damage found mid-run, or a
+        refused schema), so the component can write back what it keeps in memory.
+        """
+        with self.lock:
+            self._components[component.name] = (component, on_reset)
+            try:
+                self._migrate(self._conn, component)
+            except StoreNewer as e:
+                if not self.recover:
+                    raise
+                self._refuse(str(e))
+            except sqlite3.Error as e:
+                if classify(e) != "damaged":
+                    raise StoreError(f"migrating {component.name} in {self.path}: {e}") from e
+                if not self.recover:
+                    raise StoreDamaged(f"store {self.path} is damaged: {e}") from e
+                self._reset(functools.partial(self._replace_damaged, str(e)))
+
+    def version(self, component: str) -> int:
+        """The version recorded for ``component`` (0 when it has no row)."""
+        row = self.read(
+            lambda c: c.execute(
+                "SELECT version FROM guardian_schema WHERE component = ?", (component,)
+            ).fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def _recorded(conn: sqlite3.Connection, comp: Component) -> tuple[bool, int]:
+        """(has a guardian_schema row, version) without writing anything."""
+        has_table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'guardian_schema'"
+        ).fetchone()
+        row = None
+        if has_table:
+            row = conn.execute(
+                "SELECT version FROM guardian_schema WHERE component = ?", (comp.name,)
+            ).fetchone()
+        if row is not None:
+            return True, int(row[0])
+        return False, comp.legacy_version(conn) if comp.legacy_version is not None else 0
+
+    def _check_not_newer(
+        self, conn: sqlite3.Connection, comp: Component, recorded: tuple[bool, int]
+    ) -> None:
+        version = recorded[1]
+        if version > comp.version:
+            raise StoreNewer(
+                f"store {self.path}: {comp.name} tables are at schema v{version}, newer than"
+                f" this Guardian (v{comp.version}); upgrade Guardian or use another store path"
+            )
+
+    def _migrate(self, conn: sqlite3.Connection, comp: Component) -> None:
+        recorded, version = self._recorded(conn, comp)
+        self._check_not_newer(conn, comp, (recorded, version))
+        record = (
+            "INSERT INTO guardian_schema (component, version)"
+            " VALUES ('{name}', {v}) ON CONFLICT(component) DO UPDATE SET version ="
+            " excluded.version;"
+        )
+
+        def bump(v: int) -> str:
+            mirror = f"\nPRAGMA user_version = {v};" if comp.mirror_user_version else ""
+            return record.format(name=comp.name, v=v) + mirror
+
+        try:
+            if not recorded and version > 0:  # adopt a legacy version as it is
+                conn.executescript(f"BEGIN IMMEDIATE;\n{bump(version)}\nCOMMIT;")
+            for i in range(version, comp.version):
+                # executescript commits on its own: migration and version bump in one script.
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{comp.migrations[i]}\n{bump(i + 1)}\nCOMMIT;"
+                )
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    def _refuse(self, why: str) -> None:
+        self._refused(why)
+        self._reset(self._memory)
+
+    def _refused(self, why: str) -> None:
+        msg = f"{why}; the file is kept as it is and Guardian runs on an in-memory store"
+        log.error(msg, extra={"event": "store_refused", "path": str(self.path)})
+        self._set_sticky("refused", msg)
+
+    def _reset(self, reopen: Callable[[], sqlite3.Connection]) -> None:
+        """Swap the connection for ``reopen()``, migrate every component, call their hooks.
+
+        Not re-entered: damage found while the hooks re-save is an error of that save,
+        not a second replacement (a fresh file that is damaged at once would loop).
+        """
+        self._resetting = True
+        try:
+            self._reset_now(reopen)
+        finally:
+            self._resetting = False
+
+    def _reset_now(self, reopen: Callable[[], sqlite3.Connection]) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        self._conn = reopen()
+        for comp, _ in list(self._components.values()):
+            try:
+                self._migrate(self._conn, comp)
+            except (sqlite3.Error, StoreNewer) as e:
+                log.error("migrating %s on the fresh store failed: %s", comp.name, e)
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = self._memory()
+                for c, _ in self._components.values():
+                    self._migrate(self._conn, c)
+                break
+        for comp, hook in list(self._components.values()):
+            if hook is None:
+                continue
+            try:
+                hook()
+            except Exception:
+                log.exception("re-saving %s into the fresh store failed", comp.name)
+
+    # ------------------------------------------------------------------ operations
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` (queries only) under the lock with the error rules."""
+        return self._run(fn, write=False)
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction under the lock."""
+        return self._run(fn, write=True)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        with self.lock:
+            if self._closed:
+                raise StoreError(f"store {self.path} is closed")
+            for attempt in (1, 2):
+                conn = self._conn
+                try:
+                    out = self._once(conn, fn, write)
+                except (sqlite3.Error, OSError) as e:
+                    kind = classify(e)
+                    if kind == "damaged":
+                        if not self.recover:
+                            raise StoreDamaged(f"store {self.path} is damaged: {e}") from e
+                        if attempt == 1 and not self._resetting:
+                            self._reset(functools.partial(self._replace_damaged, str(e)))
+                            continue
+                        raise StoreError(f"store {self.path}: {e}") from e
+                    if kind in ("full", "io", "busy"):
+                        self._trouble_seen(kind, e)
+                        raise StoreUnavailable(f"store {self.path}: {_describe(kind, e)}") from e
+                    raise
+                if write and self._trouble is not None:
+                    self._trouble_cleared()
+                return out
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _once(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        if not write:
+            return fn(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return out
+
+    def _trouble_seen(self, kind: ErrorKind, exc: BaseException) -> None:
+        """One rate limit for the whole trouble, across clears: a nearly full disk lets
+        some writes through and fails others, and that flapping must not flood the log."""
+        now = self._monotonic()
+        self._trouble_count += 1
+        self._trouble = f"store {self.path}: writes failing: {_describe(kind, exc)}"
+        self._publish()
+        due = self._trouble_logged_at is None or now - self._trouble_logged_at >= self.log_every
+        if not due:
+            return
+        self._trouble_logged_at = now
+        self._trouble_reported = True
+        log.error(
+            "%s (%d failed since the last report); Guardian keeps supervising, these writes"
+            " are dropped or kept in memory until the store works again",
+            self._trouble,
+            self._trouble_count,
+            extra={"event": "store_write_failed", "path": str(self.path), "kind": kind},
+        )
+        self._trouble_count = 0
+
+    def _trouble_cleared(self) -> None:
+        self._trouble = None
+        self._publish()
+        if self._trouble_reported:  # one "works again" per reported failure, not per flap
+            self._trouble_reported = False
+            log.warning(
+                "store %s writable again",
+                self.path,
+                extra={"event": "store_recovered", "path": str(self.path)},
+            )
+
+    @property
+    def trouble(self) -> str | None:
+        """The current write trouble, if any (cleared by the next successful write)."""
+        return self._trouble
+
+    # ------------------------------------------------------------------ problems
+
+    def _set_sticky(self, key: str, message: str) -> None:
+        self._sticky[key] = message
+        self._publish()
+
+    def problem(self) -> str | None:
+        """Everything wrong with the store now, in one line (None when all is well)."""
+        parts = [*self._sticky.values(), *([self._trouble] if self._trouble else [])]
+        return "; ".join(parts) if parts else None
+
+    def _publish(self) -> None:
+        if self.problems is None:
+            return
+        msg = self.problem()
+        if msg is None:
+            self.problems.clear_problem(PROBLEM_KEY)
+        else:
+            self.problems.set_problem(PROBLEM_KEY, msg)
+
+    def attach(self, problems: ProblemSink) -> None:
+        """Report to ``problems`` from now on (and publish what happened so far)."""
+        self.problems = problems
+        self._publish()
+
+    # ------------------------------------------------------------------ maintenance
+
+    def integrity_check(self) -> str:
+        return str(self.read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]))
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection (tests and diagnostics; components use read/write)."""
+        return self._conn
+
+    def close(self) -> None:
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+
+
+def _describe(kind: ErrorKind, exc: BaseException) -> str:
+    label = {"full": "disk full", "io": "I/O error", "busy": "database locked"}.get(kind, kind)
+    return f"{label} ({exc})"

@@ -1,0 +1,68 @@
+"""Finding the error that matters in a service's log tail.
+
+A log tail mixes harmless boot chatter (warnings printed on every start) with the one
+traceback that killed the process. Headlines and next steps must come from that last
+traceback (or, without one, the last line that says error), never from any match anywhere
+in the tail, or a warning every boot prints gets blamed for every crash.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_TRACEBACK = "Traceback (most recent call last):"
+# "ValueError: boom", "torch.OutOfMemoryError: CUDA out of memory", "KeyboardInterrupt"
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*$")
+_ERROR = re.compile(
+    r"\b(?:error|fatal|critical|exception|panic|fail(?:ed|ure)?|cannot|aborted)\b", re.I
+)
+MAX_BURST = 20  # lines of one error burst kept as its evidence
+_NOT_ERROR = re.compile(r"\bwarn(?:ing)?\b|\b(?:0|no) errors?\b", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    """The last error in a tail: its one-line headline and the lines that belong to it."""
+
+    line: str
+    block: tuple[str, ...]
+
+
+def last_error(lines: Sequence[str]) -> LastError | None:
+    """The last traceback's exception line (with the traceback), else the last error line."""
+    start = None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].strip() == _TRACEBACK or lines[i].rstrip().endswith(_TRACEBACK):
+            start = i
+            break
+    if start is not None:
+        end = start + 1
+        while end < len(lines) and (lines[end][:1].isspace() or not lines[end].strip()):
+            end += 1
+        if end < len(lines):
+            return LastError(lines[end].strip(), tuple(lines[start : end + 1]))
+        # A traceback cut off by the tail's end: its last frame line is all there is.
+        return LastError(lines[-1].strip(), tuple(lines[start:]))
+    # No traceback: the last burst of consecutive error lines, headed by its exception.
+    last = None
+    for i in range(len(lines) - 1, -1, -1):
+        if _is_error(lines[i]):
+            last = i
+            break
+    if last is None:
+        return None
+    begin = last
+    while begin > 0 and last - begin < MAX_BURST - 1 and _is_error(lines[begin - 1]):
+        begin -= 1
+    block = tuple(lines[begin : last + 1])
+    named = [b.strip() for b in block if _EXCEPTION.match(b.strip())]
+    return LastError(named[-1] if named else block[-1].strip(), block)
+
+
+def _is_error(line: str) -> bool:
+    text = line.strip()
+    if not text or _NOT_ERROR.search(text):
+        return False
+    return bool(_EXCEPTION.match(text) or _ERROR.search(text))

@@ -1,0 +1,209 @@
+"""The plain-http probe path: keep-alive, fresh connections after failures, framing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from guardian.checks.http import HttpCheckConfig, create
+from guardian.checks.httpwire import WireClient, WireError
+from guardian.result import Status
+
+BODY = b'{"status": "healthy"}'
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        raise ConnectionError("client closed") from None
+
+
+def answer(body: bytes = BODY, extra: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+def check(url: str, ctx: Any, closer: Any, **fields: Any) -> Any:
+    return closer(create(HttpCheckConfig(url=url, **{"timeout": 2, **fields}), ctx))
+
+
+async def test_keep_alive_reuses_one_connection(raw_server: Any, ctx: Any, closer: Any) -> None:
+    requests: list[bytes] = []
+
+    async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            requests.append(await read_request(reader))
+            writer.write(answer())
+            await writer.drain()
+
+    async with raw_server(keep) as srv:
+        c = check(srv.url + "/health?x=1", ctx, closer, headers={"X-Probe": "1"})
+        for _ in range(5):
+            out = await c.run()
+            assert out.status is Status.OK, out.reason
+        assert srv.connections == 1
+    first = requests[0].decode()
+    assert first.startswith("GET /health?x=1 HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{srv.port}\r\n" in first and "X-Probe: 1\r\n" in first
+
+
+async def test_a_failure_makes_the_next_run_connect_afresh(
+    raw_server: Any, ctx: Any, closer: Any
+) -> None:
+    boom = b"HTTP/1.1 500 Boom\r\nContent-Length: 0\r\n\r\n"
+    replies = iter([answer(), boom, b"garbage\r\n\r\n"])
+
+    async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(next(replies, answer()))
+            await writer.drain()
+
+    async with raw_server(flaky) as srv:
+        c = check(srv.url + "/", ctx, closer)
+        assert (await c.run()).status is Status.OK
+        out = await c.run()
+        # An HTTP 500 is a complete, well-framed answer: the connection may stay.
+        assert (out.status, out.reason) == (Status.FAILED, "HTTP 500")
+        out = await c.run()
+        assert out.status is Status.FAILED and out.reason.startswith("invalid HTTP response")
+        assert (await c.run()).status is Status.OK
+        assert srv.connections == 2  # a new one only after the broken exchange
+
+
+async def test_server_idle_timeout_is_noticed_before_reuse(
+    raw_server: Any, ctx: Any, closer: Any
+) -> None:
+    async def one_shot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer())  # says nothing about closing, then closes (idle timeout)
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(one_shot) as srv:
+        c = check(srv.url + "/", ctx, closer)
+        for _ in range(3):
+            out = await c.run()
+            assert out.status is Status.OK, out.reason
+            await asyncio.sleep(0.05)
+        assert srv.connections == 3
+
+
+async def test_connection_dropped_before_any_answer_is_retried_once(
+    raw_server: Any, ctx: Any, closer: Any
+) -> None:
+    """The race with a keep-alive timeout: request sent, server closes without a byte."""
+    served = 0
+
+    async def racy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await read_request(reader)
+        served += 1
+        writer.write(answer())
+        await writer.drain()
+        await read_request(reader)  # the reuse: dropped unanswered
+        writer.transport.abort()
+
+    async with raw_server(racy) as srv:
+        c = check(srv.url + "/", ctx, closer)
+        assert (await c.run()).status is Status.OK
+        await asyncio.sleep(0.01)
+        out = await c.run()
+        assert out.status is Status.OK, out.reason
+        assert served == 2 and srv.connections == 2
+
+
+async def test_a_broken_answer_is_a_failure_not_retried(
+    raw_server: Any, ctx: Any, closer: Any
+) -> None:
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer())
+        await writer.drain()
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(half) as srv:
+        c = check(srv.url + "/", ctx, closer)
+        assert (await c.run()).status is Status.OK
+        out = await c.run()
+        assert out.status is Status.FAILED
+        assert out.reason.startswith("invalid HTTP response: peer closed connection"), out.reason
+        assert srv.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "connections"),
+    [
+        # chunked, kept alive
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"b\r\n{\"status\": \r\na\r\n\"healthy\"}\r\n0\r\n\r\n", 1),
+        # Connection: close honoured
+        (answer(extra="Connection: close\r\n"), 3),
+        # HTTP/1.0 without a length: the body ends with the connection
+        (b"HTTP/1.0 200 OK\r\n\r\n" + BODY, 3),
+    ],
+    ids=["chunked", "connection-close", "close-delimited"],
+)
+async def test_framing(
+    raw_server: Any, ctx: Any, closer: Any, reply: bytes, connections: int
+) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_request(reader)
+            writer.write(reply)
+            await writer.drain()
+            if b"Connection: close" in reply or reply.startswith(b"HTTP/1.0"):
+                writer.close()
+                return
+            assert head
+
+    async with raw_server(serve) as srv:
+        c = check(srv.url + "/", ctx, closer)
+        for _ in range(3):
+            out = await c.run()
+            assert out.status is Status.OK, out.reason
+            assert out.values["body_bytes"] == len(BODY)
+            await asyncio.sleep(0.02)
+        assert srv.connections == connections
+
+
+async def test_head_does_not_wait_for_a_body(raw_server: Any, ctx: Any, closer: Any) -> None:
+    async def head_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")
+            await writer.drain()
+
+    async with raw_server(head_ok) as srv:
+        c = check(srv.url + "/", ctx, closer, method="HEAD")
+        assert (await c.run()).status is Status.OK
+        assert (await c.run()).status is Status.OK
+
+
+def test_header_injection_is_refused() -> None:
+    with pytest.raises(WireError, match="line break"):
+        WireClient({"X-Evil": "a\r\nHost: elsewhere"})
+
+
+async def test_request_target_with_line_break_is_refused() -> None:
+    client = WireClient()
+    with pytest.raises(WireError, match="line break"):
+        await client.request(
+            "GET", "127.0.0.1", 9, "/\r\nX: y", limit=10, connect_timeout=0.5
+        )
+    await client.aclose()
+
+
+def test_config_refuses_multi_line_headers() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="line break"):
+        HttpCheckConfig(url="http://127.0.0.1/", headers={"X": "a\nb"})
