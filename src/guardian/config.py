@@ -339,12 +339,29 @@ class RecoveryConfig(_Section):
     depends_on: list[str] = Field(default_factory=list, description="start after these targets")
 
 
+class RemediationConfig(_Section):
+    """The ladder of gentle actions before a restart, for a ComfyUI target's conditions."""
+
+    enabled: bool = Field(True, description="run the ladder for stuck/memory conditions")
+    interrupt_wait: float = Field(
+        10.0, gt=0, description="after POST /interrupt, seconds before re-reading /queue"
+    )
+    free_wait: float = Field(
+        5.0, gt=0, description="after POST /free, seconds before re-reading /system_stats"
+    )
+    pending_wait: float = Field(
+        10.0, gt=0, description="stuck_pending: seconds to wait for the queue to move"
+    )
+    restart: bool = Field(True, description="ask for a restart when the gentle rungs fail")
+
+
 class TargetConfig(_Section):
     name: str = Field(pattern=TARGET_NAME_RE)
     description: str = ""
     critical: bool = Field(True, description="a failure makes the stack unhealthy, not degraded")
     service: ServiceConfig | None = None
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    remediation: RemediationConfig = Field(default_factory=RemediationConfig)
     checks: list[CheckConfig] = Field(default_factory=list)
 
 

@@ -30,6 +30,7 @@ from guardian.incidents import Incidents, start_incidents
 from guardian.incidents.store import INCIDENTS, Incident, Store, StoreError
 from guardian.overload import LoopLagMonitor
 from guardian.recovery import RecoveryManager
+from guardian.remediation import Remediation
 from guardian.result import CheckResult
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend
@@ -84,6 +85,7 @@ class Guardian:
         self.db: Database | None = None
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
+        self.remediation: Remediation | None = None
         self._incidents: Incidents | None = None
         self.api: ApiServer | None = None
         self._app: FastAPI | None = None
@@ -188,6 +190,9 @@ class Guardian:
             dry_run=self.config.guardian.dry_run,
             store=self.breakers,
         )
+        self.remediation = Remediation(
+            self.config, self.bus, self.clock, self.recovery, dry_run=self.config.guardian.dry_run
+        )
         for target in self.config.targets:
             if "grace_period" in target.recovery.model_fields_set:
                 log.warning(
@@ -259,6 +264,8 @@ class Guardian:
             self._bridge.close()
         await self.engine.stop(grace=grace)
         await self.engine.aclose()
+        if self.remediation is not None:
+            await self.remediation.aclose()
         await self.overload.stop()
         if self.recovery is not None:
             await self.recovery.aclose()

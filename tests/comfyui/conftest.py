@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from guardian.demo.comfyui_sim import ComfyUISim
-from guardian.demo.simhttp import Reply, Request, SimApp
+from guardian.demo.simhttp import Reply, Request, SimApp, json_reply
 
 
 class Scripted(SimApp):
@@ -20,7 +20,10 @@ class Scripted(SimApp):
 
     def __init__(self) -> None:
         super().__init__()
-        self.replies: dict[tuple[str, str], Reply] = {}
+        # An idle queue unless a test scripts another: the canary reads it first.
+        self.replies: dict[tuple[str, str], Reply] = {
+            ("GET", "/queue"): json_reply({"queue_running": [], "queue_pending": []}),
+        }
 
     def route(self, request: Request) -> Reply | None:
         return self.replies.get((request.method, request.path))

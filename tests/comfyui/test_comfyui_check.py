@@ -70,8 +70,11 @@ async def test_vram_leak_degrades(comfy: ComfyUISim, make: Make) -> None:
     second = await check.run()
     assert second.status is Status.DEGRADED
     assert second.reason == (
-        "low VRAM on cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync: 21228 MB free < 22000 MB"
+        "memory pressure while idle: VRAM on cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync: "
+        "21228 MB free < 22000 MB"
     )
+    assert second.values["condition"] == "memory_pressure"
+    assert second.values["memory_critical"] is False
 
 
 async def test_cpu_device_never_counts_as_low_vram() -> None:
@@ -101,7 +104,10 @@ async def test_stuck_running_detected_after_the_limit(
     await clock.advance(2)
     out = await check.run()
     assert out.status is Status.FAILED
-    assert out.reason == f"queue stuck: prompt {prompt_id} running for 901s"
+    assert out.reason.startswith(
+        f"queue stuck: prompt {prompt_id} running for 901 s with no progress over 120 s (CPU +"
+    )
+    assert out.values["condition"] == "stuck_running"
     assert out.values["queue_running"] == 1
 
 

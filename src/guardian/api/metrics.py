@@ -19,6 +19,10 @@ Encodings (numeric, so they graph and alert with plain comparisons):
   :data:`~guardian.api.readings.REASON_CLASSES`); no sample while ok.
 * ``guardian_check_failures_total{target,check,reason_class}`` counts failed results.
 * ``guardian_restarts_total{target,outcome}``: outcome succeeded, failed or dry_run.
+* ``guardian_remediations_total{target,action,outcome}``: remediation ladder runs by their
+  last rung (interrupt, free, none) and outcome (succeeded, failed).
+* ``guardian_comfyui_busy{target}`` 1 while a prompt runs; ``guardian_comfyui_running_seconds``
+  how long the running prompt has been seen running.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ METRIC_FAMILIES: Final = (
     "guardian_comfyui_queue_pending",
     "guardian_comfyui_vram_free_bytes",
     "guardian_comfyui_vram_total_bytes",
+    "guardian_comfyui_busy",
+    "guardian_comfyui_running_seconds",
     "guardian_breaker_open",
     "guardian_restart_attempts",
     "guardian_incidents_open",
@@ -86,8 +92,13 @@ METRIC_FAMILIES: Final = (
     "guardian_check_duration_seconds",
     "guardian_check_failures",
     "guardian_restarts",
+    "guardian_remediations",
     "guardian_incidents",
 )
+REMEDIATION_OUTCOMES: Final = {
+    RecoveryKind.REMEDIATION_SUCCEEDED: "succeeded",
+    RecoveryKind.REMEDIATION_FAILED: "failed",
+}
 
 
 def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
@@ -217,6 +228,10 @@ class StateCollector(Collector):
         pending = _gauge("guardian_comfyui_queue_pending", "Prompts waiting", ["target"])
         free = _gauge("guardian_comfyui_vram_free_bytes", "Free VRAM", ["target", "device"])
         total = _gauge("guardian_comfyui_vram_total_bytes", "VRAM size", ["target", "device"])
+        busy = _gauge("guardian_comfyui_busy", "1 while ComfyUI runs a prompt", ["target"])
+        age = _gauge(
+            "guardian_comfyui_running_seconds", "How long the running prompt has run", ["target"]
+        )
         seen: set[str] = set()
         for r in results:
             if r.kind != "comfyui" or r.target in seen:
@@ -224,6 +239,10 @@ class StateCollector(Collector):
             seen.add(r.target)
             v = r.values
             online.add_metric([r.target], 1 if v.get("online") is True else 0)
+            if isinstance(v.get("busy"), bool):
+                busy.add_metric([r.target], 1 if v.get("busy") else 0)
+                seconds = readings.number(v.get("running_for_s"))
+                age.add_metric([r.target], seconds or 0.0)
             for family, key in ((running, "queue_running"), (pending, "queue_pending")):
                 n = readings.number(v.get(key))
                 if n is not None:
@@ -231,7 +250,7 @@ class StateCollector(Collector):
             for family, key in ((free, "vram_free_mb"), (total, "vram_total_mb")):
                 for device, mb in readings.indexed(v, key).items():
                     family.add_metric([r.target, device], mb * readings.MIB)
-        yield from (online, running, pending, free, total)
+        yield from (online, running, pending, free, total, busy, age)
 
     def _overload(self) -> Iterable[Metric]:
         """Guardian's own lateness: loop lag, overload flag, check start lateness."""
@@ -310,6 +329,12 @@ class Metrics:
             ["target", "outcome"],
             registry=self.registry,
         )
+        self.remediations = Counter(
+            "guardian_remediations",
+            "Remediation ladder runs by last rung and outcome",
+            ["target", "action", "outcome"],
+            registry=self.registry,
+        )
         self.incidents = Counter(
             "guardian_incidents", "Incident transitions", ["transition"], registry=self.registry
         )
@@ -342,6 +367,10 @@ class Metrics:
             outcome = RESTART_OUTCOMES.get(event.kind)
             if outcome is not None:
                 self.restarts.labels(event.target, outcome).inc()
+            done = REMEDIATION_OUTCOMES.get(event.kind)
+            if done is not None:
+                action = str(event.values.get("action") or "none")
+                self.remediations.labels(event.target, action, done).inc()
         elif isinstance(event, IncidentEvent):
             self.incidents.labels(str(event.transition)).inc()
 

@@ -55,6 +55,9 @@ class ComfyUIQueue(BaseModel):
 class ComfyUIHealth(BaseModel):
     target: str
     online: bool
+    busy: bool = Field(False, description="a prompt is running (a state, not a failure)")
+    running_prompt_id: str | None = None
+    running_for_s: float | None = Field(None, description="age of the running prompt")
     status: TargetStatus
     reason: str
     version: str | None = None
@@ -291,6 +294,10 @@ def _int(value: Value | None) -> int | None:
     return int(n) if n is not None else None
 
 
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _comfyui(r: CheckResult) -> ComfyUIHealth:
     v = r.values
     free, total = readings.indexed(v, "vram_free_mb"), readings.indexed(v, "vram_total_mb")
@@ -300,6 +307,9 @@ def _comfyui(r: CheckResult) -> ComfyUIHealth:
     return ComfyUIHealth(
         target=r.target,
         online=v.get("online") is True,
+        busy=v.get("busy") is True,
+        running_prompt_id=_str(v.get("running_prompt_id")),
+        running_for_s=readings.number(v.get("running_for_s")),
         status=r.status.value,
         reason=r.reason,
         version=version if isinstance(version, str) else None,

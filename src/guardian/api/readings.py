@@ -13,6 +13,8 @@ comfyui  ``online`` (bool)                      ``guardian_comfyui_online``, hea
 comfyui  ``queue_running``, ``queue_pending``   ``guardian_comfyui_queue_{running,pending}``
 comfyui  ``vram_free_mb.<i>``,                  ``guardian_comfyui_vram_{free,total}_bytes``
          ``vram_total_mb.<i>``                  (``device`` label = ``<i>``)
+comfyui  ``busy`` (bool), ``running_for_s``,     ``guardian_comfyui_{busy,running_seconds}``,
+         ``running_prompt_id`` (str)            health ``comfyui.busy``/``running_*``
 comfyui  ``device_name.<i>``,                   health (``cuda`` is true when any device
          ``device_type.<i>``                    type is ``cuda``), ``comfyui_version``
 disk     ``free_gb.<path>``,                    ``guardian_disk_{free,total}_bytes{path}``

@@ -14,13 +14,16 @@ import contextlib
 import json
 import random
 import uuid
+from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field
 
 from guardian.checks.base import Check, CheckConfigBase, CheckContext
 from guardian.checks.bodyread import BodyTooLarge, read_capped
+from guardian.checks.progress import ProgressProbe, ProgressSample, judge
 from guardian.result import Outcome, Value
 
 DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
@@ -31,18 +34,42 @@ MAX_MESSAGE = 240  # of an exception message in a reason; values keep more
 
 
 class ComfyUICheckConfig(CheckConfigBase):
-    """``/system_stats`` + ``/queue``: online, versions, VRAM, hung-queue detection."""
+    """``/system_stats`` + ``/queue``: online, versions, busy, stuck jobs, memory pressure."""
 
     kind: Literal["comfyui"] = "comfyui"
     url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
     vram_free_min_mb: float | None = Field(
-        1024, ge=0, le=1e9, description="degraded when any GPU's free VRAM is below this"
+        1024, ge=0, le=1e9, description="idle with less free VRAM on any GPU: memory pressure"
+    )
+    vram_critical_mb: float | None = Field(
+        256, ge=0, le=1e9, description="less free VRAM than this: memory critical, even busy"
+    )
+    ram_free_min_mb: float | None = Field(
+        None, ge=0, le=1e9, description="idle with less free RAM: memory pressure"
+    )
+    ram_critical_mb: float | None = Field(
+        None, ge=0, le=1e9, description="less free RAM than this: memory critical, even busy"
+    )
+    leak_trend_runs: int = Field(
+        5, ge=2, le=1000, description="idle free VRAM falling on this many runs in a row: a leak"
+    )
+    leak_trend_mb: float = Field(
+        2048, gt=0, le=1e9, description="... and by at least this much in total"
     )
     stuck_running_after: float = Field(
-        900,
-        gt=0,
-        le=7 * 86_400,
-        description="same prompt running this long without progress: queue stuck"
+        900, gt=0, le=7 * 86_400, description="a prompt running this long is judged for progress"
+    )
+    progress_window: float = Field(
+        120, gt=0, le=86_400, description="stuck: no progress signal moved over this many seconds"
+    )
+    progress_cpu_min: float = Field(
+        2.0, ge=0, le=1e6, description="CPU seconds per window the process tree must spend"
+    )
+    progress_gpu_min: float = Field(
+        5.0, ge=0, le=100, description="GPU utilisation % of its processes that counts"
+    )
+    log_file: Path | None = Field(
+        None, description="ComfyUI's own log to watch for new output (default: the service's)"
     )
     stuck_pending_after: float = Field(
         300,
@@ -61,6 +88,11 @@ class ComfyUICanaryConfig(CheckConfigBase):
     interval: float = Field(600.0, gt=0, le=86_400)
     timeout: float = Field(60.0, gt=0, le=3600)
     poll_interval: float = Field(0.5, gt=0, le=60)
+    # A canary that times out on a slow-but-working box must not get working ComfyUI
+    # killed: by default its failures are evidence (incident, report), not a restart cause.
+    liveness: bool = Field(
+        False, description="failures count towards restarting (off: evidence only)"
+    )
     width: int = Field(64, ge=8, le=4096)
     height: int = Field(64, ge=8, le=4096)
 
@@ -236,23 +268,65 @@ def parse_queue(data: Any) -> tuple[list[QueueItem], list[QueueItem]]:
 # ---------------------------------------------------------------------- comfyui
 
 
-class ComfyUICheck:
-    """``/system_stats`` + ``/queue``, remembering the queue between runs.
+class RunningTracker:
+    """How long the running prompt has been running, as far as Guardian has seen it.
 
-    ComfyUI executes one prompt at a time, so "progress" is the running prompt changing:
-    the same ``(number, prompt_id)`` seen running for ``stuck_running_after`` means the
-    executor is wedged (a restart renumbers from 0, which counts as a change). Pending
-    prompts with nothing running for ``stuck_pending_after`` means the worker died.
+    ComfyUI executes one prompt at a time; the same ``(number, prompt_id)`` seen again is
+    the same job (a restart renumbers from 0, which counts as a new one). The age counts
+    from the first sighting, so after Guardian's own start it is a lower bound.
     """
 
-    def __init__(self, cfg: ComfyUICheckConfig, ctx: CheckContext) -> None:
+    def __init__(self) -> None:
+        self.current: QueueItem | None = None
+        self.since = 0.0
+
+    def see(self, running: list[QueueItem], now: float) -> float:
+        """Update; seconds the running prompt has been seen running (0 when idle)."""
+        if not running:
+            self.current = None
+            return 0.0
+        if running[0] != self.current:
+            self.current, self.since = running[0], now
+        return now - self.since
+
+
+def busy_reason(prompt_id: str, running_for: float) -> str:
+    return f"busy: prompt {prompt_id} running for {running_for:.0f} s"
+
+
+def _port(url: str) -> int | None:
+    parts = urlsplit(url)
+    try:
+        return parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+
+
+class ComfyUICheck:
+    """``/system_stats`` + ``/queue`` + progress signals, remembering them between runs.
+
+    Busy is a state: a prompt running is OK. It is *stuck* (FAILED, ``condition =
+    stuck_running``) only after ``stuck_running_after`` and with no progress signal moving
+    over ``progress_window`` (see :mod:`guardian.checks.progress`). Pending prompts with
+    nothing running for ``stuck_pending_after`` is ``stuck_pending``. Low memory while idle,
+    or a leak trend, or critical memory at any time is DEGRADED ``memory_pressure``. The
+    conditions are handled by the remediation ladder, gentlest action first.
+    """
+
+    def __init__(
+        self, cfg: ComfyUICheckConfig, ctx: CheckContext, probe: ProgressProbe | None = None
+    ) -> None:
         self.config: CheckConfigBase = cfg
         self.cfg = cfg
         self.ctx = ctx
         self.api = _Api(cfg.url, cfg.timeout, cfg.max_body_bytes)
-        self._running: QueueItem | None = None
-        self._running_since = 0.0
+        self.probe = probe or ProgressProbe(ctx, _port(cfg.url), cfg.log_file)
+        self.tracker = RunningTracker()
+        self._samples: list[ProgressSample] = []
+        self._samples_for: QueueItem | None = None
         self._idle_since: float | None = None  # pending > 0, nothing running, since
+        self._idle_vram: list[float] = []  # free VRAM on consecutive idle runs
+        self._last_history: str | None = None
 
     async def run(self) -> Outcome:
         try:
@@ -262,11 +336,29 @@ class ComfyUICheck:
             running, pending = parse_queue(await self.api.get_json("/queue"))
         except ComfyUIError as exc:
             return Outcome.failed(str(exc), online=False)
+        now = self.ctx.clock.monotonic()
+        running_for = self.tracker.see(running, now)
         values["queue_running"] = len(running)
         values["queue_pending"] = len(pending)
-        stuck = self._track_queue(running, pending, values)
-        if stuck:
-            return Outcome.failed(stuck, **values)
+        values["busy"] = bool(running)
+        values["running_prompt_id"] = running[0][1] if running else None
+        values["running_for_s"] = round(running_for, 1)
+        history = await self._history_sig()
+        memory = self._memory(values, idle=not running and not pending, history=history)
+        if running:
+            self._idle_since = None
+            return await self._judge_running(running[0][1], running_for, values, history,
+                                             memory, problems)
+        self._samples.clear()
+        self._samples_for = None
+        if pending:
+            stuck = self._track_pending(len(pending), now, values)
+            if stuck:
+                return Outcome.failed(stuck, condition="stuck_pending", **values)
+        else:
+            self._idle_since = None
+        if memory is not None:
+            return Outcome.degraded(memory, condition="memory_pressure", **values)
         if problems:
             return Outcome.degraded("; ".join(problems), **values)
         version = values["comfyui_version"] or "(unknown version)"
@@ -274,34 +366,110 @@ class ComfyUICheck:
             f"ComfyUI {version}: {len(running)} running, {len(pending)} pending", **values
         )
 
-    def _track_queue(
-        self, running: list[QueueItem], pending: list[QueueItem], values: dict[str, Value]
-    ) -> str | None:
-        """Update the queue memory; the 'queue stuck' reason when a limit is crossed."""
-        now = self.ctx.clock.monotonic()
-        if running:
-            self._idle_since = None
-            current = running[0]
-            if current != self._running:
-                self._running, self._running_since = current, now
-            elapsed = now - self._running_since
-            values["running_for_s"] = round(elapsed, 1)
-            if elapsed >= self.cfg.stuck_running_after:
-                return f"queue stuck: prompt {current[1]} running for {elapsed:.0f}s"
+    async def _judge_running(
+        self, prompt_id: str, running_for: float, values: dict[str, Value],
+        history: str | None, memory: str | None, problems: list[str],
+    ) -> Outcome:
+        if self._samples_for != self.tracker.current:
+            self._samples.clear()  # a new prompt: its evidence starts now
+            self._samples_for = self.tracker.current
+        self._samples.append(await self.probe.sample(history))
+        cutoff = self._samples[-1].at - self.cfg.progress_window
+        older = [i for i, sample in enumerate(self._samples) if sample.at <= cutoff]
+        if older:  # keep the newest sample a window old (the baseline) and all after it
+            self._samples = self._samples[older[-1]:]
+        progress = judge(self._samples, self.cfg.progress_window, self.cfg.progress_cpu_min,
+                         self.cfg.progress_gpu_min)
+        if progress is not None:
+            values.update(progress.values)
+        busy = busy_reason(prompt_id, running_for)
+        if running_for >= self.cfg.stuck_running_after and progress is not None:
+            if progress.moved is False:
+                return Outcome.failed(
+                    f"queue stuck: prompt {prompt_id} running for {running_for:.0f} s with "
+                    f"no progress over {self.cfg.progress_window:g} s ({progress.evidence})",
+                    condition="stuck_running", **values,
+                )
+            if progress.moved is None:
+                return Outcome.degraded(
+                    f"{busy}; progress cannot be judged ({progress.evidence}: no process, "
+                    "GPU or log signal visible)", **values,
+                )
+        if memory is not None:  # only critical memory is a condition while busy
+            return Outcome.degraded(f"{busy}; {memory}", condition="memory_pressure", **values)
+        if problems:
+            busy = f"{busy} ({'; '.join(problems)})"
+        return Outcome.ok(busy, **values)
+
+    async def _history_sig(self) -> str | None:
+        """The newest history entry's id: it changes whenever a prompt finishes."""
+        try:
+            data = await self.api.get_json("/history?max_items=1")
+        except ComfyUIError:
             return None
-        self._running = None
-        if not pending:
-            self._idle_since = None
+        if not isinstance(data, dict):
             return None
+        return next(reversed(data), "") if data else ""
+
+    def _memory(self, values: dict[str, Value], *, idle: bool, history: str | None) -> str | None:
+        """The memory-pressure reason, if any; sets ``memory_critical``. While busy only
+        critical memory counts: a running job is expected to use its GPU."""
+        cfg = self.cfg
+        gpus = [i for i in range(int(values.get("devices") or 0))
+                if values.get(f"device_type.{i}") != "cpu"]
+        free = {i: float(values[f"vram_free_mb.{i}"] or 0.0) for i in gpus}
+        ram_free = values.get("ram_free_mb")
+        low: list[str] = []
+        critical: list[str] = []
+        for i, mb in free.items():
+            name = values.get(f"device_name.{i}")
+            if cfg.vram_critical_mb is not None and mb < cfg.vram_critical_mb:
+                critical.append(f"VRAM on {name}: {mb:.0f} MB free < {cfg.vram_critical_mb:g} MB")
+            elif cfg.vram_free_min_mb is not None and mb < cfg.vram_free_min_mb:
+                low.append(f"VRAM on {name}: {mb:.0f} MB free < {cfg.vram_free_min_mb:g} MB")
+        if isinstance(ram_free, float):
+            if cfg.ram_critical_mb is not None and ram_free < cfg.ram_critical_mb:
+                critical.append(f"RAM: {ram_free:.0f} MB free < {cfg.ram_critical_mb:g} MB")
+            elif cfg.ram_free_min_mb is not None and ram_free < cfg.ram_free_min_mb:
+                low.append(f"RAM: {ram_free:.0f} MB free < {cfg.ram_free_min_mb:g} MB")
+        leak = self._leak_trend(sum(free.values()) if free else None, idle, history)
+        if leak:
+            low.append(leak)
+        values["memory_critical"] = bool(critical)
+        if critical:
+            return "memory critical: " + "; ".join(critical + low)
+        if idle and low:
+            return "memory pressure while idle: " + "; ".join(low)
+        return None
+
+    def _leak_trend(self, vram_free: float | None, idle: bool, history: str | None) -> str | None:
+        """Idle free VRAM falling run after run with no prompt finishing in between."""
+        if vram_free is None or not idle or history != self._last_history:
+            self._idle_vram.clear()
+        self._last_history = history
+        if vram_free is None or not idle:
+            return None
+        if self._idle_vram and vram_free >= self._idle_vram[-1]:
+            self._idle_vram.clear()
+        self._idle_vram.append(vram_free)
+        runs = self.cfg.leak_trend_runs
+        self._idle_vram = self._idle_vram[-runs:]
+        drop = self._idle_vram[0] - vram_free
+        if len(self._idle_vram) >= runs and drop >= self.cfg.leak_trend_mb:
+            return f"VRAM leak: free VRAM fell {drop:.0f} MB over {runs} idle runs"
+        return None
+
+    def _track_pending(self, pending: int, now: float, values: dict[str, Value]) -> str | None:
         if self._idle_since is None:
             self._idle_since = now
         idle = now - self._idle_since
         values["idle_with_pending_s"] = round(idle, 1)
         if idle >= self.cfg.stuck_pending_after:
-            return f"queue stuck: {len(pending)} pending, nothing running for {idle:.0f}s"
+            return f"queue stuck: {pending} pending, nothing running for {idle:.0f}s"
         return None
 
     async def aclose(self) -> None:
+        self.probe.close()
         await self.api.aclose()
 
 
@@ -338,6 +506,7 @@ class ComfyUICanaryCheck:
         self._rng = rng or random.Random()
         self._last_color: int | None = None
         self._unfinished: str | None = None
+        self.tracker = RunningTracker()
 
     async def run(self) -> Outcome:
         try:
@@ -354,6 +523,9 @@ class ComfyUICanaryCheck:
 
     async def _run(self) -> Outcome:
         await self._drop_unfinished()
+        busy = await self._busy(None)
+        if busy is not None:
+            return busy
         clock = self.ctx.clock
         started = clock.monotonic()
         prompt_id = await self._submit()
@@ -364,9 +536,32 @@ class ComfyUICanaryCheck:
             delay *= 2
             entry = await self._history(prompt_id)
             if entry is None:
+                busy = await self._busy(prompt_id)
+                if busy is not None:  # a job came in first: ours waits behind it
+                    await self._drop_unfinished()
+                    return busy
                 continue
             self._unfinished = None
             return judge_canary(entry, prompt_id, clock.monotonic() - started)
+
+    async def _busy(self, own: str | None) -> Outcome | None:
+        """SKIPPED when the queue holds a job that is not this canary: the canary would only
+        wait behind it, and its timeout would say nothing about ComfyUI's health."""
+        running, pending = parse_queue(await self.api.get_json("/queue"))
+        running_for = self.tracker.see(running, self.ctx.clock.monotonic())
+        foreign = [item for item in running if item[1] != own]
+        if foreign:
+            prompt_id = foreign[0][1]
+            return Outcome.skipped(
+                busy_reason(prompt_id, running_for), busy=True, running_prompt_id=prompt_id,
+                running_for_s=round(running_for, 1),
+            )
+        if own is None and pending:
+            return Outcome.skipped(
+                f"busy: {len(pending)} prompts pending", busy=True, running_prompt_id=None,
+                running_for_s=0.0,
+            )
+        return None
 
     async def _submit(self) -> str:
         body = {

@@ -42,7 +42,7 @@ from guardian.demo.simhttp import (
 
 FAULT_MODES = COMMON_FAULTS | {
     "vram_leak",  # vram_free drops by leak_mb per /system_stats call
-    "stuck_running",  # the running prompt never finishes (ignores /interrupt)
+    "stuck_running",  # the running prompt sleeps until the fault clears (ignores /interrupt)
     "pending_idle",  # prompts stay pending, nothing runs
     "canary_fail",  # every execution ends in an execution_error
     "oom",  # every execution ends in a CUDA out-of-memory execution_error
@@ -71,7 +71,7 @@ def _int_input(default: int, lo: int, hi: int, **extra: Any) -> list[Any]:
 
 def _node_info(
     name: str, display: str, required: dict[str, Any], output: list[str], *,
-    description: str, hidden: bool,
+    description: str, hidden: bool, module: str = "nodes", category: str = "image",
 ) -> dict[str, Any]:
     inputs: dict[str, Any] = {"required": required}
     order: dict[str, list[str]] = {"required": list(required)}
@@ -87,8 +87,8 @@ def _node_info(
         "name": name,
         "display_name": display,
         "description": description,
-        "python_module": "nodes",
-        "category": "image",
+        "python_module": module,
+        "category": category,
         "output_node": not output,
     }
 
@@ -123,6 +123,31 @@ NODE_INFO: dict[str, dict[str, Any]] = {
         [], description=_SAVES, hidden=True,
     ),
 }
+
+# Job nodes for jobs Guardian did not submit, as a custom node pack would add them: one
+# computes (burns CPU, polls the interrupt flag like ComfyUI's samplers do), one sits in a
+# plain sleep (ignores /interrupt until it returns, like the capture's GuardianSleep node).
+BUSY_NODE, SLEEP_NODE = "GuardianBusy", "GuardianSleep"
+_SECONDS = ["FLOAT", {"default": 1.0, "min": 0.0, "max": 86400.0, "step": 0.1}]
+for _name, _what in ((BUSY_NODE, "Burns CPU for `seconds`, stopping on interrupt."),
+                     (SLEEP_NODE, "Sleeps for `seconds`, deaf to interrupts.")):
+    NODE_INFO[_name] = _node_info(
+        _name, _name, {"images": ["IMAGE"], "seconds": _SECONDS}, ["IMAGE"],
+        description=_what, hidden=False, module="custom_nodes.guardian_sim",
+        category="guardian",
+    )
+WORK_NODES = frozenset({BUSY_NODE, SLEEP_NODE})
+
+
+def job_prompt(kind: str, seconds: float) -> dict[str, Any]:
+    """A model-free job graph: EmptyImage -> GuardianBusy/GuardianSleep -> PreviewImage."""
+    node = {"busy": BUSY_NODE, "sleep": SLEEP_NODE}[kind]
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "3": {"class_type": node, "inputs": {"images": ["1", 0], "seconds": float(seconds)}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
 
 # Tracebacks as the captures record them (source lines redacted).
 _EXEC_TRACEBACK = [
@@ -262,12 +287,14 @@ def _validate_inputs(
             if not _validate_inputs(prompt, value[0], validated)[0]:
                 valid = False
             continue
-        if input_type == "INT":
+        if input_type in ("INT", "FLOAT"):
+            convert = int if input_type == "INT" else float
             try:
-                number = int(value)
+                number = convert(value)
             except (TypeError, ValueError) as exc:
                 reasons.append(_reason(
-                    "invalid_input_type", "Failed to convert an input value to a INT value",
+                    "invalid_input_type",
+                    f"Failed to convert an input value to a {input_type} value",
                     f"{name}, {value}, {exc}",
                     {"input_name": name, "input_config": spec, "received_value": value},
                 ))
@@ -319,6 +346,9 @@ class ComfyUISim(SimApp):
         self._history: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._cache: dict[str, Any] = {}  # node signature -> its outputs (None: no outputs)
         self._leaked = 0
+        self._free_flags: dict[str, bool] = {}  # set by POST /free, applied by the worker
+        self.frees = 0  # times the worker applied a /free (tests read it)
+        self.interrupts = 0  # POST /interrupt requests received
         self._temp_prefix = "".join(random.choices(string.ascii_lowercase, k=5))
         self._counters: dict[str, int] = {}
         self._worker: threading.Thread | None = None
@@ -385,6 +415,8 @@ class ComfyUISim(SimApp):
             return json_reply(self.history_entry(path[len("/history/"):]))
         if post and path == "/interrupt":
             return self._post_interrupt(request)
+        if post and path == "/free":
+            return self._post_free(request)
         if get and path == "/object_info":
             return json_reply(NODE_INFO)
         if get and path.startswith("/object_info/"):
@@ -400,7 +432,7 @@ class ComfyUISim(SimApp):
             page = "<!DOCTYPE html><html><head><title>ComfyUI</title></head><body></body></html>"
             return Reply(200, page.encode(), "text/html; charset=utf-8")
         if path in ("/system_stats", "/object_info", "/features", "/embeddings", "/extensions",
-                    "/interrupt") or path.startswith("/history/"):
+                    "/interrupt", "/free") or path.startswith("/history/"):
             return text_reply("405: Method Not Allowed", 405)
         return None
 
@@ -505,10 +537,60 @@ class ComfyUISim(SimApp):
         data = parse_json_body(request.body) if request.body else {}
         wanted = data.get("prompt_id") if isinstance(data, dict) else None
         with self.cond:
+            self.interrupts += 1
             if self._running is not None and wanted in (None, self._running[1]):
                 self._interrupt = True
                 self.cond.notify_all()
         return Reply(200)
+
+    def _post_free(self, request: Request) -> Reply:
+        """ComfyUI only sets flags here; its worker applies them when it is next idle."""
+        data = parse_json_body(request.body) if request.body else {}
+        if not isinstance(data, dict):
+            return Reply(200)
+        with self.cond:
+            for flag in ("unload_models", "free_memory"):
+                if data.get(flag) is True:
+                    self._free_flags[flag] = True
+            self.cond.notify_all()
+        return Reply(200)
+
+    def _apply_free(self) -> None:
+        """What the worker does with the flags: models unloaded, caches (and a leak) freed."""
+        flags, self._free_flags = self._free_flags, {}
+        if flags:
+            self._leaked = 0
+            self._cache.clear()
+            self.frees += 1
+
+    def submit_job(self, kind: str, seconds: float) -> str:
+        """Queue a busy/sleep job as a foreign client would; its prompt_id."""
+        prompt = job_prompt(kind, seconds)
+        result = validate_prompt(prompt)
+        prompt_id = str(uuid.uuid4())
+        with self.cond:
+            number = self._number
+            self._number += 1
+            self._pending.append([number, prompt_id, prompt, {"client_id": "sim-job"},
+                                  result.outputs])
+            self.cond.notify_all()
+        self.log("got prompt")
+        return prompt_id
+
+    def control(self, request: Request) -> Reply | None:
+        """``POST /__sim/job {"kind": "busy"|"sleep", "seconds": N}`` queues a job."""
+        if request.path != "/__sim/job" or request.method != "POST":
+            return None
+        try:
+            data = json.loads(request.body or b"{}")
+            kind, seconds = data.get("kind"), data.get("seconds", 60)
+            if kind not in ("busy", "sleep"):
+                raise ValueError("kind must be 'busy' or 'sleep'")
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError("seconds must be a number >= 0")
+        except (ValueError, AttributeError) as exc:
+            return json_reply({"error": str(exc)}, 400)
+        return json_reply({"prompt_id": self.submit_job(kind, float(seconds))})
 
     def _post_prompt(self, request: Request) -> Reply:
         self.log("got prompt")
@@ -563,12 +645,15 @@ class ComfyUISim(SimApp):
     def _work(self) -> None:
         while True:
             with self.cond:
-                while not self.stopping and (
+                while not self.stopping and not self._free_flags and (
                     not self._pending or self.fault.mode == "pending_idle"
                 ):
                     self.cond.wait()
                 if self.stopping:
                     return
+                if self._free_flags:
+                    self._apply_free()
+                    continue
                 item = min(self._pending, key=lambda i: i[0])
                 self._pending.remove(item)
                 self._running = item
@@ -601,13 +686,27 @@ class ComfyUISim(SimApp):
             if fresh:
                 self.cond.wait_for(lambda: self.stopping or self._interrupt, self.exec_time)
         self.wait_while_fault("stuck_running")  # a node stuck in a sleep: no interrupt helps
+        failing = order[-1]
+        after_work = False
+        for node_id in fresh:
+            if (self._interrupt or self.stopping) and after_work:
+                failing = node_id  # ComfyUI notices the flag before the next node runs
+                break
+            node = prompt[node_id]
+            if node["class_type"] in WORK_NODES:
+                after_work = True
+                seconds = float(node.get("inputs", {}).get("seconds", 0.0))
+                if node["class_type"] == BUSY_NODE and self._burn(seconds):
+                    failing = node_id
+                    break
+                if node["class_type"] == SLEEP_NODE:
+                    self.pause(seconds)  # a plain sleep: only the process stopping ends it
         with self.cond:
             if self.stopping:
                 return None
             interrupted = self._interrupt
             mode = self.fault.mode
-        failing = order[-1]
-        executed = [n for n in fresh if n != failing]
+        executed = fresh[: fresh.index(failing)] if failing in fresh else list(fresh)
         if interrupted:
             messages.append(["execution_interrupted", {
                 "prompt_id": prompt_id, "node_id": failing,
@@ -650,6 +749,25 @@ class ComfyUISim(SimApp):
             entry = _entry(item, outputs, "success", messages, meta)
         self.log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
         return entry
+
+    def _burn(self, seconds: float) -> bool:
+        """Compute for ``seconds`` (process CPU time grows), printing tqdm-style progress
+        lines and polling the interrupt flag; True when interrupted."""
+        start = time.monotonic()
+        total = max(1, int(seconds))
+        step = 0
+        x = 0
+        while (elapsed := time.monotonic() - start) < seconds:
+            if self._interrupt or self.stopping:
+                return True
+            for i in range(20000):  # a few ms of pure-Python arithmetic between polls
+                x = (x * 31 + i) % 1000003
+            if int(elapsed) > step and step < total:
+                step = int(elapsed)
+                pct = min(100, 100 * step // total)
+                self.log(f"{pct:3d}%|{'#' * (pct // 10):<10}| {step}/{total} "
+                         f"[00:{step:02d}<00:{max(0, total - step):02d}, 1.00it/s]")
+        return False
 
     def _failure(self, prompt: dict[str, Any], node_id: str, mode: str) -> tuple[str, str] | None:
         """(exception_type, exception_message) when this execution fails."""

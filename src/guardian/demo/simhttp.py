@@ -318,9 +318,13 @@ class SimApp:
         """Answer one request; ``None`` for an unknown route (404)."""
         raise NotImplementedError
 
+    def control(self, request: Request) -> Reply | None:
+        """Hook: extra ``/__sim/...`` control routes; None for unknown ones (404)."""
+        return None
+
     def _control(self, request: Request) -> Reply:
         if request.path != CONTROL_PREFIX + "fault":
-            return not_found()
+            return self.control(request) or not_found()
         if request.method == "GET":
             return json_reply(self._fault.to_dict())
         if request.method != "POST":
