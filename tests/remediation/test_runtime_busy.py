@@ -129,7 +129,8 @@ async def test_cpu_bound_job_longer_than_every_threshold_is_left_alone(tmp_path:
     assert metrics_busy
     acted = [e.kind for _, e in events][len(before):]
     assert acted == [], acted  # no interrupt, no free, no restart
-    canary = [r.status for r in CANARY.pop(id(guardian), [])]
+    # Before the simulator listens, the startup phase covers refused connections.
+    canary = [r.status for r in CANARY.pop(id(guardian), []) if not r.startup]
     assert Status.SKIPPED in canary and Status.FAILED not in canary, canary  # busy: skipped
 
 

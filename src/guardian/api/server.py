@@ -41,7 +41,10 @@ import uvicorn
 
 log = logging.getLogger("guardian.api")
 
-BACKLOG = 64
+# asyncio accepts up to `backlog` sockets per readiness event before any protocol runs, so
+# this also bounds how many over-cap connections hold an fd at once while the API thread
+# is starved (seen: 210 fds under a 64-connection cap with a backlog of 64 on a loaded box).
+BACKLOG = 16
 EMFILE_LOG_INTERVAL = 30.0
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
