@@ -663,3 +663,15 @@ async def test_snapshot_survives_extreme_backoff_numbers() -> None:
     snap = r.mgr.snapshot()["api"]  # renders next_allowed_at as wall time
     assert snap["attempts"] == 1 and snap["next_allowed_at"] is not None
     await r.mgr.aclose()
+
+
+async def test_a_full_disk_never_restarts_the_service_by_default() -> None:
+    """Resource checks are evidence about the machine: liveness is opt-in for them."""
+    r = Rig(target("api", failure_threshold=1, cooldown=0))
+    b = r.backends["api"]
+    await r.mgr.start_all()
+    for _ in range(5):
+        r.check("api", Status.FAILED, check="disk", kind="disk")
+    await r.clock.settle()
+    assert b.restarts == 0 and r.kinds(RecoveryKind.RESTART_STARTED) == []
+    await r.mgr.aclose()

@@ -39,6 +39,11 @@ def default_disk_paths() -> list[str]:
 
 class DiskCheckConfig(CheckConfigBase):
     kind: Literal["disk"] = "disk"
+    # A resource running short is evidence about the machine, not that the service is
+    # broken: restarting ComfyUI frees no disk and can kill a running job. Opt in if wanted.
+    liveness: bool = Field(
+        False, description="failures count towards restarting the target's service"
+    )
     interval: float = Field(300.0, gt=0, le=86_400)
     paths: list[str] = Field(default_factory=default_disk_paths, min_length=1, max_length=256)
     warn_gb: float | None = Field(

@@ -39,6 +39,11 @@ log = logging.getLogger("guardian.checks.gpu")
 
 class GpuCheckConfig(CheckConfigBase):
     kind: Literal["gpu"] = "gpu"
+    # A resource running short is evidence about the machine, not that the service is
+    # broken: restarting ComfyUI frees no disk and can kill a running job. Opt in if wanted.
+    liveness: bool = Field(
+        False, description="failures count towards restarting the target's service"
+    )
     interval: float = Field(60.0, gt=0, le=86_400)
     backend: Literal["auto", "nvml", "nvidia-smi"] = "auto"
     vram_warn_percent: float | None = Field(95.0, gt=0, le=100)

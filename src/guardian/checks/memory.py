@@ -34,6 +34,11 @@ log = logging.getLogger("guardian.checks.memory")
 
 class MemoryCheckConfig(CheckConfigBase):
     kind: Literal["memory"] = "memory"
+    # A resource running short is evidence about the machine, not that the service is
+    # broken: restarting ComfyUI frees no disk and can kill a running job. Opt in if wanted.
+    liveness: bool = Field(
+        False, description="failures count towards restarting the target's service"
+    )
     interval: float = Field(60.0, gt=0, le=86_400)
     warn_available_mb: float | None = Field(2048, ge=0, le=1e9)
     critical_available_mb: float | None = Field(512, ge=0, le=1e9)
