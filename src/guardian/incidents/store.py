@@ -588,16 +588,7 @@ class Store:
 
     def update_incident(self, incident_id: int, **fields: Any) -> Incident:
         """Set columns of one incident (datetimes are converted); returns the new row."""
-        allowed = {
-            "escalated_at",
-            "resolved_at",
-            "severity",
-            "status",
-            "summary",
-            "failure_count",
-            "flap_count",
-            "report_path",
-        }
+        allowed = set(_INCIDENT_COLS) - {"id", "target", "opened_at"}  # identity stays
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"unknown incident fields: {sorted(bad)}")
