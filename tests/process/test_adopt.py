@@ -67,7 +67,7 @@ async def test_pid_reuse_a_stranger_with_the_recorded_pid_is_never_signalled(
 ) -> None:
     # A record naming a live unrelated process (its own group) with a different start
     # time: what a reused pid looks like. It must be neither adopted nor signalled.
-    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)  # noqa: ASYNC220
     try:
         ident = identify(stranger.pid)
         assert ident is not None
