@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +36,19 @@ async def until(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-
     return bool(pred())
 
 
+def reap(pid: int) -> None:
+    """The "left" process is this test process's child (a real Guardian would have exited
+    and init reaped it): collect its zombie so later tests see none."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, 0)
+
+
 async def test_leave_then_next_backend_adopts_and_sees_its_exit(tmp_path: Path) -> None:
     rec, logf = tmp_path / "rec.json", tmp_path / "svc.log"
     first = ProcessBackend("svc", SLEEPER, log_file=logf, record=rec, on_guardian_stop="leave")
@@ -60,6 +74,7 @@ async def test_leave_then_next_backend_adopts_and_sees_its_exit(tmp_path: Path) 
         assert any(f"pid {pid} exited" in x for x in tail)
     finally:
         await second.aclose()
+        reap(pid)
 
 
 async def test_pid_reuse_a_stranger_with_the_recorded_pid_is_never_signalled(
@@ -103,32 +118,32 @@ async def test_pid_reuse_a_stranger_with_the_recorded_pid_is_never_signalled(
 
 async def test_execing_orphan_is_found_by_token_not_argv(tmp_path: Path) -> None:
     # sh -c "exec python ..." changes the argv; a record with only the intent (Guardian
-    # killed before it learnt the pid) still finds it through the token in its env.
-    rec = tmp_path / "rec.json"
+    # killed before it learnt the pid) still finds it through the token in its env. The
+    # orphan is started by a short-lived helper, so it is nobody's child here, like a
+    # process whose Guardian was SIGKILLed.
     argv = ["sh", "-c", f"exec {PY} -c 'import time; time.sleep(60)'"]
-    first = ProcessBackend(
-        "svc", argv, log_file=tmp_path / "l.log", record=rec, on_guardian_stop="leave"
+    token, pidfile = "svc:feedc0de", tmp_path / "orphan.pid"
+    spawner = (
+        "import os, subprocess, sys; "
+        f"p = subprocess.Popen({argv!r}, start_new_session=True, "
+        f"env={{**os.environ, 'GUARDIAN_SUPERVISOR_TOKEN': {token!r}}}); "
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))"
     )
-    await first.start()
-    pid = first.pid
-    assert pid is not None
-    await first.aclose()
-    data = json.loads(rec.read_text())
-    for key in ("pid", "create_time", "pgid", "start_ticks"):
-        data.pop(key)
-    rec.write_text(json.dumps(data))
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps({"token": token, "intent_time": time.time(), "argv": argv}))
+    subprocess.run([PY, "-c", spawner], check=True, timeout=10)  # noqa: ASYNC221
+    pid = int(pidfile.read_text())
+    assert await until(lambda: "sleep" in " ".join(psutil.Process(pid).cmdline()))
     second = ProcessBackend("svc", argv, log_file=tmp_path / "l.log", record=rec, stop_timeout=2)
     try:
         await second.start()
         assert (second.pid, second.adopted) == (pid, True)
         await second.stop()
-        assert await until(
-            lambda: (
-                not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-            )
-        )
+        assert await until(lambda: not psutil.pid_exists(pid))
     finally:
         await second.aclose()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def test_sigstopped_child_stops_quickly_thanks_to_sigcont(tmp_path: Path) -> None:
