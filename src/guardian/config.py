@@ -254,6 +254,22 @@ class ServiceConfig(_Section):
     log_backups: int = Field(3, ge=0, le=100)
     stop_timeout: float = Field(10.0, gt=0, le=3600, description="SIGTERM -> SIGKILL after this")
     systemd_user: bool = Field(False, description="use systemctl --user")
+    on_guardian_stop: Literal["stop", "leave"] = Field(
+        "stop",
+        description="process: 'stop' it with Guardian, or 'leave' it running for the next "
+        "Guardian to adopt (like systemd KillMode=none)",
+    )
+    pending_timeout: float = Field(
+        120.0,
+        gt=0,
+        le=86400,
+        description="windows/nssm: START_PENDING/STOP_PENDING longer than this is stuck",
+    )
+    kill_stuck: bool = Field(
+        True,
+        description="kill a service stuck starting/stopping by its PID (taskkill /T /F; "
+        "systemctl kill --kill-whom=all), then start it again",
+    )
 
     @field_validator("name")
     @classmethod

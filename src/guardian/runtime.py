@@ -33,7 +33,7 @@ from guardian.recovery import RecoveryManager
 from guardian.remediation import Remediation
 from guardian.result import CheckResult
 from guardian.services import build_backend
-from guardian.services.base import ServiceBackend
+from guardian.services.base import ServiceBackend, ServiceStatus
 from guardian.startup import StartupPhases
 from guardian.state import State
 from guardian.uptime import UptimeStore
@@ -203,6 +203,7 @@ class Guardian:
                 )
         self.startup.begin_all()
         await self.recovery.start_all()
+        await self._log_start_outcomes()
         self.engine.start()
         if self.config.api.enabled:
             await self._start_api()
@@ -213,6 +214,39 @@ class Guardian:
             len(self.engine.scheduled),
             extra={"event": "started"},
         )
+
+    async def _log_start_outcomes(self) -> None:
+        """Say which services were adopted (left running by an earlier Guardian), which
+        were started, and which were neither: a line per target and a summary."""
+        seen: dict[str, list[str]] = {"adopted": [], "started": [], "not running": []}
+        for name, backend in self.backends.items():
+            status: ServiceStatus | None = None
+            try:
+                status = await asyncio.wait_for(backend.status(), timeout=10)
+                detail = status.detail
+            except Exception as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+            if status is not None and status.adopted:
+                outcome = "adopted"
+            elif status is not None and status.state.value in ("running", "starting"):
+                outcome = "started"
+            else:
+                outcome = "not running"
+            seen[outcome].append(name)
+            log.info(
+                "%s: %s%s",
+                name,
+                outcome,
+                f" (pid {status.pid})" if status is not None and status.pid else "",
+                extra={"target": name, "event": "start_outcome", "outcome": outcome,
+                       "pid": status.pid if status is not None else None, "detail": detail},
+            )
+        if self.backends:
+            log.info(
+                "services: %d adopted %s, %d started %s, %d not running %s",
+                *(x for k in seen for x in (len(seen[k]), seen[k])),
+                extra={"event": "start_summary", **{k.replace(" ", "_"): seen[k] for k in seen}},
+            )
 
     async def _start_api(self) -> None:
         from guardian.api.app import create_app
@@ -271,8 +305,9 @@ class Guardian:
             await self.recovery.aclose()
         if self._incidents is not None:
             await self._incidents.aclose(grace)
-        # Supervised processes are Guardian's children and stop with it; OS services
-        # (SCM, systemd) keep running: their backends' aclose() only releases handles.
+        # Supervised processes stop with Guardian unless their on_guardian_stop is
+        # "leave" (then the next Guardian adopts them); OS services (SCM, systemd) keep
+        # running: their backends' aclose() only releases handles.
         for name, backend in self.backends.items():
             try:
                 await asyncio.wait_for(backend.aclose(), timeout=grace)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from guardian.services.base import ServiceError, ServiceState
-from guardian.services.logfile import MemoryLog, RotatingLog, tail_file
+from guardian.services.logfile import SupervisedLog
 from guardian.services.process import ProcessBackend
 
 pytestmark = [
@@ -111,7 +111,7 @@ async def test_stop_escalates_to_sigkill_for_sigterm_ignorer() -> None:
     b = ProcessBackend("svc", [PY, "-c", script], stop_timeout=0.3)
     try:
         await b.start()
-        assert await wait_for(lambda: b._sink is not None and "ready" in b._sink.tail(5))
+        assert await wait_for(lambda: "ready" in b._sink.tail(5))
         pid = b.pid
         assert pid is not None
         t0 = time.monotonic()
@@ -158,40 +158,6 @@ async def test_grandchild_holding_stdout_does_not_delay_exit_notice(tmp_path: Pa
         await b.aclose()
 
 
-async def test_log_capture_rotation_and_tail(tmp_path: Path) -> None:
-    logf = tmp_path / "logs" / "svc.log"
-    script = (
-        "import sys\n"
-        "for i in range(2000):\n"
-        "    print(f'line {i:05d} ' + 'x' * 40)\n"
-        "print('to stderr', file=sys.stderr)\n"
-    )
-    b = ProcessBackend("svc", [PY, "-c", script], log_file=logf, log_max_bytes=8192, log_backups=2)
-    done: list[int | None] = []
-    b.add_exit_listener(done.append)
-    try:
-        await b.start()
-        assert await wait_for(lambda: bool(done), 10)
-        # Output may still be draining from the pipe after the exit notice.
-        assert await wait_for(lambda: "to stderr" in "".join(tail_file(logf, 3)), 5)
-        assert logf.stat().st_size <= 8192
-        assert (tmp_path / "logs" / "svc.log.1").exists()
-        assert (tmp_path / "logs" / "svc.log.2").exists()
-        assert not (tmp_path / "logs" / "svc.log.3").exists()
-        tail = await b.log_tail(5)
-        assert tail[-1] == "to stderr"
-        assert tail[-2].startswith("line 01999")
-        # More than the current file holds: continues into the rotated one, in order.
-        current = len(tail_file(logf, 100000))
-        long_tail = await b.log_tail(current + 10)
-        assert len(long_tail) == current + 10
-        nums = [int(x.split()[1]) for x in long_tail if x.startswith("line")]
-        assert nums == sorted(nums) and nums[-1] == 1999
-        assert nums == list(range(nums[0], 2000))
-    finally:
-        await b.aclose()
-
-
 async def test_memory_log_when_no_file() -> None:
     b = ProcessBackend("svc", [PY, "-c", "for i in range(1500): print(i)"])
     done: list[int | None] = []
@@ -199,32 +165,11 @@ async def test_memory_log_when_no_file() -> None:
     try:
         await b.start()
         assert await wait_for(lambda: bool(done), 5)
-        assert await wait_for(lambda: b._sink is not None and b._sink.tail(1) == ["1499"])
-        tail = await b.log_tail(3)
-        assert tail == ["1497", "1498", "1499"]
+        assert await wait_for(lambda: "1499" in b._sink.tail(3))
+        tail = [x for x in await b.log_tail(4) if not x.startswith("---")]
+        assert tail[-3:] == ["1497", "1498", "1499"]
     finally:
         await b.aclose()
-
-
-def test_memory_log_partial_lines() -> None:
-    m = MemoryLog(capacity=3)
-    m.write(b"a\nb")
-    m.write(b"c\nd\ne\n")
-    assert m.tail(10) == ["bc", "d", "e"]
-    m.write(b"tail-no-newline")
-    assert m.tail(2) == ["e", "tail-no-newline"]
-    assert m.tail(0) == []
-
-
-def test_rotating_log_without_backups_truncates(tmp_path: Path) -> None:
-    r = RotatingLog(tmp_path / "a.log", max_bytes=4096, backups=0)
-    for i in range(200):
-        r.write(f"{i:04d} {'y' * 60}\n".encode())
-    r.close()
-    assert (tmp_path / "a.log").stat().st_size <= 4096
-    assert not (tmp_path / "a.log.1").exists()
-    assert tail_file(tmp_path / "a.log", 1)[0].startswith("0199")
-    assert tail_file(tmp_path / "missing.log", 5) == []
 
 
 async def test_missing_executable_is_a_clear_error(tmp_path: Path) -> None:
@@ -244,8 +189,11 @@ async def test_env_and_cwd(tmp_path: Path) -> None:
     try:
         await b.start()
         assert await wait_for(lambda: bool(done))
-        assert await wait_for(lambda: b._sink is not None and len(b._sink.tail(5)) == 2)
-        assert await b.log_tail(5) == [str(tmp_path), "42"]
+        def output() -> list[str]:
+            return [x for x in b._sink.tail(5) if not x.startswith("---")]
+
+        assert await wait_for(lambda: len(output()) == 2)
+        assert output() == [str(tmp_path), "42"]
         assert done == [0]
     finally:
         await b.aclose()
@@ -305,14 +253,20 @@ async def test_crashed_child_is_reaped_and_counted() -> None:
         await b.aclose()
 
 
-def test_rotating_log_never_exceeds_its_limit_even_for_huge_chunks(tmp_path: Path) -> None:
-    from guardian.services.logfile import RotatingLog
 
-    log = RotatingLog(tmp_path / "x.log", max_bytes=1000, backups=3)
-    log.write(b"".join(b"line %05d\n" % i for i in range(2000)))  # one 20 KB chunk
-    log.write(b"y" * 2500)  # no line break at all
-    log.close()
-    files = sorted(tmp_path.iterdir())
-    assert [f.name for f in files] == ["x.log", "x.log.1", "x.log.2", "x.log.3"]
-    assert all(f.stat().st_size <= 1000 for f in files)
-    assert (tmp_path / "x.log").read_bytes().endswith(b"y" * 500)
+
+def test_copy_truncate_rotation_keeps_the_limit_and_backups(tmp_path: Path) -> None:
+    log = SupervisedLog(tmp_path / "x.log", max_bytes=4096, backups=2)
+    fd = log.open_for_child()
+    try:
+        for round_ in range(3):
+            os.write(fd, b"".join(b"r%d line %05d\n" % (round_, i) for i in range(400)))
+            assert log.rotate_if_needed()
+        os.write(fd, b"after\n")  # O_APPEND: lands at the start of the truncated file
+    finally:
+        os.close(fd)
+    assert (tmp_path / "x.log").read_bytes() == b"after\n"
+    assert (tmp_path / "x.log.1").read_bytes().startswith(b"r2 line 00000")
+    assert (tmp_path / "x.log.2").read_bytes().startswith(b"r1 line 00000")
+    assert not (tmp_path / "x.log.3").exists()
+    assert log.tail(2) == ["r2 line 00399", "after"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 FAKEBIN = Path(__file__).resolve().parent.parent / "fakebin"
-TOOLS = ("sc.exe", "nssm.exe", "systemctl", "journalctl")
+TOOLS = ("sc.exe", "nssm.exe", "systemctl", "journalctl", "taskkill")
 
 
 class FakeTools:

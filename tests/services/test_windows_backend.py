@@ -89,21 +89,32 @@ async def test_restart_waits_for_stopped_before_starting(fake_tools):
     b = backend()
     await b.restart()
     calls = fake_tools.calls("sc.exe")
-    # stop, poll through STOP_PENDING (2 polls) until STOPPED, then start
+    # is it pending already? stop, poll through STOP_PENDING (2 polls) until STOPPED,
+    # start, poll through START_PENDING until RUNNING
     assert calls == [
+        ["queryex", SVC],
         ["stop", SVC],
         ["queryex", SVC],
         ["queryex", SVC],
         ["queryex", SVC],
         ["start", SVC],
+        ["queryex", SVC],
+        ["queryex", SVC],
+        ["queryex", SVC],
     ]
-    assert fake_tools.state()["windows"][SVC]["state"] == "START_PENDING"
+    assert fake_tools.state()["windows"][SVC]["state"] == "RUNNING"
+    assert "taskkill" not in {c[0] for c in fake_tools.calls()}
 
 
 async def test_restart_of_stopped_service_just_starts(fake_tools):
     install(fake_tools, state="STOPPED")
     await backend().restart()
-    assert fake_tools.calls("sc.exe") == [["stop", SVC], ["queryex", SVC], ["start", SVC]]
+    assert fake_tools.calls("sc.exe")[:4] == [
+        ["queryex", SVC],
+        ["stop", SVC],
+        ["queryex", SVC],
+        ["start", SVC],
+    ]
 
 
 async def test_restart_gives_up_when_stop_hangs(fake_tools):
@@ -111,11 +122,12 @@ async def test_restart_gives_up_when_stop_hangs(fake_tools):
     fake_tools.update(pending_polls=10_000)
     started = time.monotonic()
     with pytest.raises(ServiceError) as e:
-        await backend(stop_timeout=0.3).restart()
+        await backend(stop_timeout=0.3, kill_stuck=False).restart()
     assert e.value.kind is ServiceErrorKind.TIMEOUT
     assert "STOP_PENDING" in str(e.value)
     assert time.monotonic() - started < 10
     assert ["start", SVC] not in fake_tools.calls("sc.exe")
+    assert fake_tools.calls("taskkill") == []
 
 
 async def test_hanging_sc_is_killed_and_times_out(fake_tools):
@@ -138,7 +150,8 @@ async def test_nssm_restart(fake_tools):
     install(fake_tools, state="RUNNING")
     fake_tools.update(nssm_utf16=True)
     await backend(use_nssm=True).restart()
-    assert fake_tools.calls() == [["restart", SVC]]
+    # One look whether it is stuck pending, then nssm does the restart.
+    assert fake_tools.calls() == [["queryex", SVC], ["restart", SVC]]
     assert fake_tools.calls("nssm.exe") == [["restart", SVC]]
     assert fake_tools.state()["windows"][SVC]["pid"] == 5725
 
@@ -207,3 +220,72 @@ async def test_unrecognised_sc_output_is_a_clear_failure(fake_tools):
         await backend().status()
     assert e.value.kind is ServiceErrorKind.FAILED
     assert "unrecognised output" in str(e.value)
+
+
+# ------------------------------------------------------------- services that will not stop
+
+
+async def test_stuck_stop_pending_is_killed_by_pid_then_started(fake_tools):
+    install(fake_tools, state="RUNNING", stuck=["STOP_PENDING"])
+    b = backend(stop_timeout=0.2)
+    await b.restart()
+    # The PID sc queryex reported was killed with its tree, then the service started.
+    assert fake_tools.calls("taskkill") == [["/T", "/F", "/PID", "5724"]]
+    sc = fake_tools.calls("sc.exe")
+    kill_at = [c[0] for c in fake_tools.calls()].index("/T")
+    assert ["start", SVC] in sc and sc.index(["start", SVC]) > kill_at - 1
+    status = await b.status()
+    assert status.state is ServiceState.RUNNING and status.pid == 5725
+    # Each step is in the status the recovery event records, once.
+    assert "STOP_PENDING for 0.2s: killing pid 5724" in status.detail
+    assert "killed pid 5724" in status.detail
+    assert "after:" not in (await b.status()).detail
+
+
+async def test_already_stuck_start_pending_is_killed_and_started_again(fake_tools):
+    install(fake_tools, state="START_PENDING", stuck=["START_PENDING"])
+    b = backend(pending_timeout=0.2)
+    await b.restart()
+    assert fake_tools.calls("taskkill") == [["/T", "/F", "/PID", "5724"]]
+    status = await b.status()
+    assert status.state is ServiceState.RUNNING
+    assert "found START_PENDING" in status.detail
+
+
+async def test_stuck_start_after_start_is_killed_and_retried(fake_tools):
+    install(fake_tools, state="STOPPED", pid=6000)
+    b = backend(pending_timeout=0.2)
+
+    st = fake_tools.state()
+    st["windows"][SVC]["stuck"] = ["START_PENDING"]
+    fake_tools.write(st)
+    await b.restart()
+    assert fake_tools.calls("taskkill") == [["/T", "/F", "/PID", "6001"]]
+    assert fake_tools.calls("sc.exe").count(["start", SVC]) == 2
+    assert (await b.status()).state is ServiceState.RUNNING
+
+
+async def test_healthy_pending_that_settles_in_time_is_never_killed(fake_tools):
+    # A slow but progressing stop (3 polls) inside the budget: no taskkill.
+    install(fake_tools, state="RUNNING")
+    fake_tools.update(pending_polls=3)
+    await backend(stop_timeout=5, pending_timeout=5).restart()
+    assert fake_tools.calls("taskkill") == []
+    assert fake_tools.state().get("killed") is None
+
+
+async def test_nssm_restart_timeout_on_stuck_stop_kills_by_pid(fake_tools):
+    install(fake_tools, state="STOP_PENDING", stuck=["STOP_PENDING"])
+    b = backend(use_nssm=True, pending_timeout=0.2, stop_timeout=0.2)
+    await b.restart()
+    assert fake_tools.calls("nssm.exe") == []  # stuck already: nssm would only wait
+    assert fake_tools.calls("taskkill") == [["/T", "/F", "/PID", "5724"]]
+    assert (await b.status()).state is ServiceState.RUNNING
+
+
+async def test_stuck_without_pid_is_a_clear_error(fake_tools):
+    install(fake_tools, state="RUNNING", stuck=["STOP_PENDING"], pid=0)
+    with pytest.raises(ServiceError) as e:
+        await backend(stop_timeout=0.2).restart()
+    assert "no PID" in str(e.value)
+    assert fake_tools.calls("taskkill") == []

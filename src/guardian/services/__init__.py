@@ -25,24 +25,33 @@ def build_backend(
         from guardian.services.process import ProcessBackend
 
         assert svc.command is not None  # validated by ServiceConfig
+        log_file = svc.log_file
+        if log_file is None and state_dir is not None:
+            # Output must outlive Guardian (an adopted process keeps writing it).
+            log_file = state_dir / f"process-{target.name}.log"
         return ProcessBackend(
             target.name,
             svc.command,
             cwd=svc.cwd,
             env=svc.env,
-            log_file=svc.log_file,
+            log_file=log_file,
             log_max_bytes=svc.log_max_bytes,
             log_backups=svc.log_backups,
             stop_timeout=svc.stop_timeout,
             clock=clock,
             record=None if state_dir is None else state_dir / f"process-{target.name}.json",
+            on_guardian_stop=svc.on_guardian_stop,
         )
     assert svc.name is not None  # validated by ServiceConfig
     if backend == "systemd":
         from guardian.services.systemd import SystemdBackend
 
         return SystemdBackend(
-            target.name, svc.name, user=svc.systemd_user, stop_timeout=svc.stop_timeout
+            target.name,
+            svc.name,
+            user=svc.systemd_user,
+            stop_timeout=svc.stop_timeout,
+            kill_after_stop_timeout=svc.kill_stuck,
         )
     from guardian.services.windows import WindowsServiceBackend
 
@@ -52,5 +61,7 @@ def build_backend(
         use_nssm=backend == "nssm",
         log_file=svc.log_file,
         stop_timeout=svc.stop_timeout,
+        pending_timeout=svc.pending_timeout,
+        kill_stuck=svc.kill_stuck,
         clock=clock,
     )

@@ -44,6 +44,9 @@ class ServiceStatus:
     pid: int | None = None
     detail: str = ""  # the backend's own words, for logs and reports
     restarts: int | None = None  # the manager's own restart counter, where it has one
+    # A supervised process Guardian found running (started by an earlier Guardian) and
+    # watches without being its parent: exit codes are unknown (None) for it on POSIX.
+    adopted: bool = False
 
 
 class ServiceErrorKind(StrEnum):

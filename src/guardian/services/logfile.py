@@ -1,57 +1,33 @@
-"""Where a supervised child's stdout/stderr goes: a size-rotated file, or a ring in memory.
+"""The supervised process's log file: the child writes it, Guardian rotates and tails it.
 
-Lines are written as they arrive (one ``write`` + ``flush`` per chunk) so an incident report
-taken a second after a crash still shows the child's last words. ``tail`` reads backwards
-from the end of the file in blocks, so a 10 MB log costs a few KB of I/O, and continues into
-the newest rotated file when the current one is too short.
+The child gets the file itself as stdout/stderr, opened with ``O_APPEND``, not a pipe: a
+pipe dies with Guardian (the child then gets SIGPIPE or blocks), a file does not, so lines
+written while no Guardian runs are still there for the next one's report. ``O_APPEND``
+makes every write land at the current end, which is what lets Guardian rotate by
+copy-truncate under a running writer: copy the file to ``.1``, truncate it to zero, and
+the child's next write starts the new file (no hole, no reopen needed). Guardian's own
+marker lines (start, adopt, exit) go into the same file through their own append handle.
+
+``tail`` reads backwards from the end in blocks, so a 10 MB log costs a few KB of I/O, and
+continues into the newest rotated file when the current one is too short.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections import deque
+import shutil
 from pathlib import Path
-from typing import BinaryIO, Protocol
 
 TAIL_BLOCK = 8192
-MEMORY_LINES = 1000
+COPY_BLOCK = 1024 * 1024
+LOG_MODE = 0o640  # the child's output can hold paths and prompts: not world-readable
 
-
-class LogSink(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    def tail(self, lines: int) -> list[str]: ...
-
-    def close(self) -> None: ...
+log = logging.getLogger("guardian.services.logfile")
 
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").rstrip("\r")
-
-
-class MemoryLog:
-    """The last ``capacity`` lines, for processes configured without a log file."""
-
-    def __init__(self, capacity: int = MEMORY_LINES) -> None:
-        self._lines: deque[str] = deque(maxlen=capacity)
-        self._partial = b""
-
-    def write(self, data: bytes) -> None:
-        data = self._partial + data
-        *complete, self._partial = data.split(b"\n")
-        for raw in complete:
-            self._lines.append(_decode(raw))
-
-    def tail(self, lines: int) -> list[str]:
-        if lines <= 0:
-            return []
-        out = list(self._lines)[-lines:]
-        if self._partial:
-            out = [*out, _decode(self._partial)][-lines:]
-        return out
-
-    def close(self) -> None:
-        """Nothing to release; kept for the LogSink protocol."""
 
 
 def rotated_name(path: Path, index: int) -> Path:
@@ -59,64 +35,92 @@ def rotated_name(path: Path, index: int) -> Path:
     return path.with_name(f"{path.name}.{index}")
 
 
-class RotatingLog:
-    """Appends to ``path``; when it would exceed ``max_bytes`` it shifts to ``path.1`` etc.
-
-    Rotation happens at line breaks where possible; with ``backups == 0`` the file is
-    simply truncated.
-    """
+class SupervisedLog:
+    """One supervised process's log: child fds, marker lines, copy-truncate rotation."""
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: BinaryIO | None = open(self.path, "ab")  # noqa: SIM115 - long-lived handle
-        self._size = self._fh.tell()
+        self.rotations = 0
+        self._write_failed = False  # warn once per outage, not once per line
 
-    def write(self, data: bytes) -> None:
-        """Append ``data``, rotating so no file grows past ``max_bytes``.
+    def open_for_child(self) -> int:
+        """A new ``O_APPEND`` fd on the file, for the child's stdout and stderr.
 
-        A pipe read can return up to 64 KiB at once when the child is fast, so a chunk is
-        split, at a line break where one fits, rather than overshooting the limit.
+        The caller closes it once the child is spawned (the child keeps its own copy).
         """
-        while data and self._fh is not None:
-            room = self.max_bytes - self._size
-            if room <= 0 or (self._size > 0 and len(data) > room and b"\n" not in data[:room]):
-                self._rotate()
-                continue
-            if len(data) <= room:
-                piece, data = data, b""
-            else:
-                cut = data.rfind(b"\n", 0, room) + 1 or room
-                piece, data = data[:cut], data[cut:]
-            self._fh.write(piece)
-            self._size += len(piece)
-        if self._fh is not None:
-            self._fh.flush()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
 
-    def _rotate(self) -> None:
-        assert self._fh is not None
-        self._fh.close()
-        if self.backups > 0:
-            oldest = rotated_name(self.path, self.backups)
-            if oldest.exists():
-                oldest.unlink()
-            for i in range(self.backups - 1, 0, -1):
-                src = rotated_name(self.path, i)
-                if src.exists():
-                    os.replace(src, rotated_name(self.path, i + 1))
-            os.replace(self.path, rotated_name(self.path, 1))
-        self._fh = open(self.path, "wb")  # noqa: SIM115
-        self._size = 0
+    def write_line(self, text: str) -> bool:
+        """Append one line in one ``write`` (so it never splits a child's line). True when
+        written; a failure (full disk, removed dir) is logged once until writing works."""
+        data = (text.rstrip("\n") + "\n").encode("utf-8", errors="replace")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if not self._write_failed:
+                log.warning(
+                    "cannot write to %s: %s", self.path, exc, extra={"event": "log_write_failed"}
+                )
+            self._write_failed = True
+            return False
+        self._write_failed = False
+        return True
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def rotate_if_needed(self) -> bool:
+        """Copy-truncate once the file has reached ``max_bytes``. True when it rotated.
+
+        Blocking file I/O: call it from a worker thread. What the child writes while the
+        copy runs is copied too (the copy reads until it catches up with the end); only
+        a write landing between the last read and the truncate is lost, a window of
+        microseconds (bench/bench_adopt.py measures it).
+        """
+        if self.size() < self.max_bytes:
+            return False
+        try:
+            self._copy_truncate()
+        except OSError as exc:
+            log.warning(
+                "cannot rotate %s: %s", self.path, exc, extra={"event": "log_rotate_failed"}
+            )
+            return False
+        self.rotations += 1
+        return True
+
+    def _copy_truncate(self) -> None:
+        if self.backups == 0:
+            os.truncate(self.path, 0)
+            return
+        oldest = rotated_name(self.path, self.backups)
+        oldest.unlink(missing_ok=True)
+        for i in range(self.backups - 1, 0, -1):
+            src = rotated_name(self.path, i)
+            if src.exists():
+                os.replace(src, rotated_name(self.path, i + 1))
+        tmp = self.path.with_name(self.path.name + ".rotating")
+        with open(self.path, "r+b") as src_fh, open(tmp, "wb") as dst:
+            os.chmod(tmp, LOG_MODE)
+            shutil.copyfileobj(src_fh, dst, COPY_BLOCK)
+            while chunk := src_fh.read(COPY_BLOCK):  # written while we copied
+                dst.write(chunk)
+            src_fh.truncate(0)
+        os.replace(tmp, rotated_name(self.path, 1))
 
     def tail(self, lines: int) -> list[str]:
         return tail_rotated(self.path, self.backups, lines)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
 
 def tail_rotated(path: Path, backups: int, lines: int) -> list[str]:

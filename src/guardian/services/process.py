@@ -1,36 +1,38 @@
 """A process Guardian starts and supervises itself (the backend ``process``).
 
-Why a protocol instead of ``asyncio.create_subprocess_exec`` + ``proc.wait()``: on Python
-3.11 ``wait()`` only returns once every pipe is closed, so a grandchild that inherited
-stdout would hide the child's death. ``SubprocessProtocol.process_exited`` fires the moment
-the child watcher reaps the child, which is what recovery needs (exit -> restart in
-milliseconds, no polling). The same protocol receives the merged stdout/stderr and writes it
-to the log sink as it arrives.
+A supervised ComfyUI must not live only as long as Guardian: an upgrade, a config change
+or an OOM-kill of Guardian would take the user's running job with it. So:
 
-The child leads its own process group (POSIX ``start_new_session``; Windows
-``CREATE_NEW_PROCESS_GROUP``) so ``stop()`` reaches everything it spawned: SIGTERM to the
-group, ``stop_timeout`` to comply, then SIGKILL to the group.
+* the child runs in its own session/process group and writes its output straight into
+  its log file (``O_APPEND``, see :mod:`guardian.services.logfile`), not into a pipe;
+* its pid, start time and process group go into a record in the state dir
+  (:mod:`guardian.services.record`); the next Guardian finds it alive by that identity
+  and *adopts* it instead of killing it;
+* child or adopted, its exit is seen the instant it happens through a pidfd / process
+  handle (:mod:`guardian.services.exitwatch`), so recovery reacts in milliseconds;
+* a stop reaches the whole tree (:mod:`guardian.services.treekill`), and every signal is
+  sent only after pid *and* start time matched (:mod:`guardian.services.identity`);
+* whether stopping Guardian stops the process or leaves it for the next Guardian is the
+  target's ``on_guardian_stop`` ("stop" by default, "leave" like systemd's KillMode=none).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import Any, Literal
 
 from guardian.clock import Clock, SystemClock
-from guardian.private_file import write_private_text
 from guardian.services.base import (
     ExitListener,
     ServiceError,
@@ -38,53 +40,53 @@ from guardian.services.base import (
     ServiceState,
     ServiceStatus,
 )
-from guardian.services.logfile import LogSink, MemoryLog, RotatingLog, tail_rotated
+from guardian.services.exitwatch import ExitWatcher
+from guardian.services.identity import ProcessIdentity, identify
+from guardian.services.logfile import SupervisedLog
+from guardian.services.record import (
+    TOKEN_ENV,
+    ProcessRecord,
+    RecordFile,
+    find_recorded,
+    new_token,
+)
+from guardian.services.record import now as wall_now
+from guardian.services.treekill import TreeStopper, default_tree
 
 log = logging.getLogger("guardian.services.process")
 
 KILL_WAIT = 5.0  # seconds to wait for the exit after SIGKILL before giving up
+ROTATE_INTERVAL = 1.0  # seconds between log size checks
+MARKER = "--- guardian"  # first word of Guardian's own lines in a supervised log
 IS_WINDOWS = sys.platform == "win32"
 
-
-class _ChildProtocol(asyncio.SubprocessProtocol):
-    """Copies output into the sink and resolves ``exited`` when the child is reaped."""
-
-    def __init__(self, sink: LogSink, on_exit: _ExitHook) -> None:
-        self.sink = sink
-        self.on_exit = on_exit
-        self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.SubprocessTransport | None = None
-        self.expected = False  # set when Guardian itself stops the child
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self.transport = transport
-
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        try:
-            self.sink.write(data if isinstance(data, bytes) else data.encode())
-        except OSError:
-            log.exception("cannot write the child's output to its log")
-
-    def process_exited(self) -> None:
-        code = self.transport.get_returncode() if self.transport is not None else None
-        if not self.exited.done():
-            self.exited.set_result(code)
-        self.on_exit(self, code)
+OnGuardianStop = Literal["stop", "leave"]
+StartOutcome = Literal["started", "adopted"]
 
 
-class _ExitHook:
-    """Indirection so the protocol never holds the backend strongly typed as a cycle."""
+def marker_line(what: str, when: datetime | None = None) -> str:
+    """``--- guardian 2026-01-01T00:00:00+00:00: started pid 42 (start 1) ---``."""
+    stamp = (when or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    return f"{MARKER} {stamp}: {what} ---"
 
-    def __init__(self, backend: ProcessBackend) -> None:
-        self.backend = backend
 
-    def __call__(self, proto: _ChildProtocol, code: int | None) -> None:
-        self.backend._on_exit(proto, code)
+@dataclass(eq=False)
+class _Run:
+    """One running process: a child we spawned, or one we adopted."""
+
+    ident: ProcessIdentity
+    watcher: ExitWatcher
+    popen: subprocess.Popen[bytes] | None  # None when adopted
+    expected: bool = False  # set when Guardian itself stops it
+
+    @property
+    def adopted(self) -> bool:
+        return self.popen is None
 
 
 class ProcessBackend:
-    """Starts ``argv`` as a child, captures its output, notices its exit instantly."""
+    """Starts ``argv`` (or adopts the one a previous Guardian left), notices its exit
+    instantly, stops its whole tree."""
 
     def __init__(
         self,
@@ -99,6 +101,9 @@ class ProcessBackend:
         stop_timeout: float = 10.0,
         clock: Clock | None = None,
         record: Path | None = None,
+        on_guardian_stop: OnGuardianStop = "stop",
+        rotate_interval: float = ROTATE_INTERVAL,
+        tree: TreeStopper | None = None,
     ) -> None:
         if not argv:
             raise ValueError("a supervised process needs a non-empty argv")
@@ -106,22 +111,29 @@ class ProcessBackend:
         self.argv = [str(a) for a in argv]
         self.cwd = cwd
         self.env = dict(env or {})
-        self.log_file = log_file
-        self.log_max_bytes = log_max_bytes
-        self.log_backups = log_backups
         self.stop_timeout = stop_timeout
         self.clock = clock or SystemClock()
-        self._sink: LogSink | None = None
-        self._proto: _ChildProtocol | None = None
+        self.on_guardian_stop: OnGuardianStop = on_guardian_stop
+        self.rotate_interval = rotate_interval
+        self.tree = tree or default_tree()
+        self._tmpdir: Path | None = None
+        if log_file is None:
+            # No configured file: a private one, so output still never goes through a pipe.
+            self._tmpdir = Path(tempfile.mkdtemp(prefix=f"guardian-{target_name}-"))
+            log_file = self._tmpdir / "output.log"
+        self.log_file = log_file
+        self.log = SupervisedLog(log_file, log_max_bytes, log_backups)
+        self.records = None if record is None else RecordFile(record)
+        self._run: _Run | None = None
         self._listeners: list[ExitListener] = []
         self._lock = asyncio.Lock()
         self._last_exit: int | None = None
         self._ever_started = False
+        self._recovered = False
         self._restarts = 0
         self._starts = 0
-        # Where the running child's pid + start time live, so the next Guardian can find a
-        # child that outlived a SIGKILLed Guardian (it runs in its own session).
-        self.record = record
+        self._rotator: asyncio.Task[None] | None = None
+        self.start_outcome: StartOutcome | None = None  # what the first start() did
 
     # ----------------------------------------------------------------- protocol
 
@@ -130,10 +142,18 @@ class ProcessBackend:
 
     @property
     def pid(self) -> int | None:
-        proto = self._proto
-        if proto is None or proto.transport is None or proto.exited.done():
+        run = self._run
+        if run is None or run.watcher.exited.done():
             return None
-        return proto.transport.get_pid()
+        return run.ident.pid
+
+    @property
+    def identity(self) -> ProcessIdentity | None:
+        return None if self.pid is None or self._run is None else self._run.ident
+
+    @property
+    def adopted(self) -> bool:
+        return self.pid is not None and self._run is not None and self._run.adopted
 
     @property
     def last_exit_code(self) -> int | None:
@@ -144,10 +164,22 @@ class ProcessBackend:
         """How many times a child was spawned (first start and every restart)."""
         return self._starts
 
+    @property
+    def _sink(self) -> SupervisedLog:
+        return self.log
+
     async def status(self) -> ServiceStatus:
         pid = self.pid
         if pid is not None:
-            return ServiceStatus(ServiceState.RUNNING, pid=pid, restarts=self._restarts)
+            adopted = self.adopted
+            detail = "adopted (started by an earlier Guardian)" if adopted else ""
+            return ServiceStatus(
+                ServiceState.RUNNING,
+                pid=pid,
+                detail=detail,
+                restarts=self._restarts,
+                adopted=adopted,
+            )
         if not self._ever_started:
             detail = "not started"
         elif self._last_exit is None:
@@ -158,7 +190,15 @@ class ProcessBackend:
 
     async def start(self) -> None:
         async with self._lock:
-            await self._start_locked()
+            if self.pid is not None:
+                return  # already running: starting twice must not spawn a second copy
+            if not self._recovered:
+                self._recovered = True
+                if await self._recover():
+                    self.start_outcome = self.start_outcome or "adopted"
+                    return
+            await self._spawn()
+            self.start_outcome = self.start_outcome or "started"
 
     async def stop(self) -> None:
         async with self._lock:
@@ -166,72 +206,129 @@ class ProcessBackend:
 
     async def restart(self) -> None:
         async with self._lock:
+            self._recovered = True  # a restart replaces whatever runs; never adopt now
             await self._stop_locked()
-            await self._start_locked()
+            await self._spawn()
             self._restarts += 1
 
     async def log_tail(self, lines: int = 200) -> list[str]:
-        if self._sink is None:
-            if self.log_file is None:
-                return []
-            return tail_rotated(self.log_file, self.log_backups, lines)
-        return self._sink.tail(lines)
+        return await asyncio.to_thread(self.log.tail, lines)
 
     async def aclose(self) -> None:
+        """Guardian is stopping: stop the process, or leave it for the next Guardian."""
         async with self._lock:
-            await self._stop_locked()
-            if self._sink is not None:
-                self._sink.close()
-                self._sink = None
+            run = self._run
+            left = self.on_guardian_stop == "leave" and run is not None and self.pid is not None
+            if left and run is not None:
+                run.expected = True
+                run.watcher.close()
+                self._run = None
+                self.log.write_line(
+                    marker_line(f"Guardian stopped; pid {run.ident.pid} left running")
+                )
+                log.info(
+                    "%s: leaving pid %s running for the next Guardian (on_guardian_stop=leave)",
+                    self.name,
+                    run.ident.pid,
+                    extra={"target": self.name, "event": "process_left", "pid": run.ident.pid},
+                )
+                if run.popen is not None:
+                    run.popen.returncode = 0  # stop Popen from reaping a process it no longer owns
+            else:
+                await self._stop_locked()
+            if self._rotator is not None:
+                self._rotator.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._rotator
+                self._rotator = None
+            if self._tmpdir is not None and not left:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
 
-    # ----------------------------------------------------------------- internals
+    # ----------------------------------------------------------------- adoption
 
-    def _make_sink(self) -> LogSink:
-        if self.log_file is None:
-            return MemoryLog()
-        return RotatingLog(self.log_file, self.log_max_bytes, self.log_backups)
+    async def _recover(self) -> bool:
+        """Find what a previous Guardian left running; adopt it. True when adopted."""
+        if self.records is None:
+            return False
+        record = self.records.load()
+        if record is None:
+            return False
+        found = await asyncio.to_thread(find_recorded, record)
+        if not found:
+            return False
+        roots = _roots(found)
+        leader = min(roots, key=lambda p: p.create_time)
+        for other in roots:
+            if other is not leader:
+                # Two trees carry the token: only one can hold the port; stop the younger.
+                log.warning(
+                    "%s: stopping pid %s, a second copy left by a previous Guardian",
+                    self.name,
+                    other.pid,
+                    extra={"target": self.name, "event": "orphan_stopped", "pid": other.pid},
+                )
+                await self._stop_ident(other, own_child=False, watcher=None)
+        self._adopt(leader, record)
+        return True
 
-    def _child_env(self) -> dict[str, str]:
+    def _adopt(self, ident: ProcessIdentity, record: ProcessRecord) -> None:
+        watcher = ExitWatcher(ident)
+        run = _Run(ident, watcher, None)
+        self._install(run)
+        self._ever_started = True
+        self._starts = max(self._starts, record.starts)
+        if record.identity is None:
+            record.identity = ident
+            if self.records is not None:
+                self.records.save(record)
+        started = datetime.fromtimestamp(ident.create_time, UTC).isoformat(timespec="seconds")
+        self.log.write_line(marker_line(f"adopted pid {ident.pid} (running since {started})"))
+        log.info(
+            "%s: adopted pid %s left running by a previous Guardian (running since %s; "
+            "exit seen via %s)",
+            self.name,
+            ident.pid,
+            started,
+            watcher.how,
+            extra={"target": self.name, "event": "process_adopted", "pid": ident.pid},
+        )
+
+    # ----------------------------------------------------------------- spawning
+
+    def _child_env(self, token: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env[TOKEN_ENV] = token
         return env
 
-    async def _start_locked(self) -> None:
-        if self.pid is not None:
-            return  # already running: starting twice must not spawn a second copy
-        self._close_transport()
-        if not self._ever_started:
-            await self._reap_orphans()
-        self._write_record(intent=True)
-        if self._sink is None:
-            self._sink = self._make_sink()
-        sink = self._sink
-        loop = asyncio.get_running_loop()
+    async def _spawn(self) -> None:
+        record = ProcessRecord(new_token(self.name), wall_now(), self.argv, None, self._starts + 1)
+        if self.records is not None:
+            self.records.save(record)  # the intent: a Guardian killed now still finds it
         kwargs: dict[str, Any] = {}
         if IS_WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         else:
             kwargs["start_new_session"] = True
-        hook = _ExitHook(self)
-
-        def factory() -> _ChildProtocol:
-            # Adopt the protocol before subprocess_exec returns: a child that dies within a
-            # millisecond can have process_exited delivered before that await resumes, and
-            # _on_exit ignores protocols that are not current.
-            proto = _ChildProtocol(sink, hook)
-            self._proto = proto
-            return proto
-
         try:
-            await loop.subprocess_exec(
-                factory,
-                *self.argv,
+            fd = self.log.open_for_child()
+        except OSError as exc:
+            raise ServiceError(
+                ServiceErrorKind.FAILED, f"{self.name}: cannot open its log {self.log_file}: {exc}"
+            ) from exc
+        try:
+            # A plain Popen, not an asyncio transport: closing a transport kills the child,
+            # and a child left for the next Guardian must outlive this one. Spawning is
+            # fork+exec (milliseconds); the exit is awaited through the ExitWatcher.
+            popen = subprocess.Popen(  # noqa: ASYNC220
+                self.argv,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stdout=fd,
+                stderr=fd,
                 cwd=str(self.cwd) if self.cwd is not None else None,
-                env=self._child_env(),
+                env=self._child_env(record.token),
+                close_fds=True,
                 **kwargs,
             )
         except FileNotFoundError as exc:
@@ -242,180 +339,137 @@ class ProcessBackend:
             raise ServiceError(
                 ServiceErrorKind.FAILED, f"{self.name}: cannot start {self.argv[0]!r}: {exc}"
             ) from exc
+        finally:
+            os.close(fd)
+        ident = identify(popen.pid) or ProcessIdentity(
+            popen.pid, record.intent_time, None if IS_WINDOWS else popen.pid
+        )
         self._ever_started = True
         self._starts += 1
-        self._write_record()
+        record.identity = ident
+        if self.records is not None:
+            self.records.save(record)
+        self.log.write_line(marker_line(f"started pid {popen.pid} (start {self._starts})"))
+        self._install(_Run(ident, ExitWatcher(ident, reap=popen.poll), popen))
         log.info(
             "started %s (pid %s)",
             self.name,
-            self.pid,
-            extra={"target": self.name, "event": "process_started", "pid": self.pid},
+            popen.pid,
+            extra={"target": self.name, "event": "process_started", "pid": popen.pid},
         )
 
+    def _install(self, run: _Run) -> None:
+        self._run = run
+        run.watcher.exited.add_done_callback(lambda fut: self._on_exit(run, fut))
+        if self._rotator is None or self._rotator.done():
+            self._rotator = asyncio.get_running_loop().create_task(self._rotate_forever())
+
+    # ----------------------------------------------------------------- stopping
+
     async def _stop_locked(self) -> None:
-        proto = self._proto
-        if proto is None or proto.transport is None:
+        run = self._run
+        if run is None:
             return
-        if not proto.exited.done():
-            proto.expected = True
-            self._signal_group(proto, graceful=True)
-            if not await self._wait_exit(proto, self.stop_timeout):
-                log.warning(
-                    "%s ignored the stop request for %.1f s; killing it",
-                    self.name,
-                    self.stop_timeout,
-                    extra={"target": self.name, "event": "process_kill"},
+        if not run.watcher.exited.done():
+            run.expected = True
+            await self._stop_ident(run.ident, own_child=not run.adopted, watcher=run.watcher)
+        self.tree.kill_leftovers(run.ident)
+        run.watcher.close()
+        if run.popen is not None:
+            with contextlib.suppress(OSError):
+                run.popen.poll()
+        # The record is kept: it names a process that is now dead, which the next
+        # Guardian recognises as such (pid + start time no longer match a live process).
+
+    async def _stop_ident(
+        self, ident: ProcessIdentity, *, own_child: bool, watcher: ExitWatcher | None
+    ) -> None:
+        """SIGTERM (+SIGCONT) the tree, ``stop_timeout`` to comply, then kill the tree."""
+        own_watcher = watcher is None
+        if watcher is None:
+            watcher = ExitWatcher(ident)
+        try:
+            await self.tree.terminate(ident, own_child=own_child)
+            if await self._wait_exit(watcher, self.stop_timeout):
+                return
+            log.warning(
+                "%s ignored the stop request for %.1f s; killing it",
+                self.name,
+                self.stop_timeout,
+                extra={"target": self.name, "event": "process_kill", "pid": ident.pid},
+            )
+            await self.tree.kill(ident)
+            if not await self._wait_exit(watcher, KILL_WAIT):
+                raise ServiceError(
+                    ServiceErrorKind.TIMEOUT,
+                    f"{self.name}: pid {ident.pid} still running after kill",
                 )
-                self._signal_group(proto, graceful=False)
-                if not await self._wait_exit(proto, KILL_WAIT):
-                    raise ServiceError(
-                        ServiceErrorKind.TIMEOUT, f"{self.name}: still running after SIGKILL"
-                    )
-        self._kill_leftovers(proto)
-        self._close_transport()
-        # The record is deliberately kept: it names a process that is now dead, which
-        # _orphan() recognises (pid, start time, argv), and a Guardian killed halfway
-        # through a restart still finds the child it had just stopped or started.
+        finally:
+            if own_watcher:
+                watcher.close()
 
-    # ----------------------------------------------------------------- orphans
-
-    def _write_record(self, *, intent: bool = False) -> None:
-        """Note the child about to start (``intent``) or just started, atomically.
-
-        The intent closes the gap between spawning and learning the pid: a Guardian killed
-        in between still leaves a record of when a child with this argv was started.
-        """
-        if self.record is None:
-            return
-        data: dict[str, Any] = {"argv": self.argv, "intent_time": time.time()}
-        pid = None if intent else self.pid
-        try:
-            if pid is not None:
-                old = json.loads(self.record.read_text()) if self.record.exists() else {}
-                data["intent_time"] = old.get("intent_time", data["intent_time"])
-                data.update(pid=pid, create_time=psutil.Process(pid).create_time())
-            self.record.parent.mkdir(parents=True, exist_ok=True)
-            write_private_text(self.record, json.dumps(data))  # argv may hold a token
-        except (OSError, ValueError, psutil.Error) as exc:
-            log.warning(
-                "%s: cannot record the child process: %s",
-                self.name,
-                exc,
-                extra={"target": self.name, "event": "record_failed"},
-            )
-
-    def _orphans(self) -> list[psutil.Process]:
-        """Children a previous Guardian left running: the recorded pid (same start time and
-        argv), or, if it died before learning the pid, any process with this exact argv
-        started since its last start intent whose parent is not us."""
-        if self.record is None:
-            return []
-        try:
-            data = json.loads(self.record.read_text())
-            since = float(data["intent_time"]) - 1.0
-        except (OSError, ValueError, KeyError, TypeError):
-            return []
-        found: list[psutil.Process] = []
-        for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time", "status"]):
-            info = proc.info
-            if info["cmdline"] != self.argv or info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if info["ppid"] == os.getpid() or proc.pid == os.getpid():
-                continue
-            recorded = (
-                proc.pid == data.get("pid")
-                and abs(info["create_time"] - float(data.get("create_time", 0))) <= 1.0
-            )
-            if recorded or info["create_time"] >= since:
-                found.append(proc)
-        return found
-
-    async def _reap_orphans(self) -> None:
-        """Stop children left by a SIGKILLed Guardian before starting ours (they hold the
-        port): SIGTERM to their process group, then SIGKILL."""
-        for proc in self._orphans():
-            log.warning(
-                "%s: stopping pid %s left running by a previous Guardian",
-                self.name,
-                proc.pid,
-                extra={"target": self.name, "event": "orphan_stopped", "pid": proc.pid},
-            )
-            for graceful, wait in ((True, self.stop_timeout), (False, KILL_WAIT)):
-                with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
-                    if IS_WINDOWS:
-                        proc.terminate() if graceful else proc.kill()
-                    else:
-                        os.killpg(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
-                deadline = self.clock.monotonic() + wait
-                gone = False
-                while self.clock.monotonic() < deadline:
-                    try:
-                        gone = not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-                    except psutil.Error:
-                        gone = True
-                    if gone:
-                        break
-                    await self.clock.sleep(0.02)
-                if gone:
-                    break
-
-    async def _wait_exit(self, proto: _ChildProtocol, timeout: float) -> bool:
+    async def _wait_exit(self, watcher: ExitWatcher, timeout: float) -> bool:
+        if watcher.exited.done():
+            return True
         timer = asyncio.ensure_future(self.clock.sleep(timeout))
-        waiters: set[asyncio.Future[Any]] = {proto.exited, timer}
+        waiters: set[asyncio.Future[Any]] = {watcher.exited, timer}
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             timer.cancel()
-        return proto.exited.done()
+        return watcher.exited.done()
 
-    def _signal_group(self, proto: _ChildProtocol, *, graceful: bool) -> None:
-        transport = proto.transport
-        if transport is None:
+    # ----------------------------------------------------------------- exits, rotation
+
+    def _on_exit(self, run: _Run, fut: asyncio.Future[int | None]) -> None:
+        if fut.cancelled() or run is not self._run:
             return
-        pid = transport.get_pid()
-        try:
-            if IS_WINDOWS:
-                if graceful:
-                    transport.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-                else:
-                    transport.kill()
-            else:
-                os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass  # already gone (or a zombie group we may no longer signal)
-
-    def _kill_leftovers(self, proto: _ChildProtocol) -> None:
-        """SIGKILL what is left of the child's group once the leader has exited.
-
-        A grandchild that outlives the service would keep its port and its GPU memory and
-        break the restart. The kernel never reuses a PID while a group with that ID exists,
-        so this cannot hit an unrelated process.
-        """
-        if IS_WINDOWS or proto.transport is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proto.transport.get_pid(), signal.SIGKILL)
-
-    def _close_transport(self) -> None:
-        proto = self._proto
-        if proto is not None and proto.transport is not None:
-            proto.transport.close()
-
-    def _on_exit(self, proto: _ChildProtocol, code: int | None) -> None:
-        if proto is not self._proto:
-            return
+        code = fut.result()
         self._last_exit = code
-        if proto.expected:
+        how = "exited" if code is None else f"exited with code {code}"
+        self.log.write_line(marker_line(f"pid {run.ident.pid} {how}"))
+        if run.expected:
             return
         log.warning(
-            "%s exited with code %s",
+            "%s %s",
             self.name,
-            code,
-            extra={"target": self.name, "event": "process_exited", "exit_code": code},
+            how if not run.adopted else f"(adopted pid {run.ident.pid}) {how}",
+            extra={
+                "target": self.name,
+                "event": "process_exited",
+                "exit_code": code,
+                "pid": run.ident.pid,
+            },
         )
-        self._kill_leftovers(proto)
+        self.tree.kill_leftovers(run.ident)
         for listener in list(self._listeners):
             try:
                 listener(code)
             except Exception:
                 log.exception("exit listener failed", extra={"target": self.name})
+
+    async def _rotate_forever(self) -> None:
+        """Keep the log within its size limit by copy-truncate, while Guardian runs."""
+        while True:
+            await self.clock.sleep(self.rotate_interval)
+            try:
+                await asyncio.to_thread(self.log.rotate_if_needed)
+            except Exception:  # never let rotation trouble end supervision
+                log.warning("%s: log rotation failed", self.name, exc_info=True)
+
+
+def _roots(found: list[ProcessIdentity]) -> list[ProcessIdentity]:
+    """The processes of ``found`` whose parent is not in ``found`` (children inherit the
+    token through their environment, so a token search returns whole trees)."""
+    import psutil
+
+    pids = {p.pid for p in found}
+    roots = []
+    for p in found:
+        try:
+            parent = psutil.Process(p.pid).ppid()
+        except psutil.Error:
+            continue
+        if parent not in pids:
+            roots.append(p)
+    return roots or found[:1]

@@ -8,9 +8,11 @@ polkit prompt from ever waiting on a terminal.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
+from guardian.clock import Clock, SystemClock
 from guardian.services.base import (
     ServiceError,
     ServiceErrorKind,
@@ -19,6 +21,8 @@ from guardian.services.base import (
     validate_service_name,
 )
 from guardian.services.subproc import CommandResult, run_service_tool
+
+log = logging.getLogger("guardian.services.systemd")
 
 SHOW_PROPERTIES = (
     "LoadState",
@@ -109,12 +113,18 @@ class SystemdBackend:
         user: bool = False,
         timeout: float = 30.0,
         stop_timeout: float = 90.0,
+        kill_after_stop_timeout: bool = True,
+        poll_interval: float = 0.5,
+        clock: Clock | None = None,
     ) -> None:
         self.name = target_name
         self.unit = validate_service_name(unit)
         self.user = user
         self.timeout = timeout
         self.stop_timeout = stop_timeout
+        self.kill_after_stop_timeout = kill_after_stop_timeout
+        self.poll_interval = poll_interval
+        self.clock = clock or SystemClock()
 
     def _tool(self, name: str) -> str:
         found = shutil.which(name)
@@ -160,10 +170,83 @@ class SystemdBackend:
         await self._control("start")
 
     async def stop(self) -> None:
-        await self._control("stop")
+        """``systemctl stop``; a unit still deactivating after ``stop_timeout`` (or a stop
+        job that never returns) gets ``systemctl kill --kill-whom=all --signal=SIGKILL``:
+        every process in the unit's cgroup, as the unit's own KillMode would at its end."""
+        try:
+            await self._control("stop")
+        except ServiceError as exc:
+            if exc.kind is not ServiceErrorKind.TIMEOUT or not self.kill_after_stop_timeout:
+                raise
+            await self._kill_all(f"systemctl stop did not return ({exc})")
+            return
+        if not await self._wait_stopped(self.stop_timeout):
+            if not self.kill_after_stop_timeout:
+                raise ServiceError(
+                    ServiceErrorKind.TIMEOUT,
+                    f"{self.unit} still deactivating after {self.stop_timeout:g}s",
+                )
+            await self._kill_all(f"still deactivating after {self.stop_timeout:g}s")
 
     async def restart(self) -> None:
-        await self._control("restart")
+        """``systemctl restart``; when its stop half hangs (the job does not return, or the
+        unit is left deactivating past ``stop_timeout``), kill the cgroup and start."""
+        try:
+            await self._control("restart")
+        except ServiceError as exc:
+            if exc.kind is not ServiceErrorKind.TIMEOUT or not self.kill_after_stop_timeout:
+                raise
+            await self._kill_all(f"systemctl restart did not return ({exc})")
+            await self._control("start")
+            return
+        if (await self.status()).state is not ServiceState.STOPPING:
+            return
+        if await self._wait_stopped(self.stop_timeout, running_is_done=True):
+            return
+        if not self.kill_after_stop_timeout:
+            raise ServiceError(
+                ServiceErrorKind.TIMEOUT,
+                f"{self.unit} still deactivating after {self.stop_timeout:g}s",
+            )
+        await self._kill_all(f"restart: still deactivating after {self.stop_timeout:g}s")
+        await self._control("start")
+
+    async def _wait_stopped(self, timeout: float, *, running_is_done: bool = False) -> bool:
+        """Poll until the unit is no longer stopping (nor running, unless
+        ``running_is_done``: a restart that got through). False after ``timeout``."""
+        deadline = self.clock.monotonic() + timeout
+        busy = (
+            {ServiceState.STOPPING}
+            if running_is_done
+            else {ServiceState.STOPPING, ServiceState.RUNNING}
+        )
+        while True:
+            state = (await self.status()).state
+            if state not in busy:
+                return True
+            if self.clock.monotonic() >= deadline:
+                return False
+            await self.clock.sleep(self.poll_interval)
+
+    async def _kill_all(self, why: str) -> None:
+        log.warning(
+            "%s: %s: systemctl kill --kill-whom=all --signal=SIGKILL",
+            self.unit,
+            why,
+            extra={"target": self.name, "event": "service_unstick", "step": "systemctl kill"},
+        )
+        argv = self._systemctl("kill", "--kill-whom=all", "--signal=SIGKILL", "--", self.unit)
+        result = await self._run(argv, self.timeout)
+        if result.rc != 0:
+            text = (result.stderr + "\n" + result.stdout).strip()
+            raise ServiceError(
+                classify_systemctl_error(result.rc, text),
+                f"systemctl kill {self.unit}: {text[:300] or result.rc}",
+            )
+        if not await self._wait_stopped(self.timeout):
+            raise ServiceError(
+                ServiceErrorKind.TIMEOUT, f"{self.unit} still running after systemctl kill"
+            )
 
     async def log_tail(self, lines: int = 200) -> list[str]:
         if lines <= 0:

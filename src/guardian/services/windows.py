@@ -11,10 +11,12 @@ by their numeric code (``FAILED 1060:``), never by their words.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from guardian.clock import Clock, SystemClock
@@ -26,6 +28,10 @@ from guardian.services.base import (
     validate_service_name,
 )
 from guardian.services.subproc import CommandResult, run_service_tool
+
+log = logging.getLogger("guardian.services.windows")
+
+KILL_SETTLE = 30.0  # seconds the SCM gets to notice a killed service process
 
 # Win32 error codes sc.exe reports as "[SC] <Function> FAILED <code>:".
 ERROR_ACCESS_DENIED = 5
@@ -246,6 +252,8 @@ class WindowsServiceBackend:
         log_file: Path | None = None,
         timeout: float = 30.0,
         stop_timeout: float = 60.0,
+        pending_timeout: float = 120.0,
+        kill_stuck: bool = True,
         poll_interval: float = 0.5,
         clock: Clock | None = None,
     ) -> None:
@@ -255,8 +263,11 @@ class WindowsServiceBackend:
         self.log_file = log_file
         self.timeout = timeout
         self.stop_timeout = stop_timeout
+        self.pending_timeout = pending_timeout
+        self.kill_stuck = kill_stuck
         self.poll_interval = poll_interval
         self.clock = clock or SystemClock()
+        self._notes: list[str] = []  # what the last stop/restart had to do, for its report
 
     # ---------------------------------------------------------------- tools
 
@@ -306,20 +317,35 @@ class WindowsServiceBackend:
     # ---------------------------------------------------------------- protocol
 
     async def status(self) -> ServiceStatus:
+        status = await self._status()
+        if self._notes and status.state in (ServiceState.RUNNING, ServiceState.STARTING):
+            # The steps a stuck restart took travel with the first status after it into
+            # the recovery event (and so into the incident).
+            notes, self._notes = "; ".join(self._notes), []
+            status = replace(status, detail=f"{status.detail} (after: {notes})")
+        return status
+
+    async def _status(self) -> ServiceStatus:
         try:
             sc = self._sc()
         except ServiceError:
             if self.use_nssm and find_tool("nssm.exe", "nssm"):
                 return await self._nssm_status()
             raise
-        result = await self._run([sc, "queryex", self.service_name])
-        parsed = parse_sc_query(result.stdout)
+        result, parsed = await self._query(sc)
         if parsed is not None:
             return parsed.to_status()
         failure = self._sc_failure("queryex", result)
         if failure.kind is ServiceErrorKind.NOT_FOUND:
             return ServiceStatus(ServiceState.NOT_FOUND, detail=str(failure))
         raise failure
+
+    async def _query(self, sc: str | None = None) -> tuple[CommandResult, ScQuery | None]:
+        result = await self._run([sc or self._sc(), "queryex", self.service_name])
+        return result, parse_sc_query(result.stdout)
+
+    async def _queryex(self) -> ScQuery | None:
+        return (await self._query())[1]
 
     async def _nssm_status(self) -> ServiceStatus:
         result = await self._run([self._nssm(), "status", self.service_name])
@@ -344,34 +370,161 @@ class WindowsServiceBackend:
         code = self._sc_code(result)
         if code is None or code == ERROR_SERVICE_NOT_ACTIVE:
             return
+        if code == ERROR_SERVICE_CANNOT_ACCEPT_CTRL:
+            return  # already pending: the caller waits for it to settle (or kills it)
         raise self._sc_failure("stop", result)
 
     async def restart(self) -> None:
+        self._notes = []
         if self.use_nssm:
-            await self._nssm_restart()
+            await self._nssm_restart_or_unstick()
             return
+        await self._settle_pending()
         await self.stop()
         await self._wait_stopped()
         await self.start()
+        await self._wait_started()
 
     async def _wait_stopped(self) -> None:
-        """Poll until STOPPED: sc.exe returns at STOP_PENDING, and starting then fails."""
-        deadline = self.clock.monotonic() + self.stop_timeout
+        """Poll until STOPPED: sc.exe returns at STOP_PENDING, and starting then fails.
+
+        A service still STOP_PENDING after ``stop_timeout`` is stuck: with ``kill_stuck``
+        its process tree is killed by the PID from ``sc queryex``, else it is an error.
+        """
+        state = await self._wait_until(
+            (ServiceState.STOPPED, ServiceState.FAILED), self.stop_timeout, "stopping"
+        )
+        if state is not None:
+            return
+        await self._kill_stuck("STOP_PENDING", self.stop_timeout)
+        if (
+            await self._wait_until(
+                (ServiceState.STOPPED, ServiceState.FAILED), KILL_SETTLE, "stopping"
+            )
+            is None
+        ):
+            raise ServiceError(
+                ServiceErrorKind.TIMEOUT,
+                f"{self.service_name} still not stopped {KILL_SETTLE:g}s after its process "
+                "was killed",
+            )
+
+    async def _wait_started(self) -> None:
+        """After ``sc start``: a START_PENDING that outlasts ``pending_timeout`` is stuck:
+        kill the tree by PID, start once more."""
+        if (
+            await self._wait_until(
+                (ServiceState.RUNNING, ServiceState.STOPPED, ServiceState.FAILED),
+                self.pending_timeout,
+                "starting",
+            )
+            is not None
+        ):
+            return
+        await self._kill_stuck("START_PENDING", self.pending_timeout)
+        await self._wait_until((ServiceState.STOPPED, ServiceState.FAILED), KILL_SETTLE, "stopping")
+        self._step("started it again")
+        await self.start()
+        settled = (ServiceState.RUNNING, ServiceState.STOPPED, ServiceState.FAILED)
+        if await self._wait_until(settled, self.pending_timeout, "starting") is None:
+            raise ServiceError(
+                ServiceErrorKind.TIMEOUT,
+                f"{self.service_name} stuck in START_PENDING again after a kill and a new "
+                f"start ({'; '.join(self._notes)})",
+            )
+
+    async def _settle_pending(self) -> None:
+        """Before a restart: a service already pending gets ``pending_timeout`` to settle."""
+        parsed = await self._queryex()
+        if parsed is None or parsed.state_name not in ("START_PENDING", "STOP_PENDING"):
+            return
+        self._step(f"found {parsed.state_name}")
+        settled = (ServiceState.RUNNING, ServiceState.STOPPED, ServiceState.FAILED)
+        if await self._wait_until(settled, self.pending_timeout, "settling") is None:
+            await self._kill_stuck(parsed.state_name, self.pending_timeout)
+            await self._wait_until(
+                (ServiceState.STOPPED, ServiceState.FAILED), KILL_SETTLE, "stopping"
+            )
+
+    async def _wait_until(
+        self, states: tuple[ServiceState, ...], timeout: float, doing: str
+    ) -> ServiceState | None:
+        """Poll ``sc queryex`` until one of ``states``; None when ``timeout`` passed (or,
+        without ``kill_stuck``, a TIMEOUT error)."""
+        deadline = self.clock.monotonic() + timeout
         while True:
-            status = await self.status()
-            if status.state in (ServiceState.STOPPED, ServiceState.FAILED):
-                return
+            status = await self._status()
+            if status.state in states:
+                return status.state
             if status.state is ServiceState.NOT_FOUND:
                 raise ServiceError(
-                    ServiceErrorKind.NOT_FOUND, f"{self.service_name} disappeared while stopping"
+                    ServiceErrorKind.NOT_FOUND, f"{self.service_name} disappeared while {doing}"
                 )
             if self.clock.monotonic() >= deadline:
-                raise ServiceError(
-                    ServiceErrorKind.TIMEOUT,
-                    f"{self.service_name} still {status.detail or status.state} "
-                    f"after {self.stop_timeout:g}s",
-                )
+                if not self.kill_stuck:
+                    raise ServiceError(
+                        ServiceErrorKind.TIMEOUT,
+                        f"{self.service_name} still {status.detail or status.state} "
+                        f"after {timeout:g}s",
+                    )
+                return None
             await self.clock.sleep(self.poll_interval)
+
+    def _step(self, text: str) -> None:
+        self._notes.append(text)
+        log.warning(
+            "%s: %s",
+            self.service_name,
+            text,
+            extra={"target": self.name, "event": "service_unstick", "step": text},
+        )
+
+    async def _kill_stuck(self, state_name: str, waited: float) -> None:
+        """Kill the service's process tree by the PID the SCM reports for it."""
+        parsed = await self._queryex()
+        pid = parsed.pid if parsed is not None else None
+        if pid is None:
+            raise ServiceError(
+                ServiceErrorKind.TIMEOUT,
+                f"{self.service_name} stuck in {state_name} after {waited:g}s and "
+                "sc queryex gives no PID to kill",
+            )
+        self._step(f"{state_name} for {waited:g}s: killing pid {pid} and its tree (taskkill /T /F)")
+        tool = find_tool("taskkill.exe", "taskkill")
+        if tool is None:
+            raise ServiceError(ServiceErrorKind.UNAVAILABLE, "taskkill.exe not found on PATH")
+        result = await self._run([tool, "/T", "/F", "/PID", str(pid)])
+        if result.rc != 0:
+            text = (result.stdout + "\n" + result.stderr).strip()
+            raise ServiceError(
+                ServiceErrorKind.FAILED,
+                f"taskkill /T /F /PID {pid} ({self.service_name}): exit {result.rc}: {text[:300]}",
+            )
+        self._step(f"killed pid {pid}")
+
+    async def _nssm_restart_or_unstick(self) -> None:
+        """``nssm restart``, unless the service is stuck pending: then kill it by PID and
+        start it (nssm itself would only wait on the stuck stop until it times out)."""
+        stuck_before = False
+        with contextlib.suppress(ServiceError):
+            parsed = await self._queryex()
+            stuck_before = parsed is not None and parsed.state_name in (
+                "START_PENDING",
+                "STOP_PENDING",
+            )
+        if not stuck_before:
+            try:
+                await self._nssm_restart()
+                return
+            except ServiceError as exc:
+                if exc.kind is not ServiceErrorKind.TIMEOUT or not self.kill_stuck:
+                    raise
+                self._step(f"nssm restart timed out ({exc})")
+        await self._settle_pending()
+        await self.stop()
+        await self._wait_stopped()
+        await self.start()
+        await self._wait_started()
 
     async def _nssm_restart(self) -> None:
         # nssm waits for the stop and the start itself, so it gets both budgets.
