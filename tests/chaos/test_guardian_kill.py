@@ -3,9 +3,10 @@
 The ProcessBackend starts children in their own session, so a SIGKILLed Guardian leaves
 its child running, holding the port. What must hold after the new Guardian starts:
 
-* exactly one victim process exists, it serves the port, and it is the new Guardian's
-  own child (the orphan was found and killed, or re-adopted) -- not an unsupervised
-  orphan serving while Guardian's fresh child crash-loops on EADDRINUSE;
+* exactly one victim process exists, it serves the port, and the new Guardian supervises
+  it: its own child, or the recorded process it adopted (pid + start time) -- not an
+  unsupervised orphan serving while Guardian's fresh child crash-loops on EADDRINUSE;
+* a healthy child is adopted, not killed: same pid, no restart (its running job survives);
 * no restart storm: a handful of restarts at most in the new Guardian's first seconds;
 * a target whose breaker was open stays open across the crash (the attempt count lives
   in the state store), so a crash-looping Guardian cannot multiply restarts.
@@ -59,18 +60,24 @@ def restarts(log: Path, since: float = 0.0) -> int:
 
 
 def supervision_problems(
-    g: GuardianProc, port: int, marker: str, wait: float = 10.0
+    g: GuardianProc, port: int, marker: str, log: Path, wait: float = 10.0
 ) -> list[str]:
     """What is wrong with who serves ``port`` after Guardian came back ([] = all good)."""
+
+    def supervised(owner: int | None) -> bool:
+        if owner is None:
+            return False
+        try:
+            if psutil.Process(owner).ppid() == g.pid:
+                return True
+        except psutil.Error:
+            return False
+        return owner in adopted(log)
 
     def settled() -> bool:
         vs = victims(marker)
         owner = listener_pid(port)
-        try:
-            supervised = owner is not None and psutil.Process(owner).ppid() == g.pid
-        except psutil.Error:
-            supervised = False
-        return len(vs) == 1 and owner == vs[0].pid and supervised and http_ok(port)
+        return len(vs) == 1 and owner == vs[0].pid and supervised(owner) and http_ok(port)
 
     wait_for(settled, wait, step=0.1)
     problems = []
@@ -80,20 +87,28 @@ def supervision_problems(
     owner = listener_pid(port)
     if owner is None or not http_ok(port):
         problems.append(f"nothing answers on port {port}")
-    elif psutil.Process(owner).ppid() != g.pid:
+    elif not supervised(owner):
         problems.append(
             f"port {port} is served by pid {owner} (parent {psutil.Process(owner).ppid()}), "
-            f"not by a child of the running Guardian {g.pid}: an unsupervised orphan"
+            f"neither a child of the running Guardian {g.pid} nor adopted by it: "
+            "an unsupervised orphan"
         )
     return problems
 
 
+def adopted(log: Path) -> set[int]:
+    """Pids the Guardian logging to ``log`` says it adopted at start."""
+    return {
+        int(e["pid"]) for e in log_events(log)
+        if e.get("event") == "start_outcome" and e.get("outcome") == "adopted" and e.get("pid")
+    }
+
+
 # A supervised child runs in its own session, so it outlives a SIGKILLed Guardian and keeps
 # its port. Without care the next Guardian's child crash-loops on EADDRINUSE while the
-# orphan serves unsupervised. ProcessBackend records pid + start time + argv in the state
-# dir and, on its first start, stops a matching leftover group before starting its own:
-# children are cleanly restarted, not re-adopted (a non-child's exit cannot be awaited, so
-# an adopted process would lose the instant exit detection).
+# orphan serves unsupervised. ProcessBackend records pid + start time (+ a token in the
+# child's environment) in the state dir and, on its first start, adopts a live recorded
+# process (its exit is watched through a pidfd, as fast as a child's) instead of killing it.
 @pytest.mark.parametrize("moment", ["steady", "mid_restart"])
 def test_sigkilled_guardian_restarts_without_orphans_or_storm(tmp_path: Path, moment: str) -> None:
     why = features()
@@ -107,6 +122,7 @@ def test_sigkilled_guardian_restarts_without_orphans_or_storm(tmp_path: Path, mo
     with cleanup(str(pidfile), lambda: g1, lambda: g2):
         g1 = GuardianProc(cfg, tmp_path / "g1.err")
         assert wait_for(lambda: http_ok(port), 20), g1.stderr()[-3000:]
+        first = read_pid(pidfile)
         if moment == "mid_restart":
             before = restarts(log)
             victim = read_pid(pidfile)
@@ -116,12 +132,16 @@ def test_sigkilled_guardian_restarts_without_orphans_or_storm(tmp_path: Path, mo
         g1.sigkill()
         t_restart = time.time()
         g2 = GuardianProc(cfg, tmp_path / "g2.err")
-        problems = supervision_problems(g2, port, str(pidfile))
+        problems = supervision_problems(g2, port, str(pidfile), log)
         time.sleep(3)  # a storm would show here: failure_threshold x interval is 1.5 s
         n = restarts(log, since=t_restart)
         if n > 2:
             problems.append(f"{n} restarts since the new Guardian started: a restart storm")
-        problems += supervision_problems(g2, port, str(pidfile), wait=2.0)
+        problems += supervision_problems(g2, port, str(pidfile), log, wait=2.0)
+        # nothing was wrong with a steady child: adopted, never restarted
+        if moment == "steady" and (read_pid(pidfile) != first or n != 0):
+            problems.append(f"healthy child {first} not adopted: now {read_pid(pidfile)}, "
+                            f"{n} restarts")
         assert not problems, "\n".join(problems)
         assert g2.stop() == 0
     assert victims(str(pidfile)) == []

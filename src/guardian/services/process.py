@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from guardian.blocking import pool
 from guardian.clock import Clock, SystemClock
 from guardian.services.base import (
     ExitListener,
@@ -54,6 +55,8 @@ from guardian.services.record import now as wall_now
 from guardian.services.treekill import TreeStopper, default_tree
 
 log = logging.getLogger("guardian.services.process")
+
+LOG_IO_DEADLINE = 30.0  # seconds for a log tail, a copy-truncate or a process-table scan
 
 KILL_WAIT = 5.0  # seconds to wait for the exit after SIGKILL before giving up
 ROTATE_INTERVAL = 1.0  # seconds between log size checks
@@ -212,7 +215,10 @@ class ProcessBackend:
             self._restarts += 1
 
     async def log_tail(self, lines: int = 200) -> list[str]:
-        return await asyncio.to_thread(self.log.tail, lines)
+        # Own bounded daemon threads (guardian.blocking), never asyncio's shared pool.
+        return await pool("logs").run(
+            lambda: self.log.tail(lines), LOG_IO_DEADLINE, key=f"tail:{self.name}"
+        )
 
     async def aclose(self) -> None:
         """Guardian is stopping: stop the process, or leave it for the next Guardian."""
@@ -253,7 +259,9 @@ class ProcessBackend:
         record = self.records.load()
         if record is None:
             return False
-        found = await asyncio.to_thread(find_recorded, record)
+        found = await pool("logs").run(
+            lambda: find_recorded(record), LOG_IO_DEADLINE, key=f"find:{self.name}"
+        )
         if not found:
             return False
         roots = _roots(found)
@@ -453,7 +461,9 @@ class ProcessBackend:
         while True:
             await self.clock.sleep(self.rotate_interval)
             try:
-                await asyncio.to_thread(self.log.rotate_if_needed)
+                await pool("logs").run(
+                    self.log.rotate_if_needed, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
+                )
             except Exception:  # never let rotation trouble end supervision
                 log.warning("%s: log rotation failed", self.name, exc_info=True)
 
