@@ -120,6 +120,8 @@ async def rig() -> AsyncIterator[RigFactory]:
         await r.check.aclose()
         if r.recovery is not None:
             await r.recovery.aclose()
+            for backend in r.recovery.backends.values():
+                await backend.aclose()  # the simulator runs in its own session: stop it
 
 
 @pytest.fixture
