@@ -168,7 +168,6 @@ class Guardian:
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
         self.fd_limits = raise_nofile()
-        self.overload.start()
         self.db = self._open_database()
         try:
             self._incidents = start_incidents(
@@ -208,6 +207,9 @@ class Guardian:
         if self.config.api.enabled:
             await self._start_api()
         self._write_runtime_file()
+        # Measured from here on: start-up itself (imports, opening the store, building the
+        # API) blocks the loop by design and would read as a false "falling behind".
+        self.overload.start()
         log.info(
             "guardian started: %d targets, %d checks",
             len(self.config.targets),

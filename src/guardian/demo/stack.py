@@ -125,7 +125,7 @@ cooldown = 5
 max_attempts = 3
 window = 600
 failure_threshold = 3
-grace_period = 10
+startup_timeout = 60
 stable_period = 60
 
 [targets.remediation]   # gentle rungs before a restart: /interrupt, /free
@@ -162,7 +162,7 @@ stop_timeout = 5
 cooldown = 5
 max_attempts = 3
 failure_threshold = 3
-grace_period = 10
+startup_timeout = 60
 depends_on = ["comfyui"]
 
 [[targets.checks]]
