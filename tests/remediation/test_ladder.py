@@ -124,6 +124,26 @@ async def rig() -> AsyncIterator[RigFactory]:
                 await backend.aclose()  # the simulator runs in its own session: stop it
 
 
+async def supervised_sim(rig: RigFactory, **check: Any) -> tuple[Rig, ProcessBackend, str]:
+    """A simulator child under a real ProcessBackend and RecoveryManager, answering."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "guardian.demo.comfyui_sim", "--port", str(port)]
+    backend = ProcessBackend("comfyui", argv, stop_timeout=5,
+                             env={"PYTHONPATH": os.pathsep.join(sys.path)})
+    r = rig(url, backend=backend, **check)
+    assert r.recovery is not None
+    await r.recovery.start_all()
+    async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
+        for _ in range(300):
+            try:
+                if (await client.get("/system_stats")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+    return r, backend, url
+
+
 @pytest.fixture
 def sim() -> Any:
     s = ComfyUISim(device="cuda", exec_time=0.0).start()
@@ -163,21 +183,8 @@ async def test_interrupt_stops_a_stuck_prompt_without_a_restart(
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX child processes")
 async def test_interrupt_ignored_by_a_sleeping_node_asks_for_a_restart(rig: RigFactory) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "guardian.demo.comfyui_sim", "--port", str(port)]
-    backend = ProcessBackend("comfyui", argv, stop_timeout=5,
-                             env={"PYTHONPATH": os.pathsep.join(sys.path)})
-    r = rig(url, backend=backend)
-    assert r.recovery is not None
-    await r.recovery.start_all()
+    r, backend, url = await supervised_sim(rig)
     async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
-        for _ in range(300):
-            try:
-                if (await client.get("/system_stats")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                await asyncio.sleep(0.05)
         old_pid = backend.pid
         job = await client.post("/__sim/job", json={"kind": "sleep", "seconds": 3600})
         prompt_id = job.json()["prompt_id"]
@@ -248,22 +255,10 @@ async def test_nothing_acts_when_idle_and_memory_is_fine(sim: ComfyUISim, rig: R
 @pytest.mark.skipif(os.name == "nt", reason="POSIX child processes")
 async def test_nothing_acts_on_a_busy_target_making_progress(rig: RigFactory) -> None:
     """A CPU-burning job far past stuck_running_after, supervised with recovery: no rung."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "guardian.demo.comfyui_sim", "--port", str(port)]
-    backend = ProcessBackend("comfyui", argv, stop_timeout=5,
-                             env={"PYTHONPATH": os.pathsep.join(sys.path)})
-    r = rig(url, backend=backend, stuck_running_after=60, progress_window=30,
-            progress_cpu_min=0.05)
-    assert r.recovery is not None
-    await r.recovery.start_all()
+    r, _backend, url = await supervised_sim(
+        rig, stuck_running_after=60, progress_window=30, progress_cpu_min=0.05
+    )
     async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
-        for _ in range(300):
-            try:
-                if (await client.get("/system_stats")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                await asyncio.sleep(0.05)
         job = await client.post("/__sim/job", json={"kind": "busy", "seconds": 3})
         prompt_id = job.json()["prompt_id"]
         outs = []
