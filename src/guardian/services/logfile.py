@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+from guardian.services.winappend import open_append
+
 TAIL_BLOCK = 8192
 COPY_BLOCK = 1024 * 1024
 LOG_MODE = 0o640  # the child's output can hold paths and prompts: not world-readable
@@ -51,7 +53,7 @@ class SupervisedLog:
         The caller closes it once the child is spawned (the child keeps its own copy).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+        return open_append(self.path, LOG_MODE)  # Windows: an append-only kernel handle
 
     def write_line(self, text: str) -> bool:
         """Append one line in one ``write`` (so it never splits a child's line). True when
