@@ -101,9 +101,7 @@ async def test_stale_identity_is_never_killed(fake_tools, tree_proc):
     assert proc.poll() is None and not gone(grandchild)
 
 
-async def test_failing_taskkill_falls_back_to_psutil_and_says_so(
-    fake_tools, tree_proc, caplog
-):
+async def test_failing_taskkill_falls_back_to_psutil_and_says_so(fake_tools, tree_proc, caplog):
     failing = fake_tools.bin / "taskkill"
     failing.write_text("#!/bin/sh\necho 'ERROR: Access is denied.' >&2\nexit 1\n")
     proc, log = tree_proc
