@@ -265,3 +265,25 @@ async def test_restart_that_gets_through_is_never_killed(fake_tools):
     add_unit(fake_tools)
     await fast(stop_timeout=5).restart()
     assert [v[0] for v in verbs(fake_tools)] == ["restart"]
+
+
+async def test_unit_that_ends_just_before_the_kill_is_not_an_error(fake_tools):
+    # The kill fails (systemd 252 says "not loaded" for an inactive unit) because the
+    # unit finished stopping on its own: that is success, the start follows.
+    add_unit(fake_tools, stuck_stop=True)
+    fail_kill = fake_tools.bin / "systemctl"
+    real = fail_kill.read_text()
+    fail_kill.write_text(
+        real.replace(
+            '    if verb == "kill":\n',
+            '    if verb == "kill":\n'
+            '        unit.update(active="inactive", sub="dead", stuck_stop=False)\n'
+            '        out(f"Failed to kill unit {name}: Unit {name} not loaded.\\n", "stderr")\n'
+            "        return 1\n",
+        )
+    )
+    b = fast(stop_timeout=0.1)
+    await b.restart()
+    status = await b.status()
+    assert status.state is ServiceState.RUNNING
+    assert "had ended before the kill" in status.detail

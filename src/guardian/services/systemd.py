@@ -290,6 +290,12 @@ class SystemdBackend:
             result = await self._run(argv, self.timeout)
             text = (result.stderr + "\n" + result.stdout).strip()
         if result.rc != 0:
+            state = (await self._status()).state
+            if state in (ServiceState.STOPPED, ServiceState.FAILED):
+                # It ended on its own just before the kill (systemd 252 then even says
+                # "Unit ... not loaded" for the inactive unit).
+                self._step(f"{self.unit} had ended before the kill")
+                return
             raise ServiceError(
                 classify_systemctl_error(result.rc, text),
                 f"systemctl kill {self.unit}: {text[:300] or result.rc}",

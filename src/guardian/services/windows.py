@@ -63,8 +63,9 @@ _STATE_MAP: dict[str, ServiceState] = {
     "PAUSED": ServiceState.PAUSED,
 }
 
-# "FAILED" is localised ("FEHLER", "ÉCHEC 5 :"), so only the shape is matched.
-_SC_ERROR_RE = re.compile(r"\[SC\]\s*(\S+)\s+\S+\s+(\d+)\s*:[ \t]*\n?(.*)", re.S)
+# "FAILED" is localised ("FEHLER", "ÉCHEC 5 :", "失败"), so only the shape is matched. The
+# function may hold a space: "[SC] StartService: OpenService FAILED 1060:".
+_SC_ERROR_RE = re.compile(r"\[SC\][ \t]*([^\n]+?)[ \t]+\S+[ \t]+(\d+)[ \t]*:[ \t]*\n?(.*)", re.S)
 _SC_FIELD_RE = re.compile(r"^\s*([A-Z0-9_]+)\s*:\s*(.*?)\s*$")
 
 
