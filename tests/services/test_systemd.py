@@ -78,7 +78,11 @@ def test_classify_errors_on_recorded_messages():
 def add_unit(fake_tools, name=UNIT, user=False, **unit):
     st = fake_tools.state()
     st["user_units" if user else "units"][name] = {
-        "load": "loaded", "active": "active", "sub": "running", "pid": 4242, **unit
+        "load": "loaded",
+        "active": "active",
+        "sub": "running",
+        "pid": 4242,
+        **unit,
     }
     fake_tools.write(st)
 
@@ -149,9 +153,7 @@ async def test_hanging_systemctl_times_out(fake_tools):
 async def test_log_tail_via_journalctl(fake_tools):
     add_unit(fake_tools, journal=[f"msg {i}" for i in range(10)])
     assert await SystemdBackend("x", UNIT).log_tail(3) == ["msg 7", "msg 8", "msg 9"]
-    assert fake_tools.calls("journalctl") == [
-        ["-u", UNIT, "-n", "3", "--no-pager", "-o", "cat"]
-    ]
+    assert fake_tools.calls("journalctl") == [["-u", UNIT, "-n", "3", "--no-pager", "-o", "cat"]]
     assert await SystemdBackend("x", "empty.service", user=True).log_tail(5) == []
     assert fake_tools.calls("journalctl")[-1][:3] == ["--user", "-u", "empty.service"]
 
