@@ -73,6 +73,39 @@ def test_sc_query_blocks(name, service, state_name, state, pid):
     assert parsed.win32_exit_code == 0 and parsed.service_exit_code == 0
 
 
+def test_russian_block_with_translated_field_names():
+    """ru-RU sc.exe translates the field names; the block is read by its fields' order
+    (this returned None before, so the backend could not read any service there)."""
+    parsed = parse_sc_query(text("windows/goodbyedpi_544_queryex_running_ru.txt"))
+    assert parsed is not None
+    assert (parsed.service_name, parsed.state_name, parsed.state, parsed.pid) == (
+        "GoodbyeDPI",
+        "RUNNING",
+        ServiceState.RUNNING,
+        13688,
+    )
+    assert parsed.controls == ("STOPPABLE", "NOT_PAUSABLE", "ACCEPTS_SHUTDOWN")
+    assert parsed.fields["TYPE"] == "10  WIN32_OWN_PROCESS"
+    assert parse_sc_error(text("windows/goodbyedpi_544_queryex_running_ru.txt")) is None
+
+
+def test_russian_block_read_even_when_the_code_page_is_unknown():
+    """Derived from the capture above: the console writes CP866; decoded without knowing
+    that (as on a host whose OEM code page is not Russian), the names are garbage but
+    the order and the English values still give state and PID."""
+    raw = (REC / "windows/goodbyedpi_544_queryex_running_ru.txt").read_text(encoding="utf-8")
+    garbled = decode_output(raw.replace("\n", "\r\n").encode("cp866"))
+    parsed = parse_sc_query(garbled)
+    assert parsed is not None
+    assert (parsed.state_name, parsed.pid) == ("RUNNING", 13688)
+
+
+def test_a_block_needs_its_shape_not_just_colons():
+    # Lines with colons that are not a service block are not taken for one.
+    assert parse_sc_query("Name: x\n        Foo : bar\n        Baz : qux\n") is None
+    assert parse_sc_query(text("windows/oibus_380_sc_usage.txt")) is None
+
+
 def test_stuck_stop_pending_block_gives_the_pid_to_kill():
     """The situation the unstick path acts on, as a real machine showed it: the PID the
     SCM reports for a service stuck in STOP_PENDING, with its controls."""
@@ -102,6 +135,7 @@ def test_stuck_stop_pending_block_gives_the_pid_to_kill():
             "El servicio especificado no existe",
         ),
         ("pcapdnsproxy_24_1060_zh.txt", "OpenService", 1060, "指定的服务未安装"),
+        ("goodbyedpi_544_1060_ru.txt", "OpenService:", 1060, "Указанная служба не установлена"),
         ("pcapdnsproxy_24_start_1056_zh.txt", "StartService", 1056, "服务的实例已在运行中"),
     ],
 )
