@@ -494,17 +494,20 @@ class WindowsServiceBackend:
         self, states: tuple[ServiceState, ...], timeout: float, doing: str
     ) -> ServiceState | None:
         """Poll ``sc queryex`` until one of ``states``; None when ``timeout`` passed (or,
-        without ``kill_stuck``, a TIMEOUT error)."""
+        without ``kill_stuck``, a TIMEOUT error). Stuck needs two looks, one at the start and
+        one past the deadline: a single slow ``sc.exe`` call proves no duration."""
         deadline = self.clock.monotonic() + timeout
+        looks = 0
         while True:
             status = await self._status()
+            looks += 1
             if status.state in states:
                 return status.state
             if status.state is ServiceState.NOT_FOUND:
                 raise ServiceError(
                     ServiceErrorKind.NOT_FOUND, f"{self.service_name} disappeared while {doing}"
                 )
-            if self.clock.monotonic() >= deadline:
+            if looks >= 2 and self.clock.monotonic() >= deadline:
                 if not self.kill_stuck:
                     raise ServiceError(
                         ServiceErrorKind.TIMEOUT,
