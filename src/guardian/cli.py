@@ -190,7 +190,7 @@ def judge_from_outside(cfg: Config, results: list[CheckResult]) -> list[CheckRes
 
 def _daemon_view(where: Located, target: str | None) -> dict[str, Any] | None:
     """The running Guardian's /api/status (one target's part with ``target``), else None."""
-    import httpx
+    from guardian.checks.httpxlib import httpx  # without httpx's own CLI
 
     if where.running is None or not where.running.api_url:
         return None
@@ -266,7 +266,7 @@ def check(
 
 def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
     """Call the running Guardian's API; print a clear error and exit 2 when it fails."""
-    import httpx
+    from guardian.checks.httpxlib import httpx  # without httpx's own CLI
 
     cfg = where.config
     if where.running is None:
