@@ -5,6 +5,9 @@ src/ first on the path): RSS growth (VmRSS after - before, in that process) and 
 of the import. A part's figure includes its own dependencies (fastapi includes pydantic,
 starlette, anyio and opentelemetry), so the rows overlap and do not add up.
 
+Part 1b (layers): the same parts imported one after another in one interpreter, in the
+order the run path and then the API load them: what each adds on top of the run path.
+
 Part 2 (run): `python -m guardian run --config X` as a real process, for a minimal config
 (one http check, no API) and the shipped `guardian.example.toml` (API on a free port, dirs
 in a temp dir): time until the "guardian started" log line, RSS once the first checks ran
@@ -61,6 +64,60 @@ PARTS: list[tuple[str, str]] = [
     ("guardian.api.app (the API stack)", "import guardian.api.app"),
     ("guardian.cli (every command)", "import guardian.cli"),
 ]
+
+# (label, statement) run in this order in ONE fresh interpreter: what each part adds on top
+# of what came before, i.e. on top of the run path. Something already imported adds ~0.
+LAYERS: list[tuple[str, str]] = [
+    ("pydantic (first model built)",
+     "from pydantic import BaseModel\nclass M(BaseModel):\n    x: int"),
+    ("guardian.config (every check model)", "import guardian.config"),
+    ("guardian.runtime (run path, no API)", "import guardian.runtime"),
+    ("httpx, no CLI (comfyui / https checks)",
+     "import sys\nif 'httpx' not in sys.modules:\n    sys.modules['httpx._main'] = None\n"
+     "import httpx"),
+    ("opentelemetry (imported by fastapi)",
+     "import opentelemetry.trace, opentelemetry.metrics, opentelemetry._logs, "
+     "opentelemetry.propagate"),
+    ("starlette", "import starlette.applications, starlette.routing"),
+    ("fastapi", "import fastapi, fastapi.security"),
+    ("uvicorn (+ its click CLI)", "import uvicorn, uvicorn.protocols.http.httptools_impl"),
+    ("prometheus_client", "import prometheus_client"),
+    ("guardian.api.app (models, routes)", "import guardian.api.app"),
+    ("pydantic.v1 (fastapi looks for v1 models)",
+     "import warnings\nwarnings.simplefilter('ignore')\nimport pydantic.v1"),
+    ("guardian.cli (typer, rich: other commands)", "import guardian.cli"),
+    ("apprise (first notification)", "import apprise"),
+    ("pynvml (gpu check over NVML)", "import pynvml"),
+]
+
+_LAYERS_PROBE = """
+import json, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) * 1024
+out = []
+for stmt in json.loads(sys.argv[1]):
+    before = rss()
+    exec(compile(stmt, '<layer>', 'exec'), {})
+    out.append(rss() - before)
+print(json.dumps(out))
+"""
+
+
+def layers(src: Path, runs: int) -> dict[str, Any]:
+    stmts = json.dumps([stmt for _, stmt in LAYERS])
+    samples = []
+    for _ in range(runs):
+        out = subprocess.run([PYTHON, "-c", _LAYERS_PROBE, stmts], env=tree_env(src),
+                             capture_output=True, text=True, timeout=120, check=True)
+        samples.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    result = {label: _mib(statistics.median(s[i] for s in samples))
+              for i, (label, _) in enumerate(LAYERS)}
+    for label, v in result.items():
+        print(f"  + {label:45} {v} MiB", flush=True)
+    return result
+
 
 # minimal: one http check, no API; the shipped example as is, and without its API (the
 # difference is what the API stack costs).
@@ -275,6 +332,12 @@ def markdown(data: dict[str, Any]) -> str:
                          ", ".join(r["heavy"]) or "—"])
     lines.append(table(["config", "tree", "RSS MiB", "start ms", "modules", "heavy packages"],
                        rows))
+    lines += ["", "## What each part adds on top of the run path", "",
+              "One fresh interpreter imports these in this order; each row is the RSS it "
+              "added (MiB). A part already imported by an earlier row adds ~0, so the "
+              "difference between the trees shows where the cost moved.", ""]
+    rows = [[label] + [trees[n]["layers"].get(label) for n in names] for label, _ in LAYERS]
+    lines.append(table(["part (in this order)"] + [f"{n} +MiB" for n in names], rows))
     lines += ["", "## Parts, each alone in a fresh interpreter", "",
               "RSS growth and import time of the import alone (its dependencies included, so "
               "rows overlap).", ""]
@@ -318,6 +381,7 @@ def main() -> None:
             entry: dict[str, Any] = {"what": what, "run": runs_for(src, args.runs,
                                                                    args.settle, port)}
             entry["parts"] = {} if args.skip_parts else parts(src, args.runs)
+            entry["layers"] = {} if args.skip_parts else layers(src, args.runs)
             data["trees"][name] = entry
     if args.skip_parts:
         print(markdown_run_only(data))
