@@ -297,6 +297,7 @@ _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked again on every run of a check
 def wire_address(url: str) -> tuple[str, int, str]:
     """Host, port and request target (path + query, percent-encoded) of an http:// URL."""
     parts = urlsplit(url)
