@@ -15,16 +15,18 @@ import json
 import random
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import Field
 
 from guardian.checks.base import Check, CheckConfigBase, CheckContext
 from guardian.checks.bodyread import BodyTooLarge, read_capped
 from guardian.checks.progress import ProgressProbe, ProgressSample, judge
 from guardian.result import Outcome, Value
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
 MIB = 1024 * 1024
@@ -111,11 +113,15 @@ class _Api:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
+        from guardian.checks.httpxlib import httpx  # only a configured comfyui check loads it
+
         # trust_env=False: a proxy from the environment must never sit between us and loopback.
         self.client = httpx.AsyncClient(base_url=self.url, timeout=timeout, trust_env=False)
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
         """Status and body, reading at most ``max_body_bytes``."""
+        from guardian.checks.httpxlib import httpx
+
         try:
             async with self.client.stream(method, path, json=body) as response:
                 return response.status_code, await self._read_capped(response, path)
