@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +35,7 @@ from guardian.services import build_backend
 from guardian.services.base import ServiceBackend, ServiceStatus
 from guardian.startup import StartupPhases
 from guardian.state import State
-from guardian.uptime import UptimeStore
+from guardian.uptime import UPTIME, UptimeStore
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -90,7 +89,6 @@ class Guardian:
         self.api: ApiServer | None = None
         self._app: FastAPI | None = None
         self.uptime_counts: UptimeStore | None = None
-        self._uptime_db: sqlite3.Connection | None = None
         self._uptime_unsubscribe: Callable[[], None] | None = None
         self._bridge: LoopBridge | None = None
 
@@ -106,7 +104,7 @@ class Guardian:
             recover=True,
             monotonic=self.clock.monotonic,
             now=self.clock.now,
-            components=(INCIDENTS, BREAKERS),
+            components=(INCIDENTS, BREAKERS, UPTIME),
         )
 
     def _open_breaker_store(self, db: Database) -> BreakerStore:
@@ -120,24 +118,13 @@ class Guardian:
             )
             return MemoryBreakerStore()
 
-    def _open_uptime(self) -> None:
-        """Persisted uptime buckets in the store file (a component of its own)."""
-        path = self.config.store_path
+    def _open_uptime(self, db: Database) -> None:
+        """Persisted uptime buckets: a component of the one store file, like the others."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False)
-        except (OSError, sqlite3.Error) as e:
-            log.warning("uptime not recorded: cannot open %s (%s)", path, e,
-                        extra={"event": "store_unavailable"})
+            self.uptime_counts = UptimeStore(db, now=self.clock.now, monotonic=self.clock.monotonic)
+        except (StoreError, OSError) as e:
+            log.error("uptime not recorded: %s", e, extra={"event": "store_unavailable"})
             return
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            self.uptime_counts = UptimeStore(db, now=self.clock.now)
-        except sqlite3.Error as e:
-            db.close()
-            log.warning("uptime not recorded: %s", e, extra={"event": "store_unavailable"})
-            return
-        self._uptime_db = db
         self._uptime_unsubscribe = self.uptime_counts.subscribe(self.bus)
 
     def _close_uptime(self) -> None:
@@ -145,11 +132,7 @@ class Guardian:
             self._uptime_unsubscribe()
             self._uptime_unsubscribe = None
         if self.uptime_counts is not None:
-            self.uptime_counts.close()
-        if self._uptime_db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._uptime_db.close()
-            self._uptime_db = None
+            self.uptime_counts.close()  # flushes; the shared Database is closed after it
 
     def _write_runtime_file(self) -> None:
         started = self.started_at.isoformat() if self.started_at is not None else ""
@@ -180,7 +163,7 @@ class Guardian:
                 extra={"event": "store_unavailable"},
             )
         self.breakers = self._open_breaker_store(self.db)
-        self._open_uptime()
+        self._open_uptime(self.db)
         self.recovery = RecoveryManager(
             self.config,
             self.bus,
