@@ -26,7 +26,7 @@ from guardian.engine import Engine
 from guardian.events import EventBus
 from guardian.fdlimit import FdLimits, api_connection_cap, raise_nofile
 from guardian.incidents import Incidents, start_incidents
-from guardian.incidents.store import INCIDENTS, Incident, Store, StoreError
+from guardian.incidents.store import INCIDENTS, Incident, Store, StoredRecovery, StoreError
 from guardian.overload import LoopLagMonitor
 from guardian.recovery import RecoveryManager
 from guardian.remediation import Remediation
@@ -334,8 +334,8 @@ class Guardian:
         if self.incidents_store is None:
             return []
         store = self.incidents_store
-        found = store.incidents(include_resolved=include_resolved, limit=limit)
-        return [_incident_dict(i, store) for i in found]
+        return incident_dicts(store, store.incidents(include_resolved=include_resolved,
+                                                     limit=limit))
 
     def incident(self, incident_id: int) -> dict[str, Any] | None:
         if self.incidents_store is None:
@@ -343,7 +343,7 @@ class Guardian:
         found = self.incidents_store.incident(incident_id)
         if found is None:
             return None
-        data = _incident_dict(found, self.incidents_store)
+        (data,) = incident_dicts(self.incidents_store, [found])
         data["report_markdown"] = None
         if found.report_path:
             with contextlib.suppress(OSError):
@@ -364,11 +364,17 @@ class Guardian:
                 await backend.aclose()
 
 
-def _timeline(incident: Incident, store: Store) -> list[dict[str, Any]]:
+def incident_dicts(store: Store, found: list[Incident]) -> list[dict[str, Any]]:
+    """Incidents as the API shows them, with their timelines read in one query."""
+    events = store.timeline_events([i.id for i in found])
+    return [_incident_dict(i, events.get(i.id, [])) for i in found]
+
+
+def _timeline(incident: Incident, events: list[StoredRecovery]) -> list[dict[str, Any]]:
     """Opened, every recovery action the incident grouped, escalated, resolved: in order."""
     entries: list[dict[str, Any]] = [{"time": incident.opened_at, "kind": "opened",
                                       "reason": incident.summary}]
-    for e in store.recovery_events(incident_id=incident.id, limit=200):
+    for e in events:
         entries.append({"time": e.time, "kind": e.kind, "attempt": e.attempt,
                         "reason": e.reason, "detail": e.detail})
     if incident.escalated_at is not None:
@@ -382,7 +388,7 @@ def _timeline(incident: Incident, store: Store) -> list[dict[str, Any]]:
     return entries
 
 
-def _incident_dict(incident: Incident, store: Store | None = None) -> dict[str, Any]:
+def _incident_dict(incident: Incident, events: list[StoredRecovery]) -> dict[str, Any]:
     def iso(t: datetime | None) -> str | None:
         return t.isoformat() if t is not None else None
 
@@ -398,5 +404,5 @@ def _incident_dict(incident: Incident, store: Store | None = None) -> dict[str, 
         "failure_count": incident.failure_count,
         "flap_count": incident.flap_count,
         "report_path": incident.report_path,
-        "timeline": _timeline(incident, store) if store is not None else [],
+        "timeline": _timeline(incident, events),
     }

@@ -3,9 +3,9 @@
 What a status page needs for "99.2 % over 7 days" and a history bar is far less than the
 results themselves: counts per target per time bucket of how many results came in, how
 many of them were up, and how many restarts Guardian started. Two tables keep it small
-at any scale: ``uptime`` holds 5-minute buckets for the last two days (the 24 h window
+at any scale: ``uptime`` holds 5-minute buckets for the last 25 hours (the 24 h window
 and the 24 h history bar), ``uptime_hourly`` holds hourly totals for 31 days (the 7 d and
-30 d windows, whose start is taken at the hour). 1000 targets are then at most ~1.3 M
+30 d windows, whose start is taken at the hour). 1000 targets are then at most ~1 M
 small rows, and the percentages stay honest across Guardian restarts.
 
 A result counts as *up* unless it FAILED (a busy ComfyUI is OK, a degraded one still
@@ -19,9 +19,10 @@ full disk, a damaged or a refused file). Recording a result is a dict update in 
 seconds (about two upserts per target per flush), and on close. A write that fails
 keeps the counts in memory (bounded: the oldest buckets go first, counted in
 ``dropped``); a file replaced mid-run gets what is buffered and starts its history from
-there (the older counts stay in the moved-aside file). Reads aggregate in SQL and are
-cached until the next flush, so a status page polled by many clients costs one query
-per flush period.
+there (the older counts stay in the moved-aside file). Reads aggregate in SQL once when
+a window moves (every 5 minutes for the 24 h window and the bar, hourly for 7 d and
+30 d) and each flush folds its batch into those figures, so a status page polled by
+many clients costs a query every few minutes, not one per request.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,7 +72,7 @@ UPTIME = Component(UPTIME_COMPONENT, UPTIME_MIGRATIONS)
 
 BUCKET_SECONDS = 300
 RETENTION_DAYS = 31.0  # hourly totals: the longest window shown is 30 d
-FINE_RETENTION = timedelta(hours=48)  # 5-minute buckets: the 24 h window and bar
+FINE_RETENTION = timedelta(hours=25)  # 5-minute buckets: the 24 h window and bar
 MAX_PENDING = 50_000  # buffered (target, bucket) counts while the store cannot write
 WINDOWS: dict[str, timedelta] = {
     "24h": timedelta(hours=24),
@@ -158,8 +159,9 @@ class UptimeStore:
         self._inflight: dict[int, Buffer] = {}  # batches being written (still readable)
         self._next_flush = monotonic() + flush_every
         self._next_prune = 0.0  # the first flush prunes, then at most hourly
-        self._generation = 0  # bumped whenever the tables change: invalidates the cache
-        self._cache: dict[tuple[Any, ...], Any] = {}
+        # What the tables say per window / bar slot, computed by one query when a window
+        # moves and kept current by folding in each written batch (under the db lock).
+        self._aggs: dict[tuple[Any, ...], _Agg] = {}
         self._read_warned_at: float | None = None
         self.dropped = 0  # results (and restarts) lost because the buffer was full
         try:
@@ -253,7 +255,9 @@ class UptimeStore:
                 return False
             with self._buf_lock:
                 self._inflight.pop(id(batch), None)
-                self._generation += 1
+            for agg in self._aggs.values():  # cached figures follow without a query
+                for (t, b), c in batch.items():
+                    agg.add(t, b, c[0], c[1], c[2])
         return True
 
     def _keep(self, batch: Buffer) -> None:
@@ -278,8 +282,7 @@ class UptimeStore:
 
     def _resave(self) -> None:
         """The file was replaced: what is buffered goes into the fresh one."""
-        with self._buf_lock:
-            self._generation += 1
+        self._aggs.clear()
         self.flush()
         log.warning(
             "uptime history restarts in the fresh store (earlier counts stay in the file"
@@ -305,8 +308,8 @@ class UptimeStore:
             except (StoreError, sqlite3.Error) as e:
                 log.debug("uptime prune skipped: %s", e)
                 return 0
-            with self._buf_lock:
-                self._generation += 1
+            if removed:  # only rows outside the default windows, but a caller's span may differ
+                self._aggs.clear()
         return removed
 
     def close(self) -> None:
@@ -325,25 +328,35 @@ class UptimeStore:
                 for (t, b), c in buf.items()
             ]
 
-    def _stored(
-        self, key: tuple[Any, ...], query: Callable[[sqlite3.Connection], list[Any]]
-    ) -> tuple[list[Any], list[tuple[str, int, int, int, int]]]:
-        """What the tables say (cached until they change) and what is buffered, as one
-        consistent picture."""
+    def _read(
+        self,
+        key: tuple[Any, ...],
+        place: Callable[[int], list[Hashable]],
+        query: Callable[[sqlite3.Connection], list[Any]],
+    ) -> dict[str, dict[Hashable, Counts]]:
+        """Per target and slot: what the tables hold (one query when ``key`` is new, then
+        kept current by the flushes) plus what is buffered, as one consistent picture."""
         with self.db.lock:
-            buffered = self._buffered()
-            cache_key = (self._generation, *key)
-            rows = self._cache.get(cache_key)
-            if rows is None:
+            agg = self._aggs.get(key)
+            if agg is None:
+                agg = _Agg(place)
                 try:
-                    rows = self.db.read(query)
+                    for target, slot, ok, total, restarts in self.db.read(query):
+                        agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
                 except (StoreError, sqlite3.Error) as e:  # Guardian's trouble: show the buffer
                     self._read_failed(e)
-                    return [], buffered
-                fresh = [k for k in self._cache if k[0] == self._generation][-7:]
-                self._cache = {k: self._cache[k] for k in fresh}
-                self._cache[cache_key] = rows
-        return rows, buffered
+                    agg = _Agg(place)
+                else:
+                    while len(self._aggs) >= 6:  # windows move on: the oldest keys go
+                        del self._aggs[next(iter(self._aggs))]
+                    self._aggs[key] = agg
+            out = {t: {k: Counts(*c) for k, c in per.items()} for t, per in agg.sums.items()}
+            buffered = self._buffered()
+        for target, bucket, ok, total, restarts in buffered:
+            per = out.setdefault(target, {})
+            for k in place(bucket):
+                per[k] = per.get(k, Counts()) + Counts(ok, total, restarts)
+        return out
 
     def _read_failed(self, exc: BaseException) -> None:
         now = self._monotonic()
@@ -368,39 +381,33 @@ class UptimeStore:
         fine = [n for n in WINDOWS if n in _FINE_WINDOWS]
         coarse = [n for n in WINDOWS if n not in _FINE_WINDOWS]
 
+        def place(bucket: int) -> list[Hashable]:
+            hour = bucket - bucket % HOUR
+            return [n for n, s in starts.items() if (bucket if n in fine else hour) >= s]
+
         def sums(table: str, col: str, names: list[str]) -> str:
             parts = [
-                f"SUM(CASE WHEN {col} >= {starts[n]} THEN {f} ELSE 0 END)"
+                f"SUM(CASE WHEN {col} >= {int(starts[n])} THEN {f} ELSE 0 END)"
                 for n in names
                 for f in ("ok", "total", "restarts")
             ]
             low = min(starts[n] for n in names)
-            return f"SELECT target, {', '.join(parts)} FROM {table} WHERE {col} >= {low}" \
+            return f"SELECT target, {', '.join(parts)} FROM {table} WHERE {col} >= {int(low)}" \
                 " GROUP BY target"
 
         def query(c: sqlite3.Connection) -> list[Any]:
-            rows = [("fine", *r) for r in c.execute(sums("uptime", "bucket", fine))]
-            rows += [("coarse", *r) for r in c.execute(sums("uptime_hourly", "hour", coarse))]
-            return rows
+            out: list[Any] = []
+            for table, col, names in (("uptime", "bucket", fine),
+                                      ("uptime_hourly", "hour", coarse)):
+                for r in c.execute(sums(table, col, names)):
+                    out += [(r[0], n, *r[1 + 3 * i : 4 + 3 * i]) for i, n in enumerate(names)]
+            return out
 
-        rows, buffered = self._stored(("windows", tuple(starts.values())), query)
-        out: dict[str, dict[str, Counts]] = {}
-
-        def add(target: str, name: str, c: Counts) -> None:
-            per = out.setdefault(target, {n: Counts() for n in WINDOWS})
-            per[name] = per[name] + c
-
-        for row in rows:
-            names = fine if row[0] == "fine" else coarse
-            for i, name in enumerate(names):
-                ok, total, restarts = row[2 + 3 * i : 5 + 3 * i]
-                add(str(row[1]), name, Counts(int(ok), int(total), int(restarts)))
-        for target, bucket, ok, total, restarts in buffered:
-            for name, start in starts.items():
-                first = bucket if name in _FINE_WINDOWS else bucket - bucket % HOUR
-                if first >= start:
-                    add(target, name, Counts(ok, total, restarts))
-        return out
+        data = self._read(("windows", *starts.values()), place, query)
+        return {
+            t: {n: per.get(n, Counts()) for n in WINDOWS}
+            for t, per in data.items()
+        }
 
     def bars(
         self, now: datetime | None = None, *, span: timedelta = timedelta(hours=24),
@@ -413,6 +420,10 @@ class UptimeStore:
         end = self.bucket_of(now) + self.bucket_seconds
         first = end - slot * slots
 
+        def place(bucket: int) -> list[Hashable]:
+            i = (bucket - first) // slot
+            return [i] if 0 <= i < slots else []
+
         def query(c: sqlite3.Connection) -> list[Any]:
             return c.execute(
                 "SELECT target, (bucket - ?) / ? AS i, SUM(ok), SUM(total), SUM(restarts)"
@@ -420,18 +431,38 @@ class UptimeStore:
                 (first, slot, first, end),
             ).fetchall()
 
-        rows, buffered = self._stored(("bars", first, slot, slots), query)
-        sums: dict[str, list[Counts]] = {}
-        every = [(str(t), int(i), Counts(int(a), int(b), int(r))) for t, i, a, b, r in rows]
-        every += [(t, (b - first) // slot, Counts(a, n, r)) for t, b, a, n, r in buffered]
-        for target, i, c in every:
-            if 0 <= i < slots:
-                per = sums.setdefault(target, [Counts() for _ in range(slots)])
-                per[i] = per[i] + c
+        data = self._read(("bars", first, slot, slots), place, query)
+        starts = [datetime.fromtimestamp(first + i * slot, UTC) for i in range(slots)]
         return {
             target: [
-                Bar(datetime.fromtimestamp(first + i * slot, UTC), slot, c)
-                for i, c in enumerate(per)
+                Bar(starts[i], slot, per.get(i, Counts()))
+                for i in range(slots)
             ]
-            for target, per in sums.items()
+            for target, per in data.items()
         }
+
+
+class _Agg:
+    """Counts per target and slot (a window's name, a bar's index) from the tables."""
+
+    __slots__ = ("place", "sums")
+
+    def __init__(self, place: Callable[[int], list[Hashable]]) -> None:
+        self.place = place
+        self.sums: dict[str, dict[Hashable, list[int]]] = {}
+
+    def add_slot(self, target: str, slot: Hashable, ok: int, total: int, restarts: int) -> None:
+        per = self.sums.get(target)
+        if per is None:
+            per = self.sums[target] = {}
+        c = per.get(slot)
+        if c is None:
+            per[slot] = [ok, total, restarts]
+        else:
+            c[0] += ok
+            c[1] += total
+            c[2] += restarts
+
+    def add(self, target: str, bucket: int, ok: int, total: int, restarts: int) -> None:
+        for slot in self.place(bucket):
+            self.add_slot(target, slot, ok, total, restarts)
