@@ -84,7 +84,7 @@ def run(targets: int, tmp: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     store.prune(NOW + timedelta(hours=1))
     prune_s = time.perf_counter() - t0
-    size_mb = path.stat().st_size / 1e6
+    size_mb = sum(p.stat().st_size for p in tmp.glob(path.name + '*')) / 1e6  # with -wal
     store.close()
     db.close()
     for leftover in tmp.glob(path.name + '*'):  # the file, its -wal/-shm and marker
