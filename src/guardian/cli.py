@@ -203,10 +203,12 @@ def _daemon_view(where: Located, target: str | None) -> dict[str, Any] | None:
         return None
     if target is not None:
         body["targets"] = [t for t in body.get("targets") or [] if t.get("name") == target]
-        statuses = {str(t.get("status")) for t in body["targets"]}
-        critical = any(t.get("critical", True) for t in body["targets"])
-        body["status"] = ("unhealthy" if critical else "degraded") if "failed" in statuses else (
-            "degraded" if "degraded" in statuses else "healthy")
+        chosen = body["targets"]
+        # As the daemon judges the stack: a target still starting is degraded, not failed.
+        failing = [t for t in chosen if t.get("status") == "failed" and not t.get("starting")]
+        off = any(t.get("status") in ("failed", "degraded") or t.get("starting") for t in chosen)
+        body["status"] = ("unhealthy" if any(t.get("critical", True) for t in failing) else
+                          "degraded" if failing or off else "healthy")
     return body
 
 
