@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from guardian.checks.base import Check, CheckConfigBase, CheckContext
+from guardian.checks.base import Check, CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.bodyread import BodyTooLarge, read_capped
 from guardian.checks.progress import ProgressProbe, ProgressSample, judge
 from guardian.result import Outcome, Value
@@ -39,7 +39,7 @@ class ComfyUICheckConfig(CheckConfigBase):
     """``/system_stats`` + ``/queue``: online, versions, busy, stuck jobs, memory pressure."""
 
     kind: Literal["comfyui"] = "comfyui"
-    url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
+    url: TargetUrl = DEFAULT_COMFYUI_URL
     vram_free_min_mb: float | None = Field(
         1024, ge=0, le=1e9, description="idle with less free VRAM on any GPU: memory pressure"
     )
@@ -86,7 +86,7 @@ class ComfyUICanaryConfig(CheckConfigBase):
     """Submit a model-free EmptyImage -> PreviewImage prompt and wait for it to finish."""
 
     kind: Literal["comfyui_canary"] = "comfyui_canary"
-    url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
+    url: TargetUrl = DEFAULT_COMFYUI_URL
     interval: float = Field(600.0, gt=0, le=86_400)
     timeout: float = Field(60.0, gt=0, le=3600)
     poll_interval: float = Field(0.5, gt=0, le=60)

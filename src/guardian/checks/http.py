@@ -36,7 +36,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from guardian.checks.base import CheckConfigBase, CheckContext
+from guardian.checks.base import CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.bodyread import BodyTooLarge, read_capped
 from guardian.checks.httpwire import WireClient, WireError
 from guardian.result import Outcome, Status, Value, worst
@@ -68,7 +68,7 @@ class JsonCondition(BaseModel):
 
 class HttpCheckConfig(CheckConfigBase):
     kind: Literal["http"] = "http"
-    url: str = Field(pattern=r"^https?://", description="http:// or https:// URL")
+    url: TargetUrl
     method: Literal["GET", "HEAD"] = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
     expect_status: list[int] = Field(
