@@ -140,6 +140,19 @@ def _get(port: int, path: str) -> tuple[int, float]:
     return len(body), time.perf_counter() - t0
 
 
+def _run_delay() -> float:
+    """Seconds this process's threads waited for a CPU (``/proc/self/task/*/schedstat``).
+
+    Waiting while runnable is the machine's contention, not Guardian's work: on a busy
+    machine it explains lateness that Guardian's own CPU figure cannot.
+    """
+    total = 0
+    for st in Path("/proc/self/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(st.read_text().split()[1])
+    return total / 1e9
+
+
 def _count_files(d: Path) -> int:
     return sum(1 for p in d.rglob("*") if p.is_file()) if d.exists() else 0
 
@@ -176,11 +189,11 @@ async def worker(config: Path, warmup: float, duration: float, on_time: float,
     for sc in g.engine.scheduled:
         sc.lateness.clear()
     runs0 = sum(sc.runs for sc in g.engine.scheduled)
-    ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    ru0, t0, wait0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), _run_delay()
     window["on"] = True
     await asyncio.sleep(duration)
     window["on"] = False
-    ru1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    ru1, t1, wait1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), _run_delay()
     runs = sum(sc.runs for sc in g.engine.scheduled) - runs0
     late = [x for sc in g.engine.scheduled for x in sc.lateness]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -201,6 +214,8 @@ async def worker(config: Path, warmup: float, duration: float, on_time: float,
         "seconds": seconds,
         "cpu_percent": 100 * cpu / seconds,
         "cpu_ms_per_check": 1000 * cpu / max(1, runs),
+        # Share of the window Guardian was runnable but waited for a CPU (other processes).
+        "cpu_wait_percent": 100 * (wait1 - wait0) / seconds,
         "rss_mib_max": rss,
         "checks_due": due,
         "checks_run": runs,
@@ -331,7 +346,8 @@ def rows_of(data: dict[str, Any]) -> dict[str, str]:
             continue
         rs = load[n]
         out[f"{n} targets at 1 s"] = (
-            f"{med(rs, 'cpu_percent'):.1f} % of a core; "
+            f"{med(rs, 'cpu_percent'):.1f} % of a core"
+            f" (waited for a CPU {med(rs, 'cpu_wait_percent'):.0f} %); "
             f"{100 * med(rs, 'on_time_fraction'):.2f} % on time "
             f"({med(rs, 'checks_run'):.0f} run / {med(rs, 'checks_due'):.0f} due); "
             f"lateness p50 {med(rs, 'lateness_ms_p50'):.1f} / p99 {med(rs, 'lateness_ms_p99'):.1f}"
@@ -357,7 +373,9 @@ def render(data: dict[str, Any], before: dict[str, Any] | None) -> str:
     note = (
         f"\n\n{s['runs']} runs each; load: {s['warmup']:.0f} s warm-up then "
         f"{s['load_seconds']:.0f} s measured, on time = started ≤ {s['on_time_ms']:.0f} ms "
-        f"after due; idle: {s['idle_seconds']:.0f} s. Source: `{data['src']}`. Per-run "
+        f"after due; idle: {s['idle_seconds']:.0f} s. Source: `{data['src']}`. 'Waited for a "
+        "CPU' is the share of the window Guardian was runnable but not running (schedstat): "
+        "other processes' load, which makes lateness the machine's, not Guardian's. Per-run "
         "figures (and the failure reasons) are in the JSON."
     )
     if before is None:
