@@ -27,7 +27,7 @@ from guardian.events import EventBus
 from guardian.fdlimit import FdLimits, api_connection_cap, raise_nofile
 from guardian.incidents import Incidents, start_incidents
 from guardian.incidents.store import INCIDENTS, Incident, Store, StoredRecovery, StoreError
-from guardian.overload import LoopLagMonitor
+from guardian.overload import LoopLagMonitor, overloaded_reason
 from guardian.recovery import RecoveryManager
 from guardian.remediation import Remediation
 from guardian.result import CheckResult
@@ -60,9 +60,15 @@ class Guardian:
             backend = build_backend(target, self.clock, config.guardian.state_dir)
             if backend is not None:
                 self.backends[target.name] = backend
+        # Guardian's own lateness: timeouts while it stalls are never held against targets
+        # (by the engine's hard timeout, and by checks that keep a deadline of their own).
+        self.overload = LoopLagMonitor(self.state)
+        stall = CheckStall(self.overload)
         checks: list[tuple[str, Check]] = []
         for target in config.targets:
-            ctx = CheckContext(target.name, self.clock, self.backends.get(target.name))
+            ctx = CheckContext(
+                target.name, self.clock, self.backends.get(target.name), stall=stall
+            )
             for check_cfg in target.checks:
                 if check_cfg.enabled:
                     checks.append((target.name, build_check(check_cfg, ctx)))
@@ -73,8 +79,6 @@ class Guardian:
         self.engine = Engine(
             self.state, checks, self.clock, jitter=config.guardian.jitter, startup=self.startup
         )
-        # Guardian's own lateness: timeouts while it stalls are never held against targets.
-        self.overload = LoopLagMonitor(self.state)
         self.engine.lag_probe = self.overload
         self.overload.watch_lateness(
             lambda: [(sc.target, sc.name, list(sc.lateness)) for sc in self.engine.scheduled]
@@ -362,6 +366,19 @@ class Guardian:
             await self.engine.aclose()
             for backend in self.backends.values():
                 await backend.aclose()
+
+
+class CheckStall:
+    """The lag monitor as checks see it (:class:`~guardian.checks.base.GuardianStall`)."""
+
+    def __init__(self, monitor: LoopLagMonitor) -> None:
+        self._monitor = monitor
+
+    def mark(self) -> float:
+        return self._monitor.mark()
+
+    def own_fault(self, mark: float, timeout: float) -> str | None:
+        return overloaded_reason(self._monitor.stalled_since(mark), timeout)
 
 
 def incident_dicts(store: Store, found: list[Incident]) -> list[dict[str, Any]]:

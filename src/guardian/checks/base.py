@@ -72,6 +72,22 @@ class CheckConfigBase(BaseModel):
         return self.name or self.kind
 
 
+class GuardianStall(Protocol):
+    """Whether Guardian itself could run (its event-loop lag), for a check's own deadline.
+
+    The engine's hard timeout already asks this; a check that ends itself a little sooner
+    (for a clearer reason) must ask too, or Guardian's overload becomes the target's failure.
+    """
+
+    def mark(self) -> float:
+        """A point to measure from, taken when the check starts."""
+        ...
+
+    def own_fault(self, mark: float, timeout: float) -> str | None:
+        """The SKIPPED reason when Guardian stalled for much of ``timeout`` since ``mark``."""
+        ...
+
+
 @dataclass
 class CheckContext:
     """What a check may use besides its own config."""
@@ -79,6 +95,7 @@ class CheckContext:
     target: str
     clock: Clock
     service: ServiceBackend | None = None  # the target's controllable service, if any
+    stall: GuardianStall | None = None  # None outside a running Guardian (tests, `check`)
 
 
 class Check(Protocol):

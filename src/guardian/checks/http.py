@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from guardian.checks.base import CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.bodyread import BodyTooLarge, read_capped
-from guardian.checks.httpwire import WireClient, WireError
+from guardian.checks.httpwire import ConnectTimeout, WireClient, WireError
 from guardian.result import Outcome, Status, Value, worst
 
 if TYPE_CHECKING:
@@ -238,6 +238,10 @@ class TooManyRedirects(Exception):
 class HopFailed(Exception):
     """An httpx (TLS) hop failed; the message is the reason."""
 
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out
+
 
 def describe_transport_error(exc: BaseException, cfg: HttpCheckConfig) -> str:
     """A short, specific reason for a request that never produced a usable response."""
@@ -362,6 +366,17 @@ class HttpCheck:
         def elapsed_ms() -> float:
             return round((clock.monotonic() - started) * 1000.0, 1)
 
+        stall = self._ctx.stall
+        mark = stall.mark() if stall is not None else 0.0
+
+        def timed_out(reason: str) -> Outcome:
+            # A deadline that passed while Guardian itself could not run says nothing
+            # about the target: the same rule as the engine's hard timeout.
+            own = stall.own_fault(mark, budget) if stall is not None else None
+            if own is not None:
+                return Outcome.skipped(own, timeout_s=cfg.timeout, response_ms=elapsed_ms())
+            return Outcome.failed(reason, response_ms=elapsed_ms())
+
         # Our own deadline, a little inside the engine's, so a slow drip ends as a clear
         # "timed out" outcome with what we measured instead of a bare cancellation.
         budget = cfg.timeout * 0.95
@@ -370,12 +385,16 @@ class HttpCheck:
                 code, content_type, body = await self._fetch()
         except TimeoutError:
             await self._wire.aclose()
-            return Outcome.failed(f"timed out after {cfg.timeout:g}s", response_ms=elapsed_ms())
+            return timed_out(f"timed out after {cfg.timeout:g}s")
         except BodyTooLarge as exc:
             return Outcome.failed(str(exc), response_ms=elapsed_ms(), body_bytes=exc.limit)
+        except ConnectTimeout as exc:
+            return timed_out(str(exc))
         except WireError as exc:
             return Outcome.failed(str(exc), response_ms=elapsed_ms())
         except HopFailed as exc:
+            if exc.timed_out:
+                return timed_out(str(exc))
             return Outcome.failed(str(exc), response_ms=elapsed_ms())
         except (TooManyRedirects, OSError, ssl.SSLError) as exc:
             return Outcome.failed(describe_transport_error(exc, cfg), response_ms=elapsed_ms())
@@ -444,7 +463,8 @@ class HttpCheck:
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
-            raise HopFailed(describe_httpx_error(exc, cfg)) from exc
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            raise HopFailed(describe_httpx_error(exc, cfg), timed_out=timed_out) from exc
 
     def _judge(
         self, code: int, content_type: str, body: bytes, values: dict[str, Value]
