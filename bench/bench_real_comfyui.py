@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -273,6 +274,9 @@ def spread(rows: list[dict[str, Any]], key: str) -> dict[str, float | int | None
 
 def report(boot: list[dict[str, Any]], kills: list[dict[str, Any]],
            hangs: list[dict[str, Any]], version: str) -> tuple[dict[str, Any], str]:
+    for r in hangs:
+        if r.get("fault_to_restart_s") is not None and r.get("fault_to_healthy_s") is not None:
+            r["restart_to_healthy_s"] = r["fault_to_healthy_s"] - r["fault_to_restart_s"]
     b = spread(boot, "boot_s")
     lines = [
         f"ComfyUI {version}, `--cpu`, no custom nodes, no models; Guardian with the README's "
@@ -292,6 +296,7 @@ def report(boot: list[dict[str, Any]], kills: list[dict[str, Any]],
         ("(b) SIGKILL → Guardian sees it healthy", ok_k, "fault_to_healthy_s"),
         ("(b) … of which after it answered (Guardian's share)", ok_k, "seen_after_answering_s"),
         ("(c) SIGSTOP (hang) → restart started", ok_h, "fault_to_restart_s"),
+        ("(c) … restart started → healthy (stop + boot + probe)", ok_h, "restart_to_healthy_s"),
         ("(c) SIGSTOP (hang) → Guardian sees it healthy", ok_h, "fault_to_healthy_s"),
     ]:
         s = spread(rows, key)
@@ -319,8 +324,10 @@ def report(boot: list[dict[str, Any]], kills: list[dict[str, Any]],
         "",
         "The machine is shared (2 cores, several other jobs): the load averages above are "
         "part of every figure, and ComfyUI's CPU-bound boot stretches with them. The hang "
-        "figure is mostly the check policy: three failed 10 s checks 30 s apart, then stop "
-        "(SIGTERM, SIGCONT) and a boot.",
+        "figure is mostly the check policy: three failed checks 30 s apart with a 10 s "
+        "timeout, i.e. between (3-1)x30+10 = 70 s and 3x30+10 = 100 s after the hang "
+        "depending on where it falls on the check grid (here 3 s after a passing check: "
+        "near the upper bound), then stop (SIGTERM, SIGCONT) and a boot.",
     ]
     data = {"comfyui_version": version, "boot": boot, "kill": kills, "hang": hangs,
             "summary": {"boot_s": b,
@@ -362,6 +369,19 @@ async def amain(a: argparse.Namespace, comfy: Path) -> int:
     return 1 if failed else 0
 
 
+def rerender(path: Path) -> int:
+    """The Markdown of an earlier run, from its JSON (its machine line kept)."""
+    data = json.loads(path.read_text())
+    _, md = report(data["boot"], data["kill"], data["hang"], data["comfyui_version"])
+    m = data["machine"]
+    desc = (f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, "
+            f"Python {m['python']}")
+    path.with_suffix(".md").write_text(
+        f"# {data['bench']}\n\nMachine: {desc}. Run {m['date']}.\n\n{md}\n")
+    print(md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--comfyui-dir", type=Path, default=None,
@@ -371,7 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--boot-runs", type=int, default=3)
     ap.add_argument("--kill-runs", type=int, default=3)
     ap.add_argument("--hang-runs", type=int, default=3)
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="re-render the .md of an earlier run from its .json, measuring nothing")
     a = ap.parse_args(argv)
+    if a.from_json is not None:
+        return rerender(a.from_json)
     comfy = a.comfyui_dir
     if comfy is None or not (comfy / "main.py").is_file():
         print("skipped: no ComfyUI (pass --comfyui-dir DIR holding main.py)")
