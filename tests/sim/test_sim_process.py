@@ -108,6 +108,15 @@ def test_startup_delay_delays_the_listening_line(spawn: type[Sim]) -> None:
     assert time.monotonic() - sim.started >= 0.6
 
 
+def test_sigterm_while_booting_ends_it_at_once_like_comfyui(spawn: type[Sim]) -> None:
+    sim = spawn(COMFY, "--startup-delay", "60")
+    sim.wait_line("ComfyUI version:")
+    sent = time.monotonic()
+    sim.proc.send_signal(signal.SIGTERM)
+    assert sim.proc.wait(20) == 0
+    assert time.monotonic() - sent < 20  # not the 60 s boot
+
+
 def _probe(port: int) -> str:
     """What a client sees: refused, silent (accepted, no answer) or the HTTP status."""
     try:
