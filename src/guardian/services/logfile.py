@@ -86,7 +86,7 @@ class SupervisedLog:
         Blocking file I/O: call it from a worker thread. What the child writes while the
         copy runs is copied too (the copy reads until it catches up with the end); only
         a write landing between the last read and the truncate is lost, a window of
-        microseconds (bench/bench_adopt.py measures it).
+        microseconds (bench/bench_lifecycle.py measures it).
         """
         if self.size() < self.max_bytes:
             return False
@@ -99,6 +99,14 @@ class SupervisedLog:
             return False
         self.rotations += 1
         return True
+
+    def rotate_and_size(self) -> tuple[int, int]:
+        """:meth:`rotate_if_needed`, returning the size seen and the size left after it
+        (the same when it did not rotate), for pacing the next check."""
+        seen = self.size()
+        if seen < self.max_bytes or not self.rotate_if_needed():
+            return seen, seen
+        return seen, self.size()
 
     def _copy_truncate(self) -> None:
         if self.backups == 0:

@@ -457,15 +457,51 @@ class ProcessBackend:
                 log.exception("exit listener failed", extra={"target": self.name})
 
     async def _rotate_forever(self) -> None:
-        """Keep the log within its size limit by copy-truncate, while Guardian runs."""
+        """Keep the log within its size limit by copy-truncate, while Guardian runs.
+
+        The size is looked at every ``rotate_interval``, sooner while the file grows fast
+        enough to pass its limit before then (see :func:`next_rotate_check`): a chatty
+        child would otherwise overshoot by a whole interval of output.
+        """
+        delay = self.rotate_interval
+        last_size: int | None = None
+        last_at = self.clock.monotonic()
+        with contextlib.suppress(Exception):
+            last_size = await pool("logs").run(
+                self.log.size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
+            )
+            last_at = self.clock.monotonic()
         while True:
-            await self.clock.sleep(self.rotate_interval)
+            await self.clock.sleep(delay)
             try:
-                await pool("logs").run(
-                    self.log.rotate_if_needed, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
+                seen, left = await pool("logs").run(
+                    self.log.rotate_and_size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
                 )
             except Exception:  # never let rotation trouble end supervision
                 log.warning("%s: log rotation failed", self.name, exc_info=True)
+                delay, last_size = self.rotate_interval, None
+                continue
+            now = self.clock.monotonic()
+            grew = None if last_size is None else seen - last_size
+            delay = next_rotate_check(
+                left, grew, now - last_at, self.log.max_bytes, self.rotate_interval
+            )
+            last_size, last_at = left, now
+
+
+ROTATE_MIN_INTERVAL = 0.05  # seconds: the fastest size checks of a fast-growing log
+
+
+def next_rotate_check(
+    size: int, grew: int | None, elapsed: float, limit: int, interval: float
+) -> float:
+    """Seconds until the next size check of a log of ``size`` bytes that grew by ``grew``
+    bytes over the last ``elapsed`` seconds: ``interval``, or half the time it needs at
+    that rate to reach ``limit``, but at least :data:`ROTATE_MIN_INTERVAL`."""
+    if grew is None or grew <= 0 or elapsed <= 0:
+        return interval
+    rate = grew / elapsed
+    return min(interval, max(ROTATE_MIN_INTERVAL, max(0, limit - size) / rate / 2))
 
 
 def _roots(found: list[ProcessIdentity]) -> list[ProcessIdentity]:
