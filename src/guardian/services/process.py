@@ -136,6 +136,7 @@ class ProcessBackend:
         self._restarts = 0
         self._starts = 0
         self._rotator: asyncio.Task[None] | None = None
+        self._closing = False  # aclose() ran: the rotator ends
         self.start_outcome: StartOutcome | None = None  # what the first start() did
 
     # ----------------------------------------------------------------- protocol
@@ -242,6 +243,7 @@ class ProcessBackend:
                     run.popen.returncode = 0  # stop Popen from reaping a process it no longer owns
             else:
                 await self._stop_locked()
+            self._closing = True
             if self._rotator is not None:
                 self._rotator.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -370,6 +372,7 @@ class ProcessBackend:
         self._run = run
         run.watcher.exited.add_done_callback(lambda fut: self._on_exit(run, fut))
         if self._rotator is None or self._rotator.done():
+            self._closing = False
             self._rotator = asyncio.get_running_loop().create_task(self._rotate_forever())
 
     # ----------------------------------------------------------------- stopping
@@ -471,8 +474,12 @@ class ProcessBackend:
                 self.log.size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
             )
             last_at = self.clock.monotonic()
-        while True:
+        # Checked after every await, not only cancellation: Python 3.11's wait_for (inside
+        # pool().run) can swallow a cancel that arrives as its call completes.
+        while not self._closing:
             await self.clock.sleep(delay)
+            if self._closing:
+                return
             try:
                 seen, left = await pool("logs").run(
                     self.log.rotate_and_size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
