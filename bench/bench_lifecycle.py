@@ -146,25 +146,30 @@ def rotation_run(writer: str, method: str, seconds: float, max_bytes: int) -> di
             proc.wait(timeout=10)
         chunks.append(path.read_bytes())
         used = "collapse" if log.collapse else "copy-truncate"
-    seqs: list[int] = []
-    broken = 0
-    lost_at: list[int] = []  # how many lines went missing at each rotation boundary
     # The backups and the file, oldest first, are the log: a line cut at a block edge
-    # continues in the next file.
-    for raw in b"".join(chunks).split(b"\n"):
-        if raw.isdigit():
-            seqs.append(int(raw))
+    # continues in the next file. Where copy-truncate lost the end of a line, its head
+    # glues onto the next file's first line: a number that breaks the order is counted
+    # as a broken line, not as a line.
+    stream = b"".join(chunks)
+    complete = stream[: stream.rfind(b"\n")]  # the writer was killed mid-line
+    top = int(complete.rsplit(b"\n", 1)[-1])  # its last line: it wrote 0..top
+    kept: list[int] = []
+    broken = duplicates = 0
+    for raw in complete.split(b"\n"):
+        value = int(raw) if raw.isdigit() else -1
+        if kept and value == kept[-1]:
+            duplicates += 1
+        elif 0 <= value <= top and (not kept or value > kept[-1]):
+            kept.append(value)
         elif raw:
             broken += 1
-    unique = sorted(set(seqs))
-    top = unique[-1] if unique else -1
-    # The writer was killed mid-line at the end: what it wrote is 0..top.
-    missing = (top + 1) - len(unique)
+    lost_at: list[int] = []  # how many lines went missing at each gap
     prev = -1
-    for s in unique:
-        if s != prev + 1:
-            lost_at.append(s - prev - 1)
-        prev = s
+    for value in kept:
+        if value != prev + 1:
+            lost_at.append(value - prev - 1)
+        prev = value
+    missing = (top + 1) - len(kept)
     return {
         "writer": writer,
         "method": used,
@@ -172,7 +177,7 @@ def rotation_run(writer: str, method: str, seconds: float, max_bytes: int) -> di
         "bytes_per_s": sum(len(c) for c in chunks) / seconds,
         "rotations": rotations,
         "lines_lost": missing,
-        "duplicates": len(seqs) - len(unique),
+        "duplicates": duplicates,
         "broken_lines": broken,
         "rotations_with_loss": len(lost_at),
         "max_lost_at_one_rotation": max(lost_at, default=0),
@@ -189,6 +194,7 @@ def main() -> int:
     if not hasattr(os, "pidfd_open"):
         print("no pidfd on this platform: the exit watcher polls (50 ms)")
 
+    load_before = os.getloadavg()
     print(f"exit detection: {a.kills} SIGKILLs x {a.runs} runs", flush=True)
     exits = asyncio.run(exit_runs(a.kills, a.runs))
 
@@ -214,6 +220,11 @@ def main() -> int:
                      f"{e['median_of_medians_s'] * 1000:.2f} ms",
                      f"{e['median_of_p95_s'] * 1000:.2f} ms", f"{e['max_s'] * 1000:.2f} ms"])
     t1 = table(["process", "kills", "median", "p95", "max"], rows)
+    def gap_ms(runs: list[dict[str, Any]]) -> float:
+        """The longest loss, as milliseconds of the writer's output."""
+        return max(r["max_lost_at_one_rotation"] / max(1, r["lines_written"]) * a.seconds
+                   for r in runs) * 1000
+
     rows2 = []
     for key, runs in rot.items():
         def med(field: str, runs: list[dict[str, Any]] = runs) -> float:
@@ -227,14 +238,16 @@ def main() -> int:
             f"{med('bytes_per_s') / 1e6:.1f}", f"{med('rotations'):.0f}",
             f"{statistics.median(lost):.0f} (runs: {', '.join(map(str, lost))})",
             f"{statistics.median(per_million):.1f}",
-            f"{max(r['max_lost_at_one_rotation'] for r in runs)}",
+            f"{max(r['max_lost_at_one_rotation'] for r in runs)} ({gap_ms(runs):.1f} ms)",
             f"{max(r['duplicates'] for r in runs)}",
             f"{max(r['broken_lines'] for r in runs)}",
         ])
     t2 = table(["rotation", "writer", "lines/run", "MB/s", "rotations/run",
-                "lines lost (median)", "lost per million", "most lost at one rotation",
+                "lines lost (median)", "lost per million", "most lost at one rotation (of output)",
                 "duplicates", "broken lines"], rows2)
+    load = f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
     md = (
+        f"Load average (1 min) on this machine: {load}; the figures move with it.\n\n"
         "## Exit of a supervised process, SIGKILL to Guardian's exit listener\n\n"
         f"Median of {a.runs} runs' medians and p95s, {a.kills} kills each.\n\n{t1}\n\n"
         "## Lines lost across rotation\n\n"
@@ -250,7 +263,8 @@ def main() -> int:
     )
     print("\n" + md)
     write_results("lifecycle", {"exit_detection": exits, "rotation": rot,
-                                "settings": vars(a)}, md)
+                                "settings": vars(a),
+                                "loadavg_1min": [load_before[0], os.getloadavg()[0]]}, md)
     return 0
 
 

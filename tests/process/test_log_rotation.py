@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,3 +113,25 @@ def test_fast_writer_loses_no_line_across_many_rotations(tmp_path: Path) -> None
     assert len(chunks) > 5, "too few rotations to say anything"
     seqs = [int(x) for x in b"".join(chunks).split(b"\n") if x]
     assert seqs == list(range(len(seqs))), "a line was lost, doubled or broken at a rotation"
+
+
+def test_a_filesystem_without_collapse_falls_back_to_copy_truncate_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    tmp = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        if collapses_here(tmp):
+            pytest.skip("this tmpfs can collapse ranges")
+        log = SupervisedLog(tmp / "x.log", max_bytes=4096, backups=2)
+        with caplog.at_level(logging.INFO, logger="guardian.services.logfile"):
+            data = write_rounds(log)
+        assert log.collapse is False
+        assert (tmp / "x.log").read_bytes() == b"after\n"
+        assert data.endswith((tmp / "x.log.1").read_bytes() + b"after\n")  # nothing doubled
+        said = [r for r in caplog.records if "copy-truncate" in r.getMessage()]
+        assert len(said) == 1, said
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
