@@ -261,6 +261,9 @@ TICK = re.compile(r"^tick (\d+) (\d+)$")
 
 
 def ticks(text: str, pid: int) -> list[int]:
+    """The sequence numbers of ``pid``'s tick lines; a last line still being written
+    (no newline yet: "tick 42 1" of "tick 42 17") is not one."""
+    text = text[: text.rfind("\n") + 1]
     return [int(m[2]) for line in text.splitlines() if (m := TICK.match(line)) and int(m[1]) == pid]
 
 
@@ -289,10 +292,16 @@ def test_lines_written_without_a_guardian_reach_the_log_and_the_next_report(
         during = ticks(out.read_text(), child)
         orphaned = during[len(before):]
         assert len(orphaned) >= 5, (before[-3:], during[-3:])
-        assert during == list(range(len(during))), "lines lost or reordered"
+        assert during == list(range(len(during))), f"lines lost or reordered: {during}"
 
+        t_g2 = time.time()
         g2 = GuardianProc(cfg, tmp_path / "g2.err")
         assert wait_for(lambda: events(log, "start_outcome", outcome="adopted"), 30)
+        # Only after the new Guardian saw it healthy: a failure before its first success
+        # belongs to the startup phase (no incident until startup_timeout).
+        assert wait_for(
+            lambda: [e for e in events(log, "check", status="ok") if epoch(e) >= t_g2], 30
+        ), g2.stderr()[-3000:]
         fail.touch()  # now the service breaks: an incident, escalated into a report
         reports = tmp_path / "reports"
         assert wait_for(lambda: list(reports.glob("incident-*.md")), 60), g2.stderr()[-3000:]
@@ -302,7 +311,7 @@ def test_lines_written_without_a_guardian_reach_the_log_and_the_next_report(
         missing = sorted(set(orphaned) - set(in_report))
         assert not missing, f"lines written while no Guardian ran missing in the report: {missing}"
         assert f"adopted pid {child}" in report
-        assert events(log, "restart_started") == []
+        assert events(log, "restart_started") == [], g2.stderr()[-3000:]
         assert g2.stop() == 0
     assert victims(str(pidfile)) == []
 
