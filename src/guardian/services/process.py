@@ -136,6 +136,7 @@ class ProcessBackend:
         self._restarts = 0
         self._starts = 0
         self._rotator: asyncio.Task[None] | None = None
+        self._closing = False  # aclose() ran: the rotator ends
         self.start_outcome: StartOutcome | None = None  # what the first start() did
 
     # ----------------------------------------------------------------- protocol
@@ -242,6 +243,7 @@ class ProcessBackend:
                     run.popen.returncode = 0  # stop Popen from reaping a process it no longer owns
             else:
                 await self._stop_locked()
+            self._closing = True
             if self._rotator is not None:
                 self._rotator.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -370,6 +372,7 @@ class ProcessBackend:
         self._run = run
         run.watcher.exited.add_done_callback(lambda fut: self._on_exit(run, fut))
         if self._rotator is None or self._rotator.done():
+            self._closing = False
             self._rotator = asyncio.get_running_loop().create_task(self._rotate_forever())
 
     # ----------------------------------------------------------------- stopping
@@ -457,15 +460,55 @@ class ProcessBackend:
                 log.exception("exit listener failed", extra={"target": self.name})
 
     async def _rotate_forever(self) -> None:
-        """Keep the log within its size limit by copy-truncate, while Guardian runs."""
-        while True:
-            await self.clock.sleep(self.rotate_interval)
+        """Keep the log within its size limit by copy-truncate, while Guardian runs.
+
+        The size is looked at every ``rotate_interval``, sooner while the file grows fast
+        enough to pass its limit before then (see :func:`next_rotate_check`): a chatty
+        child would otherwise overshoot by a whole interval of output.
+        """
+        delay = self.rotate_interval
+        last_size: int | None = None
+        last_at = self.clock.monotonic()
+        with contextlib.suppress(Exception):
+            last_size = await pool("logs").run(
+                self.log.size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
+            )
+            last_at = self.clock.monotonic()
+        # Checked after every await, not only cancellation: Python 3.11's wait_for (inside
+        # pool().run) can swallow a cancel that arrives as its call completes.
+        while not self._closing:
+            await self.clock.sleep(delay)
+            if self._closing:
+                return
             try:
-                await pool("logs").run(
-                    self.log.rotate_if_needed, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
+                seen, left = await pool("logs").run(
+                    self.log.rotate_and_size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
                 )
             except Exception:  # never let rotation trouble end supervision
                 log.warning("%s: log rotation failed", self.name, exc_info=True)
+                delay, last_size = self.rotate_interval, None
+                continue
+            now = self.clock.monotonic()
+            grew = None if last_size is None else seen - last_size
+            delay = next_rotate_check(
+                left, grew, now - last_at, self.log.max_bytes, self.rotate_interval
+            )
+            last_size, last_at = left, now
+
+
+ROTATE_MIN_INTERVAL = 0.05  # seconds: the fastest size checks of a fast-growing log
+
+
+def next_rotate_check(
+    size: int, grew: int | None, elapsed: float, limit: int, interval: float
+) -> float:
+    """Seconds until the next size check of a log of ``size`` bytes that grew by ``grew``
+    bytes over the last ``elapsed`` seconds: ``interval``, or half the time it needs at
+    that rate to reach ``limit``, but at least :data:`ROTATE_MIN_INTERVAL`."""
+    if grew is None or grew <= 0 or elapsed <= 0:
+        return interval
+    rate = grew / elapsed
+    return min(interval, max(ROTATE_MIN_INTERVAL, max(0, limit - size) / rate / 2))
 
 
 def _roots(found: list[ProcessIdentity]) -> list[ProcessIdentity]:
