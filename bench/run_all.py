@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_peers.py", "bench_hang.py", "bench_scale.py", "bench_api_flood.py"]
+BENCHES = [
+    "bench_peers.py", "bench_hang.py", "bench_scale.py", "bench_api_flood.py",
+    "bench_lifecycle.py", "bench_footprint.py", "bench_uptime.py",
+]
 
 
 def main() -> int:

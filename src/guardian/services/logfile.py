@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from guardian.services.collapse import UNSUPPORTED, block_size, collapse_head
-
 from guardian.services.winappend import open_append
 
 TAIL_BLOCK = 8192
