@@ -208,7 +208,8 @@ def test_sigkilled_guardian_mid_request_adopts_child_and_the_request_completes(
         restarted = wait_for(lambda: events(log, "restart_started"), 30)
         assert restarted and epoch(restarted[0]) >= t_g2
         # Caused by the exit event itself, not by failed checks (failure_threshold 3).
-        assert "exited" in restarted[0].get("reason", restarted[0]["msg"]), restarted[0]
+        reason = restarted[0].get("reason", restarted[0]["msg"])
+        assert "exited (code unknown: adopted" in reason, restarted[0]
         failed = [e for e in events(log, "check", status="failed") if epoch(e) > t_kill]
         assert not failed or epoch(failed[0]) >= epoch(exited[0])
         assert wait_for(lambda: read_pid(pidfile) not in (None, child) and http_ok(port), 30)
