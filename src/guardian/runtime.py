@@ -217,6 +217,8 @@ class Guardian:
                 detail = f"{type(exc).__name__}: {exc}"
             if status is not None and status.adopted:
                 outcome = "adopted"
+                if status.pid:
+                    self.startup.already_up(name, _running_for(status.pid))
             elif status is not None and status.state.value in ("running", "starting"):
                 outcome = "started"
             else:
@@ -379,6 +381,18 @@ class CheckStall:
 
     def own_fault(self, mark: float, timeout: float) -> str | None:
         return overloaded_reason(self._monitor.stalled_since(mark), timeout)
+
+
+def _running_for(pid: int) -> float:
+    """How long process ``pid`` has run, seconds (0 when it cannot be read)."""
+    import time
+
+    import psutil  # only with an adopted process: not on every run path
+
+    try:
+        return max(0.0, time.time() - psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return 0.0
 
 
 def incident_dicts(store: Store, found: list[Incident]) -> list[dict[str, Any]]:

@@ -73,6 +73,19 @@ class StartupPhases:
         for target in self._checks:
             self.begin(target)
 
+    def already_up(self, target: str, seconds: float) -> None:
+        """``target`` was found running for ``seconds`` (an adopted process): its boot, if
+        any, began back then, so the phase ends that much sooner. A process up longer than
+        ``startup_timeout`` is past booting, and its failures count at once."""
+        phase = self._phases.get(target)
+        if phase is None:
+            return
+        left = self._timeout.get(target, 0.0) - max(0.0, seconds)
+        if left <= 0:
+            self._phases.pop(target, None)
+        else:
+            phase.deadline = min(phase.deadline, self.clock.monotonic() + left)
+
     def end(self, target: str) -> None:
         """The start failed (the process died): failures count from now on."""
         self._phases.pop(target, None)

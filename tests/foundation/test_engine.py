@@ -308,3 +308,24 @@ def test_a_tiny_probe_interval_never_hammers_a_booting_service() -> None:
     phases.begin_all()
     assert phases.probe_interval("t", "http") == MIN_PROBE_INTERVAL
     assert phases.active("t", "http")  # a huge timeout is just a long phase
+
+
+async def test_an_adopted_process_long_up_has_no_startup_phase_and_a_young_one_a_shorter_one(
+) -> None:
+    from guardian.config import RecoveryConfig, TargetConfig
+
+    clock = FakeClock()
+    cfg = Config(targets=[
+        TargetConfig(name=n, recovery=RecoveryConfig(startup_timeout=300),
+                     checks=[HttpCheckConfig(url="http://127.0.0.1:1/", interval=30, timeout=1)])
+        for n in ("old", "young", "fresh")
+    ])
+    phases = StartupPhases(cfg, clock)
+    phases.begin_all()
+    phases.already_up("old", 3600)  # up an hour when Guardian found it: past booting
+    phases.already_up("young", 200)  # found 200 s into its boot: 100 s of the phase left
+    assert not phases.in_startup("old")
+    assert phases.in_startup("young") and phases.in_startup("fresh")
+    await clock.advance(101)
+    assert not phases.in_startup("young")
+    assert phases.in_startup("fresh")  # started by this Guardian: the whole 300 s
