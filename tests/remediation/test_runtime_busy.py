@@ -84,9 +84,9 @@ async def start(tmp: Path) -> tuple[Guardian, str, str, list[tuple[float, Recove
     await guardian.start()
     api, sim = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{sim_port}"
     async with httpx.AsyncClient(trust_env=False, timeout=2) as c:
-        for _ in range(400):
+        for _ in range(400):  # healthy: up, out of its startup phase (starting reads degraded)
             try:
-                if (await c.get(api + "/api/health")).status_code == 200:
+                if (await c.get(api + "/api/health")).json().get("status") == "healthy":
                     break
             except httpx.HTTPError:
                 pass
