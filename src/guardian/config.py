@@ -125,7 +125,11 @@ class GuardianSection(_Section):
     )
     log_backups: int = Field(5, ge=0, le=100, description="rotated log files kept")
     jitter: float = Field(
-        0.1, ge=0, le=0.5, description="random spread of check start, fraction of interval"
+        0.1,
+        ge=0,
+        le=0.5,
+        description="0 runs every check at start-up on one aligned grid (tests, demos); above"
+        " 0 each check keeps its own stable phase spread over its interval",
     )
     shutdown_grace: float = Field(
         5.0, gt=0, le=3600, description="seconds running checks get on exit"
