@@ -226,6 +226,14 @@ class NotifySection(_Section):
     rate_limit_per_hour: int = Field(20, ge=1, le=3600, description="per target")
     retries: int = Field(3, ge=0, le=10, description="per message, with backoff")
     timeout: float = Field(10.0, gt=0, le=300, description="seconds per delivery attempt")
+    group_window: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="seconds: after a message, other targets' news within this window goes"
+        " out as one grouped message at its end (a fan-out is one page, not 1000); 0 sends"
+        " one message per incident transition",
+    )
 
 
 class StoreSection(_Section):

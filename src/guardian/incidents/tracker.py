@@ -26,12 +26,21 @@ What is not an incident, and what changes one:
 Everything is persisted as it happens, and on startup open incidents are reloaded with
 their per-check failure streaks, so a Guardian restart (or SIGKILL) continues the same
 incident instead of opening a duplicate.
+
+Reports are written by a bounded queue: ``REPORT_WORKERS`` at a time, first come first
+served, one entry per incident. 1000 targets escalating in the same second are 1000
+reports written one or two at a time (sharing one system snapshot, see
+:mod:`guardian.incidents.report`), not 1000 concurrent captures, and a report asked for
+again before its turn (the breaker gave up meanwhile) is written once, with the latest
+state. An incident's announcements wait in its entry, so its escalation (with the
+report's path) is never announced after its resolution.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -73,9 +82,19 @@ class _Live:
     gave_up: bool = False  # the breaker opened on it (until the breaker is reset)
 
 
+@dataclass
+class _Job:
+    """An incident's queued work: a report to write, then announcements in order."""
+
+    steps: deque[IncidentTransition] = field(default_factory=deque)
+    report_due: bool = False  # write (again) before the next announcement
+    running: bool = False
+
+
 # Recovery events this close before an incident opens belong to it (an exit seen before
 # the failing check).
 ADOPT_WINDOW = timedelta(minutes=5)
+REPORT_WORKERS = 2  # reports written at once (the report blocking pool has two threads)
 _OK_STATUSES = {Status.OK.value, Status.SKIPPED.value}
 
 
@@ -115,6 +134,8 @@ class IncidentTracker:
             }
         self._healthy_at: dict[str, datetime] = {}  # wall time a target was last all-OK
         self._tasks: set[asyncio.Task[None]] = set()
+        self._jobs: dict[int, _Job] = {}  # incident id -> queued work, oldest first
+        self._workers = 0
         try:
             self.store.prune(self.clock.now())
         except Exception:
@@ -206,7 +227,7 @@ class IncidentTracker:
             return  # built outside a loop (a tool reading the store): nothing to finish
         for live in self._open.values():
             if live.incident.status == "escalated" and live.incident.report_path is None:
-                self._spawn(self._finish_escalation(live.incident.id))
+                self._queue(live.incident.id, IncidentTransition.ESCALATED, report=True)
 
     # ------------------------------------------------------------------ events
 
@@ -383,7 +404,7 @@ class IncidentTracker:
             why,
             extra={"event": "incident_escalated", "target": inc.target, "incident": inc.id},
         )
-        self._spawn(self._finish_escalation(inc.id))
+        self._queue(inc.id, IncidentTransition.ESCALATED, report=True)
 
     def _give_up(self, live: _Live, why: str) -> None:
         """The breaker opened on an already escalated incident: new summary, report, news."""
@@ -399,30 +420,71 @@ class IncidentTracker:
             why,
             extra={"event": "incident_gave_up", "target": inc.target, "incident": inc.id},
         )
-        self._spawn(self._finish_escalation(inc.id, IncidentTransition.GAVE_UP))
+        self._queue(inc.id, IncidentTransition.GAVE_UP, report=True)
 
-    async def _finish_escalation(
-        self, incident_id: int, transition: IncidentTransition = IncidentTransition.ESCALATED
-    ) -> None:
-        """Write the report (bounded), then announce the escalation with its path."""
-        if self.reporter is not None:
-            try:
-                path = await asyncio.wait_for(
-                    self.reporter.write(incident_id), timeout=self.report_timeout
-                )
-                self.store.update_incident(incident_id, report_path=str(path))
-            except Exception:
-                log.exception(
-                    "writing the report of incident %d failed",
-                    incident_id,
-                    extra={"event": "report_failed", "incident": incident_id},
-                )
-        incident = self.store.incident(incident_id)
-        if incident is not None:
+    # ------------------------------------------------------------------ the report queue
+
+    @property
+    def queued_reports(self) -> int:
+        """Incidents whose report (or announcement behind one) is still to come."""
+        return len(self._jobs)
+
+    def _queue(self, incident_id: int, transition: IncidentTransition, *, report: bool) -> None:
+        """Announce ``transition`` after the incident's queued work (and a report first)."""
+        job = self._jobs.get(incident_id)
+        if job is None:
+            job = self._jobs[incident_id] = _Job()
+        job.steps.append(transition)
+        job.report_due = job.report_due or report
+        if not job.running and self._workers < REPORT_WORKERS:
+            self._workers += 1
+            self._spawn(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                # At most REPORT_WORKERS entries are running: the first free one is near.
+                found = next(((i, j) for i, j in self._jobs.items() if not j.running), None)
+                if found is None:
+                    return
+                incident_id, job = found
+                job.running = True
+                try:
+                    await self._run_job(incident_id, job)
+                finally:
+                    del self._jobs[incident_id]
+        finally:
+            self._workers -= 1
+
+    async def _run_job(self, incident_id: int, job: _Job) -> None:
+        while job.steps:
+            if job.report_due:
+                job.report_due = False
+                await self._write_report(incident_id)
+            transition = job.steps.popleft()
+            incident = self.store.incident(incident_id)
+            if incident is None:
+                continue
             live = self._open.get(incident.target)
             if live is not None and live.incident.id == incident_id:
                 live.incident = incident
             self._announce(incident, transition)
+
+    async def _write_report(self, incident_id: int) -> None:
+        """Write the report (bounded); its path goes into the store."""
+        if self.reporter is None:
+            return
+        try:
+            path = await asyncio.wait_for(
+                self.reporter.write(incident_id), timeout=self.report_timeout
+            )
+            self.store.update_incident(incident_id, report_path=str(path))
+        except Exception:
+            log.exception(
+                "writing the report of incident %d failed",
+                incident_id,
+                extra={"event": "report_failed", "incident": incident_id},
+            )
 
     def _resolve(self, live: _Live) -> None:
         inc = live.incident
@@ -438,7 +500,10 @@ class IncidentTracker:
             inc.flap_count,
             extra={"event": "incident_resolved", "target": inc.target, "incident": inc.id},
         )
-        self._announce(live.incident, IncidentTransition.RESOLVED)
+        if inc.id in self._jobs:  # its escalation is still being reported: after it
+            self._queue(inc.id, IncidentTransition.RESOLVED, report=False)
+        else:
+            self._announce(live.incident, IncidentTransition.RESOLVED)
 
     def _announce(self, incident: Incident, transition: IncidentTransition) -> None:
         when = {
