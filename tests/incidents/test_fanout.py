@@ -312,3 +312,50 @@ async def test_a_report_asked_for_twice_before_its_turn_is_written_once_and_news
     assert tracker.queued_reports == 0
     await tracker.aclose()
     store.close()
+
+
+async def test_news_never_waits_longer_than_report_timeout_behind_hung_reports(
+    tmp_path: Path,
+) -> None:
+    """A hung log drive stalls every report: the escalations still go out, without paths."""
+    release = asyncio.Event()
+    written: list[int] = []
+
+    class Hung:
+        async def write(self, incident_id: int, *, capture: bool = True) -> Path:
+            await release.wait()
+            written.append(incident_id)
+            return tmp_path / f"r{incident_id}.md"
+
+    config = fanout_config(tmp_path, [], n=6)
+    clock = FakeClock()
+    bus = EventBus()
+    state = State(config, bus)
+    store = Store.from_config(config, now=clock.now)
+    # Real seconds for the hung writes' own timeout (asyncio.wait_for), fake for the queue.
+    tracker = IncidentTracker(config, store, bus, clock, Hung(), report_timeout=30)
+    escalated: list[tuple[int, str | None]] = []
+    bus.subscribe(
+        lambda e: escalated.append((e.incident_id, e.report_path))
+        if isinstance(e, IncidentEvent) and e.transition is IncidentTransition.ESCALATED
+        else None
+    )
+    for _ in range(3):
+        for t in config.targets:
+            now = clock.now()
+            state.record(CheckResult(t.name, "http", "http", Status.FAILED, "x", {}, now, now, 0))
+    await clock.advance(29)
+    assert escalated == []  # waiting for their reports
+    await clock.advance(1)
+    # Two are being written (hung); the four still queued are announced now.
+    assert sorted(i for i, _ in escalated) == [3, 4, 5, 6]
+    assert all(path is None for _, path in escalated)
+    release.set()
+    await tracker.idle()
+    assert sorted(written) == [1, 2, 3, 4, 5, 6]  # every report still written, once
+    assert sorted(i for i, _ in escalated) == [1, 2, 3, 4, 5, 6]
+    assert [p for i, p in escalated if i in (1, 2)] == [str(tmp_path / "r1.md"),
+                                                         str(tmp_path / "r2.md")]
+    assert store.incident(6).report_path == str(tmp_path / "r6.md")  # type: ignore[union-attr]
+    await tracker.aclose()
+    store.close()

@@ -191,23 +191,22 @@ class Notifier:
     @staticmethod
     def group_message(events: Sequence[IncidentEvent]) -> tuple[str, str]:
         """(title, body) of one message for many targets' transitions, redacted."""
-        by_transition: dict[IncidentTransition, list[str]] = {}
+        by_transition: dict[IncidentTransition, dict[str, None]] = {}  # ordered sets
         for e in events:
-            names = by_transition.setdefault(e.transition, [])
-            if e.target not in names:
-                names.append(e.target)
+            by_transition.setdefault(e.transition, {})[e.target] = None
         targets = {e.target for e in events}
         order = sorted(by_transition, key=list(IncidentTransition).index)
-        counts = ", ".join(f"{len(by_transition[t])} {t}" for t in order)
+        words = {t: str(t).replace("_", " ") for t in order}  # "gave up"
+        counts = ", ".join(f"{len(by_transition[t])} {words[t]}" for t in order)
         title = f"[Guardian] {len(targets)} targets: {counts}"
         first = min(e.time for e in events).strftime("%Y-%m-%d %H:%M:%S UTC")
         last = max(e.time for e in events).strftime("%H:%M:%S UTC")
         body = [f"{len(events)} incident transitions of {len(targets)} targets, {first} to {last}."]
         for t in order:
-            names = by_transition[t]
+            names = list(by_transition[t])
             more = len(names) - MAX_NAMES
             shown = ", ".join(names[:MAX_NAMES]) + (f" (+{more} more)" if more > 0 else "")
-            body.append(f"{t.capitalize()} ({len(names)}): {shown}")
+            body.append(f"{words[t].capitalize()} ({len(names)}): {shown}")
         latest = {e.target: e for e in events}  # each target's newest news
         severities = Counter(e.severity for e in latest.values())
         body.append("Severity: " + ", ".join(f"{s} {n}" for s, n in severities.most_common()))

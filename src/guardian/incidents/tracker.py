@@ -33,7 +33,9 @@ reports written one or two at a time (sharing one system snapshot, see
 :mod:`guardian.incidents.report`), not 1000 concurrent captures, and a report asked for
 again before its turn (the breaker gave up meanwhile) is written once, with the latest
 state. An incident's announcements wait in its entry, so its escalation (with the
-report's path) is never announced after its resolution.
+report's path) is never announced after its resolution; but never longer than
+``report_timeout``: news still queued then goes out without the path (a hung log drive
+must not hold 1000 escalations for hours), and its report is written when its turn comes.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class _Live:
 class _Job:
     """An incident's queued work: a report to write, then announcements in order."""
 
+    since: float  # monotonic: when it was queued (its news waits report_timeout at most)
     steps: deque[IncidentTransition] = field(default_factory=deque)
     report_due: bool = False  # write (again) before the next announcement
     running: bool = False
@@ -136,6 +139,8 @@ class IncidentTracker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._jobs: dict[int, _Job] = {}  # incident id -> queued work, oldest first
         self._workers = 0
+        self._overdue: asyncio.Task[None] | None = None  # announces news queued too long
+        self._jobs_changed = asyncio.Event()
         try:
             self.store.prune(self.clock.now())
         except Exception:
@@ -433,12 +438,40 @@ class IncidentTracker:
         """Announce ``transition`` after the incident's queued work (and a report first)."""
         job = self._jobs.get(incident_id)
         if job is None:
-            job = self._jobs[incident_id] = _Job()
+            job = self._jobs[incident_id] = _Job(self.clock.monotonic())
         job.steps.append(transition)
         job.report_due = job.report_due or report
         if not job.running and self._workers < REPORT_WORKERS:
             self._workers += 1
             self._spawn(self._work())
+        if self._overdue is None:
+            self._overdue = asyncio.get_running_loop().create_task(self._announce_overdue())
+            self._tasks.add(self._overdue)
+            self._overdue.add_done_callback(self._tasks.discard)
+
+    async def _announce_overdue(self) -> None:
+        """News of entries waiting longer than report_timeout goes out now, without the
+        report's path; the report itself stays queued."""
+        try:
+            while self._jobs:
+                now = self.clock.monotonic()
+                waiting = [(i, j) for i, j in self._jobs.items() if not j.running and j.steps]
+                for incident_id, job in waiting:
+                    if now - job.since < self.report_timeout:
+                        break  # oldest first: the rest are younger
+                    self._announce_steps(incident_id, job)
+                later = [j.since for j in self._jobs.values() if not j.running and j.steps]
+                delay = (min(later) + self.report_timeout - now) if later else self.report_timeout
+                self._jobs_changed.clear()
+                sleeper = asyncio.ensure_future(self.clock.sleep(max(delay, 0.001)))
+                changed = asyncio.ensure_future(self._jobs_changed.wait())
+                try:
+                    await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    changed.cancel()
+        finally:
+            self._overdue = None
 
     async def _work(self) -> None:
         try:
@@ -453,22 +486,29 @@ class IncidentTracker:
                     await self._run_job(incident_id, job)
                 finally:
                     del self._jobs[incident_id]
+                    self._jobs_changed.set()
         finally:
             self._workers -= 1
 
     async def _run_job(self, incident_id: int, job: _Job) -> None:
-        while job.steps:
+        while job.steps or job.report_due:
             if job.report_due:
                 job.report_due = False
                 await self._write_report(incident_id)
+            self._announce_steps(incident_id, job, first_only=True)
+
+    def _announce_steps(self, incident_id: int, job: _Job, *, first_only: bool = False) -> None:
+        """Announce the entry's waiting news (its first item only, or all), in order."""
+        while job.steps:
             transition = job.steps.popleft()
             incident = self.store.incident(incident_id)
-            if incident is None:
-                continue
-            live = self._open.get(incident.target)
-            if live is not None and live.incident.id == incident_id:
-                live.incident = incident
-            self._announce(incident, transition)
+            if incident is not None:
+                live = self._open.get(incident.target)
+                if live is not None and live.incident.id == incident_id:
+                    live.incident = incident
+                self._announce(incident, transition)
+            if first_only:
+                return
 
     async def _write_report(self, incident_id: int) -> None:
         """Write the report (bounded); its path goes into the store."""
