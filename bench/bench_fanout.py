@@ -17,6 +17,10 @@ last report written, ``failing_phase_s`` the last message of the failures sent (
 grouping this includes waiting out the windows, by design), ``drain_s`` the same after
 every target recovered (1 s after, all resolving at once).
 
+``--spread`` delivers each round over its second, as the engine's spread phases do (the
+worst loop stall then shows what checks running meanwhile would see); the default is the
+worst case, every result in one go.
+
 ``--baseline-src /path/to/other/src`` also measures another checkout (e.g. main before
 grouping) in a child interpreter and writes both side by side.
 """
@@ -74,7 +78,7 @@ async def drain(incidents: Any) -> None:
     await incidents.tracker.idle()
 
 
-async def one_run(n: int, rounds: int, port: int, tmp: Path) -> dict[str, Any]:
+async def one_run(n: int, rounds: int, port: int, tmp: Path, spread: bool) -> dict[str, Any]:
     from guardian.clock import SystemClock
     from guardian.config import Config
     from guardian.events import EventBus
@@ -125,26 +129,34 @@ async def one_run(n: int, rounds: int, port: int, tmp: Path) -> dict[str, Any]:
     tick = asyncio.create_task(ticker())
     await asyncio.sleep(0.05)
 
-    def publish(status: Status, reason: str) -> None:
-        now = clock.now()
-        for i in range(n):
-            bus.publish(
-                CheckResult(f"t{i:04d}", "http", "http", status, reason, {}, now, now, 0.01)
-            )
+    async def publish(status: Status, reason: str) -> None:
+        """All n results in one go (burst), or over one second (spread: the engine's phases)."""
+        chunks = 100 if spread else 1
+        per = -(-n // chunks)
+        start = time.monotonic()
+        for c in range(chunks):
+            now = clock.now()
+            for i in range(c * per, min(n, (c + 1) * per)):
+                bus.publish(
+                    CheckResult(f"t{i:04d}", "http", "http", status, reason, {}, now, now, 0.01)
+                )
+            if spread:
+                await asyncio.sleep(max(0.0, start + (c + 1) / chunks - time.monotonic()))
 
     cpu0 = time.process_time()
     t0 = time.monotonic()
     for k in range(rounds):
-        publish(Status.FAILED, "connect failed: connection refused (10.9.0.1:80)")
+        started = time.monotonic()
+        await publish(Status.FAILED, "connect failed: connection refused (10.9.0.1:80)")
         if k < rounds - 1:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(max(0.0, started + 1.0 - time.monotonic()))
     publish_failed = time.monotonic() - t0
     await incidents.tracker.idle()
     reports_done = time.monotonic() - t0
     await drain(incidents)
     opened_drained = time.monotonic() - t0
     await asyncio.sleep(1.0)
-    publish(Status.OK, "HTTP 200")
+    await publish(Status.OK, "HTTP 200")
     await drain(incidents)
     drained = time.monotonic() - t0
     cpu = time.process_time() - cpu0
@@ -182,6 +194,12 @@ def main() -> None:
     ap.add_argument("--src", type=Path, default=None, help="import guardian from here")
     ap.add_argument("--label", default="this checkout")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument(
+        "--spread",
+        action="store_true",
+        help="each round's results over its second (as the engine's phases deliver them),"
+        " not all in one go; results go to fanout_spread.json/.md",
+    )
     ap.add_argument("--json-out", type=Path, default=None, help="write the runs here")
     ap.add_argument("--baseline-src", type=Path, default=None, help="compare with this src")
     args = ap.parse_args()
@@ -192,10 +210,24 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             out = Path(d) / "baseline.json"
             subprocess.run(
-                [sys.executable, __file__, "--src", str(args.baseline_src), "--runs",
-                 str(args.runs), "--targets", str(args.targets), "--rounds", str(args.rounds),
-                 "--no-write", "--json-out", str(out)],
-                check=True, timeout=3600,
+                [
+                    sys.executable,
+                    __file__,
+                    "--src",
+                    str(args.baseline_src),
+                    "--runs",
+                    str(args.runs),
+                    "--targets",
+                    str(args.targets),
+                    "--rounds",
+                    str(args.rounds),
+                    "--no-write",
+                    "--json-out",
+                    str(out),
+                    *(["--spread"] if args.spread else []),
+                ],
+                check=True,
+                timeout=3600,
             )
             baseline = json.loads(out.read_text())
     if args.src is not None:
@@ -218,7 +250,7 @@ def main() -> None:
         runs = []
         for i in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="fanout-") as d:
-                r = asyncio.run(one_run(args.targets, args.rounds, port, Path(d)))
+                r = asyncio.run(one_run(args.targets, args.rounds, port, Path(d), args.spread))
             print(f"run {i + 1}: {json.dumps(r)}")
             runs.append(r)
     finally:
@@ -241,18 +273,21 @@ def main() -> None:
     for k in keys:
         row: list[Any] = [k]
         if baseline is not None:
-            row += [baseline["median"].get(k, "-"),
-                    " / ".join(str(r.get(k, "-")) for r in baseline["runs"])]
+            row += [
+                baseline["median"].get(k, "-"),
+                " / ".join(str(r.get(k, "-")) for r in baseline["runs"]),
+            ]
         row += [med[k], " / ".join(str(r[k]) for r in runs)]
         rows.append(row)
+    arrival = "spread over each second" if args.spread else "all in one go"
     md = (
-        f"{args.targets} targets failing at once for {args.rounds} rounds 1 s apart "
+        f"{args.targets} targets failing at once ({arrival}) for {args.rounds} rounds 1 s apart "
         f"(escalation.failures 3), then all healthy (stable_period 0); "
         f"{len(runs)} runs, medians. One apprise json:// URL to a local receiver.\n\n"
         + table(heads, rows)
     )
     data = {"label": args.label, "runs": runs, "median": med, "baseline": baseline}
-    write_results("fanout", data, md)
+    write_results("fanout_spread" if args.spread else "fanout", data, md)
 
 
 if __name__ == "__main__":

@@ -359,3 +359,33 @@ async def test_news_never_waits_longer_than_report_timeout_behind_hung_reports(
     assert store.incident(6).report_path == str(tmp_path / "r6.md")  # type: ignore[union-attr]
     await tracker.aclose()
     store.close()
+
+
+async def test_a_long_failing_incident_writes_its_count_every_few_seconds_not_every_failure(
+    tmp_path: Path,
+) -> None:
+    from guardian.incidents.tracker import COUNT_EVERY
+
+    config = fanout_config(tmp_path, [], n=1)
+    clock = FakeClock()
+    bus = EventBus()
+    state = State(config, bus)
+    store = Store.from_config(config, now=clock.now)
+    tracker = IncidentTracker(config, store, bus, clock)
+    stored: list[int] = []
+    for _ in range(30):
+        now = clock.now()
+        state.record(CheckResult("t0000", "http", "http", Status.FAILED, "x", {}, now, now, 0))
+        stored.append(store.incident(1).failure_count)  # type: ignore[union-attr]
+        await clock.advance(1)
+    assert stored[:3] == [1, 1, 3]  # the first at once, the escalation with its count
+    assert all(n - s <= COUNT_EVERY for n, s in enumerate(stored, 1))  # lags a few seconds
+    assert len(set(stored)) <= 3 + 30 / COUNT_EVERY  # not one write per failure
+    assert len(store.results(incident_id=1)) == 30  # every failure is still a row
+    # A Guardian killed now continues from the rows; one closed in order writes the count.
+    again = IncidentTracker(config, store, EventBus(), clock)
+    assert again._open["t0000"].failures == 30
+    await tracker.aclose()
+    assert store.incident(1).failure_count == 30  # type: ignore[union-attr]
+    await again.aclose()
+    store.close()

@@ -23,7 +23,9 @@ What is not an incident, and what changes one:
 * The breaker opening on an already escalated incident rewrites its report and notifies
   again (``gave_up``): giving up changes what people must do.
 
-Everything is persisted as it happens, and on startup open incidents are reloaded with
+Everything is persisted as it happens (an open incident's running failure count at most
+every ``COUNT_EVERY`` seconds and with every transition: 1000 failing targets must not
+cost 1000 row updates a second), and on startup open incidents are reloaded with
 their per-check failure streaks, so a Guardian restart (or SIGKILL) continues the same
 incident instead of opening a duplicate.
 
@@ -82,6 +84,8 @@ class _Live:
     healthy_since: float | None = None  # monotonic; None while anything is failing
     cause: str = ""  # what the summary is about now (a new one re-heads the summary)
     gave_up: bool = False  # the breaker opened on it (until the breaker is reset)
+    failures: int = 0  # the true count; the store's lags by COUNT_EVERY at most
+    counted_at: float | None = None  # monotonic: failure_count last written
 
 
 @dataclass
@@ -98,6 +102,7 @@ class _Job:
 # the failing check).
 ADOPT_WINDOW = timedelta(minutes=5)
 REPORT_WORKERS = 2  # reports written at once (the report blocking pool has two threads)
+COUNT_EVERY = 5.0  # seconds: an open incident's failure_count is written at most this often
 _OK_STATUSES = {Status.OK.value, Status.SKIPPED.value}
 
 
@@ -171,6 +176,7 @@ class IncidentTracker:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        self._write_counts()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
@@ -201,13 +207,17 @@ class IncidentTracker:
                     previous.incident.id, status="resolved", resolved_at=self.clock.now()
                 )
             streaks: dict[str, int] = {}
+            failed = 0
             for r in self.store.results(incident_id=incident.id):
                 streaks[r.check] = streaks.get(r.check, 0) + 1 if r.status == "failed" else 0
+                failed += r.status == "failed"
             self._open[incident.target] = _Live(
                 incident,
                 streaks,
                 cause=incident.summary,
                 gave_up=incident.summary.startswith("recovery gave up"),
+                # Every failure is a row; the count may lag them (COUNT_EVERY) after a kill.
+                failures=max(incident.failure_count, failed),
             )
             log.info(
                 "continuing incident %d of %s",
@@ -276,9 +286,7 @@ class IncidentTracker:
         if failed:
             if live.healthy_since is not None:
                 live.healthy_since = None
-                live.incident = self.store.update_incident(
-                    incident_id, flap_count=live.incident.flap_count + 1
-                )
+                live.incident = self._update(live, flap_count=live.incident.flap_count + 1)
                 self._new_cause(live, cause)
                 log.warning(
                     "%s failed again within the stable period (flap %d)",
@@ -287,11 +295,12 @@ class IncidentTracker:
                     extra={"event": "incident_flap", "target": r.target, "incident": incident_id},
                 )
             streak = live.streaks[r.check] = live.streaks.get(r.check, 0) + 1
-            live.incident = self.store.update_incident(
-                incident_id, failure_count=live.incident.failure_count + 1
-            )
-            if live.incident.status == "open" and streak >= self._escalate_at(r):
+            live.failures += 1
+            escalates = live.incident.status == "open" and streak >= self._escalate_at(r)
+            if escalates:
                 self._escalate(live, f"{r.check} failed {streak} times in a row: {r.reason}")
+            elif live.counted_at is None or self.clock.monotonic() - live.counted_at >= COUNT_EVERY:
+                live.incident = self._update(live)
             return
 
         live.streaks[r.check] = 0
@@ -329,7 +338,7 @@ class IncidentTracker:
         same = old == live.cause and cause.startswith(live.cause.removeprefix("process "))
         live.cause = cause
         summary = cause if same else f"{cause} (earlier: {old})"
-        live.incident = self.store.update_incident(live.incident.id, summary=summary[:500])
+        live.incident = self._update(live, summary=summary[:500])
 
     def _on_recovery(self, e: RecoveryEvent) -> None:
         live = self._open.get(e.target)
@@ -361,6 +370,23 @@ class IncidentTracker:
                 self._give_up(live, why)
 
     # ------------------------------------------------------------------ transitions
+
+    def _update(self, live: _Live, **fields: Any) -> Incident:
+        """Write ``fields`` of the live incident, and its failure count with them."""
+        live.counted_at = self.clock.monotonic()
+        return self.store.update_incident(live.incident.id, failure_count=live.failures, **fields)
+
+    def _write_counts(self) -> None:
+        """Bring every open incident's stored failure count up to date (before a report,
+        on shutdown)."""
+        for live in self._open.values():
+            if live.incident.failure_count != live.failures:
+                try:
+                    live.incident = self._update(live)
+                except Exception:
+                    log.exception(
+                        "saving the failure count of incident %d failed", live.incident.id
+                    )
 
     def _healthy(self, target: str) -> bool:
         return all(s in _OK_STATUSES for s in self._latest.get(target, {}).values())
@@ -395,8 +421,8 @@ class IncidentTracker:
 
     def _escalate(self, live: _Live, why: str) -> None:
         inc = live.incident
-        live.incident = self.store.update_incident(
-            inc.id,
+        live.incident = self._update(
+            live,
             status="escalated",
             escalated_at=self.clock.now(),
             severity=self._severity(inc.target, True),
@@ -415,8 +441,8 @@ class IncidentTracker:
         """The breaker opened on an already escalated incident: new summary, report, news."""
         inc = live.incident
         live.cause = why
-        live.incident = self.store.update_incident(
-            inc.id, severity=self._severity(inc.target, True), summary=why[:500]
+        live.incident = self._update(
+            live, severity=self._severity(inc.target, True), summary=why[:500]
         )
         log.error(
             "incident %d of %s: %s",
@@ -514,6 +540,14 @@ class IncidentTracker:
         """Write the report (bounded); its path goes into the store."""
         if self.reporter is None:
             return
+        incident = self.store.incident(incident_id)
+        live = None if incident is None else self._open.get(incident.target)
+        if (
+            live is not None
+            and live.incident.id == incident_id
+            and live.incident.failure_count != live.failures
+        ):
+            live.incident = self._update(live)  # the report shows the true count
         try:
             path = await asyncio.wait_for(
                 self.reporter.write(incident_id), timeout=self.report_timeout
@@ -528,15 +562,13 @@ class IncidentTracker:
 
     def _resolve(self, live: _Live) -> None:
         inc = live.incident
-        live.incident = self.store.update_incident(
-            inc.id, status="resolved", resolved_at=self.clock.now()
-        )
+        live.incident = self._update(live, status="resolved", resolved_at=self.clock.now())
         del self._open[inc.target]
         log.info(
             "incident %d of %s resolved after %d failures, %d flaps",
             inc.id,
             inc.target,
-            inc.failure_count,
+            live.failures,
             inc.flap_count,
             extra={"event": "incident_resolved", "target": inc.target, "incident": inc.id},
         )
