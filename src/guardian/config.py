@@ -125,7 +125,11 @@ class GuardianSection(_Section):
     )
     log_backups: int = Field(5, ge=0, le=100, description="rotated log files kept")
     jitter: float = Field(
-        0.1, ge=0, le=0.5, description="random spread of check start, fraction of interval"
+        0.1,
+        ge=0,
+        le=0.5,
+        description="0 runs every check at start-up on one aligned grid (tests, demos); above"
+        " 0 each check keeps its own stable phase spread over its interval",
     )
     shutdown_grace: float = Field(
         5.0, gt=0, le=3600, description="seconds running checks get on exit"
@@ -222,6 +226,14 @@ class NotifySection(_Section):
     rate_limit_per_hour: int = Field(20, ge=1, le=3600, description="per target")
     retries: int = Field(3, ge=0, le=10, description="per message, with backoff")
     timeout: float = Field(10.0, gt=0, le=300, description="seconds per delivery attempt")
+    group_window: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description="seconds: after a message, other targets' news within this window goes"
+        " out as one grouped message at its end (a fan-out is one page, not 1000); 0 sends"
+        " one message per incident transition",
+    )
 
 
 class StoreSection(_Section):

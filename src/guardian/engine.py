@@ -7,6 +7,19 @@ check is cancelled and recorded as failed with reason ``timeout``; an exception 
 failed result with the exception's text. One check can therefore never delay or kill
 another.
 
+Phases: a check's grid is ``phase + n x interval`` on the monotonic clock, its phase a
+stable hash of ``target/check`` spread over the whole interval (as Prometheus spreads
+scrapes). 1000 checks at 1 s therefore start about one per millisecond instead of all in
+the same instant, and a restarted Guardian keeps every check's phase (the monotonic clock
+is the machine's, not the process's). So that ``guardian run`` shows every check promptly
+even with a 300 s disk check, the *first* run comes within ``min(interval,
+first_run_spread)`` (10 s): on the grid when its slot falls in that window, else at the
+check's own place in the window; the check then joins its grid at the first slot at least
+half an interval later. A check in its startup phase at Guardian's start spreads its
+first probe over the probe period (1 s) instead: prompt, yet 1000 booting targets are not
+probed in one burst. ``jitter = 0`` turns phases off: every check runs at once at start
+and on a grid from there (tests, demos).
+
 While a target is in its startup phase (:mod:`guardian.startup`) its results carry
 ``startup=True`` and its service-facing checks run every ``startup_probe_interval``; a
 phase that begins (a restart) wakes a check sleeping through a long interval. Every
@@ -16,8 +29,9 @@ result carries the monotonic time it began (``started_mono``) for decisions.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import random
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +47,13 @@ from guardian.state import State
 log = logging.getLogger("guardian.engine")
 
 MAX_REASON = 500
+FIRST_RUN_SPREAD = 10.0  # seconds: every check's first result within this of the start
+
+
+def phase_of(target: str, check: str) -> float:
+    """The check's stable place in its interval, in [0, 1): the same on every start."""
+    digest = hashlib.blake2b(f"{target}/{check}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 @dataclass(eq=False)
@@ -62,16 +83,14 @@ class Engine:
         clock: Clock,
         *,
         jitter: float = 0.1,
-        first_run_spread: float = 1.0,
-        rng: random.Random | None = None,
+        first_run_spread: float = FIRST_RUN_SPREAD,
         startup: StartupPhases | None = None,
     ) -> None:
         self.state = state
         self.clock = clock
-        self.jitter = jitter
-        self.first_run_spread = first_run_spread
+        self.spread = jitter > 0  # 0: no phases, every check at start (see the docstring)
+        self.first_run_spread = max(0.0, first_run_spread)
         self.scheduled = [Scheduled(t, c) for t, c in checks if c.config.enabled]
-        self._rng = rng or random.Random()
         self._tasks: dict[Scheduled, asyncio.Task[None]] = {}
         self._stopping = False
         self._stray: set[asyncio.Task[Outcome]] = set()
@@ -233,31 +252,44 @@ class Engine:
             return None
         return period
 
+    def _first(self, sc: Scheduled, start: float) -> tuple[float, int, float | None]:
+        """(grid anchor, index of the first grid slot at or after ``start``, an earlier
+        first run or None): see the module docstring."""
+        interval = sc.check.config.interval
+        if not self.spread:
+            return start, 0, None
+        frac = phase_of(sc.target, sc.name)
+        anchor = frac * interval
+        n = math.ceil((start - anchor) / interval)
+        window = min(interval, self.first_run_spread)
+        period = self._probe_period(sc)
+        if period is not None:
+            window = min(window, period)
+        if anchor + n * interval - start <= window:
+            return anchor, n, None
+        return anchor, n, start + frac * window
+
     async def _loop(self, sc: Scheduled) -> None:
         interval = sc.check.config.interval
-        spread = min(self.jitter * interval, self.first_run_spread)
-        origin = self.clock.monotonic() + self._rng.uniform(0, spread)
         if self.startup is not None:
             self._wake[sc] = asyncio.Event()
-        n = 0
-        offset_n, offset = 0, 0.0
+        anchor, n, first = self._first(sc, self.clock.monotonic())
         probe_from: float | None = None  # end of the last run (or a phase's start)
         while not self._stopping:
-            if n and offset_n != n:
-                offset_n, offset = n, self._rng.uniform(-0.5, 0.5) * self.jitter * interval
-            grid = origin + n * interval + (offset if n else 0.0)
-            due = grid
+            grid = anchor + n * interval
+            due = grid if first is None else min(grid, first)
             # In a startup phase, probe at the short period; afterwards back to the grid.
             period = self._probe_period(sc) if probe_from is not None else None
             if period is not None and probe_from is not None:
-                due = min(grid, probe_from + period)
+                due = min(due, probe_from + period)
             delay = due - self.clock.monotonic()
             if delay > 0 and await self._sleep(sc, delay):
                 probe_from = self.clock.monotonic()  # a restart began: probe from now
                 continue
             if self._stopping:
                 return
-            sc.lateness.append(max(0.0, self.clock.monotonic() - due))
+            began = self.clock.monotonic()
+            sc.lateness.append(max(0.0, began - due))
             sc.running = True
             try:
                 result = await self.execute(sc)
@@ -265,12 +297,16 @@ class Engine:
                 sc.running = False
             sc.runs += 1
             self._record(result)
-            # Next slot on the fixed grid; skip slots a slow run overlapped.
             now = self.clock.monotonic()
             probe_from = now
+            first = None
             if due == grid:
-                n += 1
-            while origin + n * interval < now - interval * 0.5:
+                n += 1  # this slot is used
+            else:  # a first run or a probe: the grid resumes at least half an interval on
+                while anchor + n * interval < began + interval * 0.5:
+                    n += 1
+            # Skip slots a slow run overlapped.
+            while anchor + n * interval < now - interval * 0.5:
                 n += 1
 
     def start(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 
 import pytest
@@ -60,7 +59,6 @@ def engine(checks: list[FakeCheck], clock: object, jitter: float = 0.0) -> Engin
         [("t", c) for c in checks],
         clock,
         jitter=jitter,  # type: ignore[arg-type]
-        rng=random.Random(1),
     )
 
 
@@ -123,17 +121,17 @@ async def test_exceptions_and_wrong_return_types_become_failed_results() -> None
     assert eng.state.overall() == "unhealthy"
 
 
-async def test_jitter_spreads_first_runs_but_keeps_mean_cadence() -> None:
+async def test_phases_spread_first_runs_over_the_interval_and_keep_the_cadence() -> None:
     clock = FakeClock()
     checks = [make(f"c{i}", interval=10, timeout=5) for i in range(20)]
     eng = engine(checks, clock, jitter=0.1)
     eng.start()
     await clock.advance(0)
     assert sum(c.runs for c in checks) < 20  # not all at once
-    await clock.advance(1.0)
-    assert all(c.runs == 1 for c in checks)
+    await clock.advance(9.99)
+    assert all(c.runs == 1 for c in checks)  # every one within its interval
     await clock.advance(100)
-    assert all(10 <= c.runs <= 12 for c in checks)
+    assert all(c.runs == 11 for c in checks)  # and exactly on its grid since
     await eng.stop()
 
 
@@ -194,7 +192,7 @@ def startup_rig(
     bus.subscribe(lambda e: results.append(e) if isinstance(e, CheckResult) else None)
     eng = Engine(
         State(cfg, bus), [("t", check)], clock, jitter=0.0, first_run_spread=0.0,  # type: ignore[list-item]
-        rng=random.Random(1), startup=phases,
+        startup=phases,
     )
     return clock, check, eng, phases, results, bus
 

@@ -26,9 +26,11 @@ def event(
 
 
 def setup(tmp_path: Path, urls: list[str], **notify: object) -> tuple[Notifier, Store, FakeClock]:
-    """A notifier on a store holding incidents #1..#9 (notification rows reference them)."""
+    """A notifier on a store holding incidents #1..#9 (notification rows reference them).
+
+    One message per transition unless a test asks for grouping (test_notify_groups.py)."""
     clock = FakeClock()
-    config = make_config(tmp_path, notify={"urls": urls, **notify})
+    config = make_config(tmp_path, notify={"urls": urls, "group_window": 0, **notify})
     store = Store.from_config(config, now=clock.now)
     for i in range(9):
         store.open_incident("panel" if i == 3 else "comfyui", clock.now(), "major", f"#{i + 1}")

@@ -5,16 +5,28 @@ in a worker thread under a timeout, with retries and backoff on the injected clo
 message per transition per incident (dedupe, also across restarts via the store) and at
 most ``rate_limit_per_hour`` messages per target, so a crash loop cannot flood a phone.
 Every attempt is recorded in the store with the URL reduced to its scheme.
+
+Fan-out (one switch, one dead upstream: 1000 targets failing in the same second) is one
+page, not 1000: a message opens a ``group_window``; news of *other* targets within it is
+held and goes out as one grouped message when it ends ("999 targets: 999 opened, ..."
+naming the first few, the most common summaries, the rest as "+n more"), and a window
+that flushed something opens the next one, so a storm lasting minutes is one message per
+window. A lone failure still notifies at once, and the target that opened the window
+keeps getting its own messages at once (its escalation is not held behind a window it
+started). One target's messages never overtake each other: each delivery waits for the
+earlier ones of its targets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 from guardian import blocking
 from guardian.clock import Clock, SystemClock
@@ -34,6 +46,10 @@ EVENT_NAMES = {
     IncidentTransition.RESOLVED: "resolve",
 }
 HOUR = 3600.0
+MAX_NAMES = 20  # targets named per transition in a grouped message; the rest are counted
+MAX_SUMMARIES = 5  # most common summaries quoted in a grouped message
+MAX_SUMMARY = 200  # characters of one quoted summary
+RECORD_CHUNK = 200  # notification rows written between yields to the event loop
 
 
 def _result_errors(result: object) -> list[str]:
@@ -96,10 +112,19 @@ class Notifier:
         self.rate_limit = ns.rate_limit_per_hour
         self.retries = ns.retries
         self.timeout = ns.timeout
+        self.group_window = ns.group_window
         self._sent: dict[str, deque[float]] = {}  # target -> monotonic times of messages
         self._done: set[tuple[int, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._order: dict[str, asyncio.Lock] = {}
+        self._last: dict[str, asyncio.Task[None]] = {}  # target -> its latest delivery
+        # Grouping: the open window's end (monotonic), the target whose message opened it
+        # (sent at once), and the news of other targets held for the grouped message.
+        self._window_end: float | None = None
+        self._opener: str | None = None
+        self._held: list[IncidentEvent] = []
+        self._held_targets: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self.grouped = 0  # grouped messages started (for the bench and tests)
 
     # ------------------------------------------------------------------ incidents
 
@@ -125,10 +150,18 @@ class Notifier:
             )
             self._record(event, "(all)", False, f"rate limited ({self.rate_limit} per hour)")
             return None
-        task = asyncio.get_running_loop().create_task(self._deliver(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        if self.group_window <= 0:
+            return self._start([event])
+        if self._flusher is not None:  # a window is open
+            if event.target in self._held_targets or event.target != self._opener:
+                self._held.append(event)  # behind its own held news, or another target's
+                self._held_targets.add(event.target)
+                return self._flusher
+            return self._start([event])  # the window's own target: at once
+        self._window_end = self.clock.monotonic() + self.group_window
+        self._opener = event.target
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_windows())
+        return self._start([event])
 
     def _allow(self, target: str) -> bool:
         now = self.clock.monotonic()
@@ -155,55 +188,147 @@ class Notifier:
             body.append(f"Report: {event.report_path}")
         return redact(title), redact("\n".join(body))
 
-    async def _deliver(self, event: IncidentEvent) -> None:
-        # One target's messages go out in order (opened before escalated before resolved):
-        # asyncio.Lock wakes waiters first-come first-served.
-        lock = self._order.setdefault(event.target, asyncio.Lock())
-        async with lock:
-            await self._deliver_now(event)
+    @staticmethod
+    def group_message(events: Sequence[IncidentEvent]) -> tuple[str, str]:
+        """(title, body) of one message for many targets' transitions, redacted."""
+        by_transition: dict[IncidentTransition, dict[str, None]] = {}  # ordered sets
+        for e in events:
+            by_transition.setdefault(e.transition, {})[e.target] = None
+        targets = {e.target for e in events}
+        order = sorted(by_transition, key=list(IncidentTransition).index)
+        words = {t: str(t).replace("_", " ") for t in order}  # "gave up"
+        counts = ", ".join(f"{len(by_transition[t])} {words[t]}" for t in order)
+        title = f"[Guardian] {len(targets)} targets: {counts}"
+        first = min(e.time for e in events).strftime("%Y-%m-%d %H:%M:%S UTC")
+        last = max(e.time for e in events).strftime("%H:%M:%S UTC")
+        body = [f"{len(events)} incident transitions of {len(targets)} targets, {first} to {last}."]
+        for t in order:
+            names = list(by_transition[t])
+            more = len(names) - MAX_NAMES
+            shown = ", ".join(names[:MAX_NAMES]) + (f" (+{more} more)" if more > 0 else "")
+            body.append(f"{words[t].capitalize()} ({len(names)}): {shown}")
+        latest = {e.target: e for e in events}  # each target's newest news
+        severities = Counter(e.severity for e in latest.values())
+        body.append("Severity: " + ", ".join(f"{s} {n}" for s, n in severities.most_common()))
+        body.append("Most common summaries:")
+        for summary, n in Counter(e.summary for e in latest.values()).most_common(MAX_SUMMARIES):
+            cut = summary if len(summary) <= MAX_SUMMARY else summary[:MAX_SUMMARY] + "…"
+            body.append(f"- {n} target(s): {cut}")
+        reports = {str(Path(e.report_path).parent) for e in events if e.report_path}
+        if reports:
+            body.append("Reports: " + ", ".join(sorted(reports)[:3]))
+        body.append("Details: guardian incidents (or /api/incidents).")
+        return redact(title), redact("\n".join(body))
 
-    async def _deliver_now(self, event: IncidentEvent) -> None:
-        title, body = self.message(event)
+    # ------------------------------------------------------------------ grouping
+
+    async def _flush_windows(self) -> None:
+        """Wait out each window; send what it held; a window that held news opens the next."""
+        try:
+            while self._window_end is not None:
+                await self.clock.sleep(max(0.0, self._window_end - self.clock.monotonic()))
+                if not self._flush_held():
+                    return
+                self._window_end = self.clock.monotonic() + self.group_window
+        finally:
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
+                self._window_end = self._opener = None
+
+    def _flush_held(self) -> bool:
+        """Start the delivery of the held news; False when nothing was held."""
+        held, self._held = self._held, []
+        targets, self._held_targets = self._held_targets, set()
+        if not held:
+            return False
+        # One target only: its own messages, in order. Several: one grouped message.
+        self._opener = next(iter(targets)) if len(targets) == 1 else None
+        if len(targets) == 1:
+            for e in held:
+                self._start([e])
+        else:
+            self._start(held)
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start(self, events: list[IncidentEvent]) -> asyncio.Task[None]:
+        """Deliver one message for ``events`` after the earlier messages of their targets."""
+        targets = {e.target for e in events}
+        before = {self._last[t] for t in targets if t in self._last}
+        task = self._spawn(self._deliver(events, before))
+        for t in targets:
+            self._last[t] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            for t in targets:
+                if self._last.get(t) is done:
+                    del self._last[t]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _deliver(
+        self, events: list[IncidentEvent], before: set[asyncio.Task[None]]
+    ) -> None:
+        # One target's messages go out in order (opened before escalated before resolved).
+        if before:
+            await asyncio.wait(before)
+        if len(events) == 1:
+            title, body = self.message(events[0])
+        else:
+            self.grouped += 1
+            title, body = self.group_message(events)
         await asyncio.gather(
             *(
-                self._send_with_retries(event, i, url, title, body)
+                self._send_with_retries(events, i, url, title, body)
                 for i, url in enumerate(self.urls)
             )
         )
 
     async def _send_with_retries(
-        self, event: IncidentEvent, index: int, url: str, title: str, body: str
+        self, events: list[IncidentEvent], index: int, url: str, title: str, body: str
     ) -> None:
         label = channel_label(url, index)
+        first = events[0]
+        what = (
+            f"incident {first.incident_id} {first.transition}"
+            if len(events) == 1
+            else f"{len(events)} incident transitions (grouped)"
+        )
+        where = {"target": first.target, "incident": first.incident_id} if len(events) == 1 else {}
         for attempt in range(self.retries + 1):
             ok, error = await self._send_once(url, title, body)
-            self._record(event, label, ok, error)
+            await self._record_all(events, label, ok, error)
             if ok:
                 log.info(
-                    "notified %s of incident %d %s",
-                    label,
-                    event.incident_id,
-                    event.transition,
-                    extra={
-                        "event": "notified",
-                        "target": event.target,
-                        "incident": event.incident_id,
-                    },
+                    "notified %s of %s", label, what, extra={"event": "notified", **where}
                 )
                 return
             log.warning(
-                "notification to %s failed (attempt %d): %s",
+                "notification to %s of %s failed (attempt %d): %s",
                 label,
+                what,
                 attempt + 1,
                 error,
-                extra={
-                    "event": "notify_failed",
-                    "target": event.target,
-                    "incident": event.incident_id,
-                },
+                extra={"event": "notify_failed", **where},
             )
             if attempt < self.retries:
                 await self.clock.sleep(self.backoff * 2**attempt)
+
+    async def _record_all(
+        self, events: list[IncidentEvent], channel: str, ok: bool, error: str
+    ) -> None:
+        """One row per incident (dedupe across restarts), yielding now and then: a
+        grouped message for 1000 incidents must not stall the checks."""
+        for i, event in enumerate(events):
+            if i and i % RECORD_CHUNK == 0:
+                await asyncio.sleep(0)
+            self._record(event, channel, ok, error)
 
     async def _send_once(self, url: str, title: str, body: str) -> tuple[bool, str]:
         try:  # a daemon thread of its own: a hung SMTP/webhook cannot block shutdown
@@ -253,11 +378,29 @@ class Notifier:
         return out
 
     async def idle(self) -> None:
-        """Wait for in-flight deliveries (tests, orderly shutdown)."""
+        """Wait for in-flight deliveries (tests, orderly shutdown); held news stays held."""
         while self._tasks:
             await asyncio.gather(*set(self._tasks), return_exceptions=True)
 
+    async def drain(self) -> None:
+        """Wait until every window has ended and every delivery is done (on the clock)."""
+        while self._flusher is not None or self._tasks:
+            if self._flusher is not None:
+                await asyncio.gather(self._flusher, return_exceptions=True)
+            await self.idle()
+
+    @property
+    def held(self) -> int:
+        """Transitions waiting for their window's grouped message."""
+        return len(self._held)
+
     async def aclose(self, timeout: float = 5.0) -> None:
+        """Send what a window holds now (nothing is lost on shutdown), then wait for the
+        deliveries (bounded)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        self._flush_held()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:

@@ -6,6 +6,11 @@ tail and snapshot taken at escalation are saved in the store, because by the tim
 reads the report the service may have been restarted and its log rotated. The whole text
 passes through :func:`redact` last, so a secret in a log line or reason never lands in a
 file.
+
+The system snapshot describes the machine, not the target, so reports captured within
+``SNAPSHOT_REUSE`` seconds of each other share one (each says when it was taken): 1000
+targets escalating together cost one psutil snapshot, not 1000 threads queueing for the
+report pool.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ LOG_ARTIFACT = "log_tail"
 SNAPSHOT_ARTIFACT = "snapshot"
 MAX_TIMELINE = 500
 MAX_LINE = 2000  # characters per quoted log line
+SNAPSHOT_REUSE = 30.0  # seconds a captured system snapshot serves further reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +194,9 @@ class Reporter:
         self.clock = clock or SystemClock()
         self.log_timeout = log_timeout
         self.report_dir = config.guardian.report_dir
+        self._snap_lock = asyncio.Lock()
+        self._snap: tuple[float, datetime, Snapshot] | None = None  # (monotonic, when, snap)
+        self.snapshots_taken = 0
 
     async def _fetch_log(self, target: str) -> list[str] | None:
         n = self.config.escalation.report_log_lines
@@ -220,9 +229,21 @@ class Reporter:
         lines = await self._fetch_log(incident.target)
         if lines is not None:
             self.store.put_artifact(incident_id, LOG_ARTIFACT, json.dumps(lines), now)
-        snap = await self._take_snapshot()
-        snap = {k: [redact(x) for x in v] for k, v in snap.items()}
-        self.store.put_artifact(incident_id, SNAPSHOT_ARTIFACT, json.dumps(snap), now)
+        taken, snap = await self._shared_snapshot()
+        self.store.put_artifact(incident_id, SNAPSHOT_ARTIFACT, json.dumps(snap), taken)
+
+    async def _shared_snapshot(self) -> tuple[datetime, Snapshot]:
+        """A redacted snapshot no older than SNAPSHOT_REUSE, and when it was taken."""
+        async with self._snap_lock:  # a second report waits for the first one's snapshot
+            held = self._snap
+            if held is not None and self.clock.monotonic() - held[0] < SNAPSHOT_REUSE:
+                return held[1], held[2]
+            started, taken = self.clock.monotonic(), self.clock.now()
+            snap = await self._take_snapshot()
+            snap = {k: [redact(x) for x in v] for k, v in snap.items()}
+            self.snapshots_taken += 1
+            self._snap = (started, taken, snap)
+            return taken, snap
 
     async def write(self, incident_id: int, *, capture: bool = True) -> Path:
         """Capture (optionally), render and atomically write the report; returns its path."""

@@ -23,15 +23,28 @@ What is not an incident, and what changes one:
 * The breaker opening on an already escalated incident rewrites its report and notifies
   again (``gave_up``): giving up changes what people must do.
 
-Everything is persisted as it happens, and on startup open incidents are reloaded with
+Everything is persisted as it happens (an open incident's running failure count at most
+every ``COUNT_EVERY`` seconds and with every transition: 1000 failing targets must not
+cost 1000 row updates a second), and on startup open incidents are reloaded with
 their per-check failure streaks, so a Guardian restart (or SIGKILL) continues the same
 incident instead of opening a duplicate.
+
+Reports are written by a bounded queue: ``REPORT_WORKERS`` at a time, first come first
+served, one entry per incident. 1000 targets escalating in the same second are 1000
+reports written one or two at a time (sharing one system snapshot, see
+:mod:`guardian.incidents.report`), not 1000 concurrent captures, and a report asked for
+again before its turn (the breaker gave up meanwhile) is written once, with the latest
+state. An incident's announcements wait in its entry, so its escalation (with the
+report's path) is never announced after its resolution; but never longer than
+``report_timeout``: news still queued then goes out without the path (a hung log drive
+must not hold 1000 escalations for hours), and its report is written when its turn comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -71,11 +84,25 @@ class _Live:
     healthy_since: float | None = None  # monotonic; None while anything is failing
     cause: str = ""  # what the summary is about now (a new one re-heads the summary)
     gave_up: bool = False  # the breaker opened on it (until the breaker is reset)
+    failures: int = 0  # the true count; the store's lags by COUNT_EVERY at most
+    counted_at: float | None = None  # monotonic: failure_count last written
+
+
+@dataclass
+class _Job:
+    """An incident's queued work: a report to write, then announcements in order."""
+
+    since: float  # monotonic: when it was queued (its news waits report_timeout at most)
+    steps: deque[IncidentTransition] = field(default_factory=deque)
+    report_due: bool = False  # write (again) before the next announcement
+    running: bool = False
 
 
 # Recovery events this close before an incident opens belong to it (an exit seen before
 # the failing check).
 ADOPT_WINDOW = timedelta(minutes=5)
+REPORT_WORKERS = 2  # reports written at once (the report blocking pool has two threads)
+COUNT_EVERY = 5.0  # seconds: an open incident's failure_count is written at most this often
 _OK_STATUSES = {Status.OK.value, Status.SKIPPED.value}
 
 
@@ -115,6 +142,10 @@ class IncidentTracker:
             }
         self._healthy_at: dict[str, datetime] = {}  # wall time a target was last all-OK
         self._tasks: set[asyncio.Task[None]] = set()
+        self._jobs: dict[int, _Job] = {}  # incident id -> queued work, oldest first
+        self._workers = 0
+        self._overdue: asyncio.Task[None] | None = None  # announces news queued too long
+        self._jobs_changed = asyncio.Event()
         try:
             self.store.prune(self.clock.now())
         except Exception:
@@ -145,6 +176,7 @@ class IncidentTracker:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        self._write_counts()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
@@ -175,13 +207,17 @@ class IncidentTracker:
                     previous.incident.id, status="resolved", resolved_at=self.clock.now()
                 )
             streaks: dict[str, int] = {}
+            failed = 0
             for r in self.store.results(incident_id=incident.id):
                 streaks[r.check] = streaks.get(r.check, 0) + 1 if r.status == "failed" else 0
+                failed += r.status == "failed"
             self._open[incident.target] = _Live(
                 incident,
                 streaks,
                 cause=incident.summary,
                 gave_up=incident.summary.startswith("recovery gave up"),
+                # Every failure is a row; the count may lag them (COUNT_EVERY) after a kill.
+                failures=max(incident.failure_count, failed),
             )
             log.info(
                 "continuing incident %d of %s",
@@ -206,7 +242,7 @@ class IncidentTracker:
             return  # built outside a loop (a tool reading the store): nothing to finish
         for live in self._open.values():
             if live.incident.status == "escalated" and live.incident.report_path is None:
-                self._spawn(self._finish_escalation(live.incident.id))
+                self._queue(live.incident.id, IncidentTransition.ESCALATED, report=True)
 
     # ------------------------------------------------------------------ events
 
@@ -250,9 +286,7 @@ class IncidentTracker:
         if failed:
             if live.healthy_since is not None:
                 live.healthy_since = None
-                live.incident = self.store.update_incident(
-                    incident_id, flap_count=live.incident.flap_count + 1
-                )
+                live.incident = self._update(live, flap_count=live.incident.flap_count + 1)
                 self._new_cause(live, cause)
                 log.warning(
                     "%s failed again within the stable period (flap %d)",
@@ -261,11 +295,12 @@ class IncidentTracker:
                     extra={"event": "incident_flap", "target": r.target, "incident": incident_id},
                 )
             streak = live.streaks[r.check] = live.streaks.get(r.check, 0) + 1
-            live.incident = self.store.update_incident(
-                incident_id, failure_count=live.incident.failure_count + 1
-            )
-            if live.incident.status == "open" and streak >= self._escalate_at(r):
+            live.failures += 1
+            escalates = live.incident.status == "open" and streak >= self._escalate_at(r)
+            if escalates:
                 self._escalate(live, f"{r.check} failed {streak} times in a row: {r.reason}")
+            elif live.counted_at is None or self.clock.monotonic() - live.counted_at >= COUNT_EVERY:
+                live.incident = self._update(live)
             return
 
         live.streaks[r.check] = 0
@@ -303,7 +338,7 @@ class IncidentTracker:
         same = old == live.cause and cause.startswith(live.cause.removeprefix("process "))
         live.cause = cause
         summary = cause if same else f"{cause} (earlier: {old})"
-        live.incident = self.store.update_incident(live.incident.id, summary=summary[:500])
+        live.incident = self._update(live, summary=summary[:500])
 
     def _on_recovery(self, e: RecoveryEvent) -> None:
         live = self._open.get(e.target)
@@ -335,6 +370,23 @@ class IncidentTracker:
                 self._give_up(live, why)
 
     # ------------------------------------------------------------------ transitions
+
+    def _update(self, live: _Live, **fields: Any) -> Incident:
+        """Write ``fields`` of the live incident, and its failure count with them."""
+        live.counted_at = self.clock.monotonic()
+        return self.store.update_incident(live.incident.id, failure_count=live.failures, **fields)
+
+    def _write_counts(self) -> None:
+        """Bring every open incident's stored failure count up to date (before a report,
+        on shutdown)."""
+        for live in self._open.values():
+            if live.incident.failure_count != live.failures:
+                try:
+                    live.incident = self._update(live)
+                except Exception:
+                    log.exception(
+                        "saving the failure count of incident %d failed", live.incident.id
+                    )
 
     def _healthy(self, target: str) -> bool:
         return all(s in _OK_STATUSES for s in self._latest.get(target, {}).values())
@@ -369,8 +421,8 @@ class IncidentTracker:
 
     def _escalate(self, live: _Live, why: str) -> None:
         inc = live.incident
-        live.incident = self.store.update_incident(
-            inc.id,
+        live.incident = self._update(
+            live,
             status="escalated",
             escalated_at=self.clock.now(),
             severity=self._severity(inc.target, True),
@@ -383,14 +435,14 @@ class IncidentTracker:
             why,
             extra={"event": "incident_escalated", "target": inc.target, "incident": inc.id},
         )
-        self._spawn(self._finish_escalation(inc.id))
+        self._queue(inc.id, IncidentTransition.ESCALATED, report=True)
 
     def _give_up(self, live: _Live, why: str) -> None:
         """The breaker opened on an already escalated incident: new summary, report, news."""
         inc = live.incident
         live.cause = why
-        live.incident = self.store.update_incident(
-            inc.id, severity=self._severity(inc.target, True), summary=why[:500]
+        live.incident = self._update(
+            live, severity=self._severity(inc.target, True), summary=why[:500]
         )
         log.error(
             "incident %d of %s: %s",
@@ -399,46 +451,131 @@ class IncidentTracker:
             why,
             extra={"event": "incident_gave_up", "target": inc.target, "incident": inc.id},
         )
-        self._spawn(self._finish_escalation(inc.id, IncidentTransition.GAVE_UP))
+        self._queue(inc.id, IncidentTransition.GAVE_UP, report=True)
 
-    async def _finish_escalation(
-        self, incident_id: int, transition: IncidentTransition = IncidentTransition.ESCALATED
-    ) -> None:
-        """Write the report (bounded), then announce the escalation with its path."""
-        if self.reporter is not None:
-            try:
-                path = await asyncio.wait_for(
-                    self.reporter.write(incident_id), timeout=self.report_timeout
-                )
-                self.store.update_incident(incident_id, report_path=str(path))
-            except Exception:
-                log.exception(
-                    "writing the report of incident %d failed",
-                    incident_id,
-                    extra={"event": "report_failed", "incident": incident_id},
-                )
+    # ------------------------------------------------------------------ the report queue
+
+    @property
+    def queued_reports(self) -> int:
+        """Incidents whose report (or announcement behind one) is still to come."""
+        return len(self._jobs)
+
+    def _queue(self, incident_id: int, transition: IncidentTransition, *, report: bool) -> None:
+        """Announce ``transition`` after the incident's queued work (and a report first)."""
+        job = self._jobs.get(incident_id)
+        if job is None:
+            job = self._jobs[incident_id] = _Job(self.clock.monotonic())
+        job.steps.append(transition)
+        job.report_due = job.report_due or report
+        if not job.running and self._workers < REPORT_WORKERS:
+            self._workers += 1
+            self._spawn(self._work())
+        if self._overdue is None:
+            self._overdue = asyncio.get_running_loop().create_task(self._announce_overdue())
+            self._tasks.add(self._overdue)
+            self._overdue.add_done_callback(self._tasks.discard)
+
+    async def _announce_overdue(self) -> None:
+        """News of entries waiting longer than report_timeout goes out now, without the
+        report's path; the report itself stays queued."""
+        try:
+            while self._jobs:
+                now = self.clock.monotonic()
+                waiting = [(i, j) for i, j in self._jobs.items() if not j.running and j.steps]
+                for incident_id, job in waiting:
+                    if now - job.since < self.report_timeout:
+                        break  # oldest first: the rest are younger
+                    self._announce_steps(incident_id, job)
+                later = [j.since for j in self._jobs.values() if not j.running and j.steps]
+                delay = (min(later) + self.report_timeout - now) if later else self.report_timeout
+                self._jobs_changed.clear()
+                sleeper = asyncio.ensure_future(self.clock.sleep(max(delay, 0.001)))
+                changed = asyncio.ensure_future(self._jobs_changed.wait())
+                try:
+                    await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    changed.cancel()
+        finally:
+            self._overdue = None
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                # At most REPORT_WORKERS entries are running: the first free one is near.
+                found = next(((i, j) for i, j in self._jobs.items() if not j.running), None)
+                if found is None:
+                    return
+                incident_id, job = found
+                job.running = True
+                try:
+                    await self._run_job(incident_id, job)
+                finally:
+                    del self._jobs[incident_id]
+                    self._jobs_changed.set()
+        finally:
+            self._workers -= 1
+
+    async def _run_job(self, incident_id: int, job: _Job) -> None:
+        while job.steps or job.report_due:
+            if job.report_due:
+                job.report_due = False
+                await self._write_report(incident_id)
+            self._announce_steps(incident_id, job, first_only=True)
+
+    def _announce_steps(self, incident_id: int, job: _Job, *, first_only: bool = False) -> None:
+        """Announce the entry's waiting news (its first item only, or all), in order."""
+        while job.steps:
+            transition = job.steps.popleft()
+            incident = self.store.incident(incident_id)
+            if incident is not None:
+                live = self._open.get(incident.target)
+                if live is not None and live.incident.id == incident_id:
+                    live.incident = incident
+                self._announce(incident, transition)
+            if first_only:
+                return
+
+    async def _write_report(self, incident_id: int) -> None:
+        """Write the report (bounded); its path goes into the store."""
+        if self.reporter is None:
+            return
         incident = self.store.incident(incident_id)
-        if incident is not None:
-            live = self._open.get(incident.target)
-            if live is not None and live.incident.id == incident_id:
-                live.incident = incident
-            self._announce(incident, transition)
+        live = None if incident is None else self._open.get(incident.target)
+        if (
+            live is not None
+            and live.incident.id == incident_id
+            and live.incident.failure_count != live.failures
+        ):
+            live.incident = self._update(live)  # the report shows the true count
+        try:
+            path = await asyncio.wait_for(
+                self.reporter.write(incident_id), timeout=self.report_timeout
+            )
+            self.store.update_incident(incident_id, report_path=str(path))
+        except Exception:
+            log.exception(
+                "writing the report of incident %d failed",
+                incident_id,
+                extra={"event": "report_failed", "incident": incident_id},
+            )
 
     def _resolve(self, live: _Live) -> None:
         inc = live.incident
-        live.incident = self.store.update_incident(
-            inc.id, status="resolved", resolved_at=self.clock.now()
-        )
+        live.incident = self._update(live, status="resolved", resolved_at=self.clock.now())
         del self._open[inc.target]
         log.info(
             "incident %d of %s resolved after %d failures, %d flaps",
             inc.id,
             inc.target,
-            inc.failure_count,
+            live.failures,
             inc.flap_count,
             extra={"event": "incident_resolved", "target": inc.target, "incident": inc.id},
         )
-        self._announce(live.incident, IncidentTransition.RESOLVED)
+        if inc.id in self._jobs:  # its escalation is still being reported: after it
+            self._queue(inc.id, IncidentTransition.RESOLVED, report=False)
+        else:
+            self._announce(live.incident, IncidentTransition.RESOLVED)
 
     def _announce(self, incident: Incident, transition: IncidentTransition) -> None:
         when = {
