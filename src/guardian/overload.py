@@ -1,12 +1,20 @@
 """Guardian's own lateness: an event-loop lag monitor, and the evidence it gives the engine.
 
 A check that times out because Guardian itself could not run (a flood, a blocked loop,
-a starved CPU) says nothing about its target. The monitor ticks every ``tick`` seconds
-on the loop that runs the checks and records how late each tick woke up: the sum of those
-delays over a check's window is how long Guardian was stalled while the check ran. The
-engine asks :meth:`LoopLagMonitor.stalled_since` when a check times out; when Guardian
-was stalled for a good part of the timeout, the result is SKIPPED instead of FAILED, so
-no restart can ever follow from Guardian's own load.
+a starved CPU) says nothing about its target. While any check runs, the monitor ticks
+every ``tick`` seconds on the loop that runs the checks and records how late each tick
+woke up: the sum of those delays over a check's window is how long Guardian was stalled
+while the check ran. The engine opens a window with :meth:`LoopLagMonitor.mark` when a
+check starts, asks :meth:`LoopLagMonitor.stalled_since` when it times out (when Guardian
+was stalled for a good part of the timeout, the result is SKIPPED instead of FAILED, so no
+restart can ever follow from Guardian's own load) and closes it with
+:meth:`LoopLagMonitor.release`.
+
+Why only while checks run: a stall when nothing runs cannot fail a check, and an idle
+Guardian should not wake ten times a second to look (that tick was most of its idle CPU).
+Every window is covered from its start, so the guarantee is the same as a permanent tick.
+While Guardian is overloaded the tick goes on until it has kept up, so the flag clears
+even if nothing else runs.
 
 Lag is measured on the real monotonic clock (``time.monotonic``), not the injectable
 :class:`~guardian.clock.Clock`: it is a property of the event loop itself.
@@ -20,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 import math
 import time
@@ -40,11 +47,14 @@ STALL_SHARE: Final = 0.5
 
 
 class LagProbe(Protocol):
-    """What the engine needs: a mark at check start, the stall since that mark."""
+    """What the engine needs: a mark at check start, the stall since that mark, and the
+    end of that check's window (every ``mark()`` is released exactly once)."""
 
     def mark(self) -> float: ...
 
     def stalled_since(self, mark: float) -> float: ...
+
+    def release(self, mark: float) -> None: ...
 
 
 def overloaded_reason(stalled: float, timeout: float) -> str | None:
@@ -87,7 +97,9 @@ class LoopLagMonitor:
         self._sum = 0.0
         self._n = 0
         self._expected: float | None = None  # when the pending tick should wake
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
+        self._timer: asyncio.TimerHandle | None = None
+        self._open = 0  # check windows open (mark() not yet released)
         self.overloaded = False
         self.max_lag = 0.0  # worst lag since overload began (or the last recovery)
         self._last_slow = 0.0
@@ -97,23 +109,42 @@ class LoopLagMonitor:
     # ------------------------------------------------------------------ measuring
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+        """Measure on the running loop from now on (ticking only while it matters)."""
+        self._loop = asyncio.get_running_loop()
+        self._reschedule()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._cancel()
+        self._loop = None
+
+    @property
+    def ticking(self) -> bool:
+        """Whether a tick is pending (tests and the idle bench read it)."""
+        return self._timer is not None
+
+    def _wanted(self) -> bool:
+        return self._open > 0 or self.overloaded
+
+    def _reschedule(self) -> None:
+        loop = self._loop
+        if loop is None or self._timer is not None or not self._wanted():
+            return
+        self._expected = self._now() + self.tick
+        self._timer = loop.call_later(self.tick, self._on_tick)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._expected = None
 
-    async def _run(self) -> None:
-        while True:
-            self._expected = self._now() + self.tick
-            await asyncio.sleep(self.tick)
-            woke = self._now()
-            self.observe(max(0.0, woke - self._expected), woke)
+    def _on_tick(self) -> None:
+        self._timer = None
+        expected, self._expected = self._expected, None
+        woke = self._now()
+        if expected is not None:
+            self.observe(max(0.0, woke - expected), woke)
+        self._reschedule()
 
     def observe(self, lag: float, at: float) -> None:
         """Record one tick's lag (public so a test can feed known lags)."""
@@ -149,7 +180,23 @@ class LoopLagMonitor:
     # ------------------------------------------------------------------ LagProbe
 
     def mark(self) -> float:
+        """Open a check's window: the tick runs (at most ``tick`` away) until it is released."""
+        self._open += 1
+        self._reschedule()
         return self._now()
+
+    def release(self, mark: float) -> None:
+        """Close a window. The last one stops the tick, recording a tick overdue right now
+        first (the stall it would have measured is real even if nothing waits for it)."""
+        self._open = max(0, self._open - 1)
+        if self._wanted() or self._timer is None:
+            return
+        expected = self._expected
+        self._cancel()
+        now = self._now()
+        if expected is not None and now > expected:
+            self.observe(now - expected, now)
+            self._reschedule()  # that may have made Guardian overloaded
 
     def stalled_since(self, mark: float) -> float:
         """Seconds the loop was stalled since ``mark``, including a tick overdue right now.
