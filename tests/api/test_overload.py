@@ -18,7 +18,7 @@ from guardian.checks.base import CheckConfigBase
 from guardian.clock import SystemClock
 from guardian.config import parse_config
 from guardian.engine import Engine
-from guardian.overload import LoopLagMonitor, overloaded_reason, percentile
+from guardian.overload import LATENESS_REFRESH, LoopLagMonitor, overloaded_reason, percentile
 from guardian.result import Outcome, Status
 from guardian.state import State
 
@@ -208,3 +208,16 @@ async def test_overload_keeps_the_tick_until_guardian_keeps_up() -> None:
         assert not monitor.ticking
     finally:
         await monitor.stop()
+
+
+def test_lateness_p99_is_reused_then_refreshed() -> None:
+    now = [0.0]
+    monitor = LoopLagMonitor(now=lambda: now[0])
+    samples = [0.001] * 100
+    monitor.watch_lateness(lambda: [("panel", "http", samples), ("idle", "http", [])])
+    assert monitor.lateness_p99() == [("panel", "http", 0.001)]
+    samples[:] = [0.5] * 100
+    now[0] = LATENESS_REFRESH * 0.49
+    assert monitor.lateness_p99() == [("panel", "http", 0.001)]  # reused
+    now[0] = LATENESS_REFRESH * 1.5
+    assert monitor.lateness_p99() == [("panel", "http", 0.5)]  # refreshed
