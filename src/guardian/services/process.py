@@ -59,7 +59,8 @@ log = logging.getLogger("guardian.services.process")
 LOG_IO_DEADLINE = 30.0  # seconds for a log tail, a copy-truncate or a process-table scan
 
 KILL_WAIT = 5.0  # seconds to wait for the exit after SIGKILL before giving up
-ROTATE_INTERVAL = 1.0  # seconds between log size checks
+ROTATE_INTERVAL = 1.0  # seconds between log size checks while the log grows
+ROTATE_IDLE_MAX = 10.0  # ... backing off to this while it does not
 MARKER = "--- guardian"  # first word of Guardian's own lines in a supervised log
 IS_WINDOWS = sys.platform == "win32"
 
@@ -457,15 +458,32 @@ class ProcessBackend:
                 log.exception("exit listener failed", extra={"target": self.name})
 
     async def _rotate_forever(self) -> None:
-        """Keep the log within its size limit by copy-truncate, while Guardian runs."""
+        """Keep the log within its size limit by copy-truncate, while Guardian runs.
+
+        The size is checked every ``rotate_interval`` while the log grows; while it does
+        not, the wait doubles up to :data:`ROTATE_IDLE_MAX`, so a quiet child does not cost
+        a thread and two wakeups every second (most of an idle Guardian's CPU). A child
+        that starts writing after a quiet spell is caught within that longer wait.
+        """
+        def rotate_then_size() -> int:
+            self.log.rotate_if_needed()
+            return self.log.size()
+
+        interval, last_size = self.rotate_interval, -1
         while True:
-            await self.clock.sleep(self.rotate_interval)
+            await self.clock.sleep(interval)
             try:
-                await pool("logs").run(
-                    self.log.rotate_if_needed, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
+                size = await pool("logs").run(
+                    rotate_then_size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
                 )
             except Exception:  # never let rotation trouble end supervision
                 log.warning("%s: log rotation failed", self.name, exc_info=True)
+                interval = self.rotate_interval
+                continue
+            grew, last_size = size != last_size, size  # a rotation shrinks it: also a change
+            interval = (
+                self.rotate_interval if grew else min(ROTATE_IDLE_MAX, interval * 2)
+            )
 
 
 def _roots(found: list[ProcessIdentity]) -> list[ProcessIdentity]:
