@@ -140,7 +140,6 @@ class _Labels:
     def __init__(self) -> None:
         self._by_names: dict[tuple[str, ...], dict[tuple[str, ...], str]] = {}
         self._size = 0
-        self.histograms: dict[tuple[str, str], str] = {}  # format templates per check
 
     def table(self, names: tuple[str, ...]) -> dict[tuple[str, ...], str]:
         """The cache for one label-name tuple (values -> text)."""
@@ -153,7 +152,6 @@ class _Labels:
         if self._size >= LABEL_CACHE_MAX:  # bounded even if hostile values keep changing
             for table in self._by_names.values():
                 table.clear()
-            self.histograms.clear()
             self._size = 0
         inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
         text = self.table(names)[values] = "{" + inner + "}" if inner else ""
@@ -242,23 +240,30 @@ def _targets(out: _Out, results: list[CheckResult], critical: dict[str, bool]) -
         )
 
 
+_STATUS_TEXT: Final = {status: str(code) for status, code in CHECK_STATUS_CODE.items()}
+
+
 def _checks(out: _Out, results: list[CheckResult]) -> None:
-    status = out.gauge("guardian_check_status", "-1 skipped, 0 ok, 1 degraded, 2 failed", _CHECK)
-    for r in results:
-        status.add((r.target, r.check, r.kind), CHECK_STATUS_CODE[r.status])
+    labels, append = out.labels, out.parts.append
+    cache = labels.table(_CHECK)
+    keyed = [((r.target, r.check, r.kind), r) for r in results]
+    texts = [cache.get(key) or labels.make(_CHECK, key) for key, _ in keyed]
+    out.family("guardian_check_status", "gauge", "-1 skipped, 0 ok, 1 degraded, 2 failed")
+    for text, (_, r) in zip(texts, keyed, strict=True):
+        append(f"guardian_check_status{text} {_STATUS_TEXT[r.status]}\n")
     failing = out.gauge(
         "guardian_check_failing",
         "1 while the latest result is degraded/failed, by reason class",
         (*_CHECK, "reason_class"),
     )
-    for r in results:
+    for key, r in keyed:
         if r.status in (Status.DEGRADED, Status.FAILED):
-            failing.add((r.target, r.check, r.kind, readings.classify_reason(r.reason)), 1)
-    last = out.gauge(
-        "guardian_check_last_run_timestamp_seconds", "When the check last finished", _CHECK
+            failing.add((*key, readings.classify_reason(r.reason)), 1)
+    out.family(
+        "guardian_check_last_run_timestamp_seconds", "gauge", "When the check last finished"
     )
-    for r in results:
-        last.add((r.target, r.check, r.kind), r.finished.timestamp())
+    for text, (_, r) in zip(texts, keyed, strict=True):
+        append(f"guardian_check_last_run_timestamp_seconds{text} {r.finished.timestamp()!r}\n")
 
 
 def _system(out: _Out, results: list[CheckResult]) -> None:
@@ -444,6 +449,7 @@ class Metrics:
         self.max_age, self.min_age = max_age, min_age
         self._generation = 0
         self._cache: tuple[int, float, bytes] | None = None
+        self._histogram_template: tuple[tuple[tuple[str, str], ...], str] | None = None
         self._render_lock = threading.Lock()
         self._unsubscribe = view.state.bus.subscribe(self.on_event)
 
@@ -512,14 +518,18 @@ class Metrics:
         name = "guardian_check_duration_seconds"
         out.family(name, "histogram", "How long checks take")
         labels, parts = self._labels, out.parts
-        templates = labels.histograms
-        for key, counts, total in durations:
-            template = templates.get(key)
-            if template is None:
-                template = templates[key] = _histogram_template(
-                    name, labels(("target", "check"), key)
-                )
-            parts.append(template.format(*accumulate(counts), _num(total)))
+        keys = tuple(key for key, _, _ in durations)
+        template = self._histogram_template
+        if template is None or template[0] != keys:
+            template = self._histogram_template = (keys, "".join(
+                _histogram_template(name, labels(("target", "check"), key), i * _PER_CHECK)
+                for i, key in enumerate(keys)
+            ))
+        values: list[float] = []
+        for _, counts, total in durations:
+            values.extend(accumulate(counts))
+            values.append(total)
+        parts.append(template[1].format(*values))  # one C call for every check's lines
         for fam, doc, names, items in (
             ("guardian_check_failures", "Failed check results by reason class",
              ("target", "check", "reason_class"), failures),
@@ -529,8 +539,8 @@ class Metrics:
              ("target", "action", "outcome"), remediations),
         ):
             out.family(f"{fam}_total", "counter", doc)
-            for values, n in items:
-                parts.append(f"{fam}_total{labels(names, values)} {n}\n")
+            for label_values, n in items:
+                parts.append(f"{fam}_total{labels(names, label_values)} {n}\n")
         out.family("guardian_incidents_total", "counter", "Incident transitions")
         for transition, n in incidents:
             parts.append(f"guardian_incidents_total{labels(('transition',), (transition,))} {n}\n")
@@ -539,15 +549,21 @@ class Metrics:
         self._unsubscribe()
 
 
-def _histogram_template(name: str, labels: str) -> str:
-    """One check's whole histogram as a ``str.format`` template: the cumulative counts
-    (+Inf last, which is also the count), then the sum: one call per check per scrape."""
+_PER_CHECK: Final = len(DURATION_BUCKETS) + 2  # values per check: buckets, +Inf, sum
+
+
+def _histogram_template(name: str, labels: str, first: int) -> str:
+    """One check's whole histogram as a ``str.format`` template over positional values
+    ``first..``: the cumulative counts (+Inf last, which is also the count), then the sum."""
     inner = labels[1:-1].replace("{", "{{").replace("}", "}}")
     braced = labels.replace("{", "{{").replace("}", "}}")
-    lines = [f'{name}_bucket{{{{{inner},le="{le}"}}}} {{{i}}}' for i, le in enumerate(_BUCKET_LE)]
-    last = len(_BUCKET_LE) - 1
+    lines = [
+        f'{name}_bucket{{{{{inner},le="{le}"}}}} {{{first + i}}}'
+        for i, le in enumerate(_BUCKET_LE)
+    ]
+    last = first + len(_BUCKET_LE) - 1
     lines.append(f"{name}_count{braced} {{{last}}}")
-    lines.append(f"{name}_sum{braced} {{{last + 1}}}")
+    lines.append(f"{name}_sum{braced} {{{last + 1}!r}}")
     return "\n".join(lines) + "\n"
 
 
