@@ -242,6 +242,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "context_switches_per_s": statistics.median(r["context_switches_per_s"] for r in runs),
         "rss_mib": statistics.median(r["rss_mib"] for r in runs),
         "threads": statistics.median(r["threads"] for r in runs),
+        "loadavg_1m": os.getloadavg()[0],  # a shared box: how busy it was
         "wakeups_per_s_by_thread": {
             n: statistics.median(r["wakeups_per_s_by_thread"].get(n, 0.0) for r in runs)
             for n in names
@@ -287,13 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="after", help="name of these figures (before/after)")
     ap.add_argument("--cases", nargs="*", default=["api", "no-api"],
                     choices=["api", "no-api"])
+    ap.add_argument("--drop", nargs="*", default=[], help="labels to remove from the results")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md, run nothing")
     args = ap.parse_args(argv)
     path = RESULTS / "idle.json"
     labels: dict[str, dict[str, Any]] = {}
     if path.exists():
         labels = json.loads(path.read_text()).get("labels", {})
-    cases = labels.setdefault(args.label, {})
-    for case in args.cases:
+    for name in args.drop:
+        labels.pop(name, None)
+    cases = {} if args.render_only else labels.setdefault(args.label, {})
+    for case in [] if args.render_only else args.cases:
         runs = []
         for i in range(args.runs):
             r = one_run(args.src.resolve(), case == "api", args.warmup, args.seconds)

@@ -224,6 +224,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "http_ms_p50": med("http_s", 50) * 1000,
         "http_ms_p99": med("http_s", 99) * 1000,
         "promtool": sorted({r["promtool"] for r in runs}),
+        "loadavg_1m": os.getloadavg()[0],  # a shared box: how busy it was
     }
 
 
@@ -231,11 +232,12 @@ def render(labels: dict[str, dict[str, Any]], n_runs: int, renders: int) -> str:
     rows = [
         [label, f"{s['bytes'] / 1e6:.2f} MB", f"{s['samples']:.0f}",
          f"{s['first_render_ms']:.0f}", f"{s['render_ms_p50']:.1f} / {s['render_ms_p99']:.1f}",
-         f"{s['http_ms_p50']:.1f} / {s['http_ms_p99']:.1f}", ", ".join(s["promtool"])]
+         f"{s['http_ms_p50']:.1f} / {s['http_ms_p99']:.1f}", ", ".join(s["promtool"]),
+         f"{s.get('loadavg_1m', float('nan')):.1f}"]
         for label, s in labels.items()
     ]
     md = table(["code", "size", "samples", "first render ms", "render ms p50 / p99",
-                "GET /metrics ms p50 / p99", "promtool check metrics"], rows)
+                "GET /metrics ms p50 / p99", "promtool check metrics", "load avg 1 min"], rows)
     return md + (
         f"\n\n1000 http targets (every 10th with a service) + disk, memory, gpu, ComfyUI; "
         f"60 rounds of results first, then one more round for every check before each of "
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--src", type=Path, default=REPO / "src")
     ap.add_argument("--label", default="after")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md, run nothing")
     args = ap.parse_args(argv)
     if args.worker:
         src, targets, renders, seed = args.worker
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if path.exists():
         labels = json.loads(path.read_text()).get("labels", {})
     runs = []
-    for i in range(args.runs):
+    for i in range(0 if args.render_only else args.runs):
         out = subprocess.run(
             [PYTHON, __file__, "--worker", str(args.src.resolve()), str(args.targets),
              str(args.renders), str(i)],
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
               f" ms, GET p50 {pct(r['http_s'], 50) * 1000:.1f} ms, promtool {r['promtool']}",
               flush=True)
         runs.append(r)
-    labels[args.label] = summarize(runs)
+    if runs:
+        labels[args.label] = summarize(runs)
     md = render(labels, args.runs, args.renders)
     print(md)
     write_results("metrics", {"targets": args.targets, "renders": args.renders,

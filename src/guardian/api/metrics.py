@@ -153,7 +153,8 @@ class _Labels:
             for table in self._by_names.values():
                 table.clear()
             self._size = 0
-        inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+        pairs = sorted(zip(names, values, strict=True))  # by name, as prometheus_client
+        inner = ",".join(f'{n}="{_escape(v)}"' for n, v in pairs)
         text = self.table(names)[values] = "{" + inner + "}" if inner else ""
         self._size += 1
         return text
@@ -198,7 +199,7 @@ class _Family:
         self.parts.append(f"{self.prefix}{text} {_SMALL.get(value) or _num(value)}\n")
 
 
-_SMALL: Final[dict[float, str]] = {-1: "-1", 0: "0", 1: "1", 2: "2"}  # codes and flags
+_SMALL: Final[dict[float, str]] = {-1: "-1.0", 0: "0.0", 1: "1.0", 2: "2.0"}  # codes, flags
 _CHECK: Final = ("target", "check", "kind")
 
 
@@ -240,7 +241,7 @@ def _targets(out: _Out, results: list[CheckResult], critical: dict[str, bool]) -
         )
 
 
-_STATUS_TEXT: Final = {status: str(code) for status, code in CHECK_STATUS_CODE.items()}
+_STATUS_TEXT: Final = {status: repr(float(code)) for status, code in CHECK_STATUS_CODE.items()}
 
 
 def _checks(out: _Out, results: list[CheckResult]) -> None:
@@ -377,9 +378,10 @@ def _overload(out: _Out, view: GuardianView) -> None:
     out.family(name, "histogram",
                "How late Guardian's check loop woke up (its own overload, not a target's)")
     out.parts.extend(
-        f'{name}_bucket{{le="{le}"}} {n}\n' for le, (_, n) in zip(_LAG_LE, h.buckets, strict=True)
+        f'{name}_bucket{{le="{le}"}} {n:.1f}\n'
+        for le, (_, n) in zip(_LAG_LE, h.buckets, strict=True)
     )
-    out.parts.append(f"{name}_count {h.count}\n{name}_sum {_num(h.total)}\n")
+    out.parts.append(f"{name}_count {h.count:.1f}\n{name}_sum {_num(h.total)}\n")
     out.gauge("guardian_overloaded", "1 while Guardian itself is falling behind").add(
         (), 1 if monitor.overloaded else 0
     )
@@ -522,7 +524,7 @@ class Metrics:
         template = self._histogram_template
         if template is None or template[0] != keys:
             template = self._histogram_template = (keys, "".join(
-                _histogram_template(name, labels(("target", "check"), key), i * _PER_CHECK)
+                _histogram_template(labels, name, key, i * _PER_CHECK)
                 for i, key in enumerate(keys)
             ))
         values: list[float] = []
@@ -540,10 +542,11 @@ class Metrics:
         ):
             out.family(f"{fam}_total", "counter", doc)
             for label_values, n in items:
-                parts.append(f"{fam}_total{labels(names, label_values)} {n}\n")
+                parts.append(f"{fam}_total{labels(names, label_values)} {n:.1f}\n")
         out.family("guardian_incidents_total", "counter", "Incident transitions")
         for transition, n in incidents:
-            parts.append(f"guardian_incidents_total{labels(('transition',), (transition,))} {n}\n")
+            text = labels(("transition",), (transition,))
+            parts.append(f"guardian_incidents_total{text} {n:.1f}\n")
 
     def close(self) -> None:
         self._unsubscribe()
@@ -552,18 +555,23 @@ class Metrics:
 _PER_CHECK: Final = len(DURATION_BUCKETS) + 2  # values per check: buckets, +Inf, sum
 
 
-def _histogram_template(name: str, labels: str, first: int) -> str:
+def _histogram_template(labels: _Labels, name: str, key: tuple[str, str], first: int) -> str:
     """One check's whole histogram as a ``str.format`` template over positional values
-    ``first..``: the cumulative counts (+Inf last, which is also the count), then the sum."""
-    inner = labels[1:-1].replace("{", "{{").replace("}", "}}")
-    braced = labels.replace("{", "{{").replace("}", "}}")
+    ``first..``: the cumulative counts (+Inf last, which is also the count), then the sum.
+    Counts print as ``3.0`` and labels sort by name, byte for byte as prometheus_client."""
+
+    def braced(text: str) -> str:
+        return text.replace("{", "{{").replace("}", "}}")
+
+    names = ("target", "check", "le")
     lines = [
-        f'{name}_bucket{{{{{inner},le="{le}"}}}} {{{first + i}}}'
+        f"{name}_bucket{braced(labels(names, (*key, le)))} {{{first + i}:.1f}}"
         for i, le in enumerate(_BUCKET_LE)
     ]
     last = first + len(_BUCKET_LE) - 1
-    lines.append(f"{name}_count{braced} {{{last}}}")
-    lines.append(f"{name}_sum{braced} {{{last + 1}!r}}")
+    base = braced(labels(("target", "check"), key))
+    lines.append(f"{name}_count{base} {{{last}:.1f}}")
+    lines.append(f"{name}_sum{base} {{{last + 1}!r}}")
     return "\n".join(lines) + "\n"
 
 
