@@ -121,7 +121,7 @@ class LoopLagMonitor:
 
     @property
     def ticking(self) -> bool:
-        """Whether a tick is pending (tests and the idle bench read it)."""
+        """Whether a tick is pending (idle: never)."""
         return self._timer is not None
 
     def _wanted(self) -> bool:
