@@ -119,7 +119,7 @@ class Engine:
 
     async def _run_with_timeout(self, check: Check, timeout: float) -> Outcome:
         probe = self.lag_probe
-        mark = probe.mark() if probe is not None else 0.0
+        mark = probe.begin() if probe is not None else 0.0
         try:
             return await self._run_marked(check, timeout, mark)
         finally:

@@ -4,11 +4,12 @@ A check that times out because Guardian itself could not run (a flood, a blocked
 a starved CPU) says nothing about its target. While any check runs, the monitor ticks
 every ``tick`` seconds on the loop that runs the checks and records how late each tick
 woke up: the sum of those delays over a check's window is how long Guardian was stalled
-while the check ran. The engine opens a window with :meth:`LoopLagMonitor.mark` when a
-check starts, asks :meth:`LoopLagMonitor.stalled_since` when it times out (when Guardian
-was stalled for a good part of the timeout, the result is SKIPPED instead of FAILED, so no
-restart can ever follow from Guardian's own load) and closes it with
-:meth:`LoopLagMonitor.release`.
+while the check ran. The engine opens a check's window with :meth:`LoopLagMonitor.begin`
+when the check starts, asks :meth:`LoopLagMonitor.stalled_since` when it times out (when
+Guardian was stalled for a good part of the timeout, the result is SKIPPED instead of
+FAILED, so no restart can ever follow from Guardian's own load) and closes it with
+:meth:`LoopLagMonitor.release`. A check's own deadline inside that window takes a plain
+:meth:`LoopLagMonitor.mark`.
 
 Why only while checks run: a stall when nothing runs cannot fail a check, and an idle
 Guardian should not wake ten times a second to look (that tick was most of its idle CPU).
@@ -48,10 +49,10 @@ LATENESS_REFRESH: Final = 30.0  # seconds a check's start-lateness p99 is reused
 
 
 class LagProbe(Protocol):
-    """What the engine needs: a mark at check start, the stall since that mark, and the
-    end of that check's window (every ``mark()`` is released exactly once)."""
+    """What the engine needs: a check's window opened at its start (a mark), the stall
+    since that mark, and the window closed at its end (every ``begin()`` released once)."""
 
-    def mark(self) -> float: ...
+    def begin(self) -> float: ...
 
     def stalled_since(self, mark: float) -> float: ...
 
@@ -182,7 +183,13 @@ class LoopLagMonitor:
     # ------------------------------------------------------------------ LagProbe
 
     def mark(self) -> float:
-        """Open a check's window: the tick runs (at most ``tick`` away) until it is released."""
+        """A point to measure a stall from, inside a window :meth:`begin` opened (code a
+        check runs, which the engine's window covers); opens nothing itself."""
+        return self._now()
+
+    def begin(self) -> float:
+        """Open a check's window, a mark: the tick runs (at most ``tick`` away) until the
+        window is released."""
         self._open += 1
         self._reschedule()
         return self._now()

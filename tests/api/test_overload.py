@@ -145,14 +145,16 @@ async def test_the_tick_runs_only_while_a_check_runs() -> None:
     monitor.start()
     try:
         assert not monitor.ticking
-        mark = monitor.mark()
+        mark = monitor.begin()
         assert monitor.ticking
         await asyncio.sleep(0.05)
         assert monitor.histogram().count >= 1  # ticks measured while the window was open
-        inner = monitor.mark()
+        inner = monitor.begin()
         monitor.release(inner)
         assert monitor.ticking  # the outer window is still open
         monitor.release(mark)
+        assert not monitor.ticking
+        monitor.mark()  # a plain mark (a check's own deadline) opens no window
         assert not monitor.ticking
         count = monitor.histogram().count
         await asyncio.sleep(0.05)
@@ -181,7 +183,7 @@ async def test_a_stall_seen_only_at_release_is_recorded() -> None:
     monitor = LoopLagMonitor(state, tick=0.05, threshold=0.1)
     monitor.start()
     try:
-        mark = monitor.mark()
+        mark = monitor.begin()
         time.sleep(0.3)  # noqa: ASYNC251 - the loop itself is blocked
         monitor.release(mark)
         assert monitor.histogram().count == 1
@@ -195,7 +197,7 @@ async def test_overload_keeps_the_tick_until_guardian_keeps_up() -> None:
     monitor = LoopLagMonitor(state, tick=0.01, threshold=0.1, recover_after=0.1)
     monitor.start()
     try:
-        mark = monitor.mark()
+        mark = monitor.begin()
         await _block_loop(0.0, 0.2)
         await asyncio.sleep(0.02)
         monitor.release(mark)
