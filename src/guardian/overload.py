@@ -45,6 +45,7 @@ LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 # A timed-out check is not evidence against its target when Guardian was stalled for at
 # least this share of the check's timeout during the check.
 STALL_SHARE: Final = 0.5
+MARK_LEASE: Final = 120.0  # seconds a mark() outside any check window keeps the tick
 LATENESS_REFRESH: Final = 30.0  # seconds a check's start-lateness p99 is reused (about)
 
 
@@ -101,7 +102,8 @@ class LoopLagMonitor:
         self._expected: float | None = None  # when the pending tick should wake
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._timer: asyncio.TimerHandle | None = None
-        self._open = 0  # check windows open (mark() not yet released)
+        self._open = 0  # check windows open (begin() not yet released)
+        self._lease_until = -math.inf  # a mark() outside any window keeps the tick till then
         self.overloaded = False
         self.max_lag = 0.0  # worst lag since overload began (or the last recovery)
         self._last_slow = 0.0
@@ -126,7 +128,7 @@ class LoopLagMonitor:
         return self._timer is not None
 
     def _wanted(self) -> bool:
-        return self._open > 0 or self.overloaded
+        return self._open > 0 or self.overloaded or self._now() < self._lease_until
 
     def _reschedule(self) -> None:
         loop = self._loop
@@ -183,9 +185,14 @@ class LoopLagMonitor:
     # ------------------------------------------------------------------ LagProbe
 
     def mark(self) -> float:
-        """A point to measure a stall from, inside a window :meth:`begin` opened (code a
-        check runs, which the engine's window covers); opens nothing itself."""
-        return self._now()
+        """A point to measure a stall from. Inside a window :meth:`begin` opened (code a
+        check runs under the engine) it opens nothing; outside any (a check run on its
+        own) it keeps the tick for :data:`MARK_LEASE` seconds, as nobody releases it."""
+        now = self._now()
+        if self._open == 0:
+            self._lease_until = max(self._lease_until, now + MARK_LEASE)
+            self._reschedule()
+        return now
 
     def begin(self) -> float:
         """Open a check's window, a mark: the tick runs (at most ``tick`` away) until the

@@ -18,7 +18,13 @@ from guardian.checks.base import CheckConfigBase
 from guardian.clock import SystemClock
 from guardian.config import parse_config
 from guardian.engine import Engine
-from guardian.overload import LATENESS_REFRESH, LoopLagMonitor, overloaded_reason, percentile
+from guardian.overload import (
+    LATENESS_REFRESH,
+    MARK_LEASE,
+    LoopLagMonitor,
+    overloaded_reason,
+    percentile,
+)
 from guardian.result import Outcome, Status
 from guardian.state import State
 
@@ -154,8 +160,6 @@ async def test_the_tick_runs_only_while_a_check_runs() -> None:
         assert monitor.ticking  # the outer window is still open
         monitor.release(mark)
         assert not monitor.ticking
-        monitor.mark()  # a plain mark (a check's own deadline) opens no window
-        assert not monitor.ticking
         count = monitor.histogram().count
         await asyncio.sleep(0.05)
         assert monitor.histogram().count == count
@@ -223,3 +227,23 @@ def test_lateness_p99_is_reused_then_refreshed() -> None:
     assert monitor.lateness_p99() == [("panel", "http", 0.001)]  # reused
     now[0] = LATENESS_REFRESH * 1.5
     assert monitor.lateness_p99() == [("panel", "http", 0.5)]  # refreshed
+
+
+async def test_a_mark_inside_a_window_opens_nothing_one_outside_keeps_the_tick() -> None:
+    """A check's own deadline (its mark) under the engine's window costs no tick of its
+    own; a check run on its own, with nobody to release, still gets its stall measured."""
+    now = [0.0]
+    monitor = LoopLagMonitor(tick=0.01, threshold=1e9, now=lambda: now[0])  # the jump: no lag
+    monitor.start()
+    try:
+        window = monitor.begin()
+        monitor.mark()
+        monitor.release(window)
+        assert not monitor.ticking
+        monitor.mark()
+        assert monitor.ticking
+        now[0] = MARK_LEASE + 1
+        await asyncio.sleep(0.05)  # the next tick sees the lease over and stops
+        assert not monitor.ticking
+    finally:
+        await monitor.stop()
