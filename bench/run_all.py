@@ -1,8 +1,8 @@
 """Run every benchmark in turn (``make bench``); each prints its table and writes results.
 
-Not part of the test run. Takes roughly 8-10 minutes on 2 cores (Monit at its default
-30 s poll and the 60 s idle measurement dominate). Extra arguments are not forwarded;
-run a single bench directly for custom settings (``python bench/bench_peers.py --help``).
+Not part of the test run. Takes roughly 10-12 minutes on 2 cores (Monit at its default
+30 s poll and the scale bench's 3 x 300/1000-target runs dominate). Extra arguments are not
+forwarded; run a single bench directly for custom settings (``python bench/bench_peers.py --help``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_peers.py", "bench_hang.py", "bench_overhead.py", "bench_api_flood.py"]
+BENCHES = [
+    "bench_peers.py", "bench_hang.py", "bench_scale.py", "bench_api_flood.py",
+    "bench_lifecycle.py", "bench_footprint.py", "bench_uptime.py",
+]
 
 
 def main() -> int:

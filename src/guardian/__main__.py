@@ -1,3 +1,3 @@
-from guardian.cli import main
+from guardian.launch import main
 
 main()

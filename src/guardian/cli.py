@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,8 +30,9 @@ from guardian.cli_support import (
 )
 from guardian.config import Config, config_summary, redacted_config, resolve_config_path
 from guardian.escape import terminal
+from guardian.foreground import LOG_FORMATS, run_foreground, with_dry_run
 from guardian.locate import Located, locate_or_exit
-from guardian.log import LogFormat, setup_logging
+from guardian.log import setup_logging
 from guardian.result import CheckResult, Status
 from guardian.state import aggregate
 
@@ -108,19 +108,6 @@ def config_reference() -> None:
 # --------------------------------------------------------------------------- run
 
 
-def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    def request_stop(*_: Any) -> None:
-        loop.call_soon_threadsafe(stop.set)
-
-    if sys.platform == "win32":
-        # Ctrl-C and Ctrl-Break (what NSSM sends first) both end Guardian cleanly.
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGBREAK, request_stop)  # type: ignore[attr-defined,unused-ignore]
-    else:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, request_stop)
-
-
 @app.command()
 def run(
     config: ConfigOpt = None,
@@ -133,10 +120,8 @@ def run(
     ] = False,
 ) -> None:
     """Run Guardian in the foreground until SIGINT/SIGTERM."""
-    cfg = load_or_exit(config)
+    cfg = with_dry_run(load_or_exit(config), dry_run)
     say_if_defaults()
-    if dry_run:
-        cfg = cfg.model_copy(update={"guardian": cfg.guardian.model_copy(update={"dry_run": True})})
     raise typer.Exit(run_guardian(cfg, log_format, log_level, resolve_config_path(config)))
 
 
@@ -146,30 +131,12 @@ def run_guardian(
     log_level: str | None = None,
     config_path: Path | None = None,
 ) -> int:
-    """Set up logging, run until a stop signal, return the exit code."""
-    if log_format not in ("json", "pretty", "auto"):
+    """Run in the foreground (see :mod:`guardian.foreground`); 2 for a bad --log-format."""
+    fmt = next((f for f in LOG_FORMATS if f == log_format), None)
+    if fmt is None:
         err.print(f"--log-format must be json, pretty or auto (got {log_format!r})")
         return 2
-    fmt: LogFormat = log_format  # type: ignore[assignment]
-    g = cfg.guardian
-    logs = setup_logging(
-        g.log_dir, log_level or g.log_level, fmt, max_bytes=g.log_max_bytes, backups=g.log_backups
-    )
-    from guardian.runtime import Guardian
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        _install_signal_handlers(asyncio.get_running_loop(), stop)
-        guardian = Guardian(cfg, config_path=config_path)
-        await guardian.run(stop)
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        logs.flush()
-    return 0
+    return run_foreground(cfg, fmt, log_level, config_path)
 
 
 # --------------------------------------------------------------------------- check
@@ -223,7 +190,7 @@ def judge_from_outside(cfg: Config, results: list[CheckResult]) -> list[CheckRes
 
 def _daemon_view(where: Located, target: str | None) -> dict[str, Any] | None:
     """The running Guardian's /api/status (one target's part with ``target``), else None."""
-    import httpx
+    from guardian.checks.httpxlib import httpx  # without httpx's own CLI
 
     if where.running is None or not where.running.api_url:
         return None
@@ -236,10 +203,12 @@ def _daemon_view(where: Located, target: str | None) -> dict[str, Any] | None:
         return None
     if target is not None:
         body["targets"] = [t for t in body.get("targets") or [] if t.get("name") == target]
-        statuses = {str(t.get("status")) for t in body["targets"]}
-        critical = any(t.get("critical", True) for t in body["targets"])
-        body["status"] = ("unhealthy" if critical else "degraded") if "failed" in statuses else (
-            "degraded" if "degraded" in statuses else "healthy")
+        chosen = body["targets"]
+        # As the daemon judges the stack: a target still starting is degraded, not failed.
+        failing = [t for t in chosen if t.get("status") == "failed" and not t.get("starting")]
+        off = any(t.get("status") in ("failed", "degraded") or t.get("starting") for t in chosen)
+        body["status"] = ("unhealthy" if any(t.get("critical", True) for t in failing) else
+                          "degraded" if failing or off else "healthy")
     return body
 
 
@@ -299,7 +268,7 @@ def check(
 
 def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
     """Call the running Guardian's API; print a clear error and exit 2 when it fails."""
-    import httpx
+    from guardian.checks.httpxlib import httpx  # without httpx's own CLI
 
     cfg = where.config
     if where.running is None:

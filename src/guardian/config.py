@@ -267,8 +267,9 @@ class ServiceConfig(_Section):
     )
     kill_stuck: bool = Field(
         True,
-        description="kill a service stuck starting/stopping by its PID (taskkill /T /F; "
-        "systemctl kill --kill-whom=all), then start it again",
+        description="kill a service stuck starting/stopping (Windows: its PID from sc queryex "
+        "with taskkill /T /F; systemd: systemctl kill as the unit's KillMode/FinalKillSignal "
+        "say), then start it again",
     )
 
     @field_validator("name")

@@ -1,6 +1,6 @@
 """Guardian's SQLite file: one owner for opening it, checking it, migrating it and its errors.
 
-Breakers, incidents (and any later table, e.g. ``uptime``) are *components*: each brings
+Breakers, incidents and uptime (and any later table) are *components*: each brings
 its own ordered migrations and records how far it got in one row of ``guardian_schema``
 (component, version). Only this module opens the file, so the rules below hold for all of
 them at once.

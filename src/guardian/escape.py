@@ -13,8 +13,6 @@ from __future__ import annotations
 import html
 import re
 
-from rich.markup import escape as _rich_escape
-
 # C0/C1 controls except tab: ANSI escape sequences (terminal retitling, cursor moves,
 # clickable OSC 8 links) and carriage returns that overwrite what was printed before.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -54,4 +52,6 @@ def html_text(text: object) -> str:
 
 def terminal(text: object) -> str:
     """Text for a rich console or table cell: markup escaped, control characters removed."""
-    return _rich_escape(strip_controls(str(text)))
+    from rich.markup import escape  # only the CLI prints to a terminal; `run` never loads rich
+
+    return escape(strip_controls(str(text)))

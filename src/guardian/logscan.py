@@ -20,6 +20,11 @@ _ERROR = re.compile(
 )
 MAX_BURST = 20  # lines of one error burst kept as its evidence
 _NOT_ERROR = re.compile(r"\bwarn(?:ing)?\b|\b(?:0|no) errors?\b", re.I)
+# ComfyUI prints a full traceback for every custom node that fails to import, then says so
+# and boots on without it (capture boot_timeline.json: a missing torchaudio does this on
+# every start). Such a traceback was handled; it did not kill anything.
+_HANDLED_AFTER = re.compile(r"^Cannot import .* module for custom nodes:")
+_BOOT_NOTICE = re.compile(r"^IMPORT FAILED: ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,30 +36,38 @@ class LastError:
 
 
 def last_error(lines: Sequence[str]) -> LastError | None:
-    """The last traceback's exception line (with the traceback), else the last error line."""
-    start = None
+    """The last unhandled traceback's exception line (with the traceback), else the last
+    error line; tracebacks the service reported as handled and went on are boot noise."""
+    noise: set[int] = set()
     for i in range(len(lines) - 1, -1, -1):
-        if lines[i].strip() == _TRACEBACK or lines[i].rstrip().endswith(_TRACEBACK):
-            start = i
-            break
-    if start is not None:
-        end = start + 1
+        if not (lines[i].strip() == _TRACEBACK or lines[i].rstrip().endswith(_TRACEBACK)):
+            continue
+        end = i + 1
         while end < len(lines) and (lines[end][:1].isspace() or not lines[end].strip()):
             end += 1
-        if end < len(lines):
-            return LastError(lines[end].strip(), tuple(lines[start : end + 1]))
-        # A traceback cut off by the tail's end: its last frame line is all there is.
-        return LastError(lines[-1].strip(), tuple(lines[start:]))
+        if end >= len(lines):
+            # A traceback cut off by the tail's end: its last frame line is all there is.
+            return LastError(lines[-1].strip(), tuple(lines[i:]))
+        after = end + 1
+        while after < len(lines) and not lines[after].strip():
+            after += 1
+        if after < len(lines) and _HANDLED_AFTER.match(lines[after].strip()):
+            noise.update(range(i, after + 1))
+            continue
+        return LastError(lines[end].strip(), tuple(lines[i : end + 1]))
     # No traceback: the last burst of consecutive error lines, headed by its exception.
+    def error_at(i: int) -> bool:
+        return i not in noise and not _BOOT_NOTICE.match(lines[i].strip()) and _is_error(lines[i])
+
     last = None
     for i in range(len(lines) - 1, -1, -1):
-        if _is_error(lines[i]):
+        if error_at(i):
             last = i
             break
     if last is None:
         return None
     begin = last
-    while begin > 0 and last - begin < MAX_BURST - 1 and _is_error(lines[begin - 1]):
+    while begin > 0 and last - begin < MAX_BURST - 1 and error_at(begin - 1):
         begin -= 1
     block = tuple(lines[begin : last + 1])
     named = [b.strip() for b in block if _EXCEPTION.match(b.strip())]

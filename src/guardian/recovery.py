@@ -162,6 +162,8 @@ class RestartPolicy:
 
     def observe_exit(self, code: int | None) -> str:
         self.healthy_since = None
+        if code is None:  # an adopted process: not Guardian's child, its status is not ours
+            return "exited (code unknown: adopted, not Guardian's child)"
         return f"exited with code {code}"
 
     def stable_reset_due(self, now: float) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -27,8 +26,8 @@ from guardian.engine import Engine
 from guardian.events import EventBus
 from guardian.fdlimit import FdLimits, api_connection_cap, raise_nofile
 from guardian.incidents import Incidents, start_incidents
-from guardian.incidents.store import INCIDENTS, Incident, Store, StoreError
-from guardian.overload import LoopLagMonitor
+from guardian.incidents.store import INCIDENTS, Incident, Store, StoredRecovery, StoreError
+from guardian.overload import LoopLagMonitor, overloaded_reason
 from guardian.recovery import RecoveryManager
 from guardian.remediation import Remediation
 from guardian.result import CheckResult
@@ -36,7 +35,7 @@ from guardian.services import build_backend
 from guardian.services.base import ServiceBackend, ServiceStatus
 from guardian.startup import StartupPhases
 from guardian.state import State
-from guardian.uptime import UptimeStore
+from guardian.uptime import UPTIME, UptimeStore
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -61,9 +60,15 @@ class Guardian:
             backend = build_backend(target, self.clock, config.guardian.state_dir)
             if backend is not None:
                 self.backends[target.name] = backend
+        # Guardian's own lateness: timeouts while it stalls are never held against targets
+        # (by the engine's hard timeout, and by checks that keep a deadline of their own).
+        self.overload = LoopLagMonitor(self.state)
+        stall = CheckStall(self.overload)
         checks: list[tuple[str, Check]] = []
         for target in config.targets:
-            ctx = CheckContext(target.name, self.clock, self.backends.get(target.name))
+            ctx = CheckContext(
+                target.name, self.clock, self.backends.get(target.name), stall=stall
+            )
             for check_cfg in target.checks:
                 if check_cfg.enabled:
                     checks.append((target.name, build_check(check_cfg, ctx)))
@@ -74,8 +79,6 @@ class Guardian:
         self.engine = Engine(
             self.state, checks, self.clock, jitter=config.guardian.jitter, startup=self.startup
         )
-        # Guardian's own lateness: timeouts while it stalls are never held against targets.
-        self.overload = LoopLagMonitor(self.state)
         self.engine.lag_probe = self.overload
         self.overload.watch_lateness(
             lambda: [(sc.target, sc.name, list(sc.lateness)) for sc in self.engine.scheduled]
@@ -90,7 +93,6 @@ class Guardian:
         self.api: ApiServer | None = None
         self._app: FastAPI | None = None
         self.uptime_counts: UptimeStore | None = None
-        self._uptime_db: sqlite3.Connection | None = None
         self._uptime_unsubscribe: Callable[[], None] | None = None
         self._bridge: LoopBridge | None = None
 
@@ -106,7 +108,7 @@ class Guardian:
             recover=True,
             monotonic=self.clock.monotonic,
             now=self.clock.now,
-            components=(INCIDENTS, BREAKERS),
+            components=(INCIDENTS, BREAKERS, UPTIME),
         )
 
     def _open_breaker_store(self, db: Database) -> BreakerStore:
@@ -120,24 +122,13 @@ class Guardian:
             )
             return MemoryBreakerStore()
 
-    def _open_uptime(self) -> None:
-        """Persisted uptime buckets in the store file (a component of its own)."""
-        path = self.config.store_path
+    def _open_uptime(self, db: Database) -> None:
+        """Persisted uptime buckets: a component of the one store file, like the others."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False)
-        except (OSError, sqlite3.Error) as e:
-            log.warning("uptime not recorded: cannot open %s (%s)", path, e,
-                        extra={"event": "store_unavailable"})
+            self.uptime_counts = UptimeStore(db, now=self.clock.now, monotonic=self.clock.monotonic)
+        except (StoreError, OSError) as e:
+            log.error("uptime not recorded: %s", e, extra={"event": "store_unavailable"})
             return
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            self.uptime_counts = UptimeStore(db, now=self.clock.now)
-        except sqlite3.Error as e:
-            db.close()
-            log.warning("uptime not recorded: %s", e, extra={"event": "store_unavailable"})
-            return
-        self._uptime_db = db
         self._uptime_unsubscribe = self.uptime_counts.subscribe(self.bus)
 
     def _close_uptime(self) -> None:
@@ -145,11 +136,7 @@ class Guardian:
             self._uptime_unsubscribe()
             self._uptime_unsubscribe = None
         if self.uptime_counts is not None:
-            self.uptime_counts.close()
-        if self._uptime_db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._uptime_db.close()
-            self._uptime_db = None
+            self.uptime_counts.close()  # flushes; the shared Database is closed after it
 
     def _write_runtime_file(self) -> None:
         started = self.started_at.isoformat() if self.started_at is not None else ""
@@ -180,7 +167,7 @@ class Guardian:
                 extra={"event": "store_unavailable"},
             )
         self.breakers = self._open_breaker_store(self.db)
-        self._open_uptime()
+        self._open_uptime(self.db)
         self.recovery = RecoveryManager(
             self.config,
             self.bus,
@@ -351,8 +338,8 @@ class Guardian:
         if self.incidents_store is None:
             return []
         store = self.incidents_store
-        found = store.incidents(include_resolved=include_resolved, limit=limit)
-        return [_incident_dict(i, store) for i in found]
+        return incident_dicts(store, store.incidents(include_resolved=include_resolved,
+                                                     limit=limit))
 
     def incident(self, incident_id: int) -> dict[str, Any] | None:
         if self.incidents_store is None:
@@ -360,7 +347,7 @@ class Guardian:
         found = self.incidents_store.incident(incident_id)
         if found is None:
             return None
-        data = _incident_dict(found, self.incidents_store)
+        (data,) = incident_dicts(self.incidents_store, [found])
         data["report_markdown"] = None
         if found.report_path:
             with contextlib.suppress(OSError):
@@ -381,11 +368,30 @@ class Guardian:
                 await backend.aclose()
 
 
-def _timeline(incident: Incident, store: Store) -> list[dict[str, Any]]:
+class CheckStall:
+    """The lag monitor as checks see it (:class:`~guardian.checks.base.GuardianStall`)."""
+
+    def __init__(self, monitor: LoopLagMonitor) -> None:
+        self._monitor = monitor
+
+    def mark(self) -> float:
+        return self._monitor.mark()
+
+    def own_fault(self, mark: float, timeout: float) -> str | None:
+        return overloaded_reason(self._monitor.stalled_since(mark), timeout)
+
+
+def incident_dicts(store: Store, found: list[Incident]) -> list[dict[str, Any]]:
+    """Incidents as the API shows them, with their timelines read in one query."""
+    events = store.timeline_events([i.id for i in found])
+    return [_incident_dict(i, events.get(i.id, [])) for i in found]
+
+
+def _timeline(incident: Incident, events: list[StoredRecovery]) -> list[dict[str, Any]]:
     """Opened, every recovery action the incident grouped, escalated, resolved: in order."""
     entries: list[dict[str, Any]] = [{"time": incident.opened_at, "kind": "opened",
                                       "reason": incident.summary}]
-    for e in store.recovery_events(incident_id=incident.id, limit=200):
+    for e in events:
         entries.append({"time": e.time, "kind": e.kind, "attempt": e.attempt,
                         "reason": e.reason, "detail": e.detail})
     if incident.escalated_at is not None:
@@ -399,7 +405,7 @@ def _timeline(incident: Incident, store: Store) -> list[dict[str, Any]]:
     return entries
 
 
-def _incident_dict(incident: Incident, store: Store | None = None) -> dict[str, Any]:
+def _incident_dict(incident: Incident, events: list[StoredRecovery]) -> dict[str, Any]:
     def iso(t: datetime | None) -> str | None:
         return t.isoformat() if t is not None else None
 
@@ -415,5 +421,5 @@ def _incident_dict(incident: Incident, store: Store | None = None) -> dict[str, 
         "failure_count": incident.failure_count,
         "flap_count": incident.flap_count,
         "report_path": incident.report_path,
-        "timeline": _timeline(incident, store) if store is not None else [],
+        "timeline": _timeline(incident, events),
     }

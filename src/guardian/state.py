@@ -26,6 +26,8 @@ class State:
         self._latest: dict[tuple[str, str], CheckResult] = {}
         self._history: dict[tuple[str, str], deque[CheckResult]] = {}
         self._critical = {t.name: t.critical for t in config.targets}
+        # Targets that will report: until each has a result, the stack is not known to be up.
+        self._expected = [t.name for t in config.targets if any(c.enabled for c in t.checks)]
         self.started_at: datetime | None = None
         # Guardian's own trouble (damaged store, overload, unwritable logs), keyed by area.
         # Shown in /api/health under `guardian`; never a verdict on a target.
@@ -68,15 +70,26 @@ class State:
         return worst(r.status for r in self.results(target))
 
     def overall(self) -> Health:
-        return aggregate(self.results(), self._critical)
+        return aggregate(self.results(), self._critical, self._expected)
 
 
-def aggregate(results: Iterable[CheckResult], critical: dict[str, bool]) -> Health:
-    """Stack health: a critical target failing is unhealthy; anything else off is degraded."""
+def aggregate(
+    results: Iterable[CheckResult], critical: dict[str, bool], expected: Iterable[str] = ()
+) -> Health:
+    """Stack health: a critical target failing is unhealthy; anything else off is degraded.
+
+    A target still starting is not up, but not failing either: a failure in its startup
+    phase (even of a critical target) and an ``expected`` target without any result yet
+    make the stack degraded, never healthy and never unhealthy.
+    """
     health: Health = "healthy"
+    seen: set[str] = set()
     for r in results:
-        if r.status is Status.FAILED and critical.get(r.target, True):
+        seen.add(r.target)
+        if r.status is Status.FAILED and not r.startup and critical.get(r.target, True):
             return "unhealthy"
         if r.status in (Status.FAILED, Status.DEGRADED):
             health = "degraded"
+    if health == "healthy" and any(t not in seen for t in expected):
+        health = "degraded"
     return health

@@ -1,20 +1,28 @@
 """Per-target uptime: ok/total counts of check results in fixed time buckets, persisted.
 
 What a status page needs for "99.2 % over 7 days" and a history bar is far less than the
-results themselves: one row per target per bucket (5 minutes by default) with how many
-results came in, how many of them were up, and how many restarts Guardian started. That
-keeps 30 days of 100 targets at under a million small rows, and the percentages honest
-across Guardian restarts.
+results themselves: counts per target per time bucket of how many results came in, how
+many of them were up, and how many restarts Guardian started. Two tables keep it small
+at any scale: ``uptime`` holds 5-minute buckets for the last 25 hours (the 24 h window
+and the 24 h history bar), ``uptime_hourly`` holds hourly totals for 31 days (the 7 d and
+30 d windows, whose start is taken at the hour). 1000 targets are then at most ~1 M
+small rows, and the percentages stay honest across Guardian restarts.
 
 A result counts as *up* unless it FAILED (a busy ComfyUI is OK, a degraded one still
 serves); SKIPPED results (not applicable here) are not counted at all. Failures during a
 target's startup phase count as down: the service really was not serving.
 
-The component works on a plain :class:`sqlite3.Connection` handed in (Guardian's one
-store file), keeps its own table with its own migrations recorded in ``guardian_schema``
-(like the breaker tables), and buffers counts in memory so a check result costs a dict
-update, not a commit: the buffer is flushed when a bucket rolls over, at most every
-``flush_every`` seconds, and on close.
+A component of Guardian's SQLite file (:mod:`guardian.db`): its tables come from its
+migrations, every write and read goes through the Database (its lock, its rules for a
+full disk, a damaged or a refused file). Recording a result is a dict update in memory
+(O(1), no I/O); the buffer is written in one transaction at most every ``flush_every``
+seconds (about two upserts per target per flush), and on close. A write that fails
+keeps the counts in memory (bounded: the oldest buckets go first, counted in
+``dropped``); a file replaced mid-run gets what is buffered and starts its history from
+there (the older counts stay in the moved-aside file). Reads aggregate in SQL once when
+a window moves (every 5 minutes for the 24 h window and the bar, hourly for 7 d and
+30 d) and each flush folds its batch into those figures, so a status page polled by
+many clients costs a query every few minutes, not one per request.
 """
 
 from __future__ import annotations
@@ -22,16 +30,21 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+from guardian.db import Component, Database, StoreError, StoreUnavailable
 from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
 from guardian.result import CheckResult, Status
 
 log = logging.getLogger("guardian.uptime")
 
 UPTIME_COMPONENT = "uptime"
+HOUR = 3600
 # Index i upgrades version i -> i + 1; append, never edit a shipped entry.
 UPTIME_MIGRATIONS: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS uptime ("
@@ -41,16 +54,42 @@ UPTIME_MIGRATIONS: tuple[str, ...] = (
     " total INTEGER NOT NULL,"
     " restarts INTEGER NOT NULL DEFAULT 0,"
     " PRIMARY KEY (target, bucket)) WITHOUT ROWID;",
+    # v2: hourly totals for the long windows, so a 30 d figure never reads 8640 buckets
+    # per target; filled from the 5-minute buckets a v1 file already holds.
+    "CREATE TABLE uptime_hourly ("
+    " target TEXT NOT NULL,"
+    " hour INTEGER NOT NULL,"  # epoch seconds of the hour's start (UTC)
+    " ok INTEGER NOT NULL,"
+    " total INTEGER NOT NULL,"
+    " restarts INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (target, hour)) WITHOUT ROWID;\n"
+    "INSERT INTO uptime_hourly (target, hour, ok, total, restarts)"
+    " SELECT target, bucket - bucket % 3600, SUM(ok), SUM(total), SUM(restarts)"
+    " FROM uptime GROUP BY target, bucket - bucket % 3600;",
 )
 UPTIME_SCHEMA_VERSION = len(UPTIME_MIGRATIONS)
+UPTIME = Component(UPTIME_COMPONENT, UPTIME_MIGRATIONS)
 
 BUCKET_SECONDS = 300
-RETENTION_DAYS = 31.0  # the longest window shown is 30 d
+RETENTION_DAYS = 31.0  # hourly totals: the longest window shown is 30 d
+FINE_RETENTION = timedelta(hours=25)  # 5-minute buckets: the 24 h window and bar
+MAX_PENDING = 50_000  # buffered (target, bucket) counts while the store cannot write
 WINDOWS: dict[str, timedelta] = {
     "24h": timedelta(hours=24),
     "7d": timedelta(days=7),
     "30d": timedelta(days=30),
 }
+_FINE_WINDOWS = ("24h",)  # from 5-minute buckets; the others from hourly totals
+
+_UPSERT = (
+    "INSERT INTO {table} (target, {col}, ok, total, restarts) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT(target, {col}) DO UPDATE SET ok = ok + excluded.ok,"
+    " total = total + excluded.total, restarts = restarts + excluded.restarts"
+)
+_UPSERT_FINE = _UPSERT.format(table="uptime", col="bucket")
+_UPSERT_HOURLY = _UPSERT.format(table="uptime_hourly", col="hour")
+
+Buffer = dict[tuple[str, int], list[int]]  # (target, bucket) -> [ok, total, restarts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,66 +123,57 @@ def _epoch(t: datetime) -> float:
 
 
 class UptimeStore:
-    """Bucketed ok/total/restart counts per target in the ``uptime`` table of ``db``.
+    """Bucketed ok/total/restart counts per target in the ``uptime`` tables of ``db``.
 
-    ``db`` is not closed here: its owner closes it. Calls may come from the event loop and
-    from API worker threads; one lock serialises them.
+    Give it the shared :class:`Database` (the daemon) or a path (tools, tests: it then
+    opens and owns a strict Database of its own). Results arrive on the event loop;
+    the API reads from its own thread. Lock order is always the Database's lock, then
+    the buffer's; recording takes only the buffer's, so it never waits for a query.
     """
 
     def __init__(
         self,
-        db: sqlite3.Connection,
+        db: Database | Path | str,
         *,
         bucket_seconds: int = BUCKET_SECONDS,
         retention_days: float = RETENTION_DAYS,
+        fine_retention: timedelta = FINE_RETENTION,
         flush_every: float = 60.0,
+        max_pending: int = MAX_PENDING,
         now: Callable[[], datetime] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if bucket_seconds <= 0:
-            raise ValueError("bucket_seconds must be positive")
-        self.db = db
+        if bucket_seconds <= 0 or HOUR % bucket_seconds:
+            raise ValueError("bucket_seconds must be a positive divisor of 3600")
+        self._owns = not isinstance(db, Database)
+        self.db = db if isinstance(db, Database) else Database(db, components=(UPTIME,))
         self.bucket_seconds = bucket_seconds
         self.retention = timedelta(days=retention_days)
+        self.fine_retention = max(fine_retention, WINDOWS["24h"] + timedelta(hours=1))
         self.flush_every = flush_every
+        self.max_pending = max_pending
         self._now = now or (lambda: datetime.now(UTC))
-        self._lock = threading.RLock()
-        self._pending: dict[tuple[str, int], list[int]] = {}
-        self._last_flush = _epoch(self._now())
-        self._last_prune = 0.0
-        self._current_bucket: int | None = None
-        with self._lock:
-            self._migrate()
-
-    # ------------------------------------------------------------------ schema
-
-    def _migrate(self) -> None:
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS guardian_schema ("
-            " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-        self.db.commit()
-        version = self.schema_version
-        if version > UPTIME_SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"uptime table is at schema v{version}, newer than this Guardian "
-                f"(v{UPTIME_SCHEMA_VERSION}); upgrade Guardian or use another store"
-            )
-        for i in range(version, UPTIME_SCHEMA_VERSION):
-            # executescript commits on its own: migration and version bump in one transaction.
-            self.db.executescript(
-                f"BEGIN IMMEDIATE;\n{UPTIME_MIGRATIONS[i]}\n"
-                "INSERT INTO guardian_schema (component, version)"
-                f" VALUES ('{UPTIME_COMPONENT}', {i + 1})"
-                " ON CONFLICT(component) DO UPDATE SET version = excluded.version;\n"
-                "COMMIT;"
-            )
+        self._monotonic = monotonic
+        self._buf_lock = threading.Lock()
+        self._pending: Buffer = {}
+        self._inflight: dict[int, Buffer] = {}  # batches being written (still readable)
+        self._next_flush = monotonic() + flush_every
+        self._next_prune = 0.0  # the first flush prunes, then at most hourly
+        # What the tables say per window / bar slot, computed by one query when a window
+        # moves and kept current by folding in each written batch (under the db lock).
+        self._aggs: dict[tuple[Any, ...], _Agg] = {}
+        self._read_warned_at: float | None = None
+        self.dropped = 0  # results (and restarts) lost because the buffer was full
+        try:
+            self.db.register(UPTIME, self._resave)
+        except BaseException:
+            if self._owns:
+                self.db.close()
+            raise
 
     @property
     def schema_version(self) -> int:
-        row = self.db.execute(
-            "SELECT version FROM guardian_schema WHERE component = ?", (UPTIME_COMPONENT,)
-        ).fetchone()
-        return 0 if row is None else int(row[0])
+        return self.db.version(UPTIME_COMPONENT)
 
     # ------------------------------------------------------------------ recording
 
@@ -159,17 +189,18 @@ class UptimeStore:
         self._add(target, when, 0, 0, 1)
 
     def _add(self, target: str, when: datetime, ok: int, total: int, restarts: int) -> None:
-        bucket = self.bucket_of(when)
-        with self._lock:
-            counts = self._pending.setdefault((target, bucket), [0, 0, 0])
-            counts[0] += ok
-            counts[1] += total
-            counts[2] += restarts
-            rolled = self._current_bucket is not None and bucket > self._current_bucket
-            if self._current_bucket is None or bucket > self._current_bucket:
-                self._current_bucket = bucket
-            if rolled or _epoch(self._now()) - self._last_flush >= self.flush_every:
-                self.flush()
+        e = int(_epoch(when))
+        key = (target, e - e % self.bucket_seconds)
+        with self._buf_lock:
+            counts = self._pending.get(key)
+            if counts is None:
+                self._pending[key] = [ok, total, restarts]
+            else:
+                counts[0] += ok
+                counts[1] += total
+                counts[2] += restarts
+        if self._monotonic() >= self._next_flush:
+            self.flush()
 
     def observe(self, event: Event) -> None:
         """Event-bus listener: counts check results and restarts."""
@@ -183,84 +214,200 @@ class UptimeStore:
     def subscribe(self, bus: EventBus) -> Callable[[], None]:
         return bus.subscribe(self.observe)
 
-    def flush(self) -> None:
-        """Write buffered counts; on a database error keep them for the next try."""
-        with self._lock:
-            self._last_flush = _epoch(self._now())
-            if not self._pending:
-                return
-            rows = [(t, b, c[0], c[1], c[2]) for (t, b), c in self._pending.items()]
+    def flush(self) -> bool:
+        """Write the buffered counts in one transaction; False when they were kept instead
+        (the store cannot write now: they go with the next flush)."""
+        with self._buf_lock:
+            self._next_flush = self._monotonic() + self.flush_every
+            batch, self._pending = self._pending, {}
+            if batch:
+                self._inflight[id(batch)] = batch
+        if batch and not self._write(batch):
+            return False
+        if self._monotonic() >= self._next_prune:
+            self.prune()
+        return True
+
+    def _write(self, batch: Buffer) -> bool:
+        fine = [(t, b, c[0], c[1], c[2]) for (t, b), c in batch.items()]
+        hourly: Buffer = {}
+        for (t, b), c in batch.items():
+            h = hourly.setdefault((t, b - b % HOUR), [0, 0, 0])
+            h[0] += c[0]
+            h[1] += c[1]
+            h[2] += c[2]
+        coarse = [(t, h, c[0], c[1], c[2]) for (t, h), c in hourly.items()]
+
+        def write(c: sqlite3.Connection) -> None:
+            c.executemany(_UPSERT_FINE, fine)
+            c.executemany(_UPSERT_HOURLY, coarse)
+
+        with self.db.lock:  # so a reader sees the batch either buffered or stored, not both
             try:
-                with self.db:
-                    self.db.executemany(
-                        "INSERT INTO uptime (target, bucket, ok, total, restarts)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(target, bucket) DO UPDATE SET"
-                        " ok = ok + excluded.ok, total = total + excluded.total,"
-                        " restarts = restarts + excluded.restarts",
-                        rows,
-                    )
-            except sqlite3.Error as e:
-                log.warning("uptime counts not written (%s): kept for the next flush", e,
-                            extra={"event": "uptime_flush_failed"})
-                return
-            self._pending.clear()
-            if self._last_flush - self._last_prune >= 3600:
-                self.prune()
+                self.db.write(write)
+            except (StoreError, sqlite3.Error) as e:
+                with self._buf_lock:
+                    self._inflight.pop(id(batch), None)
+                    self._keep(batch)
+                if not isinstance(e, StoreUnavailable):  # full disk, I/O: the Database logs
+                    log.warning("uptime counts not written (%s): kept for the next flush", e,
+                                extra={"event": "uptime_flush_failed"})
+                return False
+            with self._buf_lock:
+                self._inflight.pop(id(batch), None)
+            for agg in self._aggs.values():  # cached figures follow without a query
+                for (t, b), c in batch.items():
+                    agg.add(t, b, c[0], c[1], c[2])
+        return True
+
+    def _keep(self, batch: Buffer) -> None:
+        """Put a batch that could not be written back in the buffer, within its bound."""
+        for key, c in batch.items():
+            mine = self._pending.setdefault(key, [0, 0, 0])
+            mine[0] += c[0]
+            mine[1] += c[1]
+            mine[2] += c[2]
+        excess = len(self._pending) - self.max_pending
+        if excess <= 0:
+            return
+        lost = 0
+        for key in sorted(self._pending, key=lambda k: k[1])[:excess]:
+            c = self._pending.pop(key)
+            lost += c[1] + c[2]
+        self.dropped += lost
+        log.warning(
+            "uptime buffer full while the store cannot write: %d oldest counts dropped", lost,
+            extra={"event": "uptime_dropped", "dropped": lost},
+        )
+
+    def _resave(self) -> None:
+        """The file was replaced: what is buffered goes into the fresh one."""
+        self._aggs.clear()
+        self.flush()
+        log.warning(
+            "uptime history restarts in the fresh store (earlier counts stay in the file"
+            " moved aside)",
+            extra={"event": "store_resaved", "component": UPTIME_COMPONENT},
+        )
 
     def prune(self, now: datetime | None = None) -> int:
-        """Drop buckets older than the retention; returns how many rows went."""
-        cutoff = self.bucket_of((now or self._now()) - self.retention)
-        with self._lock:
-            self._last_prune = _epoch(now or self._now())
+        """Drop buckets older than their retention; returns how many rows went."""
+        now = now or self._now()
+        fine_cut = self.bucket_of(now - self.fine_retention)
+        e = int(_epoch(now - self.retention))
+        hour_cut = e - e % HOUR
+        self._next_prune = self._monotonic() + HOUR
+
+        def run(c: sqlite3.Connection) -> int:
+            n = c.execute("DELETE FROM uptime WHERE bucket < ?", (fine_cut,)).rowcount
+            return n + c.execute("DELETE FROM uptime_hourly WHERE hour < ?", (hour_cut,)).rowcount
+
+        with self.db.lock:
             try:
-                with self.db:
-                    cur = self.db.execute("DELETE FROM uptime WHERE bucket < ?", (cutoff,))
-            except sqlite3.Error as e:
-                log.warning("uptime prune failed: %s", e, extra={"event": "uptime_prune_failed"})
+                removed = self.db.write(run)
+            except (StoreError, sqlite3.Error) as e:
+                log.debug("uptime prune skipped: %s", e)
                 return 0
-            return cur.rowcount
+            if removed:  # only rows outside the default windows, but a caller's span may differ
+                self._aggs.clear()
+        return removed
 
     def close(self) -> None:
-        """Flush what is buffered; the connection stays open (its owner closes it)."""
+        """Flush what is buffered; close the Database only if this store opened it."""
         self.flush()
+        if self._owns:
+            self.db.close()
 
     # ------------------------------------------------------------------ reading
 
-    def _rows(self, since: int) -> dict[str, dict[int, Counts]]:
-        out: dict[str, dict[int, Counts]] = {}
-        with self._lock:
-            try:
-                rows = self.db.execute(
-                    "SELECT target, bucket, ok, total, restarts FROM uptime WHERE bucket >= ?",
-                    (since,),
-                ).fetchall()
-            except sqlite3.Error as e:  # Guardian's trouble: show what is buffered
-                log.warning("uptime not readable: %s", e, extra={"event": "uptime_read_failed"})
-                rows = []
-            pending = [(t, b, *c) for (t, b), c in self._pending.items() if b >= since]
-        for target, bucket, ok, total, restarts in [*rows, *pending]:
-            per = out.setdefault(str(target), {})
-            per[int(bucket)] = per.get(int(bucket), Counts()) + Counts(
-                int(ok), int(total), int(restarts)
-            )
+    def _buffered(self) -> list[tuple[str, int, int, int, int]]:
+        with self._buf_lock:
+            return [
+                (t, b, c[0], c[1], c[2])
+                for buf in (self._pending, *self._inflight.values())
+                for (t, b), c in buf.items()
+            ]
+
+    def _read(
+        self,
+        key: tuple[Any, ...],
+        place: Callable[[int], list[Hashable]],
+        query: Callable[[sqlite3.Connection], list[Any]],
+    ) -> dict[str, dict[Hashable, Counts]]:
+        """Per target and slot: what the tables hold (one query when ``key`` is new, then
+        kept current by the flushes) plus what is buffered, as one consistent picture."""
+        with self.db.lock:
+            agg = self._aggs.get(key)
+            if agg is None:
+                agg = _Agg(place)
+                try:
+                    for target, slot, ok, total, restarts in self.db.read(query):
+                        agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
+                except (StoreError, sqlite3.Error) as e:  # Guardian's trouble: show the buffer
+                    self._read_failed(e)
+                    agg = _Agg(place)
+                else:
+                    while len(self._aggs) >= 6:  # windows move on: the oldest keys go
+                        del self._aggs[next(iter(self._aggs))]
+                    self._aggs[key] = agg
+            out = {t: {k: Counts(*c) for k, c in per.items()} for t, per in agg.sums.items()}
+            buffered = self._buffered()
+        for target, bucket, ok, total, restarts in buffered:
+            per = out.setdefault(target, {})
+            for k in place(bucket):
+                per[k] = per.get(k, Counts()) + Counts(ok, total, restarts)
+        return out
+
+    def _read_failed(self, exc: BaseException) -> None:
+        now = self._monotonic()
+        if self._read_warned_at is None or now - self._read_warned_at >= 60:
+            self._read_warned_at = now
+            log.warning("uptime not readable: %s", exc, extra={"event": "uptime_read_failed"})
+
+    def _starts(self, now: datetime) -> dict[str, int]:
+        """Each window's first bucket (5-minute) or hour (hourly totals)."""
+        out: dict[str, int] = {}
+        for name, span in WINDOWS.items():
+            if name in _FINE_WINDOWS:
+                out[name] = self.bucket_of(now - span)
+            else:
+                e = int(_epoch(now - span))
+                out[name] = e - e % HOUR
         return out
 
     def windows(self, now: datetime | None = None) -> dict[str, dict[str, Counts]]:
         """Per target: Counts over each of :data:`WINDOWS` ending ``now``."""
-        now = now or self._now()
-        longest = max(WINDOWS.values())
-        data = self._rows(self.bucket_of(now - longest))
-        out: dict[str, dict[str, Counts]] = {}
-        for target, buckets in data.items():
-            out[target] = {}
-            for name, span in WINDOWS.items():
-                start = self.bucket_of(now - span)
-                total = Counts()
-                for b, c in buckets.items():
-                    if b >= start:
-                        total = total + c
-                out[target][name] = total
-        return out
+        starts = self._starts(now or self._now())
+        fine = [n for n in WINDOWS if n in _FINE_WINDOWS]
+        coarse = [n for n in WINDOWS if n not in _FINE_WINDOWS]
+
+        def place(bucket: int) -> list[Hashable]:
+            hour = bucket - bucket % HOUR
+            return [n for n, s in starts.items() if (bucket if n in fine else hour) >= s]
+
+        def sums(table: str, col: str, names: list[str]) -> str:
+            parts = [
+                f"SUM(CASE WHEN {col} >= {int(starts[n])} THEN {f} ELSE 0 END)"
+                for n in names
+                for f in ("ok", "total", "restarts")
+            ]
+            low = min(starts[n] for n in names)
+            return f"SELECT target, {', '.join(parts)} FROM {table} WHERE {col} >= {int(low)}" \
+                " GROUP BY target"
+
+        def query(c: sqlite3.Connection) -> list[Any]:
+            out: list[Any] = []
+            for table, col, names in (("uptime", "bucket", fine),
+                                      ("uptime_hourly", "hour", coarse)):
+                for r in c.execute(sums(table, col, names)):
+                    out += [(r[0], n, *r[1 + 3 * i : 4 + 3 * i]) for i, n in enumerate(names)]
+            return out
+
+        data = self._read(("windows", *starts.values()), place, query)
+        return {
+            t: {n: per.get(n, Counts()) for n in WINDOWS}
+            for t, per in data.items()
+        }
 
     def bars(
         self, now: datetime | None = None, *, span: timedelta = timedelta(hours=24),
@@ -272,16 +419,50 @@ class UptimeStore:
         slot -= slot % self.bucket_seconds
         end = self.bucket_of(now) + self.bucket_seconds
         first = end - slot * slots
-        data = self._rows(first)
-        out: dict[str, list[Bar]] = {}
-        for target, buckets in data.items():
-            sums = [Counts() for _ in range(slots)]
-            for b, c in buckets.items():
-                i = (b - first) // slot
-                if 0 <= i < slots:
-                    sums[i] = sums[i] + c
-            out[target] = [
-                Bar(datetime.fromtimestamp(first + i * slot, UTC), slot, c)
-                for i, c in enumerate(sums)
+
+        def place(bucket: int) -> list[Hashable]:
+            i = (bucket - first) // slot
+            return [i] if 0 <= i < slots else []
+
+        def query(c: sqlite3.Connection) -> list[Any]:
+            return c.execute(
+                "SELECT target, (bucket - ?) / ? AS i, SUM(ok), SUM(total), SUM(restarts)"
+                " FROM uptime WHERE bucket >= ? AND bucket < ? GROUP BY target, i",
+                (first, slot, first, end),
+            ).fetchall()
+
+        data = self._read(("bars", first, slot, slots), place, query)
+        starts = [datetime.fromtimestamp(first + i * slot, UTC) for i in range(slots)]
+        return {
+            target: [
+                Bar(starts[i], slot, per.get(i, Counts()))
+                for i in range(slots)
             ]
-        return out
+            for target, per in data.items()
+        }
+
+
+class _Agg:
+    """Counts per target and slot (a window's name, a bar's index) from the tables."""
+
+    __slots__ = ("place", "sums")
+
+    def __init__(self, place: Callable[[int], list[Hashable]]) -> None:
+        self.place = place
+        self.sums: dict[str, dict[Hashable, list[int]]] = {}
+
+    def add_slot(self, target: str, slot: Hashable, ok: int, total: int, restarts: int) -> None:
+        per = self.sums.get(target)
+        if per is None:
+            per = self.sums[target] = {}
+        c = per.get(slot)
+        if c is None:
+            per[slot] = [ok, total, restarts]
+        else:
+            c[0] += ok
+            c[1] += total
+            c[2] += restarts
+
+    def add(self, target: str, bucket: int, ok: int, total: int, restarts: int) -> None:
+        for slot in self.place(bucket):
+            self.add_slot(target, slot, ok, total, restarts)

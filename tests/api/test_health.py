@@ -63,7 +63,7 @@ async def test_critical_failure_is_unhealthy_503_with_reason() -> None:
     assert body["status"] == "unhealthy"
     assert body["targets"]["comfyui"] == {
         "status": "failed", "reason": "comfyui: connection refused", "critical": True,
-        "checked_at": "2025-01-01T12:00:00.010000Z",
+        "starting": False, "checked_at": "2025-01-01T12:00:00.010000Z",
     }
     assert body["comfyui"]["online"] is False and body["comfyui"]["devices"] == []
     assert ready.status_code == 503 and ready.json()["ready"] is False

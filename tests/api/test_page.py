@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from api_helpers import INCIDENTS, TOKEN, make_view, result  # type: ignore[impo
 
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
+from guardian.db import Database
 from guardian.result import Status
 from guardian.uptime import UptimeStore
 
@@ -58,7 +58,7 @@ TIMELINE = [
 ]
 
 
-def seeded_uptime(db: sqlite3.Connection, now: datetime) -> UptimeStore:
+def seeded_uptime(db: Database, now: datetime) -> UptimeStore:
     """comfyui: 24 h with 12 of 288 results down, 7 d and 30 d older data all up;
     panel: half its results down in the last hour."""
     store = UptimeStore(db, now=lambda: now)
@@ -76,7 +76,7 @@ def seeded_uptime(db: sqlite3.Connection, now: datetime) -> UptimeStore:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[StaticView, str]]:
-    db = sqlite3.connect(str(tmp_path / "guardian.db"), check_same_thread=False)
+    db = Database(tmp_path / "guardian.db")
     now = datetime.now(UTC)
     incidents = [dict(i) for i in INCIDENTS]
     incidents[1]["timeline"] = TIMELINE

@@ -150,6 +150,35 @@ async def test_sleeping_job_is_stuck_with_the_evidence(sim: SimProcess) -> None:
     assert "log unchanged, history unchanged" in stuck.reason
 
 
+async def test_interrupt_chatter_in_the_log_is_not_progress(sim: SimProcess) -> None:
+    """ComfyUI logs a line for every POST /interrupt (and "got prompt" for every prompt):
+    Guardian's own interrupt of a stuck job must not read as that job's progress, or the
+    ladder is cleared and sends /interrupt again forever instead of restarting."""
+    clock = FakeClock()
+    cfg = ComfyUICheckConfig(url=sim.url, stuck_running_after=60, progress_window=30,
+                             progress_cpu_min=0.05, log_file=sim.log)
+    check = ComfyUICheck(cfg, CheckContext("comfyui", clock))
+    prompt_id = sim.job("sleep", 120)
+    outs = []
+    try:
+        for body in ({"prompt_id": prompt_id}, {}, {"prompt_id": "someone-else"}):
+            outs.append(await check.run())
+            async with httpx.AsyncClient(trust_env=False) as client:
+                r = await client.post(sim.url + "/interrupt", json=body)
+            assert r.status_code == 200
+            await clock.advance(30)
+            await asyncio.sleep(0.2)
+        outs.append(await check.run())
+    finally:
+        await check.aclose()
+    log = sim.log.read_text()
+    assert f"Interrupting prompt {prompt_id}" in log and "Global interrupt" in log
+    stuck = outs[2]
+    assert stuck.status is Status.FAILED and stuck.values["condition"] == "stuck_running"
+    assert stuck.values["progress_log_changed"] is False
+    assert outs[3].status is Status.FAILED
+
+
 async def test_log_output_alone_counts_as_progress(sim: SimProcess) -> None:
     """tqdm lines in the log are progress even when CPU is not visible (threshold huge)."""
     clock = FakeClock()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +21,7 @@ from guardian.demo.simhttp import json_reply, text_reply
 from guardian.result import Status
 
 Make = Callable[..., ComfyUICanaryCheck]
+CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui" / "captures"
 
 
 @pytest.fixture
@@ -134,6 +137,21 @@ async def test_rejected_with_node_errors(scripted: Any, make: Make) -> None:
     assert out.reason.endswith(
         "prompt_outputs_failed_validation: Prompt outputs failed validation "
         "(node 1: Value 99999 bigger than max of 16384: width)"
+    )
+
+
+async def test_rejected_for_a_missing_model_names_the_node_and_file(scripted: Any,
+                                                                    make: Make) -> None:
+    """The real 400 of a ComfyUI without the checkpoint a workflow names (capture
+    ``prompt_missing_model.json``): the reason says which node and which file."""
+    cap = json.loads((CAPTURES / "prompt_missing_model.json").read_text(encoding="utf-8"))
+    scripted.replies[("POST", "/prompt")] = json_reply(cap["body"], cap["status"])
+    out = await make(url=scripted.url).run()
+    assert out.status is Status.FAILED
+    assert out.reason == (
+        "canary rejected by ComfyUI: prompt_outputs_failed_validation: Prompt outputs failed "
+        "validation (node 4: Value not in list: ckpt_name: "
+        "'v1-5-pruned-emaonly-fp16.safetensors' not in [])"
     )
 
 

@@ -38,7 +38,10 @@ def run(tool: str, handler: Callable[[list[str], State], int]) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = json.loads(state_path.read_text(encoding="utf-8"))
         rc = handler(args, state)
+        hang = float(state.pop("_hang", 0))  # a handler's "block after acting" request
         state_path.write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if hang:
+        time.sleep(hang)  # the change is visible to other calls while this one blocks
     sys.stdout.flush()
     sys.exit(rc)
 

@@ -236,3 +236,22 @@ async def test_a_report_lists_only_its_own_time_span(tmp_path: Path) -> None:
     assert "an old trouble" not in md and "after it ended" not in md
     assert "exit code 1" in md  # its own restart_failed stays
     store.close()
+
+
+def test_custom_node_import_failures_at_boot_are_not_the_culprit() -> None:
+    """A real ComfyUI 0.3.64 boot log: two custom-node tracebacks it handled and booted past."""
+    import json
+
+    from guardian.logscan import last_error
+
+    capture = Path(__file__).resolve().parents[1] / "fixtures/comfyui/captures/boot_timeline.json"
+    boot = [line for _, line in json.loads(capture.read_text())["log"]]
+    assert sum(line.startswith("Traceback") for line in boot) == 2  # the capture is as described
+    assert last_error(boot) is None  # booted fine: nothing in it killed anything
+    crashed = [*boot, "got prompt", "Traceback (most recent call last):",
+               '  File "execution.py", line 1, in execute',
+               "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"]
+    assert last_error(crashed).line.startswith("torch.OutOfMemoryError")  # type: ignore[union-attr]
+    # Not handled (no "Cannot import ... module for custom nodes" after it): it counts.
+    fatal = [*boot[:boot.index("Traceback (most recent call last):") + 8], "exiting"]
+    assert last_error(fatal).line == "ModuleNotFoundError: No module named 'torchaudio'"  # type: ignore[union-attr]

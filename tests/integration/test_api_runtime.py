@@ -132,6 +132,7 @@ report_dir = {json.dumps(str(tmp_path / "reports"))}
 port = {api_port}
 [[targets]]
 name = "panel"
+recovery = {{ startup_timeout = 0 }}  # no startup phase: its first failure counts
 [[targets.checks]]
 kind = "http"
 url = "http://127.0.0.1:{dead_port}/api/health"

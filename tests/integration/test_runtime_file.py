@@ -16,6 +16,7 @@ import pytest
 from guardian import runfile
 from guardian.config import load_config
 from guardian.runtime import Guardian
+from guardian.uptime import UPTIME_SCHEMA_VERSION
 
 
 async def test_runtime_file_uptime_and_status_on_port_0(
@@ -48,6 +49,8 @@ critical_gb = 0
     try:
         info = runfile.find_running(cfg)
         assert info is not None and guardian.api is not None
+        # Uptime is a component of the one store Database, not a connection of its own.
+        assert guardian.uptime_counts is not None and guardian.uptime_counts.db is guardian.db
         assert info.api_url == guardian.api.url and not info.api_url.endswith(":0")
         assert info.config_path == str(cfg_file.resolve())
         assert stat.S_IMODE(runfile.runtime_path(cfg).stat().st_mode) == 0o600
@@ -76,4 +79,4 @@ critical_gb = 0
     finally:
         db.close()
     assert total >= 3
-    assert versions["uptime"] == 1
+    assert versions["uptime"] == UPTIME_SCHEMA_VERSION

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from guardian.services.base import ServiceError, ServiceState
-from guardian.services.logfile import SupervisedLog
 from guardian.services.process import ProcessBackend
 
 pytestmark = [
@@ -251,22 +250,3 @@ async def test_crashed_child_is_reaped_and_counted() -> None:
         assert await wait_for(lambda: not our_zombies(), 2), our_zombies()
     finally:
         await b.aclose()
-
-
-
-
-def test_copy_truncate_rotation_keeps_the_limit_and_backups(tmp_path: Path) -> None:
-    log = SupervisedLog(tmp_path / "x.log", max_bytes=4096, backups=2)
-    fd = log.open_for_child()
-    try:
-        for round_ in range(3):
-            os.write(fd, b"".join(b"r%d line %05d\n" % (round_, i) for i in range(400)))
-            assert log.rotate_if_needed()
-        os.write(fd, b"after\n")  # O_APPEND: lands at the start of the truncated file
-    finally:
-        os.close(fd)
-    assert (tmp_path / "x.log").read_bytes() == b"after\n"
-    assert (tmp_path / "x.log.1").read_bytes().startswith(b"r2 line 00000")
-    assert (tmp_path / "x.log.2").read_bytes().startswith(b"r1 line 00000")
-    assert not (tmp_path / "x.log.3").exists()
-    assert log.tail(2) == ["r2 line 00399", "after"]

@@ -20,13 +20,13 @@ PY = sys.executable
 
 def _counting(b: ProcessBackend) -> list[int]:
     calls: list[int] = []
-    rotate = b.log.rotate_if_needed
+    rotate = b.log.rotate_and_size
 
-    def counted() -> bool:
+    def counted() -> tuple[int, int]:
         calls.append(b.log.size())
         return rotate()
 
-    b.log.rotate_if_needed = counted  # type: ignore[method-assign]
+    b.log.rotate_and_size = counted  # type: ignore[method-assign]
     return calls
 
 

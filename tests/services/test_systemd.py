@@ -78,7 +78,11 @@ def test_classify_errors_on_recorded_messages():
 def add_unit(fake_tools, name=UNIT, user=False, **unit):
     st = fake_tools.state()
     st["user_units" if user else "units"][name] = {
-        "load": "loaded", "active": "active", "sub": "running", "pid": 4242, **unit
+        "load": "loaded",
+        "active": "active",
+        "sub": "running",
+        "pid": 4242,
+        **unit,
     }
     fake_tools.write(st)
 
@@ -149,9 +153,7 @@ async def test_hanging_systemctl_times_out(fake_tools):
 async def test_log_tail_via_journalctl(fake_tools):
     add_unit(fake_tools, journal=[f"msg {i}" for i in range(10)])
     assert await SystemdBackend("x", UNIT).log_tail(3) == ["msg 7", "msg 8", "msg 9"]
-    assert fake_tools.calls("journalctl") == [
-        ["-u", UNIT, "-n", "3", "--no-pager", "-o", "cat"]
-    ]
+    assert fake_tools.calls("journalctl") == [["-u", UNIT, "-n", "3", "--no-pager", "-o", "cat"]]
     assert await SystemdBackend("x", "empty.service", user=True).log_tail(5) == []
     assert fake_tools.calls("journalctl")[-1][:3] == ["--user", "-u", "empty.service"]
 
@@ -169,3 +171,121 @@ async def test_hostile_unit_names_never_reach_systemctl(fake_tools, hostile):
     with pytest.raises(ValueError):
         SystemdBackend("t", hostile)
     assert fake_tools.calls() == []
+
+
+# --------------------------------------------------------------------------- stuck units
+
+KILL_PROPS = ["show", "-p", "KillMode,FinalKillSignal", "--", UNIT]
+
+
+def fast(**kw):
+    kw.setdefault("poll_interval", 0.01)
+    return SystemdBackend("comfyui", UNIT, **kw)
+
+
+def verbs(fake_tools):
+    """systemctl calls other than the status polls."""
+    return [c[1:] for c in fake_tools.calls("systemctl") if c[1:3] != SHOW[:2] or c[3] != SHOW[2]]
+
+
+async def test_restart_left_deactivating_is_killed_then_started(fake_tools, caplog):
+    add_unit(fake_tools, stuck_stop=True)
+    b = fast(stop_timeout=0.2)
+    with caplog.at_level("WARNING", logger="guardian.services.systemd"):
+        await b.restart()
+    assert verbs(fake_tools) == [
+        ["restart", "--", UNIT],
+        KILL_PROPS,
+        ["kill", "--kill-whom=all", "--signal=SIGKILL", "--", UNIT],
+        ["start", "--", UNIT],
+    ]
+    status = await b.status()
+    assert status.state is ServiceState.RUNNING and status.pid == 4243
+    # The steps travel with the first status after the restart (the recovery event's
+    # detail, so the incident), once; each was also logged as a service_unstick event.
+    assert "restart: still deactivating after 0.2s: systemctl kill --kill-whom=all" in (
+        status.detail
+    )
+    assert "started it again" in status.detail
+    assert "after:" not in (await b.status()).detail
+    steps = [r.step for r in caplog.records if getattr(r, "event", "") == "service_unstick"]
+    assert len(steps) == 3 and steps[-1] == "started it again"
+
+
+async def test_kill_follows_the_units_killmode_and_final_signal(fake_tools):
+    # KillMode=process keeps the unit's other processes on stop: only the main one is
+    # killed, with the unit's FinalKillSignal (SIGQUIT=3 here), not Guardian's choice.
+    add_unit(fake_tools, stuck_stop=True, kill_mode="process", final_kill_signal=3)
+    await fast(stop_timeout=0.1).restart()
+    assert ["kill", "--kill-whom=main", "--signal=SIGQUIT", "--", UNIT] in verbs(fake_tools)
+
+
+async def test_stop_job_that_never_returns_is_killed(fake_tools):
+    # systemctl stop blocks on the job (a hung ExecStop / TimeoutStopSec=infinity).
+    add_unit(fake_tools, stuck_stop=True, hang_stop=30)
+    b = fast(timeout=0.5, stop_timeout=0.2)
+    started = time.monotonic()
+    await b.stop()
+    assert time.monotonic() - started < 10
+    assert ["kill", "--kill-whom=all", "--signal=SIGKILL", "--", UNIT] in verbs(fake_tools)
+    assert ["start", "--", UNIT] not in verbs(fake_tools)  # a stop stays stopped
+    assert (await b.status()).state is ServiceState.FAILED
+
+
+async def test_older_systemctl_gets_kill_who(fake_tools):
+    add_unit(fake_tools, stuck_stop=True)
+    fake_tools.update(systemd_version=249)  # Ubuntu 22.04
+    b = fast(stop_timeout=0.1)
+    await b.restart()
+    kills = [v for v in verbs(fake_tools) if v[0] == "kill"]
+    assert kills == [
+        ["kill", "--kill-whom=all", "--signal=SIGKILL", "--", UNIT],
+        ["kill", "--kill-who=all", "--signal=SIGKILL", "--", UNIT],
+    ]
+    assert (await b.status()).state is ServiceState.RUNNING
+
+
+async def test_unit_that_survives_kill_is_a_timeout_with_the_steps(fake_tools):
+    add_unit(fake_tools, stuck_stop=True, unkillable=True)
+    with pytest.raises(ServiceError) as e:
+        await fast(timeout=0.3, stop_timeout=0.1).restart()
+    assert e.value.kind is ServiceErrorKind.TIMEOUT
+    assert "still running 0.3s after systemctl kill" in str(e.value)
+    assert ["start", "--", UNIT] not in verbs(fake_tools)
+
+
+async def test_without_kill_stuck_a_stuck_unit_is_reported_not_killed(fake_tools):
+    add_unit(fake_tools, stuck_stop=True)
+    with pytest.raises(ServiceError) as e:
+        await fast(stop_timeout=0.1, kill_after_stop_timeout=False).restart()
+    assert e.value.kind is ServiceErrorKind.TIMEOUT
+    assert "still deactivating after 0.1s" in str(e.value)
+    assert not [v for v in verbs(fake_tools) if v[0] == "kill"]
+
+
+async def test_restart_that_gets_through_is_never_killed(fake_tools):
+    add_unit(fake_tools)
+    await fast(stop_timeout=5).restart()
+    assert [v[0] for v in verbs(fake_tools)] == ["restart"]
+
+
+async def test_unit_that_ends_just_before_the_kill_is_not_an_error(fake_tools):
+    # The kill fails (systemd 252 says "not loaded" for an inactive unit) because the
+    # unit finished stopping on its own: that is success, the start follows.
+    add_unit(fake_tools, stuck_stop=True)
+    fail_kill = fake_tools.bin / "systemctl"
+    real = fail_kill.read_text()
+    fail_kill.write_text(
+        real.replace(
+            '    if verb == "kill":\n',
+            '    if verb == "kill":\n'
+            '        unit.update(active="inactive", sub="dead", stuck_stop=False)\n'
+            '        out(f"Failed to kill unit {name}: Unit {name} not loaded.\\n", "stderr")\n'
+            "        return 1\n",
+        )
+    )
+    b = fast(stop_timeout=0.1)
+    await b.restart()
+    status = await b.status()
+    assert status.state is ServiceState.RUNNING
+    assert "had ended before the kill" in status.detail

@@ -338,3 +338,103 @@ def test_clearing_a_pending_crash_cancels_it(comfy: ComfyUISim, client: httpx.Cl
     set_fault(client, mode="none")
     time.sleep(0.5)
     assert not comfy.crashed and client.get("/queue").status_code == 200
+
+
+# ---------------------------------------------------------------------- control-route bodies
+# ``control_route_bodies.json`` records what a real 0.3.64 answers (and logs) for every odd
+# body Guardian or a user could send to the routes the remediation ladder uses.
+
+
+def _post_cases(load: Load) -> list[str]:
+    return [k for k in load("control_route_bodies.json") if k.startswith("POST ")]
+
+
+@pytest.mark.parametrize("case", [
+    "POST /interrupt empty", "POST /interrupt object", "POST /interrupt malformed",
+    "POST /interrupt array", "POST /interrupt null", "POST /interrupt prompt_id_unknown",
+    "POST /interrupt prompt_id_empty", "POST /free empty", "POST /free object",
+    "POST /free malformed", "POST /free array", "POST /free null", "POST /free both flags",
+    "POST /queue empty", "POST /queue object", "POST /queue malformed", "POST /queue array",
+    "POST /queue null", "POST /history empty", "POST /history object",
+    "POST /history malformed", "POST /history array", "POST /history null",
+])
+def test_control_routes_answer_odd_bodies_like_comfyui(comfy: ComfyUISim, client: httpx.Client,
+                                                        captures: Load, case: str) -> None:
+    assert case in _post_cases(captures)  # the list above is the capture's, in full
+    want = captures("control_route_bodies.json")[case]
+    route = case.split()[1]
+    seen = len(comfy.log_lines)
+    r = client.post(route, content=want["request_raw"].encode())
+    assert r.status_code == want["status"], r.text
+    assert r.text == (want["body"] if isinstance(want["body"], str) else r.text)
+    if "log" in want and want["status"] == 200:  # a 500's aiohttp traceback is not simulated
+        assert list(comfy.log_lines)[seen:] == want["log"]
+
+
+def test_every_captured_post_case_is_tested(captures: Load) -> None:
+    params = next(m for m in test_control_routes_answer_odd_bodies_like_comfyui.pytestmark
+                  if m.name == "parametrize").args[1]
+    assert sorted(params) == sorted(_post_cases(captures))
+
+
+@pytest.mark.parametrize(("body", "interrupted"), [
+    (b"", True), (b"{bad", True), (b'{"prompt_id": ""}', True), (b"{}", True),
+    (b'{"prompt_id": "someone-else"}', False), (b"[]", False), (b"null", False),
+])
+def test_interrupt_reaches_the_running_prompt_only_when_comfyui_would(
+    comfy: ComfyUISim, client: httpx.Client, h: SimpleNamespace, body: bytes, interrupted: bool,
+) -> None:
+    pid = comfy.submit_job("busy", 3.0)  # polls the interrupt flag like a sampler
+    h.wait_for(lambda: client.get("/queue").json()["queue_running"])
+    client.post("/interrupt", content=body)
+    time.sleep(0.3)
+    running = client.get("/queue").json()["queue_running"]
+    assert (running == []) is interrupted
+    events = [m[0] for m in finished(client, h, pid)[pid]["status"]["messages"]]
+    assert (events[-1] == "execution_interrupted") is interrupted
+
+
+def test_free_sets_truthy_flags_and_refuses_what_comfyui_refuses(
+    comfy: ComfyUISim, client: httpx.Client, h: SimpleNamespace,
+) -> None:
+    assert client.post("/free", content=b"").status_code == 500
+    assert client.post("/free", json=[]).status_code == 500
+    assert client.post("/free", json={"free_memory": False}).status_code == 200
+    time.sleep(0.1)
+    assert comfy.frees == 0
+    assert client.post("/free", json={"unload_models": 1}).status_code == 200
+    h.wait_for(lambda: comfy.frees == 1)
+
+
+def test_invalid_prompt_logs_like_comfyui(comfy: ComfyUISim, client: httpx.Client,
+                                          captures: Load) -> None:
+    real = captures("prompt_missing_model.json")["log"]
+    seen = len(comfy.log_lines)
+    cap = captures("invalid_prompt_responses.json")["missing_required_input"]
+    r = client.post("/prompt", json=cap["request"])
+    assert r.status_code == 400
+    lines = list(comfy.log_lines)[seen:]
+    assert lines == ["got prompt", "Failed to validate prompt for output 2:", "* EmptyImage 1:",
+                     "  - Required input is missing: color", "Output will be ignored",
+                     f"invalid prompt: {cap['body']['error']}"]
+    # the same six-line shape as the real log, line by line up to each line's variable part
+    assert [line.split(" ")[0] for line in lines] == [line.split(" ")[0] for line in real]
+    assert real[-1] == f"invalid prompt: {captures('prompt_missing_model.json')['body']['error']}"
+
+
+def test_boot_banner_follows_the_real_boot_log(captures: Load) -> None:
+    """Each banner line has its real counterpart (same text up to the first ':'), in order."""
+    real = [text for _, text in captures("boot_timeline.json")["log"]]
+    sim = ComfyUISim(device="cpu")
+    sim.boot_banner()
+    sim.start().stop()  # "Starting server" and the GUI line come when the port opens
+
+    def key(line: str) -> str:
+        return line.split(":", 1)[0] if ":" in line else line
+
+    keys = [key(line) for line in real]
+    at = 0
+    for line in sim.log_lines:
+        assert key(line) in keys[at:], f"{line!r} is not in the real boot log after line {at}"
+        at = keys.index(key(line), at) + 1
+    assert real[-1] == "To see the GUI go to: http://127.0.0.1:<port>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -20,6 +21,7 @@ import guardian
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 SRC = Path(guardian.__file__).resolve().parents[1]  # the guardian under test, not another copy
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Sim:
@@ -104,6 +106,48 @@ def test_startup_delay_delays_the_listening_line(spawn: type[Sim]) -> None:
     sim.wait_line("ComfyUI version:")
     sim.listening()
     assert time.monotonic() - sim.started >= 0.6
+
+
+def test_sigterm_while_booting_ends_it_at_once_like_comfyui(spawn: type[Sim]) -> None:
+    sim = spawn(COMFY, "--startup-delay", "60")
+    sim.wait_line("ComfyUI version:")
+    sent = time.monotonic()
+    sim.proc.send_signal(signal.SIGTERM)
+    assert sim.proc.wait(20) == 0
+    assert time.monotonic() - sent < 20  # not the 60 s boot
+
+
+def _probe(port: int) -> str:
+    """What a client sees: refused, silent (accepted, no answer) or the HTTP status."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.settimeout(0.5)
+            s.sendall(b"GET /system_stats HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            return f"HTTP {s.recv(16)[9:12].decode()}"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "silent"
+
+
+def test_boot_refuses_connections_then_answers_like_comfyui(spawn: type[Sim]) -> None:
+    """Real ComfyUI's boot (capture ``boot_timeline.json``): refused until the first 200,
+    never an accepted-but-silent phase or a "starting" answer."""
+    captured = REPO / "tests" / "fixtures" / "comfyui" / "captures" / "boot_timeline.json"
+    want = [state for _, state in json.loads(captured.read_text())["transitions"]]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sim = spawn(COMFY, "--port", str(port), "--startup-delay", "0.8")
+    seen: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and seen[-1:] != ["HTTP 200"]:
+        state = _probe(port)
+        if seen[-1:] != [state]:
+            seen.append(state)
+        time.sleep(0.02)
+    assert seen == want == ["refused", "HTTP 200"]
+    assert time.monotonic() - sim.started >= 0.8
 
 
 def test_crash_fault_via_control_endpoint_exits_1(spawn: type[Sim]) -> None:

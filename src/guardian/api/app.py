@@ -108,10 +108,13 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
         tags=["health"],
     )
     async def readyz() -> Response:
-        """Ready when results exist and the stack is healthy or degraded."""
+        """Ready when results exist, the stack is healthy or degraded and no critical
+        target is still starting (degraded then, but not serving yet)."""
         if not view.state.results():
             return _json(models.Probe(status="starting", ready=False), 503)
-        overall = view.state.overall()
+        overall, not_up = models.stack_health(view)
+        if not_up & {t.name for t in view.config.targets if t.critical}:
+            return _json(models.Probe(status="starting", ready=False), 503)
         ready = overall != "unhealthy"
         return _json(models.Probe(status=overall, ready=ready), 200 if ready else 503)
 

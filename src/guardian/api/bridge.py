@@ -84,7 +84,7 @@ class LoopBridge:
 
     @property
     def uptime_counts(self) -> UptimeStore | None:
-        # sqlite3 connections are serialized by SQLite itself (check_same_thread=False).
+        # Read here, on the API thread: its reads take the store Database's lock.
         return getattr(self._view, "uptime_counts", None)
 
     def close(self) -> None:

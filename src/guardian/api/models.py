@@ -99,6 +99,9 @@ class TargetHealth(BaseModel):
     status: TargetStatus
     reason: str
     critical: bool
+    starting: bool = Field(
+        False, description="not up yet: no result yet, in its startup phase or restarting"
+    )
     checked_at: datetime | None = None
 
 
@@ -167,6 +170,9 @@ class TargetView(BaseModel):
     status: TargetStatus
     reason: str
     has_service: bool
+    starting: bool = Field(
+        False, description="not up yet: no result yet, in its startup phase or restarting"
+    )
     recovery: RecoveryInfo | None
     checks: list[CheckView]
 
@@ -370,6 +376,40 @@ def _system(results: list[CheckResult]) -> SystemHealth:
     return system
 
 
+def starting(
+    results: list[CheckResult], recovery: Mapping[str, Any] | None, *, reports: bool = True
+) -> bool:
+    """Whether a target is not up yet without having failed: a restart in progress, no
+    result yet (from a target with checks: ``reports``), a failure in its startup phase."""
+    if recovery is not None and recovery.get("restarting") is True:
+        return True
+    if not results:
+        return reports
+    return any(r.startup and r.status is Status.FAILED for r in results)
+
+
+def stack_health(
+    view: GuardianView, snapshot: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[Health, set[str]]:
+    """The stack's health and the targets not up yet.
+
+    Never healthy while something is not up yet: a target restarting (its latest results
+    may still be the good ones from before) makes a healthy stack degraded; a critical
+    target's startup is degraded too (:func:`guardian.state.aggregate`), only a critical
+    target's real failure is unhealthy.
+    """
+    snapshot = view.recovery_snapshot() if snapshot is None else snapshot
+    with_checks = {t.name for t in view.config.targets if any(c.enabled for c in t.checks)}
+    not_up = {
+        name for name, results in _by_target(view).items()
+        if starting(results, snapshot.get(name), reports=name in with_checks)
+    }
+    health = view.state.overall()
+    if health == "healthy" and not_up:
+        health = "degraded"
+    return health, not_up
+
+
 def _by_target(view: GuardianView) -> dict[str, list[CheckResult]]:
     grouped: dict[str, list[CheckResult]] = {t.name: [] for t in view.config.targets}
     for r in view.state.results():
@@ -385,12 +425,14 @@ def build_health(view: GuardianView, now: datetime) -> HealthResponse:
     targets: dict[str, TargetHealth] = {}
     services: dict[str, ServiceHealth] = {}
     comfyui: ComfyUIHealth | None = None
+    overall, not_up = stack_health(view, snapshot)
     for name, results in grouped.items():
         status, reason = target_summary(results)
         targets[name] = TargetHealth(
             status=status,
             reason=reason,
             critical=critical.get(name, True),
+            starting=name in not_up,
             checked_at=max((r.finished for r in results), default=None),
         )
         if name in with_service or name in snapshot:
@@ -402,7 +444,7 @@ def build_health(view: GuardianView, now: datetime) -> HealthResponse:
     all_results = [r for rs in grouped.values() for r in rs]
     problems = view.state.problems
     return HealthResponse(
-        status=view.state.overall(),
+        status=overall,
         timestamp=now,
         uptime_seconds=round(uptime(view, now), 3),
         services=services,
@@ -425,6 +467,7 @@ def build_status(view: GuardianView, now: datetime) -> StatusResponse:
     grouped = _by_target(view)
     snapshot = view.recovery_snapshot()
     configs = {t.name: t for t in view.config.targets}
+    overall, not_up = stack_health(view, snapshot)
     targets: list[TargetView] = []
     for name, results in grouped.items():
         cfg = configs.get(name)
@@ -447,6 +490,7 @@ def build_status(view: GuardianView, now: datetime) -> StatusResponse:
                 status=status,
                 reason=reason,
                 has_service=cfg is not None and cfg.service is not None,
+                starting=name in not_up,
                 recovery=_recovery(snapshot.get(name)),
                 checks=checks,
             )
@@ -455,7 +499,7 @@ def build_status(view: GuardianView, now: datetime) -> StatusResponse:
         m for m in (incident_model(i) for i in view.incidents(100, False)) if m is not None
     ]
     return StatusResponse(
-        status=view.state.overall(),
+        status=overall,
         timestamp=now,
         uptime_seconds=round(uptime(view, now), 3),
         targets=targets,

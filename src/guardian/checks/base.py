@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from guardian.result import Outcome
 
 if TYPE_CHECKING:
     from guardian.clock import Clock
     from guardian.services.base import ServiceBackend
+
+
+def _usable_url(url: str) -> str:
+    """A URL every run could connect to: a host, a port in range, brackets that close.
+
+    Caught here, a typo is a config error naming its key and line, not a check that fails
+    with "ValueError" on every run.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError on a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"invalid URL {url!r}: {exc}") from None
+    if port == 0:
+        raise ValueError(f"invalid URL {url!r}: port 0")
+    if not parts.hostname:
+        raise ValueError(f"invalid URL {url!r}: no host")
+    return url
+
+
+TargetUrl = Annotated[
+    str,
+    Field(pattern=r"^https?://", description="http:// or https:// URL"),
+    AfterValidator(_usable_url),
+]
 
 
 class CheckConfigBase(BaseModel):
@@ -46,6 +72,22 @@ class CheckConfigBase(BaseModel):
         return self.name or self.kind
 
 
+class GuardianStall(Protocol):
+    """Whether Guardian itself could run (its event-loop lag), for a check's own deadline.
+
+    The engine's hard timeout already asks this; a check that ends itself a little sooner
+    (for a clearer reason) must ask too, or Guardian's overload becomes the target's failure.
+    """
+
+    def mark(self) -> float:
+        """A point to measure from, taken when the check starts."""
+        ...
+
+    def own_fault(self, mark: float, timeout: float) -> str | None:
+        """The SKIPPED reason when Guardian stalled for much of ``timeout`` since ``mark``."""
+        ...
+
+
 @dataclass
 class CheckContext:
     """What a check may use besides its own config."""
@@ -53,6 +95,7 @@ class CheckContext:
     target: str
     clock: Clock
     service: ServiceBackend | None = None  # the target's controllable service, if any
+    stall: GuardianStall | None = None  # None outside a running Guardian (tests, `check`)
 
 
 class Check(Protocol):

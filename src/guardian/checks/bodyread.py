@@ -8,7 +8,10 @@ slow drip of one byte per second never trips a per-read socket timeout.
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class BodyTooLarge(Exception):

@@ -15,16 +15,18 @@ import json
 import random
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import Field
 
-from guardian.checks.base import Check, CheckConfigBase, CheckContext
+from guardian.checks.base import Check, CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.bodyread import BodyTooLarge, read_capped
 from guardian.checks.progress import ProgressProbe, ProgressSample, judge
 from guardian.result import Outcome, Value
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
 MIB = 1024 * 1024
@@ -37,7 +39,7 @@ class ComfyUICheckConfig(CheckConfigBase):
     """``/system_stats`` + ``/queue``: online, versions, busy, stuck jobs, memory pressure."""
 
     kind: Literal["comfyui"] = "comfyui"
-    url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
+    url: TargetUrl = DEFAULT_COMFYUI_URL
     vram_free_min_mb: float | None = Field(
         1024, ge=0, le=1e9, description="idle with less free VRAM on any GPU: memory pressure"
     )
@@ -84,7 +86,7 @@ class ComfyUICanaryConfig(CheckConfigBase):
     """Submit a model-free EmptyImage -> PreviewImage prompt and wait for it to finish."""
 
     kind: Literal["comfyui_canary"] = "comfyui_canary"
-    url: str = Field(DEFAULT_COMFYUI_URL, pattern=r"^https?://")
+    url: TargetUrl = DEFAULT_COMFYUI_URL
     interval: float = Field(600.0, gt=0, le=86_400)
     timeout: float = Field(60.0, gt=0, le=3600)
     poll_interval: float = Field(0.5, gt=0, le=60)
@@ -111,11 +113,15 @@ class _Api:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
+        from guardian.checks.httpxlib import httpx  # only a configured comfyui check loads it
+
         # trust_env=False: a proxy from the environment must never sit between us and loopback.
         self.client = httpx.AsyncClient(base_url=self.url, timeout=timeout, trust_env=False)
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
         """Status and body, reading at most ``max_body_bytes``."""
+        from guardian.checks.httpxlib import httpx
+
         try:
             async with self.client.stream(method, path, json=body) as response:
                 return response.status_code, await self._read_capped(response, path)

@@ -31,15 +31,18 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from urllib.parse import quote, urljoin, urlsplit
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from guardian.checks.base import CheckConfigBase, CheckContext
+from guardian.checks.base import CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.bodyread import BodyTooLarge, read_capped
-from guardian.checks.httpwire import WireClient, WireError
+from guardian.checks.httpwire import ConnectTimeout, WireClient, WireError
 from guardian.result import Outcome, Status, Value, worst
+
+if TYPE_CHECKING:
+    import httpx
 
 # The original plan's contract, strictly: anything but these two words is a failure.
 # (An endpoint that says "UP"/"pass" can set json_status = false and use conditions.)
@@ -65,7 +68,7 @@ class JsonCondition(BaseModel):
 
 class HttpCheckConfig(CheckConfigBase):
     kind: Literal["http"] = "http"
-    url: str = Field(pattern=r"^https?://", description="http:// or https:// URL")
+    url: TargetUrl
     method: Literal["GET", "HEAD"] = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
     expect_status: list[int] = Field(
@@ -228,39 +231,85 @@ def json_status_outcome(doc: Any) -> tuple[Status, str] | None:
     return None
 
 
+class TooManyRedirects(Exception):
+    """More hops than ``max_redirects`` (redirects are followed by hand)."""
+
+
+class HopFailed(Exception):
+    """An httpx (TLS) hop failed; the message is the reason."""
+
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out
+
+
 def describe_transport_error(exc: BaseException, cfg: HttpCheckConfig) -> str:
     """A short, specific reason for a request that never produced a usable response."""
-    if isinstance(exc, httpx.TooManyRedirects):
+    if isinstance(exc, TooManyRedirects):
         return f"too many redirects (more than {cfg.max_redirects})"
+    text = str(exc) or type(exc).__name__
+    return _from_cause_chain(exc, cfg) or f"{type(exc).__name__}: {text}"
+
+
+def describe_httpx_error(exc: httpx.HTTPError, cfg: HttpCheckConfig) -> str:
+    """:func:`describe_transport_error` for what an httpx (TLS) hop raised."""
+    from guardian.checks.httpxlib import httpx
+
     if isinstance(exc, httpx.ConnectTimeout):
         return f"connect timed out after {cfg.connect_timeout or cfg.timeout:g}s"
     if isinstance(exc, httpx.TimeoutException):
         return f"read timed out after {cfg.timeout:g}s"
-    chain = _cause_chain(exc)
-    for inner in chain:
-        if isinstance(inner, ssl.SSLCertVerificationError):
-            return f"TLS certificate rejected: {inner.verify_message or inner.reason}"
-        if isinstance(inner, ssl.SSLError):
-            return f"TLS error: {inner.reason or inner}"
-        if isinstance(inner, socket.gaierror):
-            return f"DNS lookup failed for {httpx.URL(cfg.url).host}: {inner.strerror or inner}"
-        if isinstance(inner, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(inner, ConnectionResetError):
-            return "connection reset by peer"
+    from_chain = _from_cause_chain(exc, cfg)
+    if from_chain is not None:
+        return from_chain
     text = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectError):
         lowered = text.lower()
         if "refused" in lowered:
             return "connection refused"
         if "name or service" in lowered or "getaddrinfo" in lowered or "nodename" in lowered:
-            return f"DNS lookup failed for {httpx.URL(cfg.url).host}: {text}"
+            return f"DNS lookup failed for {_host(cfg.url)}: {text}"
         return f"connect failed: {text}"
     if isinstance(exc, httpx.RemoteProtocolError):
         return f"invalid HTTP response: {text}"
     if isinstance(exc, httpx.ReadError):
         return f"connection broken while reading: {text}"
     return f"{type(exc).__name__}: {text}"
+
+
+def _from_cause_chain(exc: BaseException, cfg: HttpCheckConfig) -> str | None:
+    for inner in _cause_chain(exc):
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            return f"TLS certificate rejected: {inner.verify_message or inner.reason}"
+        if isinstance(inner, ssl.SSLError):
+            return f"TLS error: {inner.reason or inner}"
+        if isinstance(inner, socket.gaierror):
+            return f"DNS lookup failed for {_host(cfg.url)}: {inner.strerror or inner}"
+        if isinstance(inner, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(inner, ConnectionResetError):
+            return "connection reset by peer"
+    return None
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+# RFC 3986 characters allowed unescaped in a path / query (``%`` keeps existing escapes).
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+@functools.lru_cache(maxsize=4096)  # pure, and asked again on every run of a check
+def wire_address(url: str) -> tuple[str, int, str]:
+    """Host, port and request target (path + query, percent-encoded) of an http:// URL."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").encode("idna").decode("ascii")
+    target = quote(parts.path or "/", safe=_PATH_SAFE)
+    if parts.query:
+        target += "?" + quote(parts.query, safe=_QUERY_SAFE)
+    return host, parts.port or 80, target
 
 
 def _cause_chain(exc: BaseException) -> list[BaseException]:
@@ -305,7 +354,7 @@ class HttpCheck:
     def __init__(self, config: HttpCheckConfig, ctx: CheckContext) -> None:
         self.config = config
         self._ctx = ctx
-        self._url = httpx.URL(config.url)
+        self._url = config.url
         self._wire = WireClient(config.headers)
         self._tls_client: httpx.AsyncClient | None = None
 
@@ -317,6 +366,17 @@ class HttpCheck:
         def elapsed_ms() -> float:
             return round((clock.monotonic() - started) * 1000.0, 1)
 
+        stall = self._ctx.stall
+        mark = stall.mark() if stall is not None else 0.0
+
+        def timed_out(reason: str) -> Outcome:
+            # A deadline that passed while Guardian itself could not run says nothing
+            # about the target: the same rule as the engine's hard timeout.
+            own = stall.own_fault(mark, budget) if stall is not None else None
+            if own is not None:
+                return Outcome.skipped(own, timeout_s=cfg.timeout, response_ms=elapsed_ms())
+            return Outcome.failed(reason, response_ms=elapsed_ms())
+
         # Our own deadline, a little inside the engine's, so a slow drip ends as a clear
         # "timed out" outcome with what we measured instead of a bare cancellation.
         budget = cfg.timeout * 0.95
@@ -325,12 +385,18 @@ class HttpCheck:
                 code, content_type, body = await self._fetch()
         except TimeoutError:
             await self._wire.aclose()
-            return Outcome.failed(f"timed out after {cfg.timeout:g}s", response_ms=elapsed_ms())
+            return timed_out(f"timed out after {cfg.timeout:g}s")
         except BodyTooLarge as exc:
             return Outcome.failed(str(exc), response_ms=elapsed_ms(), body_bytes=exc.limit)
+        except ConnectTimeout as exc:
+            return timed_out(str(exc))
         except WireError as exc:
             return Outcome.failed(str(exc), response_ms=elapsed_ms())
-        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+        except HopFailed as exc:
+            if exc.timed_out:
+                return timed_out(str(exc))
+            return Outcome.failed(str(exc), response_ms=elapsed_ms())
+        except (TooManyRedirects, OSError, ssl.SSLError) as exc:
             return Outcome.failed(describe_transport_error(exc, cfg), response_ms=elapsed_ms())
         values: dict[str, Value] = {
             "status_code": code,
@@ -345,36 +411,37 @@ class HttpCheck:
         url = self._url
         hops = 0
         while True:
-            if url.scheme == "http":
+            if urlsplit(url).scheme.lower() == "http":
                 code, headers, body = await self._wire_hop(url)
             else:
                 code, headers, body = await self._tls_hop(url)
             if self._follows(code, headers):
                 hops += 1
                 if hops > cfg.max_redirects:
-                    raise httpx.TooManyRedirects("redirect loop")
-                url = url.join(headers["location"])
+                    raise TooManyRedirects("redirect loop")
+                url = urljoin(url, headers["location"])
                 continue
             return code, headers.get("content-type", ""), body
 
     def _follows(self, code: int, headers: Mapping[str, str]) -> bool:
         return self.config.follow_redirects and code in REDIRECT_CODES and "location" in headers
 
-    async def _wire_hop(self, url: httpx.URL) -> tuple[int, Mapping[str, str], bytes]:
+    async def _wire_hop(self, url: str) -> tuple[int, Mapping[str, str], bytes]:
         """One plain-http exchange; a body that is not to be read (HEAD, redirect) is b""."""
         cfg = self.config
-        port = url.port or 80
-        target = url.raw_path.decode("ascii")
+        host, port, target = wire_address(url)
         response = await self._wire.request(
-            cfg.method, url.host, port, target,
+            cfg.method, host, port, target,
             limit=cfg.max_body_bytes,
             connect_timeout=cfg.connect_timeout or cfg.timeout,
             skip_body=self._follows,
         )  # fmt: skip
         return response.status, response.headers, response.body or b""
 
-    async def _tls_hop(self, url: httpx.URL) -> tuple[int, Mapping[str, str], bytes]:
+    async def _tls_hop(self, url: str) -> tuple[int, Mapping[str, str], bytes]:
         cfg = self.config
+        from guardian.checks.httpxlib import httpx  # only https targets load httpx
+
         if self._tls_client is None:
             # No keep-alive: an aborted stream must never leave a half-read connection.
             self._tls_client = httpx.AsyncClient(
@@ -386,14 +453,18 @@ class HttpCheck:
                 trust_env=False,
             )
         client = self._tls_client
-        response = await client.send(client.build_request(cfg.method, url), stream=True)
         try:
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            skip = cfg.method == "HEAD" or self._follows(response.status_code, headers)
-            body = b"" if skip else await read_capped(response, cfg.max_body_bytes)
-            return response.status_code, headers, body
-        finally:
-            await response.aclose()
+            response = await client.send(client.build_request(cfg.method, url), stream=True)
+            try:
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                skip = cfg.method == "HEAD" or self._follows(response.status_code, headers)
+                body = b"" if skip else await read_capped(response, cfg.max_body_bytes)
+                return response.status_code, headers, body
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            raise HopFailed(describe_httpx_error(exc, cfg), timed_out=timed_out) from exc
 
     def _judge(
         self, code: int, content_type: str, body: bytes, values: dict[str, Value]

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,14 @@ from guardian.gpu.nvml import Nvml, load_pynvml
 from guardian.result import Value
 
 log = logging.getLogger("guardian.checks.progress")
+
+# Lines ComfyUI 0.3.64 logs for a request, not for work (capture control_route_bodies.json):
+# the three answers to POST /interrupt and a new prompt arriving.
+CHATTER = re.compile(
+    r"^(?:Global interrupt \(no prompt_id specified\)|Interrupting prompt \S+"
+    r"|Prompt \S+ is not currently running, skipping interrupt|got prompt)\s*$"
+)
+LOG_READ_MAX = 1 << 20  # more new output than this in one window is progress, unread
 
 ProcKey = tuple[int, float]  # (pid, create_time): a pid reused by another process differs
 
@@ -127,6 +137,8 @@ class ProgressProbe:
         self._gpu_enabled = gpu
         self._nvml: Nvml | None = None
         self._gpu_last_ts: dict[int, int] = {}
+        self._log_pos: int | None = None  # bytes of the log file already looked at
+        self._log_changes = 0
 
     async def sample(self, history_sig: str | None) -> ProgressSample:
         pid = await self._root_pid()
@@ -162,23 +174,42 @@ class ProgressProbe:
         return self._listener[0] if self._listener is not None else None
 
     async def _log_sig(self) -> str | None:
-        """Size and mtime of the log file, or a hash of the service's last log lines."""
+        """A count of the log file's new output, or a hash of the service's last log lines;
+        request chatter (see :data:`CHATTER`) is not output: Guardian's own /interrupt
+        makes ComfyUI log a line, and that must not pass for the stuck job's progress."""
         if self.log_file is not None:
             try:
-                st = await asyncio.to_thread(self.log_file.stat)
+                grew = await asyncio.to_thread(self._log_grew, self.log_file)
             except OSError:
                 return None
-            return f"{st.st_size}:{st.st_mtime_ns}"
+            self._log_changes += grew
+            return str(self._log_changes)
         if self.ctx.service is None:
             return None
         try:
-            lines = await self.ctx.service.log_tail(5)
+            lines = await self.ctx.service.log_tail(20)
         except Exception as exc:
             log.debug("log tail for progress failed: %s", exc)
             return None
+        lines = [line for line in lines if not CHATTER.match(line)][-5:]
         if not lines:
             return None
         return hashlib.sha1("\n".join(lines).encode("utf-8", "replace")).hexdigest()
+
+    def _log_grew(self, path: Path) -> bool:
+        """Whether ``path`` got output other than request chatter since the last call
+        (a file that shrank was rotated or truncated: that counts as output)."""
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            start, self._log_pos = self._log_pos, size
+            if start is None or size == start:
+                return False
+            if size < start or size - start > LOG_READ_MAX:
+                return True
+            fh.seek(start)
+            text = fh.read(size - start).decode("utf-8", "replace")
+        parts = re.split(r"[\r\n]+", text)
+        return any(part.strip() and not CHATTER.match(part) for part in parts)
 
     def _gpu_percent(self, pids: set[int]) -> float | None:
         """Highest SM utilisation of ``pids`` on any GPU; None without NVML or a GPU."""

@@ -356,7 +356,8 @@ class ComfyUISim(SimApp):
     # ------------------------------------------------------------------ lifecycle
 
     def boot_banner(self) -> None:
-        """What ComfyUI prints before it opens its port."""
+        """What ComfyUI 0.3.64 prints before it opens its port (capture
+        ``boot_timeline.json``, less its model-specific warnings and failed imports)."""
         vram_mb = self._device_stats()["vram_total"] // MIB
         ram_mb = self._ram()[0] // MIB
         self.log("Checkpoint files will always be loaded safely.")
@@ -368,8 +369,19 @@ class ComfyUISim(SimApp):
         else:
             self.log("Set vram state to: DISABLED")
             self.log("Device: cpu")
+        self.log("Using pytorch attention" if self.device == "cuda" else
+                 "Using sub quadratic optimization for attention, if you have memory or speed "
+                 "issues try using: --use-split-cross-attention")
         self.log(f"Python version: {sys.version}")
         self.log(f"ComfyUI version: {COMFYUI_VERSION}")
+        self.log("ComfyUI frontend version: 1.27.10")
+        self.log("[Prompt Server] web root: venv/lib/python3.11/site-packages/"
+                 "comfyui_frontend_package/static")
+        self.log("\nImport times for custom nodes:")
+        self.log("   0.0 seconds: ComfyUI/custom_nodes/websocket_image_save.py\n")
+        for line in ("Context impl SQLiteImpl.", "Will assume non-transactional DDL.",
+                     "No target revision found."):
+            self.log(line)
 
     def on_start(self) -> None:
         self._worker = threading.Thread(target=self._work, name="comfyui-sim-exec", daemon=True)
@@ -514,43 +526,60 @@ class ComfyUISim(SimApp):
             return json_reply({k: self._history[k] for k in keys})
 
     def _post_history(self, request: Request) -> Reply:
-        data = parse_json_body(request.body)
+        data = _clear_delete_body(request.body)
         with self.cond:
-            if isinstance(data, dict) and data.get("clear"):
+            if data.get("clear"):
                 self._history.clear()
-            if isinstance(data, dict) and isinstance(data.get("delete"), list):
+            if isinstance(data.get("delete"), list):
                 for prompt_id in data["delete"]:
                     self._history.pop(str(prompt_id), None)
         return Reply(200)
 
     def _post_queue(self, request: Request) -> Reply:
-        data = parse_json_body(request.body)
+        data = _clear_delete_body(request.body)
         with self.cond:
-            if isinstance(data, dict) and data.get("clear"):
+            if data.get("clear"):
                 self._pending.clear()
-            if isinstance(data, dict) and isinstance(data.get("delete"), list):
+            if isinstance(data.get("delete"), list):
                 doomed = {str(p) for p in data["delete"]}
                 self._pending = [item for item in self._pending if item[1] not in doomed]
         return Reply(200)
 
     def _post_interrupt(self, request: Request) -> Reply:
-        data = parse_json_body(request.body) if request.body else {}
-        wanted = data.get("prompt_id") if isinstance(data, dict) else None
+        """Like ComfyUI: an unreadable body (empty, malformed) is a global interrupt, JSON
+        that is not an object a 500; a falsy ``prompt_id`` is global too. Each case logs the
+        line ComfyUI logs (capture ``control_route_bodies.json``)."""
+        try:
+            data = json.loads(request.body)
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            raise BadRequest("body is not an object")  # ComfyUI's json_data.get() raises
+        wanted = data.get("prompt_id")
         with self.cond:
             self.interrupts += 1
-            if self._running is not None and wanted in (None, self._running[1]):
+            running = self._running[1] if self._running is not None else None
+            hit = running is not None and (not wanted or wanted == running)
+            if hit:
                 self._interrupt = True
                 self.cond.notify_all()
+        if not wanted:
+            self.log("Global interrupt (no prompt_id specified)")
+        elif hit:
+            self.log(f"Interrupting prompt {wanted}")
+        else:
+            self.log(f"Prompt {wanted} is not currently running, skipping interrupt")
         return Reply(200)
 
     def _post_free(self, request: Request) -> Reply:
-        """ComfyUI only sets flags here; its worker applies them when it is next idle."""
-        data = parse_json_body(request.body) if request.body else {}
+        """ComfyUI only sets flags here; its worker applies them when it is next idle. The
+        body must be a JSON object: anything else (even an empty body) is ComfyUI's 500."""
+        data = parse_json_body(request.body)
         if not isinstance(data, dict):
-            return Reply(200)
+            raise BadRequest("body is not an object")
         with self.cond:
             for flag in ("unload_models", "free_memory"):
-                if data.get(flag) is True:
+                if data.get(flag):
                     self._free_flags[flag] = True
             self.cond.notify_all()
         return Reply(200)
@@ -638,7 +667,7 @@ class ComfyUISim(SimApp):
                 self.log(f"  - {reason['message']}: {reason['details']}")
         if result.node_errors:
             self.log("Output will be ignored")
-        self.log(f"invalid prompt: {result.error['message']}")
+        self.log(f"invalid prompt: {result.error}")  # ComfyUI logs the error dict's repr
 
     # ------------------------------------------------------------------ execution
 
@@ -815,6 +844,17 @@ class ComfyUISim(SimApp):
             images.append({"filename": f"{base}_{n:05}_.png", "subfolder": subfolder,
                            "type": kind})
         return {"images": images}
+
+
+def _clear_delete_body(body: bytes) -> dict[str, Any]:
+    """What ComfyUI's ``"clear" in json_data`` survives for POST /queue and /history: an
+    object; an array or string holding neither key (then nothing happens); else a 500."""
+    data = parse_json_body(body)
+    if isinstance(data, dict):
+        return data
+    if isinstance(data, list | str) and "clear" not in data and "delete" not in data:
+        return {}
+    raise BadRequest("body is not an object")
 
 
 def _entry(

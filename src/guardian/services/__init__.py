@@ -52,6 +52,7 @@ def build_backend(
             user=svc.systemd_user,
             stop_timeout=svc.stop_timeout,
             kill_after_stop_timeout=svc.kill_stuck,
+            clock=clock,
         )
     from guardian.services.windows import WindowsServiceBackend
 

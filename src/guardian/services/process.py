@@ -59,8 +59,8 @@ log = logging.getLogger("guardian.services.process")
 LOG_IO_DEADLINE = 30.0  # seconds for a log tail, a copy-truncate or a process-table scan
 
 KILL_WAIT = 5.0  # seconds to wait for the exit after SIGKILL before giving up
-ROTATE_INTERVAL = 1.0  # seconds between log size checks while the log grows
-ROTATE_IDLE_MAX = 10.0  # ... backing off to this while it does not
+ROTATE_INTERVAL = 1.0  # seconds between log size checks
+ROTATE_IDLE_MAX = 10.0  # ... backing off to this while the log does not grow
 MARKER = "--- guardian"  # first word of Guardian's own lines in a supervised log
 IS_WINDOWS = sys.platform == "win32"
 
@@ -137,6 +137,7 @@ class ProcessBackend:
         self._restarts = 0
         self._starts = 0
         self._rotator: asyncio.Task[None] | None = None
+        self._closing = False  # aclose() ran: the rotator ends
         self.start_outcome: StartOutcome | None = None  # what the first start() did
 
     # ----------------------------------------------------------------- protocol
@@ -243,6 +244,7 @@ class ProcessBackend:
                     run.popen.returncode = 0  # stop Popen from reaping a process it no longer owns
             else:
                 await self._stop_locked()
+            self._closing = True
             if self._rotator is not None:
                 self._rotator.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -371,6 +373,7 @@ class ProcessBackend:
         self._run = run
         run.watcher.exited.add_done_callback(lambda fut: self._on_exit(run, fut))
         if self._rotator is None or self._rotator.done():
+            self._closing = False
             self._rotator = asyncio.get_running_loop().create_task(self._rotate_forever())
 
     # ----------------------------------------------------------------- stopping
@@ -460,30 +463,59 @@ class ProcessBackend:
     async def _rotate_forever(self) -> None:
         """Keep the log within its size limit by copy-truncate, while Guardian runs.
 
-        The size is checked every ``rotate_interval`` while the log grows; while it does
-        not, the wait doubles up to :data:`ROTATE_IDLE_MAX`, so a quiet child does not cost
-        a thread and two wakeups every second (most of an idle Guardian's CPU). A child
-        that starts writing after a quiet spell is caught within that longer wait.
+        The size is looked at every ``rotate_interval``, sooner while the file grows fast
+        enough to pass its limit before then (see :func:`next_rotate_check`): a chatty
+        child would otherwise overshoot by a whole interval of output. While it does not
+        grow at all the wait doubles up to :data:`ROTATE_IDLE_MAX`: a quiet child then
+        costs no thread and wakeups every second (most of an idle Guardian's CPU); one that
+        starts writing after a quiet spell is seen within that longer wait.
         """
-        def rotate_then_size() -> int:
-            self.log.rotate_if_needed()
-            return self.log.size()
-
-        interval, last_size = self.rotate_interval, -1
-        while True:
-            await self.clock.sleep(interval)
+        delay = self.rotate_interval
+        last_size: int | None = None
+        last_at = self.clock.monotonic()
+        with contextlib.suppress(Exception):
+            last_size = await pool("logs").run(
+                self.log.size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
+            )
+            last_at = self.clock.monotonic()
+        # Checked after every await, not only cancellation: Python 3.11's wait_for (inside
+        # pool().run) can swallow a cancel that arrives as its call completes.
+        while not self._closing:
+            await self.clock.sleep(delay)
+            if self._closing:
+                return
             try:
-                size = await pool("logs").run(
-                    rotate_then_size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
+                seen, left = await pool("logs").run(
+                    self.log.rotate_and_size, LOG_IO_DEADLINE, key=f"rotate:{self.name}"
                 )
             except Exception:  # never let rotation trouble end supervision
                 log.warning("%s: log rotation failed", self.name, exc_info=True)
-                interval = self.rotate_interval
+                delay, last_size = self.rotate_interval, None
                 continue
-            grew, last_size = size != last_size, size  # a rotation shrinks it: also a change
-            interval = (
-                self.rotate_interval if grew else min(ROTATE_IDLE_MAX, interval * 2)
-            )
+            now = self.clock.monotonic()
+            grew = None if last_size is None else seen - last_size
+            if grew == 0:  # quiet: back off, so an idle child costs no wakeup a second
+                delay = min(ROTATE_IDLE_MAX, max(delay, self.rotate_interval) * 2)
+            else:
+                delay = next_rotate_check(
+                    left, grew, now - last_at, self.log.max_bytes, self.rotate_interval
+                )
+            last_size, last_at = left, now
+
+
+ROTATE_MIN_INTERVAL = 0.05  # seconds: the fastest size checks of a fast-growing log
+
+
+def next_rotate_check(
+    size: int, grew: int | None, elapsed: float, limit: int, interval: float
+) -> float:
+    """Seconds until the next size check of a log of ``size`` bytes that grew by ``grew``
+    bytes over the last ``elapsed`` seconds: ``interval``, or half the time it needs at
+    that rate to reach ``limit``, but at least :data:`ROTATE_MIN_INTERVAL`."""
+    if grew is None or grew <= 0 or elapsed <= 0:
+        return interval
+    rate = grew / elapsed
+    return min(interval, max(ROTATE_MIN_INTERVAL, max(0, limit - size) / rate / 2))
 
 
 def _roots(found: list[ProcessIdentity]) -> list[ProcessIdentity]:

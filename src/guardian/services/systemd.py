@@ -8,8 +8,11 @@ polkit prompt from ever waiting on a terminal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import signal
+from dataclasses import replace
 from pathlib import Path
 
 from guardian.clock import Clock, SystemClock
@@ -125,6 +128,7 @@ class SystemdBackend:
         self.kill_after_stop_timeout = kill_after_stop_timeout
         self.poll_interval = poll_interval
         self.clock = clock or SystemClock()
+        self._notes: list[str] = []  # what the last stop/restart had to do, for its report
 
     def _tool(self, name: str) -> str:
         found = shutil.which(name)
@@ -144,6 +148,15 @@ class SystemdBackend:
         return await run_service_tool(argv, timeout=timeout, what=what)
 
     async def status(self) -> ServiceStatus:
+        status = await self._status()
+        if self._notes and status.state in (ServiceState.RUNNING, ServiceState.STARTING):
+            # What a stuck restart had to do travels with the first status after it into
+            # the recovery event, and so into the incident.
+            notes, self._notes = "; ".join(self._notes), []
+            status = replace(status, detail=f"{status.detail} (after: {notes})")
+        return status
+
+    async def _status(self) -> ServiceStatus:
         argv = self._systemctl("show", "-p", ",".join(SHOW_PROPERTIES), "--", self.unit)
         result = await self._run(argv, self.timeout)
         props = parse_show(result.stdout)
@@ -171,14 +184,15 @@ class SystemdBackend:
 
     async def stop(self) -> None:
         """``systemctl stop``; a unit still deactivating after ``stop_timeout`` (or a stop
-        job that never returns) gets ``systemctl kill --kill-whom=all --signal=SIGKILL``:
-        every process in the unit's cgroup, as the unit's own KillMode would at its end."""
+        job that never returns) is killed the way its own unit file says (see
+        :meth:`_kill_stuck`)."""
+        self._notes = []
         try:
             await self._control("stop")
         except ServiceError as exc:
             if exc.kind is not ServiceErrorKind.TIMEOUT or not self.kill_after_stop_timeout:
                 raise
-            await self._kill_all(f"systemctl stop did not return ({exc})")
+            await self._kill_stuck(f"systemctl stop did not return ({exc})")
             return
         if not await self._wait_stopped(self.stop_timeout):
             if not self.kill_after_stop_timeout:
@@ -186,20 +200,21 @@ class SystemdBackend:
                     ServiceErrorKind.TIMEOUT,
                     f"{self.unit} still deactivating after {self.stop_timeout:g}s",
                 )
-            await self._kill_all(f"still deactivating after {self.stop_timeout:g}s")
+            await self._kill_stuck(f"still deactivating after {self.stop_timeout:g}s")
 
     async def restart(self) -> None:
-        """``systemctl restart``; when its stop half hangs (the job does not return, or the
-        unit is left deactivating past ``stop_timeout``), kill the cgroup and start."""
+        """``systemctl restart``; when it hangs (the job does not return, or the unit is
+        left deactivating past ``stop_timeout``), kill the unit's processes and start."""
+        self._notes = []
         try:
             await self._control("restart")
         except ServiceError as exc:
             if exc.kind is not ServiceErrorKind.TIMEOUT or not self.kill_after_stop_timeout:
                 raise
-            await self._kill_all(f"systemctl restart did not return ({exc})")
-            await self._control("start")
+            await self._kill_stuck(f"systemctl restart did not return ({exc})")
+            await self._start_again()
             return
-        if (await self.status()).state is not ServiceState.STOPPING:
+        if (await self._status()).state is not ServiceState.STOPPING:
             return
         if await self._wait_stopped(self.stop_timeout, running_is_done=True):
             return
@@ -208,7 +223,11 @@ class SystemdBackend:
                 ServiceErrorKind.TIMEOUT,
                 f"{self.unit} still deactivating after {self.stop_timeout:g}s",
             )
-        await self._kill_all(f"restart: still deactivating after {self.stop_timeout:g}s")
+        await self._kill_stuck(f"restart: still deactivating after {self.stop_timeout:g}s")
+        await self._start_again()
+
+    async def _start_again(self) -> None:
+        self._step("started it again")
         await self._control("start")
 
     async def _wait_stopped(self, timeout: float, *, running_is_done: bool = False) -> bool:
@@ -221,32 +240,73 @@ class SystemdBackend:
             else {ServiceState.STOPPING, ServiceState.RUNNING}
         )
         while True:
-            state = (await self.status()).state
+            state = (await self._status()).state
             if state not in busy:
                 return True
             if self.clock.monotonic() >= deadline:
                 return False
             await self.clock.sleep(self.poll_interval)
 
-    async def _kill_all(self, why: str) -> None:
+    def _step(self, text: str) -> None:
+        self._notes.append(text)
         log.warning(
-            "%s: %s: systemctl kill --kill-whom=all --signal=SIGKILL",
+            "%s: %s",
             self.unit,
-            why,
-            extra={"target": self.name, "event": "service_unstick", "step": "systemctl kill"},
+            text,
+            extra={"target": self.name, "event": "service_unstick", "step": text},
         )
-        argv = self._systemctl("kill", "--kill-whom=all", "--signal=SIGKILL", "--", self.unit)
+
+    async def _kill_plan(self) -> tuple[str, str]:
+        """(``--kill-whom``, ``--signal``) as the unit itself would end a stop that timed
+        out: its ``FinalKillSignal`` (SIGKILL unless set), sent to what its ``KillMode``
+        names (``process``/``none``: the main process only; ``control-group``/``mixed``:
+        every process of the unit). Unreadable properties give systemd's defaults."""
+        whom, sig = "all", "SIGKILL"
+        argv = self._systemctl("show", "-p", "KillMode,FinalKillSignal", "--", self.unit)
+        try:
+            result = await self._run(argv, self.timeout)
+        except ServiceError:
+            return whom, sig
+        props = parse_show(result.stdout)
+        if props.get("KillMode") in ("process", "none"):
+            whom = "main"
+        number = _int(props.get("FinalKillSignal"))
+        if number is not None:
+            with contextlib.suppress(ValueError):
+                sig = signal.Signals(number).name
+        return whom, sig
+
+    async def _kill_stuck(self, why: str) -> None:
+        """``systemctl kill`` the unit (through systemd, so only the unit's own processes
+        are hit, whatever their pids), then wait for it to settle."""
+        whom, sig = await self._kill_plan()
+        self._step(f"{why}: systemctl kill --kill-whom={whom} --signal={sig}")
+        argv = self._systemctl("kill", f"--kill-whom={whom}", f"--signal={sig}", "--", self.unit)
         result = await self._run(argv, self.timeout)
-        if result.rc != 0:
+        text = (result.stderr + "\n" + result.stdout).strip()
+        if result.rc != 0 and "kill-whom" in text and "option" in text:
+            # systemd < 252 knows the option as --kill-who.
+            argv[argv.index(f"--kill-whom={whom}")] = f"--kill-who={whom}"
+            result = await self._run(argv, self.timeout)
             text = (result.stderr + "\n" + result.stdout).strip()
+        if result.rc != 0:
+            state = (await self._status()).state
+            if state in (ServiceState.STOPPED, ServiceState.FAILED):
+                # It ended on its own just before the kill (systemd 252 then even says
+                # "Unit ... not loaded" for the inactive unit).
+                self._step(f"{self.unit} had ended before the kill")
+                return
             raise ServiceError(
                 classify_systemctl_error(result.rc, text),
                 f"systemctl kill {self.unit}: {text[:300] or result.rc}",
             )
         if not await self._wait_stopped(self.timeout):
             raise ServiceError(
-                ServiceErrorKind.TIMEOUT, f"{self.unit} still running after systemctl kill"
+                ServiceErrorKind.TIMEOUT,
+                f"{self.unit} still running {self.timeout:g}s after systemctl kill "
+                f"({'; '.join(self._notes)})",
             )
+        self._step(f"{self.unit} ended ({(await self._status()).detail})")
 
     async def log_tail(self, lines: int = 200) -> list[str]:
         if lines <= 0:

@@ -5,7 +5,8 @@ The stack's services are normally NSSM-wrapped (``OrchestratorComfyUI``,
 exit codes, and works for any service); with ``use_nssm`` a restart goes through
 ``nssm restart`` (which waits for the app to stop and start) and the log tail comes from
 NSSM's AppStdout/AppStderr files. sc.exe messages are localised, so errors are recognised
-by their numeric code (``FAILED 1060:``), never by their words.
+by their numeric code (``FAILED 1060:``), never by their words; on some languages (e.g.
+Russian) even the block's field names are, so a block is also read by its fields' order.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ _STATE_MAP: dict[str, ServiceState] = {
     "PAUSED": ServiceState.PAUSED,
 }
 
-# "FAILED" is localised ("FEHLER", "ÉCHEC 5 :"), so only the shape is matched.
-_SC_ERROR_RE = re.compile(r"\[SC\]\s*(\S+)\s+\S+\s+(\d+)\s*:[ \t]*\n?(.*)", re.S)
+# "FAILED" is localised ("FEHLER", "ÉCHEC 5 :", "失败"), so only the shape is matched. The
+# function may hold a space: "[SC] StartService: OpenService FAILED 1060:".
+_SC_ERROR_RE = re.compile(r"\[SC\][ \t]*([^\n]+?)[ \t]+\S+[ \t]+(\d+)[ \t]*:[ \t]*\n?(.*)", re.S)
 _SC_FIELD_RE = re.compile(r"^\s*([A-Z0-9_]+)\s*:\s*(.*?)\s*$")
 
 
@@ -119,18 +121,60 @@ def parse_sc_error(text: str) -> ScError | None:
     return ScError(m.group(1), int(m.group(2)), message)
 
 
-def parse_sc_query(text: str) -> ScQuery | None:
-    """Parse the ``SERVICE_NAME:`` block; None when the text holds none."""
-    fields: dict[str, str] = {}
+# The order sc.exe prints a block's indented fields in; localised Windows translates the
+# field names ("Состояние", "ID_процесса") but keeps this order and the values' English
+# tokens ("4  RUNNING", "10  WIN32_OWN_PROCESS").
+_BLOCK_ORDER = (
+    "TYPE",
+    "STATE",
+    "WIN32_EXIT_CODE",
+    "SERVICE_EXIT_CODE",
+    "CHECKPOINT",
+    "WAIT_HINT",
+    "PID",
+    "FLAGS",
+)
+_STATE_VALUE_RE = re.compile(r"^(\d+)\s+([A-Z_]+)\s*$")
+
+
+def _block_fields(text: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The first block's fields under their English names, and its controls line."""
+    english: dict[str, str] = {}
+    named: list[tuple[bool, str, str]] = []  # (indented, key, value) in printed order
     controls: tuple[str, ...] = ()
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith("(") and stripped.endswith(")") and "STATE" in fields:
-            controls = tuple(c.strip() for c in stripped[1:-1].split(",") if c.strip())
+        if stripped.startswith("(") and stripped.endswith(")") and named:
+            controls = controls or tuple(
+                c.strip() for c in stripped[1:-1].split(",") if c.strip()
+            )
             continue
-        m = _SC_FIELD_RE.match(line)
-        if m and m.group(1) not in fields:
-            fields[m.group(1)] = m.group(2)
+        key, sep, value = stripped.partition(":")
+        if not sep or not key or " " in key.strip() or key.startswith("["):
+            continue
+        indented = line[:1].isspace()
+        if not indented and any(i for i, _, _ in named):
+            break  # the next service's block
+        named.append((indented, key.strip(), value.strip()))
+        if _SC_FIELD_RE.match(line):
+            english.setdefault(key.strip(), value.strip())
+    if "SERVICE_NAME" in english and "STATE" in english:
+        return english, controls
+    # Localised field names: map by position, if the values have the block's shape.
+    heads = [v for i, _, v in named if not i]
+    body = [v for i, _, v in named if i]
+    if not heads or len(body) < 2 or not _STATE_VALUE_RE.match(body[1]):
+        return {}, ()
+    fields = dict(zip(_BLOCK_ORDER, body, strict=False))
+    fields["SERVICE_NAME"] = heads[0]
+    if len(heads) > 1:
+        fields["DISPLAY_NAME"] = heads[1]
+    return fields, controls
+
+
+def parse_sc_query(text: str) -> ScQuery | None:
+    """Parse the first ``SERVICE_NAME:`` block; None when the text holds none."""
+    fields, controls = _block_fields(text)
     if "SERVICE_NAME" not in fields or "STATE" not in fields:
         return None
     state_parts = fields["STATE"].split()
@@ -450,17 +494,20 @@ class WindowsServiceBackend:
         self, states: tuple[ServiceState, ...], timeout: float, doing: str
     ) -> ServiceState | None:
         """Poll ``sc queryex`` until one of ``states``; None when ``timeout`` passed (or,
-        without ``kill_stuck``, a TIMEOUT error)."""
+        without ``kill_stuck``, a TIMEOUT error). Stuck needs two looks, one at the start and
+        one past the deadline: a single slow ``sc.exe`` call proves no duration."""
         deadline = self.clock.monotonic() + timeout
+        looks = 0
         while True:
             status = await self._status()
+            looks += 1
             if status.state in states:
                 return status.state
             if status.state is ServiceState.NOT_FOUND:
                 raise ServiceError(
                     ServiceErrorKind.NOT_FOUND, f"{self.service_name} disappeared while {doing}"
                 )
-            if self.clock.monotonic() >= deadline:
+            if looks >= 2 and self.clock.monotonic() >= deadline:
                 if not self.kill_stuck:
                     raise ServiceError(
                         ServiceErrorKind.TIMEOUT,

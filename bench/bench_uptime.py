@@ -1,0 +1,123 @@
+"""What uptime costs at scale: recording a result, a flush, the status page's reads, pruning.
+
+Uptime is a component of Guardian's store (``guardian.uptime``): a result is counted in
+memory, and one transaction every ``flush_every`` (60 s) writes about two upserts per
+target. This measures, for 10 / 100 / 1000 targets with 30 days of history already in
+the file (5-minute buckets for 25 h, hourly totals for 31 days, as the retention leaves
+it): the CPU per recorded result, one flush after a minute of results at 1 s per
+target, the uncached read of the 24 h / 7 d / 30 d windows and the 24 h bar (what the
+first status-page request after a flush pays; later ones hit the cache), a cached read,
+and the hourly prune. Medians of ``--runs`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+from _common import table, write_results
+
+from guardian.db import Database
+from guardian.uptime import UPTIME, UptimeStore
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+class Mono:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def fill(db: Database, targets: int) -> None:
+    end = int(NOW.timestamp())
+    fine = [(f"t{t}", end - 300 * i, 299, 300, 0) for t in range(targets) for i in range(300)]
+    hourly = [(f"t{t}", end - end % 3600 - 3600 * i, 3599, 3600, 0)
+              for t in range(targets) for i in range(31 * 24)]
+
+    def write(c: object) -> None:
+        c.executemany("INSERT INTO uptime VALUES (?,?,?,?,?)", fine)  # type: ignore[attr-defined]
+        c.executemany(  # type: ignore[attr-defined]
+            "INSERT INTO uptime_hourly VALUES (?,?,?,?,?)", hourly)
+
+    db.write(write)
+
+
+def run(targets: int, tmp: Path) -> dict[str, float]:
+    path = tmp / f"u{targets}.db"
+    db = Database(path, components=(UPTIME,))
+    mono = Mono()
+    store = UptimeStore(db, now=lambda: NOW, monotonic=mono, flush_every=60)
+    fill(db, targets)
+    store.prune(NOW)
+    names = [f"t{t}" for t in range(targets)]
+    # One minute of results at 1 s per target, recorded as the event bus would.
+    n = 60 * targets
+    t0 = time.perf_counter()
+    for s in range(60):
+        when = NOW + timedelta(seconds=s)
+        for name in names:
+            store.record(name, when, True)
+    record_us = (time.perf_counter() - t0) / n * 1e6
+    t0 = time.perf_counter()
+    store.flush()
+    flush_s = time.perf_counter() - t0
+    later = NOW + timedelta(seconds=60)
+    t0 = time.perf_counter()
+    store.windows(later)
+    store.bars(later)
+    read_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(100):
+        store.windows(later)
+        store.bars(later)
+    cached_s = (time.perf_counter() - t0) / 100
+    t0 = time.perf_counter()
+    store.prune(NOW + timedelta(hours=1))
+    prune_s = time.perf_counter() - t0
+    size_mb = sum(p.stat().st_size for p in tmp.glob(path.name + '*')) / 1e6  # with -wal
+    store.close()
+    db.close()
+    for leftover in tmp.glob(path.name + '*'):  # the file, its -wal/-shm and marker
+        leftover.unlink()
+    return {"record_us": record_us, "flush_s": flush_s, "read_s": read_s,
+            "cached_read_s": cached_s, "prune_s": prune_s, "file_mb": size_mb}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--targets", type=int, nargs="*", default=[10, 100, 1000])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    data: dict[str, object] = {"runs": args.runs, "targets": {}}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for targets in args.targets:
+            runs = [run(targets, Path(tmp)) for _ in range(args.runs)]
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            data["targets"][str(targets)] = {"runs": runs, "median": med}  # type: ignore[index]
+            rows.append([
+                f"{targets:,}", f"{med['file_mb']:.1f}", f"{med['record_us']:.2f}",
+                f"{med['flush_s'] * 1000:.1f}", f"{med['read_s'] * 1000:.1f}",
+                f"{med['cached_read_s'] * 1e6:.0f}", f"{med['prune_s'] * 1000:.1f}",
+            ])
+    md = table(["targets", "file MB", "record µs/result", "flush ms (1 min at 1 s)",
+                "read ms (uncached)", "read µs (cached)", "prune ms"], rows)
+    md += (f"\n\nMedians of {args.runs} runs; 30 days of history in the file (25 h of"
+           " 5-minute buckets, 31 days of hourly totals). The uncached read runs when a window"
+           " moves (every 5 min for 24 h and the bar, hourly for 7 d/30 d), under the store lock.")
+    print(md)
+    write_results("uptime", data, md)
+
+
+if __name__ == "__main__":
+    main()
