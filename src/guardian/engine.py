@@ -137,7 +137,15 @@ class Engine:
         )
 
     async def _run_with_timeout(self, check: Check, timeout: float) -> Outcome:
-        mark = self.lag_probe.mark() if self.lag_probe is not None else 0.0
+        probe = self.lag_probe
+        mark = probe.begin() if probe is not None else 0.0
+        try:
+            return await self._run_marked(check, timeout, mark)
+        finally:
+            if probe is not None:
+                probe.release(mark)  # the lag probe ticks only while checks run
+
+    async def _run_marked(self, check: Check, timeout: float, mark: float) -> Outcome:
         task: asyncio.Task[Outcome] = asyncio.ensure_future(check.run())
         timer = asyncio.ensure_future(self.clock.sleep(timeout))
         try:

@@ -1,12 +1,21 @@
 """Guardian's own lateness: an event-loop lag monitor, and the evidence it gives the engine.
 
 A check that times out because Guardian itself could not run (a flood, a blocked loop,
-a starved CPU) says nothing about its target. The monitor ticks every ``tick`` seconds
-on the loop that runs the checks and records how late each tick woke up: the sum of those
-delays over a check's window is how long Guardian was stalled while the check ran. The
-engine asks :meth:`LoopLagMonitor.stalled_since` when a check times out; when Guardian
-was stalled for a good part of the timeout, the result is SKIPPED instead of FAILED, so
-no restart can ever follow from Guardian's own load.
+a starved CPU) says nothing about its target. While any check runs, the monitor ticks
+every ``tick`` seconds on the loop that runs the checks and records how late each tick
+woke up: the sum of those delays over a check's window is how long Guardian was stalled
+while the check ran. The engine opens a check's window with :meth:`LoopLagMonitor.begin`
+when the check starts, asks :meth:`LoopLagMonitor.stalled_since` when it times out (when
+Guardian was stalled for a good part of the timeout, the result is SKIPPED instead of
+FAILED, so no restart can ever follow from Guardian's own load) and closes it with
+:meth:`LoopLagMonitor.release`. A check's own deadline inside that window takes a plain
+:meth:`LoopLagMonitor.mark`.
+
+Why only while checks run: a stall when nothing runs cannot fail a check, and an idle
+Guardian should not wake ten times a second to look (that tick was most of its idle CPU).
+Every window is covered from its start, so the guarantee is the same as a permanent tick.
+While Guardian is overloaded the tick goes on until it has kept up, so the flag clears
+even if nothing else runs.
 
 Lag is measured on the real monotonic clock (``time.monotonic``), not the injectable
 :class:`~guardian.clock.Clock`: it is a property of the event loop itself.
@@ -20,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 import math
 import time
@@ -37,14 +45,19 @@ LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 # A timed-out check is not evidence against its target when Guardian was stalled for at
 # least this share of the check's timeout during the check.
 STALL_SHARE: Final = 0.5
+MARK_LEASE: Final = 120.0  # seconds a mark() outside any check window keeps the tick
+LATENESS_REFRESH: Final = 30.0  # seconds a check's start-lateness p99 is reused (about)
 
 
 class LagProbe(Protocol):
-    """What the engine needs: a mark at check start, the stall since that mark."""
+    """What the engine needs: a check's window opened at its start (a mark), the stall
+    since that mark, and the window closed at its end (every ``begin()`` released once)."""
 
-    def mark(self) -> float: ...
+    def begin(self) -> float: ...
 
     def stalled_since(self, mark: float) -> float: ...
+
+    def release(self, mark: float) -> None: ...
 
 
 def overloaded_reason(stalled: float, timeout: float) -> str | None:
@@ -87,33 +100,56 @@ class LoopLagMonitor:
         self._sum = 0.0
         self._n = 0
         self._expected: float | None = None  # when the pending tick should wake
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
+        self._timer: asyncio.TimerHandle | None = None
+        self._open = 0  # check windows open (begin() not yet released)
+        self._lease_until = -math.inf  # a mark() outside any window keeps the tick till then
         self.overloaded = False
         self.max_lag = 0.0  # worst lag since overload began (or the last recovery)
         self._last_slow = 0.0
         self._events = 0  # times Guardian fell behind, for the log
         self._lateness: Callable[[], Iterable[tuple[str, str, Sequence[float]]]] = tuple
+        self._p99: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (expires, p99)
 
     # ------------------------------------------------------------------ measuring
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+        """Measure on the running loop from now on (ticking only while it matters)."""
+        self._loop = asyncio.get_running_loop()
+        self._reschedule()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._cancel()
+        self._loop = None
+
+    @property
+    def ticking(self) -> bool:
+        """Whether a tick is pending (idle: never)."""
+        return self._timer is not None
+
+    def _wanted(self) -> bool:
+        return self._open > 0 or self.overloaded or self._now() < self._lease_until
+
+    def _reschedule(self) -> None:
+        loop = self._loop
+        if loop is None or self._timer is not None or not self._wanted():
+            return
+        self._expected = self._now() + self.tick
+        self._timer = loop.call_later(self.tick, self._on_tick)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._expected = None
 
-    async def _run(self) -> None:
-        while True:
-            self._expected = self._now() + self.tick
-            await asyncio.sleep(self.tick)
-            woke = self._now()
-            self.observe(max(0.0, woke - self._expected), woke)
+    def _on_tick(self) -> None:
+        self._timer = None
+        expected, self._expected = self._expected, None
+        woke = self._now()
+        if expected is not None:
+            self.observe(max(0.0, woke - expected), woke)
+        self._reschedule()
 
     def observe(self, lag: float, at: float) -> None:
         """Record one tick's lag (public so a test can feed known lags)."""
@@ -149,7 +185,34 @@ class LoopLagMonitor:
     # ------------------------------------------------------------------ LagProbe
 
     def mark(self) -> float:
+        """A point to measure a stall from. Inside a window :meth:`begin` opened (code a
+        check runs under the engine) it opens nothing; outside any (a check run on its
+        own) it keeps the tick for :data:`MARK_LEASE` seconds, as nobody releases it."""
+        now = self._now()
+        if self._open == 0:
+            self._lease_until = max(self._lease_until, now + MARK_LEASE)
+            self._reschedule()
+        return now
+
+    def begin(self) -> float:
+        """Open a check's window, a mark: the tick runs (at most ``tick`` away) until the
+        window is released."""
+        self._open += 1
+        self._reschedule()
         return self._now()
+
+    def release(self, mark: float) -> None:
+        """Close a window. The last one stops the tick, recording a tick overdue right now
+        first (the stall it would have measured is real even if nothing waits for it)."""
+        self._open = max(0, self._open - 1)
+        if self._wanted() or self._timer is None:
+            return
+        expected = self._expected
+        self._cancel()
+        now = self._now()
+        if expected is not None and now > expected:
+            self.observe(now - expected, now)
+            self._reschedule()  # that may have made Guardian overloaded
 
     def stalled_since(self, mark: float) -> float:
         """Seconds the loop was stalled since ``mark``, including a tick overdue right now.
@@ -177,7 +240,26 @@ class LoopLagMonitor:
         self._lateness = source
 
     def lateness_p99(self) -> list[tuple[str, str, float]]:
-        return [(t, c, percentile(list(xs), 0.99)) for t, c, xs in self._lateness() if xs]
+        """``(target, check, p99)`` per check with samples, each reused for a while.
+
+        A check's p99 summarises up to 1000 runs, which a few more barely move, while
+        sorting 1000 samples for each of 1000 checks cost a scrape ~50 ms. So each value
+        is recomputed once it is older than about :data:`LATENESS_REFRESH` seconds, the
+        expiry spread per check so recomputations share the scrapes out.
+        """
+        now = self._now()
+        cache = self._p99
+        out: list[tuple[str, str, float]] = []
+        for target, check, samples in self._lateness():
+            if not samples:
+                continue
+            key = (target, check)
+            hit = cache.get(key)
+            if hit is None or now >= hit[0]:
+                spread = 0.5 + (hash(key) % 1000) / 1000  # 0.5 .. 1.5, fixed per check
+                hit = cache[key] = (now + LATENESS_REFRESH * spread, percentile(samples, 0.99))
+            out.append((target, check, hit[1]))
+        return out
 
     def histogram(self) -> LagHistogram:
         counts = list(self._counts)  # one C-level copy: consistent across threads

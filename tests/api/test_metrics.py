@@ -188,16 +188,90 @@ async def test_promtool_check_metrics_passes() -> None:
     assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
 
 
-def test_render_cache_is_invalidated_by_any_event_and_by_age() -> None:
+def test_render_cache_min_age_then_events_then_max_age() -> None:
+    """A flood of scrapes renders once per ``min_age``; after it, any event or ``max_age``
+    makes a fresh render."""
+    t = [0.0]
     view = make_view()
-    metrics = Metrics(view, process=False, max_age=60)
+    metrics = Metrics(view, process=False, min_age=1.0, max_age=60, monotonic=lambda: t[0])
     first = metrics.render()[0]
-    view.recovery["panel"]["breaker_open"] = True  # no event: cached exposition reused
-    assert metrics.render()[0] is first
+    view.recovery["panel"]["breaker_open"] = True
     view.state.record(result("panel", "http"))
+    t[0] = 0.9
+    assert metrics.render()[0] is first  # inside min_age: reused despite the event
+    t[0] = 1.0
+    found = samples(metrics.render()[0].decode())
+    assert value(found, "guardian_breaker_open", target="panel") == 1
+    view.recovery["panel"]["breaker_open"] = False  # no event: reused until max_age
+    t[0] = 50.0
     assert value(samples(metrics.render()[0].decode()), "guardian_breaker_open",
                  target="panel") == 1
-    fresh = Metrics(view, process=False, max_age=0)
-    view.recovery["panel"]["breaker_open"] = False
-    assert value(samples(fresh.render()[0].decode()), "guardian_breaker_open",
+    t[0] = 61.0
+    assert value(samples(metrics.render()[0].decode()), "guardian_breaker_open",
                  target="panel") == 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+async def test_hostile_label_values_are_escaped_and_promtool_clean() -> None:
+    """Text from a target (a ComfyUI device key) lands in a label value: escaped."""
+    view = make_view()
+    device = 'gpu"0\\x\ny} bad'
+    view.state.record(result("comfyui", "comfyui", values={
+        "online": True, f"vram_free_mb.{device}": 5.0, f"vram_total_mb.{device}": 9.0,
+    }))
+    text = await scrape(view)
+    found = samples(text)
+    assert value(found, "guardian_comfyui_vram_free_bytes", target="comfyui",
+                 device=device) == 5 * 1024**2
+    proc = await asyncio.to_thread(
+        subprocess.run, ["promtool", "check", "metrics"], input=text, capture_output=True,
+        text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_registry_reads_what_a_scrape_gets() -> None:
+    view = make_view()
+    metrics = Metrics(view, process=False)
+    view.state.record(result("panel", "http", Status.FAILED, "HTTP 500", duration=0.03))
+    sample = metrics.registry.get_sample_value
+    assert sample("guardian_check_failures_total",
+                  {"target": "panel", "check": "http", "reason_class": "http_status"}) == 1
+    assert sample("guardian_check_duration_seconds_bucket",
+                  {"target": "panel", "check": "http", "le": "0.05"}) == 1
+    assert sample("guardian_check_duration_seconds_bucket",
+                  {"target": "panel", "check": "http", "le": "0.025"}) == 0
+    assert sample("guardian_check_duration_seconds_sum",
+                  {"target": "panel", "check": "http"}) == pytest.approx(0.03)
+    assert sample("guardian_target_health", {"target": "panel"}) == 2
+
+
+def test_scrapes_while_events_arrive_from_another_thread() -> None:
+    """Events come from the checks' loop while the API thread renders: no torn output."""
+    import threading
+
+    view = make_view()
+    metrics = Metrics(view, process=False, min_age=0)
+    stop = threading.Event()
+
+    def feed() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            view.state.record(result("panel", "http", Status.FAILED, f"HTTP {500 + i % 3}"))
+            view.state.record(result("comfyui", f"c{i % 50}", duration=0.01))
+
+    worker = threading.Thread(target=feed)
+    worker.start()
+    try:
+        for _ in range(20):
+            text = metrics.render()[0].decode()
+            found = samples(text)
+            total = value(found, "guardian_check_duration_seconds_count", target="panel",
+                          check="http")
+            inf = value(found, "guardian_check_duration_seconds_bucket", target="panel",
+                        check="http", le="+Inf")
+            assert total == inf
+    finally:
+        stop.set()
+        worker.join()

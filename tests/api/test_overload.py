@@ -18,7 +18,13 @@ from guardian.checks.base import CheckConfigBase
 from guardian.clock import SystemClock
 from guardian.config import parse_config
 from guardian.engine import Engine
-from guardian.overload import LoopLagMonitor, overloaded_reason, percentile
+from guardian.overload import (
+    LATENESS_REFRESH,
+    MARK_LEASE,
+    LoopLagMonitor,
+    overloaded_reason,
+    percentile,
+)
 from guardian.result import Outcome, Status
 from guardian.state import State
 
@@ -137,3 +143,107 @@ def test_histogram_and_reason_helpers() -> None:
     assert overloaded_reason(0.1, 0.5) is None
     assert overloaded_reason(0.3, 0.5) == "guardian overloaded: event loop lag 300 ms"
     assert percentile([5, 1, 3, 2, 4], 0.99) == 5 and percentile([1, 2], 0.5) == 1
+
+
+async def test_the_tick_runs_only_while_a_check_runs() -> None:
+    """Idle Guardian: no tick at all; a check's window is covered from its start."""
+    monitor = LoopLagMonitor(tick=0.01)
+    monitor.start()
+    try:
+        assert not monitor.ticking
+        mark = monitor.begin()
+        assert monitor.ticking
+        await asyncio.sleep(0.05)
+        assert monitor.histogram().count >= 1  # ticks measured while the window was open
+        inner = monitor.begin()
+        monitor.release(inner)
+        assert monitor.ticking  # the outer window is still open
+        monitor.release(mark)
+        assert not monitor.ticking
+        count = monitor.histogram().count
+        await asyncio.sleep(0.05)
+        assert monitor.histogram().count == count
+    finally:
+        await monitor.stop()
+
+
+async def test_engine_releases_every_window() -> None:
+    state = State(parse_config(CONFIG))
+    monitor = LoopLagMonitor(state, tick=0.02, threshold=0.1)
+    monitor.start()
+    try:
+        engine = _engine(state, monitor)
+        result = await engine.execute(engine.scheduled[0])  # times out
+        assert result.status is Status.FAILED
+        assert not monitor.ticking
+    finally:
+        await monitor.stop()
+
+
+async def test_a_stall_seen_only_at_release_is_recorded() -> None:
+    """The loop stalled past the pending tick and the check ended first: the stall still
+    counts (and sets the overload flag), though no tick ran."""
+    state = State(parse_config(CONFIG))
+    monitor = LoopLagMonitor(state, tick=0.05, threshold=0.1)
+    monitor.start()
+    try:
+        mark = monitor.begin()
+        time.sleep(0.3)  # noqa: ASYNC251 - the loop itself is blocked
+        monitor.release(mark)
+        assert monitor.histogram().count == 1
+        assert monitor.overloaded and "overload" in state.problems
+    finally:
+        await monitor.stop()
+
+
+async def test_overload_keeps_the_tick_until_guardian_keeps_up() -> None:
+    state = State(parse_config(CONFIG))
+    monitor = LoopLagMonitor(state, tick=0.01, threshold=0.1, recover_after=0.1)
+    monitor.start()
+    try:
+        mark = monitor.begin()
+        await _block_loop(0.0, 0.2)
+        await asyncio.sleep(0.02)
+        monitor.release(mark)
+        assert monitor.overloaded and monitor.ticking  # nothing runs, yet it must clear
+        for _ in range(200):
+            if not monitor.overloaded:
+                break
+            await asyncio.sleep(0.01)
+        assert not monitor.overloaded and "overload" not in state.problems
+        assert not monitor.ticking
+    finally:
+        await monitor.stop()
+
+
+def test_lateness_p99_is_reused_then_refreshed() -> None:
+    now = [0.0]
+    monitor = LoopLagMonitor(now=lambda: now[0])
+    samples = [0.001] * 100
+    monitor.watch_lateness(lambda: [("panel", "http", samples), ("idle", "http", [])])
+    assert monitor.lateness_p99() == [("panel", "http", 0.001)]
+    samples[:] = [0.5] * 100
+    now[0] = LATENESS_REFRESH * 0.49
+    assert monitor.lateness_p99() == [("panel", "http", 0.001)]  # reused
+    now[0] = LATENESS_REFRESH * 1.5
+    assert monitor.lateness_p99() == [("panel", "http", 0.5)]  # refreshed
+
+
+async def test_a_mark_inside_a_window_opens_nothing_one_outside_keeps_the_tick() -> None:
+    """A check's own deadline (its mark) under the engine's window costs no tick of its
+    own; a check run on its own, with nobody to release, still gets its stall measured."""
+    now = [0.0]
+    monitor = LoopLagMonitor(tick=0.01, threshold=1e9, now=lambda: now[0])  # the jump: no lag
+    monitor.start()
+    try:
+        window = monitor.begin()
+        monitor.mark()
+        monitor.release(window)
+        assert not monitor.ticking
+        monitor.mark()
+        assert monitor.ticking
+        now[0] = MARK_LEASE + 1
+        await asyncio.sleep(0.05)  # the next tick sees the lease over and stops
+        assert not monitor.ticking
+    finally:
+        await monitor.stop()

@@ -1,11 +1,21 @@
-"""Prometheus metrics on a private registry: gauges read at scrape time, counters from events.
+"""Prometheus metrics: gauges read at scrape time, counters from events, written cheaply.
 
-Gauges come from a custom collector that reads the cached :class:`~guardian.state.State`
-when Prometheus scrapes, so they can never drift from what ``/api/health`` says. Counters
-and the duration histogram are fed by the :class:`~guardian.events.EventBus`. Which check
-value keys feed which gauge is documented in :mod:`guardian.api.readings`; a missing key
-just means no sample. The registry is per :class:`Metrics` instance (not the global one)
-so several Guardians, or tests, never share series.
+Gauges are read from the cached :class:`~guardian.state.State` when Prometheus scrapes,
+so they can never drift from what ``/api/health`` says. Counters and the duration
+histogram are fed by the :class:`~guardian.events.EventBus`. Which check value keys feed
+which gauge is documented in :mod:`guardian.api.readings`; a missing key just means no
+sample. Everything is per :class:`Metrics` instance, so several Guardians, or tests,
+never share series.
+
+Why Guardian writes its own families instead of going through ``prometheus_client``'s
+collectors: with 1000 targets the exposition has ~23 000 samples, and the library spends
+~30 us on each (label validation and escaping, sample tuples, float formatting), so a
+scrape took 0.7-1.9 s of the API thread, holding the GIL the checks need. Here label sets
+are escaped once and kept, counters and histograms are plain lists behind one lock, and a
+sample is one string concatenation (bench/bench_metrics.py: before and after). The text
+format is the library's: ``prometheus_client`` still renders the process and platform
+collectors, still parses the text for :attr:`Metrics.registry` (tests and other in-process
+readers), and ``promtool check metrics`` vets the output in the tests.
 
 Encodings (numeric, so they graph and alert with plain comparisons):
 
@@ -27,28 +37,29 @@ Encodings (numeric, so they graph and alert with plain comparisons):
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
-    disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.events import Event, IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
+from guardian.overload import LAG_BUCKETS
 from guardian.result import CheckResult, Status, worst
 
 CHECK_STATUS_CODE: Final = {Status.SKIPPED: -1, Status.OK: 0, Status.DEGRADED: 1, Status.FAILED: 2}
@@ -101,288 +112,468 @@ REMEDIATION_OUTCOMES: Final = {
 }
 
 
-def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=list(labels))
+LABEL_CACHE_MAX: Final = 100_000  # escaped label sets kept; past it the cache starts over
+_INF: Final = float("inf")
+# ``le`` as prometheus_client wrote them (1 -> "1.0"), so series continue across upgrades.
+_BUCKET_LE: Final = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
+_LAG_LE: Final = (*(repr(float(b)) for b in LAG_BUCKETS), "+Inf")
 
 
-class StateCollector(Collector):
+def _escape(value: str) -> str:
+    """A label value in the text format: backslash, double quote and newline escaped."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _num(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (_INF, -_INF):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+class _Labels:
+    """Escaped ``{name="value",...}`` strings, made once per label set and reused."""
+
+    def __init__(self) -> None:
+        self._by_names: dict[tuple[str, ...], dict[tuple[str, ...], str]] = {}
+        self._size = 0
+
+    def table(self, names: tuple[str, ...]) -> dict[tuple[str, ...], str]:
+        """The cache for one label-name tuple (values -> text)."""
+        found = self._by_names.get(names)
+        if found is None:
+            found = self._by_names[names] = {}
+        return found
+
+    def make(self, names: tuple[str, ...], values: tuple[str, ...]) -> str:
+        if self._size >= LABEL_CACHE_MAX:  # bounded even if hostile values keep changing
+            for table in self._by_names.values():
+                table.clear()
+            self._size = 0
+        pairs = sorted(zip(names, values, strict=True))  # by name, as prometheus_client
+        inner = ",".join(f'{n}="{_escape(v)}"' for n, v in pairs)
+        text = self.table(names)[values] = "{" + inner + "}" if inner else ""
+        self._size += 1
+        return text
+
+    def __call__(self, names: tuple[str, ...], values: tuple[str, ...]) -> str:
+        found = self.table(names).get(values)
+        return found if found is not None else self.make(names, values)
+
+
+class _Out:
+    """The exposition being written: families (HELP/TYPE once) and their samples."""
+
+    def __init__(self, labels: _Labels) -> None:
+        self.parts: list[str] = []
+        self.labels = labels
+
+    def family(self, name: str, kind: str, doc: str) -> None:
+        doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
+        self.parts.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+
+    def gauge(self, name: str, doc: str, names: tuple[str, ...] = ()) -> _Family:
+        self.family(name, "gauge", doc)
+        return _Family(self, name, names)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class _Family:
+    """One family's samples: ``add((label values), value)``."""
+
+    __slots__ = ("cache", "labels", "names", "parts", "prefix")
+
+    def __init__(self, out: _Out, name: str, names: tuple[str, ...]) -> None:
+        self.parts, self.prefix, self.names, self.labels = out.parts, name, names, out.labels
+        self.cache = out.labels.table(names)
+
+    def add(self, values: tuple[str, ...], value: float) -> None:
+        text = self.cache.get(values)
+        if text is None:
+            text = self.labels.make(self.names, values)
+        self.parts.append(f"{self.prefix}{text} {_SMALL.get(value) or _num(value)}\n")
+
+
+_SMALL: Final[dict[float, str]] = {-1: "-1.0", 0: "0.0", 1: "1.0", 2: "2.0"}  # codes, flags
+_CHECK: Final = ("target", "check", "kind")
+
+
+def _state(view: GuardianView, out: _Out) -> None:
     """Gauges computed from the view at scrape time."""
+    results = view.state.results()
+    critical = {t.name: t.critical for t in view.config.targets}
+    _targets(out, results, critical)
+    _checks(out, results)
+    _system(out, results)
+    _comfyui(out, results)
+    _recovery(out, view)
+    _overload(out, view)
+    out.gauge("guardian_incidents_open", "Incidents not yet resolved").add(
+        (), len(view.incidents(10_000, False))
+    )
+    up = out.gauge("guardian_uptime_seconds", "Seconds since Guardian started")
+    started = view.started_at
+    if started is not None:
+        up.add((), max(0.0, (datetime.now(UTC) - started).total_seconds()))
 
-    def __init__(self, view: GuardianView) -> None:
-        self.view = view
+
+def _targets(out: _Out, results: list[CheckResult], critical: dict[str, bool]) -> None:
+    by_target: dict[str, list[Status]] = {name: [] for name in critical}
+    for r in results:
+        by_target.setdefault(r.target, []).append(r.status)
+    up = out.gauge("guardian_target_up", "1 unless the target is failing", ("target", "critical"))
+    worst_of = {name: worst(statuses) for name, statuses in by_target.items() if statuses}
+    for name, status in worst_of.items():
+        crit = "true" if critical.get(name, True) else "false"
+        up.add((name, crit), 0 if status is Status.FAILED else 1)
+    health = out.gauge(
+        "guardian_target_health", "-1 unknown, 0 ok, 1 degraded, 2 failed", ("target",)
+    )
+    for name in by_target:
+        status_or_none = worst_of.get(name)
+        health.add(
+            (name,), -1 if status_or_none is None else max(0, CHECK_STATUS_CODE[status_or_none])
+        )
+
+
+_STATUS_TEXT: Final = {status: repr(float(code)) for status, code in CHECK_STATUS_CODE.items()}
+
+
+def _checks(out: _Out, results: list[CheckResult]) -> None:
+    labels, append = out.labels, out.parts.append
+    cache = labels.table(_CHECK)
+    keyed = [((r.target, r.check, r.kind), r) for r in results]
+    texts = [cache.get(key) or labels.make(_CHECK, key) for key, _ in keyed]
+    out.family("guardian_check_status", "gauge", "-1 skipped, 0 ok, 1 degraded, 2 failed")
+    for text, (_, r) in zip(texts, keyed, strict=True):
+        append(f"guardian_check_status{text} {_STATUS_TEXT[r.status]}\n")
+    failing = out.gauge(
+        "guardian_check_failing",
+        "1 while the latest result is degraded/failed, by reason class",
+        (*_CHECK, "reason_class"),
+    )
+    for key, r in keyed:
+        if r.status in (Status.DEGRADED, Status.FAILED):
+            failing.add((*key, readings.classify_reason(r.reason)), 1)
+    out.family(
+        "guardian_check_last_run_timestamp_seconds", "gauge", "When the check last finished"
+    )
+    for text, (_, r) in zip(texts, keyed, strict=True):
+        append(f"guardian_check_last_run_timestamp_seconds{text} {r.finished.timestamp()!r}\n")
+
+
+def _system(out: _Out, results: list[CheckResult]) -> None:
+    disk_free: dict[str, float] = {}
+    disk_total: dict[str, float] = {}
+    memory: dict[str, float] = {}
+    gpus: dict[str, dict[str, float | str]] = {}
+    for r in results:
+        v = r.values
+        if r.kind == "disk":
+            totals = readings.indexed(v, "total_gb")
+            for path, gb in readings.indexed(v, "free_gb").items():
+                if path in disk_free:
+                    continue
+                disk_free[path] = gb * readings.GIB
+                if path in totals:
+                    disk_total[path] = totals[path] * readings.GIB
+        elif r.kind == "memory" and "available" not in memory:
+            avail = readings.number(v.get("available_mb"))
+            total = readings.number(v.get("total_mb"))
+            if avail is not None:
+                memory["available"] = avail * readings.MIB
+            if total is not None:
+                memory.setdefault("total", total * readings.MIB)
+        elif r.kind == "gpu":
+            for idx, g in readings.gpus(v).items():
+                gpus.setdefault(idx, g)
+    free = out.gauge("guardian_disk_free_bytes", "Free disk space", ("path",))
+    for path, n in disk_free.items():
+        free.add((path,), n)
+    size = out.gauge("guardian_disk_total_bytes", "Disk size", ("path",))
+    for path, n in disk_total.items():
+        size.add((path,), n)
+    avail_g = out.gauge("guardian_memory_available_bytes", "Available system memory")
+    if "available" in memory:
+        avail_g.add((), memory["available"])
+    total_g = out.gauge("guardian_memory_total_bytes", "Total system memory")
+    if "total" in memory:
+        total_g.add((), memory["total"])
+    for name, doc, field, scale in (
+        ("guardian_gpu_utilization_ratio", "GPU busy fraction, 0..1", "util_percent", 0.01),
+        ("guardian_gpu_memory_used_bytes", "GPU memory used", "mem_used_mb", readings.MIB),
+        ("guardian_gpu_memory_total_bytes", "GPU memory size", "mem_total_mb", readings.MIB),
+        ("guardian_gpu_temperature_celsius", "GPU temperature", "temp_c", 1.0),
+    ):
+        family = out.gauge(name, doc, ("gpu",))
+        for idx, g in gpus.items():
+            value = g.get(field)
+            if isinstance(value, float):
+                family.add((idx,), value * scale)
+
+
+def _comfyui(out: _Out, results: list[CheckResult]) -> None:
+    latest: dict[str, CheckResult] = {}
+    for r in results:
+        if r.kind == "comfyui":
+            latest.setdefault(r.target, r)
+    t = ("target",)
+    online = out.gauge("guardian_comfyui_online", "ComfyUI answered its API", t)
+    for target, r in latest.items():
+        online.add((target,), 1 if r.values.get("online") is True else 0)
+    for name, doc, key in (
+        ("guardian_comfyui_queue_running", "Prompts running", "queue_running"),
+        ("guardian_comfyui_queue_pending", "Prompts waiting", "queue_pending"),
+    ):
+        family = out.gauge(name, doc, t)
+        for target, r in latest.items():
+            n = readings.number(r.values.get(key))
+            if n is not None:
+                family.add((target,), n)
+    for name, doc, key in (
+        ("guardian_comfyui_vram_free_bytes", "Free VRAM", "vram_free_mb"),
+        ("guardian_comfyui_vram_total_bytes", "VRAM size", "vram_total_mb"),
+    ):
+        family = out.gauge(name, doc, ("target", "device"))
+        for target, r in latest.items():
+            for device, mb in readings.indexed(r.values, key).items():
+                family.add((target, device), mb * readings.MIB)
+    busy = out.gauge("guardian_comfyui_busy", "1 while ComfyUI runs a prompt", t)
+    age = out.gauge(
+        "guardian_comfyui_running_seconds", "How long the running prompt has run", t
+    )
+    for target, r in latest.items():
+        flag = r.values.get("busy")
+        if isinstance(flag, bool):
+            busy.add((target,), 1 if flag else 0)
+            age.add((target,), readings.number(r.values.get("running_for_s")) or 0.0)
+
+
+def _recovery(out: _Out, view: GuardianView) -> None:
+    snapshot = view.recovery_snapshot()
+    breaker = out.gauge("guardian_breaker_open", "1 when restarts gave up", ("target",))
+    for target, info in snapshot.items():
+        breaker.add((target,), 1 if info.get("breaker_open") is True else 0)
+    attempts = out.gauge(
+        "guardian_restart_attempts", "Restart attempts in the current window", ("target",)
+    )
+    for target, info in snapshot.items():
+        n = readings.number(info.get("attempts"))
+        if n is not None:
+            attempts.add((target,), n)
+
+
+def _overload(out: _Out, view: GuardianView) -> None:
+    """Guardian's own lateness: loop lag, overload flag, check start lateness."""
+    monitor = view.overload
+    if monitor is None:
+        return
+    h = monitor.histogram()
+    name = "guardian_event_loop_lag_seconds"
+    out.family(name, "histogram",
+               "How late Guardian's check loop woke up (its own overload, not a target's)")
+    out.parts.extend(
+        f'{name}_bucket{{le="{le}"}} {n:.1f}\n'
+        for le, (_, n) in zip(_LAG_LE, h.buckets, strict=True)
+    )
+    out.parts.append(f"{name}_count {h.count:.1f}\n{name}_sum {_num(h.total)}\n")
+    out.gauge("guardian_overloaded", "1 while Guardian itself is falling behind").add(
+        (), 1 if monitor.overloaded else 0
+    )
+    lateness = out.gauge(
+        "guardian_check_lateness_p99_seconds",
+        "99th percentile of how late checks started (last 1000 runs each)",
+        ("target", "check"),
+    )
+    for target, check, p99 in monitor.lateness_p99():
+        lateness.add((target, check), p99)
+
+
+class _Parsed(Collector):
+    """Guardian's families for in-process readers of :attr:`Metrics.registry`, parsed from
+    the same text a scrape gets (so the two can never disagree)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
-        view = self.view
-        results = view.state.results()
-        critical = {t.name: t.critical for t in view.config.targets}
-        yield from self._targets(results, critical)
-        yield from self._checks(results)
-        yield from self._system(results)
-        yield from self._comfyui(results)
-        yield from self._recovery()
-        yield from self._overload()
-        incidents = _gauge("guardian_incidents_open", "Incidents not yet resolved")
-        incidents.add_metric([], len(view.incidents(10_000, False)))
-        yield incidents
-        up = _gauge("guardian_uptime_seconds", "Seconds since Guardian started")
-        started = view.started_at
-        if started is not None:
-            up.add_metric([], max(0.0, (datetime.now(UTC) - started).total_seconds()))
-        yield up
-
-    def _targets(
-        self, results: list[CheckResult], critical: dict[str, bool]
-    ) -> Iterable[Metric]:
-        up = _gauge("guardian_target_up", "1 unless the target is failing", ["target", "critical"])
-        health = _gauge(
-            "guardian_target_health",
-            "-1 unknown, 0 ok, 1 degraded, 2 failed",
-            ["target"],
-        )
-        by_target: dict[str, list[Status]] = {name: [] for name in critical}
-        for r in results:
-            by_target.setdefault(r.target, []).append(r.status)
-        for name, statuses in by_target.items():
-            if not statuses:
-                health.add_metric([name], -1)
-                continue
-            status = worst(statuses)
-            crit = "true" if critical.get(name, True) else "false"
-            up.add_metric([name, crit], 0 if status is Status.FAILED else 1)
-            health.add_metric([name], max(0, CHECK_STATUS_CODE[status]))
-        yield up
-        yield health
-
-    def _checks(self, results: list[CheckResult]) -> Iterable[Metric]:
-        labels = ["target", "check", "kind"]
-        status = _gauge("guardian_check_status", "-1 skipped, 0 ok, 1 degraded, 2 failed", labels)
-        failing = _gauge(
-            "guardian_check_failing",
-            "1 while the latest result is degraded/failed, by reason class",
-            [*labels, "reason_class"],
-        )
-        last = _gauge(
-            "guardian_check_last_run_timestamp_seconds", "When the check last finished", labels
-        )
-        for r in results:
-            key = [r.target, r.check, r.kind]
-            status.add_metric(key, CHECK_STATUS_CODE[r.status])
-            last.add_metric(key, r.finished.timestamp())
-            if r.status in (Status.DEGRADED, Status.FAILED):
-                failing.add_metric([*key, readings.classify_reason(r.reason)], 1)
-        yield status
-        yield failing
-        yield last
-
-    def _system(self, results: list[CheckResult]) -> Iterable[Metric]:
-        disk_free = _gauge("guardian_disk_free_bytes", "Free disk space", ["path"])
-        disk_total = _gauge("guardian_disk_total_bytes", "Disk size", ["path"])
-        mem_avail = _gauge("guardian_memory_available_bytes", "Available system memory")
-        mem_total = _gauge("guardian_memory_total_bytes", "Total system memory")
-        util = _gauge("guardian_gpu_utilization_ratio", "GPU busy fraction, 0..1", ["gpu"])
-        used = _gauge("guardian_gpu_memory_used_bytes", "GPU memory used", ["gpu"])
-        total = _gauge("guardian_gpu_memory_total_bytes", "GPU memory size", ["gpu"])
-        temp = _gauge("guardian_gpu_temperature_celsius", "GPU temperature", ["gpu"])
-        paths: set[str] = set()
-        gpus: set[str] = set()
-        memory_done = False
-        for r in results:
-            v = r.values
-            if r.kind == "disk":
-                totals = readings.indexed(v, "total_gb")
-                for path, gb in readings.indexed(v, "free_gb").items():
-                    if path in paths:
-                        continue
-                    paths.add(path)
-                    disk_free.add_metric([path], gb * readings.GIB)
-                    if path in totals:
-                        disk_total.add_metric([path], totals[path] * readings.GIB)
-            elif r.kind == "memory" and not memory_done:
-                avail, tot = readings.number(v.get("available_mb")), readings.number(
-                    v.get("total_mb")
-                )
-                if avail is not None:
-                    mem_avail.add_metric([], avail * readings.MIB)
-                    memory_done = True
-                if tot is not None:
-                    mem_total.add_metric([], tot * readings.MIB)
-            elif r.kind == "gpu":
-                for idx, g in readings.gpus(v).items():
-                    if idx in gpus:
-                        continue
-                    gpus.add(idx)
-                    for family, field, scale in (
-                        (util, "util_percent", 0.01),
-                        (used, "mem_used_mb", readings.MIB),
-                        (total, "mem_total_mb", readings.MIB),
-                        (temp, "temp_c", 1.0),
-                    ):
-                        value = g.get(field)
-                        if isinstance(value, float):
-                            family.add_metric([idx], value * scale)
-        yield from (disk_free, disk_total, mem_avail, mem_total, util, used, total, temp)
-
-    def _comfyui(self, results: list[CheckResult]) -> Iterable[Metric]:
-        online = _gauge("guardian_comfyui_online", "ComfyUI answered its API", ["target"])
-        running = _gauge("guardian_comfyui_queue_running", "Prompts running", ["target"])
-        pending = _gauge("guardian_comfyui_queue_pending", "Prompts waiting", ["target"])
-        free = _gauge("guardian_comfyui_vram_free_bytes", "Free VRAM", ["target", "device"])
-        total = _gauge("guardian_comfyui_vram_total_bytes", "VRAM size", ["target", "device"])
-        busy = _gauge("guardian_comfyui_busy", "1 while ComfyUI runs a prompt", ["target"])
-        age = _gauge(
-            "guardian_comfyui_running_seconds", "How long the running prompt has run", ["target"]
-        )
-        seen: set[str] = set()
-        for r in results:
-            if r.kind != "comfyui" or r.target in seen:
-                continue
-            seen.add(r.target)
-            v = r.values
-            online.add_metric([r.target], 1 if v.get("online") is True else 0)
-            if isinstance(v.get("busy"), bool):
-                busy.add_metric([r.target], 1 if v.get("busy") else 0)
-                seconds = readings.number(v.get("running_for_s"))
-                age.add_metric([r.target], seconds or 0.0)
-            for family, key in ((running, "queue_running"), (pending, "queue_pending")):
-                n = readings.number(v.get(key))
-                if n is not None:
-                    family.add_metric([r.target], n)
-            for family, key in ((free, "vram_free_mb"), (total, "vram_total_mb")):
-                for device, mb in readings.indexed(v, key).items():
-                    family.add_metric([r.target, device], mb * readings.MIB)
-        yield from (online, running, pending, free, total, busy, age)
-
-    def _overload(self) -> Iterable[Metric]:
-        """Guardian's own lateness: loop lag, overload flag, check start lateness."""
-        monitor = self.view.overload
-        if monitor is None:
-            return
-        h = monitor.histogram()
-        lag = HistogramMetricFamily(
-            "guardian_event_loop_lag_seconds",
-            "How late Guardian's check loop woke up (its own overload, not a target's)",
-        )
-        lag.add_metric(
-            [], [(_le(bound), float(n)) for bound, n in h.buckets], sum_value=h.total
-        )
-        yield lag
-        flag = _gauge("guardian_overloaded", "1 while Guardian itself is falling behind")
-        flag.add_metric([], 1 if monitor.overloaded else 0)
-        yield flag
-        lateness = _gauge(
-            "guardian_check_lateness_p99_seconds",
-            "99th percentile of how late checks started (last 1000 runs each)",
-            ["target", "check"],
-        )
-        for target, check, p99 in monitor.lateness_p99():
-            lateness.add_metric([target, check], p99)
-        yield lateness
-
-    def _recovery(self) -> Iterable[Metric]:
-        breaker = _gauge("guardian_breaker_open", "1 when restarts gave up", ["target"])
-        attempts = _gauge(
-            "guardian_restart_attempts", "Restart attempts in the current window", ["target"]
-        )
-        for target, info in self.view.recovery_snapshot().items():
-            breaker.add_metric([target], 1 if info.get("breaker_open") is True else 0)
-            n = readings.number(info.get("attempts"))
-            if n is not None:
-                attempts.add_metric([target], n)
-        yield breaker
-        yield attempts
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
+        return text_string_to_metric_families(self.metrics.guardian_text())
 
 
 class Metrics:
-    """All of Guardian's metrics on one private registry, subscribed to the view's bus."""
+    """All of Guardian's metrics, subscribed to the view's bus; :meth:`render` for scrapes."""
 
     def __init__(
-        self, view: GuardianView, *, process: bool = True, max_age: float = 1.0
+        self,
+        view: GuardianView,
+        *,
+        process: bool = True,
+        max_age: float = 10.0,
+        min_age: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        # ``*_created`` series only double the exposition; Guardian's counters start at 0
-        # with the process (process_start_time_seconds says when). Process-wide setting.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry()
-        self.registry.register(StateCollector(view))
-        if process:
-            ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
-        self.check_duration = Histogram(
-            "guardian_check_duration_seconds",
-            "How long checks take",
-            ["target", "check"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.check_failures = Counter(
-            "guardian_check_failures",
-            "Failed check results by reason class",
-            ["target", "check", "reason_class"],
-            registry=self.registry,
-        )
-        self.restarts = Counter(
-            "guardian_restarts",
-            "Restarts Guardian performed",
-            ["target", "outcome"],
-            registry=self.registry,
-        )
-        self.remediations = Counter(
-            "guardian_remediations",
-            "Remediation ladder runs by last rung and outcome",
-            ["target", "action", "outcome"],
-            registry=self.registry,
-        )
-        self.incidents = Counter(
-            "guardian_incidents", "Incident transitions", ["transition"], registry=self.registry
-        )
+        self.view = view
+        self._monotonic = monotonic
+        self._labels = _Labels()
+        self._lock = threading.Lock()  # events (checks' loop) vs scrapes (API thread)
+        # (target, check) -> non-cumulative bucket counts (+Inf last), and the sums.
+        self._durations: dict[tuple[str, str], list[int]] = {}
+        self._duration_sums: dict[tuple[str, str], float] = {}
+        self._failures: dict[tuple[str, str, str], int] = {}
+        self._restarts: dict[tuple[str, str], int] = {}
+        self._remediations: dict[tuple[str, str, str], int] = {}
         # Series exist from the start (at 0) so increase()/rate() see the first event.
-        for transition in IncidentTransition:
-            self.incidents.labels(transition.value)
+        self._incidents: dict[str, int] = {t.value: 0 for t in IncidentTransition}
         for target in view.config.targets:
             for check in target.checks:
-                self.check_duration.labels(target.name, check.check_name)
+                self._durations[(target.name, check.check_name)] = _empty_histogram()
+                self._duration_sums[(target.name, check.check_name)] = 0.0
             if target.service is not None:
                 for outcome in RESTART_OUTCOMES.values():
-                    self.restarts.labels(target.name, outcome)
-        # A rendered exposition is reused until any event arrives or ``max_age`` passes:
-        # rendering ~500 samples costs milliseconds, so bursts of scrapes (several
-        # Prometheus servers, dashboards polling) stay cheap, and nothing goes stale
-        # because every state change is an event.
-        self.max_age = max_age
+                    self._restarts[(target.name, outcome)] = 0
+        # Process and platform series: few and fixed, rendered by prometheus_client.
+        self._process = CollectorRegistry()
+        self.registry = CollectorRegistry()  # Guardian's families too, for in-process reads
+        self.registry.register(_Parsed(self))
+        if process:
+            for collector in (ProcessCollector(registry=None), PlatformCollector(registry=None)):
+                self._process.register(collector)
+                self.registry.register(collector)
+        # A rendered exposition is reused for ``min_age`` whatever happens (a flood of
+        # scrapes renders at most once per ``min_age``), then until an event arrives or
+        # ``max_age`` passes (uptime, process figures). Checks run at most once a second,
+        # so ``min_age`` of 1 s hides nothing a scraper could have seen.
+        self.max_age, self.min_age = max_age, min_age
         self._generation = 0
         self._cache: tuple[int, float, bytes] | None = None
+        self._histogram_template: tuple[tuple[tuple[str, str], ...], str] | None = None
+        self._render_lock = threading.Lock()
         self._unsubscribe = view.state.bus.subscribe(self.on_event)
+
+    # ------------------------------------------------------------------ events
 
     def on_event(self, event: Event) -> None:
         self._generation += 1
         if isinstance(event, CheckResult):
-            self.check_duration.labels(event.target, event.check).observe(max(0.0, event.duration))
-            if event.status is Status.FAILED:
-                reason_class = readings.classify_reason(event.reason)
-                self.check_failures.labels(event.target, event.check, reason_class).inc()
+            duration = max(0.0, event.duration)
+            key2 = (event.target, event.check)
+            with self._lock:
+                h = self._durations.get(key2)
+                if h is None:
+                    h = self._durations[key2] = _empty_histogram()
+                h[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+                self._duration_sums[key2] = self._duration_sums.get(key2, 0.0) + duration
+                if event.status is Status.FAILED:
+                    key = (event.target, event.check, readings.classify_reason(event.reason))
+                    self._failures[key] = self._failures.get(key, 0) + 1
         elif isinstance(event, RecoveryEvent):
             outcome = RESTART_OUTCOMES.get(event.kind)
-            if outcome is not None:
-                self.restarts.labels(event.target, outcome).inc()
             done = REMEDIATION_OUTCOMES.get(event.kind)
-            if done is not None:
-                action = str(event.values.get("action") or "none")
-                self.remediations.labels(event.target, action, done).inc()
+            with self._lock:
+                if outcome is not None:
+                    rkey = (event.target, outcome)
+                    self._restarts[rkey] = self._restarts.get(rkey, 0) + 1
+                if done is not None:
+                    action = str(event.values.get("action") or "none")
+                    mkey = (event.target, action, done)
+                    self._remediations[mkey] = self._remediations.get(mkey, 0) + 1
         elif isinstance(event, IncidentEvent):
-            self.incidents.labels(str(event.transition)).inc()
+            transition = str(event.transition)
+            with self._lock:
+                self._incidents[transition] = self._incidents.get(transition, 0) + 1
+
+    # ------------------------------------------------------------------ rendering
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type."""
-        now = time.monotonic()
-        cached = self._cache
-        if cached is not None and cached[0] == self._generation and now - cached[1] < self.max_age:
-            return cached[2], CONTENT_TYPE_LATEST
-        body = generate_latest(self.registry)
-        self._cache = (self._generation, now, body)
-        return body, CONTENT_TYPE_LATEST
+        with self._render_lock:  # concurrent scrapes wait for one render, not make many
+            now = self._monotonic()
+            cached = self._cache
+            if cached is not None:
+                age = now - cached[1]
+                if age < self.min_age or (cached[0] == self._generation and age < self.max_age):
+                    return cached[2], CONTENT_TYPE_LATEST
+            generation = self._generation
+            body = self.guardian_text().encode("utf-8") + generate_latest(self._process)
+            self._cache = (generation, now, body)
+            return body, CONTENT_TYPE_LATEST
+
+    def guardian_text(self) -> str:
+        """Guardian's own families (no process/platform series), rendered now."""
+        out = _Out(self._labels)
+        _state(self.view, out)
+        self._counters(out)
+        return out.text()
+
+    def _counters(self, out: _Out) -> None:
+        with self._lock:  # copies: the checks' loop keeps counting meanwhile
+            durations = [(k, list(v), self._duration_sums[k]) for k, v in self._durations.items()]
+            failures: list[tuple[tuple[str, ...], int]] = list(self._failures.items())
+            restarts: list[tuple[tuple[str, ...], int]] = list(self._restarts.items())
+            remediations: list[tuple[tuple[str, ...], int]] = list(self._remediations.items())
+            incidents = list(self._incidents.items())
+        name = "guardian_check_duration_seconds"
+        out.family(name, "histogram", "How long checks take")
+        labels, parts = self._labels, out.parts
+        keys = tuple(key for key, _, _ in durations)
+        template = self._histogram_template
+        if template is None or template[0] != keys:
+            template = self._histogram_template = (keys, "".join(
+                _histogram_template(labels, name, key, i * _PER_CHECK)
+                for i, key in enumerate(keys)
+            ))
+        values: list[float] = []
+        for _, counts, total in durations:
+            values.extend(accumulate(counts))
+            values.append(total)
+        parts.append(template[1].format(*values))  # one C call for every check's lines
+        for fam, doc, names, items in (
+            ("guardian_check_failures", "Failed check results by reason class",
+             ("target", "check", "reason_class"), failures),
+            ("guardian_restarts", "Restarts Guardian performed", ("target", "outcome"),
+             restarts),
+            ("guardian_remediations", "Remediation ladder runs by last rung and outcome",
+             ("target", "action", "outcome"), remediations),
+        ):
+            out.family(f"{fam}_total", "counter", doc)
+            for label_values, n in items:
+                parts.append(f"{fam}_total{labels(names, label_values)} {n:.1f}\n")
+        out.family("guardian_incidents_total", "counter", "Incident transitions")
+        for transition, n in incidents:
+            text = labels(("transition",), (transition,))
+            parts.append(f"guardian_incidents_total{text} {n:.1f}\n")
 
     def close(self) -> None:
         self._unsubscribe()
+
+
+_PER_CHECK: Final = len(DURATION_BUCKETS) + 2  # values per check: buckets, +Inf, sum
+
+
+def _histogram_template(labels: _Labels, name: str, key: tuple[str, str], first: int) -> str:
+    """One check's whole histogram as a ``str.format`` template over positional values
+    ``first..``: the cumulative counts (+Inf last, which is also the count), then the sum.
+    Counts print as ``3.0`` and labels sort by name, byte for byte as prometheus_client."""
+
+    def braced(text: str) -> str:
+        return text.replace("{", "{{").replace("}", "}}")
+
+    names = ("target", "check", "le")
+    lines = [
+        f"{name}_bucket{braced(labels(names, (*key, le)))} {{{first + i}:.1f}}"
+        for i, le in enumerate(_BUCKET_LE)
+    ]
+    last = first + len(_BUCKET_LE) - 1
+    base = braced(labels(("target", "check"), key))
+    lines.append(f"{name}_count{base} {{{last}:.1f}}")
+    lines.append(f"{name}_sum{base} {{{last + 1}!r}}")
+    return "\n".join(lines) + "\n"
+
+
+def _empty_histogram() -> list[int]:
+    return [0] * (len(DURATION_BUCKETS) + 1)

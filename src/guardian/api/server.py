@@ -35,9 +35,11 @@ import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 import uvicorn
+from uvicorn.server import ServerState
 
 log = logging.getLogger("guardian.api")
 
@@ -154,12 +156,77 @@ def guarded_protocol(limits: ServeLimits, stats: ServeStats) -> type[asyncio.Pro
     return GuardedProtocol
 
 
+class _LiveDateState(ServerState):
+    """uvicorn's shared server state whose default headers carry a current ``Date``.
+
+    uvicorn refreshes the Date header from its 10 Hz main-loop tick; computed here when a
+    response asks for it (once per second at most), the tick is not needed for it.
+    """
+
+    def __init__(self) -> None:
+        self._static: list[tuple[bytes, bytes]] = []
+        self._second = -1
+        self._headers: list[tuple[bytes, bytes]] = []
+        super().__init__()
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        now = time.time()
+        if int(now) != self._second:
+            self._second = int(now)
+            self._headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._static]
+        return self._headers
+
+    @default_headers.setter
+    def default_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._static = [(k, v) for k, v in headers if k.lower() != b"date"]
+        self._second = -1
+
+
 class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: Guardian's runtime owns SIGINT/SIGTERM."""
+    """uvicorn without its signal handlers (Guardian's runtime owns SIGINT/SIGTERM) and
+    without its 10 Hz main-loop tick: an idle API thread sleeps until a connection comes.
+
+    The tick did three things. The Date header is computed per response instead
+    (:class:`_LiveDateState`); ``should_exit`` wakes the serving loop when set (from any
+    thread); ``limit_max_requests`` and ``callback_notify`` Guardian does not use, and a
+    config with either gets uvicorn's own loop back.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self._exit_requested = False
+        self._wake: asyncio.Event | None = None
+        self._wake_loop: asyncio.AbstractEventLoop | None = None
+        super().__init__(config)
+        self.server_state = _LiveDateState()
+        self.server_state.default_headers = list(config.encoded_headers)
+
+    @property
+    def should_exit(self) -> bool:
+        return self._exit_requested
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._exit_requested = value
+        wake, loop = self._wake, self._wake_loop
+        if value and wake is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(wake.set)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def main_loop(self) -> None:
+        config = self.config
+        if config.limit_max_requests is not None or config.callback_notify is not None:
+            await super().main_loop()
+            return
+        self._wake = wake = asyncio.Event()
+        self._wake_loop = asyncio.get_running_loop()
+        while not self.should_exit:  # set before the event existed, or a spurious wake
+            await wake.wait()
+            wake.clear()
 
 
 class _ResourceErrorLog:

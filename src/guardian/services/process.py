@@ -60,6 +60,7 @@ LOG_IO_DEADLINE = 30.0  # seconds for a log tail, a copy-truncate or a process-t
 
 KILL_WAIT = 5.0  # seconds to wait for the exit after SIGKILL before giving up
 ROTATE_INTERVAL = 1.0  # seconds between log size checks
+ROTATE_IDLE_MAX = 10.0  # ... backing off to this while the log does not grow
 MARKER = "--- guardian"  # first word of Guardian's own lines in a supervised log
 IS_WINDOWS = sys.platform == "win32"
 
@@ -464,7 +465,10 @@ class ProcessBackend:
 
         The size is looked at every ``rotate_interval``, sooner while the file grows fast
         enough to pass its limit before then (see :func:`next_rotate_check`): a chatty
-        child would otherwise overshoot by a whole interval of output.
+        child would otherwise overshoot by a whole interval of output. While it does not
+        grow at all the wait doubles up to :data:`ROTATE_IDLE_MAX`: a quiet child then
+        costs no thread and wakeups every second (most of an idle Guardian's CPU); one that
+        starts writing after a quiet spell is seen within that longer wait.
         """
         delay = self.rotate_interval
         last_size: int | None = None
@@ -490,9 +494,12 @@ class ProcessBackend:
                 continue
             now = self.clock.monotonic()
             grew = None if last_size is None else seen - last_size
-            delay = next_rotate_check(
-                left, grew, now - last_at, self.log.max_bytes, self.rotate_interval
-            )
+            if grew == 0:  # quiet: back off, so an idle child costs no wakeup a second
+                delay = min(ROTATE_IDLE_MAX, max(delay, self.rotate_interval) * 2)
+            else:
+                delay = next_rotate_check(
+                    left, grew, now - last_at, self.log.max_bytes, self.rotate_interval
+                )
             last_size, last_at = left, now
 
 
