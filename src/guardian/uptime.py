@@ -21,7 +21,8 @@ keeps the counts in memory (bounded: the oldest buckets go first, counted in
 ``dropped``); a file replaced mid-run gets what is buffered and starts its history from
 there (the older counts stay in the moved-aside file). Reads aggregate in SQL once when
 a window moves (every 5 minutes for the 24 h window and the bar, hourly for 7 d and
-30 d) and each flush folds its batch into those figures, so a status page polled by
+30 d) on the store's read-only connection, so a flush from the event loop never waits
+for it, and each flush folds its batch into those figures, so a status page polled by
 many clients costs a query every few minutes, not one per request.
 """
 
@@ -31,6 +32,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -127,8 +129,10 @@ class UptimeStore:
 
     Give it the shared :class:`Database` (the daemon) or a path (tools, tests: it then
     opens and owns a strict Database of its own). Results arrive on the event loop;
-    the API reads from its own thread. Lock order is always the Database's lock, then
-    the buffer's; recording takes only the buffer's, so it never waits for a query.
+    the API reads from its own thread. Lock order is always the Database's lock, the
+    aggregates' lock, then the buffer's; recording takes only the buffer's, and a query
+    holds none of them (it reads a snapshot on :meth:`Database.snapshot`), so neither
+    recording nor a flush waits for a query.
     """
 
     def __init__(
@@ -162,6 +166,11 @@ class UptimeStore:
         # What the tables say per window / bar slot, computed by one query when a window
         # moves and kept current by folding in each written batch (under the db lock).
         self._aggs: dict[tuple[Any, ...], _Agg] = {}
+        # Re-entrant: a flush that finds the file damaged re-saves (flushes) from inside.
+        self._agg_lock = threading.RLock()  # the aggs, _seq, _written; never held by a query
+        self._seq = 0  # batches written so far
+        self._epoch = 0  # bumped when stored rows go (prune, a replaced file)
+        self._written: deque[tuple[int, Buffer]] = deque(maxlen=64)  # recent batches
         self._read_warned_at: float | None = None
         self.dropped = 0  # results (and restarts) lost because the buffer was full
         try:
@@ -242,7 +251,10 @@ class UptimeStore:
             c.executemany(_UPSERT_FINE, fine)
             c.executemany(_UPSERT_HOURLY, coarse)
 
-        with self.db.lock:  # so a reader sees the batch either buffered or stored, not both
+        # The agg lock makes a batch move from "buffered" to "stored" in one step for
+        # readers and orders it against their snapshots; the Database's lock comes first
+        # (the order everywhere, also when a read on memory holds it).
+        with self.db.lock, self._agg_lock:
             try:
                 self.db.write(write)
             except (StoreError, sqlite3.Error) as e:
@@ -255,6 +267,8 @@ class UptimeStore:
                 return False
             with self._buf_lock:
                 self._inflight.pop(id(batch), None)
+            self._seq += 1
+            self._written.append((self._seq, batch))
             for agg in self._aggs.values():  # cached figures follow without a query
                 for (t, b), c in batch.items():
                     agg.add(t, b, c[0], c[1], c[2])
@@ -282,7 +296,9 @@ class UptimeStore:
 
     def _resave(self) -> None:
         """The file was replaced: what is buffered goes into the fresh one."""
-        self._aggs.clear()
+        with self._agg_lock:
+            self._aggs.clear()
+            self._epoch += 1
         self.flush()
         log.warning(
             "uptime history restarts in the fresh store (earlier counts stay in the file"
@@ -302,7 +318,7 @@ class UptimeStore:
             n = c.execute("DELETE FROM uptime WHERE bucket < ?", (fine_cut,)).rowcount
             return n + c.execute("DELETE FROM uptime_hourly WHERE hour < ?", (hour_cut,)).rowcount
 
-        with self.db.lock:
+        with self.db.lock, self._agg_lock:
             try:
                 removed = self.db.write(run)
             except (StoreError, sqlite3.Error) as e:
@@ -310,6 +326,7 @@ class UptimeStore:
                 return 0
             if removed:  # only rows outside the default windows, but a caller's span may differ
                 self._aggs.clear()
+                self._epoch += 1  # a query running now read rows that are gone
         return removed
 
     def close(self) -> None:
@@ -336,27 +353,69 @@ class UptimeStore:
     ) -> dict[str, dict[Hashable, Counts]]:
         """Per target and slot: what the tables hold (one query when ``key`` is new, then
         kept current by the flushes) plus what is buffered, as one consistent picture."""
-        with self.db.lock:
+        with self._agg_lock:
             agg = self._aggs.get(key)
-            if agg is None:
-                agg = _Agg(place)
-                try:
-                    for target, slot, ok, total, restarts in self.db.read(query):
-                        agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
-                except (StoreError, sqlite3.Error) as e:  # Guardian's trouble: show the buffer
-                    self._read_failed(e)
+            if agg is not None:
+                out, buffered = self._picture(agg)
+        if agg is None:
+            agg = self._query(place, query)
+            with self._agg_lock:
+                if agg is None:  # Guardian's trouble: show what is buffered
                     agg = _Agg(place)
                 else:
                     while len(self._aggs) >= 6:  # windows move on: the oldest keys go
                         del self._aggs[next(iter(self._aggs))]
                     self._aggs[key] = agg
-            out = {t: {k: Counts(*c) for k, c in per.items()} for t, per in agg.sums.items()}
-            buffered = self._buffered()
+                out, buffered = self._picture(agg)
         for target, bucket, ok, total, restarts in buffered:
             per = out.setdefault(target, {})
             for k in place(bucket):
                 per[k] = per.get(k, Counts()) + Counts(ok, total, restarts)
         return out
+
+    def _picture(self, agg: _Agg) -> tuple[dict[str, dict[Hashable, Counts]], list[Any]]:
+        """What ``agg`` holds and what is buffered (call with the agg lock held)."""
+        out = {t: {k: Counts(*c) for k, c in per.items()} for t, per in agg.sums.items()}
+        return out, self._buffered()
+
+    def _query(
+        self, place: Callable[[int], list[Hashable]],
+        query: Callable[[sqlite3.Connection], list[Any]],
+    ) -> _Agg | None:
+        """Aggregate the tables on the read-only connection, without any lock a flush needs.
+
+        The snapshot is pinned (its first read) under the agg lock, so the batches written
+        after it are exactly those with a later sequence number: they are folded in after
+        the query. None when the store cannot be read, or rows went (prune) meanwhile.
+        """
+        pinned: list[int] = []
+
+        def run(c: sqlite3.Connection) -> list[Any]:
+            with self._agg_lock:
+                c.execute("SELECT count(*) FROM guardian_schema").fetchone()
+                pinned[:] = [self._seq, self._epoch]
+            return query(c)
+
+        for _ in range(3):  # a prune (or a replaced file) during the query: read again
+            try:
+                rows = self.db.snapshot(run)
+            except (StoreError, sqlite3.Error) as e:
+                self._read_failed(e)
+                return None
+            agg = _Agg(place)
+            for target, slot, ok, total, restarts in rows:
+                agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
+            with self._agg_lock:
+                seq, epoch = pinned
+                later = [b for s, b in self._written if s > seq]
+                if epoch != self._epoch or len(later) != self._seq - seq:
+                    continue
+                for batch in later:
+                    for (t, b), c in batch.items():
+                        agg.add(t, b, c[0], c[1], c[2])
+            return agg
+        self._read_failed(StoreError("the store changed during every read"))
+        return None
 
     def _read_failed(self, exc: BaseException) -> None:
         now = self._monotonic()
