@@ -150,6 +150,11 @@ def test_bars_cover_24h_in_equal_slots(tmp_path: Path) -> None:
         assert sum(b.counts.total for b in bars) == 2
         assert bars[-1].counts.total == 1 and bars[-1].counts.percent == 0.0
         assert next(b for b in bars if b.counts.total == 0).counts.percent is None
+        arrays = store.bar_arrays(now())  # what the API sends: the same bars as int lists
+        ok, total, restarts = arrays.targets["panel"]
+        assert arrays.start == bars[0].start and arrays.seconds == 1800
+        assert total == [b.counts.total for b in bars] and ok == [b.counts.ok for b in bars]
+        assert restarts == [0] * 48
     store.close()
 
 
