@@ -364,7 +364,7 @@ class UptimeStore:
                 if agg is None:  # Guardian's trouble: show what is buffered
                     agg = _Agg(place)
                 else:
-                    while len(self._aggs) >= 6:  # windows move on: the oldest keys go
+                    while len(self._aggs) >= 8:  # windows move on: the oldest keys go
                         del self._aggs[next(iter(self._aggs))]
                     self._aggs[key] = agg
                 out, buffered = self._picture(agg)
@@ -444,10 +444,6 @@ class UptimeStore:
         fine = [n for n in WINDOWS if n in _FINE_WINDOWS]
         coarse = [n for n in WINDOWS if n not in _FINE_WINDOWS]
 
-        def place(bucket: int) -> list[Hashable]:
-            hour = bucket - bucket % HOUR
-            return [n for n, s in starts.items() if (bucket if n in fine else hour) >= s]
-
         def sums(table: str, col: str, names: list[str]) -> str:
             parts = [
                 f"SUM(CASE WHEN {col} >= {int(starts[n])} THEN {f} ELSE 0 END)"
@@ -458,15 +454,25 @@ class UptimeStore:
             return f"SELECT target, {', '.join(parts)} FROM {table} WHERE {col} >= {int(low)}" \
                 " GROUP BY target"
 
-        def query(c: sqlite3.Connection) -> list[Any]:
-            out: list[Any] = []
-            for table, col, names in (("uptime", "bucket", fine),
-                                      ("uptime_hourly", "hour", coarse)):
-                for r in c.execute(sums(table, col, names)):
-                    out += [(r[0], n, *r[1 + 3 * i : 4 + 3 * i]) for i, n in enumerate(names)]
-            return out
+        def part(table: str, col: str, names: list[str], hourly: bool) -> \
+                dict[str, dict[Hashable, list[int]]]:
+            def place(bucket: int) -> list[Hashable]:
+                at = bucket - bucket % HOUR if hourly else bucket
+                return [n for n in names if at >= starts[n]]
 
-        data = self._read(("windows", *starts.values()), place, query)
+            def query(c: sqlite3.Connection) -> list[Any]:
+                return [(r[0], n, *r[1 + 3 * i : 4 + 3 * i])
+                        for r in c.execute(sums(table, col, names))
+                        for i, n in enumerate(names)]
+
+            # Cached apart: the 24 h window moves every 5 minutes, the hourly ones each hour,
+            # so a 5-minute move does not re-sum 31 days of hourly totals.
+            return self._read((table, *(starts[n] for n in names)), place, query)
+
+        data = part("uptime", "bucket", fine, False) if fine else {}
+        if coarse:
+            for t, per in part("uptime_hourly", "hour", coarse, True).items():
+                data.setdefault(t, {}).update(per)
         none = [0, 0, 0]
         return {
             t: {n: Counts(*per.get(n, none)) for n in WINDOWS}

@@ -192,6 +192,11 @@ def test_reads_query_the_file_when_a_window_moves_not_per_request(tmp_path: Path
     assert again.bars(now()) == store.bars(now())
     store.bars(now() + timedelta(minutes=5))  # the bar moved on: one new query
     assert len(selects) == 3 + 3 + 1
+    # The 24 h window moved on, 7 d / 30 d (taken at the hour) did not: one query of the
+    # 5-minute buckets, none of the hourly totals.
+    later = store.windows(now() + timedelta(minutes=5))
+    assert len(selects) == 3 + 3 + 1 + 1 and "uptime_hourly" not in selects[-1]
+    assert later == again.windows(now() + timedelta(minutes=5))
     store.close()
 
 
