@@ -9,9 +9,9 @@ Rules (why: a watchdog that stops watching because of its own bookkeeping is wor
 none; its store is Guardian's trouble, never a reason to exit or to act on a target):
 
 * Opening: WAL, ``synchronous=NORMAL``, foreign keys, a busy timeout, and ``PRAGMA
-  quick_check``. One connection per :class:`Database`, shared by every component and
-  guarded by one re-entrant lock (``check_same_thread=False``: the API may read from
-  another thread).
+  quick_check``. One writing connection per :class:`Database`, shared by every component
+  and guarded by one re-entrant lock (``check_same_thread=False``: the API may read from
+  another thread), and one read-only connection for heavy reads (below).
 * A damaged file (quick_check fails, "malformed", "file is not a database" - at open or in
   the middle of a run) is *moved aside*, never deleted: renamed with a UTC timestamp
   (``guardian.db.corrupt-20261201T221500Z`` plus its ``-wal``/``-shm``), logged as
@@ -175,9 +175,10 @@ class Database:
 
     Components :meth:`register` themselves (their migrations run at once) and do all their
     I/O through :meth:`read` and :meth:`write`, which hold the lock and apply the error
-    rules. ``persistent`` is False while running on memory. Pass the components you will
-    register as ``components`` so a newer schema is refused before any of them writes
-    (a component only registered later can only be refused after the others migrated).
+    rules, or :meth:`snapshot` for long reads that must not hold the lock. ``persistent``
+    is False while running on memory. Pass the components you will register as
+    ``components`` so a newer schema is refused before any of them writes (a component
+    only registered later can only be refused after the others migrated).
     """
 
     def __init__(
