@@ -24,11 +24,14 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from _common import table, write_results
 
+from guardian.api.models import build_uptime
 from guardian.db import Database
 from guardian.uptime import UPTIME, UptimeStore
 
@@ -95,6 +98,13 @@ def run(targets: int, tmp: Path) -> dict[str, float]:
     store.windows(later + timedelta(minutes=5))
     store.bars(later + timedelta(minutes=5))
     move_s = time.perf_counter() - t0
+    targets = SimpleNamespace(targets=[SimpleNamespace(name=n) for n in names])
+    view: Any = SimpleNamespace(uptime_counts=store, config=targets)  # what build_uptime reads
+    body = build_uptime(view, later + timedelta(minutes=5)).model_dump_json()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        body = build_uptime(view, later + timedelta(minutes=5)).model_dump_json()
+    api_s, api_kb = (time.perf_counter() - t0) / 5, len(body) / 1000
     flush_wait_s = flush_during_read(store, names, later + timedelta(minutes=5))
     flush_locked_s = flush_during_read(
         store, names, later + timedelta(minutes=5), locked=True)
@@ -109,7 +119,7 @@ def run(targets: int, tmp: Path) -> dict[str, float]:
     return {"record_us": record_us, "flush_s": flush_s, "read_s": read_s, "move_s": move_s,
             "cached_read_s": cached_s, "cached_arrays_s": cached_arrays_s,
             "flush_during_read_s": flush_wait_s, "flush_during_locked_read_s": flush_locked_s,
-            "prune_s": prune_s, "file_mb": size_mb}
+            "prune_s": prune_s, "file_mb": size_mb, "api_s": api_s, "api_kb": api_kb}
 
 
 def flush_during_read(
@@ -163,13 +173,16 @@ def main() -> None:
             data["targets"][str(targets)] = {"runs": runs, "median": med}  # type: ignore[index]
             rows.append([
                 f"{targets:,}", f"{med['file_mb']:.1f}", f"{med['record_us']:.2f}",
+                f"{med['api_s'] * 1000:.1f}", f"{med['api_kb']:.0f}",
                 f"{med['flush_s'] * 1000:.1f}", f"{med['read_s'] * 1000:.1f}",
                 f"{med['move_s'] * 1000:.1f}",
                 f"{med['cached_read_s'] * 1000:.1f}", f"{med['cached_arrays_s'] * 1000:.1f}",
                 f"{med['flush_during_locked_read_s'] * 1000:.1f}",
                 f"{med['flush_during_read_s'] * 1000:.1f}", f"{med['prune_s'] * 1000:.1f}",
             ])
-    md = table(["targets", "file MB", "record µs/result", "flush ms (1 min at 1 s)",
+    md = table(["targets", "file MB", "record µs/result",
+                "/api/uptime body ms (cached read + JSON)", "/api/uptime kB",
+                "flush ms (1 min at 1 s)",
                 "read ms (uncached: all windows)", "read ms (uncached: a 5-min move)",
                 "read ms (cached, bar objects)",
                 "read ms (cached, bar arrays = API)",
