@@ -6,24 +6,32 @@ target. This measures, for 10 / 100 / 1000 targets with 30 days of history alrea
 the file (5-minute buckets for 25 h, hourly totals for 31 days, as the retention leaves
 it): the CPU per recorded result, one flush after a minute of results at 1 s per
 target, the uncached read of the 24 h / 7 d / 30 d windows and the 24 h bar (what the
-first status-page request after a flush pays; later ones hit the cache), a cached read,
-and the hourly prune. Medians of ``--runs`` runs.
+first status-page request after a flush pays; later ones hit the cache), a cached read
+(windows plus the bar as objects per slot, and as the int arrays ``/api/uptime`` sends),
+the hourly prune, and how long a flush on the "event loop" waits while another thread
+runs the uncached read (the reads use the store's read-only snapshot connection, so this
+should be the flush's own time, not the read's). Medians of ``--runs`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from _common import table, write_results
 
+from guardian.api.models import build_uptime
 from guardian.db import Database
 from guardian.uptime import UPTIME, UptimeStore
 
@@ -77,10 +85,29 @@ def run(targets: int, tmp: Path) -> dict[str, float]:
     store.bars(later)
     read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for _ in range(100):
+    for _ in range(10):
         store.windows(later)
         store.bars(later)
-    cached_s = (time.perf_counter() - t0) / 100
+    cached_s = (time.perf_counter() - t0) / 10
+    t0 = time.perf_counter()
+    for _ in range(10):
+        store.windows(later)
+        store.bar_arrays(later)
+    cached_arrays_s = (time.perf_counter() - t0) / 10
+    t0 = time.perf_counter()  # a 5-minute move: the 24 h window and the bar, not 7 d/30 d
+    store.windows(later + timedelta(minutes=5))
+    store.bars(later + timedelta(minutes=5))
+    move_s = time.perf_counter() - t0
+    targets = SimpleNamespace(targets=[SimpleNamespace(name=n) for n in names])
+    view: Any = SimpleNamespace(uptime_counts=store, config=targets)  # what build_uptime reads
+    body = build_uptime(view, later + timedelta(minutes=5)).model_dump_json()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        body = build_uptime(view, later + timedelta(minutes=5)).model_dump_json()
+    api_s, api_kb = (time.perf_counter() - t0) / 5, len(body) / 1000
+    flush_wait_s = flush_during_read(store, names, later + timedelta(minutes=5))
+    flush_locked_s = flush_during_read(
+        store, names, later + timedelta(minutes=5), locked=True)
     t0 = time.perf_counter()
     store.prune(NOW + timedelta(hours=1))
     prune_s = time.perf_counter() - t0
@@ -89,8 +116,47 @@ def run(targets: int, tmp: Path) -> dict[str, float]:
     db.close()
     for leftover in tmp.glob(path.name + '*'):  # the file, its -wal/-shm and marker
         leftover.unlink()
-    return {"record_us": record_us, "flush_s": flush_s, "read_s": read_s,
-            "cached_read_s": cached_s, "prune_s": prune_s, "file_mb": size_mb}
+    return {"record_us": record_us, "flush_s": flush_s, "read_s": read_s, "move_s": move_s,
+            "cached_read_s": cached_s, "cached_arrays_s": cached_arrays_s,
+            "flush_during_read_s": flush_wait_s, "flush_during_locked_read_s": flush_locked_s,
+            "prune_s": prune_s, "file_mb": size_mb, "api_s": api_s, "api_kb": api_kb}
+
+
+def flush_during_read(
+    store: UptimeStore, names: list[str], later: datetime, *, locked: bool = False,
+) -> float:
+    """A flush of one result per target, started while another thread is inside the
+    uncached aggregation (a window moved): its wall time, wait for any lock included.
+    ``locked`` holds the writer's lock around the read, as the reads did before they
+    moved to the snapshot connection (the "before" figure)."""
+    inside = threading.Event()
+
+    def mark() -> int:
+        inside.set()
+        return 0
+
+    # Called every 100 000 SQLite steps only: each call takes the GIL from the flush.
+    store.db.snapshot(lambda c: c.set_progress_handler(mark, 100_000))
+    store.db.connection.set_progress_handler(mark, 100_000)  # memory / locked: the writer's
+    moved = later + timedelta(minutes=10 if locked else 5)  # a new window: not cached
+
+    def read() -> None:
+        with store.db.lock if locked else contextlib.nullcontext():
+            store.windows(moved)
+            store.bars(moved)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    inside.wait(60)
+    for name in names:
+        store.record(name, later, True)
+    t0 = time.perf_counter()
+    store.flush()
+    waited = time.perf_counter() - t0
+    reader.join()
+    store.db.snapshot(lambda c: c.set_progress_handler(None, 0))
+    store.db.connection.set_progress_handler(None, 0)
+    return waited
 
 
 def main() -> None:
@@ -107,14 +173,29 @@ def main() -> None:
             data["targets"][str(targets)] = {"runs": runs, "median": med}  # type: ignore[index]
             rows.append([
                 f"{targets:,}", f"{med['file_mb']:.1f}", f"{med['record_us']:.2f}",
+                f"{med['api_s'] * 1000:.1f}", f"{med['api_kb']:.0f}",
                 f"{med['flush_s'] * 1000:.1f}", f"{med['read_s'] * 1000:.1f}",
-                f"{med['cached_read_s'] * 1e6:.0f}", f"{med['prune_s'] * 1000:.1f}",
+                f"{med['move_s'] * 1000:.1f}",
+                f"{med['cached_read_s'] * 1000:.1f}", f"{med['cached_arrays_s'] * 1000:.1f}",
+                f"{med['flush_during_locked_read_s'] * 1000:.1f}",
+                f"{med['flush_during_read_s'] * 1000:.1f}", f"{med['prune_s'] * 1000:.1f}",
             ])
-    md = table(["targets", "file MB", "record µs/result", "flush ms (1 min at 1 s)",
-                "read ms (uncached)", "read µs (cached)", "prune ms"], rows)
+    md = table(["targets", "file MB", "record µs/result",
+                "/api/uptime body ms (cached read + JSON)", "/api/uptime kB",
+                "flush ms (1 min at 1 s)",
+                "read ms (uncached: all windows)", "read ms (uncached: a 5-min move)",
+                "read ms (cached, bar objects)",
+                "read ms (cached, bar arrays = API)",
+                "flush ms during an uncached read: before (read under the writer's lock)",
+                "after (read on the snapshot connection)",
+                "prune ms"], rows)
     md += (f"\n\nMedians of {args.runs} runs; 30 days of history in the file (25 h of"
            " 5-minute buckets, 31 days of hourly totals). The uncached read runs when a window"
-           " moves (every 5 min for 24 h and the bar, hourly for 7 d/30 d), under the store lock.")
+           " moves (every 5 min for 24 h and the bar, hourly for 7 d/30 d), on the read-only"
+           " snapshot connection: a flush does not wait for it. \"before\" holds the writer's"
+           " lock around the same read, as the reads did until they moved to that"
+           " connection; \"bar objects\" is the per-slot shape /api/uptime sent before,"
+           " \"bar arrays\" the one it sends now.")
     print(md)
     write_results("uptime", data, md)
 

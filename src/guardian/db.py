@@ -9,9 +9,9 @@ Rules (why: a watchdog that stops watching because of its own bookkeeping is wor
 none; its store is Guardian's trouble, never a reason to exit or to act on a target):
 
 * Opening: WAL, ``synchronous=NORMAL``, foreign keys, a busy timeout, and ``PRAGMA
-  quick_check``. One connection per :class:`Database`, shared by every component and
-  guarded by one re-entrant lock (``check_same_thread=False``: the API may read from
-  another thread).
+  quick_check``. One writing connection per :class:`Database`, shared by every component
+  and guarded by one re-entrant lock (``check_same_thread=False``: the API may read from
+  another thread), and one read-only connection for heavy reads (below).
 * A damaged file (quick_check fails, "malformed", "file is not a database" - at open or in
   the middle of a run) is *moved aside*, never deleted: renamed with a UTC timestamp
   (``guardian.db.corrupt-20261201T221500Z`` plus its ``-wal``/``-shm``), logged as
@@ -36,6 +36,14 @@ none; its store is Guardian's trouble, never a reason to exit or to act on a tar
   newer Guardian's state; refusing keeps it for the Guardian that can read it.
 * Anything that prevents opening the file at all (permissions, a directory in the way)
   also falls back to memory with the problem set.
+
+* Heavy reads (the status page's aggregations, incident lists) go through
+  :meth:`Database.snapshot`: a second, read-only connection (``mode=ro``, ``query_only``)
+  with a lock of its own, reading one WAL snapshot. It never takes the writer's lock, so a
+  long aggregation cannot delay a write from the event loop (a late write there would be
+  a late check: Guardian's stall must not become a target's failure). Damage it finds is
+  handled like any other (the read is retried under the writer's rules, which move the
+  file aside); on memory (no file to share) it is an ordinary :meth:`read`.
 
 ``recover=False`` (the CLI and tools) turns the fallbacks into errors instead: a reader
 must not rename the daemon's file under it, and a refused file is reported, not replaced.
@@ -167,9 +175,10 @@ class Database:
 
     Components :meth:`register` themselves (their migrations run at once) and do all their
     I/O through :meth:`read` and :meth:`write`, which hold the lock and apply the error
-    rules. ``persistent`` is False while running on memory. Pass the components you will
-    register as ``components`` so a newer schema is refused before any of them writes
-    (a component only registered later can only be refused after the others migrated).
+    rules, or :meth:`snapshot` for long reads that must not hold the lock. ``persistent``
+    is False while running on memory. Pass the components you will register as
+    ``components`` so a newer schema is refused before any of them writes (a component
+    only registered later can only be refused after the others migrated).
     """
 
     def __init__(
@@ -206,6 +215,10 @@ class Database:
         self._trouble_reported = False
         self._closed = False
         self._resetting = False
+        self._generation = 0  # bumped when the file is replaced: the reader reopens
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        self._reader_generation = -1
         with self.lock:
             self._conn = self._open()
 
@@ -471,6 +484,7 @@ class Database:
     def _reset_now(self, reopen: Callable[[], sqlite3.Connection]) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
+        self._generation += 1
         self._conn = reopen()
         for comp, _ in list(self._components.values()):
             try:
@@ -500,6 +514,67 @@ class Database:
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction under the lock."""
         return self._run(fn, write=True)
+
+    def snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` (queries only) in one read transaction on the read-only connection.
+
+        Never holds :attr:`lock`, so writers go on while ``fn`` runs; everything ``fn``
+        reads comes from one snapshot (the one its first query sees). Without a file to
+        share (memory, or the file refused) this is :meth:`read`.
+        """
+        with self._read_lock:
+            conn = self._reader_conn()
+            if conn is None:
+                return self.read(fn)
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return fn(conn)
+                finally:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as e:
+                kind = classify(e)
+                self._drop_reader()
+                if kind == "damaged":  # the writer's rules move the file aside, then retry
+                    return self.read(fn)
+                if kind in ("full", "io", "busy"):
+                    raise StoreUnavailable(f"store {self.path}: {_describe(kind, e)}") from e
+                raise
+
+    def _reader_conn(self) -> sqlite3.Connection | None:
+        """The read-only connection for the current file (opened on first use)."""
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        if not self.persistent:
+            return None
+        if self._reader is not None and self._reader_generation == self._generation:
+            return self._reader
+        self._drop_reader()
+        generation = self._generation
+        try:
+            conn = sqlite3.connect(
+                self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=self.timeout,
+                isolation_level=None, check_same_thread=False,
+            )
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"store {self.path}: cannot open for reading: {e}") from e
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            conn.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as e:
+            conn.close()
+            raise StoreUnavailable(f"store {self.path}: cannot open for reading: {e}") from e
+        self._reader, self._reader_generation = conn, generation
+        return conn
+
+    def _drop_reader(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._reader.close()
+            self._reader = None
 
     def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         with self.lock:
@@ -621,6 +696,8 @@ class Database:
             self._closed = True
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
+        with self._read_lock:
+            self._drop_reader()
 
 
 def _describe(kind: ErrorKind, exc: BaseException) -> str:

@@ -21,7 +21,8 @@ keeps the counts in memory (bounded: the oldest buckets go first, counted in
 ``dropped``); a file replaced mid-run gets what is buffered and starts its history from
 there (the older counts stay in the moved-aside file). Reads aggregate in SQL once when
 a window moves (every 5 minutes for the 24 h window and the bar, hourly for 7 d and
-30 d) and each flush folds its batch into those figures, so a status page polled by
+30 d) on the store's read-only connection, so a flush from the event loop never waits
+for it, and each flush folds its batch into those figures, so a status page polled by
 many clients costs a query every few minutes, not one per request.
 """
 
@@ -31,6 +32,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -127,8 +129,10 @@ class UptimeStore:
 
     Give it the shared :class:`Database` (the daemon) or a path (tools, tests: it then
     opens and owns a strict Database of its own). Results arrive on the event loop;
-    the API reads from its own thread. Lock order is always the Database's lock, then
-    the buffer's; recording takes only the buffer's, so it never waits for a query.
+    the API reads from its own thread. Lock order is always the Database's lock, the
+    aggregates' lock, then the buffer's; recording takes only the buffer's, and a query
+    holds none of them (it reads a snapshot on :meth:`Database.snapshot`), so neither
+    recording nor a flush waits for a query.
     """
 
     def __init__(
@@ -162,6 +166,11 @@ class UptimeStore:
         # What the tables say per window / bar slot, computed by one query when a window
         # moves and kept current by folding in each written batch (under the db lock).
         self._aggs: dict[tuple[Any, ...], _Agg] = {}
+        # Re-entrant: a flush that finds the file damaged re-saves (flushes) from inside.
+        self._agg_lock = threading.RLock()  # the aggs, _seq, _written; never held by a query
+        self._seq = 0  # batches written so far
+        self._epoch = 0  # bumped when stored rows go (prune, a replaced file)
+        self._written: deque[tuple[int, Buffer]] = deque(maxlen=64)  # recent batches
         self._read_warned_at: float | None = None
         self.dropped = 0  # results (and restarts) lost because the buffer was full
         try:
@@ -242,7 +251,10 @@ class UptimeStore:
             c.executemany(_UPSERT_FINE, fine)
             c.executemany(_UPSERT_HOURLY, coarse)
 
-        with self.db.lock:  # so a reader sees the batch either buffered or stored, not both
+        # The agg lock makes a batch move from "buffered" to "stored" in one step for
+        # readers and orders it against their snapshots; the Database's lock comes first
+        # (the order everywhere, also when a read on memory holds it).
+        with self.db.lock, self._agg_lock:
             try:
                 self.db.write(write)
             except (StoreError, sqlite3.Error) as e:
@@ -255,6 +267,8 @@ class UptimeStore:
                 return False
             with self._buf_lock:
                 self._inflight.pop(id(batch), None)
+            self._seq += 1
+            self._written.append((self._seq, batch))
             for agg in self._aggs.values():  # cached figures follow without a query
                 for (t, b), c in batch.items():
                     agg.add(t, b, c[0], c[1], c[2])
@@ -282,7 +296,9 @@ class UptimeStore:
 
     def _resave(self) -> None:
         """The file was replaced: what is buffered goes into the fresh one."""
-        self._aggs.clear()
+        with self._agg_lock:
+            self._aggs.clear()
+            self._epoch += 1
         self.flush()
         log.warning(
             "uptime history restarts in the fresh store (earlier counts stay in the file"
@@ -302,7 +318,7 @@ class UptimeStore:
             n = c.execute("DELETE FROM uptime WHERE bucket < ?", (fine_cut,)).rowcount
             return n + c.execute("DELETE FROM uptime_hourly WHERE hour < ?", (hour_cut,)).rowcount
 
-        with self.db.lock:
+        with self.db.lock, self._agg_lock:
             try:
                 removed = self.db.write(run)
             except (StoreError, sqlite3.Error) as e:
@@ -310,6 +326,7 @@ class UptimeStore:
                 return 0
             if removed:  # only rows outside the default windows, but a caller's span may differ
                 self._aggs.clear()
+                self._epoch += 1  # a query running now read rows that are gone
         return removed
 
     def close(self) -> None:
@@ -333,30 +350,76 @@ class UptimeStore:
         key: tuple[Any, ...],
         place: Callable[[int], list[Hashable]],
         query: Callable[[sqlite3.Connection], list[Any]],
-    ) -> dict[str, dict[Hashable, Counts]]:
-        """Per target and slot: what the tables hold (one query when ``key`` is new, then
-        kept current by the flushes) plus what is buffered, as one consistent picture."""
-        with self.db.lock:
+    ) -> dict[str, dict[Hashable, list[int]]]:
+        """Per target and slot [ok, total, restarts] (fresh lists): what the tables hold
+        (one query when ``key`` is new, then kept current by the flushes) plus what is
+        buffered, as one consistent picture."""
+        with self._agg_lock:
             agg = self._aggs.get(key)
-            if agg is None:
-                agg = _Agg(place)
-                try:
-                    for target, slot, ok, total, restarts in self.db.read(query):
-                        agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
-                except (StoreError, sqlite3.Error) as e:  # Guardian's trouble: show the buffer
-                    self._read_failed(e)
+            if agg is not None:
+                out, buffered = self._picture(agg)
+        if agg is None:
+            agg = self._query(place, query)
+            with self._agg_lock:
+                if agg is None:  # Guardian's trouble: show what is buffered
                     agg = _Agg(place)
                 else:
-                    while len(self._aggs) >= 6:  # windows move on: the oldest keys go
+                    while len(self._aggs) >= 8:  # windows move on: the oldest keys go
                         del self._aggs[next(iter(self._aggs))]
                     self._aggs[key] = agg
-            out = {t: {k: Counts(*c) for k, c in per.items()} for t, per in agg.sums.items()}
-            buffered = self._buffered()
+                out, buffered = self._picture(agg)
         for target, bucket, ok, total, restarts in buffered:
             per = out.setdefault(target, {})
             for k in place(bucket):
-                per[k] = per.get(k, Counts()) + Counts(ok, total, restarts)
+                c = per.setdefault(k, [0, 0, 0])
+                c[0] += ok
+                c[1] += total
+                c[2] += restarts
         return out
+
+    def _picture(self, agg: _Agg) -> tuple[dict[str, dict[Hashable, list[int]]], list[Any]]:
+        """What ``agg`` holds and what is buffered (call with the agg lock held)."""
+        out = {t: {k: c[:] for k, c in per.items()} for t, per in agg.sums.items()}
+        return out, self._buffered()
+
+    def _query(
+        self, place: Callable[[int], list[Hashable]],
+        query: Callable[[sqlite3.Connection], list[Any]],
+    ) -> _Agg | None:
+        """Aggregate the tables on the read-only connection, without any lock a flush needs.
+
+        The snapshot is pinned (its first read) under the agg lock, so the batches written
+        after it are exactly those with a later sequence number: they are folded in after
+        the query. None when the store cannot be read, or rows went (prune) meanwhile.
+        """
+        pinned: list[int] = []
+
+        def run(c: sqlite3.Connection) -> list[Any]:
+            with self._agg_lock:
+                c.execute("SELECT count(*) FROM guardian_schema").fetchone()
+                pinned[:] = [self._seq, self._epoch]
+            return query(c)
+
+        for _ in range(3):  # a prune (or a replaced file) during the query: read again
+            try:
+                rows = self.db.snapshot(run)
+            except (StoreError, sqlite3.Error) as e:
+                self._read_failed(e)
+                return None
+            agg = _Agg(place)
+            for target, slot, ok, total, restarts in rows:
+                agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
+            with self._agg_lock:
+                seq, epoch = pinned
+                later = [b for s, b in self._written if s > seq]
+                if epoch != self._epoch or len(later) != self._seq - seq:
+                    continue
+                for batch in later:
+                    for (t, b), c in batch.items():
+                        agg.add(t, b, c[0], c[1], c[2])
+            return agg
+        self._read_failed(StoreError("the store changed during every read"))
+        return None
 
     def _read_failed(self, exc: BaseException) -> None:
         now = self._monotonic()
@@ -381,10 +444,6 @@ class UptimeStore:
         fine = [n for n in WINDOWS if n in _FINE_WINDOWS]
         coarse = [n for n in WINDOWS if n not in _FINE_WINDOWS]
 
-        def place(bucket: int) -> list[Hashable]:
-            hour = bucket - bucket % HOUR
-            return [n for n, s in starts.items() if (bucket if n in fine else hour) >= s]
-
         def sums(table: str, col: str, names: list[str]) -> str:
             parts = [
                 f"SUM(CASE WHEN {col} >= {int(starts[n])} THEN {f} ELSE 0 END)"
@@ -395,17 +454,28 @@ class UptimeStore:
             return f"SELECT target, {', '.join(parts)} FROM {table} WHERE {col} >= {int(low)}" \
                 " GROUP BY target"
 
-        def query(c: sqlite3.Connection) -> list[Any]:
-            out: list[Any] = []
-            for table, col, names in (("uptime", "bucket", fine),
-                                      ("uptime_hourly", "hour", coarse)):
-                for r in c.execute(sums(table, col, names)):
-                    out += [(r[0], n, *r[1 + 3 * i : 4 + 3 * i]) for i, n in enumerate(names)]
-            return out
+        def part(table: str, col: str, names: list[str], hourly: bool) -> \
+                dict[str, dict[Hashable, list[int]]]:
+            def place(bucket: int) -> list[Hashable]:
+                at = bucket - bucket % HOUR if hourly else bucket
+                return [n for n in names if at >= starts[n]]
 
-        data = self._read(("windows", *starts.values()), place, query)
+            def query(c: sqlite3.Connection) -> list[Any]:
+                return [(r[0], n, *r[1 + 3 * i : 4 + 3 * i])
+                        for r in c.execute(sums(table, col, names))
+                        for i, n in enumerate(names)]
+
+            # Cached apart: the 24 h window moves every 5 minutes, the hourly ones each hour,
+            # so a 5-minute move does not re-sum 31 days of hourly totals.
+            return self._read((table, *(starts[n] for n in names)), place, query)
+
+        data = part("uptime", "bucket", fine, False) if fine else {}
+        if coarse:
+            for t, per in part("uptime_hourly", "hour", coarse, True).items():
+                data.setdefault(t, {}).update(per)
+        none = [0, 0, 0]
         return {
-            t: {n: per.get(n, Counts()) for n in WINDOWS}
+            t: {n: Counts(*per.get(n, none)) for n in WINDOWS}
             for t, per in data.items()
         }
 
@@ -414,6 +484,20 @@ class UptimeStore:
         slots: int = 48,
     ) -> dict[str, list[Bar]]:
         """Per target: ``slots`` equal slots covering ``span`` up to ``now``, oldest first."""
+        b = self.bar_arrays(now, span=span, slots=slots)
+        starts = [b.start + timedelta(seconds=b.seconds * i) for i in range(slots)]
+        return {
+            target: [Bar(starts[i], b.seconds, Counts(ok[i], total[i], restarts[i]))
+                     for i in range(slots)]
+            for target, (ok, total, restarts) in b.targets.items()
+        }
+
+    def bar_arrays(
+        self, now: datetime | None = None, *, span: timedelta = timedelta(hours=24),
+        slots: int = 48,
+    ) -> BarArrays:
+        """The bars of :meth:`bars` as three int lists per target (what the API sends: no
+        object per slot, which at 1000 targets is 48 000 of them every request)."""
         now = now or self._now()
         slot = max(self.bucket_seconds, int(span.total_seconds()) // slots)
         slot -= slot % self.bucket_seconds
@@ -432,14 +516,23 @@ class UptimeStore:
             ).fetchall()
 
         data = self._read(("bars", first, slot, slots), place, query)
-        starts = [datetime.fromtimestamp(first + i * slot, UTC) for i in range(slots)]
-        return {
-            target: [
-                Bar(starts[i], slot, per.get(i, Counts()))
-                for i in range(slots)
-            ]
-            for target, per in data.items()
-        }
+        out: dict[str, tuple[list[int], list[int], list[int]]] = {}
+        for target, per in data.items():
+            ok, total, restarts = [0] * slots, [0] * slots, [0] * slots
+            for i, c in per.items():
+                k = int(i)  # type: ignore[call-overload]
+                ok[k], total[k], restarts[k] = c
+            out[target] = (ok, total, restarts)
+        return BarArrays(datetime.fromtimestamp(first, UTC), slot, out)
+
+
+@dataclass(frozen=True, slots=True)
+class BarArrays:
+    """History bars of every target: slot i starts at ``start + i * seconds``."""
+
+    start: datetime
+    seconds: int
+    targets: dict[str, tuple[list[int], list[int], list[int]]]  # ok, total, restarts
 
 
 class _Agg:

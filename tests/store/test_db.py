@@ -6,6 +6,7 @@ import errno
 import logging
 import re
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -509,4 +510,94 @@ def test_a_flapping_full_disk_does_not_flood_the_log(
     assert len(events(caplog, "store_write_failed")) == 1
     assert len(events(caplog, "store_recovered")) == 1
     assert breakers.unsaved == set()  # every kept record was written once space came back
+    db.close()
+
+
+# ---------------------------------------------------------------- the read-only connection
+
+
+def _blocked_snapshot(db: Database) -> tuple[threading.Thread, threading.Event, threading.Event,
+                                              list[object]]:
+    """A reader thread that opens a snapshot, reads, and waits there until released."""
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def fn(c: sqlite3.Connection) -> None:
+        seen.append(c.execute("SELECT count(*) FROM t").fetchone()[0])
+        inside.set()
+        release.wait(30)
+        seen.append(c.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    reader = threading.Thread(target=db.snapshot, args=(fn,), daemon=True)
+    reader.start()
+    assert inside.wait(30)
+    return reader, inside, release, seen
+
+
+def test_a_write_completes_while_a_snapshot_read_is_open(tmp_path: Path) -> None:
+    """Heavy API reads use the read-only connection: a writer (the event loop) neither
+    waits for them nor disturbs what they read."""
+    db = Database(tmp_path / "g.db", recover=True)
+    db.write(lambda c: c.execute("CREATE TABLE t (x INTEGER)"))
+    db.write(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+    reader, _, release, seen = _blocked_snapshot(db)
+    try:
+        # The read transaction is open and the reader holds its lock: the write must not
+        # need either (it would wait here until release and the assert below would fail).
+        writer = threading.Thread(
+            target=db.write, args=(lambda c: c.execute("INSERT INTO t VALUES (2)"),), daemon=True)
+        writer.start()
+        writer.join(30)
+        assert not writer.is_alive(), "the write waited for the reader"
+        assert reader.is_alive() and not release.is_set()
+        assert db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 2
+    finally:
+        release.set()
+        reader.join(30)
+    assert seen == [1, 1]  # one snapshot for the whole read
+    assert db.snapshot(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 2
+    db.close()
+
+
+def test_the_read_only_connection_cannot_write(tmp_path: Path) -> None:
+    db = Database(tmp_path / "g.db", recover=True)
+    db.write(lambda c: c.execute("CREATE TABLE t (x INTEGER)"))
+    with pytest.raises(sqlite3.Error):
+        db.snapshot(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+    assert db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 0
+    db.close()
+
+
+def test_a_snapshot_follows_a_file_replaced_after_damage(tmp_path: Path) -> None:
+    """Damage seen by a snapshot read is handled by the writer's rules (moved aside, a
+    fresh file); the next snapshot reads the fresh file, not the one moved aside."""
+    path, problems = tmp_path / "g.db", Problems()
+    db = Database(path, recover=True, problems=problems, components=(INCIDENTS,))
+    Store(db)
+    db.write(lambda c: c.execute("CREATE TABLE t (x INTEGER)"))
+    db.write(lambda c: c.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(5000)]))
+    assert db.snapshot(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 5000
+    db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # every page but the first zeroed (`dd conv=notrunc`)
+        f.seek(4096)
+        f.write(b"\0" * (size - 4096))
+    with sqlite3.connect(path) as other:  # another writer: cached pages are dropped
+        other.execute("PRAGMA application_id = 7")
+    other.close()
+
+    def count(c: sqlite3.Connection) -> int:
+        return int(c.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    with pytest.raises(sqlite3.Error):  # the fresh file has no table t: that is the answer
+        db.snapshot(count)
+    assert db.moved_to and PROBLEM_KEY in problems.problems
+    db.write(lambda c: c.execute("CREATE TABLE t (x INTEGER)"))
+    assert db.snapshot(count) == 0
+    db.close()
+
+
+def test_a_snapshot_on_memory_is_an_ordinary_read() -> None:
+    db = Database(":memory:")
+    db.write(lambda c: c.execute("CREATE TABLE t (x INTEGER)"))
+    assert db.snapshot(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 0
     db.close()

@@ -150,6 +150,11 @@ def test_bars_cover_24h_in_equal_slots(tmp_path: Path) -> None:
         assert sum(b.counts.total for b in bars) == 2
         assert bars[-1].counts.total == 1 and bars[-1].counts.percent == 0.0
         assert next(b for b in bars if b.counts.total == 0).counts.percent is None
+        arrays = store.bar_arrays(now())  # what the API sends: the same bars as int lists
+        ok, total, restarts = arrays.targets["panel"]
+        assert arrays.start == bars[0].start and arrays.seconds == 1800
+        assert total == [b.counts.total for b in bars] and ok == [b.counts.ok for b in bars]
+        assert restarts == [0] * 48
     store.close()
 
 
@@ -162,9 +167,14 @@ def test_reads_query_the_file_when_a_window_moves_not_per_request(tmp_path: Path
     store.record("panel", T0, True)
     store.flush()
     selects: list[str] = []
-    store.db.connection.set_trace_callback(
-        lambda s: selects.append(s) if s.lstrip().startswith("SELECT") and "FROM uptime" in s
-        else None)
+
+    def trace(s: str) -> None:
+        if s.lstrip().startswith("SELECT") and "FROM uptime" in s:
+            selects.append(s)
+
+    # Reads aggregate on the read-only connection: trace that one (and the writer's).
+    store.db.snapshot(lambda c: c.set_trace_callback(trace))
+    store.db.connection.set_trace_callback(trace)
     for _ in range(50):
         store.windows(now())
         store.bars(now())
@@ -182,6 +192,11 @@ def test_reads_query_the_file_when_a_window_moves_not_per_request(tmp_path: Path
     assert again.bars(now()) == store.bars(now())
     store.bars(now() + timedelta(minutes=5))  # the bar moved on: one new query
     assert len(selects) == 3 + 3 + 1
+    # The 24 h window moved on, 7 d / 30 d (taken at the hour) did not: one query of the
+    # 5-minute buckets, none of the hourly totals.
+    later = store.windows(now() + timedelta(minutes=5))
+    assert len(selects) == 3 + 3 + 1 + 1 and "uptime_hourly" not in selects[-1]
+    assert later == again.windows(now() + timedelta(minutes=5))
     store.close()
 
 
@@ -349,4 +364,43 @@ def test_a_reader_thread_never_sees_a_count_twice_or_lose_one(tmp_path: Path) ->
     assert seen and seen == sorted(seen)  # never more, then fewer: no double count
     assert max(seen) <= 3000
     assert store.windows(now())["panel"]["24h"].total == 3000
+    store.close()
+
+
+def test_a_flush_completes_while_an_uncached_read_aggregates(tmp_path: Path) -> None:
+    """The aggregation runs on the read-only connection without the writer's lock: a
+    flush from the event loop finishes while it runs, and the read's figures still count
+    that batch exactly once (folded in after the snapshot, not read from the buffer too)."""
+    mono, now = Mono(), Now(T0)
+    store = UptimeStore(tmp_path / "g.db", now=now, monotonic=mono)
+    for i in range(200):
+        store.record(f"t{i % 20}", T0 - timedelta(minutes=5 * (i // 20)), True)
+    assert store.flush()
+    inside, release = threading.Event(), threading.Event()
+
+    def stall() -> int:  # SQLite calls this during the aggregation: park it there once
+        if not inside.is_set():
+            inside.set()
+            release.wait(30)
+        return 0
+
+    store.db.snapshot(lambda c: c.set_progress_handler(stall, 50))
+    got: list[dict[str, dict[str, object]]] = []
+    reader = threading.Thread(target=lambda: got.append(store.windows(now())), daemon=True)
+    reader.start()
+    try:
+        assert inside.wait(30)
+        store.record("t0", T0, False)
+        flusher = threading.Thread(target=store.flush, daemon=True)
+        flusher.start()
+        flusher.join(30)
+        assert not flusher.is_alive(), "the flush waited for the read"
+        assert reader.is_alive()
+    finally:
+        release.set()
+        reader.join(30)
+    w = got[0]["t0"]["24h"]
+    assert (w.ok, w.total) == (10, 11)  # type: ignore[attr-defined]
+    assert store.windows(now())["t0"]["24h"] == w  # the cached figures agree
+    store.db.snapshot(lambda c: c.set_progress_handler(None, 0))
     store.close()

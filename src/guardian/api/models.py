@@ -517,18 +517,20 @@ class UptimeWindow(BaseModel):
     restarts: int = Field(0, description="restarts Guardian started in the window")
 
 
-class UptimeBar(BaseModel):
-    start: datetime
-    seconds: int
-    ok: int
-    total: int
-    restarts: int
-    percent: float | None
+class UptimeBars(BaseModel):
+    """The history bar as arrays (slot i starts at ``start + i * seconds``): 48 slots of
+    1000 targets stay small ints, not 48 000 objects."""
+
+    start: datetime = Field(description="start of the first (oldest) slot")
+    seconds: int = Field(description="length of each slot")
+    ok: list[int] = Field(description="results up per slot")
+    total: list[int] = Field(description="results counted per slot (0: no data)")
+    restarts: list[int] = Field(description="restarts Guardian started per slot")
 
 
 class TargetUptime(BaseModel):
     windows: dict[str, UptimeWindow] = Field(description="24h, 7d, 30d")
-    bars: list[UptimeBar] = Field(description="the last 24 h in equal slots, oldest first")
+    bars: UptimeBars = Field(description="the last 24 h in equal slots, oldest first")
 
 
 class UptimeResponse(BaseModel):
@@ -543,26 +545,20 @@ def build_uptime(view: GuardianView, now: datetime) -> UptimeResponse:
     counts = view.uptime_counts
     if counts is None:  # Guardian's own trouble, not the targets': say so, don't fail
         return UptimeResponse(timestamp=now, available=False, bucket_seconds=0, targets={})
-    windows, bars = counts.windows(now), counts.bars(now)
+    slots = 48
+    windows, bars = counts.windows(now), counts.bar_arrays(now, slots=slots)
     empty = {name: Counts() for name in WINDOWS}
+    no_data = [0] * slots
     targets: dict[str, TargetUptime] = {}
     for t in view.config.targets:
         per = windows.get(t.name, {})
-        targets[t.name] = TargetUptime(
+        ok, total, restarts = bars.targets.get(t.name, (no_data, no_data, no_data))
+        targets[t.name] = TargetUptime.model_construct(  # our own ints: no validation pass
             windows={
                 name: UptimeWindow(ok=c.ok, total=c.total, percent=c.percent, restarts=c.restarts)
                 for name, c in {**empty, **per}.items()
             },
-            bars=[
-                UptimeBar(
-                    start=b.start,
-                    seconds=b.seconds,
-                    ok=b.counts.ok,
-                    total=b.counts.total,
-                    restarts=b.counts.restarts,
-                    percent=b.counts.percent,
-                )
-                for b in bars.get(t.name, [])
-            ],
+            bars=UptimeBars.model_construct(
+                start=bars.start, seconds=bars.seconds, ok=ok, total=total, restarts=restarts),
         )
     return UptimeResponse(timestamp=now, bucket_seconds=counts.bucket_seconds, targets=targets)

@@ -154,16 +154,22 @@
     );
     c.bar.hidden = false;
     c.bar.setAttribute("aria-label", "last 24 hours");
+    // Bars come as arrays (slot i starts at start + i * seconds): small for many targets.
+    const b = u.bars;
+    const first = Date.parse(b.start);
     c.bar.replaceChildren(
-      ...u.bars.map((b) => {
+      ...b.total.map((total, i) => {
+        const ok = b.ok[i];
+        const restarts = b.restarts[i];
+        const start = new Date(first + i * b.seconds * 1000).toISOString();
         const s = el("span", "slot");
         let cls = "none";
-        if (b.total) cls = b.ok === b.total ? "up" : b.ok === 0 ? "down" : "partial";
+        if (total) cls = ok === total ? "up" : ok === 0 ? "down" : "partial";
         s.classList.add(cls);
-        const tail = b.restarts ? `, ${b.restarts} restart(s)` : "";
-        s.title = b.total
-          ? `${time(b.start)}: ${pct(b.percent)} (${b.ok}/${b.total})${tail}`
-          : `${time(b.start)}: no data${tail}`;
+        const tail = restarts ? `, ${restarts} restart(s)` : "";
+        s.title = total
+          ? `${time(start)}: ${pct((100 * ok) / total)} (${ok}/${total})${tail}`
+          : `${time(start)}: no data${tail}`;
         return s;
       }),
     );
