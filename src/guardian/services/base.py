@@ -6,6 +6,7 @@ recovery: a status, start/stop/restart, and where known a PID and the last log l
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,3 +92,15 @@ class ExitNotifying(Protocol):
     """Backends that learn of an exit the instant it happens (supervised processes)."""
 
     def add_exit_listener(self, listener: ExitListener) -> None: ...
+
+
+def unstick_step(
+    log: logging.Logger, notes: list[str], service: str, target: str, text: str
+) -> None:
+    """One step of un-sticking a service (kill by PID, start again): logged as it happens
+    and kept in ``notes`` for the restart event, so it reaches the incident."""
+    notes.append(text)
+    log.warning(
+        "%s: %s", service, text,
+        extra={"target": target, "event": "service_unstick", "step": text},
+    )

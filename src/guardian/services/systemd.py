@@ -21,6 +21,7 @@ from guardian.services.base import (
     ServiceErrorKind,
     ServiceState,
     ServiceStatus,
+    unstick_step,
     validate_service_name,
 )
 from guardian.services.subproc import CommandResult, run_service_tool
@@ -248,13 +249,7 @@ class SystemdBackend:
             await self.clock.sleep(self.poll_interval)
 
     def _step(self, text: str) -> None:
-        self._notes.append(text)
-        log.warning(
-            "%s: %s",
-            self.unit,
-            text,
-            extra={"target": self.name, "event": "service_unstick", "step": text},
-        )
+        unstick_step(log, self._notes, self.unit, self.name, text)
 
     async def _kill_plan(self) -> tuple[str, str]:
         """(``--kill-whom``, ``--signal``) as the unit itself would end a stop that timed

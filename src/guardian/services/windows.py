@@ -26,6 +26,7 @@ from guardian.services.base import (
     ServiceErrorKind,
     ServiceState,
     ServiceStatus,
+    unstick_step,
     validate_service_name,
 )
 from guardian.services.subproc import CommandResult, run_service_tool
@@ -518,13 +519,7 @@ class WindowsServiceBackend:
             await self.clock.sleep(self.poll_interval)
 
     def _step(self, text: str) -> None:
-        self._notes.append(text)
-        log.warning(
-            "%s: %s",
-            self.service_name,
-            text,
-            extra={"target": self.name, "event": "service_unstick", "step": text},
-        )
+        unstick_step(log, self._notes, self.service_name, self.name, text)
 
     async def _kill_stuck(self, state_name: str, waited: float) -> None:
         """Kill the service's process tree by the PID the SCM reports for it."""
