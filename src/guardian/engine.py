@@ -96,6 +96,7 @@ class Engine:
         self._stray: set[asyncio.Task[Outcome]] = set()
         self.startup = startup
         self._wake: dict[Scheduled, asyncio.Event] = {}
+        self._sleeping: dict[Scheduled, asyncio.Future[None]] = {}  # woken early by _wake
         if startup is not None:
             startup.add_waker(self._wake_target)
         # Set by the runtime: a timeout while Guardian itself stalled is SKIPPED, not FAILED.
@@ -146,10 +147,20 @@ class Engine:
                 probe.release(mark)  # the lag probe ticks only while checks run
 
     async def _run_marked(self, check: Check, timeout: float, mark: float) -> Outcome:
-        task: asyncio.Task[Outcome] = asyncio.ensure_future(check.run())
-        timer = asyncio.ensure_future(self.clock.sleep(timeout))
+        # One task for the check and a plain timer for its deadline (not a second task and
+        # an asyncio.wait): at 1000 checks a second that is a fair share of Guardian's CPU.
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[Outcome] = loop.create_task(check.run())
+        over: asyncio.Future[None] = loop.create_future()
+
+        def finish(*_: object) -> None:
+            if not over.done():
+                over.set_result(None)
+
+        task.add_done_callback(finish)
+        timer = self.clock.call_later(timeout, finish)
         try:
-            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+            await over
         except asyncio.CancelledError:
             task.cancel()
             timer.cancel()
@@ -229,6 +240,9 @@ class Engine:
         for sc, event in self._wake.items():
             if sc.target == target:
                 event.set()
+                sleeping = self._sleeping.get(sc)
+                if sleeping is not None and not sleeping.done():
+                    sleeping.set_result(None)
 
     async def _sleep(self, sc: Scheduled, delay: float) -> bool:
         """Sleep ``delay`` seconds; True if a startup phase of the target began meanwhile."""
@@ -239,13 +253,16 @@ class Engine:
         if wake.is_set():
             wake.clear()
             return True
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        waiter = asyncio.ensure_future(wake.wait())
+        # A timer and a future the waker resolves: no sleeper and waiter tasks per run.
+        over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleeping[sc] = over
+        timer = self.clock.call_later(delay, lambda: None if over.done() else over.set_result(None))
         try:
-            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await over
         finally:
-            sleeper.cancel()
-            waiter.cancel()
+            timer.cancel()
+            if self._sleeping.get(sc) is over:
+                del self._sleeping[sc]
         if wake.is_set():
             wake.clear()
             return True
