@@ -93,11 +93,23 @@ def worker(src: Path, targets: int, renders: int, seed: int) -> dict[str, Any]:
     for k in range(5000):
         monitor.observe(rng.expovariate(1000), float(k))
     checks = [(t.name, c.check_name, c.kind) for t in cfg.targets for c in t.checks]
-    lateness = {
-        (t, c): deque((rng.expovariate(200) for _ in range(1000)), maxlen=1000)
-        for t, c, _ in checks
-    }
-    monitor.watch_lateness(lambda: [(t, c, xs) for (t, c), xs in lateness.items()])
+    try:  # the engine's lateness windows, as the runtime hands them to the monitor
+        from guardian.lateness import LatenessWindow
+    except ImportError:  # code from before them: samples, sorted at scrape time
+        LatenessWindow = None
+    lateness: dict[tuple[str, str], Any] = {}
+    for t, c, _ in checks:
+        samples = (rng.expovariate(200) for _ in range(1000))
+        if LatenessWindow is None:
+            lateness[(t, c)] = deque(samples, maxlen=1000)
+        else:
+            window = lateness[(t, c)] = LatenessWindow()
+            for x in samples:
+                window.append(x)
+    if LatenessWindow is None:
+        monitor.watch_lateness(lambda: [(t, c, xs) for (t, c), xs in lateness.items()])
+    else:
+        monitor.watch_lateness(lambda: [(t, c, w.p99()) for (t, c), w in lateness.items()])
     now = datetime.now(UTC)
     recovery = {
         t.name: {"attempts": rng.randint(0, 2), "last_restart": None,

@@ -9,9 +9,10 @@ another.
 
 Phases: a check's grid is ``phase + n x interval`` on the monotonic clock, its phase a
 stable hash of ``target/check`` spread over the whole interval (as Prometheus spreads
-scrapes). 1000 checks at 1 s therefore start about one per millisecond instead of all in
-the same instant, and a restarted Guardian keeps every check's phase (the monotonic clock
-is the machine's, not the process's). So that ``guardian run`` shows every check promptly
+scrapes) on 10 ms slots (:func:`phase_offset`). 1000 checks at 1 s therefore start about
+ten per slot, each slot one wakeup of the loop, instead of all in the same instant; and a
+restarted Guardian keeps every check's phase (the monotonic clock is the machine's, not
+the process's). So that ``guardian run`` shows every check promptly
 even with a 300 s disk check, the *first* run comes within ``min(interval,
 first_run_spread)`` (10 s): on the grid when its slot falls in that window, else at the
 check's own place in the window; the check then joins its grid at the first slot at least
@@ -32,12 +33,12 @@ import asyncio
 import hashlib
 import logging
 import math
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from guardian.checks.base import Check
 from guardian.clock import Clock
+from guardian.lateness import LatenessWindow
 from guardian.overload import LagProbe, overloaded_reason
 from guardian.redact import redact, redact_value
 from guardian.result import CheckResult, Outcome, Status
@@ -48,6 +49,7 @@ log = logging.getLogger("guardian.engine")
 
 MAX_REASON = 500
 FIRST_RUN_SPREAD = 10.0  # seconds: every check's first result within this of the start
+PHASE_SLOT = 0.01  # seconds: checks whose phases share a slot wake the loop once, together
 
 
 def phase_of(target: str, check: str) -> float:
@@ -56,13 +58,22 @@ def phase_of(target: str, check: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def phase_offset(target: str, check: str, interval: float) -> float:
+    """Where the check's grid sits in its interval: its phase, rounded down to a
+    :data:`PHASE_SLOT` boundary. Checks in one slot then share a loop wakeup (at 300
+    checks a second ~3 per wakeup instead of one each), while 100 slots a second still
+    spread the load as evenly as Guardian's clock can tell apart."""
+    slots = max(1, round(interval / PHASE_SLOT))
+    return int(phase_of(target, check) * slots) % slots * (interval / slots)
+
+
 @dataclass(eq=False)
 class Scheduled:
     """A check bound to its target, with its scheduling bookkeeping."""
 
     target: str
     check: Check
-    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    lateness: LatenessWindow = field(default_factory=LatenessWindow)
     running: bool = False
     runs: int = 0
 
@@ -284,7 +295,7 @@ class Engine:
         if not self.spread:
             return start, 0, None
         frac = phase_of(sc.target, sc.name)
-        anchor = frac * interval
+        anchor = phase_offset(sc.target, sc.name, interval)
         n = math.ceil((start - anchor) / interval)
         window = min(interval, self.first_run_spread)
         period = self._probe_period(sc)

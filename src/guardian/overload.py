@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -46,7 +46,6 @@ LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 # least this share of the check's timeout during the check.
 STALL_SHARE: Final = 0.5
 MARK_LEASE: Final = 120.0  # seconds a mark() outside any check window keeps the tick
-LATENESS_REFRESH: Final = 30.0  # seconds a check's start-lateness p99 is reused (about)
 
 
 class LagProbe(Protocol):
@@ -108,8 +107,7 @@ class LoopLagMonitor:
         self.max_lag = 0.0  # worst lag since overload began (or the last recovery)
         self._last_slow = 0.0
         self._events = 0  # times Guardian fell behind, for the log
-        self._lateness: Callable[[], Iterable[tuple[str, str, Sequence[float]]]] = tuple
-        self._p99: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (expires, p99)
+        self._lateness: Callable[[], Iterable[tuple[str, str, float | None]]] = tuple
 
     # ------------------------------------------------------------------ measuring
 
@@ -233,33 +231,14 @@ class LoopLagMonitor:
 
     # ------------------------------------------------------------------ readers
 
-    def watch_lateness(
-        self, source: Callable[[], Iterable[tuple[str, str, Sequence[float]]]]
-    ) -> None:
-        """Where check start lateness comes from: ``(target, check, samples)`` per check."""
+    def watch_lateness(self, source: Callable[[], Iterable[tuple[str, str, float | None]]]) -> None:
+        """Where check start lateness comes from: ``(target, check, p99 or None)`` per check
+        (the engine's :class:`~guardian.lateness.LatenessWindow` keeps each p99 exact)."""
         self._lateness = source
 
     def lateness_p99(self) -> list[tuple[str, str, float]]:
-        """``(target, check, p99)`` per check with samples, each reused for a while.
-
-        A check's p99 summarises up to 1000 runs, which a few more barely move, while
-        sorting 1000 samples for each of 1000 checks cost a scrape ~50 ms. So each value
-        is recomputed once it is older than about :data:`LATENESS_REFRESH` seconds, the
-        expiry spread per check so recomputations share the scrapes out.
-        """
-        now = self._now()
-        cache = self._p99
-        out: list[tuple[str, str, float]] = []
-        for target, check, samples in self._lateness():
-            if not samples:
-                continue
-            key = (target, check)
-            hit = cache.get(key)
-            if hit is None or now >= hit[0]:
-                spread = 0.5 + (hash(key) % 1000) / 1000  # 0.5 .. 1.5, fixed per check
-                hit = cache[key] = (now + LATENESS_REFRESH * spread, percentile(samples, 0.99))
-            out.append((target, check, hit[1]))
-        return out
+        """``(target, check, p99)`` per check that has run."""
+        return [(t, c, p99) for t, c, p99 in self._lateness() if p99 is not None]
 
     def histogram(self) -> LagHistogram:
         counts = list(self._counts)  # one C-level copy: consistent across threads
@@ -268,9 +247,3 @@ class LoopLagMonitor:
             running += n
             cumulative.append((bound, running))
         return LagHistogram(tuple(cumulative), self._sum, running)
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1) of a non-empty sample."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

@@ -82,7 +82,7 @@ class Guardian:
         )
         self.engine.lag_probe = self.overload
         self.overload.watch_lateness(
-            lambda: [(sc.target, sc.name, list(sc.lateness)) for sc in self.engine.scheduled]
+            lambda: [(sc.target, sc.name, sc.lateness.p99()) for sc in self.engine.scheduled]
         )
         self.fd_limits: FdLimits | None = None
         self.started_at: datetime | None = None

@@ -11,6 +11,7 @@ import httpx
 from guardian.api.app import create_app
 from guardian.api.context import StaticView
 from guardian.config import Config, parse_config
+from guardian.lateness import LatenessWindow
 from guardian.overload import LoopLagMonitor
 from guardian.result import CheckResult, Status, Value
 from guardian.state import State
@@ -154,7 +155,10 @@ def lag_monitor(state: State) -> LoopLagMonitor:
     monitor = LoopLagMonitor(state)
     for at, lag in enumerate((0.002, 0.004, 0.03)):
         monitor.observe(lag, float(at))
-    monitor.watch_lateness(lambda: [("panel", "http", [0.001, 0.002, 0.05])])
+    window = LatenessWindow()
+    for late in (0.001, 0.002, 0.05):
+        window.append(late)
+    monitor.watch_lateness(lambda: [("panel", "http", window.p99())])
     return monitor
 
 

@@ -9,7 +9,9 @@ Not blocked: the same check FAILS with "timeout", so the hook cannot hide real h
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import random
 import time
 
 import pytest
@@ -18,13 +20,8 @@ from guardian.checks.base import CheckConfigBase
 from guardian.clock import SystemClock
 from guardian.config import parse_config
 from guardian.engine import Engine
-from guardian.overload import (
-    LATENESS_REFRESH,
-    MARK_LEASE,
-    LoopLagMonitor,
-    overloaded_reason,
-    percentile,
-)
+from guardian.lateness import LatenessWindow, nearest_rank
+from guardian.overload import MARK_LEASE, LoopLagMonitor, overloaded_reason
 from guardian.result import Outcome, Status
 from guardian.state import State
 
@@ -142,7 +139,7 @@ def test_histogram_and_reason_helpers() -> None:
     assert dict(h.buckets)[0.001] == 1 and dict(h.buckets)[0.25] == 3
     assert overloaded_reason(0.1, 0.5) is None
     assert overloaded_reason(0.3, 0.5) == "guardian overloaded: event loop lag 300 ms"
-    assert percentile([5, 1, 3, 2, 4], 0.99) == 5 and percentile([1, 2], 0.5) == 1
+    assert nearest_rank(5) == 4 and nearest_rank(2, 0.5) == 0 and nearest_rank(1000) == 989
 
 
 async def test_the_tick_runs_only_while_a_check_runs() -> None:
@@ -216,17 +213,35 @@ async def test_overload_keeps_the_tick_until_guardian_keeps_up() -> None:
         await monitor.stop()
 
 
-def test_lateness_p99_is_reused_then_refreshed() -> None:
-    now = [0.0]
-    monitor = LoopLagMonitor(now=lambda: now[0])
-    samples = [0.001] * 100
-    monitor.watch_lateness(lambda: [("panel", "http", samples), ("idle", "http", [])])
+def test_lateness_p99_is_the_current_p99_of_each_check_that_ran() -> None:
+    window = LatenessWindow()
+    for _ in range(100):
+        window.append(0.001)
+    monitor = LoopLagMonitor()
+    monitor.watch_lateness(lambda: [("panel", "http", window.p99()), ("idle", "http", None)])
     assert monitor.lateness_p99() == [("panel", "http", 0.001)]
-    samples[:] = [0.5] * 100
-    now[0] = LATENESS_REFRESH * 0.49
-    assert monitor.lateness_p99() == [("panel", "http", 0.001)]  # reused
-    now[0] = LATENESS_REFRESH * 1.5
-    assert monitor.lateness_p99() == [("panel", "http", 0.5)]  # refreshed
+    for _ in range(100):
+        window.append(0.5)
+    assert monitor.lateness_p99() == [("panel", "http", 0.5)]  # no stale value kept
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 100, 1000])
+def test_a_lateness_window_keeps_the_exact_p99_of_its_last_samples(size: int) -> None:
+    """Against sorting the window after every sample: ties, zeros (a fake clock is never
+    late), spikes leaving the window, a cleared window."""
+    rng = random.Random(size)
+    window, ref = LatenessWindow(size), collections.deque[float](maxlen=size)
+    assert window.p99() is None
+    for i in range(3 * size + 50):
+        if i == 2 * size:
+            window.clear()
+            ref.clear()
+        x = rng.choice([0.0, 0.0, rng.random(), round(rng.random(), 1), 5.0 * (i % 97 == 0)])
+        window.append(x)
+        ref.append(x)
+        ordered = sorted(ref)
+        assert window.p99() == ordered[nearest_rank(len(ordered))], i
+        assert list(window) == list(ref) and len(window) == len(ref) and window[0] == ref[0]
 
 
 async def test_a_mark_inside_a_window_opens_nothing_one_outside_keeps_the_tick() -> None:

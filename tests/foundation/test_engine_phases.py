@@ -8,7 +8,7 @@ from guardian.checks.base import CheckConfigBase
 from guardian.checks.http import HttpCheckConfig
 from guardian.clock import FakeClock
 from guardian.config import Config, RecoveryConfig, TargetConfig
-from guardian.engine import FIRST_RUN_SPREAD, Engine, phase_of
+from guardian.engine import FIRST_RUN_SPREAD, PHASE_SLOT, Engine, phase_offset
 from guardian.result import Outcome, Status
 from guardian.startup import StartupPhases
 from guardian.state import State
@@ -68,10 +68,26 @@ async def test_a_thousand_first_runs_spread_over_the_whole_interval_then_a_fixed
         assert len(c.times) == 6
         gaps = [b - a for a, b in zip(c.times, c.times[1:], strict=False)]
         assert all(abs(g - 1.0) < 1e-6 for g in gaps), gaps  # on its grid, no drift
-        phase = phase_of(f"t{i:04d}", "c")
+        phase = phase_offset(f"t{i:04d}", "c", 1.0)
         assert all(abs(offset(t, 1.0) - phase) < 1e-6 for t in c.times)
     lateness = [x for sc in eng.scheduled for x in sc.lateness]
     assert len(lateness) == 6000 and max(lateness) == 0.0  # every run exactly when due
+    await eng.stop()
+
+
+async def test_checks_whose_phases_share_a_slot_run_at_the_same_instant() -> None:
+    """300 checks at 1 s wake the loop at most 100 times a second (10 ms slots)."""
+    clock = FakeClock()
+    eng, checks = rig(clock, 300, 1.0)
+    eng.start()
+    await clock.advance(3.0)
+    grid_runs = [t for c in checks for t in c.times[1:]]
+    offsets = {round(offset(t, 1.0), 9) for t in grid_runs}
+    assert len(offsets) <= round(1.0 / PHASE_SLOT)
+    assert len(offsets) > 80  # yet spread over (nearly) every slot, not bunched
+    assert all(abs(o / PHASE_SLOT - round(o / PHASE_SLOT)) < 1e-6 for o in offsets)
+    instants = {round(t, 9) for t in grid_runs}
+    assert len(instants) < len(grid_runs) / 2  # checks in one slot share their wakeup
     await eng.stop()
 
 
@@ -85,7 +101,8 @@ async def test_a_restarted_guardian_keeps_every_phase() -> None:
         places.append([offset(c.times[-1], 10.0) for c in checks])
         await eng.stop()
     assert all(abs(a - b) < 1e-6 for a, b in zip(*places, strict=True))
-    assert len({round(p, 3) for p in places[0]}) == 50  # and they differ between checks
+    # They differ between checks: 50 phases in 1000 slots of 10 ms share few slots.
+    assert len({round(p, 3) for p in places[0]}) >= 45
 
 
 async def test_a_long_interval_check_reports_within_the_first_run_window() -> None:
@@ -100,7 +117,7 @@ async def test_a_long_interval_check_reports_within_the_first_run_window() -> No
     assert first[0] < 1.0 < 9.0 < first[-1]  # spread over the window, not all at start
     await clock.advance(3 * 300)
     for i, c in enumerate(checks):
-        phase = phase_of(f"t{i:04d}", "c") * 300
+        phase = phase_offset(f"t{i:04d}", "c", 300.0)
         gap = c.times[1] - c.times[0]
         assert 150 - 1e-6 <= gap < 450, gap  # joins its grid, never two runs back to back
         assert all(abs(offset(t, 300.0) - phase) < 1e-6 for t in c.times[1:])
@@ -145,7 +162,7 @@ async def test_booting_targets_at_start_are_probed_within_the_probe_period_sprea
     for name, c, before in zip(names, checks, runs, strict=True):
         later = c.times[before:]
         assert later and 15 - 1e-6 <= later[0] - c.times[before - 1] < 45
-        phase = phase_of(name, "http") * 30
+        phase = phase_offset(name, "http", 30.0)
         assert all(abs(offset(t, 30.0) - phase) < 1e-6 for t in later)  # back on its grid
     assert eng.state.latest(names[0], "http").status is Status.OK  # type: ignore[union-attr]
     await eng.stop()
