@@ -275,3 +275,53 @@ def test_scrapes_while_events_arrive_from_another_thread() -> None:
     finally:
         stop.set()
         worker.join()
+
+
+def test_duration_histograms_are_written_as_prometheus_client_writes_them() -> None:
+    """Byte for byte (bucket order, ``le`` spelling, counts as ``3.0``, the sum's repr):
+    series stay continuous with Guardians that rendered through the library."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from guardian.api.metrics import DURATION_BUCKETS
+
+    view = make_view()
+    metrics = Metrics(view, process=False, min_age=0)
+    registry = CollectorRegistry()
+    reference = Histogram("guardian_check_duration_seconds", "How long checks take",
+                          ("target", "check"), buckets=DURATION_BUCKETS, registry=registry)
+    for i, duration in enumerate((0.0001, 0.004, 0.03, 0.03, 0.7, 3.0, 45.0, 120.0)):
+        status = Status.FAILED if i % 3 else Status.OK
+        view.state.record(result("panel", "http", status, "x", duration=duration))
+        reference.labels(target="panel", check="http").observe(duration)
+
+    def lines(text: str) -> list[str]:
+        return [line for line in text.splitlines()
+                if line.startswith("guardian_check_duration_seconds_")
+                and 'check="http"' in line and 'target="panel"' in line and not line.startswith(
+                    "guardian_check_duration_seconds_created")]
+
+    ours = lines(metrics.render()[0].decode())
+    assert len(ours) == 16
+    assert ours == lines(generate_latest(registry).decode())
+
+
+def test_process_series_are_read_through_psutil() -> None:
+    """The dashboard's memory and CPU panels read these; on Windows too (psutil)."""
+    import os
+
+    import psutil
+
+    view = make_view()
+    found = samples(Metrics(view).render()[0].decode())
+    me = psutil.Process(os.getpid())
+    rss = value(found, "process_resident_memory_bytes")
+    assert rss is not None and 0.5 < rss / me.memory_info().rss < 2
+    cpu = value(found, "process_cpu_seconds_total")
+    assert cpu is not None and 0 < cpu <= sum(me.cpu_times()[:2]) + 0.1
+    assert value(found, "process_start_time_seconds") == pytest.approx(me.create_time())
+    fds = value(found, "process_open_fds")
+    assert fds is not None and abs(fds - me.num_fds()) <= 3
+    info = [k for k in found if k[0] == "python_info"]
+    assert len(info) == 1 and ("implementation", "CPython") in info[0][1]
+    without = samples(Metrics(view, process=False).render()[0].decode())
+    assert not [k for k in without if k[0].startswith(("process_", "python_"))]

@@ -13,9 +13,10 @@ collectors: with 1000 targets the exposition has ~23 000 samples, and the librar
 scrape took 0.7-1.9 s of the API thread, holding the GIL the checks need. Here label sets
 are escaped once and kept, counters and histograms are plain lists behind one lock, and a
 sample is one string concatenation (bench/bench_metrics.py: before and after). The text
-format is the library's: ``prometheus_client`` still renders the process and platform
-collectors, still parses the text for :attr:`Metrics.registry` (tests and other in-process
-readers), and ``promtool check metrics`` vets the output in the tests.
+format is the library's, byte for byte (a test compares the histograms), and ``promtool
+check metrics`` vets the output in the tests. The process series come from
+:mod:`guardian.api.process_metrics`; ``prometheus_client`` itself is imported only for
+:attr:`Metrics.registry` (tests and other in-process readers), never by ``guardian run``.
 
 Encodings (numeric, so they graph and alert with plain comparisons):
 
@@ -43,24 +44,19 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from itertools import accumulate
-from typing import Final
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any, Final
 
 from guardian.api import readings
 from guardian.api.context import GuardianView
+from guardian.api.process_metrics import ProcessMetrics
 from guardian.events import Event, IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
 from guardian.overload import LAG_BUCKETS
 from guardian.result import CheckResult, Status, worst
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"  # the text format, 0.0.4
 
 CHECK_STATUS_CODE: Final = {Status.SKIPPED: -1, Status.OK: 0, Status.DEGRADED: 1, Status.FAILED: 2}
 RESTART_OUTCOMES: Final = {
@@ -260,9 +256,7 @@ def _checks(out: _Out, results: list[CheckResult]) -> None:
     for key, r in keyed:
         if r.status in (Status.DEGRADED, Status.FAILED):
             failing.add((*key, readings.classify_reason(r.reason)), 1)
-    out.family(
-        "guardian_check_last_run_timestamp_seconds", "gauge", "When the check last finished"
-    )
+    out.family("guardian_check_last_run_timestamp_seconds", "gauge", "When the check last finished")
     for text, (_, r) in zip(texts, keyed, strict=True):
         append(f"guardian_check_last_run_timestamp_seconds{text} {r.finished.timestamp()!r}\n")
 
@@ -344,9 +338,7 @@ def _comfyui(out: _Out, results: list[CheckResult]) -> None:
             for device, mb in readings.indexed(r.values, key).items():
                 family.add((target, device), mb * readings.MIB)
     busy = out.gauge("guardian_comfyui_busy", "1 while ComfyUI runs a prompt", t)
-    age = out.gauge(
-        "guardian_comfyui_running_seconds", "How long the running prompt has run", t
-    )
+    age = out.gauge("guardian_comfyui_running_seconds", "How long the running prompt has run", t)
     for target, r in latest.items():
         flag = r.values.get("busy")
         if isinstance(flag, bool):
@@ -375,8 +367,11 @@ def _overload(out: _Out, view: GuardianView) -> None:
         return
     h = monitor.histogram()
     name = "guardian_event_loop_lag_seconds"
-    out.family(name, "histogram",
-               "How late Guardian's check loop woke up (its own overload, not a target's)")
+    out.family(
+        name,
+        "histogram",
+        "How late Guardian's check loop woke up (its own overload, not a target's)",
+    )
     out.parts.extend(
         f'{name}_bucket{{le="{le}"}} {n:.1f}\n'
         for le, (_, n) in zip(_LAG_LE, h.buckets, strict=True)
@@ -392,17 +387,6 @@ def _overload(out: _Out, view: GuardianView) -> None:
     )
     for target, check, p99 in monitor.lateness_p99():
         lateness.add((target, check), p99)
-
-
-class _Parsed(Collector):
-    """Guardian's families for in-process readers of :attr:`Metrics.registry`, parsed from
-    the same text a scrape gets (so the two can never disagree)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        return text_string_to_metric_families(self.metrics.guardian_text())
 
 
 class Metrics:
@@ -436,14 +420,21 @@ class Metrics:
             if target.service is not None:
                 for outcome in RESTART_OUTCOMES.values():
                     self._restarts[(target.name, outcome)] = 0
-        # Process and platform series: few and fixed, rendered by prometheus_client.
-        self._process = CollectorRegistry()
-        self.registry = CollectorRegistry()  # Guardian's families too, for in-process reads
-        self.registry.register(_Parsed(self))
-        if process:
-            for collector in (ProcessCollector(registry=None), PlatformCollector(registry=None)):
-                self._process.register(collector)
-                self.registry.register(collector)
+        self._histogram_template: tuple[tuple[tuple[str, str], ...], str] | None = None
+        # Label texts and the histogram template of every configured check are made now,
+        # at start-up, so the first scrape costs what any other does (at 1000 targets
+        # making them took the first render from ~20 to ~70 ms).
+        for target in view.config.targets:
+            crit = "true" if target.critical else "false"
+            self._labels(("target",), (target.name,))
+            self._labels(("target", "critical"), (target.name, crit))
+            for check in target.checks:
+                self._labels(_CHECK, (target.name, check.check_name, check.kind))
+                self._labels(("target", "check"), (target.name, check.check_name))
+        self._template(tuple(self._durations))
+        # Guardian's own process series, few and fixed (see process_metrics).
+        self._process = ProcessMetrics() if process else None
+        self._registry: CollectorRegistry | None = None
         # A rendered exposition is reused for ``min_age`` whatever happens (a flood of
         # scrapes renders at most once per ``min_age``), then until an event arrives or
         # ``max_age`` passes (uptime, process figures). Checks run at most once a second,
@@ -451,7 +442,6 @@ class Metrics:
         self.max_age, self.min_age = max_age, min_age
         self._generation = 0
         self._cache: tuple[int, float, bytes] | None = None
-        self._histogram_template: tuple[tuple[tuple[str, str], ...], str] | None = None
         self._render_lock = threading.Lock()
         self._unsubscribe = view.state.bus.subscribe(self.on_event)
 
@@ -497,11 +487,35 @@ class Metrics:
             if cached is not None:
                 age = now - cached[1]
                 if age < self.min_age or (cached[0] == self._generation and age < self.max_age):
-                    return cached[2], CONTENT_TYPE_LATEST
+                    return cached[2], CONTENT_TYPE
             generation = self._generation
-            body = self.guardian_text().encode("utf-8") + generate_latest(self._process)
+            body = self.text().encode("utf-8")
             self._cache = (generation, now, body)
-            return body, CONTENT_TYPE_LATEST
+            return body, CONTENT_TYPE
+
+    def text(self) -> str:
+        """The whole exposition, rendered now (no cache)."""
+        own = self.guardian_text()
+        return own + self._process.render() if self._process is not None else own
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The exposition as a prometheus_client registry, for in-process readers (tests,
+        embedders): parsed from the same text a scrape gets, so the two never disagree.
+        The library is imported only here, never by a plain ``guardian run``."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.parser import text_string_to_metric_families
+
+            metrics = self
+
+            class Parsed:
+                def collect(self) -> Iterable[Any]:
+                    return text_string_to_metric_families(metrics.text())
+
+            self._registry = CollectorRegistry()
+            self._registry.register(Parsed())
+        return self._registry
 
     def guardian_text(self) -> str:
         """Guardian's own families (no process/platform series), rendered now."""
@@ -520,25 +534,26 @@ class Metrics:
         name = "guardian_check_duration_seconds"
         out.family(name, "histogram", "How long checks take")
         labels, parts = self._labels, out.parts
-        keys = tuple(key for key, _, _ in durations)
-        template = self._histogram_template
-        if template is None or template[0] != keys:
-            template = self._histogram_template = (keys, "".join(
-                _histogram_template(labels, name, key, i * _PER_CHECK)
-                for i, key in enumerate(keys)
-            ))
+        template = self._template(tuple(key for key, _, _ in durations))
         values: list[float] = []
         for _, counts, total in durations:
             values.extend(accumulate(counts))
             values.append(total)
-        parts.append(template[1].format(*values))  # one C call for every check's lines
+        parts.append(template.format(*values))  # one C call for every check's lines
         for fam, doc, names, items in (
-            ("guardian_check_failures", "Failed check results by reason class",
-             ("target", "check", "reason_class"), failures),
-            ("guardian_restarts", "Restarts Guardian performed", ("target", "outcome"),
-             restarts),
-            ("guardian_remediations", "Remediation ladder runs by last rung and outcome",
-             ("target", "action", "outcome"), remediations),
+            (
+                "guardian_check_failures",
+                "Failed check results by reason class",
+                ("target", "check", "reason_class"),
+                failures,
+            ),
+            ("guardian_restarts", "Restarts Guardian performed", ("target", "outcome"), restarts),
+            (
+                "guardian_remediations",
+                "Remediation ladder runs by last rung and outcome",
+                ("target", "action", "outcome"),
+                remediations,
+            ),
         ):
             out.family(f"{fam}_total", "counter", doc)
             for label_values, n in items:
@@ -548,6 +563,17 @@ class Metrics:
             text = labels(("transition",), (transition,))
             parts.append(f"guardian_incidents_total{text} {n:.1f}\n")
 
+    def _template(self, keys: tuple[tuple[str, str], ...]) -> str:
+        """The duration histograms of these checks, in this order, as one format template."""
+        made = self._histogram_template
+        if made is None or made[0] != keys:
+            name = "guardian_check_duration_seconds"
+            body = "".join(
+                _histogram_template(name, key, i * _PER_CHECK) for i, key in enumerate(keys)
+            )
+            made = self._histogram_template = (keys, body)
+        return made[1]
+
     def close(self) -> None:
         self._unsubscribe()
 
@@ -555,22 +581,18 @@ class Metrics:
 _PER_CHECK: Final = len(DURATION_BUCKETS) + 2  # values per check: buckets, +Inf, sum
 
 
-def _histogram_template(labels: _Labels, name: str, key: tuple[str, str], first: int) -> str:
+def _histogram_template(name: str, key: tuple[str, str], first: int) -> str:
     """One check's whole histogram as a ``str.format`` template over positional values
-    ``first..``: the cumulative counts (+Inf last, which is also the count), then the sum.
-    Counts print as ``3.0`` and labels sort by name, byte for byte as prometheus_client."""
-
-    def braced(text: str) -> str:
-        return text.replace("{", "{{").replace("}", "}}")
-
-    names = ("target", "check", "le")
-    lines = [
-        f"{name}_bucket{braced(labels(names, (*key, le)))} {{{first + i}:.1f}}"
-        for i, le in enumerate(_BUCKET_LE)
-    ]
+    ``first..``: the cumulative counts (ints; +Inf last, which is also the count), then the sum.
+    Counts print as ``3.0`` and labels sort by name (check, le, target), byte for byte as
+    prometheus_client. The template is kept, so the ``le`` label sets are not cached."""
+    target, check = (_escape(v).replace("{", "{{").replace("}", "}}") for v in key)
+    head, tail = f'{name}_bucket{{{{check="{check}",le="', f'",target="{target}"}}}} {{'
+    # Counts are ints: "{n}.0" prints what "{n:.1f}" does, at half the cost.
+    lines = [f"{head}{le}{tail}{first + i}}}.0" for i, le in enumerate(_BUCKET_LE)]
     last = first + len(_BUCKET_LE) - 1
-    base = braced(labels(("target", "check"), key))
-    lines.append(f"{name}_count{base} {{{last}:.1f}}")
+    base = f'{{{{check="{check}",target="{target}"}}}}'
+    lines.append(f"{name}_count{base} {{{last}}}.0")
     lines.append(f"{name}_sum{base} {{{last + 1}!r}}")
     return "\n".join(lines) + "\n"
 
