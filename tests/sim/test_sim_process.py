@@ -94,11 +94,22 @@ def test_comfyui_process_listens_and_dies_on_sigkill(spawn: type[Sim]) -> None:
         httpx.get(url + "/system_stats", timeout=1, trust_env=False)
 
 
-def test_sigterm_exits_cleanly(spawn: type[Sim]) -> None:
+def test_sigterm_ends_it_like_comfyui_killed_by_the_signal(spawn: type[Sim]) -> None:
+    """Real ComfyUI installs no SIGTERM handler: its parent sees -15, not a clean exit."""
     sim = spawn(COMFY)
     sim.listening()
     sim.proc.send_signal(signal.SIGTERM)
-    assert sim.proc.wait(5) == 0
+    assert sim.proc.wait(5) == -signal.SIGTERM
+
+
+def test_head_is_answered_like_a_get_without_the_body(spawn: type[Sim]) -> None:
+    """aiohttp answers HEAD on every GET route (the old simulator said 501)."""
+    url = spawn(COMFY).listening()
+    head = httpx.head(url + "/system_stats", trust_env=False)
+    get = httpx.get(url + "/system_stats", trust_env=False)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b"" and int(head.headers["content-length"]) == len(get.content)
+    assert head.headers["content-type"] == get.headers["content-type"]
 
 
 def test_startup_delay_delays_the_listening_line(spawn: type[Sim]) -> None:
@@ -113,7 +124,7 @@ def test_sigterm_while_booting_ends_it_at_once_like_comfyui(spawn: type[Sim]) ->
     sim.wait_line("ComfyUI version:")
     sent = time.monotonic()
     sim.proc.send_signal(signal.SIGTERM)
-    assert sim.proc.wait(20) == 0
+    assert sim.proc.wait(20) == -signal.SIGTERM
     assert time.monotonic() - sent < 20  # not the 60 s boot
 
 

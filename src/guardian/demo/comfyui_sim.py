@@ -322,6 +322,7 @@ class ComfyUISim(SimApp):
     """ComfyUI's HTTP API with a one-at-a-time executor thread and fault switches."""
 
     name: ClassVar[str] = "comfyui-sim"
+    sigterm_kills: ClassVar[bool] = True  # main.py installs no handler: killed, -15
     fault_modes: ClassVar[frozenset[str]] = FAULT_MODES
 
     def __init__(

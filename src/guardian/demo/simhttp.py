@@ -129,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return "Python/3.11 aiohttp/3.12.15"
 
-    def _handle(self) -> None:
+    def _handle(self, *, head: bool = False) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_REQUEST_BYTES:
             self._send(text_reply("413: Request Entity Too Large", 413))
@@ -143,17 +143,24 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:  # hung: leave without a word
             self.close_connection = True
             return
-        self._send(reply)
+        self._send(reply, head=head)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-    def _send(self, reply: Reply) -> None:
+    def do_HEAD(self) -> None:
+        """aiohttp (ComfyUI) and Next.js answer HEAD on every GET route: the GET's status
+        and headers, without the body."""
+        self.command = "GET"
+        self._handle(head=True)
+
+    def _send(self, reply: Reply, *, head: bool = False) -> None:
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
             self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
-            self.wfile.write(reply.body)
+            if not head:
+                self.wfile.write(reply.body)
         except OSError:
             self.close_connection = True
 
@@ -171,6 +178,7 @@ class SimApp:
 
     name: ClassVar[str] = "sim"
     fault_modes: ClassVar[frozenset[str]] = COMMON_FAULTS
+    sigterm_kills: ClassVar[bool] = False  # the real server dies of SIGTERM (no handler)
 
     def __init__(
         self,
@@ -371,8 +379,10 @@ def add_common_args(parser: argparse.ArgumentParser, fault_modes: frozenset[str]
 def serve_forever(app: SimApp, args: argparse.Namespace, **fault_params: float) -> int:
     """Run a simulator as a process until SIGTERM/SIGINT; print the ``listening on`` line."""
     done = threading.Event()
+    received: list[int] = []
 
     def _on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
         done.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -380,7 +390,7 @@ def serve_forever(app: SimApp, args: argparse.Namespace, **fault_params: float) 
     # Booting like ComfyUI: connections refused, yet a SIGTERM ends it at once (the real
     # server exits within 0.3 s of one while it loads, capture boot_timeline.json).
     if args.startup_delay > 0 and done.wait(args.startup_delay):
-        return 0
+        return _end(app, received)
     try:
         app.start()
     except OSError as exc:
@@ -394,4 +404,13 @@ def serve_forever(app: SimApp, args: argparse.Namespace, **fault_params: float) 
     while not done.wait(0.5):
         pass
     app.stop()
+    return _end(app, received)
+
+
+def _end(app: SimApp, received: list[int]) -> int:
+    """Exit as the real server does: ComfyUI sets no SIGTERM handler, so the signal ends
+    it (status -15 to its parent); Next.js exits 0 on it; Ctrl-C is a clean stop (0)."""
+    if app.sigterm_kills and received[:1] == [signal.SIGTERM] and hasattr(os, "kill"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
     return 0
