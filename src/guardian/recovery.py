@@ -801,6 +801,7 @@ class RecoveryManager:
                     "next_allowed_at": None,
                     "consecutive_failures": 0,
                     "restarting": False,
+                    "up_since_mono": None,
                 }
                 continue
             p.prune(now)
@@ -812,6 +813,9 @@ class RecoveryManager:
                 "next_allowed_at": iso(p.next_allowed_at(now)),
                 "consecutive_failures": p.consecutive_failures,
                 "restarting": p.in_progress,
+                # End of the last (re)start on the monotonic clock: results that began
+                # before it say nothing about the process running now.
+                "up_since_mono": p.started_at,
             }
         return out
 

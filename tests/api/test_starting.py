@@ -185,7 +185,19 @@ async def test_never_healthy_while_a_target_is_starting(stack: Stack) -> None:
     code, health, status, _, _ = await stack.read()
     assert (code, health["status"], status["status"]) == (200, "degraded", "degraded")
     assert targets(status)["panel"]["starting"] is True
-    stack.view.recovery["panel"] = {"attempts": 1, "restarting": False}
+    # The restart is done, but nothing has probed the new process yet: the good results
+    # are the old process's, so still starting (it read healthy for up to a probe).
+    await stack.clock.advance(2.0)  # the restart took a while
+    up_since = stack.clock.monotonic()
+    stack.view.recovery["panel"] = {"attempts": 1, "restarting": False,
+                                    "up_since_mono": up_since}
+    code, health, status, _, _ = await stack.read()
+    assert (code, health["status"], targets(status)["panel"]["starting"]) == (
+        200, "degraded", True)
+    await stack.clock.advance(0.5)
+    await stack.check()  # the first probe of the new process
+    code, health, status, _, _ = await stack.read()
+    assert (health["status"], targets(status)["panel"]["starting"]) == ("healthy", False)
 
     # The critical target fails after it was up: that is a failure, unhealthy (503).
     await stack.api.down()

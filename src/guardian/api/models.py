@@ -380,11 +380,18 @@ def starting(
     results: list[CheckResult], recovery: Mapping[str, Any] | None, *, reports: bool = True
 ) -> bool:
     """Whether a target is not up yet without having failed: a restart in progress, no
-    result yet (from a target with checks: ``reports``), a failure in its startup phase."""
+    result yet (from a target with checks: ``reports``), only results from before its
+    last (re)start ended (the good ones from before a restart, until the first probe of
+    the new process), a failure in its startup phase."""
     if recovery is not None and recovery.get("restarting") is True:
         return True
     if not results:
         return reports
+    up_since = recovery.get("up_since_mono") if recovery is not None else None
+    if isinstance(up_since, float) and all(
+        r.started_mono is not None and r.started_mono < up_since for r in results
+    ):
+        return True
     return any(r.startup and r.status is Status.FAILED for r in results)
 
 
