@@ -39,7 +39,7 @@ from guardian.state import State
 from guardian.uptime import UPTIME, UptimeStore
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from starlette.applications import Starlette
 
     from guardian.api.bridge import LoopBridge
     from guardian.api.server import ApiServer
@@ -92,7 +92,7 @@ class Guardian:
         self.remediation: Remediation | None = None
         self._incidents: Incidents | None = None
         self.api: ApiServer | None = None
-        self._app: FastAPI | None = None
+        self._app: Starlette | None = None
         self.uptime_counts: UptimeStore | None = None
         self._uptime_unsubscribe: Callable[[], None] | None = None
         self._bridge: LoopBridge | None = None

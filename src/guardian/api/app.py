@@ -1,112 +1,75 @@
 """Guardian's HTTP API: health and probes, status, incidents, metrics, two guarded actions.
 
-Every read is answered from cached state (see :mod:`guardian.api.models`); responses are
-serialised by pydantic-core directly, skipping FastAPI's generic encoder, which keeps
-``/api/health`` well under a millisecond. :class:`RequestGuard` refuses unknown Host
-headers (DNS rebinding) and caps requests in progress; serving itself (own thread, bounded
-connections and headers) is :mod:`guardian.api.server`. The two mutating endpoints need
-a bearer token (``api.token``) and are disabled outright when none is configured: an
-empty token must never mean "open".
+Every read is answered from cached state (see :mod:`guardian.api.models`) and serialised
+by pydantic-core straight to bytes, which keeps ``/api/health`` well under a millisecond.
+The operations are one declarative table (:mod:`guardian.api.routing`) served by
+Starlette; the same table and the response models make ``/openapi.json``
+(:mod:`guardian.api.openapi`) and the offline ``/docs`` page, both built on first request.
+:class:`RequestGuard` refuses unknown Host headers (DNS rebinding) and caps requests in
+progress; serving itself (own thread, bounded connections and headers) is
+:mod:`guardian.api.server`. The two mutating endpoints need a bearer token
+(``api.token``) and are disabled outright when none is configured: an empty token must
+never mean "open".
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from guardian.api import models
+from guardian.api import apidocs, models, openapi
 from guardian.api.context import GuardianView
 from guardian.api.metrics import Metrics
-from guardian.api.page import add_page_routes
+from guardian.api.page import html_page, page_endpoints
+from guardian.api.routing import JSON, Endpoint, Param, Reply, error_replies, http_error, routes
 from guardian.api.server import ApiServer, serve
 from guardian.config import ApiSection
 
 log = logging.getLogger("guardian.api")
 
-JSON = "application/json"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # config.TARGET_NAME_RE
+MAX_INCIDENT_ID = 2**63 - 1  # SQLite INTEGER; larger ids cannot exist
+OK = "Successful Response"
+TITLE, SUMMARY = "Guardian", "Self-healing watchdog for a local AI-generation stack"
+ACTIONS = error_replies(401, 403, 404, 503)
+PROMETHEUS = {200: Reply(OK, content_type="text/plain")}
+
+INCIDENT_ID = Param("incident_id", "path", int, ge=1, le=MAX_INCIDENT_ID)
 
 
 def _json(model: BaseModel, status_code: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status_code, media_type=JSON)
 
 
-def _err(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": models.ErrorResponse} for code in codes}
+def _ok(model: type[BaseModel]) -> dict[int, Reply]:
+    return {200: Reply(OK, model)}
 
 
-_bearer = HTTPBearer(auto_error=False, description="api.token from Guardian's config")
-
-
-def _token_guard(view: GuardianView) -> Any:
-    """A dependency enforcing ``Authorization: Bearer <api.token>``."""
-
-    def check(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        secret = view.config.api.token
-        expected = secret.get_secret_value() if secret is not None else ""
-        if not expected:
-            raise HTTPException(403, "mutating API disabled: set api.token")
-        given = credentials.credentials if credentials is not None else ""
-        ok = bool(given) and hmac.compare_digest(
-            given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
-        )
-        if not ok:
-            raise HTTPException(
-                401,
-                "missing or invalid bearer token",
-                headers={"WWW-Authenticate": 'Bearer realm="guardian"'},
-            )
-
-    return check
-
-
-def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI:
-    """The API over ``view``. Pass ``metrics`` to share one registry; else one is made."""
-    app = FastAPI(
-        title="Guardian",
-        summary="Self-healing watchdog for a local AI-generation stack",
-        version="1",
-        docs_url="/docs",
-        redoc_url=None,
-    )
-    metrics = metrics or Metrics(view)
-    app.state.metrics = metrics
-    authorized = Depends(_token_guard(view))
+def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
+    """Every operation of the API over ``view`` (the page's included)."""
     known = {t.name for t in view.config.targets}
 
-    @app.get(
-        "/api/health",
-        response_model=models.HealthResponse,
-        responses={503: {"model": models.HealthResponse, "description": "stack unhealthy"}},
-        tags=["health"],
-    )
     async def health() -> Response:
         """Aggregated stack health; 503 when a critical target is failing."""
         body = models.build_health(view, datetime.now(UTC))
         return _json(body, 503 if body.status == "unhealthy" else 200)
 
-    @app.get("/livez", response_model=models.Probe, tags=["health"])
     async def livez() -> Response:
         """Guardian itself is serving."""
         return _json(models.Probe(status="alive"))
 
-    @app.get(
-        "/readyz",
-        response_model=models.Probe,
-        responses={503: {"model": models.Probe, "description": "unhealthy or no results"}},
-        tags=["health"],
-    )
     async def readyz() -> Response:
         """Ready when results exist, the stack is healthy or degraded and no critical
         target is still starting (degraded then, but not serving yet)."""
@@ -118,46 +81,24 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
         ready = overall != "unhealthy"
         return _json(models.Probe(status=overall, ready=ready), 200 if ready else 503)
 
-    @app.get("/api/status", response_model=models.StatusResponse, tags=["status"])
     async def status() -> Response:
         """Every target, the latest result of each check with a short history."""
         return _json(models.build_status(view, datetime.now(UTC)))
 
-    @app.get("/api/incidents", response_model=models.IncidentList, tags=["incidents"])
-    async def incidents(
-        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        include_all: Annotated[
-            bool, Query(alias="all", description="include resolved incidents")
-        ] = False,
-    ) -> Response:
+    async def incidents(limit: int, include_all: bool) -> Response:
+        """The newest incidents, open ones only unless ``all=true``."""
         found = [models.incident_model(i) for i in view.incidents(limit, include_all)]
         return _json(models.IncidentList(incidents=[i for i in found if i is not None]))
 
-    @app.get(
-        "/api/incidents/{incident_id}",
-        response_model=models.IncidentDetail,
-        responses=_err(404),
-        tags=["incidents"],
-    )
-    async def incident(
-        incident_id: Annotated[int, Path(ge=1, le=MAX_INCIDENT_ID)],
-    ) -> Response:
+    async def incident(incident_id: int) -> Response:
+        """One incident with its timeline and Markdown report."""
         data = view.incident(incident_id)
         found = models.incident_model(data, detail=True) if data is not None else None
         if found is None:
             raise HTTPException(404, f"no incident {incident_id}")
         return _json(found)
 
-    @app.post(
-        "/api/targets/{name}/restart",
-        response_model=models.RestartResponse,
-        responses=_err(401, 403, 404, 503),
-        dependencies=[authorized],
-        tags=["actions"],
-    )
-    async def restart(
-        request: Request, name: Annotated[str, Path(pattern=NAME_PATTERN)]
-    ) -> Response:
+    async def restart(request: Request, name: str) -> Response:
         """Restart a target's service now (resets its circuit breaker)."""
         if name not in known:
             raise HTTPException(404, f"unknown target {name!r}")
@@ -175,16 +116,7 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
             raise HTTPException(503, str(e)) from None
         return _json(models.RestartResponse(target=name, message=message))
 
-    @app.post(
-        "/api/checks/run",
-        response_model=models.RunChecksResponse,
-        responses=_err(401, 403, 404, 503),
-        dependencies=[authorized],
-        tags=["actions"],
-    )
-    async def run_checks(
-        target: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
-    ) -> Response:
+    async def run_checks(target: str | None) -> Response:
         """Run every check (of one target) now and return the fresh results."""
         if target is not None and target not in known:
             raise HTTPException(404, f"unknown target {target!r}")
@@ -200,32 +132,86 @@ def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> FastAPI
             )
         )
 
-    @app.get(
-        "/api/metrics",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-        tags=["metrics"],
-    )
-    @app.get(
-        "/metrics",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-        tags=["metrics"],
-    )
     async def prometheus() -> Response:
         """Prometheus text exposition format."""
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    add_page_routes(app, view)
-    app.add_middleware(RequestGuard, config=view.config.api)
+    limit = Param("limit", "query", int, 50, ge=1, le=1000)
+    include_all = Param("all", "query", bool, False, arg="include_all",
+                        description="include resolved incidents")
+    name = Param("name", "path", str, pattern=NAME_PATTERN)
+    target = Param("target", "query", str, None, pattern=NAME_PATTERN)
+    unhealthy = Reply("stack unhealthy", models.HealthResponse)
+    not_ready = Reply("unhealthy or no results", models.Probe)
+    return [
+        Endpoint("GET", "/api/health", health, {**_ok(models.HealthResponse), 503: unhealthy},
+                 tags=["health"]),
+        Endpoint("GET", "/livez", livez, _ok(models.Probe), tags=["health"]),
+        Endpoint("GET", "/readyz", readyz, {**_ok(models.Probe), 503: not_ready}, tags=["health"]),
+        Endpoint("GET", "/api/status", status, _ok(models.StatusResponse), tags=["status"]),
+        Endpoint("GET", "/api/incidents", incidents, _ok(models.IncidentList),
+                 params=[limit, include_all], tags=["incidents"]),
+        Endpoint("GET", "/api/incidents/{incident_id}", incident,
+                 {**_ok(models.IncidentDetail), **error_replies(404)}, params=[INCIDENT_ID],
+                 tags=["incidents"]),
+        Endpoint("POST", "/api/targets/{name}/restart", restart,
+                 {**_ok(models.RestartResponse), **ACTIONS}, params=[name], tags=["actions"],
+                 auth=True, with_request=True),
+        Endpoint("POST", "/api/checks/run", run_checks,
+                 {**_ok(models.RunChecksResponse), **ACTIONS}, params=[target],
+                 tags=["actions"], auth=True),
+        Endpoint("GET", "/metrics", prometheus, PROMETHEUS, tags=["metrics"]),
+        Endpoint("GET", "/api/metrics", prometheus, PROMETHEUS, tags=["metrics"]),
+        *page_endpoints(view, INCIDENT_ID),
+    ]
+
+
+def _described(endpoints: list[Endpoint]) -> list[Endpoint]:
+    """``/openapi.json`` and ``/docs`` for ``endpoints``, each built once, when first asked."""
+    built: dict[str, bytes] = {}
+
+    def document() -> dict[str, Any]:
+        return openapi.build(endpoints, title=TITLE, summary=SUMMARY, version="1",
+                             security_description="api.token from Guardian's config")
+
+    def cached(key: str, make: Callable[[], bytes]) -> bytes:
+        if key not in built:
+            built[key] = make()
+        return built[key]
+
+    async def openapi_json() -> Response:
+        body = cached("json", lambda: json.dumps(document(), separators=(",", ":")).encode())
+        return Response(body, media_type=JSON)
+
+    async def docs() -> Response:
+        return html_page(cached("html", lambda: apidocs.render(document()).encode()))
+
+    return [Endpoint("GET", "/openapi.json", openapi_json, documented=False),
+            Endpoint("GET", "/docs", docs, documented=False)]
+
+
+def create_app(view: GuardianView, *, metrics: Metrics | None = None) -> Starlette:
+    """The API over ``view``. Pass ``metrics`` to share one registry; else one is made."""
+    metrics = metrics or Metrics(view)
+    endpoints = api_endpoints(view, metrics)
+    endpoints += _described(endpoints)
+
+    def token() -> str:
+        secret = view.config.api.token
+        return secret.get_secret_value() if secret is not None else ""
+
+    app = Starlette(
+        routes=routes(endpoints, token),
+        middleware=[Middleware(RequestGuard, config=view.config.api)],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.metrics = metrics
     return app
 
 
 # --------------------------------------------------------------------------- guard
 
-
-MAX_INCIDENT_ID = 2**63 - 1  # SQLite INTEGER; larger ids cannot exist
 
 
 def allowed_hosts(config: ApiSection) -> frozenset[str]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from importlib import resources
 
-from fastapi import FastAPI, HTTPException, Response
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from guardian.api import models
 from guardian.api.context import GuardianView
+from guardian.api.routing import JSON, Endpoint, Param, Reply
 
 STATIC_FILES = {
     "status.css": "text/css; charset=utf-8",
@@ -40,34 +42,47 @@ def _read(name: str) -> bytes:
     return resources.files("guardian.api").joinpath("static", name).read_bytes()
 
 
-def add_page_routes(app: FastAPI, view: GuardianView | None = None) -> None:
+def html_page(body: str | bytes) -> Response:
+    """An HTML page under the page's security headers (also used for ``/docs``)."""
+    return Response(body, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+
+
+def page_endpoints(view: GuardianView, incident_id: Param) -> list[Endpoint]:
+    """The page, its static files and the two routes only the page needs.
+
+    ``incident_id`` is the API's incident-id parameter, so the report link has its limits.
+    """
     index = _read("index.html")
     files = {name: (_read(name), media) for name, media in STATIC_FILES.items()}
+    name = Param("name", "path", str)
 
-    @app.get("/", include_in_schema=False)
     async def page() -> Response:
-        return Response(index, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+        return html_page(index)
 
-    @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
         found = files.get(name)
         if found is None:
             raise HTTPException(404, "not found")
         return Response(found[0], media_type=found[1], headers=SECURITY_HEADERS)
 
-    if view is None:
-        return
-
-    @app.get("/api/uptime", response_model=models.UptimeResponse, tags=["status"])
     async def uptime() -> Response:
         """Per target: uptime over 24 h / 7 d / 30 d and the last 24 h as a history bar."""
         body = models.build_uptime(view, datetime.now(UTC))
-        return Response(body.model_dump_json(), media_type="application/json")
+        return Response(body.model_dump_json(), media_type=JSON)
 
-    @app.get("/incidents/{incident_id}/report", include_in_schema=False)
     async def report(incident_id: int) -> Response:
         data = view.incident(incident_id)
         text = data.get("report_markdown") if data is not None else None
         if not isinstance(text, str):
             raise HTTPException(404, f"no report for incident {incident_id}")
         return Response(text, media_type="text/plain; charset=utf-8", headers=SECURITY_HEADERS)
+
+    return [
+        Endpoint("GET", "/", page, documented=False),
+        Endpoint("GET", "/static/{name}", static, params=[name], documented=False),
+        Endpoint("GET", "/api/uptime", uptime, {200: Reply("Successful Response",
+                                                           models.UptimeResponse)},
+                 tags=["status"]),
+        Endpoint("GET", "/incidents/{incident_id}/report", report, params=[incident_id],
+                 documented=False),
+    ]
