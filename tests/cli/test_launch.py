@@ -202,15 +202,18 @@ def test_run_loads_no_terminal_library_nor_unused_parts(tmp_path: Path) -> None:
     assert '"reason":"connection refused"' in log  # the failure path ran, still no httpx
     assert "guardian" in imported and "pydantic" in imported  # the log does list imports
     assert imported.isdisjoint(TERMINAL | {"httpx", "httpcore", "apprise", "pynvml",
-                                           "fastapi", "uvicorn", "prometheus_client"})
+                                           "starlette", "uvicorn", "prometheus_client"})
 
 
 def test_run_with_the_api_loads_no_terminal_library(tmp_path: Path) -> None:
-    imported, _ = started_imports(write_config(tmp_path, api=True, port=closed_port()), tmp_path)
-    assert {"fastapi", "uvicorn"} <= imported
+    imported, log = started_imports(write_config(tmp_path, api=True, port=closed_port()), tmp_path)
+    assert {"starlette", "uvicorn"} <= imported
     # uvicorn's __init__ imports its own click CLI; nothing else of the terminal stack loads
     assert imported.isdisjoint({"typer", "rich", "pygments", "apprise", "pynvml", "httpx",
                                 "prometheus_client"})  # /metrics is written by Guardian
+    # the API is served by Starlette alone: no FastAPI, nor what FastAPI pulls in
+    assert imported.isdisjoint({"fastapi", "opentelemetry", "annotated_doc"})
+    assert "pydantic.v1" not in log
 
 
 def test_configured_parts_do_load(tmp_path: Path) -> None:
