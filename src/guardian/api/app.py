@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from guardian.api import apidocs, models, openapi
+from guardian.api import models
 from guardian.api.context import GuardianView
 from guardian.api.metrics import Metrics
 from guardian.api.page import html_page, page_endpoints
@@ -172,6 +172,8 @@ def _described(endpoints: list[Endpoint]) -> list[Endpoint]:
     built: dict[str, bytes] = {}
 
     def document() -> dict[str, Any]:
+        from guardian.api import openapi  # imported when first asked for, not at start-up
+
         return openapi.build(endpoints, title=TITLE, summary=SUMMARY, version="1",
                              security_description="api.token from Guardian's config")
 
@@ -185,6 +187,8 @@ def _described(endpoints: list[Endpoint]) -> list[Endpoint]:
         return Response(body, media_type=JSON)
 
     async def docs() -> Response:
+        from guardian.api import apidocs
+
         return html_page(cached("html", lambda: apidocs.render(document()).encode()))
 
     return [Endpoint("GET", "/openapi.json", openapi_json, documented=False),

@@ -16,10 +16,26 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from guardian.api.routing import Endpoint, Param, Reply, ValidationErrorResponse
+from guardian.api.routing import Endpoint, Param, Reply
 
 REF = "#/components/schemas/{model}"
 SECURITY_SCHEME = "HTTPBearer"
+
+
+class ParamError(BaseModel):
+    """One rejected parameter, as routing.validation_error sends it (pydantic's item)."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorResponse(BaseModel):
+    """The 422 body: every rejected parameter of the request."""
+
+    detail: list[ParamError]
 
 
 def operation_id(e: Endpoint) -> str:

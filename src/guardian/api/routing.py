@@ -110,20 +110,6 @@ class Endpoint:
         return self.handler.__name__
 
 
-class ParamError(BaseModel):
-    """One rejected parameter, as pydantic reports it (the shape FastAPI used)."""
-
-    type: str
-    loc: list[str | int]
-    msg: str
-    input: Any = None
-    ctx: dict[str, Any] | None = None
-
-
-class ValidationErrorResponse(BaseModel):
-    detail: list[ParamError]
-
-
 def validation_error(errors: list[dict[str, Any]]) -> Response:
     body = json.dumps(
         {"detail": errors}, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
