@@ -54,7 +54,7 @@ def page_endpoints(view: GuardianView, incident_id: Param) -> list[Endpoint]:
     """
     index = _read("index.html")
     files = {name: (_read(name), media) for name, media in STATIC_FILES.items()}
-    name = Param("name", "path", str)
+    file_name = Param("name", "path", str)
 
     async def page() -> Response:
         return html_page(index)
@@ -79,7 +79,7 @@ def page_endpoints(view: GuardianView, incident_id: Param) -> list[Endpoint]:
 
     return [
         Endpoint("GET", "/", page, documented=False),
-        Endpoint("GET", "/static/{name}", static, params=[name], documented=False),
+        Endpoint("GET", "/static/{name}", static, params=[file_name], documented=False),
         Endpoint("GET", "/api/uptime", uptime, {200: Reply("Successful Response",
                                                            models.UptimeResponse)},
                  tags=["status"]),

@@ -121,7 +121,7 @@ def validation_error(errors: list[dict[str, Any]]) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     """``HTTPException`` -> ``{"detail": ...}`` with its headers (Starlette's is plain text)."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code in (204, 304) or exc.status_code < 200:
+    if exc.status_code in (204, 205, 304) or exc.status_code < 200:  # no body allowed
         return Response(status_code=exc.status_code, headers=exc.headers)
     body = json.dumps({"detail": exc.detail}, ensure_ascii=False, separators=(",", ":"))
     return Response(body, status_code=exc.status_code, headers=exc.headers, media_type=JSON)
