@@ -161,9 +161,11 @@ class _Api:
                     body=payload,
                     content_type=None if payload is None else "application/json",
                 )  # fmt: skip
-        except TimeoutError as exc:
+        except TimeoutError as exc:  # our deadline, in the connect or the exchange
             await wire.aclose()
-            raise self._no_answer(path, "ReadTimeout") from exc
+            raise self._no_answer(
+                path, "ConnectTimeout" if wire.connect_failed else "ReadTimeout"
+            ) from exc
         except ConnectTimeout as exc:
             raise self._no_answer(path, "ConnectTimeout") from exc
         except WireError as exc:

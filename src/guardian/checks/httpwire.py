@@ -128,8 +128,8 @@ class WireClient:
         self._writer: asyncio.StreamWriter | None = None
         self._origin: tuple[str, int] | None = None
         self.connects = 0  # new TCP connections opened (tests, benchmarks)
-        # The last request failed while opening its connection (refused, DNS, unreachable):
-        # callers word that "cannot connect", unlike a failure inside an exchange.
+        # The last request ended while opening its connection (refused, DNS, unreachable,
+        # timed out): callers word that "cannot connect", unlike a failure in an exchange.
         self.connect_failed = False
 
     async def request(
@@ -180,17 +180,15 @@ class WireClient:
         return not (reader.at_eof() or writer.is_closing())
 
     async def _connect(self, origin: tuple[str, int], timeout: float) -> None:
+        self.connect_failed = True  # until open: also when a caller's deadline cancels us
         try:
             async with asyncio.timeout(timeout):
                 self._reader, self._writer = await asyncio.open_connection(
                     origin[0], origin[1], limit=READ_CHUNK
                 )
         except TimeoutError:
-            self.connect_failed = True
             raise ConnectTimeout(timeout) from None
-        except OSError:
-            self.connect_failed = True
-            raise
+        self.connect_failed = False
         self._origin = origin
         self.connects += 1
 
