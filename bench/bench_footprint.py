@@ -71,7 +71,7 @@ LAYERS: list[tuple[str, str]] = [
      "from pydantic import BaseModel\nclass M(BaseModel):\n    x: int"),
     ("guardian.config (every check model)", "import guardian.config"),
     ("guardian.runtime (run path, no API)", "import guardian.runtime"),
-    ("httpx, no CLI (comfyui / https checks)",
+    ("httpx, no CLI (https checks)",
      "import sys\nif 'httpx' not in sys.modules:\n    sys.modules['httpx._main'] = None\n"
      "import httpx"),
     ("starlette", "import starlette.applications, starlette.routing"),

@@ -12,7 +12,13 @@ is the figure. Rows:
 * ``raw asyncio streams, keep-alive``: the floor (no parsing beyond a length header).
 
 Each row is the median of ``--repeats`` runs of ``--requests`` GETs; ratios are to the
-shipped check. Results go to results/probe.{json,md}.
+shipped check. A second table is the ``comfyui`` check (``/system_stats``, ``/queue``,
+``/history``: three GETs and their judging per run), CPU per check run, for this checkout
+and for ``--before-ref`` (``git archive`` of its ``src``; ``main`` spoke httpx). Its server
+is a child process replaying the ComfyUI simulator's bodies from asyncio streams (the
+threaded simulator itself sends headers and body in two writes, so Nagle and delayed ACKs
+add ~40 ms to every request; aiohttp, real ComfyUI's server, does not). Results go to
+results/probe.{json,md}.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ import importlib.util
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import free_port, http_ok, machine, table, wait_for, write_results
+from _common import REPO, free_port, http_ok, machine, table, wait_for, write_results
 
 from guardian.checks.base import CheckContext
 from guardian.checks.http import HttpCheckConfig, create
@@ -60,6 +69,19 @@ async def httpx_client(url: str, keepalive: bool) -> tuple[Get, Callable[[], Awa
             assert response.status_code == 200 and body
 
     return get, client.aclose
+
+
+async def comfyui_check(url: str) -> tuple[Get, Callable[[], Awaitable[None]]]:
+    from guardian.checks.comfyui import ComfyUICheck, ComfyUICheckConfig
+
+    check = ComfyUICheck(ComfyUICheckConfig(url=url, timeout=5),
+                         CheckContext("bench", SystemClock()))
+
+    async def run() -> None:
+        out = await check.run()
+        assert out.status.value == "ok", out.reason
+
+    return run, check.aclose
 
 
 async def aiohttp_client(url: str) -> tuple[Get, Callable[[], Awaitable[None]]]:
@@ -102,11 +124,13 @@ async def measure(make: Callable[[], Awaitable[tuple[Get, Any]]], n: int) -> flo
     return cpu / n * 1e6  # µs per GET
 
 
-def run_in_subprocess(row: str, port: int, n: int) -> float:
-    """Each row in a fresh interpreter, so no client's imports or pools help another."""
+def run_in_subprocess(row: str, port: int, n: int, src: Path | None = None) -> float:
+    """Each row in a fresh interpreter, so no client's imports or pools help another;
+    ``src``: the guardian tree it imports (default: this checkout's)."""
     here = str(Path(__file__).parent)
+    tree = f"sys.path.insert(0, {str(src)!r});" if src is not None else ""
     code = (
-        f"import asyncio, sys; sys.path.insert(0, {here!r});"
+        f"import asyncio, sys; sys.path.insert(0, {here!r}); import _common; {tree}"
         "import bench_probe as b;"
         f"print(asyncio.run(b.one({row!r}, {port}, {n})))"
     )
@@ -126,6 +150,7 @@ async def one(row: str, port: int, n: int) -> float:
         "httpx-keep": lambda: httpx_client(url, True),
         "aiohttp": lambda: aiohttp_client(url),
         "raw": lambda: raw_streams(port),
+        "comfyui": lambda: comfyui_check(f"http://127.0.0.1:{port}"),
     }
     return await measure(makers[row], n)
 
@@ -139,10 +164,100 @@ ROWS = [
 ]
 
 
+def export_tree(ref: str, dest: Path) -> Path:
+    """``src/`` of ``ref`` (a git ref of this repository) unpacked under ``dest``."""
+    data = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref, "src"],
+                          capture_output=True, check=True, timeout=60).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "src"
+
+
+COMFYUI_PATHS = ("/system_stats", "/queue", "/history?max_items=1")
+
+
+def serve_comfyui(port: int) -> None:
+    """Answer the comfyui check's three GETs with what the simulator answers, cheaply."""
+    from urllib.request import ProxyHandler, build_opener
+
+    from guardian.demo.comfyui_sim import ComfyUISim
+
+    sim = ComfyUISim(device="cuda").start()
+    try:
+        opener = build_opener(ProxyHandler({}))
+        bodies = {p.encode(): opener.open(sim.url + p, timeout=5).read() for p in COMFYUI_PATHS}
+    finally:
+        sim.stop()
+    bodies[b"/"] = b"{}"
+    replies = {
+        target: b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        for target, body in bodies.items()
+    }
+    missing = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(replies.get(head.split(b" ", 2)[1], missing))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def comfyui_rows(before_ref: str, runs: int, repeats: int) -> tuple[dict[str, Any], str]:
+    """µs CPU per ``comfyui`` check run, this checkout and ``before_ref``."""
+    port = free_port()
+    here = str(Path(__file__).parent)
+    sim = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import bench_probe "
+         f"as b; b.serve_comfyui({port})"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    samples: dict[str, list[float]] = {}
+    try:
+        if wait_for(lambda: http_ok(port), 10) is None:
+            raise SystemExit("the ComfyUI replay server did not start")
+        with tempfile.TemporaryDirectory(prefix="probe-tree-") as d:
+            trees: list[tuple[str, Path | None]] = [("after (this checkout)", None)]
+            if before_ref:
+                trees.insert(0, (f"before (`{before_ref}`)", export_tree(before_ref, Path(d))))
+            for _ in range(repeats):
+                for label, src in trees:
+                    samples.setdefault(label, []).append(
+                        run_in_subprocess("comfyui", port, runs, src)
+                    )
+    finally:
+        sim.terminate()
+        sim.wait(5)
+    base = statistics.median(samples["after (this checkout)"])
+    rows = []
+    for label, values in samples.items():
+        med = statistics.median(values)
+        rows.append([f"comfyui check, {label}", f"{med:.0f}",
+                     f"{min(values):.0f}-{max(values):.0f}", f"{med / base:.2f}"])
+    md = (f"\n\n`comfyui` check against the simulator's answers: CPU per check run in µs "
+          f"(three GETs and judging), median of {repeats} runs x {runs} check runs.\n\n"
+          + table(["check", "µs CPU / run", "range", "x after"], rows))
+    return samples, md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--comfyui-runs", type=int, default=300,
+                    help="comfyui check runs per sample (0 skips that table)")
+    ap.add_argument("--before-ref", default="main",
+                    help="git ref whose comfyui check is measured as 'before' ('' to skip)")
     args = ap.parse_args()
     port = free_port()
     server = subprocess.Popen(
@@ -178,11 +293,16 @@ def main() -> None:
         f"(sniffio installed: {has_sniffio}).\n\n"
         + table(["client", "µs CPU / GET", "range", "x guardian"], rows)
     )
+    comfyui: dict[str, list[float]] = {}
+    if args.comfyui_runs:
+        comfyui, comfyui_md = comfyui_rows(args.before_ref, args.comfyui_runs, args.repeats)
+        md += comfyui_md
     print(md)
     write_results(
         "probe",
         {"machine": machine(), "requests": args.requests, "samples_us": samples,
-         "sniffio_installed": has_sniffio},
+         "sniffio_installed": has_sniffio, "comfyui_runs": args.comfyui_runs,
+         "comfyui_samples_us_per_run": comfyui},
         md,
     )  # fmt: skip
 

@@ -207,3 +207,141 @@ def test_config_refuses_multi_line_headers() -> None:
 
     with pytest.raises(ValidationError, match="line break"):
         HttpCheckConfig(url="http://127.0.0.1/", headers={"X": "a\nb"})
+
+
+# ------------------------------------------------------------------ bodies (ComfyUI's POSTs)
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    """One request: its request line, lower-cased headers and the body its length declares."""
+    head = (await read_request(reader)).decode("latin-1")
+    line, *fields = head.split("\r\n")
+    headers = {}
+    for field in fields:
+        if field:
+            name, _, value = field.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    body = await reader.readexactly(length) if length else b""
+    return line, headers, body
+
+
+def addr(srv: Any) -> tuple[str, int]:
+    return "127.0.0.1", srv.port
+
+
+async def test_post_sends_its_body_with_length_and_type(raw_server: Any) -> None:
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await read_message(reader))
+            writer.write(answer(b"{}"))
+            await writer.drain()
+
+    client = WireClient()
+    body = b'{"unload_models":true,"free_memory":true}'
+    try:
+        async with raw_server(serve) as srv:
+            r = await client.request("POST", *addr(srv), "/free", limit=100,
+                                     connect_timeout=2, body=body,
+                                     content_type="application/json")
+            assert (r.status, r.body) == (200, b"{}")
+            await client.request("POST", *addr(srv), "/interrupt", limit=100,
+                                 connect_timeout=2)
+            await client.request("GET", *addr(srv), "/queue", limit=100, connect_timeout=2)
+    finally:
+        await client.aclose()
+    (line, headers, got), (line2, headers2, got2), (line3, headers3, _) = seen
+    assert line == "POST /free HTTP/1.1" and got == body
+    assert headers["content-length"] == str(len(body))
+    assert headers["content-type"] == "application/json"
+    # A POST without a body still declares its (zero) length; a GET declares none.
+    assert line2 == "POST /interrupt HTTP/1.1" and got2 == b""
+    assert headers2["content-length"] == "0" and "content-type" not in headers2
+    assert line3 == "GET /queue HTTP/1.1" and "content-length" not in headers3
+
+
+async def test_one_connection_carries_gets_and_posts(raw_server: Any) -> None:
+    lines: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            line, _, body = await read_message(reader)
+            lines.append(f"{line.split()[0]} {len(body)}")
+            writer.write(answer(b'{"n": %d}' % len(lines)))
+            await writer.drain()
+
+    client = WireClient()
+    try:
+        async with raw_server(serve) as srv:
+            for i in range(3):
+                await client.request("GET", *addr(srv), "/queue", limit=100, connect_timeout=2)
+                r = await client.request("POST", *addr(srv), "/prompt", limit=100,
+                                         connect_timeout=2, body=b"x" * (i + 1),
+                                         content_type="application/json")
+                assert r.body == b'{"n": %d}' % (2 * i + 2)
+            assert srv.connections == 1 and client.connects == 1
+    finally:
+        await client.aclose()
+    assert lines == ["GET 0", "POST 1", "GET 0", "POST 2", "GET 0", "POST 3"]
+
+
+async def test_a_post_on_a_dropped_connection_is_not_sent_twice(raw_server: Any) -> None:
+    """The keep-alive race retries a GET (see above), never a POST the server may have run."""
+    posts = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal posts
+        while True:
+            line, _, _ = await read_message(reader)
+            if line.startswith("POST") and posts == 0:
+                posts += 1
+                writer.transport.abort()  # acted on it, perhaps, then died unanswered
+                return
+            posts += line.startswith("POST")
+            writer.write(answer())
+            await writer.drain()
+
+    client = WireClient()
+    try:
+        async with raw_server(serve) as srv:
+            await client.request("GET", *addr(srv), "/queue", limit=100, connect_timeout=2)
+            with pytest.raises(WireError, match="a POST is not sent twice"):
+                await client.request("POST", *addr(srv), "/interrupt", limit=100,
+                                     connect_timeout=2, body=b"{}")
+            assert posts == 1 and srv.connections == 1
+            r = await client.request("POST", *addr(srv), "/interrupt", limit=100,
+                                     connect_timeout=2, body=b"{}")
+            assert r.status == 200 and posts == 2 and srv.connections == 2
+    finally:
+        await client.aclose()
+
+
+async def test_connect_failed_tells_a_refused_connect_from_a_broken_exchange(
+    raw_server: Any,
+) -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+        await writer.drain()
+        writer.transport.abort()
+
+    client = WireClient()
+    try:
+        async with raw_server(reset) as srv:
+            port = srv.port
+            with pytest.raises((OSError, WireError)):
+                await client.request("GET", "127.0.0.1", port, "/", limit=100, connect_timeout=2)
+            assert client.connect_failed is False and client.connects == 1
+        with pytest.raises(ConnectionRefusedError):  # the server is gone: nothing listens
+            await client.request("GET", "127.0.0.1", port, "/", limit=100, connect_timeout=2)
+        assert client.connect_failed is True and client.connects == 1
+    finally:
+        await client.aclose()
+
+
+def test_content_type_injection_is_refused() -> None:
+    client = WireClient()
+    with pytest.raises(WireError, match="line break"):
+        client._head("POST", "h", 80, "/", b"{}", "application/json\r\nX: y")

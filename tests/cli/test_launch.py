@@ -1,7 +1,8 @@
 """The `run` fast path: it agrees with typer's definition of `run`, hands everything else
 to typer (same help, same errors), and a started `guardian run` has loaded only what its
-config uses: no terminal libraries, no httpx for plain http, no apprise or pynvml unless
-configured. Real `guardian` subprocesses; the import log is the child's own ``-X importtime``.
+config uses: no terminal libraries, no httpx for plain http (checks or ComfyUI), no apprise
+or pynvml unless configured. Real `guardian` subprocesses; the import log is the child's own
+``-X importtime``.
 """
 
 from __future__ import annotations
@@ -166,8 +167,9 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def started_imports(config: Path, tmp: Path) -> tuple[set[str], str]:
-    """Top-level packages a real `guardian run` imported by the time its first checks ran."""
+def started_imports(config: Path, tmp: Path, kinds: tuple[str, ...] = ("http",)
+                    ) -> tuple[set[str], str]:
+    """Top-level packages a real `guardian run` imported by the time checks of ``kinds`` ran."""
     log = tmp / "run.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -180,7 +182,7 @@ def started_imports(config: Path, tmp: Path) -> tuple[set[str], str]:
         text = ""
         while time.monotonic() < deadline and proc.poll() is None:
             text = log.read_text(errors="replace")
-            if '"event":"check"' in text and '"kind":"http"' in text:
+            if '"event":"check"' in text and all(f'"kind":"{k}"' in text for k in kinds):
                 break
             time.sleep(0.05)
         assert '"event":"started"' in text, text[-2000:]
@@ -216,21 +218,54 @@ def test_run_with_the_api_loads_no_terminal_library(tmp_path: Path) -> None:
     assert "pydantic.v1" not in log
 
 
-def test_configured_parts_do_load(tmp_path: Path) -> None:
-    """The negative tests above would pass if nothing loaded at all: configured parts do."""
-    extra = f"""
+def comfyui_target(scheme: str, port: int) -> str:
+    return f"""
 [[targets]]
 name = "comfy"
 [[targets.checks]]
 kind = "comfyui"
-url = "http://127.0.0.1:{closed_port()}"
+url = "{scheme}://127.0.0.1:{port}"
 interval = 30
+timeout = 2
+[[targets.checks]]
+kind = "comfyui_canary"
+url = "{scheme}://127.0.0.1:{port}"
+interval = 30
+timeout = 2
 """
-    imported, _ = started_imports(
-        write_config(tmp_path, api=False, port=closed_port(), extra=extra), tmp_path
+
+
+HTTPX_STACK = {"httpx", "httpcore", "h11", "anyio", "sniffio", "certifi", "idna"}
+
+
+def test_configured_parts_do_load(tmp_path: Path) -> None:
+    """The negative tests above would pass if nothing loaded at all: configured parts do."""
+    port = closed_port()
+    extra = comfyui_target("https", port)
+    imported, log = started_imports(
+        write_config(tmp_path, api=False, port=closed_port(), extra=extra), tmp_path,
+        kinds=("comfyui",),
     )
-    assert {"httpx", "httpcore"} <= imported  # the comfyui check speaks httpx
+    assert f"cannot connect to https://127.0.0.1:{port}: connection refused" in log
+    assert {"httpx", "httpcore"} <= imported  # an https ComfyUI is spoken over httpx
     assert imported.isdisjoint(TERMINAL)  # ... without httpx's own command line
+
+
+def test_http_comfyui_loads_no_httpx(tmp_path: Path) -> None:
+    """The shipped example's ComfyUI is http:// on loopback: Guardian's own client, no httpx
+    stack (the comfyui check and the canary both ran, refused, before the run was stopped)."""
+    port = closed_port()
+    imported, log = started_imports(
+        write_config(tmp_path, api=False, port=closed_port(),
+                     extra=comfyui_target("http", port)),
+        tmp_path, kinds=("comfyui", "comfyui_canary"),
+    )
+    refused = f'"reason":"cannot connect to http://127.0.0.1:{port}: connection refused"'
+    for kind in ("comfyui", "comfyui_canary"):
+        assert any(f'"kind":"{kind}"' in line and refused in line
+                   for line in log.splitlines()), log[-2000:]
+    assert "guardian" in imported and "httptools" in imported
+    assert imported.isdisjoint(HTTPX_STACK | TERMINAL)
 
 
 def test_httpx_loads_without_its_command_line() -> None:

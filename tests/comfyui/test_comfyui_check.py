@@ -257,12 +257,3 @@ def test_create_dispatches_on_the_config_kind() -> None:
     canary = create(ComfyUICanaryConfig(), ctx)
     assert isinstance(canary, ComfyUICanaryCheck)
     assert canary.config.kind == "comfyui_canary"
-
-
-async def test_aclose_closes_the_client(make: Make) -> None:
-    check = make()
-    await check.run()
-    await check.aclose()
-    with pytest.raises(RuntimeError):
-        await check.api.client.get("/system_stats")
-    assert isinstance(check.api.client, httpx.AsyncClient)

@@ -5,23 +5,29 @@
 queue is tracked across runs: the same prompt running too long, or prompts pending while
 nothing runs, fails the check. ``comfyui_canary`` proves the executor works by running a
 model-free EmptyImage -> PreviewImage prompt. Shapes follow real ComfyUI 0.3.64 captures;
-any other shape is a failed result with a reason, never an exception.
+any other shape is a failed result with a reason, never an exception. ``http://`` URLs (the
+usual loopback ComfyUI) are spoken over :mod:`guardian.checks.httpwire`, so a Guardian with
+no https target never imports httpx; ``https://`` ones over httpx.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import json
 import random
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
 
 from guardian.checks.base import Check, CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.bodyread import BodyTooLarge, read_capped
+from guardian.checks.http import wire_address
+from guardian.checks.httpwire import ConnectTimeout, WireClient, WireError
 from guardian.checks.progress import ProgressProbe, ProgressSample, judge
 from guardian.result import Outcome, Value
 
@@ -107,29 +113,85 @@ class ComfyUIError(Exception):
 
 
 class _Api:
-    """One httpx client per check, with capped body reads and errors turned into reasons."""
+    """ComfyUI's API for one check (or one ladder run): capped bodies, a deadline per request,
+    every error a reason.
+
+    ``http://`` (ComfyUI's own default, on loopback) goes over
+    :class:`~guardian.checks.httpwire.WireClient`: one kept-alive connection, closed after any
+    failure so the next run proves a fresh connect, and no httpx in the process at all.
+    ``https://`` (a ComfyUI behind a TLS proxy) goes over an httpx client. Neither trusts
+    the environment: a proxy from it must never sit between us and loopback.
+    """
 
     def __init__(self, url: str, timeout: float, max_body_bytes: int) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
-        from guardian.checks.httpxlib import httpx  # only a configured comfyui check loads it
+        self.wire: WireClient | None = None
+        self.tls: httpx.AsyncClient | None = None
+        parts = urlsplit(self.url)
+        if parts.scheme.lower() == "http":
+            self.wire = WireClient(_basic_auth(parts.username, parts.password))
+        else:
+            from guardian.checks.httpxlib import httpx  # only https ComfyUI URLs load it
 
-        # trust_env=False: a proxy from the environment must never sit between us and loopback.
-        self.client = httpx.AsyncClient(base_url=self.url, timeout=timeout, trust_env=False)
+            self.tls = httpx.AsyncClient(base_url=self.url, timeout=timeout, trust_env=False)
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-        """Status and body, reading at most ``max_body_bytes``."""
+        """Status and body, reading at most ``max_body_bytes``; ``body`` is sent as JSON."""
+        try:
+            if self.wire is not None:
+                return await self._wire_request(self.wire, method, path, body)
+            assert self.tls is not None
+            return await self._tls_request(self.tls, method, path, body)
+        except BodyTooLarge as exc:
+            raise ComfyUIError(f"{path}: response {exc}") from exc
+
+    async def _wire_request(
+        self, wire: WireClient, method: str, path: str, body: Any
+    ) -> tuple[int, bytes]:
+        payload = None if body is None else _json_bytes(body)
+        try:
+            host, port, target = wire_address(self.url + path)
+            async with asyncio.timeout(self.timeout):
+                response = await wire.request(
+                    method, host, port, target,
+                    limit=self.max_body_bytes,
+                    connect_timeout=self.timeout,
+                    body=payload,
+                    content_type=None if payload is None else "application/json",
+                )  # fmt: skip
+        except TimeoutError as exc:  # our deadline, in the connect or the exchange
+            await wire.aclose()
+            raise self._no_answer(
+                path, "ConnectTimeout" if wire.connect_failed else "ReadTimeout"
+            ) from exc
+        except ConnectTimeout as exc:
+            raise self._no_answer(path, "ConnectTimeout") from exc
+        except WireError as exc:
+            raise ComfyUIError(f"{method} {path} failed: {exc}") from exc
+        except OSError as exc:
+            if wire.connect_failed:
+                raise ComfyUIError(
+                    f"cannot connect to {self.url}: {_connect_reason(exc)}"
+                ) from exc
+            raise ComfyUIError(
+                f"{method} {path} failed: {type(exc).__name__}: {_text(exc)}"
+            ) from exc
+        except UnicodeError as exc:  # a host name IDNA cannot encode
+            raise ComfyUIError(f"cannot connect to {self.url}: {_text(exc)}") from exc
+        return response.status, response.body or b""
+
+    async def _tls_request(
+        self, client: httpx.AsyncClient, method: str, path: str, body: Any
+    ) -> tuple[int, bytes]:
         from guardian.checks.httpxlib import httpx
 
         try:
-            async with self.client.stream(method, path, json=body) as response:
-                return response.status_code, await self._read_capped(response, path)
+            async with client.stream(method, path, json=body) as response:
+                return response.status_code, await read_capped(response, self.max_body_bytes)
         except httpx.TimeoutException as exc:
-            raise ComfyUIError(
-                f"no answer from {self.url}{path} within {self.timeout:g}s "
-                f"({type(exc).__name__})"
-            ) from exc
+            raise self._no_answer(path, type(exc).__name__) from exc
         except httpx.ConnectError as exc:
             raise ComfyUIError(f"cannot connect to {self.url}: {_connect_reason(exc)}") from exc
         except httpx.HTTPError as exc:
@@ -137,11 +199,8 @@ class _Api:
                 f"{method} {path} failed: {type(exc).__name__}: {_text(exc)}"
             ) from exc
 
-    async def _read_capped(self, response: httpx.Response, path: str) -> bytes:
-        try:
-            return await read_capped(response, self.max_body_bytes)
-        except BodyTooLarge as exc:
-            raise ComfyUIError(f"{path}: response {exc}") from exc
+    def _no_answer(self, path: str, what: str) -> ComfyUIError:
+        return ComfyUIError(f"no answer from {self.url}{path} within {self.timeout:g}s ({what})")
 
     async def get_json(self, path: str) -> Any:
         """A 200 JSON body, or :class:`ComfyUIError` saying what was wrong with it."""
@@ -151,7 +210,23 @@ class _Api:
         return parse_json(body, path)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self.wire is not None:
+            await self.wire.aclose()
+        if self.tls is not None:
+            await self.tls.aclose()
+
+
+def _json_bytes(body: Any) -> bytes:
+    """Compact JSON, as httpx's ``json=`` sends it (ComfyUI reads it with ``json.loads``)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _basic_auth(username: str | None, password: str | None) -> dict[str, str]:
+    """``Authorization`` for credentials in the URL (``http://user:pw@host``), as httpx does."""
+    if username is None:
+        return {}
+    pair = f"{unquote(username)}:{unquote(password or '')}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
 
 
 def parse_json(body: bytes, path: str) -> Any:

@@ -2,10 +2,13 @@
 
 Why not httpx here: a health probe is one GET, yet httpx spends ~1 ms of CPU on it (request
 and response objects, anyio cancel scopes, h11, a failed ``import sniffio`` per lock, a new
-TCP connection each time). At hundreds of targets that is most of Guardian's CPU
-(``bench/bench_probe.py`` measures both). This module only manages a connection and frames
-the exchange; parsing is httptools (llhttp, the C parser uvicorn uses), so nothing of HTTP's
-grammar is written by hand. TLS stays on httpx (``checks/http.py`` picks per hop).
+TCP connection each time), and importing it costs ~5 MiB and hundreds of ms. At hundreds of
+targets that is most of Guardian's CPU (``bench/bench_probe.py`` measures both). This module
+only manages a connection and frames the exchange; parsing is httptools (llhttp, the C
+parser uvicorn uses), so nothing of HTTP's grammar is written by hand. It serves the http
+check's GET/HEAD and the ComfyUI checks' GETs and small JSON POSTs (``/interrupt``,
+``/free``, ``/prompt``). TLS stays on httpx (``checks/http.py`` and ``checks/comfyui.py``
+pick by scheme).
 
 Connection rules:
 
@@ -13,7 +16,10 @@ Connection rules:
   Any failure closes the connection, so the run after a failure proves a fresh connect.
 * A kept connection that the server closed while idle (its keep-alive timeout) is noticed
   before reuse; one that dies in the race before the first response byte is retried once on
-  a new connection. A response that started and broke is never retried: that is a failure.
+  a new connection, for GET and HEAD only: a POST the server may have acted on is not sent
+  twice (RFC 9110 9.2.2), it fails. A response that started and broke is never retried.
+* A request body is sent whole with its ``Content-Length`` (bodies here are small JSON);
+  POST without a body says ``Content-Length: 0``, as servers that demand a length need.
 * Bodies are capped (:class:`~guardian.checks.bodyread.BodyTooLarge`); time is bounded by
   the caller's deadline (``asyncio.timeout``), the connect by ``connect_timeout``.
 """
@@ -32,6 +38,8 @@ from guardian.checks.bodyread import BodyTooLarge
 
 READ_CHUNK = 65536
 USER_AGENT = f"guardian/{__version__}"
+IDEMPOTENT = frozenset({"GET", "HEAD"})  # safe to send again after a stale connection
+BODILESS = frozenset({"GET", "HEAD"})  # no Content-Length unless a body is given
 
 
 class WireError(Exception):
@@ -120,6 +128,9 @@ class WireClient:
         self._writer: asyncio.StreamWriter | None = None
         self._origin: tuple[str, int] | None = None
         self.connects = 0  # new TCP connections opened (tests, benchmarks)
+        # The last request ended while opening its connection (refused, DNS, unreachable,
+        # timed out): callers word that "cannot connect", unlike a failure in an exchange.
+        self.connect_failed = False
 
     async def request(
         self,
@@ -131,21 +142,33 @@ class WireClient:
         limit: int,
         connect_timeout: float,
         skip_body: Callable[[int, Mapping[str, str]], bool] | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
     ) -> WireResponse:
-        """Send one request and read its answer (the body only if ``skip_body`` says so)."""
-        head = self._head(method, host, port, target)
+        """Send one request and read its answer (the body only if ``skip_body`` says so).
+
+        ``body`` goes out with its ``Content-Length`` and, when given, ``content_type``.
+        """
+        head = self._head(method, host, port, target, body, content_type)
+        message = head if body is None else head + body
         origin = (host, port)
+        self.connect_failed = False
         reused = self._usable(origin)
         if not reused:
             await self.aclose()
             await self._connect(origin, connect_timeout)
         try:
             try:
-                return await self._exchange(head, method, limit, skip_body, reused)
+                return await self._exchange(message, method, limit, skip_body, reused)
             except _Stale:
+                if method not in IDEMPOTENT:
+                    raise InvalidResponse(
+                        "peer closed the kept-alive connection without an answer"
+                        f" (a {method} is not sent twice)"
+                    ) from None
                 await self.aclose()
                 await self._connect(origin, connect_timeout)
-                return await self._exchange(head, method, limit, skip_body, False)
+                return await self._exchange(message, method, limit, skip_body, False)
         except BaseException:
             await self.aclose()
             raise
@@ -157,6 +180,7 @@ class WireClient:
         return not (reader.at_eof() or writer.is_closing())
 
     async def _connect(self, origin: tuple[str, int], timeout: float) -> None:
+        self.connect_failed = True  # until open: also when a caller's deadline cancels us
         try:
             async with asyncio.timeout(timeout):
                 self._reader, self._writer = await asyncio.open_connection(
@@ -164,11 +188,15 @@ class WireClient:
                 )
         except TimeoutError:
             raise ConnectTimeout(timeout) from None
+        self.connect_failed = False
         self._origin = origin
         self.connects += 1
 
-    def _head(self, method: str, host: str, port: int, target: str) -> bytes:
-        lines = f"{method} {_clean(target, 'request target')} HTTP/1.1\r\n"
+    def _head(
+        self, method: str, host: str, port: int, target: str, body: bytes | None,
+        content_type: str | None,
+    ) -> bytes:
+        lines = f"{_clean(method, 'method')} {_clean(target, 'request target')} HTTP/1.1\r\n"
         if "host" not in self._own:
             shown = f"[{host}]" if ":" in host else host
             lines += f"Host: {shown}\r\n" if port == 80 else f"Host: {shown}:{port}\r\n"
@@ -176,11 +204,15 @@ class WireClient:
             lines += f"User-Agent: {USER_AGENT}\r\n"
         if "accept" not in self._own:
             lines += "Accept: */*\r\n"
+        if content_type is not None and "content-type" not in self._own:
+            lines += f"Content-Type: {_clean(content_type, 'content type')}\r\n"
+        if body is not None or method not in BODILESS:
+            lines += f"Content-Length: {len(body or b'')}\r\n"
         return (lines + self._extra + "\r\n").encode("latin-1", "replace")
 
     async def _exchange(
         self,
-        head: bytes,
+        message: bytes,
         method: str,
         limit: int,
         skip_body: Callable[[int, Mapping[str, str]], bool] | None,
@@ -190,7 +222,7 @@ class WireClient:
         assert reader is not None and writer is not None
         msg = _Message(limit)
         parser = msg.parser = httptools.HttpResponseParser(msg)
-        writer.write(head)
+        writer.write(message)
         received = 0
         skipping = False
         while not msg.complete:
