@@ -76,8 +76,8 @@ LAYERS: list[tuple[str, str]] = [
      "import httpx"),
     ("starlette", "import starlette.applications, starlette.routing"),
     ("uvicorn (+ its click CLI)", "import uvicorn, uvicorn.protocols.http.httptools_impl"),
-    ("prometheus_client", "import prometheus_client"),
     ("guardian.api.app (models, routes)", "import guardian.api.app"),
+    ("prometheus_client (Metrics.registry readers only)", "import prometheus_client"),
     ("guardian.cli (typer, rich: other commands)", "import guardian.cli"),
     ("apprise (first notification)", "import apprise"),
     ("pynvml (gpu check over NVML)", "import pynvml"),
@@ -354,8 +354,9 @@ def markdown(data: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--settle", type=float, default=2.0,
-                    help="seconds after 'started' before RSS is read")
+    ap.add_argument("--settle", type=float, default=6.0,
+                    help="seconds after 'started' before RSS is read (past the first checks"
+                         " and the API's start on a loaded machine)")
     ap.add_argument("--before-ref", default="main",
                     help="git ref measured as 'before' ('' to skip)")
     ap.add_argument("--skip-parts", action="store_true")
