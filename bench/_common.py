@@ -18,9 +18,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +324,12 @@ url = "http://127.0.0.1:{port}/"
 interval = {interval}
 timeout = {timeout}
 """
+
+
+def export_tree(ref: str, dest: Path) -> Path:
+    """``src/`` of ``ref`` (a git ref of this repository) unpacked under ``dest``."""
+    data = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref, "src"],
+                          capture_output=True, check=True, timeout=60).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "src"

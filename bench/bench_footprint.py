@@ -29,15 +29,22 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PYTHON, REPO, Children, free_port, table, toml_str, write_results
+from _common import (
+    PYTHON,
+    REPO,
+    Children,
+    export_tree,
+    free_port,
+    table,
+    toml_str,
+    write_results,
+)
 
 # (label, import statement); each runs alone in a fresh interpreter.
 PARTS: list[tuple[str, str]] = [
@@ -291,15 +298,6 @@ def runs_for(src: Path, runs: int, settle: float, port: int) -> dict[str, Any]:
               f"{r['started_ms']} ms, {r['modules']} modules; heavy: {', '.join(r['heavy'])}"
               + (f"  ({errors[0]})" if errors else ""), flush=True)
     return result
-
-
-def export_tree(ref: str, dest: Path) -> Path:
-    """``src/`` of ``ref`` (a git ref of this repository) unpacked under ``dest``."""
-    data = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref, "src"],
-                          capture_output=True, check=True, timeout=60).stdout
-    with tarfile.open(fileobj=BytesIO(data)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "src"
 
 
 # --------------------------------------------------------------------------- report

@@ -29,16 +29,22 @@ import importlib.util
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import REPO, free_port, http_ok, machine, table, wait_for, write_results
+from _common import (
+    export_tree,
+    free_port,
+    http_ok,
+    machine,
+    table,
+    wait_for,
+    write_results,
+)
 
 from guardian.checks.base import CheckContext
 from guardian.checks.http import HttpCheckConfig, create
@@ -162,15 +168,6 @@ ROWS = [
     ("aiohttp", "aiohttp, keep-alive"),
     ("raw", "raw asyncio streams, keep-alive (floor)"),
 ]
-
-
-def export_tree(ref: str, dest: Path) -> Path:
-    """``src/`` of ``ref`` (a git ref of this repository) unpacked under ``dest``."""
-    data = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref, "src"],
-                          capture_output=True, check=True, timeout=60).stdout
-    with tarfile.open(fileobj=BytesIO(data)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "src"
 
 
 COMFYUI_PATHS = ("/system_stats", "/queue", "/history?max_items=1")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,60 +14,7 @@ import pytest
 
 from guardian.checks.base import CheckContext
 from guardian.clock import SystemClock
-
-RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """An asyncio TCP server that hands each connection to ``handler``.
-
-    Handler tasks are tracked and cancelled on close, so endless senders stop with the test.
-    """
-
-    def __init__(self, handler: RawHandler, ssl_context: Any = None) -> None:
-        self._handler = handler
-        self._ssl = ssl_context
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-        self.connections = 0
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        self.connections += 1
-        try:
-            await self._handler(reader, writer)
-        except (ConnectionError, asyncio.CancelledError, OSError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            self._writers.discard(writer)
-            writer.transport.abort()
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._ssl)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+from rawhttp import RawHandler, RawServer  # type: ignore[import-not-found]
 
 
 @pytest.fixture

@@ -10,15 +10,9 @@ import pytest
 from guardian.checks.http import HttpCheckConfig, create
 from guardian.checks.httpwire import WireClient, WireError
 from guardian.result import Status
+from rawhttp import read_message, read_request  # type: ignore[import-not-found]
 
 BODY = b'{"status": "healthy"}'
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    try:
-        return await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        raise ConnectionError("client closed") from None
 
 
 def answer(body: bytes = BODY, extra: str = "") -> bytes:
@@ -210,20 +204,6 @@ def test_config_refuses_multi_line_headers() -> None:
 
 
 # ------------------------------------------------------------------ bodies (ComfyUI's POSTs)
-
-
-async def read_message(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
-    """One request: its request line, lower-cased headers and the body its length declares."""
-    head = (await read_request(reader)).decode("latin-1")
-    line, *fields = head.split("\r\n")
-    headers = {}
-    for field in fields:
-        if field:
-            name, _, value = field.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    body = await reader.readexactly(length) if length else b""
-    return line, headers, body
 
 
 def addr(srv: Any) -> tuple[str, int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +20,7 @@ from guardian.checks.comfyui import ComfyUICheck, ComfyUICheckConfig, _Api
 from guardian.clock import SystemClock
 from guardian.demo.comfyui_sim import ComfyUISim
 from guardian.result import Status
+from rawhttp import RawServer, read_message  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,22 +43,14 @@ Seen = tuple[str, str, dict[str, str], bytes]  # method, target, headers, body
 Answer = Callable[[Seen], Awaitable[bytes | None]]  # None: hang up without a word
 
 
-class Comfy:
+class Comfy(RawServer):
     """Speaks just enough HTTP/1.1 to be ComfyUI: one answer per request, kept alive."""
 
     def __init__(self) -> None:
+        super().__init__(self._converse)
         self.answers: dict[str, Answer] = {}
         self.seen: list[Seen] = []
-        self.connections = 0
         self.closed = asyncio.Event()  # a client closed its connection
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def answer(self, path: str, raw: bytes | Answer) -> None:
         async def fixed(_: Seen) -> bytes:
@@ -74,57 +66,22 @@ class Comfy:
         return {"/system_stats": ok(STATS), "/queue": ok(IDLE),
                 "/history": ok({})}.get(path, reply(b"404: Not Found", "404 Not Found"))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.add(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            while True:
-                try:
-                    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-                except asyncio.IncompleteReadError:
-                    self.closed.set()
-                    return
-                line, *fields = head.split("\r\n")
-                method, target, _ = line.split(" ")
-                headers = {}
-                for field in fields:
-                    if field:
-                        name, _, value = field.partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-                body = await reader.readexactly(length) if length else b""
-                seen = (method, target, headers, body)
-                self.seen.append(seen)
-                answer = await self._route(seen)
-                if answer is None:
-                    writer.transport.abort()
-                    return
-                writer.write(answer)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            self.writers.discard(writer)
-            writer.transport.abort()
-
-    async def __aenter__(self) -> Comfy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                line, headers, body = await read_message(reader)
+            except ConnectionError:
+                self.closed.set()
+                return
+            method, target, _ = line.split(" ")
+            seen = (method, target, headers, body)
+            self.seen.append(seen)
+            answer = await self._route(seen)
+            if answer is None:
+                writer.transport.abort()
+                return
+            writer.write(answer)
+            await writer.drain()
 
     def paths(self) -> list[str]:
         return [f"{m} {t}" for m, t, _, _ in self.seen]
