@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Iterable
 from itertools import accumulate
 from operator import sub
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 Columns = tuple["array[int]", "array[int]", "array[int]"]  # ok, total, restarts
 
