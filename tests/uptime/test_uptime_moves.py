@@ -136,7 +136,7 @@ def test_moving_windows_match_a_full_read_over_days(tmp_path: Path) -> None:
     failed_flushes = 0
     events = {  # simulated hour -> what happens then
         5: "flush_fails", 6: "space_again", 14: "read_fails", 20: "restart",
-        31: "sleep_2h", 40: "new_target", 47: "sleep_26h",
+        31: "sleep_2h", 40: "new_target", 44: "clock_back", 47: "sleep_26h",
     }
     targets = list(TARGETS)
     fail_next_hour = False
@@ -172,6 +172,8 @@ def test_moving_windows_match_a_full_read_over_days(tmp_path: Path) -> None:
                     k[0] for k in store._pending}
             elif event == "sleep_2h":  # moved by less than the windows: still derived
                 clock.advance(2 * 3600)
+            elif event == "clock_back":  # the wall clock set back 40 minutes
+                clock.t -= timedelta(minutes=40)
             elif event == "new_target":
                 targets.append("newcomer")
             elif event == "sleep_26h":  # asleep longer than the 24 h window
@@ -205,6 +207,6 @@ def test_moving_windows_match_a_full_read_over_days(tmp_path: Path) -> None:
     # The moves were derived, not read: the last day's buckets were read at the start,
     # after the failed read, the restart and the long sleep; the hourly totals in full
     # only then too, every other hourly move from the hours that left.
-    assert counts["tail"] <= 5, counts
+    assert counts["tail"] <= 5, counts  # and once after the clock went back
     assert counts["hourly_full"] <= 5, counts
     assert counts["shift"] >= 2 * 24, counts
