@@ -376,7 +376,7 @@ class UptimeStore:
     def _read(
         self,
         key: tuple[Any, ...],
-        place: Callable[[int], list[Hashable]],
+        blank: Callable[[], _Agg],
         load: Callable[[], _Agg | None],
         held: Callable[[], _Agg | None] | None = None,
     ) -> dict[str, dict[Hashable, list[int]]]:
@@ -395,18 +395,11 @@ class UptimeStore:
             agg = load()
             with self._agg_lock:
                 if agg is None:  # Guardian's trouble: show what is buffered
-                    agg = _Agg(place)
+                    agg = blank()
                 out, buffered = self._picture(agg)
         for target, bucket, ok, total, restarts in buffered:
-            slots = place(bucket)
-            if not slots:  # outside: no empty entry, as the tables' part has none
-                continue
-            per = out.setdefault(target, {})
-            for k in slots:
-                c = per.setdefault(k, [0, 0, 0])
-                c[0] += ok
-                c[1] += total
-                c[2] += restarts
+            for k in agg.place(bucket):  # outside: no entry, as the tables' part has none
+                agg.put(out, target, k, ok, total, restarts)
         return out
 
     def _picture(self, agg: _Agg) -> tuple[dict[str, dict[Hashable, list[int]]], list[Any]]:
@@ -479,12 +472,12 @@ class UptimeStore:
             log.warning("uptime not readable: %s", exc, extra={"event": "uptime_read_failed"})
 
     def _full(
-        self, key: tuple[Any, ...], place: Callable[[int], list[Hashable]],
+        self, key: tuple[Any, ...], blank: Callable[[], _Agg],
         query: Callable[[sqlite3.Connection], list[Any]],
     ) -> _Agg | None:
         """The aggregate of ``key`` from one query of everything in its range."""
         def build(rows: list[Any]) -> _Agg:
-            agg = _Agg(place)
+            agg = blank()
             for target, slot, ok, total, restarts in rows:
                 agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
             return agg
@@ -508,8 +501,7 @@ class UptimeStore:
         return tail
 
     def _fine(
-        self, key: tuple[Any, ...], now_bucket: int, low: int,
-        place: Callable[[int], list[Hashable]],
+        self, key: tuple[Any, ...], now_bucket: int, low: int, blank: Callable[[], _Agg],
         derive: Callable[[FineTail], dict[str, dict[Hashable, list[int]]]],
         query: Callable[[sqlite3.Connection], list[Any]],
     ) -> dict[str, dict[Hashable, list[int]]]:
@@ -518,7 +510,7 @@ class UptimeStore:
         jump of a day or more, or when the clock went back), or read in full for a span
         longer than the day the tail holds."""
         def from_tail(tail: FineTail) -> _Agg:
-            agg = _Agg(place)
+            agg = blank()
             agg.sums = derive(tail)
             return self._cache(key, agg)
 
@@ -541,9 +533,9 @@ class UptimeStore:
                     )
                 except _Stale:  # a bucket far ahead: not worth holding
                     pass
-            return self._full(key, place, query)
+            return self._full(key, blank, query)
 
-        return self._read(key, place, load, held)
+        return self._read(key, blank, load, held)
 
     def _keep_tail(self, tail: FineTail, then: Callable[[FineTail], _Agg]) -> _Agg:
         self._tail = tail
@@ -565,9 +557,9 @@ class UptimeStore:
                     return self._shift(key, prev, names, starts, place)
                 except _Stale:  # the previous figures went meanwhile
                     pass
-            return self._full(key, place, query)
+            return self._full(key, lambda: _Agg(place), query)
 
-        return self._read(key, place, load)
+        return self._read(key, lambda: _Agg(place), load)
 
     def _previous(
         self, key: tuple[Any, ...], names: list[str], starts: dict[str, int],
@@ -684,10 +676,11 @@ class UptimeStore:
         # Cached apart: the 24 h window moves every 5 minutes, the hourly ones each hour,
         # so a 5-minute move does not touch 31 days of hourly totals.
         data: dict[str, dict[Hashable, list[int]]] = {}
+        fine_place = placer(fine, False)
         if fine:
             data = self._fine(
                 ("uptime", *(starts[n] for n in fine)), self.bucket_of(now),
-                min(starts[n] for n in fine), placer(fine, False), from_tail,
+                min(starts[n] for n in fine), lambda: _Agg(fine_place), from_tail,
                 full("uptime", "bucket", fine))
         if coarse:
             hourly = self._hourly(
@@ -737,15 +730,10 @@ class UptimeStore:
                 (first, slot, first, end),
             ).fetchall()
 
-        data = self._fine(("bars", first, slot, slots), self.bucket_of(now), first, place,
+        data = self._fine(("bars", first, slot, slots), self.bucket_of(now), first,
+                          lambda: _BarAgg(place, slots),
                           lambda tail: tail.slots(first, slot, slots), query)
-        out: dict[str, tuple[list[int], list[int], list[int]]] = {}
-        for target, per in data.items():
-            ok, total, restarts = [0] * slots, [0] * slots, [0] * slots
-            for i, c in per.items():
-                k = int(i)  # type: ignore[call-overload]
-                ok[k], total[k], restarts[k] = c
-            out[target] = (ok, total, restarts)
+        out = {target: (per[0], per[1], per[2]) for target, per in data.items()}
         return BarArrays(datetime.fromtimestamp(first, UTC), slot, out)
 
 
@@ -797,9 +785,16 @@ class _Agg:
         self.sums: dict[str, dict[Hashable, list[int]]] = {}
 
     def add_slot(self, target: str, slot: Hashable, ok: int, total: int, restarts: int) -> None:
-        per = self.sums.get(target)
+        self.put(self.sums, target, slot, ok, total, restarts)
+
+    def put(
+        self, sums: dict[str, dict[Hashable, list[int]]], target: str, slot: Hashable,
+        ok: int, total: int, restarts: int,
+    ) -> None:
+        """Add counts to ``slot`` of ``target`` in ``sums`` (these or a copy of them)."""
+        per = sums.get(target)
         if per is None:
-            per = self.sums[target] = {}
+            per = sums[target] = {}
         c = per.get(slot)
         if c is None:
             per[slot] = [ok, total, restarts]
@@ -811,3 +806,28 @@ class _Agg:
     def add(self, target: str, bucket: int, ok: int, total: int, restarts: int) -> None:
         for slot in self.place(bucket):
             self.add_slot(target, slot, ok, total, restarts)
+
+
+class _BarAgg(_Agg):
+    """Bar slots as three lists per target, ``{0: ok, 1: total, 2: restarts}``: a copy
+    of them (each request) or a move (every 5 minutes) is three list copies per target,
+    not a list per slot, and is sent as it is."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, place: Callable[[int], list[Hashable]], count: int) -> None:
+        super().__init__(place)
+        self.count = count
+
+    def put(
+        self, sums: dict[str, dict[Hashable, list[int]]], target: str, slot: Hashable,
+        ok: int, total: int, restarts: int,
+    ) -> None:
+        per = sums.get(target)
+        if per is None:
+            n = self.count
+            per = sums[target] = {0: [0] * n, 1: [0] * n, 2: [0] * n}
+        i = int(slot)  # type: ignore[call-overload]
+        per[0][i] += ok
+        per[1][i] += total
+        per[2][i] += restarts

@@ -114,8 +114,9 @@ class FineTail:
         return out
 
     def slots(self, first: int, width: int, count: int) -> dict[str, dict[Any, list[int]]]:
-        """Per target ``{i: [ok, total, restarts]}`` of ``count`` slots of ``width``
-        seconds from ``first`` (slots without counts left out)."""
+        """Per target ``{0: oks, 1: totals, 2: restarts}``, each a list of ``count``
+        slots of ``width`` seconds from ``first``; targets without any counts there
+        are left out."""
         m = width // self.step
         off = (first - self.floor) // self.step
         n = m * count
@@ -132,8 +133,6 @@ class FineTail:
                     p = list(accumulate(seg, initial=0))
                     per_col.append(list(map(sub, p[m::m], p[0:n:m])))
             o, t, r = per_col
-            per = {i: [a, b, c] for i, a, b, c in zip(range(count), o, t, r, strict=True)
-                   if b or c or a}
-            if per:
-                out[target] = per
+            if any(t) or any(r) or any(o):
+                out[target] = {0: o, 1: t, 2: r}
         return out
