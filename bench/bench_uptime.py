@@ -232,12 +232,17 @@ def main() -> None:
                 "after (read on the snapshot connection)",
                 "prune ms"], rows)
     md += (f"\n\nMedians of {args.runs} runs; 30 days of history in the file (25 h of"
-           " 5-minute buckets, 31 days of hourly totals). The uncached read runs when a window"
-           " moves (every 5 min for 24 h and the bar, hourly for 7 d/30 d), on the read-only"
-           " snapshot connection: a flush does not wait for it. \"before\" holds the writer's"
-           " lock around the same read, as the reads did until they moved to that"
-           " connection; \"bar objects\" is the per-slot shape /api/uptime sent before,"
-           " \"bar arrays\" the one it sends now.")
+           " 5-minute buckets, 31 days of hourly totals). \"API read\" is windows() plus"
+           " bar_arrays() as /api/uptime calls them: first (everything read from the file),"
+           " right after a 5-minute move (24 h window and bar derived from the day's buckets"
+           " held in memory, no query) and right after an hourly move (7 d/30 d: the previous"
+           " figures less the hour that left, one row per target and window); \"loop late\""
+           " is the worst wakeup lateness of a thread sleeping 2 ms at a time beside it (the"
+           " GIL held in one go; 5 ms is the interpreter's switch interval). The flush"
+           " columns time a flush while a fresh store's first read aggregates: \"before\""
+           " holds the writer's lock around that read, as reads did before they moved to the"
+           " read-only snapshot connection; \"bar objects\" is the per-slot shape"
+           " /api/uptime sent before, \"bar arrays\" the one it sends now.")
     print(md)
     write_results("uptime", data, md)
 
