@@ -10,7 +10,13 @@ first status-page request after a flush pays; later ones hit the cache), a cache
 (windows plus the bar as objects per slot, and as the int arrays ``/api/uptime`` sends),
 the hourly prune, and how long a flush on the "event loop" waits while another thread
 runs the uncached read (the reads use the store's read-only snapshot connection, so this
-should be the flush's own time, not the read's). Medians of ``--runs`` runs.
+should be the flush's own time, not the read's).
+
+What a status page left open costs as its windows move: the API's read (windows plus the
+bar as arrays) the first time, right after a 5-minute move (the 24 h window and the bar
+move) and right after an hourly move (7 d and 30 d move too), each timed with a "loop"
+thread beside it that sleeps 2 ms at a time: how late its wakeups get is how long the
+read holds the GIL in one go. Medians of ``--runs`` runs.
 """
 
 from __future__ import annotations
@@ -60,6 +66,30 @@ def fill(db: Database, targets: int) -> None:
     db.write(write)
 
 
+def timed_read(store: UptimeStore, when: datetime) -> tuple[float, float]:
+    """The API's read at ``when``: its wall time, and the worst lateness of a thread
+    that wakes up every 2 ms meanwhile (the event loop's checks, in Guardian)."""
+    stop = threading.Event()
+    late: list[float] = [0.0]
+
+    def loop() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            time.sleep(0.002)
+            late[0] = max(late[0], time.perf_counter() - t0 - 0.002)
+
+    ticker = threading.Thread(target=loop)
+    ticker.start()
+    time.sleep(0.02)
+    t0 = time.perf_counter()
+    store.windows(when)
+    store.bar_arrays(when)
+    took = time.perf_counter() - t0
+    stop.set()
+    ticker.join()
+    return took, late[0]
+
+
 def run(targets: int, tmp: Path) -> dict[str, float]:
     path = tmp / f"u{targets}.db"
     db = Database(path, components=(UPTIME,))
@@ -80,34 +110,37 @@ def run(targets: int, tmp: Path) -> dict[str, float]:
     store.flush()
     flush_s = time.perf_counter() - t0
     later = NOW + timedelta(seconds=60)
+    flush_wait_s = flush_during_read(store, names, later)
+    flush_locked_s = flush_during_read(store, names, later, locked=True)
+    first_s, first_late_s = timed_read(store, later)
+    move5_s, move5_late_s = timed_read(store, later + timedelta(minutes=5))
+    store.windows(later + timedelta(minutes=55))  # the page kept polling all hour
+    store.bar_arrays(later + timedelta(minutes=55))
+    hour_s, hour_late_s = timed_read(store, later + timedelta(minutes=60))
+    cur = later + timedelta(minutes=60)
+    fresh = UptimeStore(db, now=lambda: cur, monotonic=mono)  # as after a Guardian start
     t0 = time.perf_counter()
-    store.windows(later)
-    store.bars(later)
+    fresh.windows(cur)  # every window read from the file, the bar as objects per slot
+    fresh.bars(cur)
     read_s = time.perf_counter() - t0
+    db.register(UPTIME, store._resave)  # the store under test gets its hook back
     t0 = time.perf_counter()
     for _ in range(10):
-        store.windows(later)
-        store.bars(later)
+        store.windows(cur)
+        store.bars(cur)
     cached_s = (time.perf_counter() - t0) / 10
     t0 = time.perf_counter()
     for _ in range(10):
-        store.windows(later)
-        store.bar_arrays(later)
+        store.windows(cur)
+        store.bar_arrays(cur)
     cached_arrays_s = (time.perf_counter() - t0) / 10
-    t0 = time.perf_counter()  # a 5-minute move: the 24 h window and the bar, not 7 d/30 d
-    store.windows(later + timedelta(minutes=5))
-    store.bars(later + timedelta(minutes=5))
-    move_s = time.perf_counter() - t0
     targets = SimpleNamespace(targets=[SimpleNamespace(name=n) for n in names])
     view: Any = SimpleNamespace(uptime_counts=store, config=targets)  # what build_uptime reads
-    body = build_uptime(view, later + timedelta(minutes=5)).model_dump_json()
+    body = build_uptime(view, cur).model_dump_json()
     t0 = time.perf_counter()
     for _ in range(5):
-        body = build_uptime(view, later + timedelta(minutes=5)).model_dump_json()
+        body = build_uptime(view, cur).model_dump_json()
     api_s, api_kb = (time.perf_counter() - t0) / 5, len(body) / 1000
-    flush_wait_s = flush_during_read(store, names, later + timedelta(minutes=5))
-    flush_locked_s = flush_during_read(
-        store, names, later + timedelta(minutes=5), locked=True)
     t0 = time.perf_counter()
     store.prune(NOW + timedelta(hours=1))
     prune_s = time.perf_counter() - t0
@@ -116,7 +149,10 @@ def run(targets: int, tmp: Path) -> dict[str, float]:
     db.close()
     for leftover in tmp.glob(path.name + '*'):  # the file, its -wal/-shm and marker
         leftover.unlink()
-    return {"record_us": record_us, "flush_s": flush_s, "read_s": read_s, "move_s": move_s,
+    return {"record_us": record_us, "flush_s": flush_s, "read_s": read_s,
+            "first_api_read_s": first_s, "first_late_s": first_late_s,
+            "move_s": move5_s, "move_late_s": move5_late_s,
+            "hour_move_s": hour_s, "hour_move_late_s": hour_late_s,
             "cached_read_s": cached_s, "cached_arrays_s": cached_arrays_s,
             "flush_during_read_s": flush_wait_s, "flush_during_locked_read_s": flush_locked_s,
             "prune_s": prune_s, "file_mb": size_mb, "api_s": api_s, "api_kb": api_kb}
@@ -126,7 +162,8 @@ def flush_during_read(
     store: UptimeStore, names: list[str], later: datetime, *, locked: bool = False,
 ) -> float:
     """A flush of one result per target, started while another thread is inside the
-    uncached aggregation (a window moved): its wall time, wait for any lock included.
+    uncached aggregation (a fresh store's first read, on the same Database: a window
+    move no longer aggregates): its wall time, wait for any lock included.
     ``locked`` holds the writer's lock around the read, as the reads did before they
     moved to the snapshot connection (the "before" figure)."""
     inside = threading.Event()
@@ -138,12 +175,12 @@ def flush_during_read(
     # Called every 100 000 SQLite steps only: each call takes the GIL from the flush.
     store.db.snapshot(lambda c: c.set_progress_handler(mark, 100_000))
     store.db.connection.set_progress_handler(mark, 100_000)  # memory / locked: the writer's
-    moved = later + timedelta(minutes=10 if locked else 5)  # a new window: not cached
+    fresh = UptimeStore(store.db, now=lambda: later, monotonic=store._monotonic)
 
     def read() -> None:
         with store.db.lock if locked else contextlib.nullcontext():
-            store.windows(moved)
-            store.bars(moved)
+            fresh.windows(later)
+            fresh.bars(later)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -154,6 +191,7 @@ def flush_during_read(
     store.flush()
     waited = time.perf_counter() - t0
     reader.join()
+    store.db.register(UPTIME, store._resave)  # the hook back to the store under test
     store.db.snapshot(lambda c: c.set_progress_handler(None, 0))
     store.db.connection.set_progress_handler(None, 0)
     return waited
@@ -175,7 +213,9 @@ def main() -> None:
                 f"{targets:,}", f"{med['file_mb']:.1f}", f"{med['record_us']:.2f}",
                 f"{med['api_s'] * 1000:.1f}", f"{med['api_kb']:.0f}",
                 f"{med['flush_s'] * 1000:.1f}", f"{med['read_s'] * 1000:.1f}",
-                f"{med['move_s'] * 1000:.1f}",
+                f"{med['first_api_read_s'] * 1000:.1f} / {med['first_late_s'] * 1000:.1f}",
+                f"{med['move_s'] * 1000:.1f} / {med['move_late_s'] * 1000:.1f}",
+                f"{med['hour_move_s'] * 1000:.1f} / {med['hour_move_late_s'] * 1000:.1f}",
                 f"{med['cached_read_s'] * 1000:.1f}", f"{med['cached_arrays_s'] * 1000:.1f}",
                 f"{med['flush_during_locked_read_s'] * 1000:.1f}",
                 f"{med['flush_during_read_s'] * 1000:.1f}", f"{med['prune_s'] * 1000:.1f}",
@@ -183,19 +223,26 @@ def main() -> None:
     md = table(["targets", "file MB", "record µs/result",
                 "/api/uptime body ms (cached read + JSON)", "/api/uptime kB",
                 "flush ms (1 min at 1 s)",
-                "read ms (uncached: all windows)", "read ms (uncached: a 5-min move)",
+                "read ms (fresh store: all windows, bar objects)",
+                "API read ms / loop late ms: first", "after a 5-min move",
+                "after an hourly move",
                 "read ms (cached, bar objects)",
                 "read ms (cached, bar arrays = API)",
                 "flush ms during an uncached read: before (read under the writer's lock)",
                 "after (read on the snapshot connection)",
                 "prune ms"], rows)
     md += (f"\n\nMedians of {args.runs} runs; 30 days of history in the file (25 h of"
-           " 5-minute buckets, 31 days of hourly totals). The uncached read runs when a window"
-           " moves (every 5 min for 24 h and the bar, hourly for 7 d/30 d), on the read-only"
-           " snapshot connection: a flush does not wait for it. \"before\" holds the writer's"
-           " lock around the same read, as the reads did until they moved to that"
-           " connection; \"bar objects\" is the per-slot shape /api/uptime sent before,"
-           " \"bar arrays\" the one it sends now.")
+           " 5-minute buckets, 31 days of hourly totals). \"API read\" is windows() plus"
+           " bar_arrays() as /api/uptime calls them: first (everything read from the file),"
+           " right after a 5-minute move (24 h window and bar derived from the day's buckets"
+           " held in memory, no query) and right after an hourly move (7 d/30 d: the previous"
+           " figures less the hour that left, one row per target and window); \"loop late\""
+           " is the worst wakeup lateness of a thread sleeping 2 ms at a time beside it (the"
+           " GIL held in one go; 5 ms is the interpreter's switch interval). The flush"
+           " columns time a flush while a fresh store's first read aggregates: \"before\""
+           " holds the writer's lock around that read, as reads did before they moved to the"
+           " read-only snapshot connection; \"bar objects\" is the per-slot shape"
+           " /api/uptime sent before, \"bar arrays\" the one it sends now.")
     print(md)
     write_results("uptime", data, md)
 

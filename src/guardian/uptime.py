@@ -23,11 +23,24 @@ there (the older counts stay in the moved-aside file). Reads aggregate in SQL on
 a window moves (every 5 minutes for the 24 h window and the bar, hourly for 7 d and
 30 d) on the store's read-only connection, so a flush from the event loop never waits
 for it, and each flush folds its batch into those figures, so a status page polled by
-many clients costs a query every few minutes, not one per request.
+many clients costs no query per request.
+
+Windows moving on do not re-read what they already hold. The last day's 5-minute
+buckets are read once into dense arrays (:mod:`guardian.uptime_window`, ~7 MB at 1000
+targets) and kept current by the flushes: a 5-minute move derives the 24 h window and
+the bar from them with no query, in C loops that hold the GIL for milliseconds. An
+hourly move takes the previous 7 d / 30 d figures less the hour(s) that left, read by
+target (about one row per target and window) instead of 31 days of totals. Everything
+is read in full when there is nothing to derive from: the first read, after a Guardian
+start or a replaced file, a move of a whole window or more (Guardian asleep, a clock
+jump) or a clock that went back. A failed read caches nothing, so the next one tries
+again. The figures are the same either way (``tests/uptime/test_uptime_moves.py``
+compares them with a full read at every move over simulated days).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -37,11 +50,12 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from guardian.db import Component, Database, StoreError, StoreUnavailable
 from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
 from guardian.result import CheckResult, Status
+from guardian.uptime_window import FineTail
 
 log = logging.getLogger("guardian.uptime")
 
@@ -166,6 +180,9 @@ class UptimeStore:
         # What the tables say per window / bar slot, computed by one query when a window
         # moves and kept current by folding in each written batch (under the db lock).
         self._aggs: dict[tuple[Any, ...], _Agg] = {}
+        # The last day's 5-minute buckets the 24 h window and the bar are derived from
+        # when they move on (kept current like the aggs; None until the first read).
+        self._tail: FineTail | None = None
         # Re-entrant: a flush that finds the file damaged re-saves (flushes) from inside.
         self._agg_lock = threading.RLock()  # the aggs, _seq, _written; never held by a query
         self._seq = 0  # batches written so far
@@ -272,6 +289,12 @@ class UptimeStore:
             for agg in self._aggs.values():  # cached figures follow without a query
                 for (t, b), c in batch.items():
                     agg.add(t, b, c[0], c[1], c[2])
+            tail = self._tail
+            if tail is not None:
+                for (t, b), c in batch.items():
+                    if not tail.add(t, b, c[0], c[1], c[2]):  # far ahead: read anew
+                        self._tail = None
+                        break
         return True
 
     def _keep(self, batch: Buffer) -> None:
@@ -298,6 +321,7 @@ class UptimeStore:
         """The file was replaced: what is buffered goes into the fresh one."""
         with self._agg_lock:
             self._aggs.clear()
+            self._tail = None
             self._epoch += 1
         self.flush()
         log.warning(
@@ -324,8 +348,12 @@ class UptimeStore:
             except (StoreError, sqlite3.Error) as e:
                 log.debug("uptime prune skipped: %s", e)
                 return 0
-            if removed:  # only rows outside the default windows, but a caller's span may differ
-                self._aggs.clear()
+            if removed:  # figures that counted rows now gone are read anew
+                for key in list(self._aggs):
+                    if _low(key) < (hour_cut if key[0] == "uptime_hourly" else fine_cut):
+                        del self._aggs[key]
+                if self._tail is not None:
+                    self._tail.advance(fine_cut)
                 self._epoch += 1  # a query running now read rows that are gone
         return removed
 
@@ -348,33 +376,30 @@ class UptimeStore:
     def _read(
         self,
         key: tuple[Any, ...],
-        place: Callable[[int], list[Hashable]],
-        query: Callable[[sqlite3.Connection], list[Any]],
+        blank: Callable[[], _Agg],
+        load: Callable[[], _Agg | None],
+        held: Callable[[], _Agg | None] | None = None,
     ) -> dict[str, dict[Hashable, list[int]]]:
         """Per target and slot [ok, total, restarts] (fresh lists): what the tables hold
-        (one query when ``key`` is new, then kept current by the flushes) plus what is
-        buffered, as one consistent picture."""
+        plus what is buffered, as one consistent picture. The tables' part is cached per
+        ``key`` and kept current by the flushes; a new key is derived by ``held`` from
+        what is already in memory (under the agg lock, no SQL), else by ``load`` (SQL,
+        then cached under the agg lock with the batches written meanwhile folded in)."""
         with self._agg_lock:
             agg = self._aggs.get(key)
+            if agg is None and held is not None:
+                agg = held()
             if agg is not None:
                 out, buffered = self._picture(agg)
         if agg is None:
-            agg = self._query(place, query)
+            agg = load()
             with self._agg_lock:
                 if agg is None:  # Guardian's trouble: show what is buffered
-                    agg = _Agg(place)
-                else:
-                    while len(self._aggs) >= 8:  # windows move on: the oldest keys go
-                        del self._aggs[next(iter(self._aggs))]
-                    self._aggs[key] = agg
+                    agg = blank()
                 out, buffered = self._picture(agg)
         for target, bucket, ok, total, restarts in buffered:
-            per = out.setdefault(target, {})
-            for k in place(bucket):
-                c = per.setdefault(k, [0, 0, 0])
-                c[0] += ok
-                c[1] += total
-                c[2] += restarts
+            for k in agg.place(bucket):  # outside: no entry, as the tables' part has none
+                agg.put(out, target, k, ok, total, restarts)
         return out
 
     def _picture(self, agg: _Agg) -> tuple[dict[str, dict[Hashable, list[int]]], list[Any]]:
@@ -382,15 +407,33 @@ class UptimeStore:
         out = {t: {k: c[:] for k, c in per.items()} for t, per in agg.sums.items()}
         return out, self._buffered()
 
+    def _cache(self, key: tuple[Any, ...], agg: _Agg) -> _Agg:
+        """Keep ``agg`` current from now on (call with the agg lock held). Windows move on:
+        the oldest keys of the same kind go, but the last one stays to derive from."""
+        kind = _kind(key)
+        same = [k for k in self._aggs if _kind(k) == kind]
+        for old in same[: max(0, len(same) - 1)]:
+            del self._aggs[old]
+        while len(self._aggs) >= 12:
+            del self._aggs[next(iter(self._aggs))]
+        self._aggs[key] = agg
+        return agg
+
     def _query(
-        self, place: Callable[[int], list[Hashable]],
+        self,
         query: Callable[[sqlite3.Connection], list[Any]],
+        build: Callable[[list[Any]], _F],
+        finish: Callable[[_F], _Agg],
+        at_pin: Callable[[], None] | None = None,
     ) -> _Agg | None:
-        """Aggregate the tables on the read-only connection, without any lock a flush needs.
+        """Read the tables on the read-only connection, without any lock a flush needs,
+        and ``finish`` the result under the agg lock (it caches what it returns).
 
         The snapshot is pinned (its first read) under the agg lock, so the batches written
-        after it are exactly those with a later sequence number: they are folded in after
-        the query. None when the store cannot be read, or rows went (prune) meanwhile.
+        after it are exactly those with a later sequence number: they are folded into what
+        ``build`` made before ``finish`` sees it. None when the store cannot be read, or
+        rows went (prune, a replaced file) during every try. ``_Stale`` from ``build``,
+        the fold or ``finish`` means "derive no further: read in full" and is raised on.
         """
         pinned: list[int] = []
 
@@ -398,6 +441,8 @@ class UptimeStore:
             with self._agg_lock:
                 c.execute("SELECT count(*) FROM guardian_schema").fetchone()
                 pinned[:] = [self._seq, self._epoch]
+                if at_pin is not None:
+                    at_pin()
             return query(c)
 
         for _ in range(3):  # a prune (or a replaced file) during the query: read again
@@ -406,9 +451,7 @@ class UptimeStore:
             except (StoreError, sqlite3.Error) as e:
                 self._read_failed(e)
                 return None
-            agg = _Agg(place)
-            for target, slot, ok, total, restarts in rows:
-                agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
+            got = build(rows)
             with self._agg_lock:
                 seq, epoch = pinned
                 later = [b for s, b in self._written if s > seq]
@@ -416,8 +459,9 @@ class UptimeStore:
                     continue
                 for batch in later:
                     for (t, b), c in batch.items():
-                        agg.add(t, b, c[0], c[1], c[2])
-            return agg
+                        if got.add(t, b, c[0], c[1], c[2]) is False:
+                            raise _Stale
+                return finish(got)
         self._read_failed(StoreError("the store changed during every read"))
         return None
 
@@ -426,6 +470,159 @@ class UptimeStore:
         if self._read_warned_at is None or now - self._read_warned_at >= 60:
             self._read_warned_at = now
             log.warning("uptime not readable: %s", exc, extra={"event": "uptime_read_failed"})
+
+    def _full(
+        self, key: tuple[Any, ...], blank: Callable[[], _Agg],
+        query: Callable[[sqlite3.Connection], list[Any]],
+    ) -> _Agg | None:
+        """The aggregate of ``key`` from one query of everything in its range."""
+        def build(rows: list[Any]) -> _Agg:
+            agg = blank()
+            for target, slot, ok, total, restarts in rows:
+                agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
+            return agg
+
+        return self._query(query, build, lambda agg: self._cache(key, agg))
+
+    # The 5-minute buckets of the last day, for the 24 h window and the bar.
+
+    def _held_tail(self, now_bucket: int) -> FineTail | None:
+        """The tail moved on to ``now_bucket``'s 24 h window (agg lock held); None when
+        there is none, or it moved by a whole window or more (asleep, a clock jump: the
+        caller reads in full instead of trusting a day-old picture)."""
+        tail = self._tail
+        if tail is None:
+            return None
+        floor = now_bucket - _FINE_SPAN
+        if floor - tail.floor >= _FINE_SPAN:
+            self._tail = None
+            return None
+        tail.advance(floor)
+        return tail
+
+    def _fine(
+        self, key: tuple[Any, ...], now_bucket: int, low: int, blank: Callable[[], _Agg],
+        derive: Callable[[FineTail], dict[str, dict[Hashable, list[int]]]],
+        query: Callable[[sqlite3.Connection], list[Any]],
+    ) -> dict[str, dict[Hashable, list[int]]]:
+        """A figure of the 5-minute buckets from ``low`` on: derived from the tail (read
+        once, then kept current by the flushes; read anew when there is none, after a
+        jump of a day or more, or when the clock went back), or read in full for a span
+        longer than the day the tail holds."""
+        def from_tail(tail: FineTail) -> _Agg:
+            agg = blank()
+            agg.sums = derive(tail)
+            return self._cache(key, agg)
+
+        def held() -> _Agg | None:
+            tail = self._held_tail(now_bucket)
+            return from_tail(tail) if tail is not None and low >= tail.floor else None
+
+        def load() -> _Agg | None:
+            floor = now_bucket - _FINE_SPAN
+            if low >= floor:  # no tail (or one past low: the clock went back)
+                try:
+                    return self._query(
+                        lambda c: c.execute(
+                            "SELECT target, group_concat(bucket), group_concat(ok),"
+                            " group_concat(total), group_concat(restarts)"
+                            " FROM uptime WHERE bucket >= ? GROUP BY target", (floor,),
+                        ).fetchall(),
+                        lambda rows: _tail_of(floor, self.bucket_seconds, rows),
+                        lambda tail: self._keep_tail(tail, from_tail),
+                    )
+                except _Stale:  # a bucket far ahead: not worth holding
+                    pass
+            return self._full(key, blank, query)
+
+        return self._read(key, blank, load, held)
+
+    def _keep_tail(self, tail: FineTail, then: Callable[[FineTail], _Agg]) -> _Agg:
+        self._tail = tail
+        return then(tail)
+
+    def _hourly(
+        self, key: tuple[Any, ...], names: list[str], starts: dict[str, int],
+        place: Callable[[int], list[Hashable]],
+        query: Callable[[sqlite3.Connection], list[Any]],
+    ) -> dict[str, dict[Hashable, list[int]]]:
+        """Windows of the hourly totals: when they moved on by less than a window, the
+        previous figures less the hours that left (a query of about one row per target
+        and window), else one query of every hour in them."""
+        def load() -> _Agg | None:
+            with self._agg_lock:
+                prev = self._previous(key, names, starts)
+            if prev is not None:
+                try:
+                    return self._shift(key, prev, names, starts, place)
+                except _Stale:  # the previous figures went meanwhile
+                    pass
+            return self._full(key, lambda: _Agg(place), query)
+
+        return self._read(key, lambda: _Agg(place), load)
+
+    def _previous(
+        self, key: tuple[Any, ...], names: list[str], starts: dict[str, int],
+    ) -> tuple[Any, ...] | None:
+        """The latest cached key of the same windows that ``key`` can be derived from."""
+        best: tuple[Any, ...] | None = None
+        for k in self._aggs:
+            if k[0] != key[0] or len(k) != len(key):
+                continue
+            old = dict(zip(names, k[1:], strict=True))
+            if all(0 <= starts[n] - old[n] < WINDOWS[n].total_seconds() for n in names) and (
+                    best is None or k[1:] > best[1:]):
+                best = k
+        return best
+
+    def _shift(
+        self, key: tuple[Any, ...], prev: tuple[Any, ...], names: list[str],
+        starts: dict[str, int], place: Callable[[int], list[Hashable]],
+    ) -> _Agg | None:
+        old = dict(zip(names, prev[1:], strict=True))
+        targets: list[str] = []
+
+        seen: list[_Agg | None] = [None]
+
+        def at_pin() -> None:  # the targets the previous figures hold at the snapshot
+            seen[0] = agg = self._aggs.get(prev)
+            targets[:] = list(agg.sums) if agg is not None else []
+
+        parts = " UNION ALL ".join(
+            f"SELECT u.target, {i}, SUM(u.ok), SUM(u.total), SUM(u.restarts)"
+            " FROM json_each(?1) AS j JOIN uptime_hourly AS u ON u.target = j.value"
+            f" AND u.hour >= {int(old[n])} AND u.hour < {int(starts[n])} GROUP BY u.target"
+            for i, n in enumerate(names) if starts[n] > old[n])
+
+        def query(c: sqlite3.Connection) -> list[Any]:
+            return c.execute(parts, (json.dumps(targets),)).fetchall()
+
+        def leaving(bucket: int) -> list[Hashable]:
+            at = bucket - bucket % HOUR
+            return [n for n in names if old[n] <= at < starts[n]]
+
+        def build(rows: list[Any]) -> _Agg:
+            gone = _Agg(leaving)
+            for target, i, ok, total, restarts in rows:
+                gone.add_slot(str(target), names[i], int(ok), int(total), int(restarts))
+            return gone
+
+        def finish(gone: _Agg) -> _Agg:
+            before = self._aggs.get(prev)
+            if before is None or before is not seen[0]:  # evicted, or a prune, meanwhile
+                raise _Stale
+            agg = _Agg(place)
+            for target, per in before.sums.items():
+                less = gone.sums.get(target, {})
+                mine: dict[Hashable, list[int]] = {}
+                for n, c in per.items():
+                    d = less.get(n)
+                    mine[n] = [c[0] - d[0], c[1] - d[1], c[2] - d[2]] if d else c[:]
+                if any(any(c) for c in mine.values()):  # else no row is left in the windows
+                    agg.sums[target] = mine
+            return self._cache(key, agg)
+
+        return self._query(query, build, finish, at_pin)
 
     def _starts(self, now: datetime) -> dict[str, int]:
         """Each window's first bucket (5-minute) or hour (hourly totals)."""
@@ -440,7 +637,8 @@ class UptimeStore:
 
     def windows(self, now: datetime | None = None) -> dict[str, dict[str, Counts]]:
         """Per target: Counts over each of :data:`WINDOWS` ending ``now``."""
-        starts = self._starts(now or self._now())
+        now = now or self._now()
+        starts = self._starts(now)
         fine = [n for n in WINDOWS if n in _FINE_WINDOWS]
         coarse = [n for n in WINDOWS if n not in _FINE_WINDOWS]
 
@@ -454,24 +652,41 @@ class UptimeStore:
             return f"SELECT target, {', '.join(parts)} FROM {table} WHERE {col} >= {int(low)}" \
                 " GROUP BY target"
 
-        def part(table: str, col: str, names: list[str], hourly: bool) -> \
-                dict[str, dict[Hashable, list[int]]]:
+        def placer(names: list[str], hourly: bool) -> Callable[[int], list[Hashable]]:
             def place(bucket: int) -> list[Hashable]:
                 at = bucket - bucket % HOUR if hourly else bucket
                 return [n for n in names if at >= starts[n]]
+            return place
 
+        def full(table: str, col: str, names: list[str]) -> \
+                Callable[[sqlite3.Connection], list[Any]]:
             def query(c: sqlite3.Connection) -> list[Any]:
                 return [(r[0], n, *r[1 + 3 * i : 4 + 3 * i])
                         for r in c.execute(sums(table, col, names))
                         for i, n in enumerate(names)]
+            return query
 
-            # Cached apart: the 24 h window moves every 5 minutes, the hourly ones each hour,
-            # so a 5-minute move does not re-sum 31 days of hourly totals.
-            return self._read((table, *(starts[n] for n in names)), place, query)
+        def from_tail(tail: FineTail) -> dict[str, dict[Hashable, list[int]]]:
+            out: dict[str, dict[Hashable, list[int]]] = {}
+            for n in fine:
+                for t, per in tail.sums(starts[n], n).items():
+                    out.setdefault(t, {}).update(per)
+            return out
 
-        data = part("uptime", "bucket", fine, False) if fine else {}
+        # Cached apart: the 24 h window moves every 5 minutes, the hourly ones each hour,
+        # so a 5-minute move does not touch 31 days of hourly totals.
+        data: dict[str, dict[Hashable, list[int]]] = {}
+        fine_place = placer(fine, False)
+        if fine:
+            data = self._fine(
+                ("uptime", *(starts[n] for n in fine)), self.bucket_of(now),
+                min(starts[n] for n in fine), lambda: _Agg(fine_place), from_tail,
+                full("uptime", "bucket", fine))
         if coarse:
-            for t, per in part("uptime_hourly", "hour", coarse, True).items():
+            hourly = self._hourly(
+                ("uptime_hourly", *(starts[n] for n in coarse)), coarse, starts,
+                placer(coarse, True), full("uptime_hourly", "hour", coarse))
+            for t, per in hourly.items():
                 data.setdefault(t, {}).update(per)
         none = [0, 0, 0]
         return {
@@ -515,15 +730,40 @@ class UptimeStore:
                 (first, slot, first, end),
             ).fetchall()
 
-        data = self._read(("bars", first, slot, slots), place, query)
-        out: dict[str, tuple[list[int], list[int], list[int]]] = {}
-        for target, per in data.items():
-            ok, total, restarts = [0] * slots, [0] * slots, [0] * slots
-            for i, c in per.items():
-                k = int(i)  # type: ignore[call-overload]
-                ok[k], total[k], restarts[k] = c
-            out[target] = (ok, total, restarts)
+        data = self._fine(("bars", first, slot, slots), self.bucket_of(now), first,
+                          lambda: _BarAgg(place, slots),
+                          lambda tail: tail.slots(first, slot, slots), query)
+        out = {target: (per[0], per[1], per[2]) for target, per in data.items()}
         return BarArrays(datetime.fromtimestamp(first, UTC), slot, out)
+
+
+class _Stale(Exception):
+    """What a window was to be derived from went meanwhile: read it in full instead."""
+
+
+class _Foldable(Protocol):
+    def add(self, target: str, bucket: int, ok: int, total: int, restarts: int) -> object: ...
+
+
+_F = TypeVar("_F", bound=_Foldable)
+_FINE_SPAN = int(WINDOWS["24h"].total_seconds())
+
+
+def _kind(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Keys of one kind move on together (bars of one shape, one set of windows)."""
+    return (key[0], *key[2:]) if key[0] == "bars" else (key[0], len(key))
+
+
+def _low(key: tuple[Any, ...]) -> int:
+    """The first bucket (or hour) a cached key's figures read."""
+    return int(key[1]) if key[0] == "bars" else min(int(s) for s in key[1:])
+
+
+def _tail_of(floor: int, step: int, rows: list[Any]) -> FineTail:
+    tail = FineTail.from_rows(floor, step, 2 * _FINE_SPAN // step, rows)
+    if tail is None:
+        raise _Stale
+    return tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,9 +785,16 @@ class _Agg:
         self.sums: dict[str, dict[Hashable, list[int]]] = {}
 
     def add_slot(self, target: str, slot: Hashable, ok: int, total: int, restarts: int) -> None:
-        per = self.sums.get(target)
+        self.put(self.sums, target, slot, ok, total, restarts)
+
+    def put(
+        self, sums: dict[str, dict[Hashable, list[int]]], target: str, slot: Hashable,
+        ok: int, total: int, restarts: int,
+    ) -> None:
+        """Add counts to ``slot`` of ``target`` in ``sums`` (these or a copy of them)."""
+        per = sums.get(target)
         if per is None:
-            per = self.sums[target] = {}
+            per = sums[target] = {}
         c = per.get(slot)
         if c is None:
             per[slot] = [ok, total, restarts]
@@ -559,3 +806,28 @@ class _Agg:
     def add(self, target: str, bucket: int, ok: int, total: int, restarts: int) -> None:
         for slot in self.place(bucket):
             self.add_slot(target, slot, ok, total, restarts)
+
+
+class _BarAgg(_Agg):
+    """Bar slots as three lists per target, ``{0: ok, 1: total, 2: restarts}``: a copy
+    of them (each request) or a move (every 5 minutes) is three list copies per target,
+    not a list per slot, and is sent as it is."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, place: Callable[[int], list[Hashable]], count: int) -> None:
+        super().__init__(place)
+        self.count = count
+
+    def put(
+        self, sums: dict[str, dict[Hashable, list[int]]], target: str, slot: Hashable,
+        ok: int, total: int, restarts: int,
+    ) -> None:
+        per = sums.get(target)
+        if per is None:
+            n = self.count
+            per = sums[target] = {0: [0] * n, 1: [0] * n, 2: [0] * n}
+        i = int(slot)  # type: ignore[call-overload]
+        per[0][i] += ok
+        per[1][i] += total
+        per[2][i] += restarts
