@@ -34,7 +34,7 @@ class LatenessWindow:
     want the samples (benches, tests) still have them.
     """
 
-    __slots__ = ("_keep", "_samples", "_top")
+    __slots__ = ("_full_at", "_keep", "_samples", "_top")
 
     def __init__(self, size: int = WINDOW) -> None:
         if size < 1:
@@ -42,6 +42,7 @@ class LatenessWindow:
         self._samples: deque[float] = deque(maxlen=size)
         # The largest samples, ascending: enough that the p99 of a full window is in it.
         self._keep = size - nearest_rank(size)
+        self._full_at = -self._keep  # the p99's place in ``_top`` once the window is full
         self._top: list[float] = []
 
     def append(self, lateness: float) -> None:
@@ -63,6 +64,8 @@ class LatenessWindow:
     def p99(self) -> float | None:
         """The nearest-rank 99th percentile of the window; None while it is empty."""
         n = len(self._samples)
+        if n == self._samples.maxlen:  # the usual case: one index, no arithmetic
+            return self._top[self._full_at]
         if n == 0:
             return None
         return self._top[nearest_rank(n) - n]  # from the top: -1 is the largest

@@ -81,9 +81,8 @@ class Guardian:
             self.state, checks, self.clock, jitter=config.guardian.jitter, startup=self.startup
         )
         self.engine.lag_probe = self.overload
-        self.overload.watch_lateness(
-            lambda: [(sc.target, sc.name, sc.lateness.p99()) for sc in self.engine.scheduled]
-        )
+        windows = [(sc.target, sc.name, sc.lateness) for sc in self.engine.scheduled]
+        self.overload.watch_lateness(lambda: [(t, c, w.p99()) for t, c, w in windows])
         self.fd_limits: FdLimits | None = None
         self.started_at: datetime | None = None
         self.db: Database | None = None

@@ -538,8 +538,9 @@ class Metrics:
         values: list[float] = []
         for _, counts, total in durations:
             values.extend(accumulate(counts))
+            values.append(values[-1])  # the count: the +Inf bucket's
             values.append(total)
-        parts.append(template.format(*values))  # one C call for every check's lines
+        parts.append(template % tuple(values))  # one C call for every check's lines
         for fam, doc, names, items in (
             (
                 "guardian_check_failures",
@@ -568,9 +569,7 @@ class Metrics:
         made = self._histogram_template
         if made is None or made[0] != keys:
             name = "guardian_check_duration_seconds"
-            body = "".join(
-                _histogram_template(name, key, i * _PER_CHECK) for i, key in enumerate(keys)
-            )
+            body = "".join(_histogram_template(name, key) for key in keys)
             made = self._histogram_template = (keys, body)
         return made[1]
 
@@ -578,22 +577,19 @@ class Metrics:
         self._unsubscribe()
 
 
-_PER_CHECK: Final = len(DURATION_BUCKETS) + 2  # values per check: buckets, +Inf, sum
-
-
-def _histogram_template(name: str, key: tuple[str, str], first: int) -> str:
-    """One check's whole histogram as a ``str.format`` template over positional values
-    ``first..``: the cumulative counts (ints; +Inf last, which is also the count), then the sum.
-    Counts print as ``3.0`` and labels sort by name (check, le, target), byte for byte as
-    prometheus_client. The template is kept, so the ``le`` label sets are not cached."""
-    target, check = (_escape(v).replace("{", "{{").replace("}", "}}") for v in key)
-    head, tail = f'{name}_bucket{{{{check="{check}",le="', f'",target="{target}"}}}} {{'
-    # Counts are ints: "{n}.0" prints what "{n:.1f}" does, at half the cost.
-    lines = [f"{head}{le}{tail}{first + i}}}.0" for i, le in enumerate(_BUCKET_LE)]
-    last = first + len(_BUCKET_LE) - 1
-    base = f'{{{{check="{check}",target="{target}"}}}}'
-    lines.append(f"{name}_count{base} {{{last}}}.0")
-    lines.append(f"{name}_sum{base} {{{last + 1}!r}}")
+def _histogram_template(name: str, key: tuple[str, str]) -> str:
+    """One check's whole histogram as a ``%``-format template over its values: the
+    cumulative counts (ints; +Inf last, which is also the count), then the sum. ``%``
+    formatting runs every check's lines in one C call at ~2.5x the speed of
+    ``str.format``'s numbered fields. Counts print as ``3.0`` and labels sort by name
+    (check, le, target), byte for byte as prometheus_client. The template is kept, so the
+    ``le`` label sets are not cached."""
+    target, check = (_escape(v).replace("%", "%%") for v in key)
+    head, tail = f'{name}_bucket{{check="{check}",le="', f'",target="{target}"}} %d.0'
+    lines = [f"{head}{le}{tail}" for le in _BUCKET_LE]
+    base = f'{{check="{check}",target="{target}"}}'
+    lines.append(f"{name}_count{base} %d.0")
+    lines.append(f"{name}_sum{base} %r")
     return "\n".join(lines) + "\n"
 
 
