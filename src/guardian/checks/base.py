@@ -30,6 +30,10 @@ def _usable_url(url: str) -> str:
         raise ValueError(f"invalid URL {url!r}: port 0")
     if not parts.hostname:
         raise ValueError(f"invalid URL {url!r}: no host")
+    try:  # what the resolver does with the name: a label over 63 bytes, an empty label
+        parts.hostname.encode("idna")
+    except UnicodeError as exc:
+        raise ValueError(f"invalid URL {url!r}: host name {exc}") from None
     return url
 
 
