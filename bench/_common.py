@@ -246,7 +246,7 @@ def victim_argv(port: int, pidfile: Path, *extra: str) -> list[str]:
 
 def guardian_supervises() -> str | None:
     """None when this checkout's Guardian can supervise processes; else why not."""
-    for mod in ("guardian.services.process", "guardian.recovery"):
+    for mod in ("guardian.services.process.backend", "guardian.recovery.manager"):
         if importlib.util.find_spec(mod) is None:
             return f"{mod} is not in this checkout yet"
     return None

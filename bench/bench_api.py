@@ -46,9 +46,9 @@ end
 def build_view() -> Any:
     """A StaticView with 10 targets, every check with 60 results of history."""
     from guardian.api.context import StaticView
-    from guardian.config import Config
-    from guardian.result import CheckResult, Status
-    from guardian.state import State
+    from guardian.config.schema import Config
+    from guardian.core.result import CheckResult, Status
+    from guardian.core.state import State
 
     targets: list[dict[str, Any]] = []
     for i in range(8):

@@ -79,12 +79,12 @@ async def drain(incidents: Any) -> None:
 
 
 async def one_run(n: int, rounds: int, port: int, tmp: Path, spread: bool) -> dict[str, Any]:
-    from guardian.clock import SystemClock
-    from guardian.config import Config
-    from guardian.events import EventBus
+    from guardian.config.schema import Config
+    from guardian.core.clock import SystemClock
+    from guardian.core.events import EventBus
+    from guardian.core.result import CheckResult, Status
+    from guardian.core.state import State
     from guardian.incidents import start_incidents
-    from guardian.result import CheckResult, Status
-    from guardian.state import State
 
     config = Config.model_validate(
         {

@@ -65,10 +65,10 @@ PARTS: list[tuple[str, str]] = [
     ("pynvml", "import pynvml"),
     ("apprise", "import apprise"),
     ("sqlite3", "import sqlite3"),
-    ("guardian.config (every check model)", "import guardian.config"),
+    ("guardian.config.schema (every check model)", "import guardian.config.schema"),
     ("guardian.runtime (run path, no API)", "import guardian.runtime"),
     ("guardian.api.app (the API stack)", "import guardian.api.app"),
-    ("guardian.cli (every command)", "import guardian.cli"),
+    ("guardian.cli.main (every command)", "import guardian.cli.main"),
 ]
 
 # (label, statement) run in this order in ONE fresh interpreter: what each part adds on top
@@ -76,7 +76,7 @@ PARTS: list[tuple[str, str]] = [
 LAYERS: list[tuple[str, str]] = [
     ("pydantic (first model built)",
      "from pydantic import BaseModel\nclass M(BaseModel):\n    x: int"),
-    ("guardian.config (every check model)", "import guardian.config"),
+    ("guardian.config.schema (every check model)", "import guardian.config.schema"),
     ("guardian.runtime (run path, no API)", "import guardian.runtime"),
     ("httpx, no CLI (https checks)",
      "import sys\nif 'httpx' not in sys.modules:\n    sys.modules['httpx._main'] = None\n"
@@ -85,7 +85,7 @@ LAYERS: list[tuple[str, str]] = [
     ("uvicorn (+ its click CLI)", "import uvicorn, uvicorn.protocols.http.httptools_impl"),
     ("guardian.api.app (models, routes)", "import guardian.api.app"),
     ("prometheus_client (Metrics.registry readers only)", "import prometheus_client"),
-    ("guardian.cli (typer, rich: other commands)", "import guardian.cli"),
+    ("guardian.cli.main (typer, rich: other commands)", "import guardian.cli.main"),
     ("apprise (first notification)", "import apprise"),
     ("pynvml (gpu check over NVML)", "import pynvml"),
 ]

@@ -37,10 +37,10 @@ from typing import Any
 
 from _common import PYTHON, pct, summary, table, write_results
 
-from guardian.services.identity import identify
-from guardian.services.logfile import SupervisedLog, rotated_name
-from guardian.services.process import ProcessBackend
-from guardian.services.record import TOKEN_ENV
+from guardian.services.process.backend import ProcessBackend
+from guardian.services.process.identity import identify
+from guardian.services.process.logfile import SupervisedLog, rotated_name
+from guardian.services.process.record import TOKEN_ENV
 
 SLEEP = shutil.which("sleep") or "sleep"
 

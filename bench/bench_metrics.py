@@ -5,7 +5,7 @@ Each run is a fresh worker process (``--worker``) that builds the state a Guardi
 
 * 1000 http targets (every 10th with a supervised service, so restart counters and breaker
   gauges exist), a disk target (2 paths), memory + gpu (2 GPUs) and a ComfyUI target;
-* 60 rounds of results recorded through :class:`~guardian.state.State` (so the bus feeds
+* 60 rounds of results recorded through :class:`~guardian.core.state.State` (so the bus feeds
   the duration histograms and failure counters), 3 % of them failing with assorted reasons;
 * 1000 start-lateness samples per check (the engine keeps that many), a lag histogram,
   a recovery snapshot for every service and a few open incidents.
@@ -81,10 +81,10 @@ def worker(src: Path, targets: int, renders: int, seed: int) -> dict[str, Any]:
     from guardian.api.context import StaticView
     from guardian.api.metrics import Metrics
     from guardian.api.server import serve
-    from guardian.config import parse_config
-    from guardian.overload import LoopLagMonitor
-    from guardian.result import CheckResult, Status
-    from guardian.state import State
+    from guardian.config.schema import parse_config
+    from guardian.core.result import CheckResult, Status
+    from guardian.core.state import State
+    from guardian.engine.overload import LoopLagMonitor
 
     rng = random.Random(seed)
     cfg = parse_config(config_text(targets))
@@ -94,7 +94,7 @@ def worker(src: Path, targets: int, renders: int, seed: int) -> dict[str, Any]:
         monitor.observe(rng.expovariate(1000), float(k))
     checks = [(t.name, c.check_name, c.kind) for t in cfg.targets for c in t.checks]
     try:  # the engine's lateness windows, as the runtime hands them to the monitor
-        from guardian.lateness import LatenessWindow
+        from guardian.engine.lateness import LatenessWindow
     except ImportError:  # code from before them: samples, sorted at scrape time
         LatenessWindow = None
     lateness: dict[tuple[str, str], Any] = {}

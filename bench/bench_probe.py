@@ -47,8 +47,8 @@ from _common import (
 )
 
 from guardian.checks.base import CheckContext
-from guardian.checks.http import HttpCheckConfig, create
-from guardian.clock import SystemClock
+from guardian.checks.http.check import HttpCheckConfig, create
+from guardian.core.clock import SystemClock
 
 Get = Callable[[], Awaitable[None]]
 
@@ -78,7 +78,7 @@ async def httpx_client(url: str, keepalive: bool) -> tuple[Get, Callable[[], Awa
 
 
 async def comfyui_check(url: str) -> tuple[Get, Callable[[], Awaitable[None]]]:
-    from guardian.checks.comfyui import ComfyUICheck, ComfyUICheckConfig
+    from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig
 
     check = ComfyUICheck(ComfyUICheckConfig(url=url, timeout=5),
                          CheckContext("bench", SystemClock()))
@@ -177,7 +177,7 @@ def serve_comfyui(port: int) -> None:
     """Answer the comfyui check's three GETs with what the simulator answers, cheaply."""
     from urllib.request import ProxyHandler, build_opener
 
-    from guardian.demo.comfyui_sim import ComfyUISim
+    from guardian.demo.comfyui.server import ComfyUISim
 
     sim = ComfyUISim(device="cuda").start()
     try:

@@ -44,15 +44,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import free_port, write_results
 
-from guardian.config import Config
-from guardian.events import (
+from guardian.config.schema import Config
+from guardian.core.events import (
     Event,
     IncidentEvent,
     IncidentTransition,
     RecoveryEvent,
     RecoveryKind,
 )
-from guardian.result import CheckResult, Status
+from guardian.core.result import CheckResult, Status
 from guardian.runtime import Guardian
 
 BOOT_LIMIT = 180.0  # seconds a boot may take before a run counts as failed

@@ -19,11 +19,11 @@ import time
 
 import httpx
 
-from guardian.clock import SystemClock
-from guardian.config import Config, RecoveryConfig, ServiceConfig, TargetConfig
-from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.recovery import RecoveryManager
-from guardian.services.process import ProcessBackend
+from guardian.config.schema import Config, RecoveryConfig, ServiceConfig, TargetConfig
+from guardian.core.clock import SystemClock
+from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
+from guardian.recovery.manager import RecoveryManager
+from guardian.services.process.backend import ProcessBackend
 
 
 def free_port() -> int:

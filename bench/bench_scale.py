@@ -160,11 +160,11 @@ def _count_files(d: Path) -> int:
 async def worker(config: Path, warmup: float, duration: float, on_time: float,
                  metrics_gets: int) -> dict[str, Any]:
     """Guardian in this process on ``config``; the figures of one load run."""
-    from guardian.config import load_config as load
-    from guardian.events import IncidentEvent
-    from guardian.log import setup_logging
-    from guardian.result import CheckResult, Status
+    from guardian.config.schema import load_config as load
+    from guardian.core.events import IncidentEvent
+    from guardian.core.result import CheckResult, Status
     from guardian.runtime import Guardian
+    from guardian.support.log import setup_logging
 
     cfg = load(config)
     setup_logging(cfg.guardian.log_dir, "info", "json", stream=io.StringIO())

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guardian.config import Config
-from guardian.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
-from guardian.result import CheckResult, Status
+from guardian.config.schema import Config
+from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
 from guardian.runtime import Guardian
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,7 +46,7 @@ def listening(port: int) -> bool:
 
 
 def config(tmp: Path, port: int, boot: float, interval: float, startup: bool) -> Config:
-    sim = [sys.executable, "-m", "guardian.demo.comfyui_sim", "--device", "cpu",
+    sim = [sys.executable, "-m", "guardian.demo.comfyui.server", "--device", "cpu",
            "--port", str(port), "--startup-delay", str(boot)]
     return Config.model_validate({
         "guardian": {"log_dir": str(tmp / "logs"), "report_dir": str(tmp / "reports"),

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from _common import table, write_results
 
-from guardian.breakers import BREAKERS, SqliteBreakerStore
-from guardian.db import Database
 from guardian.incidents.store import INCIDENTS, Store
+from guardian.recovery.breakers import BREAKERS, SqliteBreakerStore
+from guardian.store.db import Database
 
 WHEN = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
 """What uptime costs at scale: recording a result, a flush, the status page's reads, pruning.
 
-Uptime is a component of Guardian's store (``guardian.uptime``): a result is counted in
+Uptime is a component of Guardian's store (``guardian.uptime.store``): a result is counted in
 memory, and one transaction every ``flush_every`` (60 s) writes about two upserts per
 target. This measures, for 10 / 100 / 1000 targets with 30 days of history already in
 the file (5-minute buckets for 25 h, hourly totals for 31 days, as the retention leaves
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from _common import table, write_results
 
 from guardian.api.models import build_uptime
-from guardian.db import Database
-from guardian.uptime import UPTIME, UptimeStore
+from guardian.store.db import Database
+from guardian.uptime.store import UPTIME, UptimeStore
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

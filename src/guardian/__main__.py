@@ -1,3 +1,3 @@
-from guardian.launch import main
+from guardian.cli.launch import main
 
 main()

@@ -16,27 +16,32 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardian import runfile
-from guardian.breakers import BREAKERS, BreakerStore, MemoryBreakerStore, SqliteBreakerStore
 from guardian.checks import CheckContext, build_check
 from guardian.checks.base import Check
-from guardian.clock import Clock, SystemClock
-from guardian.config import Config
-from guardian.db import Database
-from guardian.engine import Engine
-from guardian.events import EventBus
-from guardian.fdlimit import FdLimits, api_connection_cap, raise_nofile
+from guardian.config.schema import Config
+from guardian.core.clock import Clock, SystemClock
+from guardian.core.events import EventBus
+from guardian.core.result import CheckResult
+from guardian.core.state import State
+from guardian.engine.overload import LoopLagMonitor, overloaded_reason
+from guardian.engine.scheduler import Engine
+from guardian.engine.startup import StartupPhases
 from guardian.incidents import Incidents, start_incidents
 from guardian.incidents.store import INCIDENTS, Incident, Store, StoredRecovery, StoreError
-from guardian.overload import LoopLagMonitor, overloaded_reason
-from guardian.recovery import RecoveryManager
-from guardian.remediation import Remediation
-from guardian.result import CheckResult
+from guardian.recovery.breakers import (
+    BREAKERS,
+    BreakerStore,
+    MemoryBreakerStore,
+    SqliteBreakerStore,
+)
+from guardian.recovery.manager import RecoveryManager
+from guardian.remediation.ladder import Remediation
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend, ServiceStatus
-from guardian.startup import StartupPhases
-from guardian.state import State
-from guardian.uptime import UPTIME, UptimeStore
+from guardian.store import runfile
+from guardian.store.db import Database
+from guardian.support.fdlimit import FdLimits, api_connection_cap, raise_nofile
+from guardian.uptime.store import UPTIME, UptimeStore
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

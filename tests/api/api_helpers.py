@@ -10,11 +10,11 @@ import httpx
 
 from guardian.api.app import create_app
 from guardian.api.context import StaticView
-from guardian.config import Config, parse_config
-from guardian.lateness import LatenessWindow
-from guardian.overload import LoopLagMonitor
-from guardian.result import CheckResult, Status, Value
-from guardian.state import State
+from guardian.config.schema import Config, parse_config
+from guardian.core.result import CheckResult, Status, Value
+from guardian.core.state import State
+from guardian.engine.lateness import LatenessWindow
+from guardian.engine.overload import LoopLagMonitor
 
 TOKEN = "s3cret-token"
 

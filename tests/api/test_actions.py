@@ -7,7 +7,7 @@ import logging
 import pytest
 from api_helpers import TOKEN, client, make_view, result  # type: ignore[import-not-found]
 
-from guardian.result import CheckResult, Status
+from guardian.core.result import CheckResult, Status
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

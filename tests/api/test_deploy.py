@@ -15,7 +15,7 @@ from api_helpers import INCIDENTS, client, make_view, result  # type: ignore[imp
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardian.api.metrics import METRIC_FAMILIES
-from guardian.result import Status
+from guardian.core.result import Status
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"

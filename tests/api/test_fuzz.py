@@ -11,7 +11,7 @@ import pytest
 from api_helpers import INCIDENTS, TOKEN, make_view, result  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app
-from guardian.result import Status
+from guardian.core.result import Status
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402

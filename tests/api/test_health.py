@@ -13,7 +13,7 @@ from api_helpers import (  # type: ignore[import-not-found]
     result,
 )
 
-from guardian.result import CheckResult, Status
+from guardian.core.result import CheckResult, Status
 
 
 async def test_healthy_stack_reports_every_section() -> None:

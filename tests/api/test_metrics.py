@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guardian.api.metrics import METRIC_FAMILIES, Metrics
 from guardian.api.readings import REASON_CLASSES, classify_reason
-from guardian.events import IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
-from guardian.result import Status
+from guardian.core.events import IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
+from guardian.core.result import Status
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

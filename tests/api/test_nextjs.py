@@ -18,7 +18,7 @@ import pytest
 from api_helpers import healthy_results, make_view, result  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app, serve
-from guardian.result import Status
+from guardian.core.result import Status
 
 NEXTJS = Path(__file__).resolve().parents[2] / "deploy" / "nextjs"
 NODE = shutil.which("node")

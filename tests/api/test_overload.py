@@ -17,13 +17,13 @@ import time
 import pytest
 
 from guardian.checks.base import CheckConfigBase
-from guardian.clock import SystemClock
-from guardian.config import parse_config
-from guardian.engine import Engine
-from guardian.lateness import LatenessWindow, nearest_rank
-from guardian.overload import MARK_LEASE, LoopLagMonitor, overloaded_reason
-from guardian.result import Outcome, Status
-from guardian.state import State
+from guardian.config.schema import parse_config
+from guardian.core.clock import SystemClock
+from guardian.core.result import Outcome, Status
+from guardian.core.state import State
+from guardian.engine.lateness import LatenessWindow, nearest_rank
+from guardian.engine.overload import MARK_LEASE, LoopLagMonitor, overloaded_reason
+from guardian.engine.scheduler import Engine
 
 CONFIG = """
 [[targets]]
@@ -106,7 +106,7 @@ async def test_without_a_probe_a_stalled_timeout_fails_as_before() -> None:
 def test_overload_is_logged_once_and_cleared(caplog: pytest.LogCaptureFixture) -> None:
     state = State(parse_config(CONFIG))
     monitor = LoopLagMonitor(state, threshold=0.2, recover_after=5.0)
-    with caplog.at_level(logging.INFO, logger="guardian.overload"):
+    with caplog.at_level(logging.INFO, logger="guardian.engine.overload"):
         monitor.observe(0.01, 0.0)
         for t in (1.0, 1.5, 2.0):
             monitor.observe(0.5, t)

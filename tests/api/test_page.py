@@ -22,9 +22,9 @@ from api_helpers import INCIDENTS, TOKEN, make_view, result  # type: ignore[impo
 
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
-from guardian.db import Database
-from guardian.result import Status
-from guardian.uptime import UptimeStore
+from guardian.core.result import Status
+from guardian.store.db import Database
+from guardian.uptime.store import UptimeStore
 
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = os.environ.get("GUARDIAN_CHROMIUM") or shutil.which("chromium") or shutil.which(

@@ -17,15 +17,15 @@ import pytest
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
 from guardian.checks import CheckContext, build_check
-from guardian.cli import _daemon_view
-from guardian.clock import FakeClock
-from guardian.config import Config, parse_config
-from guardian.engine import Engine
-from guardian.locate import Located
-from guardian.result import CheckResult, Status
-from guardian.runfile import RuntimeInfo
-from guardian.startup import StartupPhases
-from guardian.state import State, aggregate
+from guardian.cli.locate import Located
+from guardian.cli.main import _daemon_view
+from guardian.config.schema import Config, parse_config
+from guardian.core.clock import FakeClock
+from guardian.core.result import CheckResult, Status
+from guardian.core.state import State, aggregate
+from guardian.engine.scheduler import Engine
+from guardian.engine.startup import StartupPhases
+from guardian.store.runfile import RuntimeInfo
 
 STARTUP_TIMEOUT = 60.0
 

@@ -157,7 +157,7 @@ def cleanup(marker: str, *procs: Callable[[], GuardianProc | None]) -> Iterator[
 
 
 def http_check_missing() -> str | None:
-    import guardian.checks.http as http
+    import guardian.checks.http.check as http
 
     return None if hasattr(http, "create") else "http check runtime not merged yet"
 
@@ -168,7 +168,7 @@ def features() -> str | None:
 
     if http_check_missing():
         return http_check_missing()
-    for mod in ("guardian.services.process", "guardian.recovery"):
+    for mod in ("guardian.services.process.backend", "guardian.recovery.manager"):
         if importlib.util.find_spec(mod) is None:
             return f"{mod} not merged yet"
     return None

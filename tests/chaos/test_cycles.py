@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from guardian.clock import SystemClock
+from guardian.core.clock import SystemClock
 from guardian.services.base import ServiceState
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals and /proc")
@@ -50,7 +50,7 @@ async def wait_until(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-unt
 
 @pytest.mark.timeout(240)
 async def test_crash_restart_cycles_leak_nothing(tmp_path: Path) -> None:
-    process = pytest.importorskip("guardian.services.process")
+    process = pytest.importorskip("guardian.services.process.backend")
     backend = process.ProcessBackend(
         "victim", [SLEEP, "60"], log_file=tmp_path / "victim.log", stop_timeout=2,
         clock=SystemClock(),
@@ -114,11 +114,11 @@ stable_period = 0
 
 @pytest.mark.timeout(240)
 async def test_recovery_manager_restart_cycles_leak_nothing(tmp_path: Path) -> None:
-    pytest.importorskip("guardian.services.process")
-    from guardian.breakers import MemoryBreakerStore
-    from guardian.config import parse_config
-    from guardian.events import EventBus, RecoveryEvent, RecoveryKind
-    from guardian.recovery import RecoveryManager
+    pytest.importorskip("guardian.services.process.backend")
+    from guardian.config.schema import parse_config
+    from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
+    from guardian.recovery.breakers import MemoryBreakerStore
+    from guardian.recovery.manager import RecoveryManager
     from guardian.services import build_backend
 
     cfg = parse_config(_leak_free_config(SLEEP, tmp_path))

@@ -19,12 +19,12 @@ import psutil
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.clock import SystemClock
-from guardian.config import parse_config
-from guardian.engine import Engine
-from guardian.events import EventBus
-from guardian.result import Status
-from guardian.state import State
+from guardian.config.schema import parse_config
+from guardian.core.clock import SystemClock
+from guardian.core.events import EventBus
+from guardian.core.result import Status
+from guardian.core.state import State
+from guardian.engine.scheduler import Engine
 
 HOSTILE = ("hang", "endless", "garbage_json", "slowloris", "redirect", "reset")
 
@@ -103,7 +103,7 @@ timeout = 0.15
 async def test_hostile_endpoints_fail_cleanly_while_normal_target_keeps_cadence(
     hostile_ports: dict[str, int],
 ) -> None:
-    http = pytest.importorskip("guardian.checks.http")
+    http = pytest.importorskip("guardian.checks.http.check")
     if not hasattr(http, "create"):
         pytest.skip("http check runtime not merged yet")
     from guardian.checks import build_check

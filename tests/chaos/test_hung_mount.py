@@ -19,15 +19,15 @@ import pytest
 from chaos_support import GuardianProc, log_events, toml, wait_for
 from hung_mount import hung_mount, unavailable
 
-from guardian.blocking import pool
 from guardian.checks.base import CheckContext
 from guardian.checks.disk import DiskCheckConfig, statfs_key
 from guardian.checks.disk import create as create_disk
 from guardian.checks.memory import MemoryCheckConfig
 from guardian.checks.memory import create as create_memory
-from guardian.clock import SystemClock
+from guardian.core.clock import SystemClock
+from guardian.core.result import Status
 from guardian.incidents.snapshot import _os_section, system_snapshot
-from guardian.result import Status
+from guardian.support.blocking import pool
 
 pytestmark = [
     pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())),

@@ -35,10 +35,10 @@ from chaos_support import (
     wait_for,
 )
 
-from guardian.breakers import BreakerRecord, SqliteBreakerStore
-from guardian.config import load_config
-from guardian.db import Database
+from guardian.config.schema import load_config
 from guardian.incidents.store import Store
+from guardian.recovery.breakers import BreakerRecord, SqliteBreakerStore
+from guardian.store.db import Database
 
 pytestmark = [
     pytest.mark.skipif(os.name == "nt", reason="POSIX signals"),

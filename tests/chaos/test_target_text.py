@@ -23,12 +23,12 @@ import pytest
 from chaos_support import guardian_env, toml
 from typer.testing import CliRunner
 
-from guardian.cli import app
-from guardian.config import load_config
-from guardian.escape import html_text, markdown_inline, terminal
+from guardian.cli.main import app
+from guardian.config.schema import load_config
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
 from guardian.runtime import Guardian
+from guardian.support.escape import html_text, markdown_inline, terminal
 
 MARKUP = "[/] [bold red]pwned[/bold red] [link=https://evil.example]x[/link]"
 INJECTION = "# x\n<script>alert(1)</script> [a](javascript:alert(1)) ![i](javascript:x) `|"

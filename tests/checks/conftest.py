@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.clock import SystemClock
+from guardian.core.clock import SystemClock
 from rawhttp import RawHandler, RawServer  # type: ignore[import-not-found]
 
 

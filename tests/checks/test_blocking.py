@@ -1,4 +1,4 @@
-"""Bounded, deadline-guarded daemon threads for blocking calls (guardian.blocking).
+"""Bounded, deadline-guarded daemon threads for blocking calls (guardian.support.blocking).
 
 The hung calls here are real: a thread parked on an Event nobody sets until the test
 ends, exactly what a statfs on a dead mount looks like from Python.
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from guardian.blocking import BlockingPool, CallTimedOut, NoWorker, StillBlocked, pool
+from guardian.support.blocking import BlockingPool, CallTimedOut, NoWorker, StillBlocked, pool
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from guardian.checks.disk import GB, DiskCheckConfig, create
-from guardian.result import Outcome, Status
+from guardian.core.result import Outcome, Status
 
 
 async def run_disk(ctx: Any, **fields: Any) -> Outcome:

@@ -13,8 +13,8 @@ import pytest
 
 from guardian.checks.base import CheckContext
 from guardian.checks.gpu import GpuCheck, GpuCheckConfig, create
-from guardian.clock import SystemClock
-from guardian.result import Status
+from guardian.core.clock import SystemClock
+from guardian.core.result import Status
 
 MIB = 1024 * 1024
 CODES = {

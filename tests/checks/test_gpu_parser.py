@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from guardian.checks.gpu import GpuCheckConfig, judge_gpus
+from guardian.core.result import Status
 from guardian.gpu import GpuQueryError, NoGpu
 from guardian.gpu.smi import FIELDS, parse_output, query_argv
-from guardian.result import Status
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "gpu"
 

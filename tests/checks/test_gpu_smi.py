@@ -13,9 +13,9 @@ import pytest
 
 from guardian.checks.base import CheckContext
 from guardian.checks.gpu import GpuCheckConfig, create
-from guardian.clock import SystemClock
+from guardian.core.clock import SystemClock
+from guardian.core.result import Outcome, Status
 from guardian.gpu.smi import query_argv
-from guardian.result import Outcome, Status
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data" / "gpu"

@@ -18,8 +18,8 @@ import psutil
 import pytest
 from pydantic import ValidationError
 
-from guardian.checks.http import HttpCheckConfig, JsonCondition, create, evaluate_condition
-from guardian.result import Outcome, Status
+from guardian.checks.http.check import HttpCheckConfig, JsonCondition, create, evaluate_condition
+from guardian.core.result import Outcome, Status
 
 RunHttp = Callable[..., Awaitable[Outcome]]
 

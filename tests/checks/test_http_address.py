@@ -8,7 +8,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from guardian.checks.http import wire_address
+from guardian.checks.http.check import wire_address
 
 URLS = [
     "http://127.0.0.1:8080/health",

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from guardian.checks.base import CheckContext
-from guardian.checks.http import HttpCheckConfig, create
-from guardian.clock import SystemClock
-from guardian.config import load_config
-from guardian.overload import LoopLagMonitor
-from guardian.result import Status
+from guardian.checks.http.check import HttpCheckConfig, create
+from guardian.config.schema import load_config
+from guardian.core.clock import SystemClock
+from guardian.core.result import Status
+from guardian.engine.overload import LoopLagMonitor
 from guardian.runtime import CheckStall, Guardian
 
 

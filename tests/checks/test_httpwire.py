@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from guardian.checks.http import HttpCheckConfig, create
-from guardian.checks.httpwire import WireClient, WireError
-from guardian.result import Status
+from guardian.checks.http.check import HttpCheckConfig, create
+from guardian.checks.http.wire import WireClient, WireError
+from guardian.core.result import Status
 from rawhttp import read_message, read_request  # type: ignore[import-not-found]
 
 BODY = b'{"status": "healthy"}'

@@ -12,8 +12,8 @@ import pytest
 
 from guardian.checks.base import CheckContext
 from guardian.checks.memory import MB, MemoryCheckConfig, create, process_tree_rss
-from guardian.clock import SystemClock
-from guardian.result import Outcome, Status
+from guardian.core.clock import SystemClock
+from guardian.core.result import Outcome, Status
 from guardian.services.base import ServiceError, ServiceErrorKind, ServiceState, ServiceStatus
 
 # A child holding ~60 MB that starts a grandchild holding ~30 MB (both really touched).

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guardian.cli import app
-from guardian.demo import comfyui_sim, panel_sim
+from guardian.cli.main import app
+from guardian.demo import panel as panel_sim
+from guardian.demo.comfyui import server as comfyui_sim
 from guardian.demo.faults import FAULT_GUIDE, fault_markdown
 from guardian.demo.stack import api_port_for_demo, demo_banner, prepare_demo
 

@@ -20,8 +20,8 @@ import pytest
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from guardian.cli import app
-from guardian.launch import RUN_OPTIONS, parse_run
+from guardian.cli.launch import RUN_OPTIONS, parse_run
+from guardian.cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"typer", "click", "rich", "pygments"}
@@ -88,7 +88,7 @@ def test_anything_else_goes_to_typer(argv: list[str]) -> None:
 
 def test_console_script_is_the_launcher() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["guardian"] == "guardian.launch:main"
+    assert scripts["guardian"] == "guardian.cli.launch:main"
 
 
 # --------------------------------------------------------------------------- subprocesses
@@ -101,7 +101,7 @@ def env() -> dict[str, str]:
     return e
 
 
-def cli(*args: str, entry: str = "guardian.launch", cwd: Path | None = None
+def cli(*args: str, entry: str = "guardian.cli.launch", cwd: Path | None = None
         ) -> tuple[int, str, str]:
     """``guardian ARGS`` through ``entry``'s ``main``, named ``guardian`` as the script is."""
     code = f"import sys; sys.argv[0] = 'guardian'; from {entry} import main; main()"
@@ -127,7 +127,7 @@ def test_typer_answers_what_the_fast_path_does_not(tmp_path: Path, args: list[st
     subst = {"{cfg}": str(cfg), "{bad}": str(bad), "{missing}": str(tmp_path / "nope.toml")}
     argv = [subst.get(a, a) for a in args]
     via_launcher = cli(*argv, cwd=tmp_path)
-    via_typer = cli(*argv, entry="guardian.cli", cwd=tmp_path)
+    via_typer = cli(*argv, entry="guardian.cli.main", cwd=tmp_path)
     assert via_launcher == via_typer
     assert via_launcher[0] == (0 if "--help" in args else 2)
     assert via_launcher[1] + via_launcher[2]
@@ -269,7 +269,7 @@ def test_http_comfyui_loads_no_httpx(tmp_path: Path) -> None:
 
 
 def test_httpx_loads_without_its_command_line() -> None:
-    code = ("import sys, guardian.checks.httpxlib as h; "
+    code = ("import sys, guardian.checks.http.httpxlib as h; "
             "print(sorted(m for m in ('click', 'rich', 'pygments') if m in sys.modules), "
             "h.httpx.AsyncClient.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

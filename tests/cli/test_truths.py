@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from guardian import runfile
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
-from guardian.config import load_config
+from guardian.config.schema import load_config
+from guardian.core.result import CheckResult, Status
+from guardian.core.state import State
 from guardian.incidents.store import Store
-from guardian.result import CheckResult, Status
-from guardian.state import State
+from guardian.store import runfile
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

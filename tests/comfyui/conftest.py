@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from guardian.demo.comfyui_sim import ComfyUISim
-from guardian.demo.simhttp import Reply, Request, SimApp, json_reply
+from guardian.demo.comfyui.server import ComfyUISim
+from guardian.demo.http import Reply, Request, SimApp, json_reply
 
 
 class Scripted(SimApp):

@@ -18,16 +18,16 @@ import pytest
 
 import guardian
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui import (
+from guardian.checks.comfyui.health import (
     ComfyUICanaryCheck,
     ComfyUICanaryConfig,
     ComfyUICheck,
     ComfyUICheckConfig,
 )
-from guardian.checks.progress import ProgressSample, cpu_delta, judge
-from guardian.clock import FakeClock, SystemClock
-from guardian.demo.comfyui_sim import ComfyUISim
-from guardian.result import Status
+from guardian.checks.comfyui.progress import ProgressSample, cpu_delta, judge
+from guardian.core.clock import FakeClock, SystemClock
+from guardian.core.result import Status
+from guardian.demo.comfyui.server import ComfyUISim
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX child processes")
 SRC = Path(guardian.__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ class SimProcess:
         env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1"}
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "guardian.demo.comfyui_sim", "--port", str(self.port)],
+                [sys.executable, "-m", "guardian.demo.comfyui.server", "--port", str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, env=env,
             )
         deadline = time.monotonic() + 15
@@ -384,7 +384,7 @@ class _FakeNvml:
 
 
 def test_gpu_use_counts_only_the_services_processes() -> None:
-    from guardian.checks.progress import gpu_process_percent
+    from guardian.checks.comfyui.progress import gpu_process_percent
 
     last: dict[int, int] = {}
     assert gpu_process_percent(_FakeNvml(per_process=True), {42}, last) == 88.0

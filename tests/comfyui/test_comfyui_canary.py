@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui import ComfyUICanaryCheck, ComfyUICanaryConfig, canary_prompt
-from guardian.clock import SystemClock
-from guardian.demo.comfyui_sim import ComfyUISim
-from guardian.demo.simhttp import json_reply, text_reply
-from guardian.result import Status
+from guardian.checks.comfyui.health import ComfyUICanaryCheck, ComfyUICanaryConfig, canary_prompt
+from guardian.core.clock import SystemClock
+from guardian.core.result import Status
+from guardian.demo.comfyui.server import ComfyUISim
+from guardian.demo.http import json_reply, text_reply
 
 Make = Callable[..., ComfyUICanaryCheck]
 CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui" / "captures"

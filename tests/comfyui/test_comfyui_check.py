@@ -12,17 +12,17 @@ import httpx
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui import (
+from guardian.checks.comfyui.health import (
     ComfyUICanaryCheck,
     ComfyUICanaryConfig,
     ComfyUICheck,
     ComfyUICheckConfig,
     create,
 )
-from guardian.clock import FakeClock, SystemClock
-from guardian.demo.comfyui_sim import ComfyUISim
-from guardian.demo.simhttp import Reply, json_reply, text_reply
-from guardian.result import Status
+from guardian.core.clock import FakeClock, SystemClock
+from guardian.core.result import Status
+from guardian.demo.comfyui.server import ComfyUISim
+from guardian.demo.http import Reply, json_reply, text_reply
 
 Make = Callable[..., ComfyUICheck]
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui import ComfyUICheck, ComfyUICheckConfig, _Api
-from guardian.clock import SystemClock
-from guardian.demo.comfyui_sim import ComfyUISim
-from guardian.result import Status
+from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig, _Api
+from guardian.core.clock import SystemClock
+from guardian.core.result import Status
+from guardian.demo.comfyui.server import ComfyUISim
 from rawhttp import RawServer, read_message  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.timeout(30)

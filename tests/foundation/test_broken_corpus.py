@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guardian.cli import app
-from guardian.config import ConfigError, load_config
+from guardian.cli.main import app
+from guardian.config.schema import ConfigError, load_config
 
 CORPUS = Path(__file__).with_name("broken")
 FILES = sorted(CORPUS.glob("*.toml"))

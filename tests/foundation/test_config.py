@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guardian.cli import app
-from guardian.config import ConfigError, default_config, load_config, parse_config
+from guardian.cli.main import app
+from guardian.config.schema import ConfigError, default_config, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -255,8 +255,8 @@ def test_every_cycle_is_named_once_and_acyclic_dependencies_pass() -> None:
 
 
 def test_backoff_gap_stays_finite_for_any_attempt_count() -> None:
-    from guardian.config import RecoveryConfig
-    from guardian.recovery import RestartPolicy
+    from guardian.config.schema import RecoveryConfig
+    from guardian.recovery.manager import RestartPolicy
 
     policy = RestartPolicy(RecoveryConfig(cooldown=30, backoff_factor=10, backoff_max=300))
     assert [policy.gap_after(n) for n in (1, 2, 3)] == [30, 300, 300]

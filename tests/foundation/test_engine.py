@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import pytest
 
 from guardian.checks.base import CheckConfigBase
-from guardian.checks.http import HttpCheckConfig
-from guardian.clock import FakeClock, SystemClock
-from guardian.config import Config
-from guardian.engine import Engine
-from guardian.events import EventBus, RecoveryEvent, RecoveryKind
-from guardian.result import CheckResult, Outcome, Status
-from guardian.startup import StartupPhases, guards_startup
-from guardian.state import State
+from guardian.checks.http.check import HttpCheckConfig
+from guardian.config.schema import Config
+from guardian.core.clock import FakeClock, SystemClock
+from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Outcome, Status
+from guardian.core.state import State
+from guardian.engine.scheduler import Engine
+from guardian.engine.startup import StartupPhases, guards_startup
 
 
 class Cfg(CheckConfigBase):
@@ -172,7 +172,7 @@ class Booting:
 def startup_rig(
     up_at: float, *, timeout: float = 300.0, interval: float = 30.0
 ) -> tuple[FakeClock, Booting, Engine, StartupPhases, list[CheckResult], EventBus]:
-    from guardian.config import RecoveryConfig, TargetConfig
+    from guardian.config.schema import RecoveryConfig, TargetConfig
 
     clock = FakeClock()
     check = Booting(clock, clock.monotonic() + up_at, interval)
@@ -261,7 +261,7 @@ async def test_a_failed_start_ends_the_phase_at_once() -> None:
 async def test_host_checks_have_no_startup_phase() -> None:
     """A full disk at Guardian's start is not 'booting': it counts at once."""
     from guardian.checks.disk import DiskCheckConfig
-    from guardian.config import TargetConfig
+    from guardian.config.schema import TargetConfig
 
     clock = FakeClock()
     cfg = Config(targets=[TargetConfig(name="t", checks=[DiskCheckConfig(paths=["/"])])])
@@ -273,7 +273,7 @@ async def test_host_checks_have_no_startup_phase() -> None:
 
 async def test_one_success_ends_the_phase_for_every_check_of_the_target() -> None:
     """Like a startupProbe: once the service answers, a failing canary counts at once."""
-    from guardian.config import TargetConfig
+    from guardian.config.schema import TargetConfig
 
     clock = FakeClock()
     cfg = Config(targets=[TargetConfig(name="t", checks=[
@@ -290,8 +290,8 @@ async def test_one_success_ends_the_phase_for_every_check_of_the_target() -> Non
 
 
 def test_a_tiny_probe_interval_never_hammers_a_booting_service() -> None:
-    from guardian.config import RecoveryConfig, TargetConfig
-    from guardian.startup import MIN_PROBE_INTERVAL
+    from guardian.config.schema import RecoveryConfig, TargetConfig
+    from guardian.engine.startup import MIN_PROBE_INTERVAL
 
     clock = FakeClock()
     cfg = Config(targets=[TargetConfig(
@@ -310,7 +310,7 @@ def test_a_tiny_probe_interval_never_hammers_a_booting_service() -> None:
 
 async def test_an_adopted_process_long_up_has_no_startup_phase_and_a_young_one_a_shorter_one(
 ) -> None:
-    from guardian.config import RecoveryConfig, TargetConfig
+    from guardian.config.schema import RecoveryConfig, TargetConfig
 
     clock = FakeClock()
     cfg = Config(targets=[

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 from guardian.checks.base import CheckConfigBase
-from guardian.checks.http import HttpCheckConfig
-from guardian.clock import FakeClock
-from guardian.config import Config, RecoveryConfig, TargetConfig
-from guardian.engine import FIRST_RUN_SPREAD, PHASE_SLOT, Engine, phase_offset
-from guardian.result import Outcome, Status
-from guardian.startup import StartupPhases
-from guardian.state import State
+from guardian.checks.http.check import HttpCheckConfig
+from guardian.config.schema import Config, RecoveryConfig, TargetConfig
+from guardian.core.clock import FakeClock
+from guardian.core.result import Outcome, Status
+from guardian.core.state import State
+from guardian.engine.scheduler import FIRST_RUN_SPREAD, PHASE_SLOT, Engine, phase_offset
+from guardian.engine.startup import StartupPhases
 
 
 class Cfg(CheckConfigBase):

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from guardian.log import setup_logging
+from guardian.support.log import setup_logging
 
 log = logging.getLogger("guardian.test")
 

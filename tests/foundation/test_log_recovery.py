@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from guardian.log import JsonFormatter, SafeRotatingFileHandler, setup_logging
+from guardian.support.log import JsonFormatter, SafeRotatingFileHandler, setup_logging
 
 
 class Ticker:

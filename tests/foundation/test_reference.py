@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guardian.reference import reference_path, render
+from guardian.config.reference import reference_path, render
 
 
 def test_reference_doc_is_up_to_date() -> None:

@@ -17,14 +17,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from guardian import install
 from guardian.api.app import create_app
 from guardian.api.context import StaticView
-from guardian.cli import app
-from guardian.config import parse_config
+from guardian.cli import install
+from guardian.cli.main import app
+from guardian.config.schema import parse_config
+from guardian.core.state import State
 from guardian.demo.stack import prepare_demo
-from guardian.log import setup_logging
-from guardian.redact import (
+from guardian.support.log import setup_logging
+from guardian.support.redact import (
     MASK,
     is_secret_name,
     redact,
@@ -32,7 +33,6 @@ from guardian.redact import (
     redact_data,
     redact_env,
 )
-from guardian.state import State
 
 runner = CliRunner()
 
@@ -156,9 +156,9 @@ def test_logs_redact_messages_fields_and_tracebacks(tmp_path: Path) -> None:
 
 async def test_check_reasons_are_redacted_before_any_sink_sees_them() -> None:
     from guardian.checks.base import CheckConfigBase
-    from guardian.clock import FakeClock
-    from guardian.engine import Engine
-    from guardian.result import Outcome
+    from guardian.core.clock import FakeClock
+    from guardian.core.result import Outcome
+    from guardian.engine.scheduler import Engine
 
     class Cfg(CheckConfigBase):
         kind: str = "leaky"
@@ -296,7 +296,7 @@ def test_ordinary_names_are_not_secrets() -> None:
 async def test_the_supervised_process_record_holding_argv_is_0600(tmp_path: Path) -> None:
     import sys
 
-    from guardian.services.process import ProcessBackend
+    from guardian.services.process.backend import ProcessBackend
 
     record = tmp_path / "state" / "child.json"
     argv = [sys.executable, "-c", "import time; time.sleep(30)", "--token", "S3CR3T"]

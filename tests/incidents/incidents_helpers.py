@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from guardian.clock import Clock
-from guardian.config import Config
-from guardian.events import RecoveryEvent, RecoveryKind
-from guardian.result import CheckResult, Status
+from guardian.config.schema import Config
+from guardian.core.clock import Clock
+from guardian.core.events import RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

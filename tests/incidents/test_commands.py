@@ -13,12 +13,12 @@ import typer
 from incidents_helpers import Webhook, result
 from typer.testing import CliRunner
 
-from guardian.clock import FakeClock
-from guardian.config import load_config
-from guardian.incidents.commands import register
+from guardian.cli.incidents import register
+from guardian.config.schema import load_config
+from guardian.core.clock import FakeClock
+from guardian.core.result import Status
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
-from guardian.result import Status
 
 FAKEBIN = Path(__file__).resolve().parents[1] / "fakebin"
 

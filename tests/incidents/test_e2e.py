@@ -15,15 +15,15 @@ from pathlib import Path
 
 from incidents_helpers import Webhook, make_config
 
-from guardian.clock import FakeClock
-from guardian.events import EventBus, RecoveryEvent, RecoveryKind
+from guardian.core.clock import FakeClock
+from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
+from guardian.core.state import State
 from guardian.incidents.notify import Notifier
 from guardian.incidents.report import Reporter
 from guardian.incidents.snapshot import state_snapshot
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import IncidentTracker
-from guardian.result import CheckResult, Status
-from guardian.state import State
 
 CRASH = (
     "import sys; n = sys.argv[1]; "

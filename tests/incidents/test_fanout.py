@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from incidents_helpers import Webhook
 
-from guardian.clock import FakeClock
-from guardian.config import Config
-from guardian.events import EventBus, IncidentEvent, IncidentTransition
+from guardian.config.schema import Config
+from guardian.core.clock import FakeClock
+from guardian.core.events import EventBus, IncidentEvent, IncidentTransition
+from guardian.core.result import CheckResult, Status
+from guardian.core.state import State
 from guardian.incidents.notify import MAX_NAMES, Notifier
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import REPORT_WORKERS, IncidentTracker
-from guardian.result import CheckResult, Status
-from guardian.state import State
 
 N = 1000
 
@@ -269,7 +269,7 @@ async def test_a_report_asked_for_twice_before_its_turn_is_written_once_and_news
     """Escalated, then the breaker gave up, then resolved, all while queued."""
     from incidents_helpers import recovery
 
-    from guardian.events import RecoveryKind
+    from guardian.core.events import RecoveryKind
 
     release = asyncio.Event()
     written: list[int] = []

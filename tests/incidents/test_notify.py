@@ -9,8 +9,8 @@ from pathlib import Path
 
 from incidents_helpers import Webhook, make_config
 
-from guardian.clock import FakeClock
-from guardian.events import IncidentEvent, IncidentTransition
+from guardian.core.clock import FakeClock
+from guardian.core.events import IncidentEvent, IncidentTransition
 from guardian.incidents.notify import Notifier, apprise_send
 from guardian.incidents.store import Store
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from incidents_helpers import make_config, recovery, result, utc
 
-from guardian.clock import FakeClock
-from guardian.events import RecoveryKind
+from guardian.core.clock import FakeClock
+from guardian.core.events import RecoveryKind
+from guardian.core.result import Status
+from guardian.core.state import State
 from guardian.incidents.report import Reporter, report_filename, suggestions
 from guardian.incidents.snapshot import state_snapshot, system_snapshot
 from guardian.incidents.store import Store
-from guardian.result import Status
-from guardian.state import State
 
 
 @pytest.mark.parametrize(
@@ -185,7 +185,7 @@ BOOTS = [
 
 
 def test_last_error_is_the_last_traceback_not_a_warning() -> None:
-    from guardian.logscan import last_error
+    from guardian.support.logscan import last_error
 
     found = last_error(BOOTS)
     assert found is not None
@@ -242,7 +242,7 @@ def test_custom_node_import_failures_at_boot_are_not_the_culprit() -> None:
     """A real ComfyUI 0.3.64 boot log: two custom-node tracebacks it handled and booted past."""
     import json
 
-    from guardian.logscan import last_error
+    from guardian.support.logscan import last_error
 
     capture = Path(__file__).resolve().parents[1] / "fixtures/comfyui/captures/boot_timeline.json"
     boot = [line for _, line in json.loads(capture.read_text())["log"]]

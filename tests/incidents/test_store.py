@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from incidents_helpers import SRC, recovery, result
 
-from guardian.clock import FakeClock
-from guardian.db import StoreDamaged
-from guardian.events import RecoveryKind
+from guardian.core.clock import FakeClock
+from guardian.core.events import RecoveryKind
+from guardian.core.result import Status
 from guardian.incidents.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
-from guardian.result import Status
+from guardian.store.db import StoreDamaged
 
 
 def test_fresh_store_is_wal_and_current_schema(tmp_path: Path) -> None:
@@ -140,9 +140,9 @@ _WRITER = textwrap.dedent(
     import sys
     from datetime import UTC, datetime
     sys.path.insert(0, sys.argv[2])
-    from guardian.events import RecoveryEvent, RecoveryKind
+    from guardian.core.events import RecoveryEvent, RecoveryKind
     from guardian.incidents.store import Store
-    from guardian.result import CheckResult, Status
+    from guardian.core.result import CheckResult, Status
 
     store = Store(sys.argv[1], prune_every=0)
     inc = store.open_incident("comfyui", datetime.now(UTC), "major", "crash loop")

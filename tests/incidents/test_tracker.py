@@ -14,13 +14,13 @@ from pathlib import Path
 
 from incidents_helpers import SRC, make_config, recovery, result
 
-from guardian.clock import FakeClock
-from guardian.config import Config
-from guardian.events import EventBus, IncidentEvent, IncidentTransition, RecoveryKind
+from guardian.config.schema import Config
+from guardian.core.clock import FakeClock
+from guardian.core.events import EventBus, IncidentEvent, IncidentTransition, RecoveryKind
+from guardian.core.result import Status
+from guardian.core.state import State
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import IncidentTracker
-from guardian.result import Status
-from guardian.state import State
 
 FAILED, OK, DEGRADED = Status.FAILED, Status.OK, Status.DEGRADED
 
@@ -244,13 +244,13 @@ _CHILD = textwrap.dedent(
     import asyncio, json, sys
     sys.path.insert(0, sys.argv[2])
     from datetime import UTC, datetime
-    from guardian.clock import SystemClock
-    from guardian.config import Config
-    from guardian.events import EventBus
+    from guardian.core.clock import SystemClock
+    from guardian.config.schema import Config
+    from guardian.core.events import EventBus
     from guardian.incidents.store import Store
     from guardian.incidents.tracker import IncidentTracker
-    from guardian.result import CheckResult, Status
-    from guardian.state import State
+    from guardian.core.result import CheckResult, Status
+    from guardian.core.state import State
 
     async def main():
         config = Config.model_validate(json.loads(open(sys.argv[1]).read()))
@@ -420,7 +420,7 @@ async def test_unsupervised_targets_still_escalate_at_the_threshold(tmp_path: Pa
 
 
 def startup_exit(h: Harness, attempt: int) -> None:
-    from guardian.events import RecoveryEvent
+    from guardian.core.events import RecoveryEvent
 
     h.bus.publish(RecoveryEvent(
         "comfyui", RecoveryKind.RESTART_FAILED, h.clock.now(), attempt, "exited with code 1",
@@ -437,7 +437,7 @@ async def test_a_failed_start_opens_the_incident_with_its_own_headline(tmp_path:
     assert inc is not None
     assert inc.summary == "exits during startup with code 1: RuntimeError: CUDA driver too old"
     h.tracker._resolve(h.tracker._open["comfyui"])
-    from guardian.events import RecoveryEvent
+    from guardian.core.events import RecoveryEvent
 
     h.bus.publish(RecoveryEvent(  # first the bare exit, then the failed start's detail
         "comfyui", RecoveryKind.EXITED, h.clock.now(), 0, "exit code 1",
@@ -514,7 +514,7 @@ async def test_an_incident_adopts_no_actions_from_before_the_target_was_healthy(
 async def test_a_crash_opens_an_incident_but_the_boot_after_it_does_not_escalate(
     tmp_path: Path,
 ) -> None:
-    from guardian.events import RecoveryEvent
+    from guardian.core.events import RecoveryEvent
 
     h = Harness(tmp_path, supervised_config(tmp_path, failures=3))
     h.bus.publish(RecoveryEvent(

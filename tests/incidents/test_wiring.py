@@ -7,12 +7,12 @@ from pathlib import Path
 
 from incidents_helpers import Webhook, make_config, result
 
-from guardian.clock import FakeClock
-from guardian.events import EventBus
+from guardian.core.clock import FakeClock
+from guardian.core.events import EventBus
+from guardian.core.result import Status
+from guardian.core.state import State
 from guardian.incidents import start_incidents
-from guardian.result import Status
 from guardian.services.base import ServiceState, ServiceStatus
-from guardian.state import State
 
 
 class FileLogBackend:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from guardian.config import load_config
+from guardian.config.schema import load_config
 from guardian.demo.stack import free_port
 from guardian.runtime import Guardian
 
@@ -38,7 +38,7 @@ command = {
                 [
                     sys.executable,
                     "-m",
-                    "guardian.demo.comfyui_sim",
+                    "guardian.demo.comfyui.server",
                     "--device",
                     "cpu",
                     "--port",

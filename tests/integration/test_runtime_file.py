@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from guardian import runfile
-from guardian.config import load_config
+from guardian.config.schema import load_config
 from guardian.runtime import Guardian
-from guardian.uptime import UPTIME_SCHEMA_VERSION
+from guardian.store import runfile
+from guardian.uptime.store import UPTIME_SCHEMA_VERSION
 
 
 async def test_runtime_file_uptime_and_status_on_port_0(

@@ -16,15 +16,15 @@ from pathlib import Path
 
 from incidents_helpers import Webhook  # type: ignore[import-not-found]
 
-from guardian.config import Config
+from guardian.config.schema import Config
+from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
 from guardian.demo.stack import free_port
-from guardian.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
 from guardian.runtime import Guardian
 
 LAUNCHER = """\
 import os, sys
 mode = open(sys.argv[1]).read().strip()
-args = [sys.executable, "-m", "guardian.demo.comfyui_sim", "--device", "cpu",
+args = [sys.executable, "-m", "guardian.demo.comfyui.server", "--device", "cpu",
         "--port", sys.argv[2]]
 if mode == "crash":
     args += ["--fault", "crash", "--crash-after", "0.6"]

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from guardian.api.metrics import Metrics
-from guardian.config import Config
+from guardian.config.schema import Config
+from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
 from guardian.demo.stack import free_port
-from guardian.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
-from guardian.result import CheckResult, Status
 from guardian.runtime import Guardian
 
 pytestmark = pytest.mark.timeout(120)
@@ -155,7 +155,7 @@ async def test_a_crash_at_startup_is_a_failed_start_that_opens_the_breaker(
 async def test_a_slow_boot_opens_no_incident_and_is_not_restarted(tmp_path: Path) -> None:
     port = free_port()
     sim = [
-        sys.executable, "-m", "guardian.demo.comfyui_sim", "--device", "cpu",
+        sys.executable, "-m", "guardian.demo.comfyui.server", "--device", "cpu",
         "--port", str(port), "--startup-delay", "3",
     ]
     guardian = Guardian(config(tmp_path, sim, port))

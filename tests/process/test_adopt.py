@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from guardian.services.base import ServiceState
-from guardian.services.identity import identify
-from guardian.services.process import ProcessBackend
+from guardian.services.process.backend import ProcessBackend
+from guardian.services.process.identity import identify
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),

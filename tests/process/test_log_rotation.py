@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from guardian.services.collapse import block_size, collapse_head
-from guardian.services.logfile import SupervisedLog, tail_rotated
+from guardian.services.process.collapse import block_size, collapse_head
+from guardian.services.process.logfile import SupervisedLog, tail_rotated
 
 
 def collapses_here(tmp: Path) -> bool:
@@ -126,7 +126,7 @@ def test_a_filesystem_without_collapse_falls_back_to_copy_truncate_and_says_so_o
         if collapses_here(tmp):
             pytest.skip("this tmpfs can collapse ranges")
         log = SupervisedLog(tmp / "x.log", max_bytes=4096, backups=2)
-        with caplog.at_level(logging.INFO, logger="guardian.services.logfile"):
+        with caplog.at_level(logging.INFO, logger="guardian.services.process.logfile"):
             data = write_rounds(log)
         assert log.collapse is False
         assert (tmp / "x.log").read_bytes() == b"after\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from guardian.services.base import ServiceError, ServiceState
-from guardian.services.process import ProcessBackend
+from guardian.services.process.backend import ProcessBackend
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),

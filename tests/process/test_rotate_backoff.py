@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardian.services.process import ProcessBackend
+from guardian.services.process.backend import ProcessBackend
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX child"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from guardian.services.logfile import SupervisedLog
-from guardian.services.process import ROTATE_MIN_INTERVAL, next_rotate_check
+from guardian.services.process.backend import ROTATE_MIN_INTERVAL, next_rotate_check
+from guardian.services.process.logfile import SupervisedLog
 
 
 def test_idle_or_unknown_growth_waits_the_whole_interval() -> None:

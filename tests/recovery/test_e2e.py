@@ -14,17 +14,17 @@ from typing import Any
 import httpx
 import pytest
 
-from guardian.checks import http as http_check
 from guardian.checks.base import CheckContext
-from guardian.checks.http import HttpCheckConfig
-from guardian.clock import SystemClock
-from guardian.config import Config, RecoveryConfig, ServiceConfig, TargetConfig
-from guardian.engine import Engine
-from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.recovery import RecoveryManager
-from guardian.result import CheckResult, Status
-from guardian.services.process import ProcessBackend
-from guardian.state import State
+from guardian.checks.http import check as http_check
+from guardian.checks.http.check import HttpCheckConfig
+from guardian.config.schema import Config, RecoveryConfig, ServiceConfig, TargetConfig
+from guardian.core.clock import SystemClock
+from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
+from guardian.core.state import State
+from guardian.engine.scheduler import Engine
+from guardian.recovery.manager import RecoveryManager
+from guardian.services.process.backend import ProcessBackend
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),

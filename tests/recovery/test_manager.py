@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from guardian.breakers import MemoryBreakerStore, SqliteBreakerStore
 from guardian.checks.disk import DiskCheckConfig
-from guardian.checks.http import HttpCheckConfig
-from guardian.clock import FakeClock
-from guardian.config import Config, RecoveryConfig, ServiceConfig, TargetConfig
-from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.recovery import RecoveryManager
-from guardian.result import CheckResult, Status
+from guardian.checks.http.check import HttpCheckConfig
+from guardian.config.schema import Config, RecoveryConfig, ServiceConfig, TargetConfig
+from guardian.core.clock import FakeClock
+from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
+from guardian.recovery.breakers import MemoryBreakerStore, SqliteBreakerStore
+from guardian.recovery.manager import RecoveryManager
 from guardian.services.base import ExitListener, ServiceState, ServiceStatus
 
 pytestmark = pytest.mark.timeout(20)
@@ -412,8 +412,8 @@ async def test_exit_only_target_attempts_clear_after_a_stable_run() -> None:
 def test_breaker_store_shares_the_file_with_the_incident_store(tmp_path: Path) -> None:
     import sqlite3
 
-    from guardian.breakers import BREAKER_SCHEMA_VERSION, BreakerRecord
     from guardian.incidents.store import SCHEMA_VERSION, Store
+    from guardian.recovery.breakers import BREAKER_SCHEMA_VERSION, BreakerRecord
 
     for first in ("breakers", "incidents"):
         db = tmp_path / f"{first}-first.db"
@@ -437,8 +437,8 @@ def test_breaker_store_shares_the_file_with_the_incident_store(tmp_path: Path) -
 def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path) -> None:
     import sqlite3
 
-    from guardian.breakers import BREAKER_MIGRATIONS
-    from guardian.db import StoreNewer
+    from guardian.recovery.breakers import BREAKER_MIGRATIONS
+    from guardian.store.db import StoreNewer
 
     old = tmp_path / "old.db"  # written before the schema row existed
     with sqlite3.connect(old) as con:

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardian.config import RecoveryConfig
-from guardian.recovery import MAX_DELAY, Action, BreakerRecord, RestartPolicy
-from guardian.result import Status
+from guardian.config.schema import RecoveryConfig
+from guardian.core.result import Status
+from guardian.recovery.manager import MAX_DELAY, Action, BreakerRecord, RestartPolicy
 
 
 def policy(**kw: object) -> RestartPolicy:

@@ -19,15 +19,21 @@ import httpx
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui import ComfyUICheck, ComfyUICheckConfig
-from guardian.clock import FakeClock, SystemClock
-from guardian.config import Config, RecoveryConfig, RemediationConfig, ServiceConfig, TargetConfig
-from guardian.demo.comfyui_sim import ComfyUISim
-from guardian.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.recovery import RecoveryManager
-from guardian.remediation import Remediation
-from guardian.result import CheckResult, Outcome, Status
-from guardian.services.process import ProcessBackend
+from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig
+from guardian.config.schema import (
+    Config,
+    RecoveryConfig,
+    RemediationConfig,
+    ServiceConfig,
+    TargetConfig,
+)
+from guardian.core.clock import FakeClock, SystemClock
+from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Outcome, Status
+from guardian.demo.comfyui.server import ComfyUISim
+from guardian.recovery.manager import RecoveryManager
+from guardian.remediation.ladder import Remediation
+from guardian.services.process.backend import ProcessBackend
 
 pytestmark = pytest.mark.timeout(60)
 K = RecoveryKind
@@ -128,7 +134,7 @@ async def supervised_sim(rig: RigFactory, **check: Any) -> tuple[Rig, ProcessBac
     """A simulator child under a real ProcessBackend and RecoveryManager, answering."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "guardian.demo.comfyui_sim", "--port", str(port)]
+    argv = [sys.executable, "-m", "guardian.demo.comfyui.server", "--port", str(port)]
     backend = ProcessBackend("comfyui", argv, stop_timeout=5,
                              env={"PYTHONPATH": os.pathsep.join(sys.path)})
     r = rig(url, backend=backend, **check)

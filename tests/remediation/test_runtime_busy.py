@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from guardian.config import load_config
+from guardian.config.schema import load_config
+from guardian.core.events import Event, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
 from guardian.demo.stack import free_port
-from guardian.events import Event, RecoveryEvent, RecoveryKind
-from guardian.result import CheckResult, Status
 from guardian.runtime import Guardian
 
 pytestmark = [pytest.mark.skipif(os.name == "nt", reason="POSIX child processes"),
@@ -33,7 +33,7 @@ STUCK_AFTER, WINDOW, INTERVAL = 2.0, 2.0, 0.5
 
 def write_config(tmp: Path, api_port: int, sim_port: int) -> Path:
     cfg = tmp / "g.toml"
-    argv = [sys.executable, "-m", "guardian.demo.comfyui_sim", "--port", str(sim_port)]
+    argv = [sys.executable, "-m", "guardian.demo.comfyui.server", "--port", str(sim_port)]
     cfg.write_text(f"""
 [guardian]
 log_dir = {json.dumps(str(tmp / "logs"))}

@@ -10,8 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from guardian import install
-from guardian.install import (
+from guardian.cli import install
+from guardian.cli.install import (
     InstallError,
     register,
     run_plan,
@@ -396,7 +396,7 @@ def test_sandbox_keeps_tmp_and_home_paths_working():
 
 
 def test_supervised_in_home_is_derived_from_the_config(tmp_path):
-    from guardian.config import parse_config
+    from guardian.config.schema import parse_config
 
     cfg = parse_config(
         """

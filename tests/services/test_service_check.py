@@ -4,11 +4,11 @@ import pytest
 
 from guardian.checks.base import CheckContext
 from guardian.checks.service import ServiceCheckConfig, create, outcome_for
-from guardian.clock import FakeClock
-from guardian.result import Status
+from guardian.core.clock import FakeClock
+from guardian.core.result import Status
 from guardian.services.base import ServiceError, ServiceErrorKind, ServiceState, ServiceStatus
 from guardian.services.systemd import SystemdBackend
-from guardian.services.windows import WindowsServiceBackend
+from guardian.services.windows.backend import WindowsServiceBackend
 
 
 def check(service):

@@ -1,7 +1,7 @@
 """Windows tree stop (``taskkill /T /F /PID``) against real process trees, fake taskkill.
 
 The fake taskkill on PATH does what ``/T /F`` does (kills the tree, leaves first), so the
-Windows path of :mod:`guardian.services.treekill` runs here for real: which argv it sends,
+Windows path of :mod:`guardian.services.process.treekill` runs here for real: which argv it sends,
 that a grandchild in its own session dies too, that a stale identity is never signalled,
 and the psutil fallback when taskkill fails or is missing.
 """
@@ -19,9 +19,9 @@ import psutil
 import pytest
 
 from guardian.services.base import ServiceState
-from guardian.services.identity import ProcessIdentity, identify
-from guardian.services.process import ProcessBackend
-from guardian.services.treekill import WindowsTree
+from guardian.services.process.backend import ProcessBackend
+from guardian.services.process.identity import ProcessIdentity, identify
+from guardian.services.process.treekill import WindowsTree
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="the fake taskkill is POSIX"),
@@ -106,7 +106,7 @@ async def test_failing_taskkill_falls_back_to_psutil_and_says_so(fake_tools, tre
     failing.write_text("#!/bin/sh\necho 'ERROR: Access is denied.' >&2\nexit 1\n")
     proc, log = tree_proc
     ident, grandchild = await _started(proc, log)
-    with caplog.at_level(logging.WARNING, logger="guardian.services.treekill"):
+    with caplog.at_level(logging.WARNING, logger="guardian.services.process.treekill"):
         await WindowsTree().kill(ident)
     assert any(getattr(r, "event", None) == "taskkill_failed" for r in caplog.records)
     assert "Access is denied" in caplog.text

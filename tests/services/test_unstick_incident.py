@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from guardian.clock import SystemClock
-from guardian.config import Config
-from guardian.events import EventBus, RecoveryKind
+from guardian.config.schema import Config
+from guardian.core.clock import SystemClock
+from guardian.core.events import EventBus, RecoveryKind
+from guardian.core.result import CheckResult, Status
+from guardian.core.state import State
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import IncidentTracker
-from guardian.recovery import RecoveryManager
-from guardian.result import CheckResult, Status
+from guardian.recovery.manager import RecoveryManager
 from guardian.services.systemd import SystemdBackend
-from guardian.services.windows import WindowsServiceBackend
-from guardian.state import State
+from guardian.services.windows.backend import WindowsServiceBackend
 
 pytestmark = pytest.mark.timeout(30)
 

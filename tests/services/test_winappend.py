@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from guardian.services import winappend
-from guardian.services.winappend import (
+from guardian.services.process import winappend
+from guardian.services.process.winappend import (
     FILE_APPEND_DATA,
     FILE_SHARE_DELETE,
     FILE_SHARE_READ,

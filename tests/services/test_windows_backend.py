@@ -5,7 +5,7 @@ import time
 import pytest
 
 from guardian.services.base import ServiceError, ServiceErrorKind, ServiceState
-from guardian.services.windows import WindowsServiceBackend
+from guardian.services.windows.backend import WindowsServiceBackend
 
 SVC = "OrchestratorComfyUI"
 

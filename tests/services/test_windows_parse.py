@@ -6,7 +6,7 @@ import pytest
 
 from guardian.services.base import ServiceErrorKind, ServiceState
 from guardian.services.subproc import decode_output
-from guardian.services.windows import (
+from guardian.services.windows.backend import (
     classify_nssm_error,
     parse_nssm_status,
     parse_sc_error,

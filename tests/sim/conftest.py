@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from guardian.demo.comfyui_sim import ComfyUISim
+from guardian.demo.comfyui.server import ComfyUISim
 
 REPO = Path(__file__).resolve().parents[2]
 # Real ComfyUI 0.3.64 captures, vendored from ../shared/comfyui (the reference copy) so a bare

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from guardian.demo.comfyui_sim import ComfyUISim
+from guardian.demo.comfyui.server import ComfyUISim
 
 Load = Callable[[str], Any]
 CLIENT_ID = "d44d6e8a-b3a9-4cc9-a74f-54ad578c9945"

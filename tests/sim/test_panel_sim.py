@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from guardian.demo.comfyui_sim import ComfyUISim
-from guardian.demo.panel_sim import COMFYUI_SERVICE, PanelSim
+from guardian.demo.comfyui.server import ComfyUISim
+from guardian.demo.panel import COMFYUI_SERVICE, PanelSim
 
 
 def closed_port() -> int:

@@ -79,8 +79,8 @@ def spawn() -> Iterator[type[Sim]]:
         sim.stop()
 
 
-COMFY = "guardian.demo.comfyui_sim"
-PANEL = "guardian.demo.panel_sim"
+COMFY = "guardian.demo.comfyui.server"
+PANEL = "guardian.demo.panel"
 
 
 def test_comfyui_process_listens_and_dies_on_sigkill(spawn: type[Sim]) -> None:

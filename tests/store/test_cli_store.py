@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from guardian.breakers import BreakerRecord, SqliteBreakerStore
-from guardian.db import Database
 from guardian.incidents.store import MIGRATIONS, Store
+from guardian.recovery.breakers import BreakerRecord, SqliteBreakerStore
+from guardian.store.db import Database
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 WHEN = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)

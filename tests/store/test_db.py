@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from guardian.breakers import BREAKERS, BreakerRecord, SqliteBreakerStore
-from guardian.db import (
+from guardian.incidents.store import INCIDENTS, MIGRATIONS, SCHEMA_VERSION, Store
+from guardian.recovery.breakers import BREAKERS, BreakerRecord, SqliteBreakerStore
+from guardian.store.db import (
     PROBLEM_KEY,
     Component,
     Database,
@@ -22,7 +23,6 @@ from guardian.db import (
     StoreUnavailable,
     classify,
 )
-from guardian.incidents.store import INCIDENTS, MIGRATIONS, SCHEMA_VERSION, Store
 
 WHEN = datetime(2026, 12, 1, 22, 15, 0, tzinfo=UTC)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from guardian.db import Database
-from guardian.events import RecoveryEvent, RecoveryKind
+from guardian.core.events import RecoveryEvent, RecoveryKind
 from guardian.incidents.store import INCIDENTS, SCHEMA_VERSION, Store, timeline_sql
 from guardian.runtime import incident_dicts
+from guardian.store.db import Database
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 INCIDENTS_N = 400

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from guardian.breakers import BREAKERS, SqliteBreakerStore
-from guardian.db import PROBLEM_KEY, Database, StoreNewer
-from guardian.events import EventBus, RecoveryEvent, RecoveryKind
+from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
 from guardian.incidents.store import INCIDENTS, SCHEMA_VERSION, Store
-from guardian.result import CheckResult, Status
-from guardian.uptime import UPTIME, UPTIME_SCHEMA_VERSION, UptimeStore
+from guardian.recovery.breakers import BREAKERS, SqliteBreakerStore
+from guardian.store.db import PROBLEM_KEY, Database, StoreNewer
+from guardian.uptime.store import UPTIME, UPTIME_SCHEMA_VERSION, UptimeStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from guardian.db import Database
-from guardian.events import RecoveryEvent, RecoveryKind
-from guardian.result import CheckResult, Status
-from guardian.uptime import UPTIME, UptimeStore
+from guardian.core.events import RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
+from guardian.store.db import Database
+from guardian.uptime.store import UPTIME, UptimeStore
 
 T0 = datetime(2026, 3, 1, 11, 47, 13, tzinfo=UTC)
 TARGETS = ["comfyui", "panel", "proxy", "worker"]

@@ -35,7 +35,7 @@ from guardian.api.metrics import Metrics
 from guardian.api.page import html_page, page_endpoints
 from guardian.api.routing import JSON, Endpoint, Param, Reply, error_replies, http_error, routes
 from guardian.api.server import ApiServer, serve
-from guardian.config import ApiSection
+from guardian.config.schema import ApiSection
 
 log = logging.getLogger("guardian.api")
 

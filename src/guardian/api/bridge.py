@@ -4,7 +4,7 @@ The API runs on its own thread (:mod:`guardian.api.server`); the engine, recover
 the incident store belong to the checks' loop. This :class:`GuardianView` keeps the API
 from ever touching their internals from the wrong thread:
 
-* ``state`` is read directly: :class:`~guardian.state.State` hands out copies.
+* ``state`` is read directly: :class:`~guardian.core.state.State` hands out copies.
 * ``recovery_snapshot()`` and ``incidents()`` run on the owner loop (the recovery
   manager prunes while it snapshots; SQLite connections belong to their thread) and are
   cached briefly, invalidated by the matching event, so a flood of API reads costs the
@@ -27,12 +27,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from guardian.api.context import GuardianView
-from guardian.config import Config
-from guardian.events import Event, IncidentEvent, RecoveryEvent
-from guardian.overload import LoopLagMonitor
-from guardian.result import CheckResult
-from guardian.state import State
-from guardian.uptime import UptimeStore
+from guardian.config.schema import Config
+from guardian.core.events import Event, IncidentEvent, RecoveryEvent
+from guardian.core.result import CheckResult
+from guardian.core.state import State
+from guardian.engine.overload import LoopLagMonitor
+from guardian.uptime.store import UptimeStore
 
 T = TypeVar("T")
 

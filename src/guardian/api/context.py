@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from guardian.config import Config
-from guardian.overload import LoopLagMonitor
-from guardian.result import CheckResult
-from guardian.state import State
-from guardian.uptime import UptimeStore
+from guardian.config.schema import Config
+from guardian.core.result import CheckResult
+from guardian.core.state import State
+from guardian.engine.overload import LoopLagMonitor
+from guardian.uptime.store import UptimeStore
 
 
 class GuardianView(Protocol):

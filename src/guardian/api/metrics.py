@@ -1,8 +1,8 @@
 """Prometheus metrics: gauges read at scrape time, counters from events, written cheaply.
 
-Gauges are read from the cached :class:`~guardian.state.State` when Prometheus scrapes,
+Gauges are read from the cached :class:`~guardian.core.state.State` when Prometheus scrapes,
 so they can never drift from what ``/api/health`` says. Counters and the duration
-histogram are fed by the :class:`~guardian.events.EventBus`. Which check value keys feed
+histogram are fed by the :class:`~guardian.core.events.EventBus`. Which check value keys feed
 which gauge is documented in :mod:`guardian.api.readings`; a missing key just means no
 sample. Everything is per :class:`Metrics` instance, so several Guardians, or tests,
 never share series.
@@ -49,9 +49,15 @@ from typing import TYPE_CHECKING, Any, Final
 from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.api.process_metrics import ProcessMetrics
-from guardian.events import Event, IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
-from guardian.overload import LAG_BUCKETS
-from guardian.result import CheckResult, Status, worst
+from guardian.core.events import (
+    Event,
+    IncidentEvent,
+    IncidentTransition,
+    RecoveryEvent,
+    RecoveryKind,
+)
+from guardian.core.result import CheckResult, Status, worst
+from guardian.engine.overload import LAG_BUCKETS
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -1,6 +1,6 @@
 """The JSON shapes of the API (pydantic, so OpenAPI documents them) and their builders.
 
-Builders read only the cached :class:`~guardian.state.State` and the view's snapshots:
+Builders read only the cached :class:`~guardian.core.state.State` and the view's snapshots:
 a health request never runs a check, so it answers in microseconds even while a check
 hangs on a dead ComfyUI.
 """
@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from guardian.api import readings
 from guardian.api.context import GuardianView
-from guardian.result import CheckResult, Status, Value, worst
-from guardian.state import Health
-from guardian.uptime import WINDOWS, Counts
+from guardian.core.result import CheckResult, Status, Value, worst
+from guardian.core.state import Health
+from guardian.uptime.store import WINDOWS, Counts
 
 TargetStatus = Literal["ok", "degraded", "failed", "skipped", "unknown"]
 HISTORY_POINTS = 30
@@ -402,7 +402,7 @@ def stack_health(
 
     Never healthy while something is not up yet: a target restarting (its latest results
     may still be the good ones from before) makes a healthy stack degraded; a critical
-    target's startup is degraded too (:func:`guardian.state.aggregate`), only a critical
+    target's startup is degraded too (:func:`guardian.core.state.aggregate`), only a critical
     target's real failure is unhealthy.
     """
     snapshot = view.recovery_snapshot() if snapshot is None else snapshot

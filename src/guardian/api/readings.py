@@ -42,7 +42,7 @@ import typing
 from collections.abc import Mapping
 from typing import Final, Literal
 
-from guardian.result import Value
+from guardian.core.result import Value
 
 MIB: Final = 1024 * 1024
 GIB: Final = 1024**3

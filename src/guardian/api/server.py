@@ -10,7 +10,7 @@ Why these limits (all from ``[api]``):
 
 * ``max_connections``: a connection over the cap is answered 503 and closed at once, so
   idle clients cannot take the file descriptors checks and restarts need. The runtime
-  lowers the cap further when ``RLIMIT_NOFILE`` is small (see :mod:`guardian.fdlimit`).
+  lowers the cap further when ``RLIMIT_NOFILE`` is small (see :mod:`guardian.support.fdlimit`).
 * ``header_timeout``: a connection must deliver a complete request head within this
   many seconds (from connect, or from the end of the previous response), else it is
   closed (408 when something was sent). uvicorn alone has no time-before-request limit.

@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from guardian.result import Outcome
+from guardian.core.result import Outcome
 
 if TYPE_CHECKING:
-    from guardian.clock import Clock
+    from guardian.core.clock import Clock
     from guardian.services.base import ServiceBackend
 
 
@@ -51,7 +51,7 @@ class CheckConfigBase(BaseModel):
     interval/timeout defaults where the plan gives other ones.
     """
 
-    # Strict and finite like every config table (see guardian.config._Section).
+    # Strict and finite like every config table (see guardian.config.schema._Section).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     kind: str

@@ -7,7 +7,7 @@ the GB and percent thresholds; the worst path decides, and every problem is name
 Values per path: ``free_gb.<path>``, ``free_percent.<path>``, ``total_gb.<path>``.
 
 A sleeping network share or a hung FUSE mount can block ``statfs`` forever. Every path is
-measured in its own thread of the ``disk`` :mod:`guardian.blocking` pool, all at once,
+measured in its own thread of the ``disk`` :mod:`guardian.support.blocking` pool, all at once,
 each with a deadline inside the check's timeout: a hung path fails with its own reason
 while the others are still judged, and a path whose previous call is still stuck is
 reported as such without starting another thread.
@@ -23,9 +23,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from guardian.blocking import BlockingError, BlockingPool, pool
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Status, Value, worst
+from guardian.support.blocking import BlockingError, BlockingPool, pool
 
 GB = 1024**3
 DEADLINE_SHARE = 0.9  # of the check's timeout: report a hung path before the engine cancels
@@ -143,7 +143,7 @@ class DiskCheck:
 
 
 def statfs_key(path: str) -> str:
-    """The :mod:`guardian.blocking` key of one path's statfs, shared with the snapshot."""
+    """The :mod:`guardian.support.blocking` key of one path's statfs, shared with the snapshot."""
     return "statfs:" + os.path.normcase(os.path.abspath(path))
 
 

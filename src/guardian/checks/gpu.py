@@ -13,7 +13,7 @@ row-remapping failure → failed; any field the driver answered with an error ("
 lost", "[Unknown Error]") → failed. Values are per GPU, ``gpu<index>.<metric>``.
 
 NVML calls cannot be cancelled and hang with a wedged driver: they run in the ``gpu``
-:mod:`guardian.blocking` pool with a deadline inside the check's timeout, and while one
+:mod:`guardian.support.blocking` pool with a deadline inside the check's timeout, and while one
 is still stuck the check fails at once instead of piling threads onto the driver.
 """
 
@@ -25,11 +25,11 @@ from typing import Literal, TypeVar
 
 from pydantic import Field, model_validator
 
-from guardian.blocking import BlockingError, BlockingPool, CallTimedOut, StillBlocked, pool
 from guardian.checks.base import CheckConfigBase, CheckContext
+from guardian.core.result import Outcome, Status, Value, worst
 from guardian.gpu import GpuInfo, GpuQueryError, NoGpu, smi
 from guardian.gpu.nvml import Nvml, load_pynvml
-from guardian.result import Outcome, Status, Value, worst
+from guardian.support.blocking import BlockingError, BlockingPool, CallTimedOut, StillBlocked, pool
 
 T = TypeVar("T")
 NO_GPU = "no NVIDIA GPU"

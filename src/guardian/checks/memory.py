@@ -9,7 +9,7 @@ Values: ``available_mb``, ``total_mb``, ``used_percent``, and where measured
 ``process_rss_mb``, ``process_count``.
 
 psutil reads ``/proc`` (or asks Windows); walking a process tree stuck in the kernel can
-block. The measurement runs in the ``memory`` :mod:`guardian.blocking` pool with a
+block. The measurement runs in the ``memory`` :mod:`guardian.support.blocking` pool with a
 deadline inside the check's timeout, one call per check at a time.
 """
 
@@ -22,10 +22,10 @@ from typing import Literal
 import psutil
 from pydantic import Field, model_validator
 
-from guardian.blocking import BlockingError, BlockingPool, pool
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Status, Value, worst
 from guardian.services.base import ServiceError
+from guardian.support.blocking import BlockingError, BlockingPool, pool
 
 MB = 1024 * 1024
 DEADLINE_SHARE = 0.9  # of the check's timeout: say what hung before the engine cancels

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.result import Outcome
+from guardian.core.result import Outcome
 from guardian.services.base import ServiceError, ServiceState, ServiceStatus
 
 

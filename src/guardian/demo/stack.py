@@ -13,8 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
-from guardian.config import Config, load_config
-from guardian.private_file import write_private_text
+from guardian.config.schema import Config, load_config
+from guardian.support.private_file import write_private_text
 
 DEFAULT_DEMO_DIR = Path("guardian-demo")
 
@@ -67,7 +67,7 @@ def demo_config_text(
     comfy_cmd = [
         python,
         "-m",
-        "guardian.demo.comfyui_sim",
+        "guardian.demo.comfyui.server",
         "--host",
         "127.0.0.1",
         "--port",
@@ -78,7 +78,7 @@ def demo_config_text(
     panel_cmd = [
         python,
         "-m",
-        "guardian.demo.panel_sim",
+        "guardian.demo.panel",
         "--host",
         "127.0.0.1",
         "--port",

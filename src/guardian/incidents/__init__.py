@@ -10,17 +10,17 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from guardian.clock import Clock
-from guardian.config import Config
-from guardian.db import Database
-from guardian.events import EventBus
+from guardian.config.schema import Config
+from guardian.core.clock import Clock
+from guardian.core.events import EventBus
+from guardian.core.state import State
 from guardian.incidents.notify import Notifier
 from guardian.incidents.report import LogTail, Reporter
 from guardian.incidents.snapshot import SnapshotFn, state_snapshot
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import IncidentTracker
 from guardian.services.base import ServiceBackend
-from guardian.state import State
+from guardian.store.db import Database
 
 log = logging.getLogger("guardian.incidents")
 

@@ -28,12 +28,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from guardian import blocking
-from guardian.clock import Clock, SystemClock
-from guardian.config import Config
-from guardian.events import IncidentEvent, IncidentTransition
+from guardian.config.schema import Config
+from guardian.core.clock import Clock, SystemClock
+from guardian.core.events import IncidentEvent, IncidentTransition
 from guardian.incidents.redact import redact, redact_url
 from guardian.incidents.store import Store
+from guardian.support import blocking
 
 log = logging.getLogger("guardian.notify")
 

@@ -1,7 +1,7 @@
-"""Secret scrubbing for reports and notifications: the one rule in :mod:`guardian.redact`."""
+"""Secret scrubbing for reports and notifications: the one rule in `support.redact`."""
 
 from __future__ import annotations
 
-from guardian.redact import MASK, redact, redact_url
+from guardian.support.redact import MASK, redact, redact_url
 
 __all__ = ["MASK", "redact", "redact_url"]

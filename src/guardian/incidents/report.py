@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from guardian import blocking
-from guardian.clock import Clock, SystemClock
-from guardian.config import Config
-from guardian.escape import markdown_cell, markdown_inline
+from guardian.config.schema import Config
+from guardian.core.clock import Clock, SystemClock
 from guardian.incidents.redact import MASK, redact
 from guardian.incidents.snapshot import SNAPSHOT_DEADLINE, Snapshot, SnapshotFn, system_snapshot
 from guardian.incidents.store import Incident, Store, StoredRecovery, StoredResult
 from guardian.incidents.tracker import ADOPT_WINDOW
-from guardian.logscan import last_error
+from guardian.support import blocking
+from guardian.support.escape import markdown_cell, markdown_inline
+from guardian.support.logscan import last_error
 
 log = logging.getLogger("guardian.incidents")
 
@@ -215,7 +215,7 @@ class Reporter:
         return [redact(line[:MAX_LINE]) for line in lines[-n:]]
 
     async def _take_snapshot(self) -> Snapshot:
-        try:  # bounded: a hung drive must not hold the report (see guardian.blocking)
+        try:  # bounded: a hung drive must not hold the report (see guardian.support.blocking)
             return await blocking.pool("report").run(
                 self.snapshot, SNAPSHOT_DEADLINE + 2.0, what="system snapshot"
             )

@@ -6,7 +6,7 @@ NVML/HTTP probe could hang or disagree with what the checks saw. Instead their s
 quote the latest results of the ``gpu`` and ``comfyui`` checks.
 
 A report must be written even when the machine is in trouble, so nothing here may block
-for long: the sections are gathered at once in the ``snapshot`` :mod:`guardian.blocking`
+for long: the sections are gathered at once in the ``snapshot`` :mod:`guardian.support.blocking`
 pool under one deadline, each disk's statfs goes through the ``disk`` pool under its own
 (a mount the disk check already found stuck is named at once, without a new thread), and
 whatever did not answer in time says so in its section instead of holding the report.
@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 import psutil
 
-from guardian.blocking import BlockingError, CallTimedOut, Pending, pool
 from guardian.checks.disk import statfs_key
+from guardian.support.blocking import BlockingError, CallTimedOut, Pending, pool
 
 Snapshot = dict[str, list[str]]  # section title -> lines
 SnapshotFn = Callable[[], Snapshot]

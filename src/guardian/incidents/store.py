@@ -34,10 +34,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from guardian.config import Config
-from guardian.db import Component, Database, StoreError, StoreUnavailable
-from guardian.events import RecoveryEvent
-from guardian.result import CheckResult
+from guardian.config.schema import Config
+from guardian.core.events import RecoveryEvent
+from guardian.core.result import CheckResult
+from guardian.store.db import Component, Database, StoreError, StoreUnavailable
 
 log = logging.getLogger("guardian.incidents.store")
 

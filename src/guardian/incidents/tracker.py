@@ -9,7 +9,7 @@ yields one incident with a flap count instead of a page per crash.
 
 What is not an incident, and what changes one:
 
-* Failed results marked ``startup`` (the service is booting, see :mod:`guardian.startup`)
+* Failed results marked ``startup`` (the service is booting, see :mod:`guardian.engine.startup`)
   open nothing and count toward nothing; a check whose startup phase ran out says so ("did
   not become healthy within startup_timeout").
 * Where Guardian restarts the target on a check's failures, that check's streak escalates
@@ -51,9 +51,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from guardian.clock import Clock
-from guardian.config import Config
-from guardian.events import (
+from guardian.config.schema import Config
+from guardian.core.clock import Clock
+from guardian.core.events import (
     Event,
     EventBus,
     IncidentEvent,
@@ -61,8 +61,8 @@ from guardian.events import (
     RecoveryEvent,
     RecoveryKind,
 )
+from guardian.core.result import CheckResult, Status
 from guardian.incidents.store import Incident, Store
-from guardian.result import CheckResult, Status
 
 log = logging.getLogger("guardian.incidents")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from guardian.clock import Clock, SystemClock
+from guardian.core.clock import Clock, SystemClock
 from guardian.services.base import ServiceBackend
 
 if TYPE_CHECKING:
-    from guardian.config import TargetConfig
+    from guardian.config.schema import TargetConfig
 
 
 def build_backend(
@@ -22,7 +22,7 @@ def build_backend(
     clock = clock or SystemClock()
     backend = svc.resolved_backend
     if backend == "process":
-        from guardian.services.process import ProcessBackend
+        from guardian.services.process.backend import ProcessBackend
 
         assert svc.command is not None  # validated by ServiceConfig
         log_file = svc.log_file
@@ -54,7 +54,7 @@ def build_backend(
             kill_after_stop_timeout=svc.kill_stuck,
             clock=clock,
         )
-    from guardian.services.windows import WindowsServiceBackend
+    from guardian.services.windows.backend import WindowsServiceBackend
 
     return WindowsServiceBackend(
         target.name,

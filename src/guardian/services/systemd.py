@@ -15,7 +15,7 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
-from guardian.clock import Clock, SystemClock
+from guardian.core.clock import Clock, SystemClock
 from guardian.services.base import (
     ServiceError,
     ServiceErrorKind,

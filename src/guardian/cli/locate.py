@@ -1,0 +1,59 @@
+"""Finding the running Guardian a CLI command should talk to, and its store.
+
+``--config`` (or ``$GUARDIAN_CONFIG`` / ``./guardian.toml``) names the config; the runtime
+file beside that config's store (see :mod:`guardian.store.runfile`) then says whether a Guardian
+runs it and where its API really listens. Without any config file, the one Guardian this
+user runs (found in the per-user instances directory) is used, with its own config; with
+several, the user is asked to choose rather than guessed for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from guardian.cli.support import err, load_or_exit
+from guardian.config.schema import Config, resolve_config_path
+from guardian.store import runfile
+from guardian.store.runfile import RuntimeInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    config: Config
+    running: RuntimeInfo | None  # the live Guardian of this config, if any
+    source: str  # which config, in words
+
+    def api_url(self) -> str:
+        """The running Guardian's actual API address, else the configured one."""
+        if self.running is not None and self.running.api_url:
+            return self.running.api_url
+        api = self.config.api
+        host = "127.0.0.1" if api.host in ("0.0.0.0", "::", "") else api.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{api.port}"
+
+
+def locate_or_exit(path: Path | None) -> Located:
+    """The config to use and its running Guardian; exits 2 on a bad or ambiguous choice."""
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        live = runfile.discover()
+        if len(live) > 1:
+            err.print("several Guardians are running; choose one with --config:", markup=False)
+            for info in live:
+                err.print(f"  pid {info.pid}: {info.config_path or '(built-in defaults)'}"
+                          f"  API {info.api_url or '-'}", markup=False, highlight=False)
+            raise typer.Exit(2)
+        if len(live) == 1:
+            info = live[0]
+            cfg_path = Path(info.config_path) if info.config_path else None
+            cfg = load_or_exit(cfg_path)
+            return Located(cfg, info, f"running Guardian pid {info.pid}"
+                                      f" ({info.config_path or 'built-in defaults'})")
+        cfg = load_or_exit(None)
+        return Located(cfg, runfile.find_running(cfg), "built-in defaults")
+    cfg = load_or_exit(resolved)
+    return Located(cfg, runfile.find_running(cfg), str(resolved))
