@@ -21,7 +21,7 @@ from guardian.demo.comfyui.server import ComfyUISim
 from guardian.demo.http import json_reply, text_reply
 
 Make = Callable[..., ComfyUICanaryCheck]
-CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui" / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "fixtures" / "comfyui" / "captures"
 
 
 @pytest.fixture
