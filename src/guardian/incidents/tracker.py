@@ -12,8 +12,9 @@ What is not an incident, and what changes one:
 * Failed results marked ``startup`` (the service is booting, see :mod:`guardian.engine.startup`)
   open nothing and count toward nothing; a check whose startup phase ran out says so ("did
   not become healthy within startup_timeout").
-* Where Guardian restarts the target on a check's failures, that check's streak escalates
-  only one failure after recovery would have acted, and every restart begins a fresh
+* Where recovery owns a check's failure streak (it says so on the bus: a
+  :class:`~guardian.core.events.RecoveryPlan` with the failure it restarts at), that
+  streak escalates only one failure after recovery acts, and every restart begins a fresh
   streak: recovery gets its chance before anyone is paged, and a restart that worked never
   escalates anything.
 * A supervised process's crash (its exit event) opens an incident even when the restart
@@ -60,6 +61,7 @@ from guardian.core.events import (
     IncidentTransition,
     RecoveryEvent,
     RecoveryKind,
+    RecoveryPlan,
 )
 from guardian.core.result import CheckResult, Status
 from guardian.incidents.store import Incident, Store
@@ -129,17 +131,9 @@ class IncidentTracker:
         self._stable = config.escalation.stable_period
         self._checks = {t.name: {c.check_name for c in t.checks} for t in config.targets}
         self._critical = {t.name: t.critical for t in config.targets}
-        # Checks whose failures make Guardian restart the target: recovery acts on them at
-        # `failure_threshold` (a service check at once), so their escalation waits for it.
+        # Checks whose failure streak recovery owns, and the failure it restarts at: heard
+        # from recovery's decisions (RecoveryPlan), never copied from its config.
         self._recovered: dict[str, dict[str, int]] = {}
-        for t in config.targets:
-            if t.service is None or not t.recovery.enabled:
-                continue
-            self._recovered[t.name] = {
-                c.check_name: 1 if c.kind == "service" else t.recovery.failure_threshold
-                for c in t.checks
-                if c.kind == "service" or c.liveness
-            }
         self._healthy_at: dict[str, datetime] = {}  # wall time a target was last all-OK
         self._tasks: set[asyncio.Task[None]] = set()
         self._jobs: dict[int, _Job] = {}  # incident id -> queued work, oldest first
@@ -251,6 +245,8 @@ class IncidentTracker:
             self._on_result(event)
         elif isinstance(event, RecoveryEvent):
             self._on_recovery(event)
+        elif isinstance(event, RecoveryPlan):
+            self._recovered.setdefault(event.target, {})[event.check] = event.acts_at
 
     def _on_result(self, r: CheckResult) -> None:
         key = (r.target, r.check)
