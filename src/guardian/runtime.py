@@ -47,7 +47,8 @@ from guardian.engine.overload import LoopLagMonitor, overloaded_reason
 from guardian.engine.scheduler import Engine
 from guardian.engine.startup import StartupPhases
 from guardian.incidents import Incidents, start_incidents
-from guardian.incidents.store import INCIDENTS, Incident, Store, StoredRecovery, StoreError
+from guardian.incidents.store import INCIDENTS, Store, StoreError
+from guardian.incidents.timeline import incident_dicts
 from guardian.recovery.breakers import (
     BREAKERS,
     BreakerStore,
@@ -430,47 +431,3 @@ def _running_for(pid: int) -> float:
         return max(0.0, time.time() - psutil.Process(pid).create_time())
     except (psutil.Error, OSError):
         return 0.0
-
-
-def incident_dicts(store: Store, found: list[Incident]) -> list[dict[str, Any]]:
-    """Incidents as the API shows them, with their timelines read in one query."""
-    events = store.timeline_events([i.id for i in found])
-    return [_incident_dict(i, events.get(i.id, [])) for i in found]
-
-
-def _timeline(incident: Incident, events: list[StoredRecovery]) -> list[dict[str, Any]]:
-    """Opened, every recovery action the incident grouped, escalated, resolved: in order."""
-    entries: list[dict[str, Any]] = [{"time": incident.opened_at, "kind": "opened",
-                                      "reason": incident.summary}]
-    for e in events:
-        entries.append({"time": e.time, "kind": e.kind, "attempt": e.attempt,
-                        "reason": e.reason, "detail": e.detail})
-    if incident.escalated_at is not None:
-        entries.append({"time": incident.escalated_at, "kind": "escalated",
-                        "reason": incident.severity})
-    if incident.resolved_at is not None:
-        entries.append({"time": incident.resolved_at, "kind": "resolved"})
-    entries.sort(key=lambda x: x["time"])
-    for x in entries:
-        x["time"] = x["time"].isoformat()
-    return entries
-
-
-def _incident_dict(incident: Incident, events: list[StoredRecovery]) -> dict[str, Any]:
-    def iso(t: datetime | None) -> str | None:
-        return t.isoformat() if t is not None else None
-
-    return {
-        "id": incident.id,
-        "target": incident.target,
-        "status": str(incident.status),
-        "severity": incident.severity,
-        "summary": incident.summary,
-        "opened_at": iso(incident.opened_at),
-        "escalated_at": iso(incident.escalated_at),
-        "resolved_at": iso(incident.resolved_at),
-        "failure_count": incident.failure_count,
-        "flap_count": incident.flap_count,
-        "report_path": incident.report_path,
-        "timeline": _timeline(incident, events),
-    }
