@@ -73,7 +73,10 @@ def target(name: str, **rec: Any) -> TargetConfig:
         name=name,
         service=ServiceConfig(backend="process", command=["x"]),
         # model_copy skips validation: recovery must survive numbers past the config's bounds.
-        recovery=RecoveryConfig(grace_period=0, min_uptime=0).model_copy(update=rec),
+        # startup_timeout 0: a start is judged by min_uptime (0: at once), not by a check.
+        recovery=RecoveryConfig(grace_period=0, min_uptime=0, startup_timeout=0).model_copy(
+            update=rec
+        ),
         checks=[
             HttpCheckConfig(url="http://127.0.0.1:1/", liveness=True, interval=1, timeout=0.5),
             DiskCheckConfig(paths=["/"], interval=1, timeout=0.5),

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -32,35 +31,13 @@ from guardian.core.result import CheckResult, Status
 from guardian.engine.startup import guards_startup
 from guardian.recovery.breakers import BreakerStore
 from guardian.recovery.policy import MAX_DELAY, Action, RestartPolicy
+from guardian.recovery.target import StartVerdict, TargetRecovery
 from guardian.services.base import ExitNotifying, ServiceBackend, ServiceState
 from guardian.support.logscan import last_error
 
 log = logging.getLogger("guardian.recovery.manager")
 
 LOG_TAIL_TIMEOUT = 2.0  # seconds to read a failed start's log for its last error
-
-# What judges a restart (min_uptime): ("exit", code) or ("passed", 0).
-StartVerdict = tuple[str, int | None]
-
-
-@dataclass(eq=False)
-class TargetRecovery:
-    """Everything recovery holds for one supervised target."""
-
-    name: str
-    backend: ServiceBackend
-    policy: RestartPolicy | None  # None: recovery disabled for it (it is only started)
-    task: asyncio.Task[None] | None = None  # the one restart or backoff wait running
-    retrigger: str | None = None  # a restart wanted while one ran: after it, why
-    manual_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one manual at a time
-    restart_done: float | None = None  # monotonic end of the last restart
-    start_waiter: asyncio.Future[StartVerdict] | None = None  # a restart being judged
-    spawned: float | None = None  # monotonic time the running child was spawned
-
-    @property
-    def busy(self) -> bool:
-        return self.task is not None and not self.task.done()
-
 
 class RecoveryManager:
     """Subscribes to check results and exit events and restarts what the policy says."""
@@ -92,6 +69,8 @@ class RecoveryManager:
                 continue
             liveness = {c.check_name for c in target.checks if c.liveness}
             tr.policy = RestartPolicy(target.recovery, liveness, name=target.name)
+            # Checks that talk to the service itself: a start is proven by one of them.
+            tr.proven_by_checks = any(c.enabled and guards_startup(c.kind) for c in target.checks)
             plans.extend(
                 RecoveryPlan(
                     target.name,
@@ -188,6 +167,7 @@ class RecoveryManager:
         if tr is None:
             return
         tr.spawned = self.clock.monotonic()
+        tr.proven = False
         if tr.policy is not None:
             tr.policy.started(tr.spawned)
 
@@ -221,15 +201,15 @@ class RecoveryManager:
             self._stable_reset(tr, now)
 
     def _judge_start(self, tr: TargetRecovery, event: CheckResult) -> None:
-        """A passing check of the service itself proves a restart came up (min_uptime)."""
-        waiter = tr.start_waiter
-        if waiter is None or waiter.done():
-            return
+        """A passing check of the service itself, begun after the spawn, proves a start."""
         if event.status not in (Status.OK, Status.DEGRADED) or not guards_startup(event.kind):
             return
         if tr.spawned is None or event.started_mono is None or event.started_mono < tr.spawned:
             return
-        waiter.set_result(("passed", 0))
+        tr.proven = True
+        waiter = tr.start_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(("passed", 0))
 
     def _stable_reset(self, tr: TargetRecovery, now: float) -> None:
         policy = tr.policy
@@ -253,10 +233,11 @@ class RecoveryManager:
         if waiter is not None and not waiter.done():
             waiter.set_result(("exit", code))
         policy = tr.policy
+        limit, _ = tr.judged_for()
         booting = (
-            tr.spawned is not None
-            and policy is not None
-            and self.clock.monotonic() - tr.spawned < policy.cfg.min_uptime
+            not tr.proven
+            and tr.spawned is not None
+            and self.clock.monotonic() - tr.spawned < limit
         )
         self._emit(
             target,
@@ -350,6 +331,7 @@ class RecoveryManager:
         try:
             await backend.restart()
             tr.spawned = self.clock.monotonic()
+            tr.proven = False
             status = await backend.status()
             up = status.state in (ServiceState.RUNNING, ServiceState.STARTING)
             verdict = await self._stays_up(tr, waiter) if up and waiter else None
@@ -371,6 +353,20 @@ class RecoveryManager:
                 tr.start_waiter = None
         took = round(self.clock.monotonic() - t0, 3)
         exited = waiter is not None and waiter.done() and waiter.result()[0] == "exit"
+        if up and not exited and verdict == "startup_timeout":
+            limit, _ = tr.judged_for()
+            detail = f"no check passed within startup_timeout ({limit:g} s)"
+            self._emit(
+                target,
+                RecoveryKind.RESTART_FAILED,
+                attempt=attempt,
+                reason=reason,
+                detail=detail,
+                duration_s=took,
+                startup_timeout=True,
+            )
+            tr.retrigger = detail
+            return False
         if up and not exited:
             if tr.policy is not None:
                 tr.policy.running(self.clock.monotonic())
@@ -418,20 +414,22 @@ class RecoveryManager:
     async def _stays_up(
         self, tr: TargetRecovery, waiter: asyncio.Future[StartVerdict]
     ) -> str | None:
-        """Wait until the new child passes a check, exits, or has been up ``min_uptime``.
+        """Wait until the new child passes a check, exits, or its judging time is over
+        (:meth:`TargetRecovery.judged_for`).
 
-        Returns what proved it up ("passed", "min_uptime"), or None when it exited.
+        Returns what proved it up ("passed", "min_uptime"), "startup_timeout" when no check
+        passed in time (a failed start), or None when it exited.
         """
-        min_uptime = tr.policy.cfg.min_uptime if tr.policy is not None else 0.0
-        if min_uptime > 0 and not waiter.done():
-            timer = asyncio.ensure_future(self.clock.sleep(min(min_uptime, MAX_DELAY)))
+        limit, rule = tr.judged_for()
+        if limit > 0 and not waiter.done():
+            timer = asyncio.ensure_future(self.clock.sleep(min(limit, MAX_DELAY)))
             try:
                 racing: set[asyncio.Future[Any]] = {waiter, timer}
                 await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 timer.cancel()
         if not waiter.done():
-            return "min_uptime" if min_uptime > 0 else None
+            return rule if limit > 0 else None
         kind, _ = waiter.result()
         return None if kind == "exit" else "passed"
 
@@ -526,9 +524,11 @@ class RecoveryManager:
                 "next_allowed_at": iso(p.next_allowed_at(now)),
                 "consecutive_failures": p.consecutive_failures,
                 "restarting": p.in_progress,
-                # End of the last (re)start on the monotonic clock: results that began
-                # before it say nothing about the process running now.
-                "up_since_mono": p.started_at,
+                # When the running process was spawned (monotonic): a result that began
+                # after it is about that process, even one that began while its restart
+                # was still being judged (the one that proved it up); one that began
+                # before says nothing about it.
+                "up_since_mono": tr.spawned if tr.spawned is not None else p.started_at,
             }
         return out
 

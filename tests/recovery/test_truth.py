@@ -1,0 +1,154 @@
+"""Recovery that tells the truth (issue 22), with the whole runtime and real processes:
+the ComfyUI simulator (or a small script) as a supervised child, real SIGKILLs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardian.api.models import stack_health
+from guardian.config.schema import Config
+from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
+from guardian.demo.stack import free_port
+from guardian.runtime import Guardian
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return pred()
+
+
+def config(
+    tmp: Path, command: list[str], port: int, *, interval: float = 600, **recovery: Any
+) -> Config:
+    return Config.model_validate(
+        {
+            "guardian": {
+                "log_dir": str(tmp / "logs"),
+                "report_dir": str(tmp / "reports"),
+                "state_dir": str(tmp / "state"),
+                "jitter": 0,
+            },
+            "api": {"enabled": False},
+            "escalation": {"failures": 3, "stable_period": 60},
+            "targets": [
+                {
+                    "name": "comfyui",
+                    "service": {
+                        "backend": "process",
+                        "command": command,
+                        "log_file": str(tmp / "logs" / "comfyui.log"),
+                        "stop_timeout": 2,
+                    },
+                    "recovery": {"cooldown": 0.2, "backoff_factor": 1.0, **recovery},
+                    "checks": [
+                        {
+                            "kind": "comfyui",
+                            "url": f"http://127.0.0.1:{port}",
+                            "interval": interval,
+                            "timeout": 1,
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+
+
+def simulator(port: int, boot: float) -> list[str]:
+    return [sys.executable, "-m", "guardian.demo.comfyui.server", "--device", "cpu",
+            "--port", str(port), "--startup-delay", str(boot)]
+
+
+class Watch:
+    def __init__(self, guardian: Guardian) -> None:
+        self.events: list[Event] = []
+        guardian.bus.subscribe(self.events.append)
+
+    def recovery(self, kind: RecoveryKind) -> list[RecoveryEvent]:
+        return [e for e in self.events if isinstance(e, RecoveryEvent) and e.kind is kind]
+
+    def incidents(self) -> list[IncidentEvent]:
+        return [e for e in self.events if isinstance(e, IncidentEvent)]
+
+    def results(self) -> list[CheckResult]:
+        return [e for e in self.events if isinstance(e, CheckResult)]
+
+
+def healthy(guardian: Guardian) -> bool:
+    return stack_health(guardian)[0] == "healthy"  # what /api/health, /readyz, the page use
+
+
+async def test_healthy_on_the_probe_that_proves_the_new_process_up(tmp_path: Path) -> None:
+    """Bullet 1: the passing probe that proved the restart (it began after the spawn,
+    before the restart's bookkeeping ended) counts for the new process. With a 600 s
+    interval the next regular run never comes in this test: health must not wait for it."""
+    port = free_port()
+    guardian = Guardian(config(tmp_path, simulator(port, 1.0), port))
+    watch = Watch(guardian)
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: healthy(guardian), 60)
+        backend = guardian.backends["comfyui"]
+        old = (await backend.status()).pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        assert await wait_for(lambda: bool(watch.recovery(RecoveryKind.RESTART_SUCCEEDED)), 60)
+        assert await wait_for(lambda: healthy(guardian), 30)
+        (ok,) = watch.recovery(RecoveryKind.RESTART_SUCCEEDED)
+        assert ok.values["proven_by"] == "passed"  # a check proved it, not min_uptime
+        new = (await backend.status()).pid
+        assert new is not None and new != old
+    finally:
+        await guardian.stop()
+
+
+SLOW_CRASH = """\
+import sys, time
+print("Loading custom nodes...", flush=True)
+time.sleep(1.5)  # longer than min_uptime: surviving it proves nothing
+print("RuntimeError: custom node failed while importing", flush=True)
+sys.exit(1)
+"""
+
+
+async def test_a_crash_after_min_uptime_but_before_any_passing_check_is_a_failed_start(
+    tmp_path: Path,
+) -> None:
+    """Bullet 2: with a check of the service, a start succeeds on its first passing check,
+    never on surviving ``min_uptime``; an exit before it is a failed start."""
+    script = tmp_path / "slow_crash.py"
+    script.write_text(SLOW_CRASH)
+    port = free_port()
+    cfg = config(
+        tmp_path, [sys.executable, str(script)], port, interval=5, min_uptime=0.5,
+        max_attempts=2, window=600,
+    )
+    guardian = Guardian(cfg)
+    watch = Watch(guardian)
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: bool(watch.recovery(RecoveryKind.BREAKER_OPEN)), 60)
+        failed = watch.recovery(RecoveryKind.RESTART_FAILED)
+        assert watch.recovery(RecoveryKind.RESTART_SUCCEEDED) == []
+        assert len(failed) == 2 and all(e.values.get("startup_exit") for e in failed)
+        assert failed[0].detail.startswith("exits during startup with code 1")
+        exits = watch.recovery(RecoveryKind.EXITED)
+        assert exits and all(e.values["during_startup"] for e in exits[1:])
+    finally:
+        await guardian.stop()
