@@ -538,3 +538,69 @@ async def test_a_crash_opens_an_incident_but_the_boot_after_it_does_not_escalate
     h.record(OK)
     assert h.store.incident(inc.id).status == "resolved"  # type: ignore[union-attr]
     assert h.transitions() == [(inc.id, "opened"), (inc.id, "resolved")]
+
+
+def fixed(h: Harness) -> None:
+    from guardian.core.events import RecoveryEvent
+
+    h.bus.publish(RecoveryEvent(
+        "comfyui", RecoveryKind.REMEDIATION_SUCCEEDED, h.clock.now(), 0, "memory_pressure",
+        "/free released 1000 MB", {"condition": "memory_pressure", "action": "free"},
+    ))
+
+
+async def test_a_fix_needed_again_and_again_opens_an_incident(tmp_path: Path) -> None:
+    """Issue 22: a VRAM leak "healed" by /free every 30 s forever was never an incident."""
+    h = Harness(tmp_path)
+    for _ in range(5):
+        fixed(h)
+        await h.clock.advance(600)
+    assert h.tracker.open_incident_for("comfyui") is None
+    await h.clock.advance(1200)  # the first fix left the hour: still five in the window
+    fixed(h)
+    assert h.tracker.open_incident_for("comfyui") is None
+    fixed(h)
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None
+    assert inc.summary == "recurring memory pressure: /free needed 6 times in 1 h"
+    assert h.transitions() == [(inc.id, "opened")]  # announced: notifies like any opening
+    linked = h.store.recovery_events(incident_id=inc.id)
+    assert [e.kind for e in linked][-1] == "remediation_succeeded"
+
+
+async def test_a_condition_recovery_cannot_fix_heads_the_incident(tmp_path: Path) -> None:
+    from guardian.core.events import RecoveryEvent
+
+    h = Harness(tmp_path, supervised_config(tmp_path))
+    h.bus.publish(RecoveryEvent(
+        "comfyui", RecoveryKind.CONDITION_PERSISTS, h.clock.now(), 0, "memory_pressure",
+        "memory pressure persists after restart: not ComfyUI's own memory",
+        {"condition": "memory_pressure"},
+    ))
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None
+    assert inc.summary == "memory pressure persists after restart: not ComfyUI's own memory"
+    h.record(OK)
+    h.record(OK, check="disk")
+    await h.clock.advance(10)
+    h.record(FAILED)  # a later symptom (a flap) does not displace recovery's conclusion
+    got = h.tracker.open_incident_for("comfyui")
+    assert got is not None and got.summary == inc.summary and got.flap_count == 1
+
+
+async def test_after_the_breaker_opens_a_symptom_does_not_displace_the_startup_exit(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, supervised_config(tmp_path))
+    for attempt in (1, 2):
+        h.bus.publish(recovery(h.clock, RecoveryKind.RESTART_STARTED, attempt=attempt))
+        startup_exit(h, attempt)
+    h.bus.publish(recovery(h.clock, RecoveryKind.BREAKER_OPEN, attempt=2,
+                           reason="exits during startup with code 1"))
+    head = h.tracker.open_incident_for("comfyui")
+    assert head is not None and head.summary.startswith("recovery gave up after 2 attempts")
+    h.record(OK)
+    h.record(OK, check="disk")
+    h.record(FAILED, reason="connection refused")
+    got = h.tracker.open_incident_for("comfyui")
+    assert got is not None and got.summary == head.summary

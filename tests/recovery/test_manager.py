@@ -699,3 +699,67 @@ async def test_recovery_publishes_which_streaks_it_owns_and_when_it_acts() -> No
     assert plans == [RecoveryPlan("api", "http", 4), RecoveryPlan("api", "service", 1)]
     assert set(mgr.targets) == {"api", "off"} and mgr.targets["off"].policy is None
     await mgr.aclose()
+
+
+def pressure(r: Rig, status: Status = Status.DEGRADED, *, clear: bool = False) -> None:
+    """A comfyui result naming memory pressure (or, ``clear``, an OK one), begun now."""
+    now = r.clock.now()
+    values: dict[str, Any] = {"online": True}
+    if not clear:
+        values["condition"] = "memory_pressure"
+    r.bus.publish(CheckResult(
+        "api", "comfyui", "comfyui", Status.OK if clear else status,
+        "ok" if clear else "memory pressure: ram 900 MB free < 2048 MB", values, now, now,
+        0.01, started_mono=r.clock.monotonic(),
+    ))
+
+
+def comfyui_target(**rec: Any) -> TargetConfig:
+    from guardian.checks.comfyui.health import ComfyUICheckConfig
+
+    t = target("api", **rec)
+    check = ComfyUICheckConfig(url="http://127.0.0.1:1", interval=30, timeout=10)
+    return t.model_copy(update={"checks": [check]})
+
+
+async def test_a_condition_that_outlives_a_restart_is_not_restarted_for_again() -> None:
+    """Issue 22: memory pressure /free cannot fix and a restart does not either (RAM taken
+    by something else): one restart, then `condition_persists` and no restart loop."""
+    r = Rig(comfyui_target(cooldown=30, stable_period=120, max_attempts=3))
+    await r.lifecycle.start_all()
+    reason = "memory pressure not relieved by /free"
+    for _ in range(20):  # 10 minutes of it, the ladder asking after each check
+        pressure(r)
+        r.mgr.request_restart("api", reason, condition="memory_pressure")
+        await r.clock.advance(30)
+    assert len(r.kinds(RecoveryKind.RESTART_STARTED)) == 1
+    (persists,) = r.kinds(RecoveryKind.CONDITION_PERSISTS)
+    assert persists.detail == "memory pressure persists after restart: not ComfyUI's own memory"
+    assert r.kinds(RecoveryKind.BREAKER_RESET) == []
+    assert r.mgr.request_restart("api", reason, condition="memory_pressure") is False
+    # Other reasons still restart: an exit is not the condition.
+    assert r.mgr.request_restart("api", "exited", condition=None) is True
+    await r.clock.advance(60)
+    assert len(r.kinds(RecoveryKind.RESTART_STARTED)) == 2
+    # Gone for stable_period: a restart may be tried for it again.
+    for _ in range(6):
+        pressure(r, clear=True)
+        await r.clock.advance(30)
+    assert r.mgr.request_restart("api", reason, condition="memory_pressure") is True
+    await r.mgr.aclose()
+
+
+async def test_a_restart_that_fixed_the_condition_leaves_it_restartable() -> None:
+    r = Rig(comfyui_target(cooldown=0))
+    await r.lifecycle.start_all()
+    pressure(r)
+    assert r.mgr.request_restart("api", "pressure", condition="memory_pressure")
+    await r.clock.advance(1)
+    pressure(r, clear=True)  # the new process is fine
+    await r.clock.advance(1)
+    assert r.kinds(RecoveryKind.CONDITION_PERSISTS) == []
+    pressure(r)
+    assert r.mgr.request_restart("api", "pressure", condition="memory_pressure")
+    await r.clock.advance(1)
+    assert len(r.kinds(RecoveryKind.RESTART_STARTED)) == 2
+    await r.mgr.aclose()

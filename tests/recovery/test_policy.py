@@ -237,3 +237,16 @@ def test_an_unexpected_transition_is_logged(caplog: pytest.LogCaptureFixture) ->
     with caplog.at_level("ERROR", logger="guardian.recovery.policy"):
         p._to(RecoveryState.BACKOFF, "a bug")
     assert "unexpected recovery transition restarting -> backoff" in caplog.text
+
+
+def test_the_breaker_never_closes_on_degraded_results_of_its_own_condition() -> None:
+    p = policy(cooldown=1, backoff_factor=1, max_attempts=2, window=1000, stable_period=120)
+    p.restart_condition = "memory_pressure"  # what the restarts were for
+    do_restart(p, 0)
+    do_restart(p, 1)
+    assert p.decide(2, "x").action == Action.BREAKER_OPEN
+    for t in range(3, 600, 30):  # DEGRADED memory pressure, ten minutes of it
+        p.observe_check("http", "http", Status.DEGRADED, t, condition="memory_pressure")
+        assert not p.stable_reset_due(t)
+    p.observe_check("http", "http", Status.OK, 600)
+    assert not p.stable_reset_due(700) and p.stable_reset_due(720)  # really healthy: closes

@@ -212,6 +212,16 @@ class EscalationSection(_Section):
     report_log_lines: int = Field(
         200, ge=0, le=100_000, description="last lines of the service's log in a report"
     )
+    remediation_repeats: int = Field(
+        6,
+        ge=0,
+        le=MAX_COUNT,
+        description="a gentle fix (/free, /interrupt) that succeeds this many times within"
+        " remediation_window opens an incident (a leak it only hides); 0 disables",
+    )
+    remediation_window: float = Field(
+        3600.0, gt=0, le=7 * DAY, description="seconds remediation_repeats are counted over"
+    )
 
 
 NotifyEvent = Literal["open", "escalate", "resolve"]

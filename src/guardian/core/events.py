@@ -33,6 +33,9 @@ class RecoveryKind(StrEnum):
     FREE_SENT = "free_sent"  # POST /free under memory pressure
     REMEDIATION_SUCCEEDED = "remediation_succeeded"  # the condition cleared after a rung
     REMEDIATION_FAILED = "remediation_failed"  # every gentle rung tried: restart is next
+    # The condition a restart was for showed again on the new process: restarting cannot
+    # fix it, so recovery stops restarting for it (until it clears for stable_period).
+    CONDITION_PERSISTS = "condition_persists"
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ from guardian.core.events import (
 from guardian.core.result import CheckResult, Status
 from guardian.incidents.announce import ReportQueue
 from guardian.incidents.records import Incident, IncidentStatus
+from guardian.incidents.recurring import RecurringFixes
 from guardian.incidents.store import Store
 
 log = logging.getLogger("guardian.incidents")
@@ -94,6 +95,7 @@ class _Live:
     healthy_since: float | None = None  # monotonic; None while anything is failing
     cause: str = ""  # what the summary is about now (a new one re-heads the summary)
     gave_up: bool = False  # the breaker opened on it (until the breaker is reset)
+    strong: bool = False  # its cause is recovery's conclusion, not a check's symptom
     failures: int = 0  # the true count; the store's lags by COUNT_EVERY at most
     counted_at: float | None = None  # monotonic: failure_count last written
 
@@ -108,6 +110,10 @@ class _Live:
 # Recovery events this close before an incident opens belong to it (an exit seen before
 # the failing check).
 ADOPT_WINDOW = timedelta(minutes=5)
+# Recovery events whose cause is a conclusion, not a symptom (see _new_cause).
+_CONCLUSIONS = frozenset({RecoveryKind.BREAKER_OPEN, RecoveryKind.CONDITION_PERSISTS})
+# Summaries that are recovery's conclusion (after a Guardian restart, from the store).
+_STRONG_HEADS = ("recovery gave up", "exits during startup", "recurring ")
 COUNT_EVERY = 5.0  # seconds: an open incident's failure_count is written at most this often
 _OK_STATUSES = {Status.OK.value, Status.SKIPPED.value}
 
@@ -138,6 +144,7 @@ class IncidentTracker:
         # Checks whose failure streak recovery owns, and the failure it restarts at: heard
         # from recovery's decisions (RecoveryPlan), never copied from its config.
         self._recovered: dict[str, dict[str, int]] = {}
+        self._recurring = RecurringFixes(config.escalation, clock)
         self._healthy_at: dict[str, datetime] = {}  # wall time a target was last all-OK
         self._tasks: set[asyncio.Task[None]] = set()
         self._reports = ReportQueue(
@@ -214,6 +221,7 @@ class IncidentTracker:
                 streaks,
                 cause=incident.summary,
                 gave_up=incident.summary.startswith("recovery gave up"),
+                strong=incident.summary.startswith(_STRONG_HEADS),
                 # Every failure is a row; the count may lag them (COUNT_EVERY) after a kill.
                 failures=max(incident.failure_count, failed),
             )
@@ -329,10 +337,18 @@ class IncidentTracker:
             return self._threshold  # recovery does not restart on it (the ladder's own)
         return max(self._threshold, acts_at + 1)
 
-    def _new_cause(self, live: _Live, cause: str) -> None:
-        """A different cause heads the summary; the earlier one stays after it."""
+    def _new_cause(self, live: _Live, cause: str, *, strong: bool = False) -> None:
+        """A different cause heads the summary; the earlier one stays after it.
+
+        ``strong``: what recovery concluded (a start that died, a condition a restart did
+        not fix, the breaker giving up). A check's later symptom ("connection refused")
+        never displaces such a cause as the headline.
+        """
         if not cause or cause == live.cause:
             return
+        if live.strong and not strong:
+            return
+        live.strong = live.strong or strong
         old = live.incident.summary
         # The same cause told in more detail (the exit, then its exception) replaces it.
         same = old == live.cause and cause.startswith(live.cause.removeprefix("process "))
@@ -342,6 +358,17 @@ class IncidentTracker:
 
     def _on_recovery(self, e: RecoveryEvent) -> None:
         live = self._open.get(e.target)
+        recurring = self._recurring.observe(e)
+        if recurring is not None:
+            if live is None:
+                live = self._open_new(e.target, e.time, recurring)
+            else:
+                self._new_cause(live, recurring, strong=True)
+        if e.kind is RecoveryKind.CONDITION_PERSISTS:
+            if live is None:
+                live = self._open_new(e.target, e.time, e.detail)
+            else:
+                self._new_cause(live, e.detail, strong=True)
         startup_exit = e.kind is RecoveryKind.RESTART_FAILED and bool(e.values.get("startup_exit"))
         if e.kind is RecoveryKind.BREAKER_OPEN and live is None:
             live = self._open_new(e.target, e.time, f"recovery gave up: {e.reason}")
@@ -353,10 +380,12 @@ class IncidentTracker:
             what = "exits during startup" if e.values.get("during_startup") else "exited"
             live = self._open_new(e.target, e.time, f"process {what} with code {code}")
         elif startup_exit and live is not None:
-            self._new_cause(live, e.detail)
+            self._new_cause(live, e.detail, strong=True)
         self.store.add_recovery(e, None if live is None else live.id)
         if live is None:
             return
+        if e.kind in _CONCLUSIONS or startup_exit or recurring is not None:
+            live.strong = True  # recovery's conclusion heads it from now on
         if e.kind is RecoveryKind.RESTART_STARTED:
             live.streaks.clear()  # the restarted instance gets a fresh count
         if e.kind is RecoveryKind.BREAKER_RESET:
@@ -364,6 +393,7 @@ class IncidentTracker:
         if e.kind is RecoveryKind.BREAKER_OPEN and not live.gave_up:
             live.gave_up = True
             why = f"recovery gave up after {e.attempt} attempts: {e.reason}"
+            live.cause = why
             if live.incident.status == "open":
                 self._escalate(live, why)
             else:
@@ -557,3 +587,4 @@ class IncidentTracker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+

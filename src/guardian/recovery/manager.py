@@ -31,13 +31,12 @@ from guardian.core.result import CheckResult, Status
 from guardian.engine.startup import guards_startup
 from guardian.recovery.breakers import BreakerStore
 from guardian.recovery.policy import MAX_DELAY, Action, RestartPolicy
-from guardian.recovery.target import StartVerdict, TargetRecovery
-from guardian.services.base import ExitNotifying, ServiceBackend, ServiceState
-from guardian.support.logscan import last_error
+from guardian.recovery.restart import RestartRunner
+from guardian.recovery.target import TargetRecovery
+from guardian.services.base import ExitNotifying, ServiceBackend
 
 log = logging.getLogger("guardian.recovery.manager")
 
-LOG_TAIL_TIMEOUT = 2.0  # seconds to read a failed start's log for its last error
 
 class RecoveryManager:
     """Subscribes to check results and exit events and restarts what the policy says."""
@@ -62,6 +61,7 @@ class RecoveryManager:
             name: TargetRecovery(name, backend, None) for name, backend in self.backends.items()
         }
         self._closed = False
+        self._runner = RestartRunner(clock, self._emit)
         plans: list[RecoveryPlan] = []
         for target in config.targets:
             tr = self.targets.get(target.name)
@@ -186,19 +186,65 @@ class RecoveryManager:
         if tr is None or tr.policy is None:
             return
         self._judge_start(tr, event)
+        self._verify(tr, event)
         began = event.started_mono
         stale = tr.restart_done is not None and began is not None and began < tr.restart_done
         if event.status == Status.FAILED and stale:
             return  # began before the last restart finished: about the old instance
         now = self.clock.monotonic()
-        owned = isinstance(event.values.get("condition"), str)
+        named = event.values.get("condition")
+        condition = named if isinstance(named, str) else None
         reason = tr.policy.observe_check(
-            event.check, event.kind, event.status, now, owned=owned, startup=event.startup
+            event.check,
+            event.kind,
+            event.status,
+            now,
+            owned=condition is not None,
+            startup=event.startup,
+            condition=condition,
         )
         if reason is not None:
             self._want(tr, reason)
         else:
             self._stable_reset(tr, now)
+            self._forget_futile(tr, now)
+
+    def _verify(self, tr: TargetRecovery, event: CheckResult) -> None:
+        """Did the restart fix the condition it was for? The new process's first result
+        of the service says: the same condition again means restarting cannot fix it."""
+        cond = tr.verify
+        if cond is None or event.startup or not guards_startup(event.kind):
+            return
+        if tr.spawned is None or event.started_mono is None or event.started_mono < tr.spawned:
+            return
+        named = event.values.get("condition")
+        if named == cond:
+            tr.verify = None
+            tr.futile.add(cond)
+            if tr.policy is not None:
+                tr.policy.restart_condition = cond  # its results are no health meanwhile
+            self._emit(
+                tr.name, RecoveryKind.CONDITION_PERSISTS, reason=cond, detail=_persists(cond),
+                condition=cond,
+            )
+        elif event.status in (Status.OK, Status.DEGRADED) and not isinstance(named, str):
+            tr.verify = None  # the restart fixed it
+
+    def _forget_futile(self, tr: TargetRecovery, now: float) -> None:
+        """Conditions gone for stable_period may be restarted for again."""
+        policy = tr.policy
+        if not tr.futile or policy is None or policy.healthy_since is None:
+            return
+        if now - policy.healthy_since >= policy.cfg.stable_period:
+            log.info(
+                "%s: %s gone for %g s: restarts may be tried for it again",
+                tr.name,
+                ", ".join(sorted(tr.futile)),
+                policy.cfg.stable_period,
+                extra={"target": tr.name, "event": "condition_cleared"},
+            )
+            tr.futile.clear()
+            policy.restart_condition = None
 
     def _judge_start(self, tr: TargetRecovery, event: CheckResult) -> None:
         """A passing check of the service itself, begun after the spawn, proves a start."""
@@ -255,18 +301,32 @@ class RecoveryManager:
 
     # -------------------------------------------------------------- deciding
 
-    def _want(self, tr: TargetRecovery, reason: str) -> None:
+    def _want(self, tr: TargetRecovery, reason: str, condition: str | None = None) -> bool:
+        """A restart is wanted (for ``condition``, if any); False: refused, since a restart
+        did not fix that condition before."""
         policy = tr.policy
         assert policy is not None
+        if condition is not None and condition in tr.futile:
+            log.info(
+                "%s: no restart for %s: it persisted after the last one (%s)",
+                tr.name,
+                condition,
+                reason,
+                extra={"target": tr.name, "event": "restart_futile", "condition": condition},
+            )
+            return False
+        if condition is not None:
+            policy.restart_condition = condition
         if policy.in_progress:
             tr.retrigger = reason  # e.g. it died again during the restart
-            return
+            tr.retrigger_condition = condition
+            return True
         if tr.busy:
-            return  # a wait is already scheduled
+            return True  # a wait is already scheduled
         now = self.clock.monotonic()
         d = policy.decide(now, reason)
         if d.action == Action.NONE:
-            return
+            return True
         if d.action == Action.BREAKER_OPEN:
             self._emit(
                 tr.name,
@@ -277,23 +337,26 @@ class RecoveryManager:
                 "giving up until a manual restart",
             )
             self._save(tr.name)
-            return
+            return True
         if d.action == Action.WAIT:
             assert d.at is not None
             tr.task = asyncio.create_task(
                 self._wait_then_retry(tr, min(d.at - now, MAX_DELAY)),
                 name=f"recovery-wait-{tr.name}",
             )
-            return
+            tr.pending_condition = condition
+            return True
         policy.begin(now)
+        tr.verify = condition  # the new process's first result says whether it helped
         self._save(tr.name)
         if self.dry_run:
             self._emit(tr.name, RecoveryKind.DRY_RUN, attempt=d.attempt, reason=reason)
             self._finished(tr)
-            return
+            return True
         tr.task = asyncio.create_task(
             self._restart_task(tr, d.attempt, reason), name=f"recovery-restart-{tr.name}"
         )
+        return True
 
     def _finished(self, tr: TargetRecovery) -> None:
         now = self.clock.monotonic()
@@ -305,156 +368,41 @@ class RecoveryManager:
         await self.clock.sleep(delay)
         assert tr.policy is not None
         reason = tr.policy.pending_reason
+        condition, tr.pending_condition = tr.pending_condition, None
         tr.task = None
         if reason is not None and not self._closed:
-            self._want(tr, reason)
+            self._want(tr, reason, condition)
 
     async def _restart_task(self, tr: TargetRecovery, attempt: int, reason: str) -> None:
         try:
-            await self._execute(tr, attempt, reason)
+            if not await self._runner.execute(tr, attempt, reason):
+                tr.verify = None  # a failed start says nothing about the condition
         finally:
             self._finished(tr)
             tr.task = None
+        self._retrigger(tr)
+
+    def _retrigger(self, tr: TargetRecovery) -> None:
+        """The restart wanted while one ran, now that it is over."""
         again, tr.retrigger = tr.retrigger, None
-        if again is not None and not self._closed:
-            self._want(tr, again)
-
-    async def _execute(self, tr: TargetRecovery, attempt: int, reason: str) -> bool:
-        """Restart one backend and say whether it came back running and stayed up."""
-        target, backend = tr.name, tr.backend
-        self._emit(target, RecoveryKind.RESTART_STARTED, attempt=attempt, reason=reason)
-        t0 = self.clock.monotonic()
-        waiter: asyncio.Future[StartVerdict] | None = None
-        if isinstance(backend, ExitNotifying):
-            waiter = asyncio.get_running_loop().create_future()
-            tr.start_waiter = waiter
-        try:
-            await backend.restart()
-            tr.spawned = self.clock.monotonic()
-            tr.proven = False
-            status = await backend.status()
-            up = status.state in (ServiceState.RUNNING, ServiceState.STARTING)
-            verdict = await self._stays_up(tr, waiter) if up and waiter else None
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._emit(
-                target,
-                RecoveryKind.RESTART_FAILED,
-                attempt=attempt,
-                reason=reason,
-                detail=f"{type(exc).__name__}: {exc}",
-            )
-            if tr.retrigger is None:
-                tr.retrigger = f"restart failed: {exc}"
-            return False
-        finally:
-            if waiter is not None and tr.start_waiter is waiter:
-                tr.start_waiter = None
-        took = round(self.clock.monotonic() - t0, 3)
-        exited = waiter is not None and waiter.done() and waiter.result()[0] == "exit"
-        if up and not exited and verdict == "startup_timeout":
-            limit, _ = tr.judged_for()
-            detail = f"no check passed within startup_timeout ({limit:g} s)"
-            self._emit(
-                target,
-                RecoveryKind.RESTART_FAILED,
-                attempt=attempt,
-                reason=reason,
-                detail=detail,
-                duration_s=took,
-                startup_timeout=True,
-            )
-            tr.retrigger = detail
-            return False
-        if up and not exited:
-            if tr.policy is not None:
-                tr.policy.running(self.clock.monotonic())
-            self._emit(
-                target,
-                RecoveryKind.RESTART_SUCCEEDED,
-                attempt=attempt,
-                reason=reason,
-                detail=status.detail,
-                pid=status.pid,
-                duration_s=took,
-                proven_by=verdict or "running",
-            )
-            return True
-        if exited:
-            assert waiter is not None
-            code = waiter.result()[1]
-            error = await self._last_error(tr)
-            headline = f"exits during startup with code {code}" + (f": {error}" if error else "")
-            self._emit(
-                target,
-                RecoveryKind.RESTART_FAILED,
-                attempt=attempt,
-                reason=reason,
-                detail=headline,
-                duration_s=took,
-                exit_code=code,
-                startup_exit=True,
-                last_error=error,
-            )
-            tr.retrigger = headline  # the next attempt says why
-            return False
-        self._emit(
-            target,
-            RecoveryKind.RESTART_FAILED,
-            attempt=attempt,
-            reason=reason,
-            detail=f"{status.state.value} after restart: {status.detail}",
-            duration_s=took,
-        )
-        if tr.retrigger is None:
-            tr.retrigger = f"not running after restart ({status.state.value})"
-        return False
-
-    async def _stays_up(
-        self, tr: TargetRecovery, waiter: asyncio.Future[StartVerdict]
-    ) -> str | None:
-        """Wait until the new child passes a check, exits, or its judging time is over
-        (:meth:`TargetRecovery.judged_for`).
-
-        Returns what proved it up ("passed", "min_uptime"), "startup_timeout" when no check
-        passed in time (a failed start), or None when it exited.
-        """
-        limit, rule = tr.judged_for()
-        if limit > 0 and not waiter.done():
-            timer = asyncio.ensure_future(self.clock.sleep(min(limit, MAX_DELAY)))
-            try:
-                racing: set[asyncio.Future[Any]] = {waiter, timer}
-                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                timer.cancel()
-        if not waiter.done():
-            return rule if limit > 0 else None
-        kind, _ = waiter.result()
-        return None if kind == "exit" else "passed"
-
-    async def _last_error(self, tr: TargetRecovery) -> str:
-        """The last exception line of the service's own log ('' when none is readable)."""
-        try:
-            lines = await asyncio.wait_for(tr.backend.log_tail(200), timeout=LOG_TAIL_TIMEOUT)
-        except Exception:
-            return ""
-        found = last_error(lines)
-        return "" if found is None else found.line[:300]
+        condition, tr.retrigger_condition = tr.retrigger_condition, None
+        if again is not None and tr.policy is not None and not self._closed:
+            self._want(tr, again, condition)
 
     # -------------------------------------------------------------- public API
 
-    def request_restart(self, target: str, reason: str) -> None:
+    def request_restart(self, target: str, reason: str, *, condition: str | None = None) -> bool:
         """An automatic restart wanted by another part (the remediation ladder).
 
         It goes through the same policy as a liveness failure: cooldown, backoff, breaker,
-        no overlap. KeyError for a target without a restart policy.
+        no overlap. ``condition``: what it is for; a condition a restart already failed to
+        fix (it came back on the new process) gets none: False. KeyError for a target
+        without a restart policy.
         """
         tr = self.targets.get(target)
         if tr is None or tr.policy is None:
             raise KeyError(target)
-        if not self._closed:
-            self._want(tr, reason)
+        return not self._closed and self._want(tr, reason, condition)
 
     async def restart(self, target: str, manual: bool = True) -> str:
         """Restart ``target`` now (CLI/API): closes its breaker first. KeyError if unknown."""
@@ -478,6 +426,8 @@ class RecoveryManager:
             if tr.task is task:
                 tr.task = None
         reason = "manual restart" if manual else "requested restart"
+        tr.futile.clear()  # asked for by a person: whatever persisted, try again
+        tr.verify = None
         if policy is not None:
             was_open, had = policy.breaker_open, bool(policy.attempt_times)
             policy.reset()
@@ -490,13 +440,11 @@ class RecoveryManager:
         if policy is not None:
             policy.begin(self.clock.monotonic(), counted=False)
         try:
-            ok = await self._execute(tr, 0, reason)
+            ok = await self._runner.execute(tr, 0, reason)
         finally:
             if policy is not None:
                 self._finished(tr)
-        again, tr.retrigger = tr.retrigger, None
-        if again is not None and policy is not None and not self._closed:
-            self._want(tr, again)
+        self._retrigger(tr)
         status = await tr.backend.status()
         if ok:
             pid = f" (pid {status.pid})" if status.pid is not None else ""
@@ -564,6 +512,13 @@ _DISABLED: dict[str, Any] = {
 }
 
 
+def _persists(condition: str) -> str:
+    """What a condition that outlived a restart means, for the incident's headline."""
+    if condition == "memory_pressure":
+        return "memory pressure persists after restart: not ComfyUI's own memory"
+    return f"{condition.replace('_', ' ')} persists after restart: a restart cannot fix it"
+
+
 def _describe(kind: RecoveryKind, attempt: int, reason: str, detail: str) -> str:
     """A log suffix that cannot be misread: a restart's reason is why it was started,
     never its outcome ("restart_succeeded (exited with code 1)" read as a contradiction)."""
@@ -577,6 +532,7 @@ def _describe(kind: RecoveryKind, attempt: int, reason: str, detail: str) -> str
 
 
 _LOUD = {
+    RecoveryKind.CONDITION_PERSISTS,
     RecoveryKind.RESTART_FAILED,
     RecoveryKind.BREAKER_OPEN,
     RecoveryKind.EXITED,

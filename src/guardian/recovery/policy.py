@@ -123,6 +123,9 @@ class RestartPolicy:
         self.pending_reason: str | None = None  # why, while in BACKOFF
         self.streaks: dict[str, int] = {}
         self.healthy_since: float | None = None
+        # The condition (memory_pressure...) the counted restarts were for: a result that
+        # still names it is no health, so the breaker never closes on it.
+        self.restart_condition: str | None = None
 
     # -------------------------------------------------------------- the one choke point
 
@@ -194,6 +197,7 @@ class RestartPolicy:
         *,
         owned: bool = False,
         startup: bool = False,
+        condition: str | None = None,
     ) -> str | None:
         """Feed one check result; returns a restart reason when one is now needed.
 
@@ -201,8 +205,13 @@ class RestartPolicy:
         prompt, memory pressure). It ends a healthy run but feeds no liveness streak: the
         ladder tries gentler actions first and asks for a restart itself when they fail.
         ``startup``: the service is booting (its startup phase); a failure says nothing yet.
+        ``condition``: the condition the result names, if any. While it is the one the
+        restarts were for, even a DEGRADED result of it is no health.
         """
         if status == Status.SKIPPED:
+            return None
+        if condition is not None and condition == self.restart_condition:
+            self._unhealthy(RecoveryState.FAILING, f"{check}: {condition} goes on")
             return None
         if startup and status == Status.FAILED:
             self._unhealthy(RecoveryState.STARTING, f"{check} failed while booting")
@@ -321,6 +330,7 @@ class RestartPolicy:
         """Close the breaker and forget attempts (manual restart or stable again)."""
         self.attempt_times.clear()
         self.pending_reason = None
+        self.restart_condition = None
         self.streaks.clear()
         if self.state in (RecoveryState.BREAKER_OPEN, RecoveryState.BACKOFF):
             self._settle("reset")

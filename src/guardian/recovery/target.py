@@ -26,12 +26,16 @@ class TargetRecovery:
     policy: RestartPolicy | None  # None: recovery disabled for it (it is only started)
     task: asyncio.Task[None] | None = None  # the one restart or backoff wait running
     retrigger: str | None = None  # a restart wanted while one ran: after it, why
+    retrigger_condition: str | None = None  # ... and the condition it was for
+    pending_condition: str | None = None  # the condition of a restart in backoff
     manual_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one manual at a time
     restart_done: float | None = None  # monotonic end of the last restart
     start_waiter: asyncio.Future[StartVerdict] | None = None  # a restart being judged
     spawned: float | None = None  # monotonic time the running child was spawned
     proven_by_checks: bool = False  # a start succeeds on a passing check, not min_uptime
     proven: bool = False  # a check of the service passed since the last spawn
+    verify: str | None = None  # the condition a restart was for, until a result judges it
+    futile: set[str] = field(default_factory=set)  # conditions restarts did not fix
 
     def judged_for(self) -> tuple[float, str]:
         """How long a restart of this target is judged, and the rule that says so.
