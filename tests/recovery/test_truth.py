@@ -16,7 +16,7 @@ import pytest
 from guardian.api.models import stack_health
 from guardian.config.schema import Config
 from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
-from guardian.core.result import CheckResult, Status
+from guardian.core.result import CheckResult
 from guardian.demo.stack import free_port
 from guardian.runtime import Guardian
 
