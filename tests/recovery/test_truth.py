@@ -34,7 +34,9 @@ async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
 
 
 def config(
-    tmp: Path, command: list[str], port: int, *, interval: float = 600, **recovery: Any
+    tmp: Path, command: list[str], port: int, *, interval: float = 600,
+    check: dict[str, Any] | None = None, remediation: dict[str, Any] | None = None,
+    **recovery: Any,
 ) -> Config:
     return Config.model_validate(
         {
@@ -56,12 +58,14 @@ def config(
                         "stop_timeout": 2,
                     },
                     "recovery": {"cooldown": 0.2, "backoff_factor": 1.0, **recovery},
+                    "remediation": remediation or {},
                     "checks": [
                         {
                             "kind": "comfyui",
                             "url": f"http://127.0.0.1:{port}",
                             "interval": interval,
                             "timeout": 1,
+                            **(check or {}),
                         }
                     ],
                 }
@@ -150,5 +154,36 @@ async def test_a_crash_after_min_uptime_but_before_any_passing_check_is_a_failed
         assert failed[0].detail.startswith("exits during startup with code 1")
         exits = watch.recovery(RecoveryKind.EXITED)
         assert exits and all(e.values["during_startup"] for e in exits[1:])
+    finally:
+        await guardian.stop()
+
+
+async def test_memory_pressure_a_restart_cannot_fix_is_restarted_once_and_said(
+    tmp_path: Path,
+) -> None:
+    """Bullet 3 end to end: RAM below the threshold whatever ComfyUI does (the threshold is
+    above this machine's RAM): /free does not help, one restart does not either, so
+    recovery stops restarting for it and the incident says why; the ladder backs off."""
+    port = free_port()
+    cfg = config(
+        tmp_path, simulator(port, 0.0), port, interval=1.5,
+        check={"ram_free_min_mb": 1e9, "vram_free_min_mb": None, "vram_critical_mb": None},
+        remediation={"free_wait": 0.1},
+    )
+    guardian = Guardian(cfg)
+    watch = Watch(guardian)
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: bool(watch.recovery(RecoveryKind.CONDITION_PERSISTS)), 60)
+        checks = len(watch.results())
+        assert await wait_for(lambda: len(watch.results()) >= checks + 10, 30)
+        assert len(watch.recovery(RecoveryKind.RESTART_STARTED)) == 1
+        assert len(watch.recovery(RecoveryKind.FREE_SENT)) == 1  # backed off, not every check
+        failed = watch.recovery(RecoveryKind.REMEDIATION_FAILED)
+        assert failed and "ram " in failed[0].detail  # what is still low, never "()"
+        incident = guardian.incidents_store.open_incidents()[0]  # type: ignore[union-attr]
+        assert incident.summary.startswith(
+            "memory pressure persists after restart: not ComfyUI's own memory"
+        )
     finally:
         await guardian.stop()

@@ -9,8 +9,10 @@ a time, in a background task. It knows no condition itself: it drives the
 recovery for a restart (cooldown, backoff and breaker apply) when the rung's verification
 fails with a restart reason.
 
-A newer result for the same check without a condition stops the ladder as cleared. Every
-rung is logged and published as a :class:`RecoveryEvent`.
+A newer result for the same check without a condition stops the ladder as cleared. An action
+that did not help is not repeated on every check: the next run waits ``BACKOFF_FIRST``,
+doubling to ``BACKOFF_MAX`` while it keeps failing. Every rung is logged and published as a
+:class:`RecoveryEvent`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from guardian.remediation.rungs.comfyui import comfyui_rungs
 log = logging.getLogger("guardian.remediation.ladder")
 
 _LOUD = {RecoveryKind.REMEDIATION_FAILED}
+# After a gentle action that did not help, the next one waits this long, doubling up to the
+# cap while it keeps not helping (a condition that clears starts afresh).
+BACKOFF_FIRST = 60.0
+BACKOFF_MAX = 3600.0
 
 
 class Remediation:
@@ -66,6 +72,9 @@ class Remediation:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._latest: dict[tuple[str, str], CheckResult] = {}
         self._gave_up: dict[str, tuple[str, str | None]] = {}  # target -> (condition, key)
+        # target -> (monotonic time the next run may start, the last wait): a gentle action
+        # that did not help is not repeated on every check (a /free every 30 s forever).
+        self._backoff: dict[str, tuple[float, float]] = {}
         self._unsubscribe = bus.subscribe(self._on_event)
 
     # -------------------------------------------------------------- plumbing
@@ -82,10 +91,13 @@ class Remediation:
         if rung is None or event.startup:
             if event.values.get("online") is True and not isinstance(condition, str):
                 self._gave_up.pop(event.target, None)  # healthy again: start afresh
+                self._backoff.pop(event.target, None)
             return
         task = self._tasks.get(event.target)
         if task is not None and not task.done():
             return  # one ladder run per target at a time
+        if self.clock.monotonic() < self._backoff.get(event.target, (0.0, 0.0))[0]:
+            return  # the last action did not help: not again before the backoff ends
         self._tasks[event.target] = asyncio.create_task(
             self._run(event, rung), name=f"remediation-{event.target}"
         )
@@ -108,17 +120,17 @@ class Remediation:
                 and latest.values.get("online") is True
                 and not isinstance(latest.values.get("condition"), str))
 
-    def _restart(self, target: str, reason: str) -> bool:
-        """Ask recovery for a restart (cooldown/backoff/breaker apply); False if it can't."""
+    def _restart(self, target: str, reason: str, condition: str) -> bool:
+        """Ask recovery for a restart for ``condition`` (cooldown/backoff/breaker apply);
+        False if it can't, or won't: a restart already failed to fix that condition."""
         if not self.settings[target].restart or self.recovery is None:
             return False
         try:
-            self.recovery.request_restart(target, reason)
+            return self.recovery.request_restart(target, reason, condition=condition)
         except KeyError:
             log.warning("%s: no service to restart (%s)", target, reason,
                         extra={"target": target, "event": "remediation_no_service"})
             return False
-        return True
 
     async def _run(self, result: CheckResult, rung: Rung) -> None:
         cfg = self.checks[(result.target, result.check)]
@@ -147,7 +159,7 @@ class Remediation:
                 and self._gave_up.get(target) == (condition, treatment.key)):
             # The action already failed for this very condition and key: only the restart
             # is left, and recovery's policy decides when (cooldown, backoff, breaker).
-            self._restart(target, treatment.retry_reason)
+            self._restart(target, treatment.retry_reason, condition)
             return
         if not self._start(result, condition, **treatment.values):
             return
@@ -170,8 +182,14 @@ class Remediation:
                  verdict: Verdict) -> None:
         restarted = False
         if not verdict.ok and verdict.restart_reason is not None:
-            restarted = self._restart(result.target, verdict.restart_reason)
+            restarted = self._restart(result.target, verdict.restart_reason, condition)
             self._gave_up[result.target] = (condition, treatment.key)
+        if verdict.ok:
+            self._backoff.pop(result.target, None)
+        else:
+            _, last = self._backoff.get(result.target, (0.0, 0.0))
+            wait = min(max(last * 2, BACKOFF_FIRST), BACKOFF_MAX)
+            self._backoff[result.target] = (self.clock.monotonic() + wait, wait)
         kind = RecoveryKind.REMEDIATION_SUCCEEDED if verdict.ok else RecoveryKind.REMEDIATION_FAILED
         self._emit(result.target, kind, condition, verdict.detail, condition=condition,
                    action=verdict.action, restart_requested=restarted, **verdict.values)

@@ -168,10 +168,14 @@ def prefixed(free: dict[str, float], when: str) -> dict[str, Value]:
 
 
 def pressure(free: dict[str, float], cfg: ComfyUICheckConfig) -> str:
-    """What is still below a threshold ('' when nothing is)."""
+    """What is still below a threshold, the critical ones included ('' when nothing is):
+    a /free that leaves memory below ``*_critical_mb`` has not relieved anything."""
     low = []
     for key, mb in free.items():
-        limit = cfg.ram_free_min_mb if key == "ram" else cfg.vram_free_min_mb
+        ram = key == "ram"
+        limits = (cfg.ram_free_min_mb, cfg.ram_critical_mb) if ram else (
+            cfg.vram_free_min_mb, cfg.vram_critical_mb)
+        limit = max((x for x in limits if x is not None), default=None)
         if limit is not None and mb < limit:
             low.append(f"{key} {mb:.0f} MB free < {limit:g} MB")
     return "; ".join(low)
