@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from guardian.checks.base import Check, CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.comfyui.client import ComfyUIClient, ComfyUIError, QueueItem
@@ -68,6 +68,18 @@ class ComfyUICheckConfig(CheckConfigBase):
         description="pending > 0 with nothing running this long: queue stuck"
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, le=1 << 30)
+
+    @model_validator(mode="after")
+    def _stuck_after_covers_the_window(self) -> ComfyUICheckConfig:
+        # A prompt is judged stuck on "no progress over progress_window": before a window
+        # has passed nothing can be judged, so a shorter stuck_running_after only misleads.
+        if self.stuck_running_after < self.progress_window:
+            raise ValueError(
+                f"stuck_running_after ({self.stuck_running_after:g} s) must be at least"
+                f" progress_window ({self.progress_window:g} s): nothing can be judged stuck"
+                " before a window of progress has been watched"
+            )
+        return self
 
 
 class RunningTracker:
