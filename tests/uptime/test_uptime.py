@@ -191,11 +191,12 @@ def test_reads_query_the_file_when_a_window_moves_not_per_request(tmp_path: Path
     again = UptimeStore(store.db, now=now)
     assert again.windows(now()) == store.windows(now())
     assert again.bars(now()) == store.bars(now())
-    assert len(selects) == 2 + 2  # the fresh store's own first read
+    # The fresh store's own first read, and at its open which targets were ever up.
+    assert len(selects) == 2 + 3
     store.bars(now() + timedelta(minutes=5))  # the bar moved on: from the buckets held
     # The 24 h window moved on, 7 d / 30 d (taken at the hour) did not: no query at all.
     later = store.windows(now() + timedelta(minutes=5))
-    assert len(selects) == 2 + 2
+    assert len(selects) == 2 + 3
     assert later == again.windows(now() + timedelta(minutes=5))
     store.close()
 
@@ -404,3 +405,26 @@ def test_a_flush_completes_while_an_uncached_read_aggregates(tmp_path: Path) -> 
     assert store.windows(now())["t0"]["24h"] == w  # the cached figures agree
     store.db.snapshot(lambda c: c.set_progress_handler(None, 0))
     store.close()
+
+
+def test_a_fresh_install_counts_uptime_from_the_first_up_result(tmp_path: Path) -> None:
+    """Issue 22: 20 s after a fresh start the page showed 33 % for 24 h, 7 d and 30 d: the
+    first boot's startup failures counted as downtime of a service never up before."""
+    now, path = Now(T0), tmp_path / "g.db"
+    store = UptimeStore(path, now=now)
+    bus = EventBus()
+    store.subscribe(bus)
+    for s in range(10):  # the first boot: connection refused while it loads
+        bus.publish(result("comfyui", Status.FAILED, T0 - timedelta(seconds=20 - s),
+                           startup=True))
+    bus.publish(result("comfyui", Status.OK, T0 - timedelta(seconds=5)))
+    w = store.windows(now())["comfyui"]
+    assert (w["24h"].ok, w["24h"].total) == (1, 1) and w["30d"].percent == 100.0
+    store.close()
+    # Once it has been up, a later boot (after a restart) is downtime, also after a reopen.
+    again = UptimeStore(path, now=now)
+    again.subscribe(bus2 := EventBus())
+    bus2.publish(result("comfyui", Status.FAILED, T0, startup=True))
+    w = again.windows(now())["comfyui"]
+    assert (w["24h"].ok, w["24h"].total) == (1, 2)
+    again.close()

@@ -10,7 +10,9 @@ small rows, and the percentages stay honest across Guardian restarts.
 
 A result counts as *up* unless it FAILED (a busy ComfyUI is OK, a degraded one still
 serves); SKIPPED results (not applicable here) are not counted at all. Failures during a
-target's startup phase count as down: the service really was not serving.
+target's startup phase count as down: the service really was not serving; but only once
+the target has been up at all (a fresh install's first boot is not downtime: uptime counts
+from its first up result).
 
 A component of Guardian's SQLite file (:mod:`guardian.db`): its tables come from its
 migrations, every write and read goes through the Database (its lock, its rules for a
@@ -196,6 +198,18 @@ class UptimeStore:
             if self._owns:
                 self.db.close()
             raise
+        self._ever_up = self._targets_ever_up()
+
+    def _targets_ever_up(self) -> set[str]:
+        """Targets with an up result on record: uptime counts from the first one."""
+        try:
+            rows = self.db.read(
+                lambda c: c.execute("SELECT DISTINCT target FROM uptime_hourly WHERE ok > 0")
+                .fetchall()
+            )
+        except (StoreError, sqlite3.Error):
+            return set()
+        return {str(r[0]) for r in rows}
 
     @property
     def schema_version(self) -> int:
@@ -233,7 +247,14 @@ class UptimeStore:
         if isinstance(event, CheckResult):
             if event.status is Status.SKIPPED:
                 return
-            self.record(event.target, event.finished, event.status is not Status.FAILED)
+            up = event.status is not Status.FAILED
+            if not up and event.startup and event.target not in self._ever_up:
+                # A fresh install's first boot: nothing has been up to be down from yet
+                # (a made-up 33 % for 24 h, 7 d and 30 d). Counted from the first up result.
+                return
+            if up:
+                self._ever_up.add(event.target)
+            self.record(event.target, event.finished, up)
         elif isinstance(event, RecoveryEvent) and event.kind is RecoveryKind.RESTART_STARTED:
             self.record_restart(event.target, event.time)
 
