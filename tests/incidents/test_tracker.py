@@ -604,3 +604,21 @@ async def test_after_the_breaker_opens_a_symptom_does_not_displace_the_startup_e
     h.record(FAILED, reason="connection refused")
     got = h.tracker.open_incident_for("comfyui")
     assert got is not None and got.summary == head.summary
+
+
+async def test_the_report_says_why_it_escalated_then_not_the_later_summary(
+    tmp_path: Path,
+) -> None:
+    from guardian.incidents.report import Reporter
+
+    h = Harness(tmp_path, supervised_config(tmp_path))
+    for _ in range(3):  # escalates on the ladder's condition
+        h.record(FAILED, reason="stuck: prompt p1 no progress for 300 s", condition="stuck_running")
+    inc = h.tracker.open_incident_for("comfyui")
+    assert inc is not None and inc.status == "escalated"
+    h.bus.publish(recovery(h.clock, RecoveryKind.BREAKER_OPEN, attempt=3, reason="crash loop"))
+    now = h.tracker.open_incident_for("comfyui")
+    assert now is not None and now.summary.startswith("recovery gave up")
+    text = await Reporter(h.config, h.store, clock=h.clock).render(inc.id)
+    row = next(line for line in text.splitlines() if "| incident escalated |" in line)
+    assert "http failed 3 times in a row: stuck" in row and "gave up" not in row

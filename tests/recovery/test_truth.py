@@ -187,3 +187,71 @@ async def test_memory_pressure_a_restart_cannot_fix_is_restarted_once_and_said(
         )
     finally:
         await guardian.stop()
+
+
+SILENT_FAIL = """\
+import sys, time
+print("Import times for custom nodes:", flush=True)
+print("   0.1 seconds (IMPORT FAILED): /ComfyUI/custom_nodes/broken-node", flush=True)
+print("   0.0 seconds: /ComfyUI/custom_nodes/websocket_image_save.py", flush=True)
+time.sleep(0.3)
+sys.exit(3)
+"""
+
+
+async def test_a_failed_start_is_blamed_on_its_own_output_only(tmp_path: Path) -> None:
+    """Bullet 4: an OOM a run long ago left in the log, and ComfyUI's import-times table
+    (a node that failed to import, booted past), are not why this start failed."""
+    script = tmp_path / "silent.py"
+    script.write_text(SILENT_FAIL)
+    log_file = tmp_path / "logs" / "comfyui.log"
+    log_file.parent.mkdir(parents=True)
+    log_file.write_text(
+        "Traceback (most recent call last):\n"
+        '  File "main.py", line 1, in <module>\n'
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    )
+    port = free_port()
+    cfg = config(tmp_path, [sys.executable, str(script)], port, interval=5, max_attempts=1,
+                 window=600)
+    guardian = Guardian(cfg)
+    watch = Watch(guardian)
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: bool(watch.recovery(RecoveryKind.RESTART_FAILED)), 60)
+        (failed,) = watch.recovery(RecoveryKind.RESTART_FAILED)[:1]
+        assert failed.detail == "exits during startup with code 3"
+        assert failed.values["last_error"] == ""
+    finally:
+        await guardian.stop()
+
+
+async def test_a_resolved_incident_is_reported_from_what_was_recorded_while_open(
+    tmp_path: Path,
+) -> None:
+    """Bullet 4: rendered later (the CLI reads the live log), a resolved incident's report
+    takes nothing from the present: not a later incident's log line, not a new snapshot."""
+    from guardian.core.clock import FakeClock
+    from guardian.incidents.report import Reporter
+    from guardian.incidents.store import Store
+
+    clock = FakeClock()
+    store = Store(tmp_path / "g.db")
+    cfg = config(tmp_path, ["x"], 1)
+    live = ["Starting server"]
+
+    async def tail(_target: str, n: int) -> list[str]:
+        return live[-n:]
+
+    snaps = iter(["at escalation", "the present"])
+    reporter = Reporter(cfg, store, log_tail=tail, snapshot=lambda: {"Now": [next(snaps)]},
+                        clock=clock)
+    inc = store.open_incident("comfyui", clock.now(), "major", "stuck: prompt p1")
+    await reporter.capture(inc.id)  # at escalation: the log said nothing wrong
+    store.update_incident(inc.id, status="resolved", resolved_at=clock.now())
+    live += ["Traceback (most recent call last):", '  File "x.py", line 1',
+             "torch.OutOfMemoryError: CUDA out of memory"]  # a later incident's line
+    text = await reporter.render(inc.id, live_log=True, live_snapshot=True)
+    assert "CUDA out of memory" not in text and "the present" not in text
+    assert "Starting server" in text and "at escalation" in text
+    store.close()

@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 IncidentStatus = Literal["open", "escalated", "resolved"]
 OPEN_STATUSES: tuple[IncidentStatus, ...] = ("open", "escalated")
+# The artifact holding why an incident escalated, as it read then (reports show it, not a
+# summary a later cause rewrote).
+ESCALATED_ARTIFACT = "escalated_because"
 
 
 def ts(dt: datetime) -> str:

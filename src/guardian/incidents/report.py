@@ -27,7 +27,12 @@ from pathlib import Path
 
 from guardian.config.schema import Config
 from guardian.core.clock import Clock, SystemClock
-from guardian.incidents.records import Incident, StoredRecovery, StoredResult
+from guardian.incidents.records import (
+    ESCALATED_ARTIFACT,
+    Incident,
+    StoredRecovery,
+    StoredResult,
+)
 from guardian.incidents.redact import MASK, redact
 from guardian.incidents.snapshot import SNAPSHOT_DEADLINE, Snapshot, SnapshotFn, system_snapshot
 from guardian.incidents.store import Store
@@ -281,12 +286,16 @@ class Reporter:
     ) -> str:
         """The report's Markdown.
 
-        By default the log tail and snapshot saved at escalation are used. ``live_log``
-        reads the log now (the CLI, where the service may have logged more since) and
-        falls back to the saved tail; ``live_snapshot`` takes a fresh snapshot. A report
-        with nothing saved takes a fresh snapshot.
+        By default the log tail and snapshot saved at escalation are used. While the
+        incident is open, ``live_log`` reads the log now (the CLI, where the service may
+        have logged more since) and falls back to the saved tail, and ``live_snapshot``
+        takes a fresh snapshot, as does a report with nothing saved. A resolved incident
+        is evidence frozen in time: only what was recorded while it was open, never the
+        present (a later incident's log line, another run's check results).
         """
         incident = self._incident(incident_id)
+        if not incident.is_open:
+            live_log = live_snapshot = False
         results = [
             r
             for r in self.store.results(incident_id=incident_id)
@@ -313,6 +322,9 @@ class Reporter:
         if stored_snap is not None and not live_snapshot:
             snap = json.loads(stored_snap[1])
             snap_note = f"captured {_utc(stored_snap[0])}"
+        elif not incident.is_open:
+            snap = {"Snapshot": ["none was captured while the incident was open"]}
+            snap_note = ""
         else:
             snap = await self._take_snapshot()
             snap_note = f"taken {_utc(self.clock.now())}"
@@ -371,7 +383,10 @@ class Reporter:
             rows.append((e.time, 1, what, "; ".join(x for x in (e.reason, e.detail) if x)))
         rows.append((inc.opened_at, -1, "incident opened", ""))
         if inc.escalated_at:
-            rows.append((inc.escalated_at, 2, "incident escalated", inc.summary))
+            # Why it escalated then, not the summary as it reads now (a later cause).
+            because = self.store.artifact(inc.id, ESCALATED_ARTIFACT)
+            rows.append((inc.escalated_at, 2, "incident escalated",
+                         because[1] if because is not None else inc.severity))
         if inc.resolved_at:
             rows.append((inc.resolved_at, 2, "incident resolved", ""))
         rows.sort(key=lambda x: (x[0], x[1]))

@@ -65,7 +65,7 @@ from guardian.core.events import (
 )
 from guardian.core.result import CheckResult, Status
 from guardian.incidents.announce import ReportQueue
-from guardian.incidents.records import Incident, IncidentStatus
+from guardian.incidents.records import ESCALATED_ARTIFACT, Incident, IncidentStatus
 from guardian.incidents.recurring import RecurringFixes
 from guardian.incidents.store import Store
 
@@ -470,6 +470,9 @@ class IncidentTracker:
 
     def _escalate(self, live: _Live, why: str) -> None:
         inc = live.incident
+        # Frozen: the report's escalation row says why it escalated then, whatever the
+        # summary says later (the store drops it, counted, when it cannot write).
+        self.store.put_artifact(inc.id, ESCALATED_ARTIFACT, why[:500], self.clock.now())
         self._update(
             live,
             status="escalated",

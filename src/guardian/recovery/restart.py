@@ -18,7 +18,8 @@ from guardian.core.events import RecoveryKind
 from guardian.recovery.policy import MAX_DELAY
 from guardian.recovery.target import StartVerdict, TargetRecovery
 from guardian.services.base import ExitNotifying, ServiceState
-from guardian.support.logscan import last_error
+from guardian.services.process.backend import MARKER
+from guardian.support.logscan import last_error, output_of_last_start
 
 LOG_TAIL_TIMEOUT = 2.0  # seconds to read a failed start's log for its last error
 
@@ -166,5 +167,12 @@ class RestartRunner:
             lines = await asyncio.wait_for(tr.backend.log_tail(200), timeout=LOG_TAIL_TIMEOUT)
         except Exception:
             return ""
-        found = last_error(lines)
+        # Only this start's own output: an OOM line a run 20 minutes ago left in the tail
+        # is not why this start failed.
+        found = last_error(output_of_last_start(lines, _started_marker))
         return "" if found is None else found.line[:300]
+
+
+def _started_marker(line: str) -> bool:
+    """Guardian's own "started pid N" line in a supervised process's log."""
+    return line.startswith(MARKER) and ": started pid " in line

@@ -9,7 +9,7 @@ in the tail, or a warning every boot prints gets blamed for every crash.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _TRACEBACK = "Traceback (most recent call last):"
@@ -25,6 +25,9 @@ _NOT_ERROR = re.compile(r"\bwarn(?:ing)?\b|\b(?:0|no) errors?\b", re.I)
 # every start). Such a traceback was handled; it did not kill anything.
 _HANDLED_AFTER = re.compile(r"^Cannot import .* module for custom nodes:")
 _BOOT_NOTICE = re.compile(r"^IMPORT FAILED: ")
+# ComfyUI's import-times table: "   0.1 seconds (IMPORT FAILED): custom_nodes/foo". A node
+# that failed to import is reported and ComfyUI boots on without it: not what killed it.
+_IMPORT_TIME = re.compile(r"^\s*\d+(?:\.\d+)? seconds(?: \(IMPORT FAILED\))?: ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,19 @@ def last_error(lines: Sequence[str]) -> LastError | None:
     return LastError(named[-1] if named else block[-1].strip(), block)
 
 
+def output_of_last_start(lines: Sequence[str], is_start: Callable[[str], bool]) -> list[str]:
+    """The lines after the last one ``is_start`` says began a start (a supervisor's marker):
+    what that start printed, and nothing an earlier run of the service left in the tail.
+    Without such a line the whole tail is newer than the start (it scrolled out)."""
+    for i in range(len(lines) - 1, -1, -1):
+        if is_start(lines[i]):
+            return list(lines[i + 1 :])
+    return list(lines)
+
+
 def _is_error(line: str) -> bool:
+    if _IMPORT_TIME.match(line):
+        return False
     text = line.strip()
     if not text or _NOT_ERROR.search(text):
         return False
