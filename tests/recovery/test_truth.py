@@ -255,3 +255,32 @@ async def test_a_resolved_incident_is_reported_from_what_was_recorded_while_open
     assert "CUDA out of memory" not in text and "the present" not in text
     assert "Starting server" in text and "at escalation" in text
     store.close()
+
+
+async def test_custom_nodes_that_failed_to_import_degrade_and_open_an_incident(
+    tmp_path: Path,
+) -> None:
+    """Bullet 5: ComfyUI logs IMPORT FAILED and runs without the node; Guardian said
+    healthy. Now: DEGRADED with the names (health, page, report read the reason) and an
+    incident, since the node was not failing before."""
+    port = free_port()
+    command = [*simulator(port, 0.0), "--failed-import", "ComfyUI-Broken-Pack"]
+    guardian = Guardian(config(tmp_path, command, port, interval=1.0, check={"timeout": 0.5}))
+    watch = Watch(guardian)
+    await guardian.start()
+    try:
+        def flagged() -> list[CheckResult]:
+            return [r for r in watch.results() if r.values.get("failed_imports")]
+
+        assert await wait_for(lambda: bool(flagged()), 30)
+        first = flagged()[0]
+        assert first.status.value == "degraded"
+        assert first.values["failed_imports"] == "ComfyUI-Broken-Pack"
+        assert "custom nodes failed to import: ComfyUI-Broken-Pack" in first.reason
+        assert stack_health(guardian)[0] == "degraded"
+        (incident,) = guardian.incidents_store.open_incidents()  # type: ignore[union-attr]
+        assert incident.summary == "custom nodes failed to import: ComfyUI-Broken-Pack"
+        assert await wait_for(lambda: len(flagged()) >= 3, 30)
+        assert len(guardian.incidents_store.incidents()) == 1  # type: ignore[union-attr]
+    finally:
+        await guardian.stop()

@@ -3,7 +3,14 @@
 Apart from the tracker (which decides *what* happens to an incident) because this is
 *when* it is written and told: ``REPORT_WORKERS`` reports at a time, first come first
 served, one entry per incident, and no announcement held longer than ``report_timeout``.
-See :mod:`guardian.incidents.tracker` for why.
+1000 targets escalating in the same second are 1000 reports written one or two at a time
+(sharing one system snapshot, see :mod:`guardian.incidents.report`), not 1000 concurrent
+captures, and a report asked for again before its turn (the breaker gave up meanwhile) is
+written once, with the latest state. An incident's announcements wait in its entry, so its
+escalation (with the report's path) is never announced after its resolution; but never
+longer than ``report_timeout``: news still queued then goes out without the path (a hung
+log drive must not hold 1000 escalations for hours), and its report is written when its
+turn comes.
 """
 
 from __future__ import annotations

@@ -30,16 +30,10 @@ cost 1000 row updates a second), and on startup open incidents are reloaded with
 their per-check failure streaks, so a Guardian restart (or SIGKILL) continues the same
 incident instead of opening a duplicate.
 
-Reports are written by a bounded queue (:mod:`guardian.incidents.announce`):
-``REPORT_WORKERS`` at a time, first come first served, one entry per incident. 1000
-targets escalating in the same second are 1000 reports written one or two at a time
-(sharing one system snapshot, see :mod:`guardian.incidents.report`), not 1000 concurrent
-captures, and a report asked for again before its turn (the breaker gave up meanwhile)
-is written once, with the latest state. An incident's announcements wait in its entry,
-so its escalation (with the report's path) is never announced after its resolution; but
-never longer than ``report_timeout``: news still queued then goes out without the path
-(a hung log drive must not hold 1000 escalations for hours), and its report is written
-when its turn comes.
+Reports and announcements go through a bounded queue (:mod:`guardian.incidents.announce`:
+why, and what it guarantees). Problems no failed result shows (a fix needed again and
+again, custom nodes that failed to import) open incidents too
+(:mod:`guardian.incidents.hidden`).
 """
 
 from __future__ import annotations
@@ -65,8 +59,8 @@ from guardian.core.events import (
 )
 from guardian.core.result import CheckResult, Status
 from guardian.incidents.announce import ReportQueue
+from guardian.incidents.hidden import ImportFailures, RecurringFixes
 from guardian.incidents.records import ESCALATED_ARTIFACT, Incident, IncidentStatus
-from guardian.incidents.recurring import RecurringFixes
 from guardian.incidents.store import Store
 
 log = logging.getLogger("guardian.incidents")
@@ -160,6 +154,10 @@ class IncidentTracker:
         for (target, check), status in self._last.items():
             if check in self._checks.get(target, ()):
                 self._latest.setdefault(target, {})[check] = status
+        self._imports = ImportFailures({
+            (stored.target, stored.check): str(stored.values.get("failed_imports") or "")
+            for stored in self.store.latest_results(["comfyui"])
+        })
         self._open: dict[str, _Live] = {}
         self._reload()
         self._unsubscribe: Callable[[], None] | None = bus.subscribe(self._on_event)
@@ -283,6 +281,12 @@ class IncidentTracker:
         cause = self._cause(r) if failed else ""
         if failed and live is None:
             live = self._open_new(r.target, r.finished, cause)
+        broken = self._imports.observe(r)
+        if broken is not None:
+            if live is None:
+                live = self._open_new(r.target, r.finished, broken)
+            else:
+                self._new_cause(live, broken)
         if live is None:
             if changed:
                 self.store.add_result(r)

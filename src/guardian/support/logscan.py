@@ -77,6 +77,31 @@ def last_error(lines: Sequence[str]) -> LastError | None:
     return LastError(named[-1] if named else block[-1].strip(), block)
 
 
+_IMPORT_TABLE = "Import times for custom nodes:"
+_FAILED_IMPORT = re.compile(r"^\s*\d+(?:\.\d+)? seconds \(IMPORT FAILED\): (?P<path>.+?)\s*$")
+
+
+def failed_imports(lines: Sequence[str]) -> tuple[str, ...] | None:
+    """The custom nodes ComfyUI's last import-times table lists as ``IMPORT FAILED`` (their
+    folder or file names), or None when no table was printed yet (still importing)."""
+    start = None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].strip() == _IMPORT_TABLE:
+            start = i
+            break
+    if start is None:
+        return None
+    names: list[str] = []
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break  # the table ends at its blank line
+        m = _FAILED_IMPORT.match(line)
+        if m:
+            name = re.split(r"[\\/]", m.group("path").rstrip("/\\"))[-1]
+            names.append(name.removesuffix(".py"))
+    return tuple(names)
+
+
 def output_of_last_start(lines: Sequence[str], is_start: Callable[[str], bool]) -> list[str]:
     """The lines after the last one ``is_start`` says began a start (a supervisor's marker):
     what that start printed, and nothing an earlier run of the service left in the tail.

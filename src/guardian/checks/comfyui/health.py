@@ -9,6 +9,7 @@ check with a condition the remediation ladder treats.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,8 @@ from guardian.checks.base import Check, CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.comfyui.client import ComfyUIClient, ComfyUIError, QueueItem
 from guardian.checks.comfyui.progress import ProgressProbe, ProgressSample, judge
 from guardian.core.result import Outcome, Value
+from guardian.services.process.backend import MARKER
+from guardian.support.logscan import failed_imports, output_of_last_start
 
 DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
 
@@ -141,6 +144,7 @@ class ComfyUICheck:
         self._idle_since: float | None = None  # pending > 0, nothing running, since
         self._idle_vram: list[float] = []  # free VRAM on consecutive idle runs
         self._last_history: str | None = None
+        self._imports = ImportWatch(ctx)
 
     async def run(self) -> Outcome:
         try:
@@ -169,6 +173,10 @@ class ComfyUICheck:
                 return Outcome.failed(stuck, condition="stuck_pending", **values)
         else:
             self._idle_since = None
+        failed = await self._imports.failed()
+        if failed:  # ComfyUI boots past them; every workflow using them fails validation
+            values["failed_imports"] = ", ".join(failed)
+            problems = [*problems, f"custom nodes failed to import: {', '.join(failed)}"]
         if memory is not None:
             return Outcome.degraded(memory, condition="memory_pressure", **values)
         if problems:
@@ -278,3 +286,40 @@ class ComfyUICheck:
 def create(cfg: ComfyUICheckConfig, ctx: CheckContext) -> Check:
     """The runtime ``comfyui`` check."""
     return ComfyUICheck(cfg, ctx)
+
+
+class ImportWatch:
+    """The custom nodes that failed to import in the service's current run, read once per
+    process from its own log output (after Guardian's start marker): ComfyUI logs ``IMPORT
+    FAILED`` in its import-times table and runs on without them."""
+
+    def __init__(self, ctx: CheckContext) -> None:
+        self.ctx = ctx
+        self._pid: int | None = None
+        self._found: tuple[str, ...] | None = None
+
+    async def failed(self) -> tuple[str, ...]:
+        svc = self.ctx.service
+        if svc is None:
+            return ()
+        try:
+            pid = (await asyncio.wait_for(svc.status(), LOG_READ_TIMEOUT)).pid
+            if pid is None:
+                return ()
+            if pid == self._pid and self._found is not None:
+                return self._found  # this process's table was read already
+            lines = await asyncio.wait_for(svc.log_tail(IMPORT_TAIL), LOG_READ_TIMEOUT)
+        except Exception:
+            return ()  # an unreadable log says nothing about the service
+        # ComfyUI answers only after importing: no table now means none will come.
+        self._pid = pid
+        self._found = failed_imports(output_of_last_start(lines, _started)) or ()
+        return self._found
+
+
+IMPORT_TAIL = 400  # lines of the service log searched for the import-times table
+LOG_READ_TIMEOUT = 2.0
+
+
+def _started(line: str) -> bool:
+    return line.startswith(MARKER) and ": started pid " in line

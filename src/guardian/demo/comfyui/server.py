@@ -97,9 +97,10 @@ class ComfyUISim(PromptExecutor):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def boot_banner(self) -> None:
+    def boot_banner(self, failed_imports: tuple[str, ...] = ()) -> None:
         """What ComfyUI 0.3.64 prints before it opens its port (capture
-        ``boot_timeline.json``, less its model-specific warnings and failed imports)."""
+        ``boot_timeline.json``, less its model-specific warnings and failed imports), with
+        ``failed_imports`` as custom nodes listed ``IMPORT FAILED`` in its table."""
         vram_mb = self._device_stats()["vram_total"] // MIB
         ram_mb = self._ram()[0] // MIB
         self.log("Checkpoint files will always be loaded safely.")
@@ -120,6 +121,8 @@ class ComfyUISim(PromptExecutor):
         self.log("[Prompt Server] web root: venv/lib/python3.11/site-packages/"
                  "comfyui_frontend_package/static")
         self.log("\nImport times for custom nodes:")
+        for name in failed_imports:
+            self.log(f"   0.0 seconds (IMPORT FAILED): ComfyUI/custom_nodes/{name}")
         self.log("   0.0 seconds: ComfyUI/custom_nodes/websocket_image_save.py\n")
         for line in ("Context impl SQLiteImpl.", "Will assume non-transactional DDL.",
                      "No target revision found."):
@@ -420,10 +423,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds one prompt takes to execute")
     parser.add_argument("--leak-mb", type=float, default=512.0,
                         help="MB of VRAM lost per /system_stats call, fault vram_leak")
+    parser.add_argument("--failed-import", action="append", default=[], metavar="NODE",
+                        help="a custom node listed IMPORT FAILED at boot (repeatable)")
     args = parser.parse_args(argv)
     app = ComfyUISim(args.host, args.port, device=args.device, exec_time=args.exec_time,
                      exit_on_crash=True, log_stream=sys.stdout)
-    app.boot_banner()
+    app.boot_banner(tuple(args.failed_import))
     return serve_forever(app, args, leak_mb=args.leak_mb)
 
 
