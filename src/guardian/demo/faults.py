@@ -23,17 +23,21 @@ FAULT_GUIDE: tuple[FaultGuide, ...] = (
     FaultGuide("comfyui", "hang", "accepts connections, never answers",
                "checks time out; after failure_threshold (3) in a row: restart"),
     FaultGuide("comfyui", "slow", "adds `delay` s to every response",
-               "below the check timeout: OK but slower; above it: failures, then a restart"),
+               "OK but slower while the comfyui check's 3 requests (3 × delay) stay below its"
+               " timeout (4 s in the demo: delay ≤ 1 s); above it: failures, then a restart"),
     FaultGuide("comfyui", "error500", "every route answers HTTP 500",
                "failed checks; after failure_threshold in a row: restart"),
     FaultGuide("comfyui", "vram_leak", "free VRAM drops by leak_mb per /system_stats",
                "memory pressure: POST /free first, a restart only if VRAM does not recover"),
     FaultGuide("comfyui", "stuck_running", "the running prompt never ends, ignores /interrupt",
-               "busy (OK) until stuck_running_after, then POST /interrupt, then a restart"),
+               "the comfyui check says busy (OK) until stuck_running_after, then POST"
+               " /interrupt, then a restart; with no job submitted the stuck prompt is the"
+               " canary's own: it times out first and opens an incident"),
     FaultGuide("comfyui", "pending_idle", "prompts stay pending, nothing runs",
                "queue stuck after stuck_pending_after: restart"),
     FaultGuide("comfyui", "canary_fail", "every execution ends in an execution_error",
-               "the canary fails: incident; a restart after failure_threshold in a row"),
+               "the canary fails: incident, escalated after escalation.failures (3) in a row;"
+               " no restart (the canary is not a liveness check unless `liveness = true`)"),
     FaultGuide("comfyui", "oom", "executions end in CUDA out of memory",
                "the canary fails; the report's next steps name the CUDA OOM signature"),
     FaultGuide("panel", "none", "clears the active fault", "nothing: the target is healthy"),

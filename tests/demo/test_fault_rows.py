@@ -1,0 +1,63 @@
+"""The demo's fault table against the running demo stack (issue 22, bullet 6): the demo's
+own config, its real simulators as supervised children, the whole runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from guardian.core.events import Event, RecoveryEvent, RecoveryKind
+from guardian.core.result import CheckResult, Status
+from guardian.demo.stack import prepare_demo
+from guardian.runtime import Guardian
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.1)
+    return pred()
+
+
+async def test_comfyui_slow_by_one_second_is_ok_but_slower_and_not_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row said "below the check timeout: OK", yet 1 s restarted: the comfyui check's
+    three requests added up past its 3 s timeout."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    cfg, _ = prepare_demo(tmp_path / "demo", api_port=0)
+    comfyui = cfg.target("comfyui")
+    url = next(c.url for c in comfyui.checks if c.kind == "comfyui")  # type: ignore[attr-defined]
+    guardian = Guardian(cfg)
+    events: list[Event] = []
+    guardian.bus.subscribe(events.append)
+
+    def comfy_results() -> list[CheckResult]:
+        return [e for e in events if isinstance(e, CheckResult)
+                and e.target == "comfyui" and e.kind == "comfyui" and not e.startup]
+
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: any(r.status is Status.OK for r in comfy_results()), 60)
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            r = await client.post(f"{url}/__sim/fault", json={"mode": "slow", "delay": 1})
+            assert r.status_code == 200
+        seen = len(comfy_results())
+        assert await wait_for(lambda: len(comfy_results()) >= seen + 3, 60)
+        slow = comfy_results()[seen + 1 :]  # after the fault, every run of it
+        assert all(r.status is Status.OK for r in slow), [(r.status, r.reason) for r in slow]
+        assert all(r.duration >= 3.0 for r in slow)  # slower: three 1 s responses
+        restarts = [e for e in events if isinstance(e, RecoveryEvent)
+                    and e.kind is RecoveryKind.RESTART_STARTED and e.target == "comfyui"]
+        assert restarts == []
+    finally:
+        await guardian.stop()
