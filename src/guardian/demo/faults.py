@@ -23,7 +23,7 @@ FAULT_GUIDE: tuple[FaultGuide, ...] = (
     FaultGuide("comfyui", "hang", "accepts connections, never answers",
                "checks time out; after failure_threshold (3) in a row: restart"),
     FaultGuide("comfyui", "slow", "adds `delay` s to every response",
-               "OK but slower while the comfyui check's 3 requests (3 × delay) stay below its"
+               "OK but slower while the comfyui check's 3 requests (3 times delay) stay below its"
                " timeout (4 s in the demo: delay ≤ 1 s); above it: failures, then a restart"),
     FaultGuide("comfyui", "error500", "every route answers HTTP 500",
                "failed checks; after failure_threshold in a row: restart"),
