@@ -36,7 +36,7 @@ async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
 def config(
     tmp: Path, command: list[str], port: int, *, interval: float = 600,
     check: dict[str, Any] | None = None, remediation: dict[str, Any] | None = None,
-    **recovery: Any,
+    escalation: dict[str, Any] | None = None, **recovery: Any,
 ) -> Config:
     return Config.model_validate(
         {
@@ -47,7 +47,7 @@ def config(
                 "jitter": 0,
             },
             "api": {"enabled": False},
-            "escalation": {"failures": 3, "stable_period": 60},
+            "escalation": {"failures": 3, "stable_period": 60, **(escalation or {})},
             "targets": [
                 {
                     "name": "comfyui",
@@ -282,5 +282,33 @@ async def test_custom_nodes_that_failed_to_import_degrade_and_open_an_incident(
         assert incident.summary == "custom nodes failed to import: ComfyUI-Broken-Pack"
         assert await wait_for(lambda: len(flagged()) >= 3, 30)
         assert len(guardian.incidents_store.incidents()) == 1  # type: ignore[union-attr]
+    finally:
+        await guardian.stop()
+
+
+async def test_a_leak_free_keeps_hiding_becomes_an_incident(tmp_path: Path) -> None:
+    """Bullet 3: the simulator leaks VRAM on every /system_stats; each /free heals it, so
+    nothing ever failed and the leak went unnoticed forever. Needed 3 times within the
+    window (configured), it opens an incident."""
+    port = free_port()
+    # 23228 MiB free at start, 1000 MiB leaked per read: below 21728 every second read.
+    command = [sys.executable, "-m", "guardian.demo.comfyui.server", "--device", "cuda",
+               "--port", str(port), "--fault", "vram_leak", "--leak-mb", "1000"]
+    cfg = config(
+        tmp_path, command, port, interval=1.0,
+        check={"timeout": 0.5, "vram_free_min_mb": 21728, "vram_critical_mb": None},
+        remediation={"free_wait": 0.1},
+        escalation={"remediation_repeats": 3, "remediation_window": 600},
+    )
+    guardian = Guardian(cfg)
+    watch = Watch(guardian)
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: bool(watch.incidents()), 60)
+        fixes = watch.recovery(RecoveryKind.REMEDIATION_SUCCEEDED)
+        assert len(fixes) == 3 and watch.recovery(RecoveryKind.RESTART_STARTED) == []
+        (opened,) = watch.incidents()
+        assert opened.transition.value == "opened"  # announced: notified like any opening
+        assert opened.summary == "recurring memory pressure: /free needed 3 times in 10 min"
     finally:
         await guardian.stop()
