@@ -763,3 +763,21 @@ async def test_a_restart_that_fixed_the_condition_leaves_it_restartable() -> Non
     await r.clock.advance(1)
     assert len(r.kinds(RecoveryKind.RESTART_STARTED)) == 2
     await r.mgr.aclose()
+
+
+async def test_a_manual_restart_does_not_wait_for_a_start_being_judged() -> None:
+    """A start is judged until a check proves it (up to startup_timeout): a person asking
+    for a restart meanwhile is served at once, the judged attempt ends as superseded."""
+    r = Rig(comfyui_target(startup_timeout=300, cooldown=0))
+    await r.lifecycle.start_all()
+    r.backends["api"].die()
+    await r.clock.settle()
+    assert len(r.kinds(RecoveryKind.RESTART_STARTED)) == 1  # judging: no check passed yet
+    manual = asyncio.create_task(r.mgr.restart("api"))
+    await r.clock.settle()
+    (superseded,) = r.kinds(RecoveryKind.RESTART_FAILED)
+    assert superseded.values["superseded"] is True
+    pressure(r, clear=True)  # the manual restart's process passes its first check
+    assert (await manual).startswith("restarted api")
+    assert len(r.kinds(RecoveryKind.RESTART_SUCCEEDED)) == 1
+    await r.mgr.aclose()

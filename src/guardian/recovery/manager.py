@@ -416,6 +416,11 @@ class RecoveryManager:
         # schedule a follow-up (its retrigger), hence the loop. From here to policy.begin()
         # nothing awaits, so no automatic restart can slip in between.
         while (task := tr.task) is not None and not task.done():
+            waiter = tr.start_waiter
+            if waiter is not None and not waiter.done():
+                # Judging a start can last startup_timeout: a person asking now does not
+                # wait for it (that attempt ends as superseded, not as a success).
+                waiter.set_result(("superseded", None))
             if policy is not None and policy.in_progress:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(task)

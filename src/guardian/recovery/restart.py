@@ -80,6 +80,17 @@ class RestartRunner:
                 tr.start_waiter = None
         took = round(self.clock.monotonic() - t0, 3)
         exited = waiter is not None and waiter.done() and waiter.result()[0] == "exit"
+        if up and not exited and verdict == "superseded":
+            self._emit(
+                target,
+                RecoveryKind.RESTART_FAILED,
+                attempt=attempt,
+                reason=reason,
+                detail="superseded by a manual restart before a check proved it up",
+                duration_s=took,
+                superseded=True,
+            )
+            return False
         if up and not exited and verdict == "startup_timeout":
             limit, _ = tr.judged_for()
             detail = f"no check passed within startup_timeout ({limit:g} s)"
@@ -146,7 +157,8 @@ class RestartRunner:
         (:meth:`TargetRecovery.judged_for`).
 
         Returns what proved it up ("passed", "min_uptime"), "startup_timeout" when no check
-        passed in time (a failed start), or None when it exited.
+        passed in time (a failed start), "superseded" when a manual restart cut the judging
+        short, or None when it exited.
         """
         limit, rule = tr.judged_for()
         if limit > 0 and not waiter.done():
@@ -159,6 +171,8 @@ class RestartRunner:
         if not waiter.done():
             return rule if limit > 0 else None
         kind, _ = waiter.result()
+        if kind == "superseded":
+            return kind
         return None if kind == "exit" else "passed"
 
     async def _last_error(self, tr: TargetRecovery) -> str:
