@@ -61,3 +61,38 @@ async def test_comfyui_slow_by_one_second_is_ok_but_slower_and_not_restarted(
         assert restarts == []
     finally:
         await guardian.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_comfyui_canary_fail_escalates_an_incident_and_restarts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row promised a restart after failure_threshold; the canary is no liveness check
+    (a failing workflow is not fixed by a restart): an incident that escalates, no restart."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    cfg, _ = prepare_demo(tmp_path / "demo", api_port=0)
+    url = next(c.url for c in cfg.target("comfyui").checks if c.kind == "comfyui")  # type: ignore[attr-defined]
+    guardian = Guardian(cfg)
+    events: list[Event] = []
+    guardian.bus.subscribe(events.append)
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: any(
+            isinstance(e, CheckResult) and e.kind == "comfyui" and e.status is Status.OK
+            for e in events), 60)
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            r = await client.post(f"{url}/__sim/fault", json={"mode": "canary_fail"})
+            assert r.status_code == 200
+        store = guardian.incidents_store
+        assert store is not None
+
+        def escalated() -> bool:
+            return any(i.status == "escalated" and i.target == "comfyui"
+                       for i in store.incidents())
+
+        assert await wait_for(escalated, 150)
+        restarts = [e for e in events if isinstance(e, RecoveryEvent)
+                    and e.kind is RecoveryKind.RESTART_STARTED and e.target == "comfyui"]
+        assert restarts == []
+    finally:
+        await guardian.stop()
