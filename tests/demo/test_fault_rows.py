@@ -96,3 +96,43 @@ async def test_comfyui_canary_fail_escalates_an_incident_and_restarts_nothing(
         assert restarts == []
     finally:
         await guardian.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_comfyui_stuck_running_busy_then_interrupt_then_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row said "busy (OK)", yet an incident opened: with no job submitted, the prompt
+    that never ends is the canary's own, and the canary times out first."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    cfg, _ = prepare_demo(tmp_path / "demo", api_port=0)
+    url = next(c.url for c in cfg.target("comfyui").checks if c.kind == "comfyui")  # type: ignore[attr-defined]
+    guardian = Guardian(cfg)
+    events: list[Event] = []
+    guardian.bus.subscribe(events.append)
+
+    def recovery(kind: RecoveryKind) -> list[RecoveryEvent]:
+        return [e for e in events if isinstance(e, RecoveryEvent) and e.kind is kind]
+
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: any(
+            isinstance(e, CheckResult) and e.kind == "comfyui" and e.status is Status.OK
+            for e in events), 60)
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            r = await client.post(f"{url}/__sim/fault", json={"mode": "stuck_running"})
+            assert r.status_code == 200
+        mark = len(events)
+        assert await wait_for(lambda: bool(recovery(RecoveryKind.RESTART_STARTED)), 240)
+        after = [e for e in events[mark:] if isinstance(e, CheckResult) and e.kind == "comfyui"]
+        busy = [e for e in after if e.values.get("busy") is True]
+        assert busy and busy[0].status is Status.OK  # busy is OK until judged stuck
+        assert any(e.values.get("condition") == "stuck_running" for e in after)
+        interrupt = recovery(RecoveryKind.INTERRUPT_SENT)
+        assert interrupt and interrupt[0].time <= recovery(RecoveryKind.RESTART_STARTED)[0].time
+        canary = [e for e in events[mark:] if isinstance(e, CheckResult)
+                  and e.kind == "comfyui_canary" and e.status is Status.FAILED]
+        opened = guardian.incidents_store.incidents()  # type: ignore[union-attr]
+        assert canary and opened  # the canary's own prompt got stuck: it failed first
+    finally:
+        await guardian.stop()
