@@ -136,3 +136,63 @@ async def test_comfyui_stuck_running_busy_then_interrupt_then_restart(
         assert canary and opened  # the canary's own prompt got stuck: it failed first
     finally:
         await guardian.stop()
+
+
+ROWS = [  # (sim, mode, params, restarted): what the table promises for the quick rows
+    ("comfyui", "crash", {"crash_after": 0.1}, True),
+    ("comfyui", "hang", {}, True),
+    ("comfyui", "error500", {}, True),
+    ("panel", "crash", {"crash_after": 0.1}, True),
+    ("panel", "hang", {}, True),
+    ("panel", "slow", {"delay": 5}, True),  # above the panel check's 3 s timeout
+    ("panel", "error500", {}, True),
+    ("panel", "unhealthy", {}, True),
+    ("panel", "degraded", {}, False),
+]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("sim", "mode", "params", "restarted"), ROWS,
+                         ids=[f"{r[0]}-{r[1]}" for r in ROWS])
+async def test_quick_fault_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: str, mode: str,
+    params: dict[str, float], restarted: bool,
+) -> None:
+    from urllib.parse import urlsplit
+
+    from guardian.demo.faults import FAULT_GUIDE
+
+    (row,) = [g for g in FAULT_GUIDE if (g.sim, g.mode) == (sim, mode)]
+    assert ("restart" in row.expected and "no restart" not in row.expected) == restarted
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    cfg, _ = prepare_demo(tmp_path / "demo", api_port=0)
+    parts = urlsplit(next(c.url for c in cfg.target(sim).checks  # type: ignore[attr-defined]
+                          if c.kind in ("comfyui", "http")))
+    control = f"{parts.scheme}://{parts.netloc}/__sim/fault"
+    guardian = Guardian(cfg)
+    events: list[Event] = []
+    guardian.bus.subscribe(events.append)
+
+    def results() -> list[CheckResult]:
+        return [e for e in events if isinstance(e, CheckResult) and e.target == sim
+                and e.kind in ("comfyui", "http") and not e.startup]
+
+    def restarts() -> list[RecoveryEvent]:
+        return [e for e in events if isinstance(e, RecoveryEvent) and e.target == sim
+                and e.kind is RecoveryKind.RESTART_STARTED]
+
+    await guardian.start()
+    try:
+        assert await wait_for(lambda: any(r.status is Status.OK for r in results()), 60)
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            r = await client.post(control, json={"mode": mode, **params})
+            assert r.status_code == 200
+        seen = len(results())
+        if restarted:
+            assert await wait_for(lambda: bool(restarts()), 90)
+        else:
+            assert await wait_for(lambda: len(results()) >= seen + 3, 60)
+            assert restarts() == []
+            assert all(r.status is Status.DEGRADED for r in results()[seen + 1 :])
+    finally:
+        await guardian.stop()
