@@ -196,3 +196,82 @@ async def test_quick_fault_rows(
             assert all(r.status is Status.DEGRADED for r in results()[seen + 1 :])
     finally:
         await guardian.stop()
+
+
+class Demo:
+    """The running demo stack with every event it published."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.cfg, _ = prepare_demo(tmp_path / "demo", api_port=0)
+        self.url = next(c.url for c in self.cfg.target("comfyui").checks  # type: ignore[attr-defined]
+                        if c.kind == "comfyui")
+        self.guardian = Guardian(self.cfg)
+        self.events: list[Event] = []
+        self.guardian.bus.subscribe(self.events.append)
+
+    def recovery(self, kind: RecoveryKind) -> list[RecoveryEvent]:
+        return [e for e in self.events if isinstance(e, RecoveryEvent) and e.kind is kind]
+
+    async def start(self, mode: str, **params: float) -> None:
+        await self.guardian.start()
+        assert await wait_for(lambda: any(
+            isinstance(e, CheckResult) and e.kind == "comfyui" and e.status is Status.OK
+            for e in self.events), 60)
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            r = await client.post(f"{self.url}/__sim/fault", json={"mode": mode, **params})
+            assert r.status_code == 200
+
+
+@pytest.mark.timeout(180)
+async def test_comfyui_vram_leak_is_freed_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    demo = Demo(tmp_path)
+    try:
+        await demo.start("vram_leak", leak_mb=8000)  # below 1024 MB free within 3 reads
+        assert await wait_for(lambda: bool(demo.recovery(RecoveryKind.REMEDIATION_SUCCEEDED)),
+                              90)
+        assert demo.recovery(RecoveryKind.FREE_SENT)
+        assert demo.recovery(RecoveryKind.RESTART_STARTED) == []
+    finally:
+        await demo.guardian.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_comfyui_pending_idle_is_interrupted_then_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    demo = Demo(tmp_path)
+    try:
+        await demo.start("pending_idle")
+        assert await wait_for(lambda: bool(demo.recovery(RecoveryKind.RESTART_STARTED)), 180)
+        started = [e for e in demo.recovery(RecoveryKind.REMEDIATION_STARTED)
+                   if e.reason == "stuck_pending"]
+        assert started and demo.recovery(RecoveryKind.INTERRUPT_SENT)
+    finally:
+        await demo.guardian.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_comfyui_oom_fails_the_canary_and_the_report_names_cuda_oom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    demo = Demo(tmp_path)
+    try:
+        await demo.start("oom")
+        store = demo.guardian.incidents_store
+        assert store is not None
+
+        def reported() -> list[str]:
+            return [i.report_path for i in store.incidents()
+                    if i.target == "comfyui" and i.report_path]
+
+        assert await wait_for(lambda: bool(reported()), 180)
+        text = Path(reported()[0]).read_text(encoding="utf-8")
+        steps = text.split("## Suggested next steps", 1)[1].split("## System snapshot", 1)[0]
+        assert "CUDA out of memory" in steps
+    finally:
+        await demo.guardian.stop()
