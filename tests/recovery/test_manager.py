@@ -781,3 +781,17 @@ async def test_a_manual_restart_does_not_wait_for_a_start_being_judged() -> None
     assert (await manual).startswith("restarted api")
     assert len(r.kinds(RecoveryKind.RESTART_SUCCEEDED)) == 1
     await r.mgr.aclose()
+
+
+async def test_a_manual_restart_answers_before_a_long_boot_is_proven() -> None:
+    r = Rig(comfyui_target(startup_timeout=300, cooldown=0))
+    await r.lifecycle.start_all()
+    manual = asyncio.create_task(r.mgr.restart("api"))
+    await r.clock.advance(61)  # MANUAL_WAIT: the caller gets an answer, judging goes on
+    assert (await manual) == "restarting api (pid 101): no check has proven it up yet"
+    assert r.mgr.snapshot()["api"]["restarting"] is True
+    pressure(r, clear=True)
+    await r.clock.settle()
+    assert len(r.kinds(RecoveryKind.RESTART_SUCCEEDED)) == 1
+    assert r.mgr.snapshot()["api"]["restarting"] is False
+    await r.mgr.aclose()

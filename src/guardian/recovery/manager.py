@@ -37,6 +37,8 @@ from guardian.services.base import ExitNotifying, ServiceBackend
 
 log = logging.getLogger("guardian.recovery.manager")
 
+MANUAL_WAIT = 60.0  # seconds a manual restart waits for its outcome before it answers
+
 
 class RecoveryManager:
     """Subscribes to check results and exit events and restarts what the policy says."""
@@ -444,17 +446,34 @@ class RecoveryManager:
             return f"dry run: would restart {tr.name}"
         if policy is not None:
             policy.begin(self.clock.monotonic(), counted=False)
+        outcome: list[bool] = []
+        task = tr.task = asyncio.create_task(
+            self._manual_task(tr, reason, outcome), name=f"recovery-manual-{tr.name}"
+        )
+        # A start proven by a check can take the service's whole boot: the caller (the
+        # CLI, the API) gets an answer after MANUAL_WAIT at most; judging goes on.
+        timer = asyncio.ensure_future(self.clock.sleep(MANUAL_WAIT))
         try:
-            ok = await self._runner.execute(tr, 0, reason)
+            await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if policy is not None:
-                self._finished(tr)
-        self._retrigger(tr)
+            timer.cancel()
         status = await tr.backend.status()
-        if ok:
-            pid = f" (pid {status.pid})" if status.pid is not None else ""
+        pid = f" (pid {status.pid})" if status.pid is not None else ""
+        if not outcome:
+            return f"restarting {tr.name}{pid}: no check has proven it up yet"
+        if outcome[0]:
             return f"restarted {tr.name}{pid}"
         return f"restart of {tr.name} failed: {status.state.value} {status.detail}".strip()
+
+    async def _manual_task(self, tr: TargetRecovery, reason: str, outcome: list[bool]) -> None:
+        try:
+            outcome.append(await self._runner.execute(tr, 0, reason))
+        finally:
+            if tr.policy is not None:
+                self._finished(tr)
+            if tr.task is asyncio.current_task():
+                tr.task = None
+        self._retrigger(tr)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         now, wall = self.clock.monotonic(), self.clock.now()
