@@ -38,6 +38,7 @@ from guardian.recovery.manager import RecoveryManager
 from guardian.remediation.ladder import Remediation
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend, ServiceStatus
+from guardian.store import lock as store_lock
 from guardian.store import runfile
 from guardian.store.db import Database
 from guardian.support.fdlimit import FdLimits, api_connection_cap, raise_nofile
@@ -100,6 +101,7 @@ class Guardian:
         self.uptime_counts: UptimeStore | None = None
         self._uptime_unsubscribe: Callable[[], None] | None = None
         self._bridge: LoopBridge | None = None
+        self._lock: store_lock.StoreLock | None = None
 
     def _open_database(self) -> Database:
         """Guardian's one SQLite file, opened once for every component.
@@ -157,6 +159,8 @@ class Guardian:
                         "Guardian", e, extra={"event": "runtime_file_failed"})
 
     async def start(self) -> None:
+        # One Guardian per store, before anything is adopted or started (AlreadyRunning).
+        self._lock = store_lock.acquire(self.config.store_path)
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
         self.fd_limits = raise_nofile()
@@ -318,6 +322,9 @@ class Guardian:
         self._close_uptime()
         if self.db is not None:
             self.db.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""

@@ -398,15 +398,25 @@ def demo(
     ] = None,
     log_format: Annotated[str, typer.Option("--log-format")] = "auto",
 ) -> None:
-    from guardian.demo.stack import demo_banner, prepare_demo
+    from guardian.demo.stack import DEFAULT_DEMO_DIR, demo_banner, prepare_demo
+    from guardian.store import lock as store_lock
 
+    # A second demo in the same directory must not rewrite the running one's config.
+    where = (directory or DEFAULT_DEMO_DIR).resolve()
     try:
-        demo_cfg, config_path = prepare_demo(directory, api_port=api_port)
+        held = store_lock.acquire(where / "state" / "guardian.db")
+    except store_lock.AlreadyRunning as e:
+        err.print(f"guardian: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        demo_cfg, config_path = prepare_demo(where, api_port=api_port)
     except OSError as e:
         err.print(str(e), markup=False)
         raise typer.Exit(2) from None
     err.print(demo_banner(demo_cfg, config_path), highlight=False)
-    raise typer.Exit(run_guardian(demo_cfg, log_format, config_path=config_path))
+    code = run_guardian(demo_cfg, log_format, config_path=config_path)
+    held.release()
+    raise typer.Exit(code)
 
 
 def _register_extensions() -> None:
