@@ -121,10 +121,10 @@ def find_recorded(record: ProcessRecord) -> list[ProcessIdentity]:
         # pid + start time are public (/proc): a forged record can name any process. Only
         # one that carries the record's token, which Guardian put in its child's
         # environment, is ours to adopt and ever signal.
-        ident = record.identity
-        if never_signalled(ident.pid) or not is_alive(ident):
+        named = record.identity
+        if never_signalled(named.pid) or not is_alive(named):
             return []
-        return [ident] if carries_token(ident.pid, record.token) else []
+        return [named] if carries_token(named.pid, record.token) else []
     found: list[ProcessIdentity] = []
     me = os.getpid()
     for proc in psutil.process_iter(["pid", "create_time", "status"]):
