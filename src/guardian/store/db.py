@@ -67,6 +67,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
+from guardian.support.safe_open import write_atomic_text
+
 log = logging.getLogger("guardian.db")
 
 T = TypeVar("T")
@@ -327,7 +329,7 @@ class Database:
             return
         body = {"created": self._now().isoformat(), "store": self.path.name}
         try:
-            self.marker.write_text(json.dumps(body) + "\n", encoding="utf-8")
+            write_atomic_text(self.marker, json.dumps(body) + "\n", 0o600)
         except OSError as e:
             log.debug("cannot write the store marker %s: %s", self.marker, e)
 
