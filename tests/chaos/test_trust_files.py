@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -212,7 +214,9 @@ def test_links_in_log_and_child_log_are_not_followed(tmp_path: Path) -> None:
 def test_planted_runtime_file_never_gets_the_token(tmp_path: Path) -> None:
     """An attacker (another uid) listens on a port and plants runtime files naming it;
     ``guardian status`` must send the token nowhere but a real Guardian."""
-    seen = tmp_path / "attacker.log"
+    shared = Path(tempfile.mkdtemp(prefix="guardian-attacker-"))  # reachable by the attacker
+    shared.chmod(0o755)
+    seen = shared / "attacker.log"
     seen.touch()
     os.chown(seen, NOBODY, NOBODY)
     attacker_src = (
@@ -288,3 +292,4 @@ paths = [{toml(tmp_path)}]
     finally:
         attacker.send_signal(signal.SIGKILL)
         attacker.wait()
+        shutil.rmtree(shared, ignore_errors=True)
