@@ -79,7 +79,8 @@ def fingerprint(paths: list[Path]) -> dict[str, str]:
     out = {}
     for p in paths:
         st = p.stat()
-        out[p.name] = f"{hashlib.sha256(p.read_bytes()).hexdigest()}:{st.st_mode:o}:{st.st_mtime_ns}"
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        out[p.name] = f"{digest}:{st.st_mode:o}:{st.st_mtime_ns}"
     return out
 
 

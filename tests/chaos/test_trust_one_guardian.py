@@ -46,7 +46,8 @@ def digest(*paths: Path) -> dict[str, str]:
     out = {}
     for p in paths:
         st = p.stat()
-        out[str(p)] = f"{hashlib.sha256(p.read_bytes()).hexdigest()}:{st.st_mode:o}:{st.st_mtime_ns}"
+        content = hashlib.sha256(p.read_bytes()).hexdigest()
+        out[str(p)] = f"{content}:{st.st_mode:o}:{st.st_mtime_ns}"
     return out
 
 
