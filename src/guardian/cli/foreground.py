@@ -26,10 +26,12 @@ from guardian.config.schema import Config
 from guardian.store import lock as store_lock
 from guardian.store import runfile
 from guardian.store.trusted import verify_start
+from guardian.support.blocking import BlockingError, pool
 from guardian.support.log import LogFormat, LogSetup, setup_logging
-from guardian.support.trust import make_dirs
+from guardian.support.trust import Untrusted, make_dirs, untrusted_dir
 
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "pretty", "auto")
+STARTUP_IO_DEADLINE = 5.0  # s for a directory to answer at start (a hung mount never does)
 EXIT_REFUSED = 2  # an untrusted path, or another Guardian on the store: nothing touched
 EXIT_FATAL = 1
 
@@ -83,9 +85,45 @@ def _install_signal_handlers(
     loop.add_signal_handler(signal.SIGHUP, hangup)
 
 
+def _bounded(fn: Callable[[], object], key: str) -> bool:
+    """Run ``fn`` in a worker for at most :data:`STARTUP_IO_DEADLINE`; False if it hung."""
+    try:
+        pool("startup").call(fn, STARTUP_IO_DEADLINE, key=key)
+    except BlockingError:
+        return False
+    except OSError:
+        return True  # answered (with an error the writers will report)
+    return True
+
+
 def refuse_untrusted(cfg: Config) -> str | None:
-    """The refusal message when a path Guardian would trust is not safe, else None."""
-    problems = verify_start(cfg)
+    """The refusal message when a path Guardian would trust is not safe, else None.
+
+    The log and report directories may sit on a mount that hangs: they are inspected with
+    a deadline, and one that does not answer is said on stderr, not a reason to refuse
+    (Guardian supervises with console logging until it answers). The state directory
+    holds the store and its lock: without an answer from it, Guardian cannot start.
+    """
+    optional = {cfg.guardian.log_dir, cfg.guardian.report_dir} - {
+        cfg.guardian.state_dir, cfg.store_path.parent}
+
+    def inspect(d: Path) -> Untrusted | None:
+        found: list[Untrusted | None] = []
+        if _bounded(lambda: found.append(untrusted_dir(d)), f"trust:{d}"):
+            return found[0] if found else None
+        if d in optional:
+            print(f"guardian: {d} did not answer within {STARTUP_IO_DEADLINE:g} s (a hung"
+                  " mount?): not checked; logging to the console until it answers",
+                  file=sys.stderr)
+            return None
+        return Untrusted(d, f"did not answer within {STARTUP_IO_DEADLINE:g} s",
+                         "check the mount it is on")
+
+    result: list[list[Untrusted]] = []
+    if not _bounded(lambda: result.append(verify_start(cfg, inspect)), "trust:start"):
+        return (f"guardian: refusing to start: {cfg.guardian.state_dir} did not answer within"
+                f" {STARTUP_IO_DEADLINE:g} s (a hung mount?)")
+    problems = result[0] if result else []
     if not problems:
         return None
     lines = ["guardian: refusing to start: a path it would trust can be changed by others"]
@@ -110,8 +148,8 @@ def prepare_store(cfg: Config) -> store_lock.StoreLock | str:
         return f"guardian: cannot lock the store beside {cfg.store_path}: {e}"
     g = cfg.guardian
     for d in (g.state_dir, g.log_dir, g.report_dir):
-        with contextlib.suppress(OSError):  # the log and report writers say so later
-            make_dirs(d)
+        # Bounded: a log dir on a hung mount must not keep Guardian from supervising.
+        _bounded(lambda d=d: make_dirs(d), f"mkdir:{d}")  # type: ignore[misc]
     return lock
 
 

@@ -7,6 +7,7 @@ makes Guardian act on.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 from guardian.config.schema import Config
@@ -25,8 +26,13 @@ def trusted_files(cfg: Config) -> list[Path]:
     return files
 
 
-def verify_start(cfg: Config) -> list[Untrusted]:
-    """Every problem with the directories and files Guardian would trust; [] when none."""
+def verify_start(
+    cfg: Config, inspect_dir: Callable[[Path], Untrusted | None] = untrusted_dir
+) -> list[Untrusted]:
+    """Every problem with the directories and files Guardian would trust; [] when none.
+
+    ``inspect_dir`` may bound the time a directory on a hung mount takes to answer.
+    """
     if not CHECKED:
         return []
     g = cfg.guardian
@@ -36,7 +42,7 @@ def verify_start(cfg: Config) -> list[Untrusted]:
         if d in seen:
             continue
         seen.add(d)
-        found = untrusted_dir(d)
+        found = inspect_dir(d)
         if found is not None and found not in problems:
             problems.append(found)
     for f in trusted_files(cfg):

@@ -343,12 +343,11 @@ class LogSetup:
     """What :func:`setup_logging` did, so callers can report it and tests can inspect it."""
 
     def __init__(self, file: Path | None, file_handler: SafeRotatingFileHandler | None,
-                 writer: _Writer | None = None, source: DroppingQueueHandler | None = None,
+                 writers: list[tuple[DroppingQueueHandler, _Writer]] | None = None,
                  handlers: tuple[logging.Handler, ...] = ()) -> None:
         self.file = file
         self.file_handler = file_handler
-        self._writer = writer
-        self._source = source
+        self._writers = writers or []
         self._handlers = handlers
 
     @property
@@ -357,7 +356,7 @@ class LogSetup:
 
     @property
     def dropped(self) -> int:
-        return self._source.dropped if self._source is not None else 0
+        return sum(source.dropped for source, _ in self._writers)
 
     def reopen(self) -> None:
         """SIGHUP: the log file is reopened by name at its next record."""
@@ -365,51 +364,55 @@ class LogSetup:
             self.file_handler.reopen()
 
     def flush(self) -> None:
-        handlers = self._handlers or tuple(logging.getLogger("guardian").handlers)
-        if self._writer is not None:
-            self._drain(CLOSE_WAIT)
-        for h in handlers:
-            with contextlib.suppress(OSError, ValueError):
-                h.flush()
-
-    def _drain(self, timeout: float) -> bool:
-        """Wait (bounded) until the writer has written what is queued."""
-        q = self._source.queue if self._source is not None else None
-        deadline = time.monotonic() + timeout
-        while isinstance(q, queue.Queue) and q.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return not (isinstance(q, queue.Queue) and q.unfinished_tasks)
+        deadline = time.monotonic() + CLOSE_WAIT
+        for source, _ in self._writers:
+            _drain(source, deadline)
+        for h in self._handlers or tuple(logging.getLogger("guardian").handlers):
+            if not getattr(h, "abandoned", False):
+                with contextlib.suppress(OSError, ValueError):
+                    h.flush()
 
     def close(self) -> None:
-        """Stop the writer thread: what it can write in ``CLOSE_WAIT`` s, then exit anyway.
+        """Stop the writer threads: what they write within ``CLOSE_WAIT`` s, then exit anyway.
 
         A writer stuck in a hung disk's ``write`` is abandoned (a daemon thread): its file
         handler stops taking its lock, so the interpreter's exit never waits for it.
         """
-        writer, self._writer = self._writer, None
-        if writer is None or self._source is None:
+        writers, self._writers = self._writers, []
+        if not writers:
             self.flush()
             return
         root = logging.getLogger("guardian")
-        root.removeHandler(self._source)
-        done = self._drain(CLOSE_WAIT)
-        if done:
-            with contextlib.suppress(queue.Full):
-                self._source.queue.put_nowait(None)
+        deadline = time.monotonic() + CLOSE_WAIT
+        for source, writer in writers:
+            root.removeHandler(source)
+            done = _drain(source, deadline)
             thread = writer._thread
-            if thread is not None:
-                thread.join(CLOSE_WAIT)
+            if done and thread is not None:
+                with contextlib.suppress(queue.Full):
+                    source.queue.put_nowait(None)
+                thread.join(max(0.0, deadline - time.monotonic()))
                 done = not thread.is_alive()
-        for h in self._handlers:
-            if not done and isinstance(h, SafeRotatingFileHandler):
-                h.abandoned = True
-            with contextlib.suppress(OSError, ValueError):
-                h.flush()
-                h.close()
-        # The console goes back to this thread, for whatever is logged after the writer.
-        for h in self._handlers:
-            if not isinstance(h, SafeRotatingFileHandler):
-                root.addHandler(h)
+            for h in writer.handlers:
+                if not done and isinstance(h, SafeRotatingFileHandler):
+                    h.abandoned = True
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    h.flush()
+                if isinstance(h, SafeRotatingFileHandler):
+                    h.close()
+                else:  # the console: back on the caller's thread for what comes after
+                    root.addHandler(h)
+
+
+def _drain(source: DroppingQueueHandler, deadline: float) -> bool:
+    """Wait (until ``deadline``) for the writer to write what is queued; True when it did."""
+    q = source.queue
+    if not isinstance(q, queue.Queue):
+        return True
+    while q.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not q.unfinished_tasks
 
 
 def setup_logging(
@@ -448,20 +451,25 @@ def setup_logging(
         path = Path(log_dir) / LOG_FILE_NAME
         handler = SafeRotatingFileHandler(path, max_bytes, backups, stream)
         handler.setFormatter(JsonFormatter())
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            os.close(open_append(path, 0o640))
-        except OSError as e:
-            # say so now, not at the first record; the handler keeps retrying in the background
-            handler.mark_failed(e)
+        if not threaded:  # the daemon's writer thread finds out at its first record
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+                os.close(open_append(path, 0o640))
+            except OSError as e:
+                # say so now, not at the first record; the handler retries in the background
+                handler.mark_failed(e)
         handlers.append(handler)
     if not threaded:
         for h in handlers:
             root.addHandler(h)
         return LogSetup(path, handler)
-    q: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_SIZE)
-    source = DroppingQueueHandler(q)
-    writer = _Writer(q, source, *handlers)
-    writer.start()
-    root.addHandler(source)
-    return LogSetup(path, handler, writer, source, tuple(handlers))
+    # One writer thread per sink: a hung log disk must not silence the console either.
+    writers: list[tuple[DroppingQueueHandler, _Writer]] = []
+    for h in handlers:
+        q: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_SIZE)
+        source = DroppingQueueHandler(q)
+        writer = _Writer(q, source, h)
+        writer.start()
+        root.addHandler(source)
+        writers.append((source, writer))
+    return LogSetup(path, handler, writers, tuple(handlers))

@@ -95,7 +95,8 @@ def untrusted_dir(path: Path) -> Untrusted | None:
         except OSError as e:
             return Untrusted(d, f"cannot be inspected ({e.strerror})", f"check {d}")
         if not stat.S_ISDIR(st.st_mode):
-            return Untrusted(d, "is not a directory", f"remove {d} or choose another path")
+            # Nothing can be created below a file: the writers say so; nothing to trust.
+            return None
         sticky = bool(st.st_mode & stat.S_ISVTX)
         if first or not sticky:
             problem = _mode_problem(d, st, directory=True)

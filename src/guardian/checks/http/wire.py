@@ -83,8 +83,9 @@ class _Message:
     """httptools callbacks for one response."""
 
     __slots__ = (
-        "body", "complete", "count", "fields", "head_bytes", "head_error", "headers", "headers_done",
-        "keep_alive", "limit", "messages", "parser", "status_bytes", "too_large",
+        "body", "complete", "count", "fields", "head_bytes", "head_error", "headers",
+        "headers_done", "keep_alive", "limit", "messages", "parser", "status_bytes",
+        "too_large",
     )  # fmt: skip
 
     def __init__(self, limit: int) -> None:
