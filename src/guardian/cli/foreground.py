@@ -85,10 +85,10 @@ def _install_signal_handlers(
     loop.add_signal_handler(signal.SIGHUP, hangup)
 
 
-def _bounded(fn: Callable[[], object], key: str) -> bool:
-    """Run ``fn`` in a worker for at most :data:`STARTUP_IO_DEADLINE`; False if it hung."""
+def _bounded(fn: Callable[[], object], key: str, deadline: float = STARTUP_IO_DEADLINE) -> bool:
+    """Run ``fn`` in a worker for at most ``deadline`` s; False if it hung."""
     try:
-        pool("startup").call(fn, STARTUP_IO_DEADLINE, key=key)
+        pool("startup").call(fn, deadline, key=key)
     except BlockingError:
         return False
     except OSError:
@@ -120,7 +120,9 @@ def refuse_untrusted(cfg: Config) -> str | None:
                          "check the mount it is on")
 
     result: list[list[Untrusted]] = []
-    if not _bounded(lambda: result.append(verify_start(cfg, inspect)), "trust:start"):
+    # Each directory has its own deadline inside; the files are in the state dir.
+    whole = STARTUP_IO_DEADLINE * 5
+    if not _bounded(lambda: result.append(verify_start(cfg, inspect)), "trust:start", whole):
         return (f"guardian: refusing to start: {cfg.guardian.state_dir} did not answer within"
                 f" {STARTUP_IO_DEADLINE:g} s (a hung mount?)")
     problems = result[0] if result else []

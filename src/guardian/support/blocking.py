@@ -30,7 +30,7 @@ DEFAULT_WORKERS = {"disk": 8, "memory": 4, "gpu": 4, "snapshot": 8, "report": 2,
 # Calls past their deadline (stuck in the kernel) that may stay behind without taking a
 # worker from calls that still answer: ten hung mounts must not fail the check of "/".
 # Each key still has at most one call, so this bounds threads per hung path to one.
-DEFAULT_STUCK = {"disk": 64}
+DEFAULT_STUCK = {"disk": 64, "startup": 16}
 STUCK_RECHECK = 0.05  # s: a waiting caller looks again when a running call may turn stuck
 
 
