@@ -34,7 +34,7 @@ from guardian.config.schema import Config, config_summary, redacted_config, reso
 from guardian.core.result import CheckResult, Status
 from guardian.core.state import aggregate
 from guardian.store import runfile
-from guardian.support.escape import terminal
+from guardian.support.escape import inert, terminal
 from guardian.support.log import setup_logging
 
 
@@ -294,7 +294,7 @@ def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) 
             detail = resp.json().get("detail", resp.text)
         except ValueError:
             detail = resp.text
-        err.print(f"Guardian answered HTTP {resp.status_code}: {detail}", markup=False)
+        err.print(f"Guardian answered HTTP {resp.status_code}: {inert(detail)}", markup=False)
         if resp.status_code in (401, 403):
             err.print(token_hint(cfg), markup=False, highlight=False)
         raise typer.Exit(2)
@@ -312,7 +312,8 @@ def restart(
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
     body = _api_call(where, "POST", f"/api/targets/{target}/restart")
-    out.print(body.get("message", body) if isinstance(body, dict) else body, markup=False)
+    out.print(inert(body.get("message", body) if isinstance(body, dict) else body),
+              markup=False)
 
 
 def target_states(target: dict[str, Any]) -> list[str]:
@@ -351,11 +352,12 @@ def status_table(body: dict[str, Any]) -> Table:
     for t in body.get("targets") or []:
         st = str(t.get("status"))
         table.add_row(
-            Text(str(t.get("name"))),
-            Text(st, style=style.get(st, "dim")),
-            Text(", ".join(target_states(t)), style="bold red" if (t.get("recovery") or {})
+            # Target text, shown inert: an ESC from a health body is four visible characters.
+            Text(inert(t.get("name"))),
+            Text(inert(st), style=style.get(st, "dim")),
+            Text(inert(", ".join(target_states(t))), style="bold red" if (t.get("recovery") or {})
                  .get("breaker_open") else ""),
-            Text(str(t.get("reason") or "")),
+            Text(inert(t.get("reason") or "")),
         )
     return table
 
@@ -368,8 +370,8 @@ def status(config: ConfigOpt = None) -> None:
     out.print(status_table(body))
     opened = body.get("incidents_open") or []
     if opened:
-        out.print(Text(f"open incidents: {', '.join('#' + str(i.get('id')) for i in opened)}"
-                       " (guardian incidents)"))
+        out.print(Text(inert(f"open incidents: {', '.join('#' + str(i.get('id')) for i in opened)}"
+                             " (guardian incidents)")))
     raise typer.Exit(EXIT_FOR.get(body.get("status", "unhealthy"), 2))
 
 
