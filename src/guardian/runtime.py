@@ -102,6 +102,7 @@ class Guardian:
         self._uptime_unsubscribe: Callable[[], None] | None = None
         self._bridge: LoopBridge | None = None
         self._lock: store_lock.StoreLock | None = None
+        self._manual: dict[str, asyncio.Future[str]] = {}  # restarts in flight, per target
 
     def _open_database(self) -> Database:
         """Guardian's one SQLite file, opened once for every component.
@@ -342,10 +343,26 @@ class Guardian:
         return self.recovery.snapshot() if self.recovery is not None else {}
 
     async def restart(self, target: str) -> str:
-        """A manual restart (API/CLI): resets the breaker. KeyError for unknown targets."""
+        """A manual restart (API/CLI): resets the breaker. KeyError for unknown targets.
+
+        Requests for a target whose manual restart is still in flight join it: fifty
+        clicks (or a script in a loop) make one restart, and every caller gets its outcome.
+        """
         if self.recovery is None:
             raise RuntimeError("Guardian is not running")
-        return await self.recovery.restart(target, manual=True)
+        running = self._manual.get(target)
+        if running is None or running.done():
+            running = asyncio.ensure_future(self.recovery.restart(target, manual=True))
+            self._manual[target] = running
+            running.add_done_callback(self._manual_done(target))
+        return await asyncio.shield(running)
+
+    def _manual_done(self, target: str) -> Callable[[asyncio.Future[str]], None]:
+        def forget(done: asyncio.Future[str]) -> None:
+            if self._manual.get(target) is done:
+                del self._manual[target]
+
+        return forget
 
     async def run_checks(self, target: str | None = None) -> list[CheckResult]:
         if target is not None and target not in {t.name for t in self.config.targets}:
