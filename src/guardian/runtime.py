@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("guardian.runtime")
 
+STORE_BUSY_TIMEOUT = 0.25  # s SQLite waits for another writer's lock before giving up
+
 
 class Guardian:
     def __init__(
@@ -117,6 +119,9 @@ class Guardian:
             monotonic=self.clock.monotonic,
             now=self.clock.now,
             components=(INCIDENTS, BREAKERS, UPTIME),
+            # Another process holding the write lock must not hold the event loop: a busy
+            # store is a write kept in memory for later, never a late restart.
+            timeout=STORE_BUSY_TIMEOUT,
         )
 
     def _open_breaker_store(self, db: Database) -> BreakerStore:
