@@ -60,11 +60,13 @@ async def test_slow_loris_sockets_give_way_to_real_requests() -> None:
             s = socket.create_connection(("127.0.0.1", server.port))
             s.sendall(b"GET /livez HTTP/1.1\r\nHost: 12")  # and then nothing, for 30 s
             loris.append(s)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.2)  # older than EVICT_AFTER: a fresh head may still be in flight
         replies = [await asyncio.to_thread(_exchange, server.port, GET) for _ in range(50)]
         ok = sum(r.startswith(b"HTTP/1.1 200") for r in replies)
         assert ok == 50, [r[:40] for r in replies if not r.startswith(b"HTTP/1.1 200")]
-        assert server.stats.evicted >= 136  # the loris sockets beyond the cap gave way
+        # Every loris socket beyond the cap gave way (or, while fresh, was turned away).
+        stats = server.stats
+        assert stats.evicted >= 50 and stats.evicted + stats.rejected_connections >= 136
     finally:
         for s in loris:
             s.close()
