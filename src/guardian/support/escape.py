@@ -42,6 +42,17 @@ def inert(text: object) -> str:
     return _SHOWN.sub(_shown, str(text))
 
 
+API_TEXT_LIMIT = 2048  # characters of one target-supplied string in an API answer
+
+
+def bounded(text: str, limit: int = API_TEXT_LIMIT) -> str:
+    """``text`` cut at ``limit`` characters with a marker saying how much was left out:
+    a target's megabyte prompt id must not become a megabyte in every API answer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [truncated {len(text) - limit} chars]"
+
+
 def strip_controls(text: str) -> str:
     """``text`` without control characters (tabs kept, other controls removed)."""
     return _CONTROLS.sub("", text)
