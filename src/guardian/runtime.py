@@ -362,9 +362,10 @@ class Guardian:
             self._lock = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then shut down in order."""
-        await self.start()
+        """Run until ``stop`` is set, then shut down in order (also when starting failed:
+        what was started is stopped, not left running unsupervised)."""
         try:
+            await self.start()
             await stop.wait()
         finally:
             log.info("guardian stopping", extra={"event": "stopping"})
