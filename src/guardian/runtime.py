@@ -60,6 +60,7 @@ from guardian.remediation.ladder import Remediation
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend, ServiceStatus
 from guardian.services.lifecycle import ServiceLifecycle
+from guardian.store import lock as store_lock
 from guardian.store import runfile
 from guardian.store.db import Database
 from guardian.support.fdlimit import FdLimits, api_connection_cap, raise_nofile
@@ -72,6 +73,8 @@ if TYPE_CHECKING:
     from guardian.api.server import ApiServer
 
 log = logging.getLogger("guardian.runtime")
+
+STORE_BUSY_TIMEOUT = 0.25  # s SQLite waits for another writer's lock before giving up
 
 
 class Guardian:
@@ -123,6 +126,8 @@ class Guardian:
         self.uptime_counts: UptimeStore | None = None
         self._uptime_unsubscribe: Callable[[], None] | None = None
         self._bridge: LoopBridge | None = None
+        self._lock: store_lock.StoreLock | None = None
+        self._manual: dict[str, asyncio.Future[str]] = {}  # restarts in flight, per target
 
     def _open_database(self) -> Database:
         """Guardian's one SQLite file, opened once for every component.
@@ -137,6 +142,9 @@ class Guardian:
             monotonic=self.clock.monotonic,
             now=self.clock.now,
             components=(INCIDENTS, BREAKERS, UPTIME),
+            # Another process holding the write lock must not hold the event loop: a busy
+            # store is a write kept in memory for later, never a late restart.
+            timeout=STORE_BUSY_TIMEOUT,
         )
 
     def _open_breaker_store(self, db: Database) -> BreakerStore:
@@ -180,6 +188,8 @@ class Guardian:
                         "Guardian", e, extra={"event": "runtime_file_failed"})
 
     async def start(self) -> None:
+        # One Guardian per store, before anything is adopted or started (AlreadyRunning).
+        self._lock = store_lock.acquire(self.config.store_path)
         self.started_at = self.clock.now()
         self.state.started_at = self.started_at
         self.fd_limits = raise_nofile()
@@ -347,11 +357,15 @@ class Guardian:
         self._close_uptime()
         if self.db is not None:
             self.db.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then shut down in order."""
-        await self.start()
+        """Run until ``stop`` is set, then shut down in order (also when starting failed:
+        what was started is stopped, not left running unsupervised)."""
         try:
+            await self.start()
             await stop.wait()
         finally:
             log.info("guardian stopping", extra={"event": "stopping"})
@@ -364,10 +378,26 @@ class Guardian:
         return self.recovery.snapshot() if self.recovery is not None else {}
 
     async def restart(self, target: str) -> str:
-        """A manual restart (API/CLI): resets the breaker. KeyError for unknown targets."""
+        """A manual restart (API/CLI): resets the breaker. KeyError for unknown targets.
+
+        Requests for a target whose manual restart is still in flight join it: fifty
+        clicks (or a script in a loop) make one restart, and every caller gets its outcome.
+        """
         if self.recovery is None:
             raise RuntimeError("Guardian is not running")
-        return await self.recovery.restart(target, manual=True)
+        running = self._manual.get(target)
+        if running is None or running.done():
+            running = asyncio.ensure_future(self.recovery.restart(target, manual=True))
+            self._manual[target] = running
+            running.add_done_callback(self._manual_done(target))
+        return await asyncio.shield(running)
+
+    def _manual_done(self, target: str) -> Callable[[asyncio.Future[str]], None]:
+        def forget(done: asyncio.Future[str]) -> None:
+            if self._manual.get(target) is done:
+                del self._manual[target]
+
+        return forget
 
     async def run_checks(self, target: str | None = None) -> list[CheckResult]:
         if target is not None and target not in {t.name for t in self.config.targets}:

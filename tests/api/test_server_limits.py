@@ -44,15 +44,29 @@ async def test_serves_on_its_own_thread_and_loop() -> None:
 
 
 async def test_connections_over_the_cap_get_503_and_are_closed() -> None:
+    """Idle connections give way to a new one; when all are busy, a new one gets 503."""
+    release = asyncio.Event()
+
+    async def slow_restart(target: str) -> str:
+        await release.wait()
+        return "done"
+
+    view = make_view(restart_fn=slow_restart)
     limits = ServeLimits(max_connections=3, header_timeout=10)
-    server = await serve(create_app(make_view()), "127.0.0.1", 0, limits)
+    server = await serve(create_app(LoopBridge(view, asyncio.get_running_loop())),
+                         "127.0.0.1", 0, limits)
+    busy = b"POST /api/targets/panel/restart HTTP/1.1\r\nHost: 127.0.0.1\r\n" \
+        b"Authorization: Bearer s3cret-token\r\nContent-Length: 0\r\n\r\n"
     held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
     try:
-        await asyncio.sleep(0.2)
+        for s in held:
+            s.sendall(busy)
+        await asyncio.sleep(0.3)
         reply = await asyncio.to_thread(_exchange, server.port, b"")
         assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply
         assert server.stats.rejected_connections >= 1
     finally:
+        release.set()
         for s in held:
             s.close()
         await server.stop()

@@ -169,8 +169,9 @@ def test_escapes_per_sink(text: str) -> None:
     console.print(terminal(text))  # raises MarkupError if anything were left as markup
     shown = console.export_text()
     assert "\x1b" not in shown
-    assert shown.replace("\n", "") == text.replace("\x1b]0;title\x07", "]0;title")\
-        .replace("\x1b[2J", "[2J").replace("\n", "")
+    # Control characters are shown, as \xNN, never sent to the terminal.
+    assert shown.replace("\n", "") == text.replace("\x1b]0;title\x07", "\\x1b]0;title\\x07")\
+        .replace("\x1b[2J", "\\x1b[2J").replace("\n", "")
     md = markdown_inline(text)
     assert "\n" not in md and "<" not in md.replace("\\<", "") and "](" not in md.replace(
         "\\](", "")

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -116,8 +117,9 @@ def test_runtime_file_private_alive_and_stale(tmp_path: Path, monkeypatch: pytes
                                               ) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     cfg = load_config(write_config(tmp_path))
+    api = socket.create_server(("127.0.0.1", 0))  # the file is believed only for a live port
     info = runfile.write(cfg, started_at=T0.isoformat(), config_path=None,
-                         api_url="http://127.0.0.1:1234")
+                         api_url=f"http://127.0.0.1:{api.getsockname()[1]}")
     path = runfile.runtime_path(cfg)
     assert path.parent == cfg.store_path.parent
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -135,6 +137,7 @@ def test_runtime_file_private_alive_and_stale(tmp_path: Path, monkeypatch: pytes
     path.write_text(info.to_json())
     runfile.remove(cfg)
     assert not path.exists()
+    api.close()
 
 
 async def test_status_shows_states_from_the_real_api_port(daemon: tuple[Path, StaticView],

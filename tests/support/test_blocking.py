@@ -147,3 +147,19 @@ def test_process_wide_pools_are_per_kind() -> None:
     assert pool("disk").max_workers >= 2
     with pytest.raises(ValueError):
         BlockingPool("x", 0)
+
+
+async def test_stuck_calls_never_use_up_the_pool(gate: threading.Event) -> None:
+    """Ten hung paths (one stuck call each) and "/" still gets a worker; threads bounded."""
+    p = BlockingPool("t-stuck", 2, max_stuck=10)
+    for i in range(10):
+        with pytest.raises(CallTimedOut):
+            await p.run(gate.wait, 0.02, key=f"statfs:/mnt/dead{i}")
+    assert p.busy == 10
+    assert await p.run(lambda: "free", 5, key="statfs:/") == "free"
+    for i in range(2):  # the stuck budget is full: in-time calls still have their workers
+        with pytest.raises(CallTimedOut):
+            await p.run(gate.wait, 0.02, key=f"statfs:/mnt/more{i}")
+    with pytest.raises(NoWorker):  # 2 workers + 10 stuck: no thread beyond that, ever
+        await p.run(lambda: None, 0.05, key="statfs:/x")
+    assert len(workers("t-stuck")) == 12

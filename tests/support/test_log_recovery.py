@@ -1,16 +1,19 @@
 """The log file comes back by itself after a full disk or a removed log dir (issue 11.13).
 
-Real files and a real full device (``/dev/full``: every write is ENOSPC); only time is
+Real files and a real full disk (a 64 KiB tmpfs filled up; Guardian never writes through
+a symlink, so ``/dev/full`` behind one would now only show ELOOP); only time is
 stepped by hand, so the retry backoff and the removed-file watch run in microseconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,34 +98,59 @@ def test_unwritable_log_dir_is_one_outage_then_one_recovery(
     assert note["msg"].startswith(f"log file {log_dir / 'guardian.log'} writable again after")
 
 
+@contextlib.contextmanager
+def small_disk(path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs on ``path``: a real filesystem that can really fill up."""
+    path.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot mount a small tmpfs here ({e}): ENOSPC needs a disk that fills")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one filler file; returns it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"x" * size)
+    finally:
+        os.close(fd)
+    return filler
+
+
 def test_full_disk_enospc_then_space_freed(
     rig: tuple[logging.Logger, io.StringIO, Path], ticker: Ticker
 ) -> None:
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full here")
     log, console, log_dir = rig
-    log_dir.mkdir()
-    path = log_dir / "guardian.log"
-    path.symlink_to("/dev/full")  # every write: ENOSPC, as on a full disk
-    for i in range(100):
-        log.info("line %d", i)
-        ticker.t += 0.5  # retries happen on the backoff, none of them is announced
-    text = console.getvalue()
-    assert text.count("cannot write log file") == 1
-    assert "No space left on device" in text
-    assert "Traceback" not in text and len(text.splitlines()) == 1
-    path.unlink()  # space freed
-    ticker.t += 61
-    log.info("written again")
-    assert console.getvalue().count("writable again after") == 1
-    assert messages(path)[-1] == "written again"
-    # and a second outage is announced again, once
-    path.unlink()
-    path.symlink_to("/dev/full")
-    ticker.t += 6  # the watch sees the file replaced and reopens it: onto the full device
-    for _ in range(20):
-        log.info("second outage")
-    assert console.getvalue().count("cannot write log file") == 2
+    with small_disk(log_dir):
+        path = log_dir / "guardian.log"
+        filler = fill(log_dir)  # every write: ENOSPC, a full disk
+        for i in range(100):
+            log.info("line %d", i)
+            ticker.t += 0.5  # retries happen on the backoff, none of them is announced
+        text = console.getvalue()
+        assert text.count("cannot write log file") == 1
+        assert "No space left on device" in text
+        assert "Traceback" not in text and len(text.splitlines()) == 1
+        filler.unlink()  # space freed
+        ticker.t += 61
+        log.info("written again")
+        assert console.getvalue().count("writable again after") == 1
+        assert messages(path)[-1] == "written again"
+        # and a second outage is announced again, once
+        fill(log_dir)
+        for _ in range(200):
+            log.info("second outage %s", "x" * 200)
+        assert console.getvalue().count("cannot write log file") == 2
 
 
 def test_log_dir_unwritable_at_start_recovers_later(tmp_path: Path) -> None:

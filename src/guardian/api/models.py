@@ -17,6 +17,7 @@ from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.core.result import CheckResult, Status, Value, worst
 from guardian.core.state import Health
+from guardian.support.escape import bounded
 from guardian.uptime.store import WINDOWS, Counts
 
 TargetStatus = Literal["ok", "degraded", "failed", "skipped", "unknown"]
@@ -242,8 +243,8 @@ def check_model(r: CheckResult) -> CheckModel:
         check=r.check,
         kind=r.kind,
         status=r.status,
-        reason=r.reason,
-        values=dict(r.values),
+        reason=bounded(r.reason),
+        values={k: bounded(v) if isinstance(v, str) else v for k, v in r.values.items()},
         started=r.started,
         finished=r.finished,
         duration=r.duration,
@@ -257,10 +258,10 @@ def target_summary(results: list[CheckResult]) -> tuple[TargetStatus, str]:
         return "unknown", "no results yet"
     status = worst(r.status for r in results)
     if all(r.status is Status.SKIPPED for r in results):
-        return "skipped", "; ".join(f"{r.check}: {r.reason}" for r in results if r.reason)
+        return "skipped", bounded("; ".join(f"{r.check}: {r.reason}" for r in results if r.reason))
     chosen = [r for r in results if r.status is status]
     reason = "; ".join(f"{r.check}: {r.reason}" if r.reason else r.check for r in chosen)
-    return status.value, reason
+    return status.value, bounded(reason)
 
 
 def _recovery(info: Mapping[str, Any] | None) -> RecoveryInfo | None:
@@ -301,7 +302,7 @@ def _int(value: Value | None) -> int | None:
 
 
 def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    return bounded(value) if isinstance(value, str) else None
 
 
 def _comfyui(r: CheckResult) -> ComfyUIHealth:
@@ -317,7 +318,7 @@ def _comfyui(r: CheckResult) -> ComfyUIHealth:
         running_prompt_id=_str(v.get("running_prompt_id")),
         running_for_s=readings.number(v.get("running_for_s")),
         status=r.status.value,
-        reason=r.reason,
+        reason=bounded(r.reason),
         version=version if isinstance(version, str) else None,
         cuda=any(t.lower() == "cuda" for t in types.values()),
         devices=[

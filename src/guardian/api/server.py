@@ -17,6 +17,15 @@ Why these limits (all from ``[api]``):
 * ``max_header_bytes``: a request head larger than this is answered 431 and closed before
   it is buffered; with httptools uvicorn would otherwise buffer a 64 MiB header.
 * ``keep_alive_timeout``: idle keep-alive connections are closed after it.
+* At the cap, a new connection first takes the place of the one that has waited longest
+  for a request head (a slow-loris socket, an idle keep-alive one) rather than being
+  turned away; only when every connection is busy is it answered 503. One peer address
+  holds at most ``PEER_SHARE`` of the connections (for a non-loopback ``api.host``).
+* ``write_timeout``: a response the client does not read (pipelined requests nobody
+  reads, a stalled reader) is aborted after this long without progress, so it does not
+  keep a slot forever.
+* A request body over ``max_body_bytes`` is answered 413 (a declared ``Content-Length``
+  before a byte of it is read); only the head counts toward the 431 limit.
 * The accept backlog is small, so a burst of connects waits in the kernel (no fd) rather
   than being accepted all at once; ``accept()`` EMFILE errors are logged once per
   interval with a count, never as a traceback per attempt.
@@ -56,12 +65,18 @@ except ImportError:  # pragma: no cover - httptools missing
     from uvicorn.protocols.http.h11_impl import H11Protocol as _BaseProtocol  # type: ignore[assignment]
 
 
+PEER_SHARE = 0.75  # of max_connections, per peer address
+EVICT_AFTER = 1.0  # s waiting for a head before a connection may give way to a new one
+
+
 @dataclass(frozen=True, slots=True)
 class ServeLimits:
     max_connections: int = 64
     max_header_bytes: int = 32 * 1024
     header_timeout: float = 5.0
     keep_alive_timeout: float = 5.0
+    write_timeout: float = 10.0
+    max_body_bytes: int = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -72,6 +87,9 @@ class ServeStats:
     header_too_large: int = 0
     header_timeouts: int = 0
     accept_errors: int = 0
+    evicted: int = 0
+    write_timeouts: int = 0
+    body_too_large: int = 0
 
 
 def _reply(status: str, detail: str) -> bytes:
@@ -86,32 +104,77 @@ def _reply(status: str, detail: str) -> bytes:
 def guarded_protocol(limits: ServeLimits, stats: ServeStats) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol with a connection cap, a head deadline and a head size cap."""
 
+    by_peer: dict[str, set[Any]] = {}
+    per_peer = max(1, int(limits.max_connections * PEER_SHARE))
+
     class GuardedProtocol(_BaseProtocol):
         _rejected = False
         _head_bytes = 0
+        _body_bytes = 0
+        _tail = b""
+        _waiting_since = 0.0  # loop time the connection started waiting for a head
+        _stalled_since: float | None = None  # loop time the client last read nothing
+        _stalled_size = 0  # bytes waiting to be read then
+        _peer = ""
         _head_timer: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            if len(self.connections) >= limits.max_connections:
+            peername = transport.get_extra_info("peername")
+            self._peer = str(peername[0]) if isinstance(peername, tuple) and peername else ""
+            mine = by_peer.get(self._peer, set())
+            full = len(self.connections) >= limits.max_connections
+            if (full or len(mine) >= per_peer) and not self._evict(
+                    mine if len(mine) >= per_peer else self.connections):
                 self._rejected = True
                 stats.rejected_connections += 1
                 transport.write(_reply("503 Service Unavailable", "too many connections"))
                 transport.close()
                 return
             super().connection_made(transport)
+            by_peer.setdefault(self._peer, set()).add(self)
             self._arm(limits.header_timeout)
+
+        def _evict(self, among: set[Any]) -> bool:
+            """Close the connection that has waited longest for a request head."""
+            # A fresh connection's head may be in flight: only one that has waited a while
+            # (a slow-loris socket, an idle keep-alive one) gives way.
+            oldest = self.loop.time() - min(EVICT_AFTER, limits.header_timeout / 2)
+            idle = [c for c in among if isinstance(c, GuardedProtocol) and c._awaiting_head()
+                    and c._waiting_since <= oldest
+                    and c.transport is not None and not c.transport.is_closing()]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda c: c._waiting_since)
+            stats.evicted += 1
+            victim._disarm()
+            victim.transport.abort()
+            victim.connections.discard(victim)  # its slot is free now, not at connection_lost
+            return True
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._rejected:
                 return
             self._disarm()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
+            mine = by_peer.get(self._peer)
+            if mine is not None:
+                mine.discard(self)
+                if not mine:
+                    del by_peer[self._peer]
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self._rejected or self.transport.is_closing():
                 return
             if self._awaiting_head():
-                self._head_bytes += len(data)
+                # Only the head counts toward the 431 limit; a body is for 413.
+                joined = self._tail + data
+                end = joined.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+                self._tail = joined[-3:]
                 if self._head_bytes > limits.max_header_bytes:
                     stats.header_too_large += 1
                     self._close_with(
@@ -120,9 +183,33 @@ def guarded_protocol(limits: ServeLimits, stats: ServeStats) -> type[asyncio.Pro
                     return
             super().data_received(data)
 
+        def on_headers_complete(self) -> None:
+            self._tail = b""
+            super().on_headers_complete()
+            declared = next((v for k, v in self.headers or [] if k == b"content-length"), b"")
+            if declared.isdigit() and int(declared) > limits.max_body_bytes:
+                self._too_large()
+
+        def on_body(self, body: bytes) -> None:
+            if self.transport.is_closing():
+                return
+            self._body_bytes += len(body)
+            if self._body_bytes > limits.max_body_bytes:
+                self._too_large()
+                return
+            super().on_body(body)
+
+        def _too_large(self) -> None:
+            stats.body_too_large += 1
+            if self.cycle is not None:
+                self.cycle.response_complete = True  # the app answers nothing more here
+            self._close_with("413 Content Too Large",
+                             f"request body over {limits.max_body_bytes} bytes")
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._head_bytes = 0
+            self._body_bytes = 0
             self._arm(max(limits.header_timeout, limits.keep_alive_timeout))
 
         def _awaiting_head(self) -> bool:
@@ -131,6 +218,7 @@ def guarded_protocol(limits: ServeLimits, stats: ServeStats) -> type[asyncio.Pro
 
         def _arm(self, seconds: float) -> None:
             self._disarm()
+            self._waiting_since = self.loop.time()
             self._head_timer = self.loop.call_later(seconds, self._head_deadline)
 
         def _disarm(self) -> None:
@@ -140,13 +228,47 @@ def guarded_protocol(limits: ServeLimits, stats: ServeStats) -> type[asyncio.Pro
 
         def _head_deadline(self) -> None:
             self._head_timer = None
-            if self.transport is None or self.transport.is_closing() or not self._awaiting_head():
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            if not self._awaiting_head():
                 return  # a request is being answered; the deadline re-arms after it
             stats.header_timeouts += 1
             if self._head_bytes:
                 self._close_with("408 Request Timeout", "request head not received in time")
+            elif transport.get_write_buffer_size():
+                transport.abort()  # close() would wait for a reader that never reads
             else:
-                self.transport.close()
+                transport.close()
+
+        def pause_writing(self) -> None:
+            """The client stopped reading (the buffer is full): watch it from now on."""
+            super().pause_writing()
+            if self._write_timer is None:
+                self._stalled_since = None
+                self._write_timer = self.loop.call_later(limits.write_timeout / 2,
+                                                         self._write_check)
+
+        def _write_check(self) -> None:
+            """Abort a connection whose client has read nothing for ``write_timeout``."""
+            self._write_timer = None
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            now = self.loop.time()
+            waiting = transport.get_write_buffer_size()
+            if not waiting:
+                self._stalled_since = None
+                return  # all read: watched again at the next pause
+            if self._stalled_since is None or waiting < self._stalled_size:
+                self._stalled_since = now  # first seen, or the client read some: progress
+            self._stalled_size = waiting
+            if now - self._stalled_since >= limits.write_timeout:
+                stats.write_timeouts += 1
+                self._disarm()
+                transport.abort()
+                return
+            self._write_timer = self.loop.call_later(limits.write_timeout / 2, self._write_check)
 
         def _close_with(self, status: str, detail: str) -> None:
             self._disarm()

@@ -2,20 +2,46 @@
 
 Kept apart from the command line so the `run` fast path (:mod:`guardian.cli.launch`) can start
 Guardian without loading typer, click or rich.
+
+Before anything else, and before a single file is touched, it refuses to start when a
+directory or file Guardian would trust can be written by someone else
+(:mod:`guardian.store.trusted`), or when another Guardian holds the store's lock
+(:mod:`guardian.store.lock`). Signals: SIGINT/SIGTERM stop; SIGHUP reopens the log file
+(logrotate's convention) and supervision goes on; SIGUSR1/SIGUSR2 are logged and ignored;
+the other signals whose default is to end the process stop Guardian with a log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from guardian.config.schema import Config
-from guardian.support.log import LogFormat, setup_logging
+from guardian.store import lock as store_lock
+from guardian.store import runfile
+from guardian.store.trusted import verify_start
+from guardian.support.blocking import BlockingError, pool
+from guardian.support.log import LogFormat, LogSetup, setup_logging
+from guardian.support.trust import Untrusted, make_dirs, untrusted_dir
 
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "pretty", "auto")
+STARTUP_IO_DEADLINE = 5.0  # s for a directory to answer at start (a hung mount never does)
+EXIT_REFUSED = 2  # an untrusted path, or another Guardian on the store: nothing touched
+EXIT_FATAL = 1
+
+log = logging.getLogger("guardian.cli.foreground")
+
+# Signals whose default action ends the process: each one now ends Guardian *cleanly*
+# (child stopped or left as configured, runtime file removed, a log line saying why).
+_STOPPING = ("SIGINT", "SIGTERM", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR",
+             "SIGXCPU", "SIGSTKFLT")
+_IGNORED = ("SIGUSR1", "SIGUSR2")
 
 
 def with_dry_run(cfg: Config, dry_run: bool) -> Config:
@@ -25,7 +51,9 @@ def with_dry_run(cfg: Config, dry_run: bool) -> Config:
     return cfg.model_copy(update={"guardian": cfg.guardian.model_copy(update={"dry_run": True})})
 
 
-def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+def _install_signal_handlers(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, reopen_logs: Callable[[], None]
+) -> None:
     def request_stop(*_: Any) -> None:
         loop.call_soon_threadsafe(stop.set)
 
@@ -33,9 +61,98 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Even
         # Ctrl-C and Ctrl-Break (what NSSM sends first) both end Guardian cleanly.
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGBREAK, request_stop)  # type: ignore[attr-defined,unused-ignore]
-    else:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, request_stop)
+        return
+
+    def stopping(name: str) -> None:
+        if not stop.is_set():
+            log.warning("stopping on %s", name, extra={"event": "signal", "signal": name})
+        stop.set()
+
+    def ignored(name: str) -> None:
+        log.info("%s ignored (SIGHUP reopens the log file; SIGTERM stops)", name,
+                 extra={"event": "signal", "signal": name})
+
+    def hangup() -> None:
+        reopen_logs()
+        log.info("SIGHUP: log file reopened", extra={"event": "log_reopened", "signal": "SIGHUP"})
+
+    for name in _STOPPING:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            loop.add_signal_handler(sig, stopping, name)
+    for name in _IGNORED:
+        loop.add_signal_handler(getattr(signal, name), ignored, name)
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+
+
+def _bounded(fn: Callable[[], object], key: str, deadline: float = STARTUP_IO_DEADLINE) -> bool:
+    """Run ``fn`` in a worker for at most ``deadline`` s; False if it hung."""
+    try:
+        pool("startup").call(fn, deadline, key=key)
+    except BlockingError:
+        return False
+    except OSError:
+        return True  # answered (with an error the writers will report)
+    return True
+
+
+def refuse_untrusted(cfg: Config) -> str | None:
+    """The refusal message when a path Guardian would trust is not safe, else None.
+
+    The log and report directories may sit on a mount that hangs: they are inspected with
+    a deadline, and one that does not answer is said on stderr, not a reason to refuse
+    (Guardian supervises with console logging until it answers). The state directory
+    holds the store and its lock: without an answer from it, Guardian cannot start.
+    """
+    optional = {cfg.guardian.log_dir, cfg.guardian.report_dir} - {
+        cfg.guardian.state_dir, cfg.store_path.parent}
+
+    def inspect(d: Path) -> Untrusted | None:
+        found: list[Untrusted | None] = []
+        if _bounded(lambda: found.append(untrusted_dir(d)), f"trust:{d}"):
+            return found[0] if found else None
+        if d in optional:
+            print(f"guardian: {d} did not answer within {STARTUP_IO_DEADLINE:g} s (a hung"
+                  " mount?): not checked; logging to the console until it answers",
+                  file=sys.stderr)
+            return None
+        return Untrusted(d, f"did not answer within {STARTUP_IO_DEADLINE:g} s",
+                         "check the mount it is on")
+
+    result: list[list[Untrusted]] = []
+    # Each directory has its own deadline inside; the files are in the state dir.
+    whole = STARTUP_IO_DEADLINE * 5
+    if not _bounded(lambda: result.append(verify_start(cfg, inspect)), "trust:start", whole):
+        return (f"guardian: refusing to start: {cfg.guardian.state_dir} did not answer within"
+                f" {STARTUP_IO_DEADLINE:g} s (a hung mount?)")
+    problems = result[0] if result else []
+    if not problems:
+        return None
+    lines = ["guardian: refusing to start: a path it would trust can be changed by others"]
+    lines += [f"  {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def prepare_store(cfg: Config) -> store_lock.StoreLock | str:
+    """Check the paths, create the directories, take the store's lock.
+
+    Returns the lock, or the message to print when Guardian must not start; until the lock
+    is held nothing is written, so a refused second Guardian touches nothing.
+    """
+    refusal = refuse_untrusted(cfg)
+    if refusal is not None:
+        return refusal
+    try:
+        lock = store_lock.acquire(cfg.store_path)
+    except store_lock.AlreadyRunning as e:
+        return f"guardian: {e}"
+    except OSError as e:
+        return f"guardian: cannot lock the store beside {cfg.store_path}: {e}"
+    g = cfg.guardian
+    for d in (g.state_dir, g.log_dir, g.report_dir):
+        # Bounded: a log dir on a hung mount must not keep Guardian from supervising.
+        _bounded(lambda d=d: make_dirs(d), f"mkdir:{d}")  # type: ignore[misc]
+    return lock
 
 
 def run_foreground(
@@ -45,16 +162,20 @@ def run_foreground(
     config_path: Path | None = None,
 ) -> int:
     """Set up logging, run until a stop signal, return the exit code."""
+    held = prepare_store(cfg)
+    if isinstance(held, str):
+        print(held, file=sys.stderr)
+        return EXIT_REFUSED
     g = cfg.guardian
     logs = setup_logging(
         g.log_dir, log_level or g.log_level, log_format, max_bytes=g.log_max_bytes,
-        backups=g.log_backups,
+        backups=g.log_backups, threaded=True,
     )
     from guardian.runtime import Guardian
 
     async def main() -> None:
         stop = asyncio.Event()
-        _install_signal_handlers(asyncio.get_running_loop(), stop)
+        _install_signal_handlers(asyncio.get_running_loop(), stop, logs.reopen)
         guardian = Guardian(cfg, config_path=config_path)
         await guardian.run(stop)
 
@@ -62,6 +183,19 @@ def run_foreground(
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except Exception as e:
+        return _fatal(cfg, logs, e)
     finally:
-        logs.flush()
+        logs.close()
+        held.release()
     return 0
+
+
+def _fatal(cfg: Config, logs: LogSetup, exc: BaseException) -> int:
+    """An end nobody asked for: say why (file and console), leave no runtime file behind."""
+    log.critical("guardian ended by an error: %s: %s", type(exc).__name__, exc,
+                 exc_info=exc, extra={"event": "fatal"})
+    with contextlib.suppress(OSError):
+        runfile.remove(cfg)
+    logs.flush()
+    return EXIT_FATAL

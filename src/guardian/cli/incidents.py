@@ -25,7 +25,7 @@ from guardian.incidents.report import Reporter
 from guardian.incidents.snapshot import SNAPSHOT_KINDS, system_snapshot
 from guardian.incidents.store import Incident, Store, StoreError
 from guardian.store.db import StoreDamaged
-from guardian.support.escape import terminal
+from guardian.support.escape import inert, terminal
 
 
 def _store(cfg: Config, must_exist: bool) -> Store | None:
@@ -81,12 +81,12 @@ def incidents_table(rows: list[Incident], title: str) -> Table:
     for i in rows:
         table.add_row(
             str(i.id),
-            Text(i.target),
+            Text(inert(i.target)),
             Text(str(i.status), style=style.get(str(i.status), "")),
             _short(i.opened_at, fmt),
             _short(i.resolved_at, fmt),
             f"{i.failure_count}" + (f"/{i.flap_count}f" if i.flap_count else ""),
-            Text(redact(i.summary)),
+            Text(inert(redact(i.summary))),
         )
     return table
 

@@ -34,7 +34,7 @@ from guardian.config.schema import Config, config_summary, redacted_config, reso
 from guardian.core.result import CheckResult, Status
 from guardian.core.state import aggregate
 from guardian.store import runfile
-from guardian.support.escape import terminal
+from guardian.support.escape import inert, terminal
 from guardian.support.log import setup_logging
 
 
@@ -294,7 +294,7 @@ def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) 
             detail = resp.json().get("detail", resp.text)
         except ValueError:
             detail = resp.text
-        err.print(f"Guardian answered HTTP {resp.status_code}: {detail}", markup=False)
+        err.print(f"Guardian answered HTTP {resp.status_code}: {inert(detail)}", markup=False)
         if resp.status_code in (401, 403):
             err.print(token_hint(cfg), markup=False, highlight=False)
         raise typer.Exit(2)
@@ -312,7 +312,8 @@ def restart(
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
     body = _api_call(where, "POST", f"/api/targets/{target}/restart")
-    out.print(body.get("message", body) if isinstance(body, dict) else body, markup=False)
+    out.print(inert(body.get("message", body) if isinstance(body, dict) else body),
+              markup=False)
 
 
 def target_states(target: dict[str, Any]) -> list[str]:
@@ -351,11 +352,12 @@ def status_table(body: dict[str, Any]) -> Table:
     for t in body.get("targets") or []:
         st = str(t.get("status"))
         table.add_row(
-            Text(str(t.get("name"))),
-            Text(st, style=style.get(st, "dim")),
-            Text(", ".join(target_states(t)), style="bold red" if (t.get("recovery") or {})
+            # Target text, shown inert: an ESC from a health body is four visible characters.
+            Text(inert(t.get("name"))),
+            Text(inert(st), style=style.get(st, "dim")),
+            Text(inert(", ".join(target_states(t))), style="bold red" if (t.get("recovery") or {})
                  .get("breaker_open") else ""),
-            Text(str(t.get("reason") or "")),
+            Text(inert(t.get("reason") or "")),
         )
     return table
 
@@ -368,8 +370,8 @@ def status(config: ConfigOpt = None) -> None:
     out.print(status_table(body))
     opened = body.get("incidents_open") or []
     if opened:
-        out.print(Text(f"open incidents: {', '.join('#' + str(i.get('id')) for i in opened)}"
-                       " (guardian incidents)"))
+        out.print(Text(inert(f"open incidents: {', '.join('#' + str(i.get('id')) for i in opened)}"
+                             " (guardian incidents)")))
     raise typer.Exit(EXIT_FOR.get(body.get("status", "unhealthy"), 2))
 
 
@@ -398,15 +400,25 @@ def demo(
     ] = None,
     log_format: Annotated[str, typer.Option("--log-format")] = "auto",
 ) -> None:
-    from guardian.demo.stack import demo_banner, prepare_demo
+    from guardian.demo.stack import DEFAULT_DEMO_DIR, demo_banner, prepare_demo
+    from guardian.store import lock as store_lock
 
+    # A second demo in the same directory must not rewrite the running one's config.
+    where = (directory or DEFAULT_DEMO_DIR).resolve()
     try:
-        demo_cfg, config_path = prepare_demo(directory, api_port=api_port)
+        held = store_lock.acquire(where / "state" / "guardian.db")
+    except store_lock.AlreadyRunning as e:
+        err.print(f"guardian: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        demo_cfg, config_path = prepare_demo(where, api_port=api_port)
     except OSError as e:
         err.print(str(e), markup=False)
         raise typer.Exit(2) from None
     err.print(demo_banner(demo_cfg, config_path), highlight=False)
-    raise typer.Exit(run_guardian(demo_cfg, log_format, config_path=config_path))
+    code = run_guardian(demo_cfg, log_format, config_path=config_path)
+    held.release()
+    raise typer.Exit(code)
 
 
 def _register_extensions() -> None:

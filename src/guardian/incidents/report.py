@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -38,8 +37,9 @@ from guardian.incidents.snapshot import SNAPSHOT_DEADLINE, Snapshot, SnapshotFn,
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import ADOPT_WINDOW
 from guardian.support import blocking
-from guardian.support.escape import markdown_cell, markdown_inline
+from guardian.support.escape import inert, markdown_cell, markdown_inline
 from guardian.support.logscan import last_error
+from guardian.support.safe_open import write_atomic_text
 
 log = logging.getLogger("guardian.incidents")
 
@@ -259,9 +259,7 @@ class Reporter:
         incident = self._incident(incident_id)
         self.report_dir.mkdir(parents=True, exist_ok=True)
         path = self.report_dir / report_filename(incident, self.clock.now())
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic_text(path, text, 0o640)  # never through a link planted in report_dir
         log.info(
             "report of incident %d written to %s",
             incident_id,
@@ -478,7 +476,7 @@ class Reporter:
         else:
             fence = _fence(log_lines)
             add(fence + "text")
-            add("\n".join(log_lines))
+            add("\n".join(inert(x) for x in log_lines))  # no raw ESC reaches a `cat`
             add(fence)
         add("")
         return "\n".join(out)

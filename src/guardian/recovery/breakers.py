@@ -13,6 +13,7 @@ import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +52,16 @@ class MemoryBreakerStore:
 
     def close(self) -> None:
         pass
+
+
+def _not_after(iso: str, now: datetime) -> str:
+    """A stored time that lies in the future (the wall clock was stepped back since it was
+    written) becomes now: a restart is then held for its cooldown, not for the step."""
+    try:
+        t = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    return now.isoformat() if t.tzinfo is not None and t > now else iso
 
 
 def _copy(r: BreakerRecord) -> BreakerRecord:
@@ -118,7 +129,10 @@ class SqliteBreakerStore:
                 parsed = [str(t) for t in json.loads(times)]
             except (ValueError, TypeError):
                 parsed = []
-            out[str(target)] = BreakerRecord(int(attempts), parsed, last, bool(is_open))
+            now = datetime.now(UTC)
+            out[str(target)] = BreakerRecord(
+                int(attempts), [_not_after(t, now) for t in parsed],
+                None if last is None else _not_after(str(last), now), bool(is_open))
         with self.db.lock:
             for target, rec in out.items():
                 if target not in self._unsaved:

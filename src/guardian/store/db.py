@@ -67,11 +67,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
+from guardian.support.safe_open import write_atomic_text
+
 log = logging.getLogger("guardian.db")
 
 T = TypeVar("T")
 
 PROBLEM_KEY = "store"
+IDENTITY_EVERY = 1.0  # s between checks that the path still names the open file
 MARKER_SUFFIX = ".written"
 LOG_EVERY = 60.0  # seconds between repeated "write failed" lines
 
@@ -219,8 +222,11 @@ class Database:
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self._reader_generation = -1
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._identity_due = 0.0
         with self.lock:
             self._conn = self._open()
+            self._remember_file()
 
     # ------------------------------------------------------------------ opening
 
@@ -228,14 +234,15 @@ class Database:
     def marker(self) -> Path:
         return self.path.with_name(self.path.name + MARKER_SUFFIX)
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, check_lost: bool = True) -> sqlite3.Connection:
         if self.in_memory_requested:
             return self._memory()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             return self._unusable(f"cannot create {self.path.parent}: {e.strerror or e}", e)
-        self._check_lost()
+        if check_lost:
+            self._check_lost()
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connect(str(self.path))
@@ -327,7 +334,7 @@ class Database:
             return
         body = {"created": self._now().isoformat(), "store": self.path.name}
         try:
-            self.marker.write_text(json.dumps(body) + "\n", encoding="utf-8")
+            write_atomic_text(self.marker, json.dumps(body) + "\n", 0o600)
         except OSError as e:
             log.debug("cannot write the store marker %s: %s", self.marker, e)
 
@@ -576,10 +583,44 @@ class Database:
                 self._reader.close()
             self._reader = None
 
+    def _remember_file(self) -> None:
+        try:
+            st = os.stat(self.path)
+            self._file_id = (st.st_dev, st.st_ino) if self.persistent else None
+        except OSError:
+            self._file_id = None
+
+    def _check_replaced(self) -> None:
+        """A store deleted or replaced under the running Guardian (SQLite would go on
+        writing into the unlinked file, lost at the next start): say so at once
+        (``store_lost``), open the file at the path and write back what is in memory."""
+        now = self._monotonic()
+        if self._file_id is None or self._resetting or now < self._identity_due:
+            return
+        self._identity_due = now + IDENTITY_EVERY
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._file_id
+        except FileNotFoundError:
+            same = False
+        except OSError:
+            return
+        if same:
+            return
+        msg = (f"state lost: store {self.path} was deleted or replaced while Guardian ran;"
+               " writing back what it holds in memory")
+        log.warning(msg, extra={"event": "store_lost", "path": str(self.path)})
+        self.lost = True
+        self._set_sticky("lost", msg)
+        self._reset(functools.partial(self._open, check_lost=False))
+        self._remember_file()
+
     def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         with self.lock:
             if self._closed:
                 raise StoreError(f"store {self.path} is closed")
+            if write and self.recover:
+                self._check_replaced()
             for attempt in (1, 2):
                 conn = self._conn
                 try:

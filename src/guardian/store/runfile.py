@@ -17,17 +17,20 @@ ignored (and removed when it is ours to remove).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
 from guardian.config.schema import Config
+from guardian.support.safe_open import write_atomic_text
+from guardian.support.trust import file_problem
 
 log = logging.getLogger("guardian.store.runfile")
 
@@ -71,17 +74,8 @@ def _process_started(pid: int) -> float | None:
 
 def _write_private(path: Path, text: str) -> None:
     """Atomically write ``text`` to ``path``, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".runtime-", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic_text(path, text, 0o600)
 
 
 def write(
@@ -136,28 +130,109 @@ def alive(info: RuntimeInfo) -> bool:
     return started is not None and abs(started - info.process_started) <= START_TOLERANCE
 
 
+def _loopback_port(url: str) -> int | None:
+    """The port of a loopback ``http://`` URL, else None: the token goes nowhere else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        name = parts.hostname or ""
+        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return None
+    if parts.scheme != "http" or port is None or not loopback:
+        return None
+    return port
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Does process ``pid`` itself hold a listening socket on ``port``?
+
+    Where the OS does not let this user see the process's sockets (a root Guardian, a
+    user's CLI), the file's owner and mode, checked before, are what vouch for it.
+    """
+    try:
+        conns = psutil.Process(pid).net_connections(kind="inet")
+    except psutil.AccessDenied:
+        return True
+    except (psutil.Error, OSError):
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+               for c in conns)
+
+
+def _process_uid(pid: int) -> int | None:
+    try:
+        return int(psutil.Process(pid).uids().effective)
+    except (psutil.Error, OSError, AttributeError):
+        return None
+
+
+def trusted(path: Path, info: RuntimeInfo) -> str | None:
+    """Why the runtime file at ``path`` must not be believed, or None when it may be.
+
+    Believed only when it was written by this user or root and nobody else can have
+    changed it, its process is the one that wrote it (same owner, pid and start time),
+    and its API address is loopback and held by that very process: a planted file can
+    never make the CLI send the API token to someone else's port.
+    """
+    if os.name != "nt":
+        problem = file_problem(path)
+        if problem is not None:
+            return problem
+        owner = path.lstat().st_uid
+        if _process_uid(info.pid) != owner:
+            return f"pid {info.pid} does not belong to the file's owner (uid {owner})"
+    if info.api_url is not None:
+        port = _loopback_port(info.api_url)
+        if port is None:
+            return f"API address {info.api_url!r} is not a loopback http:// address"
+        if not _listens(info.pid, port):
+            return f"pid {info.pid} does not listen on port {port}"
+    return None
+
+
 def read(path: Path) -> RuntimeInfo | None:
-    """The runtime file at ``path`` if its Guardian is still running, else None."""
+    """The runtime file at ``path`` if its Guardian is still running and it can be trusted."""
     info = _load(path)
-    return info if info is not None and alive(info) else None
+    if info is None or not alive(info):
+        return None
+    why = trusted(path, info)
+    if why is not None:
+        log.warning("ignoring runtime file %s: %s", path, why,
+                    extra={"event": "runtime_file_untrusted", "path": str(path)})
+        return None
+    return info
 
 
 def find_running(cfg: Config) -> RuntimeInfo | None:
     """The running Guardian that uses ``cfg``'s store, if any."""
-    return read(runtime_path(cfg))
+    info = read(runtime_path(cfg))
+    if info is None:
+        return None
+    with contextlib.suppress(OSError):
+        if Path(info.store_path).resolve() != cfg.store_path.resolve():
+            return None
+    return info
 
 
 def discover() -> list[RuntimeInfo]:
-    """Every live Guardian of this user (per-user instances directory); stale files go."""
+    """Every live Guardian of this user (per-user instances directory).
+
+    A stale file of this user's is removed; a file someone else put there is ignored
+    (neither believed nor touched).
+    """
     found: list[RuntimeInfo] = []
     try:
         paths = sorted(instances_dir().glob("guardian-*.json"))
     except OSError:
         return found
     for path in paths:
+        if os.name != "nt" and file_problem(path) is not None:
+            continue
         info = _load(path)
         if info is not None and alive(info):
-            found.append(info)
+            if trusted(path, info) is None:
+                found.append(info)
         else:
             with contextlib.suppress(OSError):
                 path.unlink()

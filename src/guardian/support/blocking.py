@@ -27,6 +27,11 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 DEFAULT_WORKERS = {"disk": 8, "memory": 4, "gpu": 4, "snapshot": 8, "report": 2, "notify": 4}
+# Calls past their deadline (stuck in the kernel) that may stay behind without taking a
+# worker from calls that still answer: ten hung mounts must not fail the check of "/".
+# Each key still has at most one call, so this bounds threads per hung path to one.
+DEFAULT_STUCK = {"disk": 64, "startup": 16}
+STUCK_RECHECK = 0.05  # s: a waiting caller looks again when a running call may turn stuck
 
 
 class BlockingError(Exception):
@@ -63,10 +68,13 @@ class NoWorker(BlockingError):
 class _Call(Generic[T]):
     """One call in its thread: result or exception, and who to tell when it ends."""
 
-    def __init__(self, fn: Callable[[], T], key: str | None, started: float) -> None:
+    def __init__(
+        self, fn: Callable[[], T], key: str | None, started: float, deadline: float = 0.0
+    ) -> None:
         self.fn = fn
         self.key = key
         self.started = started
+        self.deadline = deadline
         self.done = threading.Event()
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -131,12 +139,14 @@ class BlockingPool:
         kind: str,
         max_workers: int,
         *,
+        max_stuck: int = 0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self.kind = kind
         self.max_workers = max_workers
+        self.max_stuck = max_stuck
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._slot_free = threading.Condition(self._lock)
@@ -182,7 +192,11 @@ class BlockingPool:
             with self._lock:
                 self._waiters.append((loop, waiter))
             try:
-                await asyncio.wait_for(waiter, remaining)
+                if self.max_stuck:  # a worker also frees up by its call turning stuck
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiter, min(remaining, STUCK_RECHECK))
+                else:
+                    await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
                 raise NoWorker(self.kind, self.busy) from None
             finally:
@@ -229,7 +243,8 @@ class BlockingPool:
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     raise NoWorker(self.kind, len(self._running))
-                self._slot_free.wait(remaining)
+                self._slot_free.wait(min(remaining, STUCK_RECHECK) if self.max_stuck
+                                     else remaining)
 
     def age(self, call: _Call[T]) -> float:
         """Seconds ``call`` has been running."""
@@ -251,8 +266,12 @@ class BlockingPool:
                 raise StillBlocked(what, self.age(running))
             return running, True
         if len(self._running) >= self.max_workers:
-            return None
-        call: _Call[T] = _Call(fn, key, self._monotonic())
+            if len(self._running) >= self.max_workers + self.max_stuck:
+                return None
+            stuck = sum(1 for c in self._running if self.age(c) >= c.deadline)
+            if len(self._running) - stuck >= self.max_workers:
+                return None
+        call: _Call[T] = _Call(fn, key, self._monotonic(), deadline)
         thread = threading.Thread(
             target=self._work, args=(call,), name=f"guardian-{self.kind}", daemon=True
         )
@@ -294,5 +313,7 @@ def pool(kind: str) -> BlockingPool:
     with _pools_lock:
         found = _pools.get(kind)
         if found is None:
-            found = _pools[kind] = BlockingPool(kind, DEFAULT_WORKERS.get(kind, 4))
+            found = _pools[kind] = BlockingPool(
+                kind, DEFAULT_WORKERS.get(kind, 4), max_stuck=DEFAULT_STUCK.get(kind, 0)
+            )
         return found

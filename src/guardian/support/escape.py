@@ -25,6 +25,34 @@ _NEWLINES = re.compile(r"\s*[\r\n]+\s*")
 _MD_SPECIAL = re.compile(r"([\\`\[\]<>&|])")
 
 
+_SHOWN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _shown(m: re.Match[str]) -> str:
+    return f"\\x{ord(m.group()):02x}"
+
+
+def inert(text: object) -> str:
+    """``text`` with every C0/C1 control but tab and newline shown as ``\\xNN``.
+
+    For terminals and plain-text logs: an ESC from a target (OSC title setting, clear
+    screen, cursor moves) or a carriage return that overwrites a line arrives as four
+    visible characters, so the evidence stays readable and does nothing.
+    """
+    return _SHOWN.sub(_shown, str(text))
+
+
+API_TEXT_LIMIT = 2048  # characters of one target-supplied string in an API answer
+
+
+def bounded(text: str, limit: int = API_TEXT_LIMIT) -> str:
+    """``text`` cut at ``limit`` characters with a marker saying how much was left out:
+    a target's megabyte prompt id must not become a megabyte in every API answer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [truncated {len(text) - limit} chars]"
+
+
 def strip_controls(text: str) -> str:
     """``text`` without control characters (tabs kept, other controls removed)."""
     return _CONTROLS.sub("", text)
@@ -51,7 +79,8 @@ def html_text(text: object) -> str:
 
 
 def terminal(text: object) -> str:
-    """Text for a rich console or table cell: markup escaped, control characters removed."""
+    """Text for a rich console or table cell: markup escaped, control characters shown
+    as ``\\xNN`` (:func:`inert`)."""
     from rich.markup import escape  # only the CLI prints to a terminal; `run` never loads rich
 
-    return escape(strip_controls(str(text)))
+    return escape(inert(text))

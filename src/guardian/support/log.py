@@ -10,19 +10,24 @@ the console keeps logging throughout.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
 import logging.handlers
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from guardian.support.escape import inert
 from guardian.support.redact import redact, redact_data
+from guardian.support.safe_open import open_append
 
 LogFormat = Literal["json", "pretty", "auto"]
 LOG_FILE_NAME = "guardian.log"
@@ -92,8 +97,9 @@ class PrettyFormatter(logging.Formatter):
             for k, v in _fields(record).items()
             if k not in hidden and v not in (None, "", {}, [])
         }
-        tail = " ".join(f"{k}={v}" for k, v in extras.items())
-        msg = redact(record.getMessage())
+        # Target text (a reason, a log line) may carry escape sequences: inert on a terminal.
+        tail = inert(" ".join(f"{k}={v}" for k, v in extras.items()))
+        msg = inert(redact(record.getMessage()))
         line = f"{ts} {level:<4} {msg}"
         if record.exc_info:
             line += "\n" + redact(self.formatException(record.exc_info))
@@ -149,8 +155,36 @@ class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
         self._error: BaseException | None = None  # of the write in progress
 
     def _open(self) -> io.TextIOWrapper:
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)  # removed? recreate
-        return super()._open()
+        """Append to the log, never through a link planted at its name (O_NOFOLLOW)."""
+        path = Path(self.baseFilename)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)  # removed? recreate
+        fd = open_append(path, 0o640)
+        return open(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+    abandoned = False  # set when a hung write is left behind at exit
+
+    def acquire(self) -> None:
+        if not self.abandoned:  # the stuck writer holds the lock: do not wait for it
+            super().acquire()
+
+    def release(self) -> None:
+        if not self.abandoned:
+            super().release()
+
+    def flush(self) -> None:
+        if not self.abandoned:
+            super().flush()
+
+    def close(self) -> None:
+        if not self.abandoned:
+            super().close()
+
+    _reopen = False
+
+    def reopen(self) -> None:
+        """SIGHUP: the next record closes the file and opens the path again (logrotate
+        moved it). Only a flag here: the writer may hold the lock in a slow write."""
+        self._reopen = True
 
     def emit(self, record: logging.LogRecord) -> None:
         now = self._monotonic()
@@ -162,6 +196,9 @@ class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
             self._retry_in = min(self._retry_in * 2, self._retry_max)
             if not self._try_recover(now):
                 return  # still down: this record is counted as lost
+        elif self._reopen:
+            self._reopen = False
+            self._close_stream()
         elif now >= self._next_watch:
             self._next_watch = now + self._watch_s
             self._reopen_if_moved()
@@ -250,21 +287,132 @@ def _say(stream: TextIO, message: str) -> None:
         pass
 
 
+QUEUE_SIZE = 10_000  # records waiting for the writer thread; beyond: dropped, counted
+CLOSE_WAIT = 2.0  # seconds the writer gets at exit to finish; a hung disk gets no more
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread without ever waiting: a full queue (a hung or
+    slow log disk, a console nobody reads) drops the record and counts it."""
+
+    def __init__(self, q: queue.Queue[logging.LogRecord | None]) -> None:
+        super().__init__(q)
+        self.dropped = 0
+        self._lock_drops = threading.Lock()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Resolve the message now (its arguments may change later); keep the fields and
+        # exc_info for the real formatters on the writer thread.
+        r = copy.copy(record)
+        r.msg = record.getMessage()
+        r.args = None
+        return r
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            with self._lock_drops:
+                self.dropped += 1
+
+
+class _Writer(logging.handlers.QueueListener):
+    """The thread that formats and writes; it says how many records were dropped."""
+
+    def __init__(self, q: queue.Queue[logging.LogRecord | None], source: DroppingQueueHandler,
+                 *handlers: logging.Handler) -> None:
+        super().__init__(q, *handlers, respect_handler_level=True)
+        self._source = source
+        self._reported = 0
+
+    def handle(self, record: logging.LogRecord) -> None:
+        dropped = self._source.dropped
+        if dropped > self._reported:
+            note = logging.LogRecord("guardian.log", logging.WARNING, __file__, 0,
+                                     f"{dropped - self._reported} log record(s) dropped: the log"
+                                     " writer fell behind (slow or hung disk or console)",
+                                     None, None)
+            note.event = "log_dropped"
+            note.dropped_total = dropped
+            self._reported = dropped
+            super().handle(note)
+        super().handle(record)
+
+
 class LogSetup:
     """What :func:`setup_logging` did, so callers can report it and tests can inspect it."""
 
-    def __init__(self, file: Path | None, file_handler: SafeRotatingFileHandler | None) -> None:
+    def __init__(self, file: Path | None, file_handler: SafeRotatingFileHandler | None,
+                 writers: list[tuple[DroppingQueueHandler, _Writer]] | None = None,
+                 handlers: tuple[logging.Handler, ...] = ()) -> None:
         self.file = file
         self.file_handler = file_handler
+        self._writers = writers or []
+        self._handlers = handlers
 
     @property
     def file_ok(self) -> bool:
         return self.file_handler is not None and not self.file_handler.failed
 
+    @property
+    def dropped(self) -> int:
+        return sum(source.dropped for source, _ in self._writers)
+
+    def reopen(self) -> None:
+        """SIGHUP: the log file is reopened by name at its next record."""
+        if self.file_handler is not None:
+            self.file_handler.reopen()
+
     def flush(self) -> None:
-        for h in logging.getLogger("guardian").handlers:
-            with contextlib.suppress(OSError, ValueError):
-                h.flush()
+        deadline = time.monotonic() + CLOSE_WAIT
+        for source, _ in self._writers:
+            _drain(source, deadline)
+        for h in self._handlers or tuple(logging.getLogger("guardian").handlers):
+            if not getattr(h, "abandoned", False):
+                with contextlib.suppress(OSError, ValueError):
+                    h.flush()
+
+    def close(self) -> None:
+        """Stop the writer threads: what they write within ``CLOSE_WAIT`` s, then exit anyway.
+
+        A writer stuck in a hung disk's ``write`` is abandoned (a daemon thread): its file
+        handler stops taking its lock, so the interpreter's exit never waits for it.
+        """
+        writers, self._writers = self._writers, []
+        if not writers:
+            self.flush()
+            return
+        root = logging.getLogger("guardian")
+        deadline = time.monotonic() + CLOSE_WAIT
+        for source, writer in writers:
+            root.removeHandler(source)
+            done = _drain(source, deadline)
+            thread = writer._thread
+            if done and thread is not None:
+                with contextlib.suppress(queue.Full):
+                    source.queue.put_nowait(None)
+                thread.join(max(0.0, deadline - time.monotonic()))
+                done = not thread.is_alive()
+            for h in writer.handlers:
+                if not done and isinstance(h, SafeRotatingFileHandler):
+                    h.abandoned = True
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    h.flush()
+                if isinstance(h, SafeRotatingFileHandler):
+                    h.close()
+                else:  # the console: back on the caller's thread for what comes after
+                    root.addHandler(h)
+
+
+def _drain(source: DroppingQueueHandler, deadline: float) -> bool:
+    """Wait (until ``deadline``) for the writer to write what is queued; True when it did."""
+    q = source.queue
+    if not isinstance(q, queue.Queue):
+        return True
+    while q.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not q.unfinished_tasks
 
 
 def setup_logging(
@@ -275,8 +423,14 @@ def setup_logging(
     max_bytes: int = 10 * 1024 * 1024,
     backups: int = 5,
     stream: TextIO | None = None,
+    threaded: bool = False,
 ) -> LogSetup:
-    """Configure the ``guardian`` logger tree. Safe to call again (replaces handlers)."""
+    """Configure the ``guardian`` logger tree. Safe to call again (replaces handlers).
+
+    ``threaded`` (the daemon): records go through a bounded queue to a writer thread, so
+    a hung or full log disk never stalls the event loop; what does not fit is dropped and
+    counted (a ``log_dropped`` line says how many).
+    """
     stream = stream or sys.stderr
     root = logging.getLogger("guardian")
     for h in list(root.handlers):
@@ -290,19 +444,32 @@ def setup_logging(
     if fmt == "auto":
         fmt = "pretty" if is_tty else "json"
     console.setFormatter(PrettyFormatter(color=is_tty) if fmt == "pretty" else JsonFormatter())
-    root.addHandler(console)
-
-    if log_dir is None:
-        return LogSetup(None, None)
-    path = Path(log_dir) / LOG_FILE_NAME
-    handler = SafeRotatingFileHandler(path, max_bytes, backups, stream)
-    handler.setFormatter(JsonFormatter())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as e:
-        # say so now, not at the first record; the handler keeps retrying in the background
-        handler.mark_failed(e)
-    root.addHandler(handler)
-    return LogSetup(path, handler)
+    handlers: list[logging.Handler] = [console]
+    path: Path | None = None
+    handler: SafeRotatingFileHandler | None = None
+    if log_dir is not None:
+        path = Path(log_dir) / LOG_FILE_NAME
+        handler = SafeRotatingFileHandler(path, max_bytes, backups, stream)
+        handler.setFormatter(JsonFormatter())
+        if not threaded:  # the daemon's writer thread finds out at its first record
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+                os.close(open_append(path, 0o640))
+            except OSError as e:
+                # say so now, not at the first record; the handler retries in the background
+                handler.mark_failed(e)
+        handlers.append(handler)
+    if not threaded:
+        for h in handlers:
+            root.addHandler(h)
+        return LogSetup(path, handler)
+    # One writer thread per sink: a hung log disk must not silence the console either.
+    writers: list[tuple[DroppingQueueHandler, _Writer]] = []
+    for h in handlers:
+        q: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_SIZE)
+        source = DroppingQueueHandler(q)
+        writer = _Writer(q, source, h)
+        writer.start()
+        root.addHandler(source)
+        writers.append((source, writer))
+    return LogSetup(path, handler, writers, tuple(handlers))

@@ -22,6 +22,11 @@ Connection rules:
   POST without a body says ``Content-Length: 0``, as servers that demand a length need.
 * Bodies are capped (:class:`~guardian.checks.http.body.BodyTooLarge`); time is bounded by
   the caller's deadline (``asyncio.timeout``), the connect by ``connect_timeout``.
+* The head is capped too, like any hardened client (nginx, Go's net/http): the status line
+  at 8 KiB, the head at 64 KiB and 100 header fields. A target that streams headers
+  forever fails its check ("response headers over 64 KiB") after that much, in linear
+  time (repeated fields are joined once, at the end): it never costs Guardian memory or
+  event-loop time, so it can never make Guardian look "overloaded" and be excused.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from guardian import __version__
 from guardian.checks.http.body import BodyTooLarge
 
 READ_CHUNK = 65536
+MAX_STATUS_LINE = 8 * 1024
+MAX_HEAD_BYTES = 64 * 1024  # status line + every header line
+MAX_HEADERS = 100
 USER_AGENT = f"guardian/{__version__}"
 IDEMPOTENT = frozenset({"GET", "HEAD"})  # safe to send again after a stale connection
 BODILESS = frozenset({"GET", "HEAD"})  # no Content-Length unless a body is given
@@ -56,6 +64,10 @@ class InvalidResponse(WireError):
         super().__init__(f"invalid HTTP response: {why}")
 
 
+class HeadTooLarge(WireError):
+    """The response's status line or headers crossed a cap; reading stopped there."""
+
+
 class _Stale(Exception):
     """A reused connection closed before any byte of the answer: safe to retry once."""
 
@@ -71,13 +83,19 @@ class _Message:
     """httptools callbacks for one response."""
 
     __slots__ = (
-        "body", "complete", "headers", "headers_done", "keep_alive", "limit", "messages",
-        "parser", "too_large",
+        "body", "complete", "count", "fields", "head_bytes", "head_error", "headers",
+        "headers_done", "keep_alive", "limit", "messages", "parser", "status_bytes",
+        "too_large",
     )  # fmt: skip
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.headers: dict[str, str] = {}
+        self.fields: dict[str, list[str]] = {}  # joined once at the end: never quadratic
+        self.head_bytes = 0
+        self.count = 0
+        self.status_bytes = 0
+        self.head_error: str | None = None
         self.body = bytearray()
         self.headers_done = False
         self.complete = False
@@ -89,12 +107,27 @@ class _Message:
     def on_message_begin(self) -> None:
         self.messages += 1
 
+    def on_status(self, status: bytes) -> None:
+        self.status_bytes += len(status)
+        if self.status_bytes > MAX_STATUS_LINE and self.head_error is None:
+            self.head_error = f"status line over {MAX_STATUS_LINE // 1024} KiB"
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_error is not None:
+            return
+        self.head_bytes += len(name) + len(value) + 4
+        self.count += 1
+        if self.count > MAX_HEADERS:
+            self.head_error = f"more than {MAX_HEADERS} response headers"
+            return
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self.head_error = f"response headers over {MAX_HEAD_BYTES // 1024} KiB"
+            return
         key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        self.fields.setdefault(key, []).append(value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
+        self.headers = {k: ", ".join(v) for k, v in self.fields.items()}
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -243,12 +276,20 @@ class WireClient:
                     f" (received {received} bytes)"
                 )
             received += len(data)
+            if not msg.headers_done and received > MAX_HEAD_BYTES + MAX_STATUS_LINE:
+                # Whatever the parser makes of it, this much without the end of the head
+                # is a hostile or broken target: stop reading.
+                raise HeadTooLarge(f"response headers over {MAX_HEAD_BYTES // 1024} KiB")
             try:
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade:
                 raise InvalidResponse("unexpected protocol upgrade") from None
             except httptools.HttpParserError as exc:
+                if msg.head_error is not None:
+                    raise HeadTooLarge(msg.head_error) from None
                 raise InvalidResponse(_parser_reason(exc)) from None
+            if msg.head_error is not None:
+                raise HeadTooLarge(msg.head_error)
             if msg.too_large:
                 raise BodyTooLarge(limit)
             if msg.headers_done and not msg.complete:

@@ -140,9 +140,19 @@ def group_is_ours(ident: ProcessIdentity) -> bool:
     return current is not None and current.started_as(ident)
 
 
+def never_signalled(pid: int | None) -> bool:
+    """Pids no record may ever make Guardian signal, whatever it says: none, init (for a
+    group, ``killpg(1)`` is ``kill(-1)``: every process), Guardian itself and its group."""
+    if pid is None or pid <= 1:
+        return True
+    if pid == os.getpid():
+        return True
+    return not IS_WINDOWS and pid == os.getpgrp()
+
+
 def signal_process(ident: ProcessIdentity, sig: int) -> bool:
     """Send ``sig`` to ``ident``'s pid if it still is that process. True when sent."""
-    if not same_process(ident):
+    if never_signalled(ident.pid) or not same_process(ident):
         return False
     try:
         if IS_WINDOWS:
@@ -157,7 +167,7 @@ def signal_process(ident: ProcessIdentity, sig: int) -> bool:
 
 def signal_group(ident: ProcessIdentity, sig: int) -> bool:
     """Send ``sig`` to ``ident``'s process group when :func:`group_is_ours`. True when sent."""
-    if IS_WINDOWS or not group_is_ours(ident):
+    if IS_WINDOWS or never_signalled(ident.pgid) or not group_is_ours(ident):
         return False
     assert ident.pgid is not None
     try:

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from guardian.services.process.collapse import UNSUPPORTED, block_size, collapse_head
 from guardian.services.process.winappend import open_append
+from guardian.support.safe_open import open_beside, temp_name
 
 TAIL_BLOCK = 8192
 COPY_BLOCK = 1024 * 1024
@@ -67,7 +68,7 @@ class SupervisedLog:
         data = (text.rstrip("\n") + "\n").encode("utf-8", errors="replace")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+            fd = open_beside(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
             try:
                 os.write(fd, data)
             finally:
@@ -119,7 +120,11 @@ class SupervisedLog:
 
     def _copy_truncate(self) -> None:
         if self.backups == 0:
-            os.truncate(self.path, 0)
+            fd = open_beside(self.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
             return
         oldest = rotated_name(self.path, self.backups)
         oldest.unlink(missing_ok=True)
@@ -127,9 +132,11 @@ class SupervisedLog:
             src = rotated_name(self.path, i)
             if src.exists():
                 os.replace(src, rotated_name(self.path, i + 1))
-        tmp = self.path.with_name(self.path.name + ".rotating")
-        with open(self.path, "r+b") as src_fh, open(tmp, "wb") as dst:
-            os.chmod(tmp, LOG_MODE)
+        # Never through a link: an unguessable O_EXCL temp name, the log opened O_NOFOLLOW.
+        tmp = self.path.with_name(temp_name(self.path))
+        src_fd = open_beside(self.path, os.O_RDWR)
+        dst_fd = open_beside(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, LOG_MODE)
+        with open(src_fd, "r+b") as src_fh, open(dst_fd, "wb") as dst:
             if not self._copy_collapse(src_fh, dst):
                 shutil.copyfileobj(src_fh, dst, COPY_BLOCK)
                 while chunk := src_fh.read(COPY_BLOCK):  # written while we copied

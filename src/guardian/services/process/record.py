@@ -25,7 +25,12 @@ from typing import Any
 
 import psutil
 
-from guardian.services.process.identity import ProcessIdentity, identify, is_alive
+from guardian.services.process.identity import (
+    ProcessIdentity,
+    identify,
+    is_alive,
+    never_signalled,
+)
 from guardian.support.private_file import write_private_text
 
 TOKEN_ENV = "GUARDIAN_SUPERVISOR_TOKEN"
@@ -113,7 +118,13 @@ def find_recorded(record: ProcessRecord) -> list[ProcessIdentity]:
     same user), never their command line.
     """
     if record.identity is not None:
-        return [record.identity] if is_alive(record.identity) else []
+        # pid + start time are public (/proc): a forged record can name any process. Only
+        # one that carries the record's token, which Guardian put in its child's
+        # environment, is ours to adopt and ever signal.
+        named = record.identity
+        if never_signalled(named.pid) or not is_alive(named):
+            return []
+        return [named] if carries_token(named.pid, record.token) else []
     found: list[ProcessIdentity] = []
     me = os.getpid()
     for proc in psutil.process_iter(["pid", "create_time", "status"]):
@@ -123,11 +134,21 @@ def find_recorded(record: ProcessRecord) -> list[ProcessIdentity]:
         if (info["create_time"] or 0) < record.intent_time - INTENT_SLACK:
             continue
         with contextlib.suppress(psutil.Error):
-            if proc.environ().get(TOKEN_ENV) == record.token:
+            if not never_signalled(proc.pid) and proc.environ().get(TOKEN_ENV) == record.token:
                 ident = identify(proc.pid)
                 if ident is not None:
                     found.append(ident)
     return found
+
+
+def carries_token(pid: int, token: str) -> bool:
+    """Does process ``pid`` carry ``token`` in its environment (set by Guardian at spawn)?"""
+    if len(token) < 8:
+        return False
+    try:
+        return bool(psutil.Process(pid).environ().get(TOKEN_ENV) == token)
+    except (psutil.Error, OSError):
+        return False
 
 
 def now() -> float:

@@ -110,4 +110,6 @@ def open_append(path: Path, mode: int) -> int:
     """
     if sys.platform == "win32":
         return open_windows_append(path)
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    from guardian.support.safe_open import open_append as safe_append
+
+    return safe_append(path, mode)  # never through a link planted at the name
