@@ -18,8 +18,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedIOBase
 from typing import Any, ClassVar, TextIO
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,11 +58,18 @@ class Request:
         return values[0] if values else None
 
 
+Takeover = Callable[[BufferedIOBase, BufferedIOBase], None]
+
+
 @dataclass
 class Reply:
     status: int
     body: bytes = b""
     content_type: str = "application/json; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+    # A protocol switch (101, a websocket): after the headers the connection is handed to
+    # this callable (reading, writing), which keeps it until it returns.
+    takeover: Takeover | None = None
 
 
 def json_reply(obj: Any, status: int = 200) -> Reply:
@@ -154,15 +163,32 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(head=True)
 
     def _send(self, reply: Reply, *, head: bool = False) -> None:
+        if reply.takeover is not None:
+            self._switch(reply, reply.takeover)
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
             self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             if not head:
                 self.wfile.write(reply.body)
         except OSError:
             self.close_connection = True
+
+    def _switch(self, reply: Reply, takeover: Takeover) -> None:
+        self.close_connection = True
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.flush()
+        except OSError:
+            return
+        takeover(self.rfile, self.wfile)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Real servers don't log every request by default; neither do we."""
