@@ -28,6 +28,8 @@ from guardian.engine.scheduler import Engine
 from guardian.engine.startup import StartupPhases
 from guardian.incidents import Incidents, start_incidents
 from guardian.incidents.store import INCIDENTS, Incident, Store, StoredRecovery, StoreError
+from guardian.journal.keeper import QueueKeeper
+from guardian.journal.store import QUEUE
 from guardian.recovery.breakers import (
     BREAKERS,
     BreakerStore,
@@ -94,6 +96,7 @@ class Guardian:
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
         self.remediation: Remediation | None = None
+        self.queue: QueueKeeper | None = None
         self._incidents: Incidents | None = None
         self.api: ApiServer | None = None
         self._app: Starlette | None = None
@@ -113,7 +116,7 @@ class Guardian:
             recover=True,
             monotonic=self.clock.monotonic,
             now=self.clock.now,
-            components=(INCIDENTS, BREAKERS, UPTIME),
+            components=(INCIDENTS, BREAKERS, UPTIME, QUEUE),
         )
 
     def _open_breaker_store(self, db: Database) -> BreakerStore:
@@ -135,6 +138,20 @@ class Guardian:
             log.error("uptime not recorded: %s", e, extra={"event": "store_unavailable"})
             return
         self._uptime_unsubscribe = self.uptime_counts.subscribe(self.bus)
+
+    def _open_queue_journal(self, db: Database, recovery: RecoveryManager) -> None:
+        """The ComfyUI queue journals: recovery awaits their last read before a restart."""
+        try:
+            keeper = QueueKeeper(self.config, self.bus, self.clock, db)
+        except (StoreError, OSError) as e:
+            log.error("queue journal unavailable (%s): a restart loses what was queued", e,
+                      extra={"event": "store_unavailable"})
+            return
+        if not keeper.journals:
+            keeper.close()
+            return
+        self.queue = keeper
+        recovery.before_restart.append(keeper.before_restart)
 
     def _close_uptime(self) -> None:
         if self._uptime_unsubscribe is not None:
@@ -184,6 +201,7 @@ class Guardian:
         self.remediation = Remediation(
             self.config, self.bus, self.clock, self.recovery, dry_run=self.config.guardian.dry_run
         )
+        self._open_queue_journal(self.db, self.recovery)
         for target in self.config.targets:
             if "grace_period" in target.recovery.model_fields_set:
                 log.warning(
@@ -195,6 +213,8 @@ class Guardian:
         self.startup.begin_all()
         await self.recovery.start_all()
         await self._log_start_outcomes()
+        if self.queue is not None:
+            await self.queue.start()
         self.engine.start()
         if self.config.api.enabled:
             await self._start_api()
@@ -300,6 +320,8 @@ class Guardian:
         await self.engine.aclose()
         if self.remediation is not None:
             await self.remediation.aclose()
+        if self.queue is not None:
+            await self.queue.aclose()
         await self.overload.stop()
         if self.recovery is not None:
             await self.recovery.aclose()

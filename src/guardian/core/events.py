@@ -33,6 +33,9 @@ class RecoveryKind(StrEnum):
     FREE_SENT = "free_sent"  # POST /free under memory pressure
     REMEDIATION_SUCCEEDED = "remediation_succeeded"  # the condition cleared after a rung
     REMEDIATION_FAILED = "remediation_failed"  # every gentle rung tried: restart is next
+    # The ComfyUI queue journal: what was queued, put back after a restart.
+    QUEUE_RESTORED = "queue_restored"  # "restored 4 of 4 prompts"
+    PROMPT_QUARANTINED = "prompt_quarantined"  # running at two deaths: not re-run
 
 
 @dataclass(frozen=True, slots=True)

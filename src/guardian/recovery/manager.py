@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -62,6 +62,7 @@ START_POLL = 0.1
 # every deadline finite and every wall-clock rendering of it inside datetime's range.
 MAX_DELAY = 365 * 86400.0
 LOG_TAIL_TIMEOUT = 2.0  # seconds to read a failed start's log for its last error
+BEFORE_RESTART_TIMEOUT = 3.0  # seconds a before-restart hook may take
 
 
 # =========================================================================== persistence
@@ -314,6 +315,9 @@ class RecoveryManager:
         self._start_waiters: dict[str, asyncio.Future[tuple[str, int | None]]] = {}
         self._spawned: dict[str, float] = {}  # monotonic time the running child was spawned
         self._closed = False
+        # Awaited (bounded) after RESTART_STARTED and before the backend restarts: the
+        # queue journal reads /queue one last time there.
+        self.before_restart: list[Callable[[str], Awaitable[None]]] = []
         for target in config.targets:
             if target.service is None or target.name not in self.backends:
                 continue
@@ -535,6 +539,7 @@ class RecoveryManager:
         """Restart one backend and say whether it came back running and stayed up."""
         backend = self.backends[target]
         self._emit(target, RecoveryKind.RESTART_STARTED, attempt=attempt, reason=reason)
+        await self._before_restart(target)
         t0 = self.clock.monotonic()
         waiter: asyncio.Future[tuple[str, int | None]] | None = None
         if isinstance(backend, ExitNotifying):
@@ -605,6 +610,18 @@ class RecoveryManager:
         )
         self._retrigger.setdefault(target, f"not running after restart ({status.state.value})")
         return False
+
+    async def _before_restart(self, target: str) -> None:
+        """Await each ``before_restart`` hook (the queue journal's last read), bounded: a
+        hook's trouble never delays or stops the restart for long."""
+        for hook in self.before_restart:
+            try:
+                await asyncio.wait_for(hook(target), BEFORE_RESTART_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s: before-restart hook failed: %s", target, exc,
+                            extra={"target": target, "event": "before_restart_failed"})
 
     async def _stays_up(
         self, target: str, waiter: asyncio.Future[tuple[str, int | None]]
