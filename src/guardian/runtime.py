@@ -142,7 +142,7 @@ class Guardian:
     def _open_queue_journal(self, db: Database, recovery: RecoveryManager) -> None:
         """The ComfyUI queue journals: recovery awaits their last read before a restart."""
         try:
-            keeper = QueueKeeper(self.config, self.bus, self.clock, db)
+            keeper = QueueKeeper(self.config, self.bus, self.clock, db, self.backends)
         except (StoreError, OSError) as e:
             log.error("queue journal unavailable (%s): a restart loses what was queued", e,
                       extra={"event": "store_unavailable"})

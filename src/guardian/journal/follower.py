@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from guardian.journal.store import JournalStore, TargetState
 log = logging.getLogger("guardian.journal")
 
 MAX_FRAME = 1 << 20
+Identity = Callable[[], Awaitable[int | None]]  # the supervised process's pid, if any
 Report = Callable[[str, RestoreOutcome, list[tuple[str, str, str]]], None]
 
 
@@ -54,7 +55,8 @@ class TargetJournal:
     """The journal of one target (see the module docstring)."""
 
     def __init__(self, target: str, url: str, timeout: float, cfg: QueueJournalConfig,
-                 store: JournalStore, clock: Clock, report_dir: Path, report: Report) -> None:
+                 store: JournalStore, clock: Clock, report_dir: Path, report: Report,
+                 identity: Identity | None = None) -> None:
         self.target = target
         self.url = url
         self.cfg = cfg
@@ -62,6 +64,7 @@ class TargetJournal:
         self.clock = clock
         self.report_dir = report_dir
         self.report = report  # (target, outcome, quarantined [(id, saved path, reason)])
+        self.identity = identity
         self.client = ComfyUIClient(url, timeout, cfg.max_body_bytes)
         self.timeout = timeout
         self.items: dict[str, tuple[str, QueuedPrompt]] = {}  # id -> (state, prompt)
@@ -81,6 +84,7 @@ class TargetJournal:
         self._wake = asyncio.Event()
         self._stream: StatusStream | None = None
         self._gap = True  # no successful read since start or since the server went away
+        self._alive = True  # a server answered since the last death counted
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -90,6 +94,7 @@ class TargetJournal:
         self.quarantined = len(await asyncio.to_thread(self.store.quarantined, self.target))
         self.items = {p.prompt_id: ("running", p) for p in journaled.running}
         self.items.update({p.prompt_id: ("pending", p) for p in journaled.pending})
+        self._alive = not self.state.restore_due
 
     async def run(self) -> None:
         """Follow forever (cancelled at shutdown)."""
@@ -168,10 +173,11 @@ class TargetJournal:
             return
         self._digest = digest
         self.online, self.last_error = True, None
+        self._alive = True  # a live server answered: the next death is a new one
         self.live_running, self.live_pending = len(snapshot.running), len(snapshot.pending)
         gap, self._gap = self._gap, False
-        if not self.state.restore_due and gap and not final and await self._fresh(snapshot):
-            await self._death("a fresh ComfyUI answered where the journal expected its prompts")
+        if gap and not final:
+            await self._check_instance(snapshot)
         if self.state.restore_due:
             await self._follow(snapshot, add_only=True)
             if not self.restarting and not final and self.cfg.restore:
@@ -191,10 +197,29 @@ class TargetJournal:
             task = asyncio.ensure_future(self._death(f"ComfyUI went away: {why}"))
             task.add_done_callback(_log_failure)
 
+    async def _check_instance(self, live: QueueSnapshot) -> None:
+        """After a gap: is this the server the journal was following? A supervised one is
+        known by its pid; another by knowing none of the journaled prompts and having an
+        empty history. A new one means a death nobody saw (Guardian itself was down)."""
+        pid: int | None = None
+        if self.identity is not None:
+            with contextlib.suppress(Exception):
+                pid = await self.identity()
+        instance = None if pid is None else str(pid)
+        if not self.state.restore_due and self.items:
+            if instance is not None and self.state.instance is not None:
+                if instance != self.state.instance:
+                    await self._death(f"ComfyUI was restarted unseen (pid "
+                                      f"{self.state.instance} -> {instance})")
+            elif await self._fresh(live):
+                await self._death("a fresh ComfyUI answered where the journal expected "
+                                  "its prompts")
+        if instance is not None and instance != self.state.instance:
+            await self._set_state(dataclasses.replace(self.state, instance=instance))
+
     async def _fresh(self, live: QueueSnapshot) -> bool:
-        """A server that knows none of the journaled prompts and has an empty history:
-        it restarted while nobody watched (Guardian itself was down)."""
-        if not self.items or live.ids() & set(self.items):
+        """A server that knows none of the journaled prompts and has an empty history."""
+        if live.ids() & set(self.items):
             return False
         try:
             return await self.client.newest_history_id() == ""
@@ -239,14 +264,18 @@ class TargetJournal:
             await self._death(why)
 
     async def _death(self, why: str) -> None:
-        """Freeze and count: the running prompt was running at one more death."""
-        if self.state.restore_due:
+        """Freeze and count: the running prompt was running at one more death. Each death
+        is counted once, however many signs of it arrive (an exit, refused connections, the
+        restart that follows): a server must have answered in between."""
+        if not self._alive:
             return
+        self._alive = False
         for pid, (st, _) in self.items.items():
             if st == "running":
                 await asyncio.to_thread(self.store.add_death, self.target, pid)
-        await self._set_state(dataclasses.replace(self.state, restore_due=True,
-                                                  death_reason=why[:300]))
+        if not self.state.restore_due:
+            await self._set_state(dataclasses.replace(self.state, restore_due=True,
+                                                      death_reason=why[:300]))
 
     async def ladder_ended(self, prompt_id: str) -> None:
         """The ladder asked for a restart because this prompt is stuck: never re-run it."""
@@ -292,8 +321,12 @@ class TargetJournal:
             else:
                 plan.append(prompt)
         await resubmit(self.client, plan, outcome)
+        if outcome.restored and not live.running:
+            await self._runs_first(outcome.restored[0])
         if outcome.interrupted is not None:
-            return outcome  # still due: what was submitted is skipped next time
+            # Still due: the next restart restores again (into a new server: all of it).
+            self.report(self.target, outcome, quarantined)
+            return outcome
         done = {*outcome.restored, *outcome.skipped}
         gone = [pid for pid in self.items if pid not in done]
         await asyncio.to_thread(self.store.apply, self.target, gone, [], [])
@@ -309,6 +342,16 @@ class TargetJournal:
         self.wake()  # read the queue as it is now
         self.report(self.target, outcome, quarantined)
         return outcome
+
+    async def _runs_first(self, prompt_id: str) -> None:
+        """The first prompt restored to an idle server starts at once: journal it as
+        running, so that a death before the next read is counted against it."""
+        moved = [(("running" if pid == prompt_id else "pending"), p)
+                 for pid, (st, p) in self.items.items()
+                 if (st == "running") != (pid == prompt_id)]
+        await asyncio.to_thread(self.store.apply, self.target, [], [], moved)
+        for st, p in moved:
+            self.items[p.prompt_id] = (st, p)
 
     async def _quarantine(self, prompt: QueuedPrompt, reason: str) -> str:
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
 from guardian.journal.follower import TargetJournal
 from guardian.journal.restore import RestoreOutcome, submit_body
 from guardian.journal.store import JournalStore, Quarantined
+from guardian.services.base import ServiceBackend
 from guardian.store.db import Database
 
 log = logging.getLogger("guardian.journal")
@@ -52,7 +53,8 @@ class QueueView:
 class QueueKeeper:
     """Builds one :class:`TargetJournal` per ComfyUI target and follows recovery."""
 
-    def __init__(self, config: Config, bus: EventBus, clock: Clock, db: Database) -> None:
+    def __init__(self, config: Config, bus: EventBus, clock: Clock, db: Database,
+                 backends: Mapping[str, ServiceBackend] | None = None) -> None:
         self.bus = bus
         self.clock = clock
         self.store = JournalStore(db)
@@ -68,9 +70,10 @@ class QueueKeeper:
                           if isinstance(c, ComfyUICheckConfig) and c.enabled), None)
             if check is None:
                 continue
+            backend = (backends or {}).get(target.name)
             self.journals[target.name] = TargetJournal(
                 target.name, check.url, check.timeout, target.queue, self.store, clock,
-                report_dir, self._report)
+                report_dir, self._report, None if backend is None else _pid_of(backend))
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._unsubscribe = bus.subscribe(self._on_event)
@@ -116,7 +119,8 @@ class QueueKeeper:
     def _report(self, target: str, outcome: RestoreOutcome,
                 quarantined: list[tuple[str, str, str]]) -> None:
         """Count, log and publish what a restore did (the timeline records the events)."""
-        self.restored_total[target] += len(outcome.restored)
+        if outcome.interrupted is None:
+            self.restored_total[target] += len(outcome.restored)
         for _, reason, _ in outcome.lost:
             self.lost_total[(target, reason)] += 1
         for _ in outcome.not_rerun:
@@ -209,3 +213,11 @@ class QueueKeeper:
             await journal.aclose()
 
 
+
+
+def _pid_of(backend: ServiceBackend) -> Callable[[], Awaitable[int | None]]:
+    """The supervised process's pid, which tells one ComfyUI instance from the next."""
+    async def pid() -> int | None:
+        async with asyncio.timeout(5):
+            return (await backend.status()).pid
+    return pid

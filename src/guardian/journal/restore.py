@@ -46,6 +46,9 @@ class RestoreOutcome:
                 + len(self.not_rerun))
 
     def headline(self) -> str:
+        if self.interrupted is not None:
+            return (f"restore interrupted after {len(self.restored)} prompts: ComfyUI went "
+                    "away again; the journal restores them after the next restart")
         text = f"restored {len(self.restored)} of {self.considered} prompts"
         if self.skipped:
             text += f" ({len(self.skipped)} already on the server)"

@@ -38,7 +38,8 @@ QUEUE_MIGRATIONS = (
         stuck_prompt TEXT,
         restored INTEGER NOT NULL DEFAULT 0,
         restore_total INTEGER NOT NULL DEFAULT 0,
-        restored_at TEXT
+        restored_at TEXT,
+        instance TEXT
     );
     CREATE TABLE comfyui_prompt_deaths (
         target TEXT NOT NULL,
@@ -70,6 +71,7 @@ class TargetState:
     restored: int = 0  # at the last restore
     restore_total: int = 0
     restored_at: str | None = None
+    instance: str | None = None  # the supervised process (pid) the journal last read
 
 
 @dataclass(frozen=True)
@@ -145,13 +147,14 @@ class JournalStore:
         if row is None:
             return TargetState()
         return TargetState(bool(row["restore_due"]), row["death_reason"], row["stuck_prompt"],
-                           row["restored"], row["restore_total"], row["restored_at"])
+                           row["restored"], row["restore_total"], row["restored_at"],
+                           row["instance"])
 
     def save_state(self, target: str, state: TargetState) -> None:
         self.db.write(lambda c: c.execute(
-            "INSERT OR REPLACE INTO comfyui_queue_target VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO comfyui_queue_target VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (target, int(state.restore_due), state.death_reason, state.stuck_prompt,
-             state.restored, state.restore_total, state.restored_at)))
+             state.restored, state.restore_total, state.restored_at, state.instance)))
 
     def add_death(self, target: str, prompt_id: str) -> int:
         """One more death while ``prompt_id`` ran; how many now."""
