@@ -28,7 +28,7 @@ from guardian.engine.scheduler import Engine
 from guardian.engine.startup import StartupPhases
 from guardian.incidents import Incidents, start_incidents
 from guardian.incidents.store import INCIDENTS, Incident, Store, StoredRecovery, StoreError
-from guardian.journal.keeper import QueueKeeper
+from guardian.journal.keeper import QueueKeeper, QueueView
 from guardian.journal.store import QUEUE
 from guardian.recovery.breakers import (
     BREAKERS,
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from guardian.api.bridge import LoopBridge
+    from guardian.api.queue import QueueListing
     from guardian.api.server import ApiServer
 
 log = logging.getLogger("guardian.runtime")
@@ -361,6 +362,30 @@ class Guardian:
         if self.recovery is None:
             raise RuntimeError("Guardian is not running")
         return await self.recovery.restart(target, manual=True)
+
+    def queue_views(self) -> dict[str, QueueView]:
+        keeper = self.queue
+        if keeper is None:
+            return {}
+        return {name: view for name in keeper.journals
+                if (view := keeper.view(name)) is not None}
+
+    async def queue_command(self, target: str, command: str,
+                            prompt_id: str | None) -> QueueListing:
+        """``guardian queue`` (list/release/drop) for one target; KeyError if unknown."""
+        from guardian.api.queue import queue_listing
+
+        keeper = self.queue
+        view = keeper.view(target) if keeper is not None else None
+        if keeper is None or view is None:
+            raise KeyError(target)
+        message = None
+        if command == "release" and prompt_id is not None:
+            message = await keeper.release(target, prompt_id)
+        elif command == "drop" and prompt_id is not None:
+            message = await keeper.drop(target, prompt_id)
+        view = keeper.view(target) or view
+        return queue_listing(view, await keeper.quarantine(target), message)
 
     async def run_checks(self, target: str | None = None) -> list[CheckResult]:
         if target is not None and target not in {t.name for t in self.config.targets}:

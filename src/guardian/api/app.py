@@ -33,6 +33,7 @@ from guardian.api import models
 from guardian.api.context import GuardianView
 from guardian.api.metrics import Metrics
 from guardian.api.page import html_page, page_endpoints
+from guardian.api.queue import queue_endpoints
 from guardian.api.routing import JSON, Endpoint, Param, Reply, error_replies, http_error, routes
 from guardian.api.server import ApiServer, serve
 from guardian.config.schema import ApiSection
@@ -163,6 +164,7 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
                  tags=["actions"], auth=True),
         Endpoint("GET", "/metrics", prometheus, PROMETHEUS, tags=["metrics"]),
         Endpoint("GET", "/api/metrics", prometheus, PROMETHEUS, tags=["metrics"]),
+        *queue_endpoints(view, name, _ok),
         *page_endpoints(view, INCIDENT_ID),
     ]
 

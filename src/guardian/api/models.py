@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from guardian.api import readings
 from guardian.api.context import GuardianView
+from guardian.api.queue import QueueHealth, queue_health
 from guardian.core.result import CheckResult, Status, Value, worst
 from guardian.core.state import Health
 from guardian.uptime.store import WINDOWS, Counts
@@ -121,6 +122,8 @@ class HealthResponse(BaseModel):
     system: SystemHealth
     targets: dict[str, TargetHealth]
     guardian: GuardianHealth = Field(default_factory=lambda: GuardianHealth(ok=True))
+    queues: dict[str, QueueHealth] = Field(
+        default_factory=dict, description="per ComfyUI target: its queue journal")
 
 
 class Probe(BaseModel):
@@ -459,6 +462,7 @@ def build_health(view: GuardianView, now: datetime) -> HealthResponse:
         system=_system(all_results),
         targets=targets,
         guardian=GuardianHealth(ok=not problems, problems=problems),
+        queues={name: queue_health(q) for name, q in view.queue_views().items()},
     )
 
 

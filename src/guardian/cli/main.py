@@ -413,9 +413,11 @@ def _register_extensions() -> None:
     """Commands that live next to the code they drive."""
     from guardian.cli import incidents as incident_commands
     from guardian.cli import install
+    from guardian.cli import queue as queue_commands
 
     install.register(app)
     incident_commands.register(app)
+    queue_commands.register(app)
 
 
 _register_extensions()

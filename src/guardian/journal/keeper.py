@@ -125,6 +125,8 @@ class QueueKeeper:
             self.lost_total[(target, reason)] += 1
         for _ in outcome.not_rerun:
             self.lost_total[(target, "stuck")] += 1
+        lost = Counter(reason for _, reason, _ in outcome.lost)
+        lost["stuck"] += len(outcome.not_rerun)
         details = []
         for pid in outcome.not_rerun:
             details.append(f"prompt {pid} was ended by the ladder for being stuck: not re-run")
@@ -140,7 +142,9 @@ class QueueKeeper:
             values={"restored": len(outcome.restored), "considered": outcome.considered,
                     "skipped": len(outcome.skipped), "lost": len(outcome.lost),
                     "quarantined": len(outcome.quarantined),
-                    "not_rerun": len(outcome.not_rerun)}))
+                    "not_rerun": len(outcome.not_rerun),
+                    "interrupted": outcome.interrupted is not None,
+                    **{f"lost_{reason}": n for reason, n in lost.items()}}))
         for pid, saved, reason in quarantined:
             self.quarantined_total[target] += 1
             log.error("%s: %s", target, reason, extra={
