@@ -134,6 +134,10 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle and the client's
+    # delayed ACK hold every kept-alive answer ~40 ms, which aiohttp (ComfyUI) and Node
+    # (the panel), both setting TCP_NODELAY, never do.
+    disable_nagle_algorithm = True
 
     def version_string(self) -> str:
         return "Python/3.11 aiohttp/3.12.15"

@@ -83,6 +83,8 @@ class TargetJournal:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stream: StatusStream | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # a status broadcast came (coalesced)
         self._gap = True  # no successful read since start or since the server went away
         self._alive = True  # a server answered since the last death counted
 
@@ -120,33 +122,47 @@ class TargetJournal:
         except ComfyUIError:
             return
         self._stream = stream
+        self._listener = asyncio.create_task(self._listen(stream),
+                                             name=f"journal-ws-{self.target}")
+
+    async def _listen(self, stream: StatusStream) -> None:
+        """Every status broadcast sets one flag: a burst of them costs one ``/queue`` read,
+        and one arriving during a read costs one more."""
+        try:
+            while True:
+                await stream.next_status()
+                self._changed.set()
+        except ComfyUIError:
+            self._changed.set()  # wake the loop: it sees the listener gone and polls
 
     async def _close_stream(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
         if self._stream is not None:
             await self._stream.aclose()
             self._stream = None
 
     async def _wait(self) -> None:
         """Until a status broadcast, a wake-up, or the fallback read is due."""
+        listening = self._listener is not None and not self._listener.done()
+        limit = self.cfg.fallback_interval if listening else self.cfg.poll_interval
+        if not self._changed.is_set() and not self._wake.is_set():
+            waits: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self._changed.wait()),
+                asyncio.ensure_future(self._wake.wait()),
+                asyncio.ensure_future(self.clock.sleep(limit)),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+        self._changed.clear()
         self._wake.clear()
-        waker: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
-        waiting: asyncio.Future[Any]
-        if self._stream is not None:
-            waiting = asyncio.ensure_future(
-                self._stream.next_status())
-            limit = self.cfg.fallback_interval
-        else:
-            waiting = asyncio.ensure_future(self.clock.sleep(self.cfg.poll_interval))
-            limit = self.cfg.poll_interval + 1.0
-        try:
-            done, _ = await asyncio.wait({waker, waiting}, timeout=limit,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waker, waiting):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ComfyUIError, Exception):
-                await asyncio.gather(waker, waiting, return_exceptions=True)
-        if waiting in done and waiting.exception() is not None:
+        if self._listener is not None and self._listener.done():
             await self._close_stream()  # lost: poll until it reconnects
 
     # ------------------------------------------------------------------ reading
