@@ -411,7 +411,9 @@ class Guardian:
         if keeper is None or view is None:
             raise KeyError(target)
         message = None
-        if command == "release" and prompt_id is not None:
+        if command == "restart_when_idle":
+            message = keeper.restart_when_idle(target, lambda: self.restart(target))
+        elif command == "release" and prompt_id is not None:
             message = await keeper.release(target, prompt_id)
         elif command == "drop" and prompt_id is not None:
             message = await keeper.drop(target, prompt_id)

@@ -298,3 +298,20 @@ async def test_guardian_restarted_between_the_crash_and_the_restore(tmp_path: Pa
         await second.http.post(second.sim + "/interrupt", json={"prompt_id": running})
         entries = await second.finished([running, *pending])
     assert run_order(entries) == [running, *pending]
+
+
+async def test_restart_when_idle_waits_for_the_running_prompt(tmp_path: Path) -> None:
+    async with Run(tmp_path) as run:
+        running = await run.submit(seconds=2)
+        pending = [await run.submit(seconds=0.05) for _ in range(2)]
+        await run.journal_is([running], pending)
+        listing = await run.guardian.queue_command("comfyui", "restart_when_idle", None)
+        assert listing.message is not None and running in listing.message
+        await asyncio.sleep(0.5)
+        assert not run.kinds(K.RESTART_STARTED)  # it waits: the prompt still runs
+        event = await run.restored()
+        done = await run.history(running)
+        assert done[running]["status"]["status_str"] == "success"  # finished, not cut
+        assert event.reason.startswith("restored ")
+        entries = await run.finished(pending)
+    assert run_order(entries) == pending

@@ -1,5 +1,5 @@
-"""The ComfyUI queue journal in the API: per-target figures in ``/api/health`` and the
-``guardian queue`` operations (list, release, drop), all behind the token.
+"""The ComfyUI queue journal in the API: the shapes of ``/api/health``'s per-target figures
+and of ``guardian queue`` (list, release, drop), and the journal's Prometheus counters.
 
 Shapes only ids, numbers and counts: ``extra_data`` (where API-node secrets live) never
 leaves the journal's store.
@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException
-from starlette.responses import Response
 
-from guardian.api.context import GuardianView
-from guardian.api.routing import JSON, Endpoint, Param, Reply, error_replies
 from guardian.core.events import RecoveryEvent, RecoveryKind
 from guardian.journal.keeper import QueueView
 from guardian.journal.store import Quarantined
@@ -77,44 +73,6 @@ def queue_listing(view: QueueView, quarantine: list[Quarantined],
                                     quarantined_at=q.quarantined_at, saved_to=q.saved_to)
                     for q in quarantine],
         message=message)
-
-
-def queue_endpoints(view: GuardianView, name: Param, ok: Callable[[type[BaseModel]],
-                                                                    dict[int, Reply]]
-                    ) -> list[Endpoint]:
-    """``GET /api/targets/{name}/queue`` and the release/drop actions (token needed)."""
-    prompt_id = Param("prompt_id", "path", str, pattern=PROMPT_ID_PATTERN)
-
-    async def command(target: str, what: QueueCommand, pid: str | None) -> Response:
-        try:
-            listing = await view.queue_command(target, what, pid)
-        except KeyError:
-            raise HTTPException(404, f"no queue journal entry {pid or target!r}") from None
-        except RuntimeError as e:
-            raise HTTPException(503, str(e)) from None
-        return Response(listing.model_dump_json(), media_type=JSON)
-
-    async def queue(name: str) -> Response:
-        """A ComfyUI target's queue journal and quarantined prompts (no secrets)."""
-        return await command(name, "list", None)
-
-    async def release_prompt(name: str, prompt_id: str) -> Response:
-        """Put a quarantined prompt back on the target's queue."""
-        return await command(name, "release", prompt_id)
-
-    async def drop_prompt(name: str, prompt_id: str) -> Response:
-        """Forget a quarantined prompt."""
-        return await command(name, "drop", prompt_id)
-
-    replies: dict[int, Any] = {**ok(QueueListing), **error_replies(401, 403, 404, 503)}
-    return [
-        Endpoint("GET", "/api/targets/{name}/queue", queue, replies, params=[name],
-                 tags=["queue"], auth=True),
-        Endpoint("POST", "/api/targets/{name}/queue/{prompt_id}/release", release_prompt,
-                 replies, params=[name, prompt_id], tags=["queue"], auth=True),
-        Endpoint("POST", "/api/targets/{name}/queue/{prompt_id}/drop", drop_prompt,
-                 replies, params=[name, prompt_id], tags=["queue"], auth=True),
-    ]
 
 
 QUEUE_FAMILIES = (

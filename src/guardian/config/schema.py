@@ -405,6 +405,9 @@ class QueueJournalConfig(_Section):
     quarantine_after: int = Field(
         2, ge=1, le=100, description="a prompt running at this many deaths is quarantined"
     )
+    idle_wait_max: float = Field(
+        3600.0, gt=0, le=DAY, description="restart --when-idle waits at most this long"
+    )
 
 
 class TargetConfig(_Section):

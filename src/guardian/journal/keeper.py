@@ -208,6 +208,42 @@ class QueueKeeper:
         """Stop listening (a keeper with no journal to keep)."""
         self._unsubscribe()
 
+    def restart_when_idle(self, target: str, restart: Callable[[], Awaitable[str]]) -> str:
+        """A planned restart between jobs: wait (in the background, at most
+        ``idle_wait_max``) until the prompt running now has finished, then restart; the
+        journal re-submits what was pending. KeyError for a target without a journal."""
+        journal = self.journals[target]
+        running = next((p.prompt_id for st, p in journal.items.values() if st == "running"),
+                       None)
+        if running is None and journal.live_running == 0:
+            self._spawn(self._restart_now(target, restart, "the queue is idle"))
+            return f"{target} is idle: restarting now"
+        self._spawn(self._restart_after(target, journal, running, restart))
+        return (f"restart of {target} planned once prompt {running} has finished "
+                f"(at most {journal.cfg.idle_wait_max:g} s)")
+
+    async def _restart_after(self, target: str, journal: TargetJournal, running: str | None,
+                             restart: Callable[[], Awaitable[str]]) -> None:
+        deadline = self.clock.monotonic() + journal.cfg.idle_wait_max
+        while self.clock.monotonic() < deadline:
+            still = any(st == "running" and pid == running
+                        for pid, (st, _) in journal.items.items())
+            if not still:
+                await self._restart_now(target, restart, f"prompt {running} finished")
+                return
+            await self.clock.sleep(0.1)
+        await self._restart_now(target, restart, f"prompt {running} still running after "
+                                f"{journal.cfg.idle_wait_max:g} s: restarting anyway")
+
+    async def _restart_now(self, target: str, restart: Callable[[], Awaitable[str]],
+                           why: str) -> None:
+        log.info("%s: planned restart: %s", target, why,
+                 extra={"target": target, "event": "planned_restart"})
+        try:
+            await restart()
+        except Exception as exc:
+            log.error("%s: planned restart failed: %s", target, exc, extra={"target": target})
+
     async def aclose(self) -> None:
         self._unsubscribe()
         for task in [*self._tasks, *self._background]:
