@@ -150,3 +150,42 @@ async def test_secrets_stay_in_the_store(harness: Harness, tmp_path: Path) -> No
     saved = save_quarantined(tmp_path / "reports", "comfyui", journaled.pending[0], "test")
     assert SECRET not in saved.read_text()
     assert json.loads(saved.read_text())["prompt_id"] == prompt_id
+
+
+async def test_release_and_drop_a_quarantined_prompt(harness: Harness, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from guardian.checks.comfyui.client import QueuedPrompt
+    from guardian.config.schema import load_config
+    from guardian.core.events import EventBus
+    from guardian.journal.keeper import QueueKeeper
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f"""
+[guardian]
+report_dir = {json.dumps(str(tmp_path / "reports"))}
+[[targets]]
+name = "comfyui"
+[[targets.checks]]
+kind = "comfyui"
+url = "{harness.sim.url}"
+""")
+    keeper = QueueKeeper(load_config(cfg), EventBus(), SystemClock(), harness.db)
+    kept, dropped = str(uuid.uuid4()), str(uuid.uuid4())
+    for pid in (kept, dropped):
+        prompt = QueuedPrompt(3.0, pid, job_prompt("sleep", 0.01, color=hash(pid) % 999),
+                              {"client_id": "c1", "api_key_comfy_org": SECRET}, ["2"])
+        await asyncio.to_thread(keeper.store.quarantine, "comfyui", prompt, "test",
+                                datetime.now(UTC), None)
+    message = await keeper.release("comfyui", kept)
+    assert message == f"released prompt {kept} to comfyui"
+    await harness.until(lambda: bool(harness.sim.history_entry(kept)), "it ran")
+    entry = harness.sim.history_entry(kept)[kept]
+    assert entry["prompt"][3]["client_id"] == "c1"
+    assert await keeper.drop("comfyui", dropped) == f"dropped quarantined prompt {dropped} " \
+        "of comfyui"
+    assert await keeper.quarantine("comfyui") == []
+    with pytest.raises(KeyError):
+        await keeper.drop("comfyui", dropped)
+    assert harness.sim.history_entry(dropped) == {}
+    await keeper.aclose()

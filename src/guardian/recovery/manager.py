@@ -86,8 +86,7 @@ class RecoveryManager:
             name: TargetRecovery(name, backend, None) for name, backend in self.backends.items()
         }
         self._closed = False
-        # Awaited (bounded) after RESTART_STARTED and before the backend restarts: the
-        # queue journal reads /queue one last time there.
+        # Awaited after RESTART_STARTED, before the restart: the queue journal's last read.
         self.before_restart: list[Callable[[str], Awaitable[None]]] = []
         plans: list[RecoveryPlan] = []
         for target in config.targets:
@@ -421,16 +420,12 @@ class RecoveryManager:
         return False
 
     async def _before_restart(self, target: str) -> None:
-        """Await each ``before_restart`` hook (the queue journal's last read), bounded: a
-        hook's trouble never delays or stops the restart for long."""
+        """Each ``before_restart`` hook, bounded: its trouble never holds the restart long."""
         for hook in self.before_restart:
             try:
                 await asyncio.wait_for(hook(target), BEFORE_RESTART_TIMEOUT)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("%s: before-restart hook failed: %s", target, exc,
-                            extra={"target": target, "event": "before_restart_failed"})
+            except Exception as exc:  # CancelledError is not an Exception: it propagates
+                log.warning("%s: before-restart hook failed: %s", target, exc)
 
     async def _stays_up(
         self, tr: TargetRecovery, waiter: asyncio.Future[StartVerdict]
