@@ -245,7 +245,8 @@ class Guardian:
         await lifecycle.start_all()
         await self._log_start_outcomes()
         if self.queue is not None:
-            await self.queue.start()
+            recovery = self.recovery
+            await self.queue.start(lambda name: recovery.restart(name, manual=False))
         self.engine.start()
         if self.config.api.enabled:
             await self._start_api()

@@ -303,7 +303,8 @@ async def test_guardian_restarted_between_the_crash_and_the_restore(tmp_path: Pa
 async def test_restart_when_idle_waits_for_the_running_prompt(tmp_path: Path) -> None:
     async with Run(tmp_path) as run:
         running = await run.submit(seconds=2)
-        pending = [await run.submit(seconds=0.05) for _ in range(2)]
+        # The first pending one starts next: cut by the restart, re-run first.
+        pending = [await run.submit(seconds=1.0), await run.submit(seconds=0.05)]
         await run.journal_is([running], pending)
         listing = await run.guardian.queue_command("comfyui", "restart_when_idle", None)
         assert listing.message is not None and running in listing.message
@@ -318,3 +319,26 @@ async def test_restart_when_idle_waits_for_the_running_prompt(tmp_path: Path) ->
         entries = await run.finished(pending)
         assert await run.history(running) == {}  # ran once, on the old server: not re-run
     assert run_order(entries) == pending
+
+
+async def test_restart_every_is_a_planned_restart_between_jobs(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    target = run.config.targets[0]
+    queue = target.queue.model_copy(update={"restart_every": 1.5})  # (>= 60 s in a config)
+    run.config = run.config.model_copy(
+        update={"targets": [target.model_copy(update={"queue": queue})]})
+    run.guardian = Guardian(run.config)
+    run.guardian.bus.subscribe(run._collect)
+    async with run:
+        running = await run.submit(seconds=2.5)
+        pending = [await run.submit(seconds=1.0)]  # starts next: cut by the restart, re-run
+        await run.journal_is([running], pending)
+        finished_first = False
+        while not run.kinds(K.RESTART_STARTED):
+            if await run.history(running):
+                finished_first = True
+            await asyncio.sleep(0.02)
+        assert finished_first  # due at 1.5 s, it waited for the prompt (2.5 s)
+        assert run.kinds(K.RESTART_STARTED)[0].reason == "requested restart"
+        await run.restored()
+        await run.finished(pending)

@@ -408,6 +408,10 @@ class QueueJournalConfig(_Section):
     idle_wait_max: float = Field(
         3600.0, gt=0, le=DAY, description="restart --when-idle waits at most this long"
     )
+    restart_every: float | None = Field(
+        None, ge=60, le=30 * DAY,
+        description="planned restart this often, between jobs (against slow leaks)",
+    )
 
 
 class TargetConfig(_Section):

@@ -78,10 +78,25 @@ class QueueKeeper:
         self._background: set[asyncio.Task[None]] = set()
         self._unsubscribe = bus.subscribe(self._on_event)
 
-    async def start(self) -> None:
+    async def start(self, restart: Callable[[str], Awaitable[str]] | None = None) -> None:
+        """Follow every target; ``restart`` (recovery's) runs the planned restarts."""
         for name, journal in self.journals.items():
             await journal.load()
             self._tasks.append(asyncio.create_task(journal.run(), name=f"journal-{name}"))
+            every = journal.cfg.restart_every
+            if every is not None and restart is not None:
+                self._tasks.append(asyncio.create_task(
+                    self._maintain(name, every, restart), name=f"journal-planned-{name}"))
+
+    async def _maintain(self, target: str, every: float,
+                        restart: Callable[[str], Awaitable[str]]) -> None:
+        """``restart_every``: a planned restart between jobs, against slow leaks."""
+        while True:
+            await self.clock.sleep(every)
+            log.info("%s: planned restart (restart_every %g s)", target, every,
+                     extra={"target": target, "event": "planned_restart"})
+            said = self.restart_when_idle(target, lambda: restart(target))
+            log.info("%s: %s", target, said, extra={"target": target})
 
     # -------------------------------------------------------------- recovery's events
 
