@@ -246,7 +246,8 @@ class Guardian:
         await self._log_start_outcomes()
         if self.queue is not None:
             recovery = self.recovery
-            await self.queue.start(lambda name: recovery.restart(name, manual=False))
+            await self.queue.start(lambda name: recovery.restart(name, manual=False),
+                                   recovery.request_restart)
         self.engine.start()
         if self.config.api.enabled:
             await self._start_api()

@@ -189,3 +189,54 @@ url = "{harness.sim.url}"
         await keeper.drop("comfyui", dropped)
     assert harness.sim.history_entry(dropped) == {}
     await keeper.aclose()
+
+
+async def test_memory_pressure_while_busy_restarts_between_jobs(harness: Harness,
+                                                               tmp_path: Path) -> None:
+    """The ladder's verdict (critical memory, the job progressing: no restart now) becomes
+    one restart request through recovery's policy once the running prompt has finished."""
+    from datetime import UTC, datetime
+
+    from guardian.config.schema import load_config
+    from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
+    from guardian.journal.keeper import QueueKeeper
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f"""
+[[targets]]
+name = "comfyui"
+[targets.queue]
+poll_interval = 0.1
+[[targets.checks]]
+kind = "comfyui"
+url = "{harness.sim.url}"
+""")
+    bus = EventBus()
+    keeper = QueueKeeper(load_config(cfg), bus, SystemClock(), harness.db)
+    asked: list[tuple[str, str, bool]] = []
+    running = await harness.submit(seconds=1.0)
+
+    def request(target: str, reason: str) -> None:
+        asked.append((target, reason, bool(harness.sim.history_entry(running))))
+
+    async def restart(_target: str) -> str:
+        raise AssertionError("a ladder's restart goes through recovery's policy")
+
+    await keeper.start(restart, request)
+    journal = keeper.journals["comfyui"]
+    await harness.until(lambda: running in journal.items, "journaled")
+    verdict = RecoveryEvent(
+        target="comfyui", kind=RecoveryKind.REMEDIATION_FAILED, time=datetime.now(UTC),
+        reason="memory_pressure", detail="/free released 0 MB; still vram.0 100 MB free",
+        values={"condition": "memory_pressure", "restart_between_jobs": True})
+    bus.publish(verdict)
+    bus.publish(verdict)  # the ladder again, while the job still runs: still one restart
+    await asyncio.sleep(0.3)
+    assert asked == []  # the job runs: nothing yet
+    await harness.until(lambda: bool(asked), "the restart request")
+    await asyncio.sleep(0.3)
+    assert len(asked) == 1
+    target, reason, finished = asked[0]
+    assert target == "comfyui" and reason.startswith("restart between jobs: /free released")
+    assert finished  # asked only after the running prompt had finished
+    await keeper.aclose()

@@ -76,10 +76,15 @@ class QueueKeeper:
                 report_dir, self._report, None if backend is None else _pid_of(backend))
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._request: Callable[[str, str], None] | None = None
+        self._planned: dict[str, asyncio.Task[None]] = {}  # one restart between jobs each
         self._unsubscribe = bus.subscribe(self._on_event)
 
-    async def start(self, restart: Callable[[str], Awaitable[str]] | None = None) -> None:
-        """Follow every target; ``restart`` (recovery's) runs the planned restarts."""
+    async def start(self, restart: Callable[[str], Awaitable[str]] | None = None,
+                    request: Callable[[str, str], None] | None = None) -> None:
+        """Follow every target; ``restart`` (recovery's) runs the planned restarts,
+        ``request`` (recovery's policy: cooldown, breaker) the ones the ladder wants."""
+        self._request = request
         for name, journal in self.journals.items():
             await journal.load()
             self._tasks.append(asyncio.create_task(journal.run(), name=f"journal-{name}"))
@@ -114,16 +119,27 @@ class QueueKeeper:
         elif kind in (RecoveryKind.RESTART_SUCCEEDED, RecoveryKind.RESTART_FAILED):
             journal.restart_done()
         elif (kind is RecoveryKind.REMEDIATION_FAILED
+              and event.values.get("restart_between_jobs") is True
+              and self._request is not None):
+            request = self._request
+            target, why = event.target, f"restart between jobs: {event.detail}"[:300]
+
+            async def ask() -> str:
+                request(target, why)
+                return why
+            self.restart_when_idle(target, ask)
+        elif (kind is RecoveryKind.REMEDIATION_FAILED
               and event.values.get("condition") == "stuck_running"
               and event.values.get("restart_requested") is True):
             prompt_id = event.values.get("prompt_id")
             if isinstance(prompt_id, str):
                 self._spawn(journal.ladder_ended(prompt_id))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def before_restart(self, target: str) -> None:
         """Recovery awaits this before it restarts ``target``: one more ``/queue`` read."""
@@ -228,12 +244,17 @@ class QueueKeeper:
         ``idle_wait_max``) until the prompt running now has finished, then restart; the
         journal re-submits what was pending. KeyError for a target without a journal."""
         journal = self.journals[target]
+        planned = self._planned.get(target)
+        if planned is not None and not planned.done():
+            return f"a restart of {target} between jobs is already planned"
         running = next((p.prompt_id for st, p in journal.items.values() if st == "running"),
                        None)
         if running is None and journal.live_running == 0:
-            self._spawn(self._restart_now(target, restart, "the queue is idle"))
+            self._planned[target] = self._spawn(
+                self._restart_now(target, restart, "the queue is idle"))
             return f"{target} is idle: restarting now"
-        self._spawn(self._restart_after(target, journal, running, restart))
+        self._planned[target] = self._spawn(
+            self._restart_after(target, journal, running, restart))
         return (f"restart of {target} planned once prompt {running} has finished "
                 f"(at most {journal.cfg.idle_wait_max:g} s)")
 
