@@ -137,6 +137,12 @@ def test_guardian_sigkilled_between_the_crash_and_the_restore(
     starts = {p: next(d["timestamp"] for n, d in e["status"]["messages"]
                       if n == "execution_start") for p, e in entries.items()}
     assert sorted(ids, key=lambda p: starts[p]) == ids
+    status = http.get(api + "/api/status").json()  # what the status page shows
+    (card,) = [t for t in status["targets"] if t["name"] == "comfyui"]
+    assert card["queue"]["restored"] == 4 and card["queue"]["quarantined"] == 0
+    status = http.get(api + "/api/status").json()  # what the status page shows
+    (card,) = [t for t in status["targets"] if t["name"] == "comfyui"]
+    assert card["queue"]["restored"] == 4 and card["queue"]["quarantined"] == 0
     listing = http.get(f"{api}/api/targets/comfyui/queue", headers=auth)
     assert SECRET not in listing.text and SECRET not in http.get(api + "/api/health").text
     assert http.get(f"{api}/api/targets/comfyui/queue").status_code == 401

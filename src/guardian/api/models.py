@@ -178,6 +178,7 @@ class TargetView(BaseModel):
     )
     recovery: RecoveryInfo | None
     checks: list[CheckView]
+    queue: QueueHealth | None = Field(None, description="the ComfyUI queue journal, if any")
 
 
 class TimelineEntry(BaseModel):
@@ -479,6 +480,7 @@ def build_status(view: GuardianView, now: datetime) -> StatusResponse:
     snapshot = view.recovery_snapshot()
     configs = {t.name: t for t in view.config.targets}
     overall, not_up = stack_health(view, snapshot)
+    queues = view.queue_views()
     targets: list[TargetView] = []
     for name, results in grouped.items():
         cfg = configs.get(name)
@@ -504,6 +506,7 @@ def build_status(view: GuardianView, now: datetime) -> StatusResponse:
                 starting=name in not_up,
                 recovery=_recovery(snapshot.get(name)),
                 checks=checks,
+                queue=queue_health(queues[name]) if name in queues else None,
             )
         )
     open_incidents = [
