@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     "bench_peers.py", "bench_hang.py", "bench_scale.py", "bench_api_flood.py",
     "bench_lifecycle.py", "bench_footprint.py", "bench_uptime.py", "bench_metrics.py",
+    "bench_queue.py",
     "bench_idle.py", "bench_fanout.py",
 ]
 

@@ -21,7 +21,9 @@ built in this order in :meth:`Guardian.__init__` and :meth:`Guardian.start`:
 5. Recovery: decides restarts on the result.
 6. Remediation (the ladder): acts on conditions after recovery saw the result, and asks
    recovery for a restart through its policy.
-7. The API's bridge and metrics (subscribed when the API starts): they show the state
+7. The ComfyUI queue journal (only with a ComfyUI target): it follows recovery's and the
+   ladder's events (an exit, a restart, the ladder's stuck prompt) after they happened.
+8. The API's bridge and metrics (subscribed when the API starts): they show the state
    after every reaction above.
 """
 
@@ -49,6 +51,8 @@ from guardian.engine.startup import StartupPhases
 from guardian.incidents import Incidents, start_incidents
 from guardian.incidents.store import INCIDENTS, Store, StoreError
 from guardian.incidents.timeline import incident_dicts
+from guardian.journal.keeper import QueueKeeper, QueueView
+from guardian.journal.store import QUEUE
 from guardian.recovery.breakers import (
     BREAKERS,
     BreakerStore,
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from guardian.api.bridge import LoopBridge
+    from guardian.api.queue import QueueListing
     from guardian.api.server import ApiServer
 
 log = logging.getLogger("guardian.runtime")
@@ -120,6 +125,7 @@ class Guardian:
         self.breakers: BreakerStore | None = None
         self.recovery: RecoveryManager | None = None
         self.remediation: Remediation | None = None
+        self.queue: QueueKeeper | None = None
         self._incidents: Incidents | None = None
         self.api: ApiServer | None = None
         self._app: Starlette | None = None
@@ -141,7 +147,7 @@ class Guardian:
             recover=True,
             monotonic=self.clock.monotonic,
             now=self.clock.now,
-            components=(INCIDENTS, BREAKERS, UPTIME),
+            components=(INCIDENTS, BREAKERS, UPTIME, QUEUE),
             # Another process holding the write lock must not hold the event loop: a busy
             # store is a write kept in memory for later, never a late restart.
             timeout=STORE_BUSY_TIMEOUT,
@@ -166,6 +172,20 @@ class Guardian:
             log.error("uptime not recorded: %s", e, extra={"event": "store_unavailable"})
             return
         self._uptime_unsubscribe = self.uptime_counts.subscribe(self.bus)
+
+    def _open_queue_journal(self, db: Database, recovery: RecoveryManager) -> None:
+        """The ComfyUI queue journals: recovery awaits their last read before a restart."""
+        try:
+            keeper = QueueKeeper(self.config, self.bus, self.clock, db, self.backends)
+        except (StoreError, OSError) as e:
+            log.error("queue journal unavailable (%s): a restart loses what was queued", e,
+                      extra={"event": "store_unavailable"})
+            return
+        if not keeper.journals:
+            keeper.close()
+            return
+        self.queue = keeper
+        recovery.before_restart.append(keeper.before_restart)
 
     def _close_uptime(self) -> None:
         if self._uptime_unsubscribe is not None:
@@ -219,6 +239,7 @@ class Guardian:
         self.remediation = Remediation(
             self.config, self.bus, self.clock, self.recovery, dry_run=self.config.guardian.dry_run
         )
+        self._open_queue_journal(self.db, self.recovery)
         for target in self.config.targets:
             if "grace_period" in target.recovery.model_fields_set:
                 log.warning(
@@ -233,6 +254,10 @@ class Guardian:
         )
         await lifecycle.start_all()
         await self._log_start_outcomes()
+        if self.queue is not None:
+            recovery = self.recovery
+            await self.queue.start(lambda name: recovery.restart(name, manual=False),
+                                   recovery.request_restart)
         self.engine.start()
         if self.config.api.enabled:
             await self._start_api()
@@ -339,6 +364,8 @@ class Guardian:
         await self.engine.aclose()
         if self.remediation is not None:
             await self.remediation.aclose()
+        if self.queue is not None:
+            await self.queue.aclose()
         await self.overload.stop()
         if self.recovery is not None:
             await self.recovery.aclose()
@@ -398,6 +425,32 @@ class Guardian:
                 del self._manual[target]
 
         return forget
+
+    def queue_views(self) -> dict[str, QueueView]:
+        keeper = self.queue
+        if keeper is None:
+            return {}
+        return {name: view for name in keeper.journals
+                if (view := keeper.view(name)) is not None}
+
+    async def queue_command(self, target: str, command: str,
+                            prompt_id: str | None) -> QueueListing:
+        """``guardian queue`` (list/release/drop) for one target; KeyError if unknown."""
+        from guardian.api.queue import queue_listing
+
+        keeper = self.queue
+        view = keeper.view(target) if keeper is not None else None
+        if keeper is None or view is None:
+            raise KeyError(target)
+        message = None
+        if command == "restart_when_idle":
+            message = keeper.restart_when_idle(target, lambda: self.restart(target))
+        elif command == "release" and prompt_id is not None:
+            message = await keeper.release(target, prompt_id)
+        elif command == "drop" and prompt_id is not None:
+            message = await keeper.drop(target, prompt_id)
+        view = keeper.view(target) or view
+        return queue_listing(view, await keeper.quarantine(target), message)
 
     async def run_checks(self, target: str | None = None) -> list[CheckResult]:
         if target is not None and target not in {t.name for t in self.config.targets}:

@@ -99,7 +99,9 @@ async def test_openapi_document_is_valid_and_complete() -> None:
     assert set(doc["paths"]) == {
         "/api/health", "/livez", "/readyz", "/api/status", "/api/incidents",
         "/api/incidents/{incident_id}", "/api/targets/{name}/restart", "/api/checks/run",
-        "/metrics", "/api/metrics", "/api/uptime",
+        "/metrics", "/api/metrics", "/api/uptime", "/api/targets/{name}/queue",
+        "/api/targets/{name}/queue/{prompt_id}/release",
+        "/api/targets/{name}/queue/{prompt_id}/drop",
     }
     params = {p["name"]: p for p in doc["paths"]["/api/incidents"]["get"]["parameters"]}
     assert params["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000,

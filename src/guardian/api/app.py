@@ -33,6 +33,7 @@ from guardian.api import models
 from guardian.api.context import GuardianView
 from guardian.api.metrics import Metrics
 from guardian.api.page import html_page, page_endpoints
+from guardian.api.queue_routes import queue_endpoints
 from guardian.api.routing import JSON, Endpoint, Param, Reply, error_replies, http_error, routes
 from guardian.api.server import ApiServer, serve
 from guardian.config.schema import ApiSection
@@ -98,8 +99,9 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
             raise HTTPException(404, f"no incident {incident_id}")
         return _json(found)
 
-    async def restart(request: Request, name: str) -> Response:
-        """Restart a target's service now (resets its circuit breaker)."""
+    async def restart(request: Request, name: str, when_idle: bool) -> Response:
+        """Restart a target's service now (resets its circuit breaker); ``when_idle``: once
+        the ComfyUI prompt running now has finished (the queue journal restores the rest)."""
         if name not in known:
             raise HTTPException(404, f"unknown target {name!r}")
         client = request.client.host if request.client else None
@@ -109,12 +111,16 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
             extra={"target": name, "event": "api_restart", "client": client},
         )
         try:
-            message = await view.restart(name)
+            if when_idle:
+                message = (await view.queue_command(name, "restart_when_idle", None)).message
+            else:
+                message = await view.restart(name)
         except KeyError:
-            raise HTTPException(404, f"unknown target {name!r}") from None
+            raise HTTPException(404, f"unknown target {name!r} (or it has no queue journal)"
+                                ) from None
         except RuntimeError as e:
             raise HTTPException(503, str(e)) from None
-        return _json(models.RestartResponse(target=name, message=message))
+        return _json(models.RestartResponse(target=name, message=message or ""))
 
     async def run_checks(target: str | None) -> Response:
         """Run every check (of one target) now and return the fresh results."""
@@ -142,6 +148,8 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
                         description="include resolved incidents")
     name = Param("name", "path", str, pattern=NAME_PATTERN)
     target = Param("target", "query", str, None, pattern=NAME_PATTERN)
+    when_idle = Param("when_idle", "query", bool, False,
+                      description="wait until the running ComfyUI prompt has finished")
     unhealthy = Reply("stack unhealthy", models.HealthResponse)
     not_ready = Reply("unhealthy or no results", models.Probe)
     return [
@@ -156,13 +164,15 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
                  {**_ok(models.IncidentDetail), **error_replies(404)}, params=[INCIDENT_ID],
                  tags=["incidents"]),
         Endpoint("POST", "/api/targets/{name}/restart", restart,
-                 {**_ok(models.RestartResponse), **ACTIONS}, params=[name], tags=["actions"],
+                 {**_ok(models.RestartResponse), **ACTIONS}, params=[name, when_idle],
+                 tags=["actions"],
                  auth=True, with_request=True),
         Endpoint("POST", "/api/checks/run", run_checks,
                  {**_ok(models.RunChecksResponse), **ACTIONS}, params=[target],
                  tags=["actions"], auth=True),
         Endpoint("GET", "/metrics", prometheus, PROMETHEUS, tags=["metrics"]),
         Endpoint("GET", "/api/metrics", prometheus, PROMETHEUS, tags=["metrics"]),
+        *queue_endpoints(view, name, _ok),
         *page_endpoints(view, INCIDENT_ID),
     ]
 

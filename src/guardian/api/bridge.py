@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from guardian.api.context import GuardianView
 from guardian.config.schema import Config
@@ -32,7 +32,11 @@ from guardian.core.events import Event, IncidentEvent, RecoveryEvent
 from guardian.core.result import CheckResult
 from guardian.core.state import State
 from guardian.engine.overload import LoopLagMonitor
+from guardian.journal.keeper import QueueView
 from guardian.uptime.store import UptimeStore
+
+if TYPE_CHECKING:
+    from guardian.api.queue import QueueListing
 
 T = TypeVar("T")
 
@@ -157,6 +161,9 @@ class LoopBridge:
         except OwnerLoopTimeout:
             return None
 
+    def queue_views(self) -> dict[str, QueueView]:
+        return self._cached("queues", self._view.queue_views, {})
+
     # ------------------------------------------------------------------ actions
 
     async def _submit(self, make: Callable[[], Awaitable[T]], timeout: float) -> T:
@@ -181,3 +188,8 @@ class LoopBridge:
     async def run_checks(self, target: str | None = None) -> list[CheckResult]:
         timeouts = [c.timeout for t in self.config.targets for c in t.checks] or [10.0]
         return await self._submit(lambda: self._view.run_checks(target), max(timeouts) + 10)
+
+    async def queue_command(self, target: str, command: str,
+                            prompt_id: str | None) -> QueueListing:
+        return await self._submit(
+            lambda: self._view.queue_command(target, command, prompt_id), RESTART_TIMEOUT)

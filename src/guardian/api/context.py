@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from guardian.config.schema import Config
 from guardian.core.result import CheckResult
 from guardian.core.state import State
 from guardian.engine.overload import LoopLagMonitor
+from guardian.journal.keeper import QueueView
 from guardian.uptime.store import UptimeStore
+
+if TYPE_CHECKING:
+    from guardian.api.queue import QueueListing
 
 
 class GuardianView(Protocol):
@@ -64,6 +68,15 @@ class GuardianView(Protocol):
 
     def incident(self, incident_id: int) -> dict[str, Any] | None:
         """One incident with ``report_markdown`` (None when no report was written)."""
+        ...
+
+    def queue_views(self) -> dict[str, QueueView]:
+        """Per ComfyUI target with a queue journal: its queue, restores and quarantine."""
+        ...
+
+    async def queue_command(self, target: str, command: str,
+                            prompt_id: str | None) -> QueueListing:
+        """``list``, ``release`` or ``drop`` (a quarantined prompt). KeyError if unknown."""
         ...
 
 
@@ -124,3 +137,10 @@ class StaticView:
             if i.get("id") == incident_id:
                 return {"report_markdown": None, **i}
         return None
+
+    def queue_views(self) -> dict[str, QueueView]:
+        return {}
+
+    async def queue_command(self, target: str, command: str,
+                            prompt_id: str | None) -> QueueListing:
+        raise KeyError(target)

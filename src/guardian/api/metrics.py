@@ -32,6 +32,8 @@ Encodings (numeric, so they graph and alert with plain comparisons):
 * ``guardian_restarts_total{target,outcome}``: outcome succeeded, failed or dry_run.
 * ``guardian_remediations_total{target,action,outcome}``: remediation ladder runs by their
   last rung (interrupt, free, none) and outcome (succeeded, failed).
+* ``guardian_comfyui_prompts_{restored,quarantined}_total{target}``,
+  ``guardian_comfyui_prompts_lost_total{target,reason}``: the queue journal's restores.
 * ``guardian_comfyui_busy{target}`` 1 while a prompt runs; ``guardian_comfyui_running_seconds``
   how long the running prompt has been seen running.
 """
@@ -49,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final
 from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.api.process_metrics import ProcessMetrics
+from guardian.api.queue import QueueMetrics
 from guardian.core.events import (
     Event,
     IncidentEvent,
@@ -449,6 +452,7 @@ class Metrics:
         self._generation = 0
         self._cache: tuple[int, float, bytes] | None = None
         self._render_lock = threading.Lock()
+        self._queue = QueueMetrics()  # guardian_comfyui_prompts_*_total
         self._unsubscribe = view.state.bus.subscribe(self.on_event)
 
     # ------------------------------------------------------------------ events
@@ -468,6 +472,7 @@ class Metrics:
                     key = (event.target, event.check, readings.classify_reason(event.reason))
                     self._failures[key] = self._failures.get(key, 0) + 1
         elif isinstance(event, RecoveryEvent):
+            self._queue.on_event(event)
             outcome = RESTART_OUTCOMES.get(event.kind)
             done = REMEDIATION_OUTCOMES.get(event.kind)
             with self._lock:
@@ -565,6 +570,7 @@ class Metrics:
             out.family(f"{fam}_total", "counter", doc)
             for label_values, n in items:
                 parts.append(f"{fam}_total{labels(names, label_values)} {n:.1f}\n")
+        self._queue.render(out.family, parts, labels)
         out.family("guardian_incidents_total", "counter", "Incident transitions")
         for transition, n in incidents:
             text = labels(("transition",), (transition,))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from guardian.api import readings
 from guardian.api.context import GuardianView
+from guardian.api.queue import QueueHealth, queue_health
 from guardian.core.result import CheckResult, Status, Value, worst
 from guardian.core.state import Health
 from guardian.support.escape import bounded
@@ -122,6 +123,8 @@ class HealthResponse(BaseModel):
     system: SystemHealth
     targets: dict[str, TargetHealth]
     guardian: GuardianHealth = Field(default_factory=lambda: GuardianHealth(ok=True))
+    queues: dict[str, QueueHealth] = Field(
+        default_factory=dict, description="per ComfyUI target: its queue journal")
 
 
 class Probe(BaseModel):
@@ -176,6 +179,7 @@ class TargetView(BaseModel):
     )
     recovery: RecoveryInfo | None
     checks: list[CheckView]
+    queue: QueueHealth | None = Field(None, description="the ComfyUI queue journal, if any")
 
 
 class TimelineEntry(BaseModel):
@@ -460,6 +464,7 @@ def build_health(view: GuardianView, now: datetime) -> HealthResponse:
         system=_system(all_results),
         targets=targets,
         guardian=GuardianHealth(ok=not problems, problems=problems),
+        queues={name: queue_health(q) for name, q in view.queue_views().items()},
     )
 
 
@@ -476,6 +481,7 @@ def build_status(view: GuardianView, now: datetime) -> StatusResponse:
     snapshot = view.recovery_snapshot()
     configs = {t.name: t for t in view.config.targets}
     overall, not_up = stack_health(view, snapshot)
+    queues = view.queue_views()
     targets: list[TargetView] = []
     for name, results in grouped.items():
         cfg = configs.get(name)
@@ -501,6 +507,7 @@ def build_status(view: GuardianView, now: datetime) -> StatusResponse:
                 starting=name in not_up,
                 recovery=_recovery(snapshot.get(name)),
                 checks=checks,
+                queue=queue_health(queues[name]) if name in queues else None,
             )
         )
     open_incidents = [

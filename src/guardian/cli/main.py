@@ -304,6 +304,8 @@ def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) 
 @app.command()
 def restart(
     target: Annotated[str, typer.Argument(help="target whose service to restart")],
+    when_idle: Annotated[bool, typer.Option(
+        "--when-idle", help="once the ComfyUI prompt running now has finished")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Ask the running Guardian to restart a target now (resets its circuit breaker)."""
@@ -311,7 +313,8 @@ def restart(
     if target not in {t.name for t in where.config.targets}:
         err.print(f"unknown target {target!r}")
         raise typer.Exit(2)
-    body = _api_call(where, "POST", f"/api/targets/{target}/restart")
+    query = "?when_idle=true" if when_idle else ""
+    body = _api_call(where, "POST", f"/api/targets/{target}/restart{query}")
     out.print(inert(body.get("message", body) if isinstance(body, dict) else body),
               markup=False)
 
@@ -425,9 +428,11 @@ def _register_extensions() -> None:
     """Commands that live next to the code they drive."""
     from guardian.cli import incidents as incident_commands
     from guardian.cli import install
+    from guardian.cli import queue as queue_commands
 
     install.register(app)
     incident_commands.register(app)
+    queue_commands.register(app)
 
 
 _register_extensions()

@@ -395,6 +395,35 @@ class RemediationConfig(_Section):
     restart: bool = Field(True, description="ask for a restart when the gentle rungs fail")
 
 
+class QueueJournalConfig(_Section):
+    """A ComfyUI target's queue journal: what was queued comes back after every restart."""
+
+    enabled: bool = Field(True, description="journal the queue of the target's comfyui check")
+    restore: bool = Field(True, description="re-submit the journaled prompts after a restart")
+    fallback_interval: float = Field(
+        30.0, gt=0, le=DAY, description="read /queue this often though the websocket is quiet"
+    )
+    poll_interval: float = Field(
+        1.0, gt=0, le=DAY, description="read /queue this often while the websocket is down"
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, le=MAX_BYTES, description="a larger /queue is a failed read"
+    )
+    max_prompts: int = Field(
+        10_000, gt=0, le=1_000_000, description="a longer queue is a failed read"
+    )
+    quarantine_after: int = Field(
+        2, ge=1, le=100, description="a prompt running at this many deaths is quarantined"
+    )
+    idle_wait_max: float = Field(
+        3600.0, gt=0, le=DAY, description="restart --when-idle waits at most this long"
+    )
+    restart_every: float | None = Field(
+        None, ge=60, le=30 * DAY,
+        description="planned restart this often, between jobs (against slow leaks)",
+    )
+
+
 class TargetConfig(_Section):
     name: str = Field(pattern=TARGET_NAME_RE)
     description: str = ""
@@ -402,6 +431,7 @@ class TargetConfig(_Section):
     service: ServiceConfig | None = None
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     remediation: RemediationConfig = Field(default_factory=RemediationConfig)
+    queue: QueueJournalConfig = Field(default_factory=QueueJournalConfig)
     checks: list[CheckConfig] = Field(default_factory=list)
 
 

@@ -36,6 +36,9 @@ class RecoveryKind(StrEnum):
     # The condition a restart was for showed again on the new process: restarting cannot
     # fix it, so recovery stops restarting for it (until it clears for stable_period).
     CONDITION_PERSISTS = "condition_persists"
+    # The ComfyUI queue journal: what was queued, put back after a restart.
+    QUEUE_RESTORED = "queue_restored"  # "restored 4 of 4 prompts"
+    PROMPT_QUARANTINED = "prompt_quarantined"  # running at two deaths: not re-run
 
 
 @dataclass(frozen=True, slots=True)

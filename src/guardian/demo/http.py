@@ -18,8 +18,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedIOBase
 from typing import Any, ClassVar, TextIO
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,11 +58,18 @@ class Request:
         return values[0] if values else None
 
 
+Takeover = Callable[[BufferedIOBase, BufferedIOBase], None]
+
+
 @dataclass
 class Reply:
     status: int
     body: bytes = b""
     content_type: str = "application/json; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+    # A protocol switch (101, a websocket): after the headers the connection is handed to
+    # this callable (reading, writing), which keeps it until it returns.
+    takeover: Takeover | None = None
 
 
 def json_reply(obj: Any, status: int = 200) -> Reply:
@@ -125,6 +134,10 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle and the client's
+    # delayed ACK hold every kept-alive answer ~40 ms, which aiohttp (ComfyUI) and Node
+    # (the panel), both setting TCP_NODELAY, never do.
+    disable_nagle_algorithm = True
 
     def version_string(self) -> str:
         return "Python/3.11 aiohttp/3.12.15"
@@ -154,15 +167,32 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(head=True)
 
     def _send(self, reply: Reply, *, head: bool = False) -> None:
+        if reply.takeover is not None:
+            self._switch(reply, reply.takeover)
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
             self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             if not head:
                 self.wfile.write(reply.body)
         except OSError:
             self.close_connection = True
+
+    def _switch(self, reply: Reply, takeover: Takeover) -> None:
+        self.close_connection = True
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.flush()
+        except OSError:
+            return
+        takeover(self.rfile, self.wfile)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Real servers don't log every request by default; neither do we."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -64,6 +64,8 @@ class RecoveryManager:
         }
         self._closed = False
         self._runner = RestartRunner(clock, self._emit)
+        # Hooks for a last look before a restart (the queue journal); not awaited yet here.
+        self.before_restart: list[Callable[[str], Awaitable[None]]] = []
         plans: list[RecoveryPlan] = []
         for target in config.targets:
             tr = self.targets.get(target.name)

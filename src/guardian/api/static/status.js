@@ -96,6 +96,14 @@
       }
       if (chk.startup) out.push(["startup", "starting up"]);
     }
+    const q = t.queue;
+    if (q) {
+      let text = `queue ${q.running} running · ${q.pending} pending · ${q.journaled} journaled`;
+      if (q.restore_total) text += ` · restored ${q.restored} of ${q.restore_total}`;
+      out.push(["queue", text]);
+      if (q.restore_due) out.push(["restarting", "restore due"]);
+      if (q.quarantined) out.push(["breaker", `${q.quarantined} quarantined`]);
+    }
     if (r.restarting) out.push(["restarting", "restarting"]);
     if (r.breaker_open) out.push(["breaker", "breaker open"]);
     const seen = new Set();

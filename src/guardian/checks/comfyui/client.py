@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from guardian.checks.http.body import BodyTooLarge, read_capped
 from guardian.checks.http.check import wire_address
@@ -34,6 +35,14 @@ class ComfyUIError(Exception):
 
 
 # ---------------------------------------------------------------------- HTTP plumbing
+
+
+class SubmitRejected(ComfyUIError):
+    """``POST /prompt`` answered 400: ComfyUI's own ``error.type`` and message."""
+
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 class ComfyUIClient:
@@ -143,6 +152,19 @@ class ComfyUIClient:
         """``GET /queue``: running and pending ``(number, prompt_id)`` pairs."""
         return parse_queue(await self.get_json("/queue"))
 
+    async def queue_raw(self) -> bytes:
+        """``GET /queue``'s body as read (bounded by ``max_body_bytes``)."""
+        status, body = await self.request("GET", "/queue")
+        if status != 200:
+            raise ComfyUIError(f"GET /queue returned HTTP {status}{_snippet(body)}")
+        return body
+
+    async def has_history(self, prompt_id: str) -> bool:
+        """Whether ComfyUI's history holds ``prompt_id`` (finished, or failed)."""
+        path = f"/history/{quote(prompt_id, safe='')}"
+        data = await self.get_json(path)
+        return isinstance(data, dict) and prompt_id in data
+
     async def newest_history_id(self) -> str | None:
         """The newest history entry's id ('' for an empty history), None when unreadable:
         it changes whenever a prompt finishes."""
@@ -172,7 +194,8 @@ class ComfyUIClient:
         (:func:`describe_prompt_error`), prefixed ``"<what> rejected by ComfyUI"``."""
         status, raw = await self.request("POST", "/prompt", body)
         if status == 400:
-            raise ComfyUIError(f"{what} rejected by ComfyUI: {describe_prompt_error(raw)}")
+            raise SubmitRejected(f"{what} rejected by ComfyUI: {describe_prompt_error(raw)}",
+                                 prompt_error_type(raw))
         if status != 200:
             raise ComfyUIError(f"POST /prompt returned HTTP {status}{_snippet(raw)}")
         data = parse_json(raw, "/prompt")
@@ -319,6 +342,69 @@ def parse_system_stats(
 QueueItem = tuple[Any, str]  # (number, prompt_id)
 
 
+@dataclass(frozen=True)
+class QueuedPrompt:
+    """One ``/queue`` item, complete enough to submit again: ``[number, prompt_id, prompt,
+    extra_data, outputs_to_execute]``. ``extra_data`` may hold API-node secrets: it is kept
+    for the journal's store only and never shown."""
+
+    number: float
+    prompt_id: str
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs: list[Any]
+
+    @property
+    def client_id(self) -> str | None:
+        value = self.extra_data.get("client_id")
+        return value if isinstance(value, str) else None
+
+    def to_json(self) -> str:
+        return json.dumps([self.number, self.prompt_id, self.prompt, self.extra_data,
+                           self.outputs], separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> QueuedPrompt:
+        return parse_item(json.loads(text), "journal")
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """``/queue`` in full: the running items and the pending ones sorted by number (ComfyUI
+    answers them in heap order)."""
+
+    running: tuple[QueuedPrompt, ...]
+    pending: tuple[QueuedPrompt, ...]
+
+    def ids(self) -> set[str]:
+        return {p.prompt_id for p in (*self.running, *self.pending)}
+
+
+def parse_item(item: Any, where: str) -> QueuedPrompt:
+    if not (isinstance(item, list) and len(item) >= 5):
+        raise ComfyUIError(f"{where}: an item is not a [number, prompt_id, prompt, "
+                           "extra_data, outputs] array")
+    number, prompt_id, prompt, extra, outputs = item[:5]
+    if (isinstance(number, bool) or not isinstance(number, int | float)
+            or not isinstance(prompt_id, str) or not prompt_id or not isinstance(prompt, dict)
+            or not isinstance(extra, dict) or not isinstance(outputs, list)):
+        raise ComfyUIError(f"{where}: an item has the wrong types")
+    return QueuedPrompt(float(number), prompt_id, prompt, extra, outputs)
+
+
+def parse_queue_snapshot(data: Any) -> QueueSnapshot:
+    """The full ``/queue``; :class:`ComfyUIError` for any other shape."""
+    if not isinstance(data, dict):
+        raise ComfyUIError(f"/queue: expected a JSON object, got {type(data).__name__}")
+    lists: list[tuple[QueuedPrompt, ...]] = []
+    for key in ("queue_running", "queue_pending"):
+        items = data.get(key)
+        if not isinstance(items, list):
+            raise ComfyUIError(f"/queue: '{key}' is missing or not a list")
+        lists.append(tuple(parse_item(item, f"/queue {key}") for item in items))
+    return QueueSnapshot(lists[0], tuple(sorted(lists[1], key=lambda p: p.number)))
+
+
 def parse_queue(data: Any) -> tuple[list[QueueItem], list[QueueItem]]:
     """Running and pending ``(number, prompt_id)`` pairs from ``/queue``."""
     if not isinstance(data, dict):
@@ -335,6 +421,17 @@ def parse_queue(data: Any) -> tuple[list[QueueItem], list[QueueItem]]:
             parsed.append((item[0], item[1]))
         lists.append(parsed)
     return lists[0], lists[1]
+
+
+def prompt_error_type(raw: bytes) -> str:
+    """``error.type`` of a 400 answer to ``POST /prompt`` ('unknown' when it has none)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return "unknown"
+    error = data.get("error") if isinstance(data, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else "unknown"
 
 
 def describe_prompt_error(raw: bytes) -> str:

@@ -10,7 +10,9 @@ executions hang (``stuck_running``), fail (``canary_fail``, ``oom``) or never st
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import string
 import threading
 import time
@@ -18,9 +20,11 @@ from typing import Any, TextIO
 
 from guardian.demo.comfyui.prompts import (
     BUSY_NODE,
+    CRASH_NODE,
     SLEEP_NODE,
     WORK_NODES,
     PromptQueue,
+    history_item,
     is_link,
 )
 from guardian.demo.http import SimApp
@@ -65,7 +69,7 @@ class PromptExecutor(SimApp):
     ) -> None:
         super().__init__(host, port, exit_on_crash=exit_on_crash, log_stream=log_stream)
         self.exec_time = exec_time
-        self.prompts = PromptQueue()
+        self.prompts = PromptQueue(self.queue_changed)
         self._interrupt = False
         self._cache: dict[str, Any] = {}  # node signature -> its outputs (None: no outputs)
         self._leaked = 0
@@ -74,6 +78,9 @@ class PromptExecutor(SimApp):
         self._temp_prefix = "".join(random.choices(string.ascii_lowercase, k=5))
         self._counters: dict[str, int] = {}
         self._worker: threading.Thread | None = None
+
+    def queue_changed(self) -> None:
+        """Hook, called with ``cond`` held on every queue change (the server broadcasts)."""
 
     def start_worker(self) -> None:
         self._worker = threading.Thread(target=self._work, name="comfyui-sim-exec", daemon=True)
@@ -136,6 +143,9 @@ class PromptExecutor(SimApp):
                 failing = node_id  # ComfyUI notices the flag before the next node runs
                 break
             node = prompt[node_id]
+            if node["class_type"] == CRASH_NODE:
+                self._die(prompt_id)
+                return None
             if node["class_type"] in WORK_NODES:
                 after_work = True
                 seconds = float(node.get("inputs", {}).get("seconds", 0.0))
@@ -192,6 +202,16 @@ class PromptExecutor(SimApp):
             entry = _entry(item, outputs, "success", messages, meta)
         self.log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
         return entry
+
+    def _die(self, prompt_id: str) -> None:
+        """The poison node: the process dies at once, as of SIGKILL (in-process: the
+        simulator stops, which its clients see the same way)."""
+        self.log(f"[sim] {CRASH_NODE} in prompt {prompt_id}: the process dies")
+        if self.exit_on_crash:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.crash()
+        with self.cond:  # run nothing more: the crash thread is stopping us
+            self.cond.wait_for(lambda: self.stopping)
 
     def _burn(self, seconds: float) -> bool:
         """Compute for ``seconds`` (process CPU time grows), printing tqdm-style progress
@@ -265,7 +285,7 @@ def _entry(
     meta: dict[str, Any],
 ) -> dict[str, Any]:
     return {
-        "prompt": item,
+        "prompt": history_item(item),
         "outputs": outputs,
         "status": {"status_str": status, "completed": status == "success",
                    "messages": messages},

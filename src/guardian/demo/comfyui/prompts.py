@@ -10,7 +10,9 @@ and the history.
 from __future__ import annotations
 
 import copy
+import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,15 +95,29 @@ for _name, _what in ((BUSY_NODE, "Burns CPU for `seconds`, stopping on interrupt
         category="guardian",
     )
 WORK_NODES = frozenset({BUSY_NODE, SLEEP_NODE})
+# A poison node: the process dies (SIGKILL) when it executes, as a custom node that crashes
+# the interpreter (a segfault in a native extension, an OOM kill) takes ComfyUI down.
+CRASH_NODE = "GuardianCrash"
+NODE_INFO[CRASH_NODE] = _node_info(
+    CRASH_NODE, CRASH_NODE, {"images": ["IMAGE"]}, ["IMAGE"],
+    description="Kills the server process when it executes.", hidden=False,
+    module="custom_nodes.guardian_sim", category="guardian",
+)
+# ComfyUI strips these from extra_data when a prompt moves to history, not from /queue.
+SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 
-def job_prompt(kind: str, seconds: float) -> dict[str, Any]:
-    """A model-free job graph: EmptyImage -> GuardianBusy/GuardianSleep -> PreviewImage."""
-    node = {"busy": BUSY_NODE, "sleep": SLEEP_NODE}[kind]
+def job_prompt(kind: str, seconds: float, color: int = 0) -> dict[str, Any]:
+    """A model-free job graph: EmptyImage -> GuardianBusy/GuardianSleep/GuardianCrash ->
+    PreviewImage (``color`` varies it, so an identical resubmit is not served from cache)."""
+    node = {"busy": BUSY_NODE, "sleep": SLEEP_NODE, "crash": CRASH_NODE}[kind]
+    inputs: dict[str, Any] = {"images": ["1", 0]}
+    if kind != "crash":
+        inputs["seconds"] = float(seconds)
     return {
         "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "3": {"class_type": node, "inputs": {"images": ["1", 0], "seconds": float(seconds)}},
+              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+        "3": {"class_type": node, "inputs": inputs},
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
     }
 
@@ -129,8 +145,9 @@ class Validation:
     node_errors: dict[str, Any]
 
 
-def validate_prompt(prompt: dict[str, Any]) -> Validation:
-    """ComfyUI's ``validate_prompt``, reduced to the three known node classes."""
+def validate_prompt(prompt: dict[str, Any], partial: list[Any] | None = None) -> Validation:
+    """ComfyUI's ``validate_prompt``, reduced to the known node classes. ``partial`` is
+    ``partial_execution_targets``: only those output nodes run."""
     outputs: list[str] = []
     for node_id, node in prompt.items():
         if not isinstance(node, dict):
@@ -142,7 +159,7 @@ def validate_prompt(prompt: dict[str, Any]) -> Validation:
         if class_type not in NODE_INFO:
             msg = f"Cannot execute because node {class_type} does not exist."
             return Validation(error_reason("invalid_prompt", msg, f"Node ID '#{node_id}'"), [], {})
-        if NODE_INFO[class_type]["output_node"]:
+        if NODE_INFO[class_type]["output_node"] and (partial is None or node_id in partial):
             outputs.append(node_id)
     if not outputs:
         return Validation(error_reason("prompt_no_outputs", "Prompt has no outputs"), [], {})
@@ -252,16 +269,20 @@ def _validate_inputs(
 
 class PromptQueue:
     """ComfyUI's queue, running item and history. Not locked itself: every caller holds the
-    simulator's ``cond``."""
+    simulator's ``cond``. ``pending`` is a heap, as ComfyUI's: ``/queue`` shows it in heap
+    order, not sorted. ``on_change`` is called on every change, as ComfyUI's
+    ``queue_updated`` broadcasts a ``status`` message then."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self.number = 0  # the server's counter: restarts at 0 with the process
         self.pending: list[list[Any]] = []
         self.running: list[Any] | None = None
         self.history: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.on_change = on_change
 
     def put(self, item: list[Any]) -> None:
-        self.pending.append(item)
+        heapq.heappush(self.pending, item)
+        self.on_change()
 
     def next_number(self, front: bool = False) -> int:
         """The counter's next value (negated for ``front``), advancing it."""
@@ -270,21 +291,35 @@ class PromptQueue:
         return number
 
     def view(self) -> dict[str, Any]:
-        """``GET /queue``'s body, a deep copy."""
+        """``GET /queue``'s body, a deep copy, pending in heap order."""
         return copy.deepcopy({
             "queue_running": [self.running] if self.running is not None else [],
-            "queue_pending": sorted(self.pending, key=lambda item: item[0]),
+            "queue_pending": list(self.pending),
         })
 
     def remaining(self) -> int:
         return len(self.pending) + (self.running is not None)
 
+    def knows(self, prompt_id: str) -> bool:
+        """Queued, running or in history (a re-used id is still accepted, as by ComfyUI)."""
+        return (prompt_id in self.history or any(i[1] == prompt_id for i in self.pending)
+                or (self.running is not None and self.running[1] == prompt_id))
+
     def take(self) -> list[Any]:
         """The pending item with the lowest number, now running."""
-        item = min(self.pending, key=lambda i: i[0])
-        self.pending.remove(item)
+        item = heapq.heappop(self.pending)
         self.running = item
+        self.on_change()
         return item
+
+    def delete(self, prompt_ids: set[str]) -> None:
+        self.pending = [item for item in self.pending if item[1] not in prompt_ids]
+        heapq.heapify(self.pending)
+        self.on_change()
+
+    def clear(self) -> None:
+        self.pending.clear()
+        self.on_change()
 
     def finish(self, item: list[Any], entry: dict[str, Any] | None) -> None:
         """The running item is done; its history entry (None: none, the server stopping)."""
@@ -293,4 +328,11 @@ class PromptQueue:
             self.history[item[1]] = entry
             while len(self.history) > MAX_HISTORY:
                 self.history.popitem(last=False)
+        self.on_change()
 
+
+def history_item(item: list[Any]) -> list[Any]:
+    """The queue item as history keeps it: the API-node secrets removed from extra_data."""
+    extra = item[3] if isinstance(item[3], dict) else {}
+    kept = {k: v for k, v in extra.items() if k not in SENSITIVE_EXTRA_DATA_KEYS}
+    return [item[0], item[1], item[2], kept, item[4]]

@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import sys
 import uuid
 from typing import Any, ClassVar, TextIO
@@ -34,6 +35,7 @@ from guardian.demo.comfyui.prompts import (
     job_prompt,
     validate_prompt,
 )
+from guardian.demo.comfyui.websocket import WsHub
 from guardian.demo.http import (
     COMMON_FAULTS,
     BadRequest,
@@ -94,6 +96,7 @@ class ComfyUISim(PromptExecutor):
                          log_stream=log_stream)
         self.device = device
         self.interrupts = 0  # POST /interrupt requests received
+        self.ws = WsHub()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,7 +137,15 @@ class ComfyUISim(PromptExecutor):
         self.log(f"To see the GUI go to: {self.url}")
 
     def on_stop(self) -> None:
+        self.ws.close_all()
         self.join_worker()
+
+    def queue_changed(self) -> None:
+        """ComfyUI's ``queue_updated``: a ``status`` message to every websocket client."""
+        self.ws.broadcast({"type": "status", "data": {"status": self._queue_info()}})
+
+    def _queue_info(self) -> dict[str, Any]:
+        return {"exec_info": {"queue_remaining": self.prompts.remaining()}}
 
     def on_fault(self, fault: Fault) -> None:
         if fault.mode != "vram_leak":
@@ -151,6 +162,10 @@ class ComfyUISim(PromptExecutor):
         post = request.method == "POST"
         if get and path == "/system_stats":
             return json_reply(self.system_stats())
+        if get and path == "/ws":
+            with self.cond:
+                first = {"status": self._queue_info()}
+            return self.ws.accept(request, first)
         if path == "/queue":
             if get:
                 return json_reply(self.queue())
@@ -279,12 +294,9 @@ class ComfyUISim(PromptExecutor):
         data = _clear_delete_body(request.body)
         with self.cond:
             if data.get("clear"):
-                self.prompts.pending.clear()
+                self.prompts.clear()
             if isinstance(data.get("delete"), list):
-                doomed = {str(p) for p in data["delete"]}
-                self.prompts.pending = [
-                    item for item in self.prompts.pending if item[1] not in doomed
-                ]
+                self.prompts.delete({str(p) for p in data["delete"]})
         return Reply(200)
 
     def _post_interrupt(self, request: Request) -> Reply:
@@ -327,8 +339,8 @@ class ComfyUISim(PromptExecutor):
         return Reply(200)
 
     def submit_job(self, kind: str, seconds: float) -> str:
-        """Queue a busy/sleep job as a foreign client would; its prompt_id."""
-        prompt = job_prompt(kind, seconds)
+        """Queue a busy/sleep/crash job as a foreign client would; its prompt_id."""
+        prompt = job_prompt(kind, seconds, color=random.randrange(0x1000000))
         result = validate_prompt(prompt)
         prompt_id = str(uuid.uuid4())
         with self.cond:
@@ -340,14 +352,15 @@ class ComfyUISim(PromptExecutor):
         return prompt_id
 
     def control(self, request: Request) -> Reply | None:
-        """``POST /__sim/job {"kind": "busy"|"sleep", "seconds": N}`` queues a job."""
+        """``POST /__sim/job {"kind": "busy"|"sleep"|"crash", "seconds": N}`` queues a job
+        (``crash``: the poison prompt, the process dies when it executes)."""
         if request.path != "/__sim/job" or request.method != "POST":
             return None
         try:
             data = json.loads(request.body or b"{}")
             kind, seconds = data.get("kind"), data.get("seconds", 60)
-            if kind not in ("busy", "sleep"):
-                raise ValueError("kind must be 'busy' or 'sleep'")
+            if kind not in ("busy", "sleep", "crash"):
+                raise ValueError("kind must be 'busy', 'sleep' or 'crash'")
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
                 raise ValueError("seconds must be a number >= 0")
         except (ValueError, AttributeError) as exc:
@@ -365,7 +378,10 @@ class ComfyUISim(PromptExecutor):
         prompt = data["prompt"]
         if not isinstance(prompt, dict):
             raise BadRequest("prompt is not an object")
-        result = validate_prompt(prompt)
+        partial = data.get("partial_execution_targets")
+        if partial is not None and not isinstance(partial, list):
+            raise BadRequest("partial_execution_targets is not a list")
+        result = validate_prompt(prompt, partial)
         if result.error is not None:
             self._log_invalid(result)
             return json_reply({"error": result.error, "node_errors": result.node_errors}, 400)

@@ -109,6 +109,8 @@ class MemoryPressure:
         detail = f"/free released {freed:.0f} MB; still {still or 'no memory freed'}"
         if not may_restart:
             detail += "; not restarting while a job runs"
+            if critical:  # the queue journal restarts between jobs (restart_between_jobs)
+                values["restart_between_jobs"] = True
         return Verdict(False, "free", detail,
                        restart_reason=f"memory pressure not relieved by /free ({still})"
                        if may_restart else None, values=values)
