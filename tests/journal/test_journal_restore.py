@@ -154,7 +154,13 @@ class Run:
         return [e for e in self.events if e.kind is kind]
 
     async def history(self, prompt_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = (await self.http.get(f"{self.sim}/history/{prompt_id}")).json()
+        """The prompt's history entry; none while the simulator is being restarted (a read
+        cut by Guardian's own restart is not an answer)."""
+        try:
+            r = await self.http.get(f"{self.sim}/history/{prompt_id}")
+        except httpx.TransportError:
+            return {}
+        data: dict[str, Any] = r.json()
         return data
 
     async def finished(self, ids: list[str], timeout: float = 60) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from guardian.support.private_file import write_private_text
-from guardian.support.safe_open import open_append, temp_name, write_atomic
+from guardian.support.safe_open import make_private, open_append, temp_name, write_atomic
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "guardian"
 EXEMPT = {
@@ -119,3 +119,14 @@ def test_helpers_refuse_links_and_replace_them_not_their_targets(tmp_path: Path)
     assert not record.is_symlink() and record.read_text() == "{}"
     assert oct(record.stat().st_mode & 0o777) == "0o600"
     assert temp_name(record) != temp_name(record)
+    # Narrowing a file's mode (the queue journal's -wal/-shm) never reaches a link's target.
+    wal = home / "guardian.db-wal"
+    wal.symlink_to(decoy)
+    with pytest.raises(OSError) as e:
+        make_private(wal)
+    assert e.value.errno == errno.ELOOP and oct(decoy.stat().st_mode & 0o777) == "0o644"
+    mine = home / "guardian.db"
+    mine.write_text("")
+    mine.chmod(0o644)
+    make_private(mine)
+    assert oct(mine.stat().st_mode & 0o777) == "0o600"

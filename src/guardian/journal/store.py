@@ -20,6 +20,7 @@ from datetime import datetime
 
 from guardian.checks.comfyui.client import QueuedPrompt
 from guardian.store.db import Component, Database
+from guardian.support.safe_open import make_private
 
 QUEUE_MIGRATIONS = (
     """
@@ -106,7 +107,7 @@ class JournalStore:
             return
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
-                os.chmod(self.db.path.with_name(self.db.path.name + suffix), 0o600)
+                make_private(self.db.path.with_name(self.db.path.name + suffix))
 
     # ------------------------------------------------------------------ the queue
 

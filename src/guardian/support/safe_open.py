@@ -67,6 +67,16 @@ def open_append(path: Path, mode: int = 0o600) -> int:
     return open_beside(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
 
 
+def make_private(path: Path, mode: int = 0o600) -> None:
+    """Narrow an existing file to ``mode`` through a no-follow descriptor: a symlink planted
+    at ``path`` is refused (``ELOOP``), never chmod-ed through to its target."""
+    fd = open_beside(path, os.O_RDONLY)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def temp_name(path: Path) -> str:
     """An unguessable temporary name beside ``path``: nobody can plant a link there first."""
     return f".{path.name}.{secrets.token_hex(8)}.tmp"
