@@ -219,14 +219,21 @@ def test_print_windows_plan(cli, config_file, monkeypatch, empty_path):
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "nssm.exe install Guardian py.exe"
-    assert lines[1] == (
-        f'nssm.exe set Guardian AppParameters "-m guardian run --config {config_file}"'
+    assert lines[0].startswith("# PowerShell")
+    assert lines[1] == "& 'nssm.exe' 'install' 'Guardian' 'py.exe'"
+    assert lines[2] == 'if ($LASTEXITCODE -ne 0) { throw "failed (exit $LASTEXITCODE)" }'
+    assert lines[3] == (
+        f"& 'nssm.exe' 'set' 'Guardian' 'AppParameters' '-m guardian run --config {config_file}'"
     )
     log = config_file.parent / "logs" / install.SERVICE_LOG
-    assert f"nssm.exe set Guardian AppStdout {log}" in lines
-    assert len(lines) == 15
+    assert f"& 'nssm.exe' 'set' 'Guardian' 'AppStdout' '{log}'" in lines
+    assert len(lines) == 1 + 2 * 15
     assert not (config_file.parent / "logs").exists()  # --print changes nothing
+    cmd = CliRunner().invoke(cli, ["install-service", "--config", str(config_file), "--print",
+                                   "--python", "py.exe", "--shell", "cmd"]).output.splitlines()
+    assert cmd[0] == "nssm.exe install Guardian py.exe"
+    assert cmd[1] == f'nssm.exe set Guardian AppParameters "-m guardian run --config {config_file}"'
+    assert len(cmd) == 15
 
 
 def test_print_systemd_unit(cli, config_file, monkeypatch, tmp_path):
