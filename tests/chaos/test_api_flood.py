@@ -153,7 +153,7 @@ paths = ["/"]
         [sys.executable, "-m", "guardian", "run", "--config", str(config)],
         env=env, capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 4, done.stderr
     assert "api.host = '0.0.0.0' is not a loopback address" in done.stderr
     assert "api.token" in done.stderr
     assert not (tmp_path / "state").exists()  # refused before anything started

@@ -182,7 +182,7 @@ async def test_check_from_outside_does_not_judge_supervised_processes(tmp_path: 
 async def test_status_without_a_running_guardian_says_so(tmp_path: Path) -> None:
     path = write_config(tmp_path / "cfg")
     code, _, err = await guardian(tmp_path, "status", "--config", str(path))
-    assert code == 2
+    assert code == 3  # cannot reach Guardian, not "unhealthy"
     assert "no runtime file" in err and "cannot reach Guardian" in err
 
 

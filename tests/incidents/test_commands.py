@@ -101,12 +101,12 @@ def test_incidents_lists_open_by_default_and_all_with_flag(tmp_path: Path) -> No
     assert str(resolved_id) in row and "resolved" in row and "HTTP 502" in row
 
 
-def test_bad_config_exits_2_with_the_problem(tmp_path: Path) -> None:
+def test_bad_config_exits_4_with_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[escalation]\nfailures = 0\n")
     for args in (["incidents"], ["report", "1"], ["notify-test"]):
         res = runner.invoke(app, [*args, "--config", str(bad)])
-        assert res.exit_code == 2
+        assert res.exit_code == 4
         assert "escalation.failures" in res.output
 
 

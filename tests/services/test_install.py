@@ -273,12 +273,12 @@ def test_cli_errors_are_clear(cli, tmp_path, monkeypatch):
     bad = tmp_path / "bad.toml"
     bad.write_text("[guardian]\nlog_level = 'loud'\n")
     result = CliRunner().invoke(cli, ["install-service", "-c", str(bad), "--print"])
-    assert result.exit_code == 2
+    assert result.exit_code == 4
     assert "log_level" in result.output
     result = CliRunner().invoke(
         cli, ["install-service", "-c", str(bad), "--name", "a;rm -rf /", "--print"]
     )
-    assert result.exit_code == 2 and "invalid service name" in result.output
+    assert result.exit_code == 4 and "invalid service name" in result.output
 
 
 def test_uninstall_print(cli, monkeypatch, empty_path):
@@ -317,7 +317,7 @@ def test_install_runs_plan_against_fake_nssm(cli, config_file, monkeypatch, fake
 
     # a second install fails clearly; uninstall removes it
     again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 2
+    assert again.exit_code == 1  # a step failed
     assert "already exists" in again.output
     result = CliRunner().invoke(cli, ["uninstall-service"])
     assert result.exit_code == 0, result.output
@@ -339,7 +339,7 @@ def test_run_plan_stops_at_first_failure(fake_tools):
 def test_install_without_nssm_is_a_clear_error(cli, config_file, monkeypatch, empty_path):
     monkeypatch.setattr(install, "is_windows", lambda: True)
     result = CliRunner().invoke(cli, ["install-service", "-c", str(config_file)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "nssm.exe not found" in result.output
 
 
@@ -381,7 +381,7 @@ kind = "service"
     assert "User=" not in root and "useradd" not in root
     bad = CliRunner().invoke(cli, ["install-service", "-c", str(cfg), "--print",
                                    "--account", "x; rm -rf /"])
-    assert bad.exit_code == 2 and "invalid user or group name" in bad.output
+    assert bad.exit_code == 4 and "invalid user or group name" in bad.output
 
 
 def test_sandbox_keeps_tmp_and_home_paths_working():

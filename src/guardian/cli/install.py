@@ -26,6 +26,7 @@ from guardian.cli.install_windows import (
     DISPLAY_NAME,
     SERVICE_LOG,
     InstallError,
+    StepFailed,
     _check_env,
     _nssm_path,
     install_windows,
@@ -471,6 +472,13 @@ def _ask_password(account: str | None, given: str | None, print_only: bool) -> s
     return answer
 
 
+def _exit_for(e: Exception) -> int:
+    """4 for an unusable input, 1 for a step that failed (the README's exit-code table)."""
+    from guardian.cli.support import Exit
+
+    return Exit.DEGRADED if isinstance(e, StepFailed | OSError) else Exit.USAGE
+
+
 def register(app: typer.Typer) -> None:
     """Add ``install-service`` and ``uninstall-service`` to the CLI."""
 
@@ -530,7 +538,7 @@ def register(app: typer.Typer) -> None:
             )
         except (InstallError, ValueError, OSError) as e:
             typer.echo(f"install-service: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(_exit_for(e)) from None
 
     @app.command("uninstall-service")
     def uninstall_service_cmd(
@@ -544,4 +552,4 @@ def register(app: typer.Typer) -> None:
             uninstall_service(name=name, print_only=print_only, user=user, nssm=nssm)
         except (InstallError, ValueError, OSError) as e:
             typer.echo(f"uninstall-service: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(_exit_for(e)) from None

@@ -38,7 +38,11 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class InstallError(Exception):
-    """A step failed or an input is unusable; the message says which and why."""
+    """An input is unusable (a usage error); the message says which and why."""
+
+
+class StepFailed(InstallError):
+    """A command of the plan failed or could not run."""
 
 
 def _check_env(env: Mapping[str, str]) -> None:
@@ -162,13 +166,13 @@ async def run_plan(
         try:
             result = await run_command(list(argv), timeout=timeout)
         except TimeoutError:
-            raise InstallError(f"{argv[0]} {argv[1]} did not finish within {timeout:g}s") from None
+            raise StepFailed(f"{argv[0]} {argv[1]} did not finish within {timeout:g}s") from None
         except OSError as e:
-            raise InstallError(f"cannot run {argv[0]}: {e.strerror or e}") from None
+            raise StepFailed(f"cannot run {argv[0]}: {e.strerror or e}") from None
         results.append(result)
         if result.rc != 0 and i not in tolerated:
             words = (result.stderr.strip() or result.stdout.strip())[:500]
-            raise InstallError(f"`{' '.join(argv[1:3])}` failed (exit {result.rc}): {words}")
+            raise StepFailed(f"`{' '.join(argv[1:3])}` failed (exit {result.rc}): {words}")
     return results
 
 
@@ -180,7 +184,7 @@ def _nssm_path(explicit: Path | None, printing: bool) -> str:
         return found
     if printing:
         return "nssm.exe"
-    raise InstallError("nssm.exe not found on PATH: get it from https://nssm.cc or pass --nssm")
+    raise StepFailed("nssm.exe not found on PATH: get it from https://nssm.cc or pass --nssm")
 
 
 def install_windows(cfg: Config, config_path: Path, *, name: str, print_only: bool,
