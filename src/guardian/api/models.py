@@ -161,6 +161,7 @@ class RecoveryInfo(BaseModel):
     consecutive_failures: int = 0
     restarting: bool = False
     next_allowed_at: datetime | None = None
+    pid: int | None = Field(None, description="the process's pid where the backend knows it")
 
 
 class TargetView(BaseModel):
@@ -287,7 +288,7 @@ def _service(
     rec = recovery or RecoveryInfo()
     return ServiceHealth(
         state=state,
-        pid=pid,
+        pid=pid if pid is not None else rec.pid,
         restarts=rec.attempts,
         breaker_open=rec.breaker_open,
         last_restart=rec.last_restart,
