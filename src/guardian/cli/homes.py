@@ -170,9 +170,17 @@ def acl_grants(account: str, *, traverse_to: Iterable[PurePath], readable: Itera
                 dirs.append(d)
     if dirs:
         steps.append(["setfacl", "-m", f"u:{account}:x", *map(str, dirs)])
-    tree = [str(p) for p in traverse_to if home_of(p) is not None]
+    tree: list[PurePath] = []
+    for p in traverse_to:
+        if home_of(p) is None:
+            continue
+        # a venv's interpreter: the whole venv is read (its lib, its pyvenv.cfg)
+        root = p.parent.parent if p.parent.name in ("bin", "Scripts") else p
+        if root not in tree:
+            tree.append(root)
+    tree = [p for p in tree if not any(o != p and p.is_relative_to(o) for o in tree)]
     if tree:
-        steps.append(["setfacl", "-R", "-m", f"u:{account}:rX", *tree])
+        steps.append(["setfacl", "-R", "-m", f"u:{account}:rX", *map(str, tree)])
     files = [str(p) for p in readable if home_of(p) is not None]
     if files:
         steps.append(["setfacl", "-m", f"u:{account}:r", *files])

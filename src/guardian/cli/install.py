@@ -20,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from guardian.cli import homes
 from guardian.cli.install_windows import (
     DEFAULT_ENV,
     DESCRIPTION,
@@ -231,7 +232,8 @@ def supervises_in_home(cfg: Config) -> bool:
             continue
         where = [Path(a) for a in (svc.command or [])[:1] if os.path.isabs(a)]
         where += [svc.cwd] if svc.cwd is not None else []
-        if any(_under(PurePath(p.absolute()), HOME_DIRS) for p in where):
+        if any(homes.home_of(PurePath(p.absolute())) is not None
+               or _under(PurePath(p.absolute()), HOME_DIRS) for p in where):
             return True
     return False
 
@@ -331,8 +333,6 @@ def leaves_children(cfg: Config) -> bool:
 def _setup_steps(cfg: Config, *, account: str, group: str | None, home_owner: str | None,
                  reach: list[PurePath], read: list[PurePath]) -> list[str]:
     """The once-as-root steps for a non-root account; never a chown inside a home."""
-    from guardian.cli import homes
-
     lines = [f"# Guardian runs as {account!r}; once, as root:"]
     if account != home_owner:
         lines.append(f"id -u {account} >/dev/null 2>&1 || useradd --system --user-group "
@@ -387,8 +387,6 @@ def install_service(
                         object_password=object_password, shell=shell,
                         leaves_children=leaves_children(cfg))
         return
-    from guardian.cli import homes
-
     reach = [PurePath(py.absolute()), *(PurePath(p) for p in used_paths(cfg))]
     read = [PurePath(config_path)]
     found = homes.homes([*reach, *read])
