@@ -538,6 +538,8 @@ class UptimeBars(BaseModel):
 
 class TargetUptime(BaseModel):
     windows: dict[str, UptimeWindow] = Field(description="24h, 7d, 30d")
+    since: datetime | None = Field(None, description="oldest data kept: a window reaching "
+                                   "further back counts from here")
     bars: UptimeBars = Field(description="the last 24 h in equal slots, oldest first")
 
 
@@ -555,6 +557,7 @@ def build_uptime(view: GuardianView, now: datetime) -> UptimeResponse:
         return UptimeResponse(timestamp=now, available=False, bucket_seconds=0, targets={})
     slots = 48
     windows, bars = counts.windows(now), counts.bar_arrays(now, slots=slots)
+    first = counts.first_seen()
     empty = {name: Counts() for name in WINDOWS}
     no_data = [0] * slots
     targets: dict[str, TargetUptime] = {}
@@ -562,6 +565,7 @@ def build_uptime(view: GuardianView, now: datetime) -> UptimeResponse:
         per = windows.get(t.name, {})
         ok, total, restarts = bars.targets.get(t.name, (no_data, no_data, no_data))
         targets[t.name] = TargetUptime.model_construct(  # our own ints: no validation pass
+            since=first.get(t.name),
             windows={
                 name: UptimeWindow(ok=c.ok, total=c.total, percent=c.percent, restarts=c.restarts)
                 for name, c in {**empty, **per}.items()
