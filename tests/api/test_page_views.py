@@ -167,7 +167,8 @@ async def test_the_page_people_keep_open(served: tuple[StaticView, str, datetime
     # Times in the viewer's zone, and the zone named.
     assert ZONE in await page.locator("#zone").inner_text()
     # Resolved incidents: 14 of one cause are one group; 10 causes over 2 pages of 8.
-    assert "Resolved: 23 incidents, 10 causes" in await page.locator("h3.resolved-head").inner_text()
+    head = await page.locator("h3.resolved-head").inner_text()
+    assert "Resolved: 23 incidents, 10 causes" in head
     group = page.locator('details.group[data-group="14"]')
     assert await group.count() == 1
     assert await page.locator("#incidents > details").count() == 1 + 8  # open + one page
