@@ -143,6 +143,7 @@ async def test_status_shows_states_from_the_real_api_port(daemon: tuple[Path, St
     code, out, err = await guardian(tmp_path, "status", "--config", str(path))
     assert code == 1, err  # comfyui ok (busy); the non-critical panel fails: degraded
     assert "BREAKER OPEN" in out
+    assert out.splitlines()[0] == "Guardian: degraded · breaker open: comfyui"
     assert "busy 5d0c1a2b 754 s" in out
     assert "starting up" in out
     assert all(len(line) <= 80 for line in out.splitlines()), out

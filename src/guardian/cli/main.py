@@ -393,7 +393,17 @@ def target_states(target: dict[str, Any]) -> list[str]:
 
 def status_table(body: dict[str, Any]) -> Table:
     health = body.get("status", "unhealthy")
-    table = Table(title=f"Guardian: {terminal(str(health))}", title_justify="left")
+    # As on the page: never a bare "healthy" while an incident or a breaker is open.
+    notes = []
+    opened = len(body.get("incidents_open") or [])
+    if opened:
+        notes.append(f"{opened} open incident{'s' * (opened != 1)}")
+    breakers = [str(t.get("name")) for t in body.get("targets") or []
+                if (t.get("recovery") or {}).get("breaker_open")]
+    if breakers:
+        notes.append("breaker open: " + ", ".join(breakers))
+    title = " · ".join([f"Guardian: {terminal(str(health))}", *map(terminal, notes)])
+    table = Table(title=title, title_justify="left")
     table.add_column("target", overflow="fold")
     table.add_column("status", no_wrap=True)
     table.add_column("state", overflow="fold")
