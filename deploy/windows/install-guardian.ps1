@@ -128,8 +128,7 @@ if ($PrintOnly) { $guardianArgs += '--print' }
 & $Python @guardianArgs
 $installed = $LASTEXITCODE
 Remove-Item Env:GUARDIAN_OBJECT_PASSWORD -ErrorAction SilentlyContinue
-$LASTEXITCODE = $installed
-if ($LASTEXITCODE -ne 0) { Fail "guardian install-service failed (exit $LASTEXITCODE)" $LASTEXITCODE }
+if ($installed -ne 0) { Fail "guardian install-service failed (exit $installed)" $installed }
 if ($PrintOnly -or $NoStart) { exit 0 }
 
 & $Nssm start $Name
