@@ -433,10 +433,10 @@ def install_service(
             typer.echo("# and let it restart its units without sudo (NoNewPrivileges blocks "
                        "sudo): /etc/polkit-1/rules.d/50-guardian.rules")
             typer.echo(polkit_rule(account, units))
+        # An account that does not exist yet (useradd above) is judged as "others".
         who = homes.Account.lookup(account)
-        if who.uid is not None:
-            for warning in homes.access_warnings(who, traverse_to=reach, readable=read):
-                typer.echo(f"warning: {warning}", err=True)
+        for warning in homes.access_warnings(who, traverse_to=reach, readable=read):
+            typer.echo(f"warning: {warning}", err=True)
     typer.echo("# then run:")
     typer.echo(" && ".join(" ".join(step) for step in steps))
     if user:
