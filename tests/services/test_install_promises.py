@@ -248,3 +248,12 @@ def test_printed_powershell_parses(tmp_path):  # pragma: no cover - only where p
     check = ("$e=$null; [void][System.Management.Automation.Language.Parser]::ParseFile("
              f"'{f}', [ref]$null, [ref]$e); exit $e.Count")
     assert subprocess.run(["pwsh", "-NoProfile", "-Command", check], timeout=60).returncode == 0
+
+
+def test_an_account_still_to_be_created_is_judged_as_others(cli, home):
+    cfg = _home_config(home)
+    py = home / "ComfyUI" / "venv" / "bin" / "python"
+    out = CliRunner().invoke(cli, ["install-service", "-c", str(cfg), "--print", "--python",
+                                   str(py), "--account", "guardnew"]).output
+    assert "useradd --system --user-group" in out and "guardnew" in out
+    assert f"'guardnew' cannot enter {home} (mode 0700, owner nobody)" in out
