@@ -311,7 +311,7 @@ def check(
 
 
 def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
-    """Call the running Guardian's API; print a clear error and exit 2 when it fails."""
+    """Call the running Guardian's API; print a clear error, exit 3 when it fails."""
     from guardian.checks.http.httpxlib import httpx  # without httpx's own CLI
 
     cfg = where.config
