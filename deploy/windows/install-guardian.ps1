@@ -24,13 +24,24 @@
     Path to nssm.exe. Default: nssm.exe found on PATH.
 .PARAMETER ObjectName
     Account to run the service as. Default: LocalSystem, which can start and stop the
-    services Guardian watches. Another account needs those rights granted.
+    services Guardian watches. Another account needs those rights granted. A normal
+    account (.\user, DOMAIN\user) needs its password: it is asked for here, hidden,
+    before anything is installed (built-in accounts, NT SERVICE\<name> and gMSAs
+    ending in $ need none).
 .PARAMETER Environment
     Extra KEY=VALUE pairs for the service's environment.
 .PARAMETER PrintOnly
     Print the nssm commands; install nothing.
 .PARAMETER NoStart
     Install but do not start the service.
+
+.NOTES
+    A script downloaded from the web is blocked on a default Windows client
+    (ExecutionPolicy Restricted, "Mark of the Web"). Either unblock it once:
+        Unblock-File .\install-guardian.ps1
+        Set-ExecutionPolicy -Scope CurrentUser RemoteSigned
+    or run it for this one call only:
+        powershell -ExecutionPolicy Bypass -File .\install-guardian.ps1 -Config ...
 
 .EXAMPLE
     .\install-guardian.ps1 -Config C:\Guardian\guardian.toml `
@@ -92,17 +103,32 @@ if (-not $Nssm) {
     }
 }
 
+$Password = ''
+$builtin = '^(LocalSystem|\.\\LocalSystem|NT AUTHORITY\\(System|LocalService|NetworkService)|NT SERVICE\\.+|.+\$)$'
+if ($ObjectName -and -not $PrintOnly -and $ObjectName -notmatch $builtin) {
+    # Asked now, before nssm touches anything: a service whose account cannot log on
+    # fails only when it starts, with error 1069.
+    $secure = Read-Host -AsSecureString "Password of $ObjectName"
+    $Password = [Runtime.InteropServices.Marshal]::PtrToStringBSTR(
+        [Runtime.InteropServices.Marshal]::SecureStringToBSTR($secure))
+    if (-not $Password) { Fail "the account $ObjectName needs its password to run a service" 2 }
+}
+
 & $Python -m guardian config validate $Config
 if ($LASTEXITCODE -ne 0) { Fail 'the config is not valid (see above)' 2 }
 
 $guardianArgs = @('-m', 'guardian', 'install-service', '--config', $Config, '--name', $Name, '--python', $Python)
 if ($Nssm) { $guardianArgs += @('--nssm', $Nssm) }
 if ($ObjectName) { $guardianArgs += @('--object-name', $ObjectName) }
+# Through the environment, not the command line other users can list.
+if ($Password) { $env:GUARDIAN_OBJECT_PASSWORD = $Password }
 foreach ($pair in $Environment) { $guardianArgs += @('--env', $pair) }
 if ($PrintOnly) { $guardianArgs += '--print' }
 
 & $Python @guardianArgs
-if ($LASTEXITCODE -ne 0) { Fail "guardian install-service failed (exit $LASTEXITCODE)" $LASTEXITCODE }
+$installed = $LASTEXITCODE
+Remove-Item Env:GUARDIAN_OBJECT_PASSWORD -ErrorAction SilentlyContinue
+if ($installed -ne 0) { Fail "guardian install-service failed (exit $installed)" $installed }
 if ($PrintOnly -or $NoStart) { exit 0 }
 
 & $Nssm start $Name

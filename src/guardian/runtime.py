@@ -62,7 +62,7 @@ from guardian.recovery.breakers import (
 from guardian.recovery.manager import RecoveryManager
 from guardian.remediation.ladder import Remediation
 from guardian.services import build_backend
-from guardian.services.base import ServiceBackend, ServiceStatus
+from guardian.services.base import KnowsPid, ServiceBackend, ServiceStatus
 from guardian.services.lifecycle import ServiceLifecycle
 from guardian.store import lock as store_lock
 from guardian.store import runfile
@@ -402,7 +402,13 @@ class Guardian:
     # ------------------------------------------------------------------ what the API reads
 
     def recovery_snapshot(self) -> dict[str, dict[str, Any]]:
-        return self.recovery.snapshot() if self.recovery is not None else {}
+        """Recovery's view per target, plus the pid where the backend knows it (no I/O),
+        so /api/health names it even for a target without a ``service`` check."""
+        snap = self.recovery.snapshot() if self.recovery is not None else {}
+        for name, backend in self.backends.items():
+            if isinstance(backend, KnowsPid) and name in snap:
+                snap[name]["pid"] = backend.pid
+        return snap
 
     async def restart(self, target: str) -> str:
         """A manual restart (API/CLI): resets the breaker. KeyError for unknown targets.

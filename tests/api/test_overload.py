@@ -262,3 +262,21 @@ async def test_a_mark_inside_a_window_opens_nothing_one_outside_keeps_the_tick()
         assert not monitor.ticking
     finally:
         await monitor.stop()
+
+
+async def test_checks_shorter_than_the_tick_still_fill_the_histogram() -> None:
+    """Checks every second that finish in a few ms (most do) used to close every window
+    before its first tick: guardian_event_loop_lag_seconds stayed at 0 observations."""
+    monitor = LoopLagMonitor(tick=0.1)
+    monitor.start()
+    try:
+        for _ in range(5):
+            mark = monitor.begin()
+            await asyncio.sleep(0.005)  # a quick check
+            monitor.release(mark)
+            await asyncio.sleep(0.01)  # idle until the next one
+        h = monitor.histogram()
+        assert h.count == 5, h  # one measured tick per check window
+        assert not monitor.ticking
+    finally:
+        await monitor.stop()

@@ -116,7 +116,7 @@ def test_untrusted_state_refuses_to_start_and_names_path_and_fix(tmp_path: Path,
         os.chown(record, NOBODY, NOBODY)
         bad, fix = record, f"chown root {record}"
     result = run_guardian(config)
-    assert result.returncode == 2
+    assert result.returncode == 5  # could not start
     assert "refusing to start" in result.stderr
     assert str(bad) in result.stderr and fix in result.stderr, result.stderr
     assert read_pid(pidfile) is None and not http_ok(port)  # nothing started
@@ -185,7 +185,7 @@ def test_link_in_state_dir_refused_and_decoy_untouched(tmp_path: Path, planted: 
     state.mkdir(mode=0o700)
     (state / planted).symlink_to(decoy)
     result = run_guardian(config)
-    assert result.returncode == 2
+    assert result.returncode == 5  # could not start
     assert f"{state / planted}: is a symbolic link" in result.stderr, result.stderr
     assert fingerprint([decoy]) == before
     assert read_pid(pidfile) is None

@@ -76,7 +76,7 @@ def test_second_run_on_one_store_exits_at_once_and_touches_nothing(tmp_path: Pat
 
         second = run_second("run", "--config", str(config), "--log-format", "json")
 
-        assert second.returncode != 0
+        assert second.returncode == 5  # could not start (the README's exit-code table)
         assert f"pid {first.pid}" in second.stderr, second.stderr
         assert "already runs on this store" in second.stderr
         assert digest(runtime, config) == before
@@ -114,7 +114,7 @@ def test_second_demo_in_one_directory_keeps_the_running_config(tmp_path: Path) -
         config = demo_dir / "guardian-demo.toml"
         before = digest(config, runtime)
         second = run_second("demo", "--dir", str(demo_dir), "--api-port", "0")
-        assert second.returncode != 0
+        assert second.returncode == 5  # could not start (the README's exit-code table)
         assert f"pid {first.pid}" in second.stderr, second.stderr
         assert digest(config, runtime) == before
         assert first.poll() is None

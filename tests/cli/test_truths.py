@@ -146,6 +146,7 @@ async def test_status_shows_states_from_the_real_api_port(daemon: tuple[Path, St
     code, out, err = await guardian(tmp_path, "status", "--config", str(path))
     assert code == 1, err  # comfyui ok (busy); the non-critical panel fails: degraded
     assert "BREAKER OPEN" in out
+    assert out.splitlines()[0] == "Guardian: degraded · breaker open: comfyui"
     assert "busy 5d0c1a2b 754 s" in out
     assert "starting up" in out
     assert all(len(line) <= 80 for line in out.splitlines()), out
@@ -185,7 +186,7 @@ async def test_check_from_outside_does_not_judge_supervised_processes(tmp_path: 
 async def test_status_without_a_running_guardian_says_so(tmp_path: Path) -> None:
     path = write_config(tmp_path / "cfg")
     code, _, err = await guardian(tmp_path, "status", "--config", str(path))
-    assert code == 2
+    assert code == 3  # cannot reach Guardian, not "unhealthy"
     assert "no runtime file" in err and "cannot reach Guardian" in err
 
 
@@ -205,8 +206,9 @@ async def test_incidents_fit_80_columns(tmp_path: Path) -> None:
     lines = out.splitlines()
     assert all(len(line) <= 80 for line in lines), out
     header = next(line for line in lines if "ID" in line)
-    for word in ("Target", "Status", "Opened UTC", "Closed UTC", "Fails", "Summary"):
+    for word in ("Target", "Status", "Opened UTC", "Closed UTC", "Failures"):
         assert word in header, header
-    assert "03-01 12:05" in out  # the resolved one's close time
-    assert "Opene" not in out.replace("Opened", "")  # no header split mid-word
+    assert "12:05 (5m)" in out  # the resolved one's close time, same day, and how long
     assert out.count("ComfyUI queue") == 3
+    # two lines per incident: its facts, then its summary cut to the width
+    assert len(lines) == 2 + 2 * 3, out

@@ -97,8 +97,10 @@ def test_incidents_lists_open_by_default_and_all_with_flag(tmp_path: Path) -> No
     assert "comfyui" in res.output and "panel" not in res.output
     res = runner.invoke(app, ["incidents", "--all", "-c", str(cfg)], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    (row,) = [line for line in res.output.splitlines() if "panel" in line]
-    assert str(resolved_id) in row and "resolved" in row and "HTTP 502" in row
+    lines = res.output.splitlines()
+    (at,) = [n for n, line in enumerate(lines) if "panel" in line]
+    assert str(resolved_id) in lines[at] and "resolved" in lines[at]
+    assert "HTTP 502" in lines[at + 1]  # the summary, on the incident's second line
 
 
 def test_bad_config_exits_2_with_the_problem(tmp_path: Path) -> None:

@@ -94,6 +94,9 @@ async def test_api_serves_runtime_state_and_restart_needs_the_token(tmp_path: Pa
 
             backend = guardian.backends["comfyui"]
             old_pid = (await backend.status()).pid
+            # the real pid, though the target has no `service` check: the backend knows it
+            assert old_pid is not None
+            assert health["services"]["comfyui"]["pid"] == old_pid
             path = "/api/targets/comfyui/restart"
             assert (await client.post(path)).status_code == 401
             bad = {"Authorization": "Bearer wrong"}
@@ -102,7 +105,10 @@ async def test_api_serves_runtime_state_and_restart_needs_the_token(tmp_path: Pa
             good = {"Authorization": f"Bearer {TOKEN}"}
             resp = await client.post(path, headers=good)
             assert resp.status_code == 200, resp.text
-            assert (await backend.status()).pid not in (None, old_pid)
+            new_pid = (await backend.status()).pid
+            assert new_pid not in (None, old_pid)
+            after = (await client.get("/api/health")).json()
+            assert after["services"]["comfyui"]["pid"] == new_pid
             unknown = await client.post("/api/targets/nope/restart", headers=good)
             assert unknown.status_code == 404
 

@@ -219,14 +219,21 @@ def test_print_windows_plan(cli, config_file, monkeypatch, empty_path):
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "nssm.exe install Guardian py.exe"
-    assert lines[1] == (
-        f'nssm.exe set Guardian AppParameters "-m guardian run --config {config_file}"'
+    assert lines[0].startswith("# PowerShell")
+    assert lines[1] == "& 'nssm.exe' 'install' 'Guardian' 'py.exe'"
+    assert lines[2] == 'if ($LASTEXITCODE -ne 0) { throw "failed (exit $LASTEXITCODE)" }'
+    assert lines[3] == (
+        f"& 'nssm.exe' 'set' 'Guardian' 'AppParameters' '-m guardian run --config {config_file}'"
     )
     log = config_file.parent / "logs" / install.SERVICE_LOG
-    assert f"nssm.exe set Guardian AppStdout {log}" in lines
-    assert len(lines) == 15
+    assert f"& 'nssm.exe' 'set' 'Guardian' 'AppStdout' '{log}'" in lines
+    assert len(lines) == 1 + 2 * 15
     assert not (config_file.parent / "logs").exists()  # --print changes nothing
+    cmd = CliRunner().invoke(cli, ["install-service", "--config", str(config_file), "--print",
+                                   "--python", "py.exe", "--shell", "cmd"]).output.splitlines()
+    assert cmd[0] == "nssm.exe install Guardian py.exe"
+    assert cmd[1] == f'nssm.exe set Guardian AppParameters "-m guardian run --config {config_file}"'
+    assert len(cmd) == 15
 
 
 def test_print_systemd_unit(cli, config_file, monkeypatch, tmp_path):
@@ -271,7 +278,7 @@ def test_cli_errors_are_clear(cli, tmp_path, monkeypatch):
     result = CliRunner().invoke(
         cli, ["install-service", "-c", str(bad), "--name", "a;rm -rf /", "--print"]
     )
-    assert result.exit_code == 2 and "invalid service name" in result.output
+    assert result.exit_code == 4 and "invalid service name" in result.output
 
 
 def test_uninstall_print(cli, monkeypatch, empty_path):
@@ -310,7 +317,7 @@ def test_install_runs_plan_against_fake_nssm(cli, config_file, monkeypatch, fake
 
     # a second install fails clearly; uninstall removes it
     again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 2
+    assert again.exit_code == 1  # a step failed
     assert "already exists" in again.output
     result = CliRunner().invoke(cli, ["uninstall-service"])
     assert result.exit_code == 0, result.output
@@ -332,7 +339,7 @@ def test_run_plan_stops_at_first_failure(fake_tools):
 def test_install_without_nssm_is_a_clear_error(cli, config_file, monkeypatch, empty_path):
     monkeypatch.setattr(install, "is_windows", lambda: True)
     result = CliRunner().invoke(cli, ["install-service", "-c", str(config_file)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "nssm.exe not found" in result.output
 
 
@@ -374,7 +381,7 @@ kind = "service"
     assert "User=" not in root and "useradd" not in root
     bad = CliRunner().invoke(cli, ["install-service", "-c", str(cfg), "--print",
                                    "--account", "x; rm -rf /"])
-    assert bad.exit_code == 2 and "invalid user or group name" in bad.output
+    assert bad.exit_code == 4 and "invalid user or group name" in bad.output
 
 
 def test_sandbox_keeps_tmp_and_home_paths_working():

@@ -194,7 +194,7 @@ def test_check_on_built_in_defaults_says_so(
     result = runner.invoke(app, ["check", "--target", "nope"])
     assert "using built-in defaults (no config file: looked for --config" in result.output
     assert str(tmp_path / "guardian.toml") in result.output
-    assert result.exit_code == 2 and "unknown target 'nope'" in result.output
+    assert result.exit_code == 4 and "unknown target 'nope'" in result.output
     (tmp_path / "guardian.toml").write_text("[[targets]]\nname='t'\n")
     found = runner.invoke(app, ["check", "--target", "nope"])
     assert "built-in defaults" not in found.output
@@ -229,18 +229,19 @@ def test_a_401_says_where_the_token_comes_from(
     tmp_path: Path, guardian_api: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     f = tmp_path / "g.toml"
-    f.write_text(f"[api]\nport={guardian_api}\ntoken='wrong'\n[[targets]]\nname='t'\n")
+    svc = "[targets.service]\ncommand=['x']\n"  # a target restart can act on
+    f.write_text(f"[api]\nport={guardian_api}\ntoken='wrong'\n[[targets]]\nname='t'\n{svc}")
     monkeypatch.delenv("GUARDIAN_API_TOKEN", raising=False)
     wrong = runner.invoke(app, ["restart", "t", "--config", str(f)])
-    assert wrong.exit_code == 2
+    assert wrong.exit_code == 3
     assert "HTTP 401" in wrong.output and f"[api] token in {f}" in wrong.output
     monkeypatch.setenv("GUARDIAN_API_TOKEN", "also-wrong")
     env = runner.invoke(app, ["restart", "t", "--config", str(f)])
-    assert env.exit_code == 2 and "comes from $GUARDIAN_API_TOKEN" in env.output
+    assert env.exit_code == 3 and "comes from $GUARDIAN_API_TOKEN" in env.output
     monkeypatch.delenv("GUARDIAN_API_TOKEN")
-    f.write_text(f"[api]\nport={guardian_api}\n[[targets]]\nname='t'\n")
+    f.write_text(f"[api]\nport={guardian_api}\n[[targets]]\nname='t'\n{svc}")
     none = runner.invoke(app, ["restart", "t", "--config", str(f)])
-    assert none.exit_code == 2 and "no token was sent" in none.output
+    assert none.exit_code == 3 and "no token was sent" in none.output
     monkeypatch.setenv("GUARDIAN_API_TOKEN", "right")
     ok = runner.invoke(app, ["restart", "t", "--config", str(f)])
     assert ok.exit_code == 0, ok.output

@@ -429,6 +429,10 @@ class Metrics:
             if target.service is not None:
                 for outcome in RESTART_OUTCOMES.values():
                     self._restarts[(target.name, outcome)] = 0
+            if any(c.kind == "comfyui" for c in target.checks):  # the ladder's targets
+                for action in ("interrupt", "free"):
+                    for done in REMEDIATION_OUTCOMES.values():
+                        self._remediations[(target.name, action, done)] = 0
         self._histogram_template: tuple[tuple[tuple[str, str], ...], str] | None = None
         # Label texts and the histogram template of every configured check are made now,
         # at start-up, so the first scrape costs what any other does (at 1000 targets

@@ -165,6 +165,7 @@ class RecoveryInfo(BaseModel):
     consecutive_failures: int = 0
     restarting: bool = False
     next_allowed_at: datetime | None = None
+    pid: int | None = Field(None, description="the process's pid where the backend knows it")
 
 
 class TargetView(BaseModel):
@@ -292,7 +293,7 @@ def _service(
     rec = recovery or RecoveryInfo()
     return ServiceHealth(
         state=state,
-        pid=pid,
+        pid=pid if pid is not None else rec.pid,
         restarts=rec.attempts,
         breaker_open=rec.breaker_open,
         last_restart=rec.last_restart,
@@ -545,6 +546,8 @@ class UptimeBars(BaseModel):
 
 class TargetUptime(BaseModel):
     windows: dict[str, UptimeWindow] = Field(description="24h, 7d, 30d")
+    since: datetime | None = Field(None, description="oldest data kept: a window reaching "
+                                   "further back counts from here")
     bars: UptimeBars = Field(description="the last 24 h in equal slots, oldest first")
 
 
@@ -562,6 +565,7 @@ def build_uptime(view: GuardianView, now: datetime) -> UptimeResponse:
         return UptimeResponse(timestamp=now, available=False, bucket_seconds=0, targets={})
     slots = 48
     windows, bars = counts.windows(now), counts.bar_arrays(now, slots=slots)
+    first = counts.first_seen()
     empty = {name: Counts() for name in WINDOWS}
     no_data = [0] * slots
     targets: dict[str, TargetUptime] = {}
@@ -569,6 +573,7 @@ def build_uptime(view: GuardianView, now: datetime) -> UptimeResponse:
         per = windows.get(t.name, {})
         ok, total, restarts = bars.targets.get(t.name, (no_data, no_data, no_data))
         targets[t.name] = TargetUptime.model_construct(  # our own ints: no validation pass
+            since=first.get(t.name),
             windows={
                 name: UptimeWindow(ok=c.ok, total=c.total, percent=c.percent, restarts=c.restarts)
                 for name, c in {**empty, **per}.items()

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +34,10 @@ from guardian.support.trust import Untrusted, make_dirs, untrusted_dir
 
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "pretty", "auto")
 STARTUP_IO_DEADLINE = 5.0  # s for a directory to answer at start (a hung mount never does)
-EXIT_REFUSED = 2  # an untrusted path, or another Guardian on the store: nothing touched
+# guardian.cli.support.Exit's values, without loading rich here:
 EXIT_FATAL = 1
+EXIT_CANNOT_START = 5  # the API port is taken, another Guardian holds the store, an
+EXIT_REFUSED = EXIT_CANNOT_START  # untrusted directory: nothing was touched
 
 log = logging.getLogger("guardian.cli.foreground")
 
@@ -42,6 +46,50 @@ log = logging.getLogger("guardian.cli.foreground")
 _STOPPING = ("SIGINT", "SIGTERM", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR",
              "SIGXCPU", "SIGSTKFLT")
 _IGNORED = ("SIGUSR1", "SIGUSR2")
+
+
+def with_api_port(cfg: Config, port: int | None) -> Config:
+    """``--api-port``: listen there instead (0: any free port)."""
+    if port is None:
+        return cfg
+    return cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": port})})
+
+
+def first_line(cfg: Config, config_path: Path | None) -> str:
+    """What ``run`` says before anything else: which Guardian, which config, acting or not."""
+    from guardian import __version__
+
+    where = str(config_path) if config_path is not None else "built-in defaults (no file)"
+    mode = "dry-run: decides and logs, acts on nothing" if cfg.guardian.dry_run else "dry-run off"
+    api = cfg.api
+    port = "any free port" if api.port == 0 else str(api.port)
+    listen = f"API {api.host}:{port}" if api.enabled else "API disabled"
+    return f"guardian {__version__} · config {where} · {mode} · {listen}"
+
+
+def api_port_problem(cfg: Config, config_path: Path | None) -> str | None:
+    """Why the configured API port cannot be had, with what to do; None when it is free.
+
+    Checked before anything starts: a Guardian that runs on without its API leaves
+    ``status``, the page and Prometheus blind while it looks healthy. Port 0 (any) never
+    fails. A program that takes the port in the instant between this and the API's own
+    bind still gets the runtime's logged error.
+    """
+    api = cfg.api
+    if not api.enabled or api.port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in api.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((api.host, api.port))
+        except OSError as e:
+            why = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            where = f"[api] port in {config_path}" if config_path else "[api] port in a config"
+            return (f"guardian: cannot listen on {api.host}:{api.port} ({why}). Another program"
+                    f" or another Guardian has it (`guardian status` shows a Guardian). Stop it,"
+                    f" set {where} (0: any free port), or run with --api-port 0.")
+    return None
 
 
 def with_dry_run(cfg: Config, dry_run: bool) -> Config:
@@ -161,11 +209,22 @@ def run_foreground(
     log_level: str | None = None,
     config_path: Path | None = None,
 ) -> int:
-    """Set up logging, run until a stop signal, return the exit code."""
-    held = prepare_store(cfg)
+    """Say what runs, check the API port and the store, set up logging, run until a stop
+    signal.
+
+    Returns the exit code: 0, or :data:`EXIT_CANNOT_START` when the API port is taken, the
+    store is held by another Guardian or a directory is not Guardian's to trust.
+    """
+    print(first_line(cfg, config_path), file=sys.stderr, flush=True)
+    held = prepare_store(cfg)  # first: a second Guardian is named by its pid, not its port
     if isinstance(held, str):
         print(held, file=sys.stderr)
         return EXIT_REFUSED
+    problem = api_port_problem(cfg, config_path)
+    if problem is not None:
+        held.release()
+        print(problem, file=sys.stderr, flush=True)
+        return EXIT_CANNOT_START
     g = cfg.guardian
     logs = setup_logging(
         g.log_dir, log_level or g.log_level, log_format, max_bytes=g.log_max_bytes,

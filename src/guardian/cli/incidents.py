@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -64,31 +64,65 @@ def _store(cfg: Config, must_exist: bool) -> Store | None:
 
 
 def _short(dt: object, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    from datetime import UTC, datetime
-
     return dt.astimezone(UTC).strftime(fmt) if isinstance(dt, datetime) else "-"
 
 
-def incidents_table(rows: list[Incident], title: str) -> Table:
-    """Fits 80 columns: short fixed columns never wrap, only the summary folds."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    for col in ("ID", "Target", "Status", "Opened UTC", "Closed UTC", "Fails"):
-        table.add_column(col, no_wrap=True, overflow="ellipsis")
-    table.add_column("Summary", overflow="fold", ratio=1, min_width=16)
-    style = {"open": "yellow", "escalated": "bold red", "resolved": "green"}
+def _lasted(i: Incident) -> str:
+    """How long it was open: ``42s``, ``17m``, ``3h05m``, ``2d4h``."""
+    if i.resolved_at is None:
+        return ""
+    secs = max(0, int((i.resolved_at - i.opened_at).total_seconds()))
+    if secs < 60:
+        return f"{secs}s"
+    if secs < 3600:
+        return f"{secs // 60}m"
+    if secs < 86400:
+        return f"{secs // 3600}h{secs % 3600 // 60:02d}m"
+    return f"{secs // 86400}d{secs % 86400 // 3600}h"
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def incidents_lines(rows: list[Incident], title: str, width: int = 80) -> list[Text]:
+    """One or two lines per incident at any width down to 60: the facts, then the summary.
+
+    A table whose summary column folds into 16-column scraps made one incident 25 lines
+    at 80 columns; here the columns are short and fixed, and the summary gets a line of
+    its own, cut to the width (``guardian report ID`` has it whole).
+    """
     year = "%Y-" if len({i.opened_at.year for i in rows}) > 1 else ""
-    fmt = f"{year}%m-%d %H:%M"
+    opened = [_short(i.opened_at, f"{year}%m-%d %H:%M") for i in rows]
+    closed = []
     for i in rows:
-        table.add_row(
-            str(i.id),
-            Text(inert(i.target)),
-            Text(str(i.status), style=style.get(str(i.status), "")),
-            _short(i.opened_at, fmt),
-            _short(i.resolved_at, fmt),
-            f"{i.failure_count}" + (f"/{i.flap_count}f" if i.flap_count else ""),
-            Text(inert(redact(i.summary))),
-        )
-    return table
+        if i.resolved_at is None:
+            closed.append("-")
+        else:
+            same_day = i.resolved_at.astimezone(UTC).date() == i.opened_at.astimezone(UTC).date()
+            fmt = "%H:%M" if same_day else f"{year}%m-%d %H:%M"
+            closed.append(f"{_short(i.resolved_at, fmt)} ({_lasted(i)})")
+    fails = [f"{i.failure_count}" + (f", {i.flap_count} flap{'s' * (i.flap_count != 1)}"
+                                     if i.flap_count else "") for i in rows]
+    w_id = max(2, *(len(str(i.id)) for i in rows))
+    w_target = min(16, max(6, *(len(inert(i.target)) for i in rows)))
+    w_open = max(len("Opened UTC"), *(len(o) for o in opened))
+    w_closed = max(len("Closed UTC"), *(len(c) for c in closed))
+    style = {"open": "yellow", "escalated": "bold red", "resolved": "green"}
+    header = (f"{'ID':>{w_id}}  {'Target':<{w_target}}  {'Status':<9}  {'Opened UTC':<{w_open}}"
+              f"  {'Closed UTC':<{w_closed}}  Failures")
+    lines = [Text(title, style="bold"), Text(_fit(header, width), style="bold")]
+    indent = " " * (w_id + 2)
+    for i, o, c, f in zip(rows, opened, closed, fails, strict=True):
+        line = Text(f"{i.id:>{w_id}}  {_fit(inert(i.target), w_target):<{w_target}}  ")
+        line.append(f"{i.status!s:<9}", style=style.get(str(i.status), ""))
+        line.append(f"  {o:<{w_open}}  {c:<{w_closed}}  {f}")
+        line.truncate(width)
+        lines.append(line)
+        summary = " ".join(inert(redact(i.summary)).split())
+        if summary:
+            lines.append(Text(indent + _fit(summary, width - len(indent)), style="dim"))
+    return lines
 
 
 def incidents_command(
@@ -111,8 +145,10 @@ def incidents_command(
     if not rows:
         out.print("no incidents" if all_ else "no open incidents (--all shows resolved ones)")
         return
-    table = incidents_table(rows, "Incidents" if all_ else "Open incidents")
-    out.print(table)
+    title = "Incidents, newest first" if all_ else "Open incidents (--all: resolved ones too)"
+    width = out.width if out.is_terminal or out.width else 80
+    for line in incidents_lines(rows, title, max(60, width)):
+        out.print(line, soft_wrap=False, overflow="ignore", crop=True)
 
 
 def report_command(

@@ -20,130 +20,37 @@ from typing import Annotated
 
 import typer
 
+from guardian.cli import homes
+from guardian.cli.install_windows import (
+    DEFAULT_ENV,
+    DESCRIPTION,
+    DISPLAY_NAME,
+    SERVICE_LOG,
+    BadConfig,
+    InstallError,
+    StepFailed,
+    _check_env,
+    _nssm_path,
+    install_windows,
+    needs_no_password,
+    run_plan,
+    windows_install_plan,
+    windows_uninstall_plan,
+)
 from guardian.config.schema import Config, ConfigError, load_config
 from guardian.services.base import validate_service_name
-from guardian.services.subproc import CommandResult, run_command
-from guardian.services.windows.backend import find_tool
 from guardian.support.private_file import write_private_text
-from guardian.support.redact import is_secret_name, redact_argv, redact_env
+from guardian.support.redact import is_secret_name, redact_env
+
+__all__ = ["DESCRIPTION", "DISPLAY_NAME", "SERVICE_LOG", "InstallError", "install_service",
+           "run_plan", "systemd_unit", "windows_install_plan", "windows_uninstall_plan"]
 
 DEFAULT_NAME = "Guardian"
-DISPLAY_NAME = "Guardian watchdog"
-DESCRIPTION = "Self-healing watchdog for the local AI-generation stack (ComfyUI + panel)"
-SERVICE_LOG = "guardian-service.log"  # NSSM's capture of Guardian's stdout/stderr
-ROTATE_BYTES = 10 * 1024 * 1024
-RESTART_DELAY_MS = 5000
-# NSSM sends Ctrl+C first and waits this long before harder methods: enough for
-# Guardian's own shutdown (guardian.shutdown_grace, 5 s by default) to finish.
-STOP_CONSOLE_MS = 15000
-DEFAULT_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONUTF8": "1"}
-NSSM_TIMEOUT = 60.0
-
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def is_windows() -> bool:
     """The one platform switch; tests replace it to exercise both paths anywhere."""
     return os.name == "nt"
-
-
-class InstallError(Exception):
-    """A step failed or an input is unusable; the message says which and why."""
-
-
-def _check_env(env: Mapping[str, str]) -> None:
-    for key, value in env.items():
-        if not _ENV_KEY_RE.fullmatch(key):
-            raise InstallError(f"invalid environment variable name {key!r}")
-        if any(c in value for c in "\r\n\x00"):
-            raise InstallError(f"environment value of {key} contains a newline or NUL")
-
-
-# --------------------------------------------------------------------------- Windows
-
-
-def windows_install_plan(
-    *,
-    nssm: str,
-    service_name: str,
-    python: str | PurePath,
-    config: str | PurePath,
-    app_dir: str | PurePath,
-    log_file: str | PurePath,
-    display_name: str = DISPLAY_NAME,
-    description: str = DESCRIPTION,
-    env: Mapping[str, str] | None = None,
-    object_name: str | None = None,
-) -> list[list[str]]:
-    """The nssm commands that install Guardian as an auto-start, self-restarting service.
-
-    The app's arguments go in one ``AppParameters`` value, quoted for the Windows command
-    line: ``nssm install <svc> <app> <args...>`` joins its arguments with bare spaces,
-    which breaks a config path such as ``C:\\Program Files\\...``.
-    """
-    svc = validate_service_name(service_name)
-    environment = {**DEFAULT_ENV, **(env or {})}
-    _check_env(environment)
-    for text in (display_name, description, object_name or ""):
-        if any(c in text for c in "\r\n\x00"):
-            raise InstallError(f"{text!r} contains a newline or NUL")
-    params = subprocess.list2cmdline(["-m", "guardian", "run", "--config", str(config)])
-    log = str(log_file)
-
-    def nset(*args: str) -> list[str]:
-        return [nssm, "set", svc, *args]
-
-    plan = [
-        [nssm, "install", svc, str(python)],
-        nset("AppParameters", params),
-        nset("AppDirectory", str(app_dir)),
-        nset("DisplayName", display_name),
-        nset("Description", description),
-        nset("Start", "SERVICE_AUTO_START"),
-        nset("AppStdout", log),
-        nset("AppStderr", log),
-        nset("AppRotateFiles", "1"),
-        nset("AppRotateOnline", "1"),
-        nset("AppRotateBytes", str(ROTATE_BYTES)),
-        nset("AppExit", "Default", "Restart"),
-        nset("AppRestartDelay", str(RESTART_DELAY_MS)),
-        nset("AppStopMethodConsole", str(STOP_CONSOLE_MS)),
-        nset("AppEnvironmentExtra", *(f"{k}={v}" for k, v in environment.items())),
-    ]
-    if object_name:
-        plan.append(nset("ObjectName", object_name))
-    return plan
-
-
-def windows_uninstall_plan(*, nssm: str, service_name: str) -> list[list[str]]:
-    svc = validate_service_name(service_name)
-    return [[nssm, "stop", svc], [nssm, "remove", svc, "confirm"]]
-
-
-async def run_plan(
-    plan: Sequence[Sequence[str]],
-    *,
-    timeout: float = NSSM_TIMEOUT,
-    may_fail: Iterable[int] = (),
-    echo: bool = True,
-) -> list[CommandResult]:
-    """Run each command in order; stop at the first failure not listed in ``may_fail``."""
-    tolerated = set(may_fail)
-    results: list[CommandResult] = []
-    for i, argv in enumerate(plan):
-        if echo:
-            typer.echo(f"> {subprocess.list2cmdline(redact_argv(argv))}")
-        try:
-            result = await run_command(list(argv), timeout=timeout)
-        except TimeoutError:
-            raise InstallError(f"{argv[0]} {argv[1]} did not finish within {timeout:g}s") from None
-        except OSError as e:
-            raise InstallError(f"cannot run {argv[0]}: {e.strerror or e}") from None
-        results.append(result)
-        if result.rc != 0 and i not in tolerated:
-            words = (result.stderr.strip() or result.stdout.strip())[:500]
-            raise InstallError(f"`{' '.join(argv[1:3])}` failed (exit {result.rc}): {words}")
-    return results
 
 
 # --------------------------------------------------------------------------- systemd
@@ -190,6 +97,7 @@ def systemd_unit(
     group: str | None = None,
     used_paths: Iterable[str | PurePath] = (),
     supervises_in_home: bool = False,
+    leaves_children: bool = False,
 ) -> str:
     """The unit file text for running Guardian under systemd.
 
@@ -207,6 +115,11 @@ def systemd_unit(
     out when Guardian's interpreter, config or any path it uses (``used_paths``, and the
     writable ones) lies under /tmp or /var/tmp, and ``ProtectHome`` when a process Guardian
     supervises lives in a home directory (it writes outputs and caches there).
+
+    ``leaves_children``: a target has ``on_guardian_stop = "leave"``. ``KillMode=process``
+    then, so neither ``systemctl stop/restart`` nor a crash of Guardian kills what it left
+    for the next Guardian to adopt; the ``"stop"`` ones Guardian stops itself. Otherwise
+    ``KillMode=mixed``: SIGTERM to Guardian, SIGKILL to whatever is left after it exits.
     """
     environment = {**DEFAULT_ENV, **(env or {})}
     _check_env(environment)
@@ -234,8 +147,11 @@ def systemd_unit(
         *(f"Environment={_systemd_quote(f'{k}={v}')}" for k, v in environment.items()),
         "Restart=on-failure",
         "RestartSec=5",
-        "# SIGTERM to Guardian only: it stops the processes it supervises itself, in order.",
-        "KillMode=mixed",
+        *(["# on_guardian_stop = \"leave\": systemd signals Guardian only and leaves the",
+            "# processes it runs alive for the next Guardian to adopt (stop and crash alike).",
+            "KillMode=process"] if leaves_children else
+          ["# SIGTERM to Guardian only: it stops the processes it supervises itself, in order.",
+           "KillMode=mixed"]),
         "TimeoutStopSec=30",
         "LimitNOFILE=65536",
         "NoNewPrivileges=yes",
@@ -317,7 +233,8 @@ def supervises_in_home(cfg: Config) -> bool:
             continue
         where = [Path(a) for a in (svc.command or [])[:1] if os.path.isabs(a)]
         where += [svc.cwd] if svc.cwd is not None else []
-        if any(_under(PurePath(p.absolute()), HOME_DIRS) for p in where):
+        if any(homes.home_of(PurePath(p.absolute())) is not None
+               or _under(PurePath(p.absolute()), HOME_DIRS) for p in where):
             return True
     return False
 
@@ -385,17 +302,6 @@ def _shell_line(argv: Sequence[str]) -> str:
     return subprocess.list2cmdline(list(argv))
 
 
-def _nssm_path(explicit: Path | None, printing: bool) -> str:
-    if explicit is not None:
-        return str(explicit)
-    found = find_tool("nssm.exe", "nssm")
-    if found:
-        return found
-    if printing:
-        return "nssm.exe"
-    raise InstallError("nssm.exe not found on PATH: get it from https://nssm.cc or pass --nssm")
-
-
 def _load(config: Path | None) -> tuple[Config, Path]:
     from guardian.config.schema import resolve_config_path
 
@@ -405,7 +311,7 @@ def _load(config: Path | None) -> tuple[Config, Path]:
     try:
         cfg = load_config(path)
     except ConfigError as e:
-        raise InstallError(e.render()) from None
+        raise BadConfig(e.render()) from None
     return cfg, path.absolute()
 
 
@@ -419,6 +325,39 @@ def _parse_env(pairs: list[str] | None) -> dict[str, str]:
     return env
 
 
+def leaves_children(cfg: Config) -> bool:
+    """A process target that outlives Guardian (``on_guardian_stop = "leave"``)."""
+    return any(t.service is not None and t.service.resolved_backend == "process"
+               and t.service.on_guardian_stop == "leave" for t in cfg.targets)
+
+
+def _setup_steps(cfg: Config, *, account: str, group: str | None, home_owner: str | None,
+                 reach: list[PurePath], read: list[PurePath]) -> list[str]:
+    """The once-as-root steps for a non-root account; never a chown inside a home."""
+    lines = [f"# Guardian runs as {account!r}; once, as root:"]
+    if account != home_owner:
+        lines.append(f"id -u {account} >/dev/null 2>&1 || useradd --system --user-group "
+                     f"--home-dir /var/lib/guardian --shell /usr/sbin/nologin {account}")
+    grp = group or account
+    dirs = _minimal_paths(writable_paths(cfg))
+    system = [str(p) for p in dirs if homes.home_of(p) is None]
+    in_home = [p for p in dirs if homes.home_of(p) is not None]
+    if system:
+        lines.append(f"install -d -o {account} -g {grp} -m 0750 " + " ".join(system))
+    for home in homes.homes(in_home):
+        owner = homes.owner_name(home) or home.name
+        mine = [str(p) for p in in_home if homes.home_of(p) == home]
+        lines.append(f"# in {home}: created by its owner, never chowned")
+        lines.append(f"runuser -u {owner} -- mkdir -p " + " ".join(mine))
+    grants = homes.acl_grants(account, traverse_to=[p for p in reach if p not in read],
+                              readable=read, writable=in_home)
+    if account != home_owner and grants:
+        lines.append(f"# {account!r} needs these grants to reach the files in a home directory"
+                     " (or pass --account <that user>):")
+        lines += [" ".join(step) for step in grants]
+    return lines
+
+
 def install_service(
     *,
     config: Path | None,
@@ -429,37 +368,36 @@ def install_service(
     python: Path | None,
     env: Mapping[str, str],
     object_name: str | None,
-    account: str = DEFAULT_ACCOUNT,
+    account: str | None = None,
     group: str | None = None,
+    object_password: str | None = None,
+    shell: str = "powershell",
 ) -> None:
+    """Install (or print) the service; see the module docstring for the choices made."""
     validate_service_name(name)
+    if shell not in ("powershell", "cmd"):
+        raise InstallError(f"--shell must be powershell or cmd (got {shell!r})")
     cfg, config_path = _load(config)
     py = python or Path(sys.executable)  # not resolved: a venv's python is a symlink
     _check_env(env)  # before redaction, so a bad value is refused even when printing
     if print_only:
         env = redact_env(env)  # what is shown is the plan, with its secrets hidden
     if is_windows():
-        tool = _nssm_path(nssm, print_only)
-        log_file = cfg.guardian.log_dir.absolute() / SERVICE_LOG
-        plan = windows_install_plan(
-            nssm=tool,
-            service_name=name,
-            python=py,
-            config=config_path,
-            app_dir=config_path.parent,
-            log_file=log_file,
-            env=env,
-            object_name=object_name,
-        )
-        if print_only:
-            for argv in plan:
-                typer.echo(_shell_line(argv))
-            return
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        asyncio.run(run_plan(plan))
-        start = _shell_line([tool, "start", name])
-        typer.echo(f"installed service {name!r}; start it with: {start}")
+        install_windows(cfg, config_path, name=name, print_only=print_only, nssm=nssm,
+                        python=py, env=env, object_name=object_name,
+                        object_password=object_password, shell=shell,
+                        leaves_children=leaves_children(cfg))
         return
+    reach = [PurePath(py.absolute()), *(PurePath(p) for p in used_paths(cfg))]
+    read = [PurePath(config_path)]
+    found = homes.homes([*reach, *read])
+    home_owner = homes.owner_name(found[0]) if len(found) == 1 else None
+    if account is None:
+        account = home_owner or DEFAULT_ACCOUNT
+        if home_owner and not user:
+            typer.echo(f"# {found[0]} holds Guardian's files: the service runs as its owner "
+                       f"{home_owner!r} (--account guardian for a system user, with the "
+                       "grants printed below)")
     as_root = user or account == "root"
     unit = systemd_unit(
         python=py,
@@ -472,6 +410,7 @@ def install_service(
         group=None if user else group,
         used_paths=used_paths(cfg),
         supervises_in_home=supervises_in_home(cfg),
+        leaves_children=leaves_children(cfg),
     )
     unit_path = systemd_unit_path(name, user=user)
     steps = systemd_enable_steps(name, user=user)
@@ -486,18 +425,19 @@ def install_service(
             unit_path.write_text(unit, encoding="utf-8")
         typer.echo(f"wrote {unit_path}")
     if not as_root:
-        grp = group or account
-        typer.echo(f"# Guardian runs as {account!r}; once, as root:")
-        typer.echo(f"id -u {account} >/dev/null 2>&1 || useradd --system --user-group "
-                   f"--home-dir /var/lib/guardian --shell /usr/sbin/nologin {account}")
-        dirs = [str(p) for p in _minimal_paths(writable_paths(cfg))]
-        typer.echo(f"install -d -o {account} -g {grp} -m 0750 " + " ".join(dirs))
+        for line in _setup_steps(cfg, account=account, group=group, home_owner=home_owner,
+                                 reach=reach, read=read):
+            typer.echo(line)
         units = [t.service.name for t in cfg.targets if t.service is not None
                  and t.service.resolved_backend == "systemd" and t.service.name]
         if units:
             typer.echo("# and let it restart its units without sudo (NoNewPrivileges blocks "
                        "sudo): /etc/polkit-1/rules.d/50-guardian.rules")
             typer.echo(polkit_rule(account, units))
+        # An account that does not exist yet (useradd above) is judged as "others".
+        who = homes.Account.lookup(account)
+        for warning in homes.access_warnings(who, traverse_to=reach, readable=read):
+            typer.echo(f"warning: {warning}", err=True)
     typer.echo("# then run:")
     typer.echo(" && ".join(" ".join(step) for step in steps))
     if user:
@@ -520,6 +460,25 @@ def uninstall_service(*, name: str, print_only: bool, user: bool, nssm: Path | N
     typer.echo("# run:")
     for step in systemd_disable_steps(name, user=user):
         typer.echo(" ".join(step))
+
+
+def _ask_password(account: str | None, given: str | None, print_only: bool) -> str | None:
+    """Ask for a Windows account's password at a terminal, before anything is installed."""
+    if (given or account is None or print_only or not is_windows()
+            or needs_no_password(account) or not sys.stdin.isatty()):
+        return given
+    answer: str = typer.prompt(f"Password of {account}", hide_input=True)
+    return answer
+
+
+def _exit_for(e: Exception) -> int:
+    """2 for an invalid config, 4 for another unusable input, 1 for a step that failed (the
+    README's exit-code table)."""
+    from guardian.cli.support import INVALID_CONFIG, Exit
+
+    if isinstance(e, BadConfig):
+        return INVALID_CONFIG
+    return Exit.DEGRADED if isinstance(e, StepFailed | OSError) else Exit.USAGE
 
 
 def register(app: typer.Typer) -> None:
@@ -545,10 +504,20 @@ def register(app: typer.Typer) -> None:
             typer.Option("--object-name", help="Windows: account to run as (default LocalSystem)"),
         ] = None,
         account: Annotated[
-            str,
-            typer.Option("--account", help="systemd system unit: User= to run as (default "
+            str | None,
+            typer.Option("--account", help="systemd system unit: User= to run as (default: "
+                         "the owner of the home directory holding Guardian's files, else "
                          "'guardian', a system user; 'root' for none)"),
-        ] = DEFAULT_ACCOUNT,
+        ] = None,
+        object_password: Annotated[
+            str | None,
+            typer.Option("--object-password", envvar="GUARDIAN_OBJECT_PASSWORD",
+                         help="Windows: password of --object-name (asked for at a terminal "
+                         "when needed; --print: the printed script asks)"),
+        ] = None,
+        shell: Annotated[
+            str, typer.Option("--shell", help="Windows --print: powershell (default) or cmd")
+        ] = "powershell",
         group: Annotated[
             str | None, typer.Option("--group", help="systemd: Group= (default: the account)")
         ] = None,
@@ -566,10 +535,12 @@ def register(app: typer.Typer) -> None:
                 object_name=object_name,
                 account=account,
                 group=group,
+                object_password=_ask_password(object_name, object_password, print_only),
+                shell=shell,
             )
         except (InstallError, ValueError, OSError) as e:
             typer.echo(f"install-service: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(_exit_for(e)) from None
 
     @app.command("uninstall-service")
     def uninstall_service_cmd(
@@ -583,4 +554,4 @@ def register(app: typer.Typer) -> None:
             uninstall_service(name=name, print_only=print_only, user=user, nssm=nssm)
         except (InstallError, ValueError, OSError) as e:
             typer.echo(f"uninstall-service: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(_exit_for(e)) from None

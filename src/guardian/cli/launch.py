@@ -21,6 +21,7 @@ RUN_OPTIONS: dict[str, tuple[str, bool]] = {
     "--log-format": ("log_format", True),
     "--log-level": ("log_level", True),
     "--dry-run": ("dry_run", False),
+    "--api-port": ("api_port", True),
 }
 
 
@@ -52,12 +53,18 @@ def parse_run(args: list[str]) -> dict[str, str | bool] | None:
 
 def fast_run(opts: dict[str, str | bool]) -> int | None:
     """Run Guardian for parsed ``run`` options; None when typer must handle the call."""
-    from guardian.cli.foreground import LOG_FORMATS, run_foreground, with_dry_run
+    from guardian.cli.foreground import LOG_FORMATS, run_foreground, with_api_port, with_dry_run
     from guardian.config.schema import ConfigError, load_config, resolve_config_path
 
     log_format = next((f for f in LOG_FORMATS if f == opts.get("log_format", "auto")), None)
     if log_format is None:  # typer's path says what is wrong
         return None
+    port_text = opts.get("api_port")
+    port = None
+    if isinstance(port_text, str):
+        if not port_text.isdigit() or int(port_text) > 65535:
+            return None  # typer's path says what is wrong
+        port = int(port_text)
     explicit = opts.get("config")
     config = Path(explicit) if isinstance(explicit, str) else None
     path = resolve_config_path(config)
@@ -69,7 +76,7 @@ def fast_run(opts: dict[str, str | bool]) -> int | None:
         return None
     log_level = opts.get("log_level")
     return run_foreground(
-        with_dry_run(cfg, opts.get("dry_run") is True),
+        with_api_port(with_dry_run(cfg, opts.get("dry_run") is True), port),
         log_format,
         log_level if isinstance(log_level, str) else None,
         path,

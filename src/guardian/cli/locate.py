@@ -9,15 +9,18 @@ several, the user is asked to choose rather than guessed for.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
-from guardian.cli.support import err, load_or_exit
+from guardian.cli.support import Exit, err, load_or_exit
 from guardian.config.schema import Config, resolve_config_path
 from guardian.store import runfile
 from guardian.store.runfile import RuntimeInfo
+
+STATE_DIR_ENV = "GUARDIAN_STATE_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +40,17 @@ class Located:
 
 
 def locate_or_exit(path: Path | None) -> Located:
-    """The config to use and its running Guardian; exits 2 on a bad or ambiguous choice."""
+    """The config to use and its running Guardian; exits 4 on a bad or ambiguous choice.
+
+    An explicit choice always selects: ``--config`` (or ``$GUARDIAN_CONFIG``, or a
+    ./guardian.toml), and ``$GUARDIAN_STATE_DIR``, which names the state directory and so
+    the runtime file of the one Guardian that uses it, however many others run elsewhere.
+    """
     resolved = resolve_config_path(path)
+    if resolved is None and os.environ.get(STATE_DIR_ENV):
+        cfg = load_or_exit(None)
+        return Located(cfg, runfile.find_running(cfg),
+                       f"${STATE_DIR_ENV} ({cfg.guardian.state_dir})")
     if resolved is None:
         live = runfile.discover()
         if len(live) > 1:
@@ -46,7 +58,7 @@ def locate_or_exit(path: Path | None) -> Located:
             for info in live:
                 err.print(f"  pid {info.pid}: {info.config_path or '(built-in defaults)'}"
                           f"  API {info.api_url or '-'}", markup=False, highlight=False)
-            raise typer.Exit(2)
+            raise typer.Exit(Exit.USAGE)
         if len(live) == 1:
             info = live[0]
             cfg_path = Path(info.config_path) if info.config_path else None

@@ -13,15 +13,18 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.table import Table
 from rich.text import Text
+from typer import _click as typer_click
 
 from guardian import __version__
-from guardian.cli.foreground import LOG_FORMATS, run_foreground, with_dry_run
+from guardian.cli.foreground import LOG_FORMATS, run_foreground, with_api_port, with_dry_run
 from guardian.cli.locate import Located, locate_or_exit
 from guardian.cli.support import (
     ConfigOpt,
+    Exit,
     defaults_note,
     err,
     load_or_exit,
@@ -55,6 +58,11 @@ def _hide_flag_types() -> None:
 
 _hide_flag_types()
 
+# A bad option or argument is a usage error with a code of its own (click's default, 2,
+# is "unhealthy" for `check` and `status`). typer 0.29 carries its own copy of click.
+typer_click.exceptions.UsageError.exit_code = Exit.USAGE
+click.exceptions.UsageError.exit_code = Exit.USAGE
+
 app = typer.Typer(
     name="guardian",
     help="Self-healing watchdog for local AI-generation stacks (ComfyUI + web panel).",
@@ -65,16 +73,36 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect and validate configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-EXIT_FOR = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+EXIT_FOR = {"healthy": Exit.OK, "degraded": Exit.DEGRADED, "unhealthy": Exit.UNHEALTHY}
 
 
 # --------------------------------------------------------------------------- version
 
 
+def version_text() -> str:
+    return f"guardian {__version__} (Python {sys.version.split()[0]}, {sys.platform})"
+
+
 @app.command()
 def version() -> None:
     """Print Guardian's version."""
-    out.print(f"guardian {__version__} (Python {sys.version.split()[0]}, {sys.platform})")
+    out.print(version_text(), markup=False, highlight=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(version_text())
+        raise typer.Exit(Exit.OK)
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version,
+                           help="print Guardian's version and exit")
+    ] = False,
+) -> None:
+    """Self-healing watchdog for local AI-generation stacks (ComfyUI + web panel)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -85,9 +113,16 @@ def config_validate(
     file: Annotated[Path | None, typer.Argument(help="config file (default: as for run)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Validate a config: exit 0 with a summary, or list every problem and exit 2."""
+    """Validate a config: exit 0 with a summary (and warnings), or list every problem, exit 4.
+
+    Warnings (another platform's backend or paths, deprecated keys) leave the exit code 0.
+    """
+    from guardian.cli.advice import config_warnings
+
     cfg = load_or_exit(file or config)
     source = loaded_config_path() or defaults_note()
+    for warning in config_warnings(cfg):
+        err.print(f"warning: {warning}", markup=False, highlight=False)
     out.print(f"ok: {source}: {config_summary(cfg)}", markup=False, highlight=False)
 
 
@@ -119,9 +154,17 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="decide and log recovery actions, run none")
     ] = False,
+    api_port: Annotated[
+        int | None,
+        typer.Option("--api-port", min=0, max=65535,
+                     help="API port instead of the config's (0: any free port)"),
+    ] = None,
 ) -> None:
-    """Run Guardian in the foreground until SIGINT/SIGTERM."""
-    cfg = with_dry_run(load_or_exit(config), dry_run)
+    """Run Guardian in the foreground until SIGINT/SIGTERM.
+
+    Exits 5 at once when the API port is taken (unless it is 0: any free port).
+    """
+    cfg = with_api_port(with_dry_run(load_or_exit(config), dry_run), api_port)
     say_if_defaults()
     raise typer.Exit(run_guardian(cfg, log_format, log_level, resolve_config_path(config)))
 
@@ -136,7 +179,7 @@ def run_guardian(
     fmt = next((f for f in LOG_FORMATS if f == log_format), None)
     if fmt is None:
         err.print(f"--log-format must be json, pretty or auto (got {log_format!r})")
-        return 2
+        return Exit.USAGE
     return run_foreground(cfg, fmt, log_level, config_path)
 
 
@@ -233,8 +276,8 @@ def check(
     cfg = where.config
     say_if_defaults()
     if target is not None and target not in {t.name for t in cfg.targets}:
-        err.print(f"unknown target {target!r}")
-        raise typer.Exit(2)
+        err.print(f"unknown target {target!r}", markup=False)
+        raise typer.Exit(Exit.USAGE)
     daemon = None if local else _daemon_view(where, target)
     if daemon is not None and where.running is not None:
         health = daemon.get("status", "unhealthy")
@@ -251,7 +294,7 @@ def check(
                               "targets": targets}, indent=2))
         else:
             out.print(status_table(daemon))
-        raise typer.Exit(EXIT_FOR.get(health, 2))
+        raise typer.Exit(EXIT_FOR.get(health, Exit.UNHEALTHY))
     setup_logging(None, "error", "pretty" if err.is_terminal else "json")
     from guardian.runtime import Guardian
 
@@ -268,7 +311,7 @@ def check(
 
 
 def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
-    """Call the running Guardian's API; print a clear error and exit 2 when it fails."""
+    """Call the running Guardian's API; print a clear error, exit 3 when it fails."""
     from guardian.checks.http.httpxlib import httpx  # without httpx's own CLI
 
     cfg = where.config
@@ -279,7 +322,7 @@ def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) 
     elif where.running.api_url is None:
         err.print(f"the Guardian running {where.source} (pid {where.running.pid}) has no API "
                   "(disabled, or its port was taken: see its log)", markup=False)
-        raise typer.Exit(2)
+        raise typer.Exit(Exit.UNREACHABLE)
     url = f"{where.api_url()}{path}"
     headers = {}
     if cfg.api.token is not None and cfg.api.token.get_secret_value():
@@ -287,8 +330,9 @@ def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) 
     try:
         resp = httpx.request(method, url, headers=headers, timeout=30)
     except httpx.HTTPError as e:
-        err.print(f"cannot reach Guardian at {url}: {e}. Is `guardian run` running?")
-        raise typer.Exit(2) from None
+        err.print(f"cannot reach Guardian at {url}: {e}. Is `guardian run` running?",
+                  markup=False)
+        raise typer.Exit(Exit.UNREACHABLE) from None
     if resp.status_code >= 400 and resp.status_code not in ok:
         try:
             detail = resp.json().get("detail", resp.text)
@@ -297,7 +341,7 @@ def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) 
         err.print(f"Guardian answered HTTP {resp.status_code}: {inert(detail)}", markup=False)
         if resp.status_code in (401, 403):
             err.print(token_hint(cfg), markup=False, highlight=False)
-        raise typer.Exit(2)
+        raise typer.Exit(Exit.UNREACHABLE)
     return resp.json()
 
 
@@ -310,9 +354,16 @@ def restart(
 ) -> None:
     """Ask the running Guardian to restart a target now (resets its circuit breaker)."""
     where = locate_or_exit(config)
-    if target not in {t.name for t in where.config.targets}:
-        err.print(f"unknown target {target!r}")
-        raise typer.Exit(2)
+    known = {t.name: t for t in where.config.targets}
+    if target not in known:
+        names = ", ".join(sorted(known)) or "none"
+        err.print(f"unknown target {inert(target)!r} (targets: {inert(names)})", markup=False)
+        raise typer.Exit(Exit.USAGE)
+    if known[target].service is None:
+        err.print(f"target {inert(target)!r} has no [targets.service]: Guardian only watches "
+                  "it, there is nothing it could restart. Add a service (a systemd unit, a "
+                  "Windows service or a command) to let Guardian restart it.", markup=False)
+        raise typer.Exit(Exit.USAGE)
     query = "?when_idle=true" if when_idle else ""
     body = _api_call(where, "POST", f"/api/targets/{target}/restart{query}")
     out.print(inert(body.get("message", body) if isinstance(body, dict) else body),
@@ -346,7 +397,17 @@ def target_states(target: dict[str, Any]) -> list[str]:
 
 def status_table(body: dict[str, Any]) -> Table:
     health = body.get("status", "unhealthy")
-    table = Table(title=f"Guardian: {terminal(str(health))}", title_justify="left")
+    # As on the page: never a bare "healthy" while an incident or a breaker is open.
+    notes = []
+    opened = len(body.get("incidents_open") or [])
+    if opened:
+        notes.append(f"{opened} open incident{'s' * (opened != 1)}")
+    breakers = [str(t.get("name")) for t in body.get("targets") or []
+                if (t.get("recovery") or {}).get("breaker_open")]
+    if breakers:
+        notes.append("breaker open: " + ", ".join(breakers))
+    title = " · ".join([f"Guardian: {terminal(str(health))}", *map(terminal, notes)])
+    table = Table(title=title, title_justify="left")
     table.add_column("target", overflow="fold")
     table.add_column("status", no_wrap=True)
     table.add_column("state", overflow="fold")
@@ -367,7 +428,7 @@ def status_table(body: dict[str, Any]) -> Table:
 
 @app.command()
 def status(config: ConfigOpt = None) -> None:
-    """Show the running Guardian's view of the stack; exit 0/1/2 like `check`."""
+    """Show the running Guardian's view of the stack; exit 0/1/2 like `check`, 3 unreachable."""
     where = locate_or_exit(config)
     body = _api_call(where, "GET", "/api/status")
     out.print(status_table(body))
@@ -375,7 +436,7 @@ def status(config: ConfigOpt = None) -> None:
     if opened:
         out.print(Text(inert(f"open incidents: {', '.join('#' + str(i.get('id')) for i in opened)}"
                              " (guardian incidents)")))
-    raise typer.Exit(EXIT_FOR.get(body.get("status", "unhealthy"), 2))
+    raise typer.Exit(EXIT_FOR.get(body.get("status", "unhealthy"), Exit.UNHEALTHY))
 
 
 # --------------------------------------------------------------------------- demo
@@ -412,12 +473,12 @@ def demo(
         held = store_lock.acquire(where / "state" / "guardian.db")
     except store_lock.AlreadyRunning as e:
         err.print(f"guardian: {e}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(Exit.CANNOT_START) from None
     try:
         demo_cfg, config_path = prepare_demo(where, api_port=api_port)
     except OSError as e:
         err.print(str(e), markup=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(Exit.CANNOT_START) from None
     err.print(demo_banner(demo_cfg, config_path), highlight=False)
     code = run_guardian(demo_cfg, log_format, config_path=config_path)
     held.release()

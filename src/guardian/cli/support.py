@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import IntEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,50 @@ from guardian.config.schema import (
     load_config,
     resolve_config_path,
 )
+
+
+class Exit(IntEnum):
+    """Guardian's exit codes, one meaning each (the README's table is made from these).
+
+    ``check`` and ``status`` answer with 0/1/2 about the stack; every other failure has a
+    code of its own, so a script never reads "cannot reach Guardian" as "unhealthy".
+    """
+
+    OK = 0  # healthy; the command did what was asked
+    DEGRADED = 1  # check/status: degraded; other commands: failed (no store, send failed)
+    UNHEALTHY = 2  # check/status: a critical target failed
+    UNREACHABLE = 3  # no running Guardian answered: not running, no API, refused, HTTP error
+    USAGE = 4  # bad option or config, unknown target, several Guardians: choose
+    CANNOT_START = 5  # run: the API port is taken, the store held, a directory untrusted
+
+
+# An invalid config exits 2 before anything starts, whatever the command (the project's rule
+# since the first release; `check`/`status` cannot judge a stack they cannot read either).
+INVALID_CONFIG = Exit.UNHEALTHY
+
+
+EXIT_MEANINGS: list[tuple[Exit, str]] = [
+    (Exit.OK, "healthy (`check`, `status`); otherwise the command did what was asked"),
+    (Exit.DEGRADED, "degraded (`check`, `status`); for other commands: it failed (no "
+                    "incident store, a notification not sent)"),
+    (Exit.UNHEALTHY, "unhealthy: a critical target failed (`check`, `status`); for every "
+                     "command: an invalid or unreadable config (each problem with its key path"
+                     " and line), before anything starts"),
+    (Exit.UNREACHABLE, "cannot reach Guardian: none running for this config, it has no API, "
+                       "the connection failed or it answered with an HTTP error (401: token)"),
+    (Exit.USAGE, "usage or ambiguity: a bad option, an unknown target or one without a "
+                 "service, several Guardians running (choose with --config)"),
+    (Exit.CANNOT_START, "`run`/`demo` could not start: the API port is taken, another Guardian "
+                        "holds the store, or a directory is not Guardian's to trust"),
+]
+
+
+def exit_table() -> str:
+    """The README's exit-code table (a test keeps the two the same)."""
+    rows = ["| Code | Meaning |", "|---|---|"]
+    rows += [f"| {int(code)} | {meaning} |" for code, meaning in EXIT_MEANINGS]
+    return "\n".join(rows)
+
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -38,13 +83,13 @@ class _Loaded:
 
 
 def load_or_exit(path: Path | None) -> Config:
-    """Load the config or print every problem and exit 2 (never a traceback)."""
+    """Load the config or print every problem and exit with :data:`INVALID_CONFIG`."""
     _Loaded.path = resolve_config_path(path)
     try:
         return load_config(path)
     except ConfigError as e:
         err.print(e.render(), markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(INVALID_CONFIG) from None
 
 
 def loaded_config_path() -> Path | None:

@@ -128,12 +128,13 @@ class LoopLagMonitor:
     def _wanted(self) -> bool:
         return self._open > 0 or self.overloaded or self._now() < self._lease_until
 
-    def _reschedule(self) -> None:
+    def _reschedule(self, delay: float | None = None) -> None:
         loop = self._loop
         if loop is None or self._timer is not None or not self._wanted():
             return
-        self._expected = self._now() + self.tick
-        self._timer = loop.call_later(self.tick, self._on_tick)
+        wait = self.tick if delay is None else delay
+        self._expected = self._now() + wait
+        self._timer = loop.call_later(wait, self._on_tick)
 
     def _cancel(self) -> None:
         if self._timer is not None:
@@ -194,9 +195,16 @@ class LoopLagMonitor:
 
     def begin(self) -> float:
         """Open a check's window, a mark: the tick runs (at most ``tick`` away) until the
-        window is released."""
+        window is released.
+
+        The first window's first tick is due at once: checks that finish within ``tick``
+        (most do) would otherwise close every window before any tick ran, leaving the lag
+        histogram empty while checks run every second. That tick measures how long a ready
+        callback waits for the loop, the lag at the moment a check starts.
+        """
+        first = self._open == 0 and self._timer is None
         self._open += 1
-        self._reschedule()
+        self._reschedule(0.0 if first else None)
         return self._now()
 
     def release(self, mark: float) -> None:

@@ -94,6 +94,15 @@ class ExitNotifying(Protocol):
     def add_exit_listener(self, listener: ExitListener) -> None: ...
 
 
+@runtime_checkable
+class KnowsPid(Protocol):
+    """Backends that know their process's pid without asking anyone (supervised processes);
+    others learn it from the service manager, through their ``service`` check."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+
 def unstick_step(
     log: logging.Logger, notes: list[str], service: str, target: str, text: str
 ) -> None:

@@ -173,6 +173,8 @@ class UptimeStore:
         self.flush_every = flush_every
         self.max_pending = max_pending
         self._now = now or (lambda: datetime.now(UTC))
+        self._first_seen: dict[str, int] | None = None
+        self._first_seen_at = 0.0
         self._monotonic = monotonic
         self._buf_lock = threading.Lock()
         self._pending: Buffer = {}
@@ -393,6 +395,31 @@ class UptimeStore:
                 for buf in (self._pending, *self._inflight.values())
                 for (t, b), c in buf.items()
             ]
+
+    def first_seen(self) -> dict[str, datetime]:
+        """Per target, the start of the oldest bucket still kept: what "since" means for
+        a window that reaches further back than the data. Read once per target and kept
+        (it moves only when a prune drops old data, and then at most an hour late)."""
+        mono = self._monotonic()
+        if self._first_seen is None or mono - self._first_seen_at >= 3600:
+            def query(c: sqlite3.Connection) -> list[Any]:
+                return c.execute(
+                    "SELECT target, MIN(b) FROM (SELECT target, MIN(bucket) AS b FROM uptime"
+                    " GROUP BY target UNION ALL SELECT target, MIN(hour) FROM uptime_hourly"
+                    " GROUP BY target) GROUP BY target").fetchall()
+            try:
+                rows = self.db.snapshot(query)
+            except (StoreError, sqlite3.Error) as e:
+                self._read_failed(e)
+                rows = []
+            self._first_seen = {str(t): int(b) for t, b in rows}
+            self._first_seen_at = mono
+        seen = dict(self._first_seen)
+        for t, b, *_ in self._buffered():
+            if t not in seen or b < seen[t]:
+                seen[t] = b
+                self._first_seen[t] = b
+        return {t: datetime.fromtimestamp(b, UTC) for t, b in seen.items()}
 
     def _read(
         self,

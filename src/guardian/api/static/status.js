@@ -30,12 +30,31 @@
     node.dataset.status = state;
   }
 
+  // Every time in the viewer's own time zone, and the zone said once in the header.
+  const ZONE = (Intl.DateTimeFormat().resolvedOptions().timeZone || "local time");
+  const HM = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const DAY = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+
+  function zoneLabel() {
+    const parts = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(new Date());
+    const short = (parts.find((p) => p.type === "timeZoneName") || {}).value || "";
+    return short && short !== ZONE ? `${ZONE} (${short})` : ZONE;
+  }
+
   function time(iso) {
-    return iso ? new Date(iso).toLocaleTimeString() : "";
+    return iso ? HM.format(new Date(iso)) : "";
   }
 
   function when(iso) {
-    return iso ? new Date(iso).toLocaleString() : "";
+    return iso ? DAY.format(new Date(iso)) : "";
+  }
+
+  // "12 s ago", "5 min ago": how fresh a reading is, against the server's clock.
+  let serverSkewMs = 0;
+  function ago(iso) {
+    if (!iso) return "never";
+    const s = (Date.now() + serverSkewMs - Date.parse(iso)) / 1000;
+    return s < 1 ? "just now" : `${seconds(s)} ago`;
   }
 
   function seconds(s) {
@@ -79,6 +98,73 @@
     title.textContent = `last ${history.length} runs, max ${(max * 1000).toFixed(1)} ms`;
     svg.appendChild(title);
     return svg;
+  }
+
+  function meter(label, used, total, text, warnAt) {
+    const row = el("div", "meter");
+    row.dataset.meter = label;
+    const share = total > 0 ? Math.min(1, Math.max(0, used / total)) : 0;
+    const track = el("span", "track");
+    const fill = el("span", "fill");
+    fill.style.width = `${(share * 100).toFixed(1)}%`;
+    if (share >= (warnAt || 0.9)) fill.classList.add("high");
+    track.append(fill);
+    track.setAttribute("role", "meter");
+    track.setAttribute("aria-valuemin", "0");
+    track.setAttribute("aria-valuemax", String(total));
+    track.setAttribute("aria-valuenow", String(used));
+    track.setAttribute("aria-label", label);
+    row.append(el("span", "mlabel", label), track, el("span", "mtext", text));
+    return row;
+  }
+
+  function gb(mb) {
+    return mb >= 1024 ? `${(mb / 1024).toFixed(1)} GB` : `${Math.round(mb)} MB`;
+  }
+
+  // The figures behind a check: ComfyUI's queue, VRAM and RAM; disk and memory use.
+  function figures(chk) {
+    const v = chk.values || {};
+    const out = [];
+    const n = (k) => (typeof v[k] === "number" ? v[k] : null);
+    if (chk.kind === "comfyui") {
+      const running = n("queue_running"), pending = n("queue_pending");
+      if (running !== null || pending !== null) {
+        const q = el("div", "queue");
+        q.dataset.queue = "";
+        const age = v.busy === true && n("running_for_s") !== null ? ` · running ${seconds(v.running_for_s)}` : "";
+        q.append(el("strong", "", `${running || 0}`), document.createTextNode(" running · "),
+          el("strong", "", `${pending || 0}`), document.createTextNode(` pending${age}`));
+        out.push(q);
+      }
+      for (let i = 0; n(`vram_total_mb.${i}`) !== null; i++) {
+        const total = n(`vram_total_mb.${i}`), free = n(`vram_free_mb.${i}`) || 0;
+        out.push(meter(i ? `VRAM ${i}` : "VRAM", total - free, total, `${gb(total - free)} of ${gb(total)}`));
+      }
+      if (n("ram_total_mb") !== null) {
+        const total = n("ram_total_mb"), free = n("ram_free_mb") || 0;
+        out.push(meter("RAM", total - free, total, `${gb(total - free)} of ${gb(total)}`));
+      }
+    } else if (chk.kind === "memory" && n("total_mb") !== null) {
+      const total = n("total_mb"), avail = n("available_mb") || 0;
+      out.push(meter("memory", total - avail, total, `${gb(avail)} free of ${gb(total)}`));
+    } else if (chk.kind === "disk") {
+      Object.keys(v).filter((k) => k.startsWith("total_gb.")).forEach((k) => {
+        const path = k.slice("total_gb.".length);
+        const total = n(k), free = n(`free_gb.${path}`) || 0;
+        out.push(meter(path, total - free, total, `${free.toFixed(1)} GB free of ${total.toFixed(0)} GB`));
+      });
+    } else if (chk.kind === "gpu") {
+      Object.keys(v).filter((k) => /^gpu\d+\.vram_total_mb$/.test(k)).forEach((k) => {
+        const p = k.slice(0, k.indexOf(".") + 1);
+        const total = n(k), used = n(`${p}vram_used_mb`) || 0;
+        const extra = [n(`${p}util_percent`) !== null ? `${n(`${p}util_percent`)}% busy` : "",
+          n(`${p}temp_c`) !== null ? `${n(`${p}temp_c`)} °C` : ""].filter(Boolean).join(" · ");
+        out.push(meter(`GPU ${p.slice(3, -1)}`, used, total,
+          `${gb(used)} of ${gb(total)}${extra ? " · " + extra : ""}`, 0.95));
+      });
+    }
+    return out;
   }
 
   // What a person needs at a glance, from the cross-team result values.
@@ -130,13 +216,14 @@
     const up = el("div", "uptime");
     const bar = el("div", "bar");
     bar.setAttribute("role", "img");
+    const figs = el("div", "figures");
     const recovery = el("div", "recovery");
     const checks = el("ul", "checks");
     const msg = el("div", "msg");
     msg.setAttribute("role", "status");
-    root.append(head, reason, up, bar, recovery, checks, msg);
+    root.append(head, reason, figs, up, bar, recovery, checks, msg);
     document.getElementById("targets").appendChild(root);
-    c = { root, pill, flags, button, reason, up, bar, recovery, checks, msg };
+    c = { root, pill, flags, button, reason, figs, up, bar, recovery, checks, msg };
     cards.set(name, c);
     renderUptime(name, c);
     return c;
@@ -150,12 +237,20 @@
       c.bar.hidden = true;
       return;
     }
+    const WINDOW_MS = { "24h": 864e5, "7d": 6048e5, "30d": 2592e6 };
+    const sinceMs = u.since ? Date.parse(u.since) : null;
     c.up.replaceChildren(
       ...WINDOWS.map((w) => {
         const info = u.windows[w] || { percent: null, ok: 0, total: 0 };
         const span = el("span", "window");
         span.dataset.window = w;
         span.append(el("span", "muted", `${w} `), el("strong", "", pct(info.percent)));
+        // A window reaching back before the oldest data counts only from there: say so.
+        if (sinceMs !== null && Date.parse(uptime.timestamp) - WINDOW_MS[w] < sinceMs) {
+          const since = el("span", "since muted", ` since ${when(u.since)}`);
+          since.dataset.since = u.since;
+          span.append(since);
+        }
         span.title = `${info.ok} of ${info.total} results up`;
         return span;
       }),
@@ -212,6 +307,8 @@
     );
     c.recovery.textContent = recoveryText(t);
     c.recovery.classList.toggle("breaker", !!(t.recovery && t.recovery.breaker_open));
+    c.figs.replaceChildren(...t.checks.flatMap(figures));
+    c.figs.hidden = !c.figs.childElementCount;
     const rows = t.checks.map((chk) => {
       const li = el("li", "check");
       li.dataset.check = chk.check;
@@ -219,9 +316,13 @@
       setState(dot, chk.status);
       dot.title = chk.status;
       const line = el("div", "line");
+      const last = el("span", "last muted", ago(chk.finished));
+      last.dataset.finished = chk.finished || "";
+      last.title = chk.finished ? `last run ${when(chk.finished)}` : "not run yet";
       line.append(
         dot,
         el("span", "cname", chk.check),
+        last,
         el("span", "ms", `${(chk.duration * 1000).toFixed(0)} ms`),
         sparkline(chk.history || []),
       );
@@ -252,7 +353,46 @@
     remediation_failed: "remediation failed",
   };
 
+  function incidentDetails(i) {
+    const d = el("details", "incident");
+    d.dataset.incident = String(i.id);
+    d.dataset.status = i.status;
+    d.open = i.status !== "resolved";
+    const s = el("summary");
+    const pill = el("span", "pill " + ({ escalated: "failed", resolved: "ok" }[i.status] || "degraded"), i.status);
+    s.append(pill, el("strong", "", ` #${i.id} ${i.target}`), document.createTextNode(` ${i.summary || ""}`));
+    s.append(el("span", "muted", ` · ${when(i.opened_at)}${i.resolved_at ? " – " + when(i.resolved_at) : ""}`));
+    d.append(s);
+    const ol = el("ol", "timeline");
+    (i.timeline || []).forEach((e) => {
+      const li = el("li", `ev ${e.kind}`);
+      li.dataset.kind = e.kind;
+      li.append(el("time", "muted", time(e.time)), el("span", "what", KIND_LABEL[e.kind] || e.kind));
+      const extra = [e.attempt ? `#${e.attempt}` : "", e.reason || "", e.detail || ""].filter(Boolean).join(" · ");
+      if (extra) li.append(el("span", "detail", extra));
+      ol.append(li);
+    });
+    d.append(ol);
+    if (i.report_path) {
+      const a = el("a", "report", "report");
+      a.href = `/incidents/${encodeURIComponent(i.id)}/report`;
+      d.append(a);
+    }
+    return d;
+  }
+
+  // The same cause again and again is one row: target plus the summary with its numbers
+  // (ids, seconds, counts) taken out.
+  function causeOf(i) {
+    return `${i.target}\u0000${String(i.summary || "").replace(/[0-9a-f]{8}-[0-9a-f-]{27,}/gi, "#").replace(/\d+(\.\d+)?/g, "#")}`;
+  }
+
+  const PAGE = 8;
+  let incidentPage = 0;
+  let lastIncidents = [];
+
   function renderIncidents(list) {
+    lastIncidents = list;
     const box = document.getElementById("incidents");
     box.dataset.state = "loaded";
     if (!list.length) {
@@ -260,45 +400,80 @@
       return;
     }
     const open = list.filter((i) => i.status !== "resolved");
-    const head = el("p", "muted", open.length ? `${open.length} open` : "none open");
-    box.replaceChildren(
-      head,
-      ...list.map((i) => {
-        const d = el("details", "incident");
-        d.dataset.incident = String(i.id);
-        d.dataset.status = i.status;
-        d.open = i.status !== "resolved";
-        const s = el("summary");
-        const pill = el("span", "pill " + ({ escalated: "failed", resolved: "ok" }[i.status] || "degraded"), i.status);
-        s.append(pill, el("strong", "", ` #${i.id} ${i.target}`), document.createTextNode(` ${i.summary || ""}`));
-        s.append(el("span", "muted", ` · ${when(i.opened_at)}`));
-        d.append(s);
-        const ol = el("ol", "timeline");
-        (i.timeline || []).forEach((e) => {
-          const li = el("li", `ev ${e.kind}`);
-          li.dataset.kind = e.kind;
-          li.append(el("time", "muted", time(e.time)), el("span", "what", KIND_LABEL[e.kind] || e.kind));
-          const extra = [e.attempt ? `#${e.attempt}` : "", e.reason || "", e.detail || ""].filter(Boolean).join(" · ");
-          if (extra) li.append(el("span", "detail", extra));
-          ol.append(li);
-        });
-        d.append(ol);
-        if (i.report_path) {
-          const a = el("a", "report", "report");
-          a.href = `/incidents/${encodeURIComponent(i.id)}/report`;
-          d.append(a);
+    const groups = new Map();
+    list.filter((i) => i.status === "resolved").forEach((i) => {
+      const key = causeOf(i);
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(i);
+    });
+    const grouped = [...groups.values()];
+    const pages = Math.max(1, Math.ceil(grouped.length / PAGE));
+    incidentPage = Math.min(incidentPage, pages - 1);
+    const shown = grouped.slice(incidentPage * PAGE, (incidentPage + 1) * PAGE);
+    const parts = [el("p", "muted", open.length ? `${open.length} open` : "none open"), ...open.map(incidentDetails)];
+    if (grouped.length) {
+      const resolvedCount = list.length - open.length;
+      parts.push(el("h3", "resolved-head", `Resolved: ${resolvedCount} incident${resolvedCount === 1 ? "" : "s"}, ${grouped.length} cause${grouped.length === 1 ? "" : "s"}`));
+      shown.forEach((g) => {
+        const latest = g[0];
+        if (g.length === 1) {
+          parts.push(incidentDetails(latest));
+          return;
         }
-        return d;
-      }),
-    );
+        const d = el("details", "incident group");
+        d.dataset.group = String(g.length);
+        const s = el("summary");
+        s.append(el("span", "pill ok", `${g.length}×`), el("strong", "", ` ${latest.target}`),
+          document.createTextNode(` ${latest.summary || ""}`),
+          el("span", "muted", ` · last ${when(latest.opened_at)}, first ${when(g[g.length - 1].opened_at)}`));
+        d.append(s, ...g.map(incidentDetails));
+        parts.push(d);
+      });
+      if (pages > 1) {
+        const nav = el("nav", "pager");
+        const prev = el("button", "", "newer");
+        const next = el("button", "", "older");
+        prev.type = next.type = "button";
+        prev.disabled = incidentPage === 0;
+        next.disabled = incidentPage >= pages - 1;
+        prev.addEventListener("click", () => { incidentPage -= 1; renderIncidents(lastIncidents); });
+        next.addEventListener("click", () => { incidentPage += 1; renderIncidents(lastIncidents); });
+        nav.append(prev, el("span", "muted", `page ${incidentPage + 1} of ${pages}`), next);
+        parts.push(nav);
+      }
+    }
+    // Keep what the reader opened or closed across refreshes.
+    const wasOpen = new Map([...box.querySelectorAll("details[data-incident]")].map((d) => [d.dataset.incident, d.open]));
+    box.replaceChildren(...parts);
+    box.querySelectorAll("details[data-incident]").forEach((d) => {
+      if (wasOpen.has(d.dataset.incident)) d.open = wasOpen.get(d.dataset.incident);
+    });
   }
 
-  function render(data) {
+  // The header never says a bare HEALTHY while an incident or a breaker is open.
+  function renderHeader(data) {
     const overall = document.getElementById("overall");
     setState(overall, data.status);
     overall.textContent = data.status;
+    const open = (data.incidents_open || []).length;
+    const breakers = data.targets.filter((t) => t.recovery && t.recovery.breaker_open).map((t) => t.name);
+    const notes = [];
+    if (open) notes.push(`${open} open incident${open === 1 ? "" : "s"}`);
+    if (breakers.length) notes.push(`breaker open: ${breakers.join(", ")}`);
+    const attention = document.getElementById("attention");
+    attention.textContent = notes.join(" · ");
+    attention.hidden = !notes.length;
+    attention.classList.toggle("bad", breakers.length > 0);
+    if (notes.length && data.status === "healthy") overall.classList.add("attention");
+    else overall.classList.remove("attention");
     document.getElementById("updated").textContent =
       `updated ${time(data.timestamp)} · refresh ${refreshMs / 1000}s`;
+    document.getElementById("zone").textContent = `times in ${zoneLabel()}`;
+  }
+
+  function render(data) {
+    serverSkewMs = Date.parse(data.timestamp) - Date.now();
+    renderHeader(data);
     const names = new Set();
     data.targets.forEach((t) => {
       names.add(t.name);
@@ -340,7 +515,7 @@
 
   async function pollIncidents() {
     try {
-      renderIncidents((await getJson("/api/incidents?all=true&limit=20")).incidents || []);
+      renderIncidents((await getJson("/api/incidents?all=true&limit=200")).incidents || []);
     } catch (e) {
       const box = document.getElementById("incidents");
       if (box.dataset.state === "loading") {
