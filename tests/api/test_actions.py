@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from api_helpers import TOKEN, client, make_view, result  # type: ignore[import-not-found]
 
 from guardian.core.result import CheckResult, Status
+from testkit.api import TOKEN, client, make_view, result
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

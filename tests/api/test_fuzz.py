@@ -8,10 +8,10 @@ token and, where schemathesis negates the headers, with whatever it sent instead
 from __future__ import annotations
 
 import pytest
-from api_helpers import INCIDENTS, TOKEN, make_view, result  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app
 from guardian.core.result import Status
+from testkit.api import INCIDENTS, TOKEN, make_view, result
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402

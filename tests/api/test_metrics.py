@@ -8,19 +8,19 @@ import subprocess
 from datetime import UTC, datetime
 
 import pytest
-from api_helpers import (  # type: ignore[import-not-found]
-    INCIDENTS,
-    client,
-    healthy_results,
-    make_view,
-    result,
-)
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardian.api.metrics import METRIC_FAMILIES, Metrics
 from guardian.api.readings import REASON_CLASSES, classify_reason
 from guardian.core.events import IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
 from guardian.core.result import Status
+from testkit.api import (
+    INCIDENTS,
+    client,
+    healthy_results,
+    make_view,
+    result,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

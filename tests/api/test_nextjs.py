@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_helpers import healthy_results, make_view, result  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app, serve
 from guardian.core.result import Status
+from testkit.api import healthy_results, make_view, result
 
 NEXTJS = Path(__file__).resolve().parents[2] / "deploy" / "nextjs"
 NODE = shutil.which("node")

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import INCIDENTS, TOKEN, make_view, result  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
 from guardian.core.result import Status
 from guardian.store.db import Database
 from guardian.uptime.store import UptimeStore
+from testkit.api import INCIDENTS, TOKEN, make_view, result
 
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = os.environ.get("GUARDIAN_CHROMIUM") or shutil.which("chromium") or shutil.which(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import make_view  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app, serve
+from testkit.api import make_view
 
 
 def _switches(native_id: int) -> int:

@@ -6,20 +6,17 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))  # chaos_support, importable from the tests
+from testkit.procs import HOSTILE
 
 
 @pytest.fixture
 def hostile_ports() -> Iterator[dict[str, int]]:
-    """Start chaos_servers.py in its own process; yield {endpoint: port}; kill it."""
+    """Start testkit/hostile.py in its own process; yield {endpoint: port}; kill it."""
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "chaos_servers.py")],
+        [sys.executable, str(HOSTILE)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -27,7 +24,7 @@ def hostile_ports() -> Iterator[dict[str, int]]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the script prints its ports before serving
-        assert line, "chaos_servers.py did not start"
+        assert line, "testkit/hostile.py did not start"
         yield json.loads(line)
     finally:
         proc.kill()

@@ -1,6 +1,6 @@
 """A hung drive (a FUSE mount whose statfs never returns) harms nothing else (issue 11.6).
 
-The mount is real (see hung_mount.py): ``statvfs`` on it blocks in the kernel. With it as
+The mount is real (see testkit/hung_mount.py): ``statvfs`` on it blocks in the kernel. With it as
 a disk-check path, the other paths and other targets' checks are still measured, the
 same stuck path is not given a second thread, an incident report is written with the
 snapshot noting what did not answer, and ``guardian run`` exits promptly on SIGTERM.
@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chaos_support import GuardianProc, log_events, toml, wait_for
-from hung_mount import hung_mount, unavailable
 
 from guardian.checks.base import CheckContext
 from guardian.checks.disk import DiskCheckConfig, statfs_key
@@ -28,6 +26,8 @@ from guardian.core.clock import SystemClock
 from guardian.core.result import Status
 from guardian.incidents.snapshot import _os_section, system_snapshot
 from guardian.support.blocking import pool
+from testkit.chaos import GuardianProc, log_events, toml, wait_for
+from testkit.hung_mount import hung_mount, unavailable
 
 pytestmark = [
     pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())),

@@ -13,8 +13,6 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from incidents_helpers import Webhook, make_config
-
 from guardian.core.clock import FakeClock
 from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
 from guardian.core.result import CheckResult, Status
@@ -24,6 +22,7 @@ from guardian.incidents.report import Reporter
 from guardian.incidents.snapshot import state_snapshot
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import IncidentTracker
+from testkit.incidents import Webhook, make_config
 
 CRASH = (
     "import sys; n = sys.argv[1]; "

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from incidents_helpers import Webhook
 
 from guardian.config.schema import Config
 from guardian.core.clock import FakeClock
@@ -24,6 +23,7 @@ from guardian.incidents.notify import MAX_NAMES, Notifier
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import REPORT_WORKERS, IncidentTracker
+from testkit.incidents import Webhook
 
 N = 1000
 
@@ -267,9 +267,8 @@ async def test_a_report_asked_for_twice_before_its_turn_is_written_once_and_news
     tmp_path: Path,
 ) -> None:
     """Escalated, then the breaker gave up, then resolved, all while queued."""
-    from incidents_helpers import recovery
-
     from guardian.core.events import RecoveryKind
+    from testkit.incidents import recovery
 
     release = asyncio.Event()
     written: list[int] = []

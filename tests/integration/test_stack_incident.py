@@ -14,12 +14,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from incidents_helpers import Webhook  # type: ignore[import-not-found]
-
 from guardian.config.schema import Config
 from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
 from guardian.demo.stack import free_port
 from guardian.runtime import Guardian
+from testkit.incidents import Webhook
 
 LAUNCHER = """\
 import os, sys

@@ -20,7 +20,7 @@ from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig, _Ap
 from guardian.core.clock import SystemClock
 from guardian.core.result import Status
 from guardian.demo.comfyui.server import ComfyUISim
-from rawhttp import RawServer, read_message  # type: ignore[import-not-found]
+from testkit.rawhttp import RawServer, read_message
 
 pytestmark = pytest.mark.timeout(30)
 
