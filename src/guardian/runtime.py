@@ -36,8 +36,8 @@ from guardian.recovery.breakers import (
 )
 from guardian.recovery.manager import RecoveryManager
 from guardian.remediation.ladder import Remediation
-from guardian.services import build_backend
 from guardian.services.base import ServiceBackend, ServiceStatus
+from guardian.services.factory import build_backend
 from guardian.store import runfile
 from guardian.store.db import Database
 from guardian.support.fdlimit import FdLimits, api_connection_cap, raise_nofile
