@@ -20,6 +20,7 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
+	$(BIN)/mypy tests
 
 bench: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'

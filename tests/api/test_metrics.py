@@ -38,7 +38,7 @@ def value(found: Samples, name: str, **labels: str) -> float | None:
 
 
 async def scrape(view: object) -> str:
-    async with client(view) as c:
+    async with client(view) as c:  # type: ignore[arg-type]
         resp = await c.get("/metrics")
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")

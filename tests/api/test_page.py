@@ -174,7 +174,7 @@ async def test_uptime_states_and_timeline(served: tuple[StaticView, str], browse
     inc = page.locator('details.incident[data-incident="2"]')
     await inc.wait_for(timeout=5000)
     kinds = await inc.locator("ol.timeline li").evaluate_all("ls => ls.map(l => l.dataset.kind)")
-    assert kinds == [e["kind"] for e in TIMELINE]
+    assert kinds == [e["kind"] for e in TIMELINE]  # type: ignore[index]
     assert await inc.get_attribute("open") is not None
     assert await page.locator('details.incident[data-incident="1"]').get_attribute("open") is None
     href = await inc.locator("a.report").get_attribute("href")

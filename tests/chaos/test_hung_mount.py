@@ -97,12 +97,12 @@ def test_snapshot_disk_section_names_a_mount_the_disk_check_found_stuck(dead: Pa
         disks.call(lambda: shutil.disk_usage(dead), 0.05, key=statfs_key(str(dead)))
     assert disks.blocked_since(statfs_key(str(dead))) is not None
     fake_part = type("P", (), {"mountpoint": str(dead), "fstype": "fuse.sshfs"})
-    real = snapshot.psutil.disk_partitions
-    snapshot.psutil.disk_partitions = lambda all=False: [fake_part]  # type: ignore[assignment]
+    real = snapshot.psutil.disk_partitions  # type: ignore[attr-defined]
+    snapshot.psutil.disk_partitions = lambda all=False: [fake_part]  # type: ignore[assignment, attr-defined]
     try:
         lines = snapshot._disk_section(budget=2)
     finally:
-        snapshot.psutil.disk_partitions = real  # type: ignore[assignment]
+        snapshot.psutil.disk_partitions = real  # type: ignore[assignment, attr-defined]
     assert len(lines) == 1
     expected = rf"{re.escape(str(dead))}: unavailable \(statfs still blocked since \d+ s\)"
     assert re.fullmatch(expected, lines[0]), lines

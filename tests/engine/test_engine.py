@@ -56,8 +56,8 @@ def engine(checks: list[FakeCheck], clock: object, jitter: float = 0.0) -> Engin
     state = State(Config())
     return Engine(
         state,
-        [("t", c) for c in checks],
-        clock,
+        [("t", c) for c in checks],  # type: ignore[misc]
+        clock,  # type: ignore[arg-type]
         jitter=jitter,  # type: ignore[arg-type]
     )
 

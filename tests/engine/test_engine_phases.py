@@ -41,7 +41,7 @@ def rig(
     clock: FakeClock, n: int, interval: float, *, jitter: float = 0.1
 ) -> tuple[Engine, list[Timed]]:
     checks = [Timed(clock, "c", interval) for _ in range(n)]
-    eng = Engine(State(Config()), [(f"t{i:04d}", c) for i, c in enumerate(checks)], clock,
+    eng = Engine(State(Config()), [(f"t{i:04d}", c) for i, c in enumerate(checks)], clock,  # type: ignore[misc]
                  jitter=jitter)  # type: ignore[list-item]
     return eng, checks
 

@@ -78,7 +78,7 @@ async def test_crash_loop_opens_escalates_reports_notifies_and_resolves(
     def record(status: Status, reason: str, **values: object) -> None:
         now = clock.now()
         state.record(
-            CheckResult("comfyui", "service", "service", status, reason, values, now, now, 0.02)
+            CheckResult("comfyui", "service", "service", status, reason, values, now, now, 0.02)  # type: ignore[arg-type]
         )
 
     async def run(argv_code: str, n: int) -> asyncio.subprocess.Process:

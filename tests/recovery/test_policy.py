@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from guardian.config.schema import RecoveryConfig
 from guardian.core.result import Status
-from guardian.recovery.manager import MAX_DELAY, Action, BreakerRecord, RestartPolicy
+from guardian.recovery.breakers import BreakerRecord
+from guardian.recovery.manager import MAX_DELAY, Action, RestartPolicy
 
 
 def policy(**kw: object) -> RestartPolicy:
