@@ -9,7 +9,7 @@ from guardian.checks.base import Check, CheckConfigBase, CheckContext
 _MODULES = {
     "http": "guardian.checks.http.check",
     "comfyui": "guardian.checks.comfyui.health",
-    "comfyui_canary": "guardian.checks.comfyui.health",
+    "comfyui_canary": "guardian.checks.comfyui.canary",
     "disk": "guardian.checks.disk",
     "memory": "guardian.checks.memory",
     "gpu": "guardian.checks.gpu",

@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from guardian.checks.comfyui.health import ComfyUICanaryConfig, ComfyUICheckConfig
+from guardian.checks.comfyui.canary import ComfyUICanaryConfig
+from guardian.checks.comfyui.health import ComfyUICheckConfig
 from guardian.checks.disk import DiskCheckConfig
 from guardian.checks.gpu import GpuCheckConfig
 from guardian.checks.http.check import HttpCheckConfig, JsonCondition

@@ -31,7 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from guardian.checks.comfyui.health import ComfyUICanaryConfig, ComfyUICheckConfig
+from guardian.checks.comfyui.canary import ComfyUICanaryConfig
+from guardian.checks.comfyui.health import ComfyUICheckConfig
 from guardian.checks.disk import DiskCheckConfig
 from guardian.checks.gpu import GpuCheckConfig
 from guardian.checks.http.check import HttpCheckConfig
