@@ -28,6 +28,7 @@ APP = create_app(_view)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(
     max_examples=25,

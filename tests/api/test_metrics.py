@@ -246,6 +246,7 @@ def test_registry_reads_what_a_scrape_gets() -> None:
     assert sample("guardian_target_health", {"target": "panel"}) == 2
 
 
+@pytest.mark.slow
 def test_scrapes_while_events_arrive_from_another_thread() -> None:
     """Events come from the checks' loop while the API thread renders: no torn output."""
     import threading

@@ -33,6 +33,7 @@ def test_route_is_a_thin_wrapper_without_shell() -> None:
                              source.split("\n", 12)[-1])  # code, past the header comment
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NODE is None, reason="no node")
 async def test_node_test_runner_against_real_guardian() -> None:
     assert NODE is not None

@@ -121,6 +121,7 @@ LAYOUT_JS = """() => {
 }"""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [360, 1920])
 async def test_layout_holds(served: tuple[StaticView, str], browser: Any, width: int,
                             tmp_path: Path) -> None:
@@ -148,6 +149,7 @@ async def test_layout_holds(served: tuple[StaticView, str], browser: Any, width:
     assert errors == []
 
 
+@pytest.mark.slow
 async def test_uptime_states_and_timeline(served: tuple[StaticView, str], browser: Any) -> None:
     _, url = served
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -184,6 +186,7 @@ async def test_uptime_states_and_timeline(served: tuple[StaticView, str], browse
     assert resp.headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.slow
 async def test_incidents_say_loading_not_none_before_data(
     served: tuple[StaticView, str], browser: Any
 ) -> None:
@@ -196,6 +199,7 @@ async def test_incidents_say_loading_not_none_before_data(
     assert "loading" in text and "none" not in text.lower()
 
 
+@pytest.mark.slow
 async def test_status_page_updates_and_restarts(
     served: tuple[StaticView, str], browser: Any
 ) -> None:

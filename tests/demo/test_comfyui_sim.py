@@ -377,6 +377,7 @@ def test_every_captured_post_case_is_tested(captures: Load) -> None:
     assert sorted(params) == sorted(_post_cases(captures))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("body", "interrupted"), [
     (b"", True), (b"{bad", True), (b'{"prompt_id": ""}', True), (b"{}", True),
     (b'{"prompt_id": "someone-else"}', False), (b"[]", False), (b"null", False),

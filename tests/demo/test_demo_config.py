@@ -17,6 +17,7 @@ from guardian.demo.stack import free_port
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 
 
+@pytest.mark.slow
 def test_demo_comes_up_and_check_exits_0(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
     api_port = free_port()

@@ -62,6 +62,7 @@ def engine(checks: list[FakeCheck], clock: object, jitter: float = 0.0) -> Engin
     )
 
 
+@pytest.mark.slow
 async def test_hung_check_times_out_while_fast_check_keeps_cadence_real_time() -> None:
     """A check that hangs forever never delays a 100 ms check; it is recorded as timeout."""
     fast = make("fast", interval=0.1, timeout=0.05)

@@ -113,6 +113,7 @@ class Rig:
         self.store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_thousand_targets_failing_at_once_are_a_few_messages_and_one_report_each(
     tmp_path: Path, webhook: Webhook

@@ -161,6 +161,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_keeps_file_readable_and_acknowledged_writes(
     tmp_path: Path,
 ) -> None:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from guardian.config.schema import Config
 from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
 from guardian.demo.stack import free_port
@@ -86,6 +88,7 @@ def stack_config(tmp: Path, port: int, hook: str) -> Config:
     )
 
 
+@pytest.mark.slow
 async def test_crash_loop_escalates_once_with_report_and_resolves(tmp_path: Path) -> None:
     hook = Webhook()
     (tmp_path / "mode").write_text("crash")

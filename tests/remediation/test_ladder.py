@@ -164,6 +164,7 @@ def running(sim: ComfyUISim) -> list[str]:
     return [item[1] for item in sim.queue()["queue_running"]]
 
 
+@pytest.mark.slow
 async def test_interrupt_stops_a_stuck_prompt_without_a_restart(
     sim: ComfyUISim, rig: RigFactory
 ) -> None:
@@ -190,6 +191,7 @@ async def test_interrupt_stops_a_stuck_prompt_without_a_restart(
     assert status["messages"][-1][0] == "execution_interrupted"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="POSIX child processes")
 async def test_interrupt_ignored_by_a_sleeping_node_asks_for_a_restart(rig: RigFactory) -> None:
     r, backend, url = await supervised_sim(rig)
@@ -251,6 +253,7 @@ async def test_memory_pressure_gone_busy_frees_nothing(sim: ComfyUISim, rig: Rig
     assert r.events == [] and sim.frees == 0
 
 
+@pytest.mark.slow
 async def test_nothing_acts_when_idle_and_memory_is_fine(sim: ComfyUISim, rig: RigFactory) -> None:
     r = rig(sim.url)
     for _ in range(20):
@@ -261,6 +264,7 @@ async def test_nothing_acts_when_idle_and_memory_is_fine(sim: ComfyUISim, rig: R
     assert r.events == [] and sim.interrupts == 0 and sim.frees == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="POSIX child processes")
 async def test_nothing_acts_on_a_busy_target_making_progress(rig: RigFactory) -> None:
     """A CPU-burning job far past stuck_running_after, supervised with recovery: no rung."""

@@ -270,6 +270,7 @@ async def test_connect_and_read_timeout(raw_server: Any, run_http: RunHttp) -> N
     assert elapsed < 1.5
 
 
+@pytest.mark.slow
 async def test_slow_drip_stops_at_deadline(raw_server: Any, run_http: RunHttp) -> None:
     async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
