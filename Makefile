@@ -1,9 +1,9 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Two entry points for a fresh machine: `make demo` and `make test`; `make test-fast` while working.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
+# Everything but the tests marked slow or chaos: under 2 minutes on 2 cores.
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not slow and not chaos"
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
+	$(BIN)/mypy tests
 
 bench: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'

@@ -29,10 +29,22 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
-VICTIM = BENCH_DIR / "victim.py"
 PYTHON = sys.executable
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))  # this checkout's guardian, not the venv's
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))  # testkit: the victims and servers tests use too
+
+from testkit.procs import (  # noqa: E402
+    FAST_SERVER,
+    VICTIM,
+    free_port,
+    guardian_env,
+    read_pid,
+    victim_argv,
+)
+
+__all__ = ["FAST_SERVER", "VICTIM", "free_port", "guardian_env", "read_pid", "victim_argv"]
 
 
 def machine() -> dict[str, Any]:
@@ -115,12 +127,6 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
 # --------------------------------------------------------------------------- polling
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_ok(port: int, timeout: float = 0.25) -> bool:
     """True when 127.0.0.1:port answers GET / with 200 (raw socket: no client overhead)."""
     try:
@@ -131,13 +137,6 @@ def http_ok(port: int, timeout: float = 0.25) -> bool:
             return head.startswith(b"HTTP/1.") and head[8:13] == b" 200 "
     except OSError:
         return False
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def alive(pid: int) -> bool:
@@ -240,10 +239,6 @@ class Children:
             self.close()
 
 
-def victim_argv(port: int, pidfile: Path, *extra: str) -> list[str]:
-    return [PYTHON, str(VICTIM), "--port", str(port), "--pidfile", str(pidfile), *extra]
-
-
 def guardian_supervises() -> str | None:
     """None when this checkout's Guardian can supervise processes; else why not."""
     for mod in ("guardian.services.process.backend", "guardian.recovery.manager"):
@@ -254,15 +249,6 @@ def guardian_supervises() -> str | None:
 
 def guardian_argv(config: Path) -> list[str]:
     return [PYTHON, "-m", "guardian", "run", "--config", str(config), "--log-format", "json"]
-
-
-def guardian_env() -> dict[str, str]:
-    """Run ``guardian`` from this checkout's src/ (the venv may point at another tree)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    return env
 
 
 def which(name: str) -> str | None:

@@ -1,6 +1,6 @@
 """Guardian's own load never becomes a target's failure: figures under API attacks.
 
-A real ``guardian run`` supervises bench/victim.py (http check every 1 s, timeout 0.5 s).
+A real ``guardian run`` supervises tests/testkit/victim.py (http check every 1 s, timeout 0.5 s).
 Against its API, over real 127.0.0.1 sockets:
 
 1. **fd exhaustion**: Guardian under ``RLIMIT_NOFILE`` 256; more idle connections than
@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import machine  # noqa: E402
-from api_attacks import (  # noqa: E402
+
+from testkit.attacks import (  # noqa: E402
     durations_ms,
     flood,
     guardian,

@@ -1,6 +1,6 @@
 """Recovery latency after SIGKILL: Guardian vs supervisord vs Monit vs a bare respawn loop.
 
-The same victim (bench/victim.py) is supervised by each in turn and SIGKILLed N times.
+The same victim (tests/testkit/victim.py) is supervised by each in turn and SIGKILLed N times.
 For every kill we poll (every 5 ms) the victim's pidfile for a new live pid and its port
 for an HTTP 200, and report median/p95 of kill->new PID and kill->answering, plus the
 ratio Guardian/peer. The bare ``while True: Popen().wait()`` loop is the physical limit

@@ -1,6 +1,6 @@
 """CPU per HTTP probe: Guardian's http check on its wire path vs the httpx path it replaced.
 
-One check object per client, N sequential GETs against ``fast_server.py`` (a separate
+One check object per client, N sequential GETs against ``testkit/fast_server.py`` (a separate
 process, so its CPU is not counted); CPU time of this process per GET (``time.process_time``)
 is the figure. Rows:
 
@@ -37,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (
+    FAST_SERVER,
     export_tree,
     free_port,
     http_ok,
@@ -258,7 +259,7 @@ def main() -> None:
     args = ap.parse_args()
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "fast_server.py"), "--port", str(port)]
+        [sys.executable, str(FAST_SERVER), "--port", str(port)]
     )
     try:
         if wait_for(lambda: http_ok(port), 10) is None:

@@ -5,7 +5,7 @@ Rows (each the median of ``--runs`` runs, p50/p99 inside a run):
 * **CPU per HTTP check**: Guardian's whole CPU (probe, scheduler, state, metrics, store,
   logs) divided by the checks it ran, from the 300-target run (keep-alive target).
 * **300 / 1000 targets at 1 s**: a worker process (this script with ``--worker``) runs
-  ``guardian.runtime.Guardian`` in-process, API on, against ``fast_server.py`` in its own
+  ``guardian.runtime.Guardian`` in-process, API on, against ``testkit/fast_server.py`` in its own
   process (always healthy: every failure is false). After ``--warmup`` s it measures for
   ``--load-seconds``: CPU % of one core (getrusage of the worker: Guardian's threads only),
   due checks vs run vs run on time (started ≤ ``--on-time-ms`` after due), schedule
@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
-    BENCH_DIR,
+    FAST_SERVER,
     PYTHON,
     REPO,
     RESULTS,
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     with Children().scope() as ch:
         port = free_port()
         # The target: its own process, so its CPU is never counted as Guardian's.
-        ch.start([PYTHON, str(BENCH_DIR / "fast_server.py"), "--port", str(port)])
+        ch.start([PYTHON, str(FAST_SERVER), "--port", str(port)])
         if wait_for(lambda: http_ok(port), 10, 0.05) is None:
             raise SystemExit("fast_server did not come up")
         for n in a.targets:

@@ -1,7 +1,7 @@
 """Where Guardian's CPU goes at N http targets at 1 s: py-spy over one bench_scale worker.
 
 Needs ``pip install py-spy`` (not a dependency). Runs ``bench_scale.py --worker`` on N
-targets against ``fast_server.py`` under ``py-spy record --nonblocking -f raw``, then sorts
+targets against ``testkit/fast_server.py`` under ``py-spy record --nonblocking -f raw``, then sorts
 every sample into one area (the first area, in the order below, with a frame in the
 sample's stack) and writes ``results/<out>.md``; the raw stacks (~1 MB, for a flame graph)
 go to ``--raw`` (``/tmp/<out>.txt``). ``--src PATH`` profiles another checkout;
@@ -19,7 +19,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH_DIR, PYTHON, REPO, RESULTS, Children, free_port, http_ok, wait_for
+from _common import (
+    BENCH_DIR,
+    FAST_SERVER,
+    PYTHON,
+    REPO,
+    RESULTS,
+    Children,
+    free_port,
+    http_ok,
+    wait_for,
+)
 from bench_scale import load_config, src_env
 
 # (area, frames that put a sample there); the first area whose frame is in the stack wins.
@@ -91,7 +101,7 @@ def record(a: argparse.Namespace, raw: Path) -> None:
         raise SystemExit("py-spy not found: pip install py-spy")
     with Children().scope() as ch, tempfile.TemporaryDirectory(prefix="bench-prof-") as d:
         port = free_port()
-        ch.start([PYTHON, str(BENCH_DIR / "fast_server.py"), "--port", str(port)])
+        ch.start([PYTHON, str(FAST_SERVER), "--port", str(port)])
         if wait_for(lambda: http_ok(port), 10, 0.05) is None:
             raise SystemExit("fast_server did not come up")
         cfg = Path(d) / "guardian.toml"

@@ -3,19 +3,16 @@
 Guardian registers each running instance under ``$XDG_STATE_HOME/guardian/instances`` so
 the CLI can find it; without this, a Guardian started by one test (or by anything else on
 the machine) would be "found" by another test's CLI call. Helpers shared across test
-folders (``rawhttp``) are importable from here.
+folders and with the benchmarks live in the ``testkit`` package (``tests/`` is on pytest's
+``pythonpath``).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(autouse=True)

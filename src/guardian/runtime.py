@@ -61,8 +61,8 @@ from guardian.recovery.breakers import (
 )
 from guardian.recovery.manager import RecoveryManager
 from guardian.remediation.ladder import Remediation
-from guardian.services import build_backend
 from guardian.services.base import KnowsPid, ServiceBackend, ServiceStatus
+from guardian.services.factory import build_backend
 from guardian.services.lifecycle import ServiceLifecycle
 from guardian.store import lock as store_lock
 from guardian.store import runfile

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from api_helpers import TOKEN, client, make_view, result  # type: ignore[import-not-found]
 
 from guardian.core.result import CheckResult, Status
+from testkit.api import TOKEN, client, make_view, result
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -38,8 +38,8 @@ async def test_restart_with_token_runs_and_logs(caplog: pytest.LogCaptureFixture
 async def test_missing_or_wrong_token_is_401(headers: dict[str, str | bytes]) -> None:
     view = make_view()
     async with client(view) as c:
-        resp = await c.post("/api/targets/panel/restart", headers=headers)
-        run = await c.post("/api/checks/run", headers=headers)
+        resp = await c.post("/api/targets/panel/restart", headers=headers)  # type: ignore[arg-type]
+        run = await c.post("/api/checks/run", headers=headers)  # type: ignore[arg-type]
     assert resp.status_code == 401 and run.status_code == 401
     assert resp.headers["www-authenticate"].startswith("Bearer")
     assert view.restarts == []

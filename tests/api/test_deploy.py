@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
-from api_helpers import INCIDENTS, client, make_view, result  # type: ignore[import-not-found]
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardian.api.metrics import METRIC_FAMILIES
 from guardian.core.result import Status
+from testkit.api import INCIDENTS, client, make_view, result
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"

@@ -8,10 +8,10 @@ token and, where schemathesis negates the headers, with whatever it sent instead
 from __future__ import annotations
 
 import pytest
-from api_helpers import INCIDENTS, TOKEN, make_view, result  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app
 from guardian.core.result import Status
+from testkit.api import INCIDENTS, TOKEN, make_view, result
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
@@ -28,6 +28,7 @@ APP = create_app(_view)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(
     max_examples=25,
@@ -36,7 +37,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
     suppress_health_check=list(HealthCheck),
     database=None,
 )
-def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
+def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:  # type: ignore[name-defined]
     # A negative case whose headers were negated (Authorization missing or malformed) must
     # go out as generated: adding the right token would make it a valid request.
     negated = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)

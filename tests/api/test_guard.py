@@ -6,10 +6,10 @@ import asyncio
 
 import httpx
 import pytest
-from api_helpers import TOKEN, client, make_view  # type: ignore[import-not-found]
 
 from guardian.api.app import RequestGuard, create_app, host_of
 from guardian.config.schema import ConfigError, is_loopback_host, parse_config
+from testkit.api import TOKEN, client, make_view
 
 
 def _on(view: object, host: str) -> httpx.AsyncClient:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_helpers import (  # type: ignore[import-not-found]
+from guardian.core.result import CheckResult, Status
+from testkit.api import (
     INCIDENTS,
     T0,
     client,
@@ -12,8 +13,6 @@ from api_helpers import (  # type: ignore[import-not-found]
     make_view,
     result,
 )
-
-from guardian.core.result import CheckResult, Status
 
 
 async def test_healthy_stack_reports_every_section() -> None:

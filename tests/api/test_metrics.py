@@ -8,19 +8,19 @@ import subprocess
 from datetime import UTC, datetime
 
 import pytest
-from api_helpers import (  # type: ignore[import-not-found]
-    INCIDENTS,
-    client,
-    healthy_results,
-    make_view,
-    result,
-)
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardian.api.metrics import METRIC_FAMILIES, Metrics
 from guardian.api.readings import REASON_CLASSES, classify_reason
 from guardian.core.events import IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
 from guardian.core.result import Status
+from testkit.api import (
+    INCIDENTS,
+    client,
+    healthy_results,
+    make_view,
+    result,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -38,7 +38,7 @@ def value(found: Samples, name: str, **labels: str) -> float | None:
 
 
 async def scrape(view: object) -> str:
-    async with client(view) as c:
+    async with client(view) as c:  # type: ignore[arg-type]
         resp = await c.get("/metrics")
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
@@ -246,6 +246,7 @@ def test_registry_reads_what_a_scrape_gets() -> None:
     assert sample("guardian_target_health", {"target": "panel"}) == 2
 
 
+@pytest.mark.slow
 def test_scrapes_while_events_arrive_from_another_thread() -> None:
     """Events come from the checks' loop while the API thread renders: no torn output."""
     import threading

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_helpers import healthy_results, make_view, result  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app, serve
 from guardian.core.result import Status
+from testkit.api import healthy_results, make_view, result
 
 NEXTJS = Path(__file__).resolve().parents[2] / "deploy" / "nextjs"
 NODE = shutil.which("node")
@@ -33,6 +33,7 @@ def test_route_is_a_thin_wrapper_without_shell() -> None:
                              source.split("\n", 12)[-1])  # code, past the header comment
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NODE is None, reason="no node")
 async def test_node_test_runner_against_real_guardian() -> None:
     assert NODE is not None

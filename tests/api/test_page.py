@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import INCIDENTS, TOKEN, make_view, result  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
 from guardian.core.result import Status
 from guardian.store.db import Database
 from guardian.uptime.store import UptimeStore
+from testkit.api import INCIDENTS, TOKEN, make_view, result
 
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = os.environ.get("GUARDIAN_CHROMIUM") or shutil.which("chromium") or shutil.which(
@@ -121,6 +121,7 @@ LAYOUT_JS = """() => {
 }"""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [360, 1920])
 async def test_layout_holds(served: tuple[StaticView, str], browser: Any, width: int,
                             tmp_path: Path) -> None:
@@ -148,6 +149,7 @@ async def test_layout_holds(served: tuple[StaticView, str], browser: Any, width:
     assert errors == []
 
 
+@pytest.mark.slow
 async def test_uptime_states_and_timeline(served: tuple[StaticView, str], browser: Any) -> None:
     _, url = served
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -174,7 +176,7 @@ async def test_uptime_states_and_timeline(served: tuple[StaticView, str], browse
     inc = page.locator('details.incident[data-incident="2"]')
     await inc.wait_for(timeout=5000)
     kinds = await inc.locator("ol.timeline li").evaluate_all("ls => ls.map(l => l.dataset.kind)")
-    assert kinds == [e["kind"] for e in TIMELINE]
+    assert kinds == [e["kind"] for e in TIMELINE]  # type: ignore[index]
     assert await inc.get_attribute("open") is not None
     assert await page.locator('details.incident[data-incident="1"]').get_attribute("open") is None
     href = await inc.locator("a.report").get_attribute("href")
@@ -184,6 +186,7 @@ async def test_uptime_states_and_timeline(served: tuple[StaticView, str], browse
     assert resp.headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.slow
 async def test_incidents_say_loading_not_none_before_data(
     served: tuple[StaticView, str], browser: Any
 ) -> None:
@@ -196,6 +199,7 @@ async def test_incidents_say_loading_not_none_before_data(
     assert "loading" in text and "none" not in text.lower()
 
 
+@pytest.mark.slow
 async def test_status_page_updates_and_restarts(
     served: tuple[StaticView, str], browser: Any
 ) -> None:

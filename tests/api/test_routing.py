@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import TOKEN, client, make_view  # type: ignore[import-not-found]
 
 from guardian.api import openapi
 from guardian.api.app import create_app
+from testkit.api import TOKEN, client, make_view
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -8,9 +8,9 @@ import socket
 
 import httpx
 import pytest
-from api_helpers import make_view  # type: ignore[import-not-found]
 
 from guardian.api.app import ApiServer, create_app, serve
+from testkit.api import make_view
 
 
 async def test_serve_on_free_port_then_stop_gracefully() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import make_view  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app, serve
+from testkit.api import make_view
 
 
 def _switches(native_id: int) -> int:
@@ -24,6 +24,7 @@ def _switches(native_id: int) -> int:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 async def test_idle_api_thread_does_not_wake() -> None:
     server = await serve(create_app(make_view()), "127.0.0.1", 0)
@@ -40,6 +41,7 @@ async def test_idle_api_thread_does_not_wake() -> None:
         await asyncio.wait_for(server.stop(), 10)
 
 
+@pytest.mark.slow
 async def test_date_header_is_current_without_the_tick() -> None:
     server = await serve(create_app(make_view()), "127.0.0.1", 0)
     try:

@@ -10,12 +10,12 @@ import threading
 from typing import Any
 
 import pytest
-from api_helpers import make_view  # type: ignore[import-not-found]
 
 from guardian.api.app import create_app
 from guardian.api.bridge import LoopBridge
 from guardian.api.server import ServeLimits, ServeStats, _ResourceErrorLog, serve
 from guardian.support.fdlimit import FdLimits, api_connection_cap, raise_nofile
+from testkit.api import make_view
 
 
 def _exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:

@@ -10,16 +10,23 @@ from pathlib import Path
 
 import pytest
 
+from testkit.procs import HOSTILE
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))  # chaos_support, importable from the tests
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder is a chaos test (``make test-fast`` leaves them out)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.chaos)
 
 
 @pytest.fixture
 def hostile_ports() -> Iterator[dict[str, int]]:
-    """Start chaos_servers.py in its own process; yield {endpoint: port}; kill it."""
+    """Start testkit/hostile.py in its own process; yield {endpoint: port}; kill it."""
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "chaos_servers.py")],
+        [sys.executable, str(HOSTILE)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -27,7 +34,7 @@ def hostile_ports() -> Iterator[dict[str, int]]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the script prints its ports before serving
-        assert line, "chaos_servers.py did not start"
+        assert line, "testkit/hostile.py did not start"
         yield json.loads(line)
     finally:
         proc.kill()

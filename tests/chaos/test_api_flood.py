@@ -1,7 +1,7 @@
 """Guardian's own load never becomes a target's failure: attacks on a real ``guardian run``.
 
-Each case starts Guardian as a process supervising bench/victim.py (http check every 1 s,
-timeout 0.5 s) and attacks its API over 127.0.0.1 with the kit in bench/api_attacks.py
+Each case starts Guardian as a process supervising testkit/victim.py (http check every 1 s,
+timeout 0.5 s) and attacks its API over 127.0.0.1 with the kit in testkit/attacks.py
 (the same code bench/bench_api_flood.py measures with). Figures live in the bench; here
 only outcomes are asserted: zero failed checks, zero restarts, refusals with the right
 status, bounded memory.
@@ -17,10 +17,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-
-from api_attacks import (  # noqa: E402
+from testkit.attacks import (
     RunningGuardian,
     flood,
     free_port,
@@ -32,6 +29,7 @@ from api_attacks import (  # noqa: E402
     parallel_headers,
     still_open,
 )
+from testkit.procs import SRC
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="rlimits and /proc"),
@@ -91,7 +89,7 @@ def test_b_get_flood_keeps_checks_on_schedule(tmp_path: Path) -> None:
         assert stats.connections == connections and stats.ok > 1000, stats
         results = _no_harm(g, pid0, n0)
         assert len(results) >= 4  # interval 1 s over ~6 s: the schedule held
-        assert all(float(r["duration_ms"]) < 500 for r in results)  # nowhere near timeout
+        assert all(float(r["duration_ms"]) < 500 for r in results)  # type: ignore[arg-type]  # nowhere near timeout
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +146,7 @@ name = "disk"
 kind = "disk"
 paths = ["/"]
 """)
-    env = dict(os.environ, PYTHONPATH=str(BENCH.parent / "src"))
+    env = dict(os.environ, PYTHONPATH=str(SRC))
     done = subprocess.run(
         [sys.executable, "-m", "guardian", "run", "--config", str(config)],
         env=env, capture_output=True, text=True, timeout=60,

@@ -119,7 +119,7 @@ async def test_recovery_manager_restart_cycles_leak_nothing(tmp_path: Path) -> N
     from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
     from guardian.recovery.breakers import MemoryBreakerStore
     from guardian.recovery.manager import RecoveryManager
-    from guardian.services import build_backend
+    from guardian.services.factory import build_backend
     from guardian.services.lifecycle import ServiceLifecycle
 
     cfg = parse_config(_leak_free_config(SLEEP, tmp_path))

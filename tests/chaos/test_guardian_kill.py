@@ -21,7 +21,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from chaos_support import (
+
+from testkit.chaos import (
     GuardianProc,
     cleanup,
     features,

@@ -1,6 +1,6 @@
 """A hung drive (a FUSE mount whose statfs never returns) harms nothing else (issue 11.6).
 
-The mount is real (see hung_mount.py): ``statvfs`` on it blocks in the kernel. With it as
+The mount is real (see testkit/hung_mount.py): ``statvfs`` on it blocks in the kernel. With it as
 a disk-check path, the other paths and other targets' checks are still measured, the
 same stuck path is not given a second thread, an incident report is written with the
 snapshot noting what did not answer, and ``guardian run`` exits promptly on SIGTERM.
@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chaos_support import GuardianProc, log_events, toml, wait_for
-from hung_mount import hung_mount, unavailable
 
 from guardian.checks.base import CheckContext
 from guardian.checks.disk import DiskCheckConfig, statfs_key
@@ -28,6 +26,8 @@ from guardian.core.clock import SystemClock
 from guardian.core.result import Status
 from guardian.incidents.snapshot import _os_section, system_snapshot
 from guardian.support.blocking import pool
+from testkit.chaos import GuardianProc, log_events, toml, wait_for
+from testkit.hung_mount import hung_mount, unavailable
 
 pytestmark = [
     pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())),
@@ -97,12 +97,12 @@ def test_snapshot_disk_section_names_a_mount_the_disk_check_found_stuck(dead: Pa
         disks.call(lambda: shutil.disk_usage(dead), 0.05, key=statfs_key(str(dead)))
     assert disks.blocked_since(statfs_key(str(dead))) is not None
     fake_part = type("P", (), {"mountpoint": str(dead), "fstype": "fuse.sshfs"})
-    real = snapshot.psutil.disk_partitions
-    snapshot.psutil.disk_partitions = lambda all=False: [fake_part]  # type: ignore[assignment]
+    real = snapshot.psutil.disk_partitions  # type: ignore[attr-defined]
+    snapshot.psutil.disk_partitions = lambda all=False: [fake_part]  # type: ignore[assignment, attr-defined]
     try:
         lines = snapshot._disk_section(budget=2)
     finally:
-        snapshot.psutil.disk_partitions = real  # type: ignore[assignment]
+        snapshot.psutil.disk_partitions = real  # type: ignore[assignment, attr-defined]
     assert len(lines) == 1
     expected = rf"{re.escape(str(dead))}: unavailable \(statfs still blocked since \d+ s\)"
     assert re.fullmatch(expected, lines[0]), lines

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_support import (
+
+from testkit.chaos import (
     GuardianProc,
     cleanup,
     features,

@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from chaos_support import GuardianProc, toml, wait_for
+
+from testkit.chaos import GuardianProc, toml, wait_for
 
 pytestmark = [pytest.mark.skipif(os.name == "nt", reason="POSIX paths"), pytest.mark.timeout(120)]
 

@@ -16,7 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from chaos_support import (
+
+from testkit.chaos import (
     GuardianProc,
     cleanup,
     features,

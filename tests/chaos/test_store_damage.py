@@ -1,6 +1,6 @@
 """Issue 11 item 3: a damaged, lost or full store is Guardian's trouble, never an exit.
 
-Real SQLite files, real supervised processes (bench/victim.py) killed with real signals;
+Real SQLite files, real supervised processes (testkit/victim.py) killed with real signals;
 ``guardian run`` as a real subprocess where the damage is found at start, the runtime
 in-process where the test must reach the open connection (damage mid-run, a full disk
 forced with ``PRAGMA max_page_count``: no tiny tmpfs here).
@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_support import (
+
+from guardian.config.schema import load_config
+from guardian.incidents.store import Store
+from guardian.recovery.breakers import BreakerRecord, SqliteBreakerStore
+from guardian.store.db import Database
+from testkit.chaos import (
     GuardianProc,
     cleanup,
     features,
@@ -34,11 +39,6 @@ from chaos_support import (
     read_pid,
     wait_for,
 )
-
-from guardian.config.schema import load_config
-from guardian.incidents.store import Store
-from guardian.recovery.breakers import BreakerRecord, SqliteBreakerStore
-from guardian.store.db import Database
 
 pytestmark = [
     pytest.mark.skipif(os.name == "nt", reason="POSIX signals"),

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_support import guardian_env, toml
 from typer.testing import CliRunner
 
 from guardian.cli.main import app
@@ -29,6 +28,7 @@ from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
 from guardian.runtime import Guardian
 from guardian.support.escape import html_text, markdown_inline, terminal
+from testkit.chaos import guardian_env, toml
 
 MARKUP = "[/] [bold red]pwned[/bold red] [link=https://evil.example]x[/link]"
 INJECTION = "# x\n<script>alert(1)</script> [a](javascript:alert(1)) ![i](javascript:x) `|"

@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from chaos_support import (
+
+from guardian.recovery.breakers import BreakerRecord, SqliteBreakerStore
+from testkit.chaos import (
     GuardianProc,
     cleanup,
     features,
@@ -24,8 +26,6 @@ from chaos_support import (
     read_pid,
     wait_for,
 )
-
-from guardian.recovery.breakers import BreakerRecord, SqliteBreakerStore
 
 pytestmark = [
     pytest.mark.skipif(os.name == "nt", reason="POSIX signals"),

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from chaos_support import (
+
+from testkit.chaos import (
     features,
     free_port,
     guardian_config,

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from chaos_support import (
+
+from guardian.services.process.identity import identify, signal_group, signal_process
+from testkit.chaos import (
     GuardianProc,
     cleanup,
     features,
@@ -36,8 +38,6 @@ from chaos_support import (
     toml,
     wait_for,
 )
-
-from guardian.services.process.identity import identify, signal_group, signal_process
 
 pytestmark = [
     pytest.mark.skipif(os.name == "nt", reason="POSIX owners, modes and signals"),

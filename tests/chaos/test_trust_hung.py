@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chaos_support import GuardianProc, free_port, guardian_config, http_ok, read_pid, wait_for
-from hung_mount import hung_mount, unavailable
 
 from guardian.checks.base import CheckContext
 from guardian.checks.disk import DiskCheckConfig
 from guardian.checks.disk import create as create_disk
 from guardian.core.clock import SystemClock
 from guardian.core.result import Status
+from testkit.chaos import GuardianProc, free_port, guardian_config, http_ok, read_pid, wait_for
+from testkit.hung_mount import hung_mount, unavailable
 
 pytestmark = [
     pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())),

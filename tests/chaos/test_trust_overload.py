@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from chaos_support import toml
 
 from guardian.config.schema import load_config
 from guardian.core.result import Status
 from guardian.runtime import Guardian
+from testkit.chaos import toml
 
 
 async def _flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -13,7 +13,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from chaos_support import (
+
+from testkit.chaos import (
     GuardianProc,
     cleanup,
     features,

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from chaos_support import (
+
+from testkit.chaos import (
     GuardianProc,
     cleanup,
     features,

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_support import guardian_env, toml
 from typer.testing import CliRunner
 
 from guardian.cli.main import app
@@ -28,6 +27,7 @@ from guardian.config.schema import load_config
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
 from guardian.runtime import Guardian
+from testkit.chaos import guardian_env, toml
 
 EVIL = "a\x1b]0;owned\x07b\x1b[2J\x1b[1;1H\rc\x9b31m"
 

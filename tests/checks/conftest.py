@@ -14,7 +14,7 @@ import pytest
 
 from guardian.checks.base import CheckContext
 from guardian.core.clock import SystemClock
-from rawhttp import RawHandler, RawServer  # type: ignore[import-not-found]
+from testkit.rawhttp import RawHandler, RawServer
 
 
 @pytest.fixture

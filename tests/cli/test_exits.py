@@ -94,7 +94,7 @@ async def test_api_port_0_runs_anyway_and_says_dry_run_first(tmp_path, taken_por
         "--dry-run", "--log-format", "json", stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL, env=_env(tmp_path), cwd=str(tmp_path))
     assert proc.stderr is not None
-    lines = []
+    lines: list[str] = []
     try:
         while True:
             line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()

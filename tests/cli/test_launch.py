@@ -110,6 +110,7 @@ def cli(*args: str, entry: str = "guardian.cli.launch", cwd: Path | None = None
     return out.returncode, out.stdout, out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [
@@ -208,6 +209,7 @@ def test_run_loads_no_terminal_library_nor_unused_parts(tmp_path: Path) -> None:
                                            "starlette", "uvicorn", "prometheus_client"})
 
 
+@pytest.mark.slow
 def test_run_with_the_api_loads_no_terminal_library(tmp_path: Path) -> None:
     imported, log = started_imports(write_config(tmp_path, api=True, port=closed_port()), tmp_path)
     assert {"starlette", "uvicorn"} <= imported

@@ -39,6 +39,7 @@ critical_gb = 0
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_guardian_with_exit_0_and_final_log_line(tmp_path: Path, sig: int) -> None:
     cfg = write_config(tmp_path)

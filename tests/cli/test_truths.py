@@ -183,6 +183,7 @@ async def test_check_from_outside_does_not_judge_supervised_processes(tmp_path: 
     assert code == 0, err
 
 
+@pytest.mark.slow
 async def test_status_without_a_running_guardian_says_so(tmp_path: Path) -> None:
     path = write_config(tmp_path / "cfg")
     code, _, err = await guardian(tmp_path, "status", "--config", str(path))
@@ -190,6 +191,7 @@ async def test_status_without_a_running_guardian_says_so(tmp_path: Path) -> None
     assert "no runtime file" in err and "cannot reach Guardian" in err
 
 
+@pytest.mark.slow
 async def test_incidents_fit_80_columns(tmp_path: Path) -> None:
     path = write_config(tmp_path / "cfg")
     cfg = load_config(path)

@@ -372,11 +372,12 @@ def test_control_routes_answer_odd_bodies_like_comfyui(comfy: ComfyUISim, client
 
 
 def test_every_captured_post_case_is_tested(captures: Load) -> None:
-    params = next(m for m in test_control_routes_answer_odd_bodies_like_comfyui.pytestmark
+    params = next(m for m in test_control_routes_answer_odd_bodies_like_comfyui.pytestmark  # type: ignore[attr-defined]
                   if m.name == "parametrize").args[1]
     assert sorted(params) == sorted(_post_cases(captures))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("body", "interrupted"), [
     (b"", True), (b"{bad", True), (b'{"prompt_id": ""}', True), (b"{}", True),
     (b'{"prompt_id": "someone-else"}', False), (b"[]", False), (b"null", False),

@@ -17,6 +17,7 @@ from guardian.demo.stack import free_port
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 
 
+@pytest.mark.slow
 def test_demo_comes_up_and_check_exits_0(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
     api_port = free_port()
@@ -42,7 +43,7 @@ def test_demo_comes_up_and_check_exits_0(tmp_path: Path) -> None:
             kinds_seen = {r["kind"] for r in json.loads(result.stdout or "{}").get("results", [])}
             if result.returncode == 0 and {"comfyui", "http", "gpu"} <= kinds_seen:
                 break
-        assert result is not None and result.returncode == 0, (result.stdout, result.stderr)
+        assert result is not None and result.returncode == 0, (result.stdout, result.stderr)  # type: ignore[union-attr]
         report = json.loads(result.stdout)
         kinds = {r["kind"]: r["status"] for r in report["results"]}
         assert kinds["comfyui"] == "ok" and kinds["http"] == "ok"

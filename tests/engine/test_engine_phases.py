@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from guardian.checks.base import CheckConfigBase
 from guardian.checks.http.check import HttpCheckConfig
 from guardian.config.schema import Config, RecoveryConfig, TargetConfig
@@ -41,7 +43,7 @@ def rig(
     clock: FakeClock, n: int, interval: float, *, jitter: float = 0.1
 ) -> tuple[Engine, list[Timed]]:
     checks = [Timed(clock, "c", interval) for _ in range(n)]
-    eng = Engine(State(Config()), [(f"t{i:04d}", c) for i, c in enumerate(checks)], clock,
+    eng = Engine(State(Config()), [(f"t{i:04d}", c) for i, c in enumerate(checks)], clock,  # type: ignore[misc]
                  jitter=jitter)  # type: ignore[list-item]
     return eng, checks
 
@@ -51,6 +53,7 @@ def offset(t: float, interval: float) -> float:
     return math.fmod(t, interval)
 
 
+@pytest.mark.slow
 async def test_a_thousand_first_runs_spread_over_the_whole_interval_then_a_fixed_grid() -> None:
     clock = FakeClock()
     t0 = clock.monotonic()

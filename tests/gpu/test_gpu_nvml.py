@@ -232,6 +232,7 @@ async def test_read_error_fails_then_reinitialises(
     await check.aclose()
 
 
+@pytest.mark.slow
 async def test_hung_nvml_call_is_not_repeated(
     monkeypatch: pytest.MonkeyPatch, make_check: Any
 ) -> None:

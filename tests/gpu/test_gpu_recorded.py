@@ -121,6 +121,6 @@ def test_full_row_with_uuid_and_bare_na():
     ]
     (gpu,), _ = parse_output(recorded("gpuutils_83_rtx2080.csv", fields))
     assert gpu.uuid == "GPU-22b2c6ac-2d49-4863-197c-9c469071178a"
-    assert (gpu.power_draw_w, gpu.power_limit_w) == (pytest.approx(176.98), 200.0)
+    assert (gpu.power_draw_w, gpu.power_limit_w) == (pytest.approx(176.98), 200.0)  # type: ignore[comparison-overlap]
     assert (gpu.temperature_c, gpu.utilization_percent, gpu.memory_total_mb) == (45, 86, 7979)
     assert gpu.errors == ()

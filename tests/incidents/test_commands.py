@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import typer
-from incidents_helpers import Webhook, result
 from typer.testing import CliRunner
 
 from guardian.cli.incidents import register
@@ -19,6 +18,7 @@ from guardian.core.clock import FakeClock
 from guardian.core.result import Status
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
+from testkit.incidents import Webhook, result
 
 FAKEBIN = Path(__file__).resolve().parents[1] / "fakebin"
 

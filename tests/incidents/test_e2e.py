@@ -13,8 +13,6 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from incidents_helpers import Webhook, make_config
-
 from guardian.core.clock import FakeClock
 from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
 from guardian.core.result import CheckResult, Status
@@ -24,6 +22,7 @@ from guardian.incidents.report import Reporter
 from guardian.incidents.snapshot import state_snapshot
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import IncidentTracker
+from testkit.incidents import Webhook, make_config
 
 CRASH = (
     "import sys; n = sys.argv[1]; "
@@ -79,7 +78,7 @@ async def test_crash_loop_opens_escalates_reports_notifies_and_resolves(
     def record(status: Status, reason: str, **values: object) -> None:
         now = clock.now()
         state.record(
-            CheckResult("comfyui", "service", "service", status, reason, values, now, now, 0.02)
+            CheckResult("comfyui", "service", "service", status, reason, values, now, now, 0.02)  # type: ignore[arg-type]
         )
 
     async def run(argv_code: str, n: int) -> asyncio.subprocess.Process:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from incidents_helpers import Webhook
 
 from guardian.config.schema import Config
 from guardian.core.clock import FakeClock
@@ -25,6 +24,7 @@ from guardian.incidents.notify import MAX_NAMES, Notifier
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import IncidentTracker
+from testkit.incidents import Webhook
 
 N = 1000
 
@@ -113,6 +113,7 @@ class Rig:
         self.store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_thousand_targets_failing_at_once_are_a_few_messages_and_one_report_each(
     tmp_path: Path, webhook: Webhook
@@ -268,9 +269,8 @@ async def test_a_report_asked_for_twice_before_its_turn_is_written_once_and_news
     tmp_path: Path,
 ) -> None:
     """Escalated, then the breaker gave up, then resolved, all while queued."""
-    from incidents_helpers import recovery
-
     from guardian.core.events import RecoveryKind
+    from testkit.incidents import recovery
 
     release = asyncio.Event()
     written: list[int] = []

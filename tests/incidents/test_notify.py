@@ -7,12 +7,11 @@ import threading
 import time
 from pathlib import Path
 
-from incidents_helpers import Webhook, make_config
-
 from guardian.core.clock import FakeClock
 from guardian.core.events import IncidentEvent, IncidentTransition
 from guardian.incidents.notify import Notifier, apprise_send
 from guardian.incidents.store import Store
+from testkit.incidents import Webhook, make_config
 
 
 def event(

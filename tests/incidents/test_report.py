@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from incidents_helpers import make_config, recovery, result, utc
 
 from guardian.core.clock import FakeClock
 from guardian.core.events import RecoveryKind
@@ -15,6 +14,7 @@ from guardian.core.state import State
 from guardian.incidents.report import Reporter, report_filename, suggestions
 from guardian.incidents.snapshot import state_snapshot, system_snapshot
 from guardian.incidents.store import Store
+from testkit.incidents import make_config, recovery, result, utc
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from incidents_helpers import SRC, recovery, result
 
 from guardian.core.clock import FakeClock
 from guardian.core.events import RecoveryKind
 from guardian.core.result import Status
 from guardian.incidents.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from guardian.store.db import StoreDamaged
+from testkit.incidents import SRC, recovery, result
 
 
 def test_fresh_store_is_wal_and_current_schema(tmp_path: Path) -> None:
@@ -161,6 +161,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_keeps_file_readable_and_acknowledged_writes(
     tmp_path: Path,
 ) -> None:

@@ -41,7 +41,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for n in range(INCIDENTS_N) for e in range(30)
         ]
         rows += [
-            (None, f"t{i % 20}", "restart_started",
+            (None, f"t{i % 20}", "restart_started",  # type: ignore[misc]
              (T0 - timedelta(seconds=i)).isoformat(timespec="microseconds"), 1, "", "", "{}")
             for i in range(UNLINKED_N)
         ]

@@ -12,8 +12,6 @@ import textwrap
 from datetime import timedelta
 from pathlib import Path
 
-from incidents_helpers import SRC, make_config, recovery, result
-
 from guardian.config.schema import Config
 from guardian.core.clock import FakeClock
 from guardian.core.events import EventBus, IncidentEvent, IncidentTransition, RecoveryKind
@@ -21,6 +19,7 @@ from guardian.core.result import Status
 from guardian.core.state import State
 from guardian.incidents.store import Store
 from guardian.incidents.tracker import IncidentTracker
+from testkit.incidents import SRC, make_config, recovery, result
 
 FAILED, OK, DEGRADED = Status.FAILED, Status.OK, Status.DEGRADED
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from incidents_helpers import Webhook, make_config, result
-
 from guardian.core.clock import FakeClock
 from guardian.core.events import EventBus
 from guardian.core.result import Status
 from guardian.core.state import State
 from guardian.incidents import start_incidents
 from guardian.services.base import ServiceState, ServiceStatus
+from testkit.incidents import Webhook, make_config, result
 
 
 class FileLogBackend:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from guardian.config.schema import load_config
 from guardian.demo.stack import free_port
@@ -71,6 +72,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 async def test_api_serves_runtime_state_and_restart_needs_the_token(tmp_path: Path) -> None:
     api_port, sim_port = free_port(), free_port()
     cfg_file = write_config(tmp_path, api_port, sim_port)

@@ -19,6 +19,7 @@ from guardian.store import runfile
 from guardian.uptime.store import UPTIME_SCHEMA_VERSION
 
 
+@pytest.mark.slow
 async def test_runtime_file_uptime_and_status_on_port_0(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))

@@ -14,12 +14,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from incidents_helpers import Webhook  # type: ignore[import-not-found]
+import pytest
 
 from guardian.config.schema import Config
 from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
 from guardian.demo.stack import free_port
 from guardian.runtime import Guardian
+from testkit.incidents import Webhook
 
 LAUNCHER = """\
 import os, sys
@@ -87,6 +88,7 @@ def stack_config(tmp: Path, port: int, hook: str) -> Config:
     )
 
 
+@pytest.mark.slow
 async def test_crash_loop_escalates_once_with_report_and_resolves(tmp_path: Path) -> None:
     hook = Webhook()
     (tmp_path / "mode").write_text("crash")

@@ -105,6 +105,7 @@ class Watch:
         return [e for e in self.events if isinstance(e, CheckResult)]
 
 
+@pytest.mark.slow
 async def test_a_crash_at_startup_is_a_failed_start_that_opens_the_breaker(
     tmp_path: Path,
 ) -> None:
@@ -152,6 +153,7 @@ async def test_a_crash_at_startup_is_a_failed_start_that_opens_the_breaker(
         metrics.close()
 
 
+@pytest.mark.slow
 async def test_a_slow_boot_opens_no_incident_and_is_not_restarted(tmp_path: Path) -> None:
     port = free_port()
     sim = [

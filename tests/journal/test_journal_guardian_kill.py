@@ -95,9 +95,9 @@ def procs(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(tmp_path) in " ".join(proc.info["cmdline"] or []):
-            proc.kill()
+    for left in psutil.process_iter(["cmdline"]):
+        if str(tmp_path) in " ".join(left.info["cmdline"] or []):
+            left.kill()
 
 
 def test_guardian_sigkilled_between_the_crash_and_the_restore(

@@ -179,7 +179,7 @@ async def test_hung_liveness_restarts_after_threshold_not_before() -> None:
     mgr = RecoveryManager(Config(targets=[t]), bus, {"hung": backend}, clock)
     state = State(Config(targets=[t]), bus)
     check = http_check.create(check_cfg, CheckContext("hung", clock, backend))
-    engine = Engine(state, [("hung", check)], clock, jitter=0, first_run_spread=0)
+    engine = Engine(state, [("hung", check)], clock, jitter=0, first_run_spread=0)  # type: ignore[list-item]
     try:
         await ServiceLifecycle(
             mgr.config, mgr.backends, mgr.clock, observer=mgr

@@ -94,6 +94,7 @@ async def start(tmp: Path) -> tuple[Guardian, str, str, list[tuple[float, Recove
     return guardian, api, sim, events
 
 
+@pytest.mark.slow
 async def test_cpu_bound_job_longer_than_every_threshold_is_left_alone(tmp_path: Path) -> None:
     guardian, api, sim, events = await start(tmp_path)
     job_s = STUCK_AFTER + WINDOW + 3 * INTERVAL + 2  # past the threshold, window and more
@@ -134,6 +135,7 @@ async def test_cpu_bound_job_longer_than_every_threshold_is_left_alone(tmp_path:
     assert Status.SKIPPED in canary and Status.FAILED not in canary, canary  # busy: skipped
 
 
+@pytest.mark.slow
 async def test_sleeping_job_is_interrupted_then_restarted(tmp_path: Path) -> None:
     guardian, _api, sim, events = await start(tmp_path)
     try:

@@ -5,6 +5,7 @@ import asyncio
 import re
 import shlex
 from pathlib import Path, PureWindowsPath
+from typing import Any
 
 import pytest
 import typer
@@ -27,7 +28,7 @@ LOG = PureWindowsPath(r"C:\ProgramData\Guardian\logs\guardian-service.log")
 
 
 def plan(**kw):
-    args = dict(
+    args: dict[str, Any] = dict(
         nssm="nssm.exe",
         service_name="Guardian",
         python=PY,
@@ -385,7 +386,7 @@ kind = "service"
 
 
 def test_sandbox_keeps_tmp_and_home_paths_working():
-    base = dict(python="/opt/g/venv/bin/python", config="/etc/guardian/g.toml",
+    base: dict[str, Any] = dict(python="/opt/g/venv/bin/python", config="/etc/guardian/g.toml",
                 working_dir="/etc/guardian", rw_paths=["/var/lib/guardian"], account="guardian")
     unit = systemd_unit(**base)
     assert "PrivateTmp=yes" in unit and "ProtectHome=read-only" in unit

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePath, PureWindowsPath
+from typing import Any
 
 import pytest
 import typer
@@ -16,8 +17,9 @@ from typer.testing import CliRunner
 from guardian.cli import homes, install, pwsh
 from guardian.cli.install import InstallError, register, systemd_unit, windows_install_plan
 
-BASE = dict(python=sys.executable, config="/etc/guardian/g.toml", working_dir="/etc/guardian",
-            rw_paths=["/var/lib/guardian"], account="guardian")
+BASE: dict[str, Any] = dict(python=sys.executable, config="/etc/guardian/g.toml",
+                            working_dir="/etc/guardian", rw_paths=["/var/lib/guardian"],
+                            account="guardian")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from guardian.services.base import ServiceErrorKind, ServiceState
 from guardian.services.subproc import decode_output
 from guardian.services.systemd import classify_systemctl_error, parse_show, status_from_show
-from guardian.services.windows.backend import parse_nssm_status, parse_sc_error, parse_sc_query
+from guardian.services.windows.parse import parse_nssm_status, parse_sc_error, parse_sc_query
 
 REC = Path(__file__).resolve().parent.parent / "data" / "recorded"
 SOURCES = (REC / "SOURCES.md").read_text(encoding="utf-8")

@@ -140,6 +140,7 @@ async def test_restart_errors(fake_tools):
     assert (await SystemdBackend("x", UNIT).status()).state is ServiceState.FAILED
 
 
+@pytest.mark.slow
 async def test_hanging_systemctl_times_out(fake_tools):
     add_unit(fake_tools)
     fake_tools.update(sleep={"systemctl": 30})

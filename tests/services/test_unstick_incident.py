@@ -88,6 +88,7 @@ async def test_windows_stop_pending_kill_and_start_are_in_the_incident(fake_tool
     assert ok.values["pid"] == 5725
 
 
+@pytest.mark.slow
 async def test_systemd_deactivating_kill_and_start_are_in_the_incident(fake_tools, tmp_path):
     st = fake_tools.state()
     st["units"]["comfyui.service"] = {

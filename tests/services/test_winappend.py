@@ -95,9 +95,9 @@ def test_create_file_error_propagates_as_oserror(tmp_path):
 def test_open_append_takes_the_windows_path_on_windows(tmp_path, monkeypatch):
     api, crt = FakeWinApi(), FakeMsvcrt()
     monkeypatch.setattr(winappend, "_modules", lambda: (api, crt))
-    monkeypatch.setattr(winappend.sys, "platform", "win32")
+    monkeypatch.setattr(winappend.sys, "platform", "win32")  # type: ignore[attr-defined]
     assert open_append(tmp_path / "w.log", 0o640) == 7
-    assert api.created[0][1] & FILE_APPEND_DATA
+    assert api.created[0][1] & FILE_APPEND_DATA  # type: ignore[operator]
     assert not (tmp_path / "w.log").exists()  # nothing went through os.open
 
 

@@ -83,6 +83,7 @@ async def test_start_access_denied_and_not_found(fake_tools):
     assert e.value.kind is ServiceErrorKind.NOT_FOUND
 
 
+@pytest.mark.slow
 async def test_restart_waits_for_stopped_before_starting(fake_tools):
     install(fake_tools, state="RUNNING")
     fake_tools.update(pending_polls=2)
@@ -225,6 +226,7 @@ async def test_unrecognised_sc_output_is_a_clear_failure(fake_tools):
 # ------------------------------------------------------------- services that will not stop
 
 
+@pytest.mark.slow
 async def test_stuck_stop_pending_is_killed_by_pid_then_started(fake_tools):
     install(fake_tools, state="RUNNING", stuck=["STOP_PENDING"])
     b = backend(stop_timeout=0.2)
@@ -252,6 +254,7 @@ async def test_already_stuck_start_pending_is_killed_and_started_again(fake_tool
     assert "found START_PENDING" in status.detail
 
 
+@pytest.mark.slow
 async def test_stuck_start_after_start_is_killed_and_retried(fake_tools):
     install(fake_tools, state="STOPPED", pid=6000)
     b = backend(pending_timeout=0.2)
@@ -274,6 +277,7 @@ async def test_healthy_pending_that_settles_in_time_is_never_killed(fake_tools):
     assert fake_tools.state().get("killed") is None
 
 
+@pytest.mark.slow
 async def test_nssm_restart_timeout_on_stuck_stop_kills_by_pid(fake_tools):
     install(fake_tools, state="STOP_PENDING", stuck=["STOP_PENDING"])
     b = backend(use_nssm=True, pending_timeout=0.2, stop_timeout=0.2)

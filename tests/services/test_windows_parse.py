@@ -6,12 +6,12 @@ import pytest
 
 from guardian.services.base import ServiceErrorKind, ServiceState
 from guardian.services.subproc import decode_output
-from guardian.services.windows.backend import (
+from guardian.services.windows.backend import read_tail
+from guardian.services.windows.parse import (
     classify_nssm_error,
     parse_nssm_status,
     parse_sc_error,
     parse_sc_query,
-    read_tail,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "windows"

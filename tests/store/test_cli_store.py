@@ -76,6 +76,7 @@ def test_a_damaged_store_is_reported_clearly(tmp_path: Path, command: list[str])
     assert sorted(p.name for p in store.parent.iterdir()) == ["guardian.db", "guardian.db.written"]
 
 
+@pytest.mark.slow
 def test_an_empty_store_is_not_turned_into_a_fresh_one(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     store = tmp_path / "state" / "guardian.db"

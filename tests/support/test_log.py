@@ -68,7 +68,7 @@ def test_log_file_failing_mid_run_is_announced_once(tmp_path: Path) -> None:
         def write(self, s: str) -> int:
             raise OSError(28, "No space left on device")
 
-    setup.file_handler.stream = Broken()
+    setup.file_handler.stream = Broken()  # type: ignore[assignment]
     for _ in range(5):
         log.info("during outage")
     assert console.getvalue().count("cannot write log file") == 1

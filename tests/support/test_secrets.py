@@ -253,7 +253,7 @@ SECRET_KEYS = st.sampled_from(
     ["HF_TOKEN", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "Authorization",
      "Cookie", "X-Api-Key", "GITHUB_TOKEN", "client_secret", "SENTRY_DSN", "x-auth-token"]
 )
-VALUES = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+VALUES = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)  # type: ignore[arg-type]
 
 
 @given(SECRET_KEYS, VALUES)
@@ -263,7 +263,7 @@ def test_a_secret_named_value_is_always_hidden_whole(key: str, value: str) -> No
 
 
 @given(st.sampled_from(["--token", "--api-key", "--password", "--hf-token", "--secret"]),
-       st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))
+       st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))  # type: ignore[arg-type]
 def test_an_option_secret_never_survives_in_argv(option: str, value: str) -> None:
     split = redact_argv(["prog", option, value, "--port", "1"])
     joined = redact_argv(["prog", f"{option}={value}"])

@@ -387,7 +387,7 @@ def test_a_flush_completes_while_an_uncached_read_aggregates(tmp_path: Path) -> 
 
     store.db.snapshot(lambda c: c.set_progress_handler(stall, 50))
     got: list[dict[str, dict[str, object]]] = []
-    reader = threading.Thread(target=lambda: got.append(store.windows(now())), daemon=True)
+    reader = threading.Thread(target=lambda: got.append(store.windows(now())), daemon=True)  # type: ignore[arg-type]
     reader.start()
     try:
         assert inside.wait(30)

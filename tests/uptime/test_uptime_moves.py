@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from guardian.core.events import RecoveryEvent, RecoveryKind
 from guardian.core.result import CheckResult, Status
 from guardian.store.db import Database
@@ -92,6 +94,7 @@ class Traced:
         return sum(part in s for s in self.statements)
 
 
+@pytest.mark.slow
 def test_moving_windows_match_a_full_read_over_days(tmp_path: Path) -> None:
     rng = random.Random(20261202)
     clock = Clock(T0)

@@ -9,10 +9,10 @@ never share series.
 
 Why Guardian writes its own families instead of going through ``prometheus_client``'s
 collectors: with 1000 targets the exposition has ~23 000 samples, and the library spends
-~30 us on each (label validation and escaping, sample tuples, float formatting), so a
-scrape took 0.7-1.9 s of the API thread, holding the GIL the checks need. Here label sets
-are escaped once and kept, counters and histograms are plain lists behind one lock, and a
-sample is one string concatenation (bench/bench_metrics.py: before and after). The text
+~30 us on each (label validation and escaping, sample tuples, float formatting), all of it
+on the API thread, holding the GIL the checks need. Here label sets are escaped once and
+kept, counters and histograms are plain lists behind one lock, and a sample is one string
+concatenation (bench/bench_metrics.py measures it; bench/results/metrics.md). The text
 format is the library's, byte for byte (a test compares the histograms), and ``promtool
 check metrics`` vets the output in the tests. The process series come from
 :mod:`guardian.api.process_metrics`; ``prometheus_client`` itself is imported only for
@@ -435,8 +435,7 @@ class Metrics:
                         self._remediations[(target.name, action, done)] = 0
         self._histogram_template: tuple[tuple[tuple[str, str], ...], str] | None = None
         # Label texts and the histogram template of every configured check are made now,
-        # at start-up, so the first scrape costs what any other does (at 1000 targets
-        # making them took the first render from ~20 to ~70 ms).
+        # at start-up, so the first scrape costs what any other does.
         for target in view.config.targets:
             crit = "true" if target.critical else "false"
             self._labels(("target",), (target.name,))

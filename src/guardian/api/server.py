@@ -1,7 +1,7 @@
 """Serving the API on its own thread and event loop, with every resource a client can take bounded.
 
-Why a thread: the API used to share the checks' event loop, so 1000 keep-alive clients
-delayed checks past their timeouts and healthy services were restarted. Here uvicorn
+Why a thread: on the checks' event loop, 1000 keep-alive clients would delay checks past
+their timeouts and healthy services would be restarted. Here uvicorn
 runs a private loop in a daemon thread; the checks' loop never runs a request. What the
 API reads crosses threads through :mod:`guardian.api.bridge` (snapshots; mutating calls
 are submitted to the checks' loop).

@@ -188,7 +188,7 @@ def report_command(
 async def _render(cfg: Config, store: Store, incident_id: int, target: str) -> str:
     """Render with a live log tail from the target's service backend where one exists;
     the reporter falls back to the tail saved at escalation when that fails."""
-    from guardian.services import build_backend
+    from guardian.services.factory import build_backend
 
     backend = None
     try:

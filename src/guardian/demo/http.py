@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, Self, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 INTERNAL_ERROR_BODY = "500 Internal Server Error\n\nServer got itself in trouble"
@@ -238,7 +238,7 @@ class SimApp:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> SimApp:
+    def start(self) -> Self:
         self._server = _Server(self, (self.host, self.port))
         self.port = int(self._server.server_address[1])
         self.started_at = time.time()

@@ -1,8 +1,8 @@
 """One check's start lateness over its last runs, its p99 kept exact as samples arrive.
 
-Why not sort on demand: ``/metrics`` reports every check's p99 over its last 1000 runs.
-Sorting 1000 samples costs ~70 us, so with 1000 checks a scrape spent ~70 ms on it (the
-first scrape all at once; later ones reused values up to 30 s old to spread the cost).
+Why not sort on demand: ``/metrics`` reports every check's p99 over its last 1000 runs,
+and sorting every window at every scrape costs time in proportion to the checks, on the
+API thread, holding the GIL the checks need (bench/results/metrics.md has the figures).
 Here a window also keeps its largest samples in a short sorted list (the p99 of 1000 runs
 is the 11th largest), which a new run updates with one comparison almost always. Only
 when a sample from that list leaves the window (about one run in 90) is the list rebuilt

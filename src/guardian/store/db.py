@@ -52,20 +52,33 @@ must not rename the daemon's file under it, and a refused file is reported, not 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+from guardian.store.component import Component, ComponentHost, ResetHook
+from guardian.store.errors import (
+    ErrorKind,
+    StoreDamaged,
+    StoreError,
+    StoreNewer,
+    StoreUnavailable,
+    classify,
+    describe,
+)
+
+__all__ = [  # the error classes and Component, importable from the owner as before
+    "PROBLEM_KEY", "Component", "Database", "ProblemSink", "ResetHook", "StoreDamaged",
+    "StoreError", "StoreNewer", "StoreUnavailable", "classify",
+]
 
 from guardian.support.safe_open import write_atomic_text
 
@@ -78,34 +91,6 @@ IDENTITY_EVERY = 1.0  # s between checks that the path still names the open file
 MARKER_SUFFIX = ".written"
 LOG_EVERY = 60.0  # seconds between repeated "write failed" lines
 
-# Primary SQLite result codes (extended codes carry them in the low byte).
-SQLITE_BUSY = 5
-SQLITE_LOCKED = 6
-SQLITE_IOERR = 10
-SQLITE_CORRUPT = 11
-SQLITE_FULL = 13
-SQLITE_CANTOPEN = 14
-SQLITE_NOTADB = 26
-
-ErrorKind = Literal["damaged", "full", "io", "busy", "other"]
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-
-
-class StoreError(Exception):
-    """The store cannot do what was asked (unusable file, refused schema, failed write)."""
-
-
-class StoreDamaged(StoreError):
-    """The file is not a usable SQLite database (raised where recovery is off)."""
-
-
-class StoreNewer(StoreError):
-    """A component's schema in the file is newer than this Guardian knows."""
-
-
-class StoreUnavailable(StoreError):
-    """This operation could not be done now (disk full, I/O error, locked); nothing broke."""
-
 
 class ProblemSink(Protocol):
     """Where Guardian's own trouble is shown (``State`` in the daemon)."""
@@ -113,56 +98,6 @@ class ProblemSink(Protocol):
     def set_problem(self, key: str, message: str) -> None: ...
 
     def clear_problem(self, key: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class Component:
-    """One user of the file: a name and its migrations (index i upgrades i -> i + 1).
-
-    Never edit a shipped migration; append. ``legacy_version`` reads the version of a file
-    written before ``guardian_schema`` knew this component (0 when it has none).
-    ``mirror_user_version`` (the incident store only) keeps ``PRAGMA user_version`` equal
-    to the component's version, so a Guardian from before this module still recognises a
-    file it can use, and refuses one that is newer than it knows.
-    """
-
-    name: str
-    migrations: tuple[str, ...]
-    legacy_version: Callable[[sqlite3.Connection], int] | None = None
-    mirror_user_version: bool = False
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ValueError(f"component name {self.name!r} must match {_NAME.pattern}")
-
-    @property
-    def version(self) -> int:
-        return len(self.migrations)
-
-
-ResetHook = Callable[[], None]
-
-
-def classify(exc: BaseException) -> ErrorKind:
-    """What kind of trouble an exception from sqlite3 (or the OS) is."""
-    if isinstance(exc, OSError):
-        return "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "io"
-    if not isinstance(exc, sqlite3.Error):
-        return "other"
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    text = str(exc).lower()
-    if primary in (SQLITE_CORRUPT, SQLITE_NOTADB) or "malformed" in text:
-        return "damaged"
-    if "not a database" in text:
-        return "damaged"
-    if primary == SQLITE_FULL or "disk is full" in text:
-        return "full"
-    if primary == SQLITE_IOERR or "disk i/o error" in text:
-        return "io"
-    if primary in (SQLITE_BUSY, SQLITE_LOCKED) or "locked" in text:
-        return "busy"
-    return "other"
 
 
 class _Damaged(Exception):
@@ -173,7 +108,7 @@ def utc_stamp(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-class Database:
+class Database(ComponentHost):
     """Guardian's SQLite file (or memory) with the rules in the module docstring.
 
     Components :meth:`register` themselves (their migrations run at once) and do all their
@@ -383,135 +318,6 @@ class Database:
             os.replace(self.path, dest)
         return dest
 
-    # ------------------------------------------------------------------ components
-
-    def register(self, component: Component, on_reset: ResetHook | None = None) -> None:
-        """Add a component and bring its tables up to date.
-
-        ``on_reset`` is called after the file was replaced (damage found mid-run, or a
-        refused schema), so the component can write back what it keeps in memory.
-        """
-        with self.lock:
-            self._components[component.name] = (component, on_reset)
-            try:
-                self._migrate(self._conn, component)
-            except StoreNewer as e:
-                if not self.recover:
-                    raise
-                self._refuse(str(e))
-            except sqlite3.Error as e:
-                if classify(e) != "damaged":
-                    raise StoreError(f"migrating {component.name} in {self.path}: {e}") from e
-                if not self.recover:
-                    raise StoreDamaged(f"store {self.path} is damaged: {e}") from e
-                self._reset(functools.partial(self._replace_damaged, str(e)))
-
-    def version(self, component: str) -> int:
-        """The version recorded for ``component`` (0 when it has no row)."""
-        row = self.read(
-            lambda c: c.execute(
-                "SELECT version FROM guardian_schema WHERE component = ?", (component,)
-            ).fetchone()
-        )
-        return 0 if row is None else int(row[0])
-
-    @staticmethod
-    def _recorded(conn: sqlite3.Connection, comp: Component) -> tuple[bool, int]:
-        """(has a guardian_schema row, version) without writing anything."""
-        has_table = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'guardian_schema'"
-        ).fetchone()
-        row = None
-        if has_table:
-            row = conn.execute(
-                "SELECT version FROM guardian_schema WHERE component = ?", (comp.name,)
-            ).fetchone()
-        if row is not None:
-            return True, int(row[0])
-        return False, comp.legacy_version(conn) if comp.legacy_version is not None else 0
-
-    def _check_not_newer(
-        self, conn: sqlite3.Connection, comp: Component, recorded: tuple[bool, int]
-    ) -> None:
-        version = recorded[1]
-        if version > comp.version:
-            raise StoreNewer(
-                f"store {self.path}: {comp.name} tables are at schema v{version}, newer than"
-                f" this Guardian (v{comp.version}); upgrade Guardian or use another store path"
-            )
-
-    def _migrate(self, conn: sqlite3.Connection, comp: Component) -> None:
-        recorded, version = self._recorded(conn, comp)
-        self._check_not_newer(conn, comp, (recorded, version))
-        record = (
-            "INSERT INTO guardian_schema (component, version)"
-            " VALUES ('{name}', {v}) ON CONFLICT(component) DO UPDATE SET version ="
-            " excluded.version;"
-        )
-
-        def bump(v: int) -> str:
-            mirror = f"\nPRAGMA user_version = {v};" if comp.mirror_user_version else ""
-            return record.format(name=comp.name, v=v) + mirror
-
-        try:
-            if not recorded and version > 0:  # adopt a legacy version as it is
-                conn.executescript(f"BEGIN IMMEDIATE;\n{bump(version)}\nCOMMIT;")
-            for i in range(version, comp.version):
-                # executescript commits on its own: migration and version bump in one script.
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{comp.migrations[i]}\n{bump(i + 1)}\nCOMMIT;"
-                )
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-
-    def _refuse(self, why: str) -> None:
-        self._refused(why)
-        self._reset(self._memory)
-
-    def _refused(self, why: str) -> None:
-        msg = f"{why}; the file is kept as it is and Guardian runs on an in-memory store"
-        log.error(msg, extra={"event": "store_refused", "path": str(self.path)})
-        self._set_sticky("refused", msg)
-
-    def _reset(self, reopen: Callable[[], sqlite3.Connection]) -> None:
-        """Swap the connection for ``reopen()``, migrate every component, call their hooks.
-
-        Not re-entered: damage found while the hooks re-save is an error of that save,
-        not a second replacement (a fresh file that is damaged at once would loop).
-        """
-        self._resetting = True
-        try:
-            self._reset_now(reopen)
-        finally:
-            self._resetting = False
-
-    def _reset_now(self, reopen: Callable[[], sqlite3.Connection]) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
-        self._generation += 1
-        self._conn = reopen()
-        for comp, _ in list(self._components.values()):
-            try:
-                self._migrate(self._conn, comp)
-            except (sqlite3.Error, StoreNewer) as e:
-                log.error("migrating %s on the fresh store failed: %s", comp.name, e)
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.close()
-                self._conn = self._memory()
-                for c, _ in self._components.values():
-                    self._migrate(self._conn, c)
-                break
-        for comp, hook in list(self._components.values()):
-            if hook is None:
-                continue
-            try:
-                hook()
-            except Exception:
-                log.exception("re-saving %s into the fresh store failed", comp.name)
-
     # ------------------------------------------------------------------ operations
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -547,7 +353,7 @@ class Database:
                 if kind == "damaged":  # the writer's rules move the file aside, then retry
                     return self.read(fn)
                 if kind in ("full", "io", "busy"):
-                    raise StoreUnavailable(f"store {self.path}: {_describe(kind, e)}") from e
+                    raise StoreUnavailable(f"store {self.path}: {describe(kind, e)}") from e
                 raise
 
     def _reader_conn(self) -> sqlite3.Connection | None:
@@ -636,7 +442,7 @@ class Database:
                         raise StoreError(f"store {self.path}: {e}") from e
                     if kind in ("full", "io", "busy"):
                         self._trouble_seen(kind, e)
-                        raise StoreUnavailable(f"store {self.path}: {_describe(kind, e)}") from e
+                        raise StoreUnavailable(f"store {self.path}: {describe(kind, e)}") from e
                     raise
                 if write and self._trouble is not None:
                     self._trouble_cleared()
@@ -663,7 +469,7 @@ class Database:
         some writes through and fails others, and that flapping must not flood the log."""
         now = self._monotonic()
         self._trouble_count += 1
-        self._trouble = f"store {self.path}: writes failing: {_describe(kind, exc)}"
+        self._trouble = f"store {self.path}: writes failing: {describe(kind, exc)}"
         self._publish()
         due = self._trouble_logged_at is None or now - self._trouble_logged_at >= self.log_every
         if not due:
@@ -739,8 +545,3 @@ class Database:
                 self._conn.close()
         with self._read_lock:
             self._drop_reader()
-
-
-def _describe(kind: ErrorKind, exc: BaseException) -> str:
-    label = {"full": "disk full", "io": "I/O error", "busy": "database locked"}.get(kind, kind)
-    return f"{label} ({exc})"

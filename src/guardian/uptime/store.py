@@ -14,30 +14,28 @@ target's startup phase count as down: the service really was not serving; but on
 the target has been up at all (a fresh install's first boot is not downtime: uptime counts
 from its first up result).
 
-A component of Guardian's SQLite file (:mod:`guardian.db`): its tables come from its
+A component of Guardian's SQLite file (:mod:`guardian.store.db`): its tables come from its
 migrations, every write and read goes through the Database (its lock, its rules for a
-full disk, a damaged or a refused file). Recording a result is a dict update in memory
-(O(1), no I/O); the buffer is written in one transaction at most every ``flush_every``
-seconds (about two upserts per target per flush), and on close. A write that fails
-keeps the counts in memory (bounded: the oldest buckets go first, counted in
-``dropped``); a file replaced mid-run gets what is buffered and starts its history from
-there (the older counts stay in the moved-aside file). Reads aggregate in SQL once when
-a window moves (every 5 minutes for the 24 h window and the bar, hourly for 7 d and
-30 d) on the store's read-only connection, so a flush from the event loop never waits
-for it, and each flush folds its batch into those figures, so a status page polled by
-many clients costs no query per request.
+full disk, a damaged or a refused file). Counts are buffered and flushed in batches by
+:class:`~guardian.uptime.recorder.UptimeRecorder`; this module is the SQL: what a flush
+writes, pruning, and reading the windows. A file replaced mid-run gets what is buffered
+and starts its history from there (the older counts stay in the moved-aside file). Reads
+aggregate in SQL once when a window moves (every 5 minutes for the 24 h window and the
+bar, hourly for 7 d and 30 d) on the store's read-only connection, so a flush from the
+event loop never waits for it, and each flush folds its batch into those figures, so a
+status page polled by many clients costs no query per request.
 
-Windows moving on do not re-read what they already hold. The last day's 5-minute
-buckets are read once into dense arrays (:mod:`guardian.uptime.windows`, ~7 MB at 1000
-targets) and kept current by the flushes: a 5-minute move derives the 24 h window and
-the bar from them with no query, in C loops that hold the GIL for milliseconds. An
-hourly move takes the previous 7 d / 30 d figures less the hour(s) that left, read by
-target (about one row per target and window) instead of 31 days of totals. Everything
-is read in full when there is nothing to derive from: the first read, after a Guardian
-start or a replaced file, a move of a whole window or more (Guardian asleep, a clock
-jump) or a clock that went back. A failed read caches nothing, so the next one tries
-again. The figures are the same either way (``tests/uptime/test_uptime_moves.py``
-compares them with a full read at every move over simulated days).
+Windows moving on do not re-read what they already hold (the derivation itself is pure,
+in :mod:`guardian.uptime.windows`). The last day's 5-minute buckets are read once into
+dense arrays (~7 MB at 1000 targets) and kept current by the flushes: a 5-minute move
+derives the 24 h window and the bar from them with no query. An hourly move takes the
+previous 7 d / 30 d figures less the hour(s) that left, read by target (about one row per
+target and window) instead of 31 days of totals. Everything is read in full when there is
+nothing to derive from: the first read, after a Guardian start or a replaced file, a move
+of a whole window or more (Guardian asleep, a clock jump) or a clock that went back. A
+failed read caches nothing, so the next one tries again. The figures are the same either
+way (``tests/uptime/test_uptime_moves.py`` compares them with a full read at every move
+over simulated days).
 """
 
 from __future__ import annotations
@@ -49,20 +47,41 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
-from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.core.result import CheckResult, Status
 from guardian.store.db import Component, Database, StoreError, StoreUnavailable
-from guardian.uptime.windows import FineTail
+from guardian.uptime.recorder import Buffer, UptimeRecorder
+from guardian.uptime.windows import (
+    FINE_SPAN,
+    FINE_WINDOWS,
+    HOUR,
+    WINDOWS,
+    Agg,
+    Bar,
+    BarAgg,
+    BarArrays,
+    Counts,
+    F,
+    FineTail,
+    Stale,
+    epoch,
+    kind_of,
+    low_of,
+    placer,
+    previous_key,
+    tail_of,
+    window_starts,
+)
+
+__all__ = [  # the shapes readers take from here, as before the split
+    "UPTIME", "UPTIME_SCHEMA_VERSION", "WINDOWS", "Bar", "BarArrays", "Counts", "UptimeStore",
+]
 
 log = logging.getLogger("guardian.uptime.store")
 
 UPTIME_COMPONENT = "uptime"
-HOUR = 3600
 # Index i upgrades version i -> i + 1; append, never edit a shipped entry.
 UPTIME_MIGRATIONS: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS uptime ("
@@ -92,12 +111,6 @@ BUCKET_SECONDS = 300
 RETENTION_DAYS = 31.0  # hourly totals: the longest window shown is 30 d
 FINE_RETENTION = timedelta(hours=25)  # 5-minute buckets: the 24 h window and bar
 MAX_PENDING = 50_000  # buffered (target, bucket) counts while the store cannot write
-WINDOWS: dict[str, timedelta] = {
-    "24h": timedelta(hours=24),
-    "7d": timedelta(days=7),
-    "30d": timedelta(days=30),
-}
-_FINE_WINDOWS = ("24h",)  # from 5-minute buckets; the others from hourly totals
 
 _UPSERT = (
     "INSERT INTO {table} (target, {col}, ok, total, restarts) VALUES (?, ?, ?, ?, ?)"
@@ -107,40 +120,8 @@ _UPSERT = (
 _UPSERT_FINE = _UPSERT.format(table="uptime", col="bucket")
 _UPSERT_HOURLY = _UPSERT.format(table="uptime_hourly", col="hour")
 
-Buffer = dict[tuple[str, int], list[int]]  # (target, bucket) -> [ok, total, restarts]
 
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    ok: int = 0
-    total: int = 0
-    restarts: int = 0
-
-    @property
-    def percent(self) -> float | None:
-        """Uptime in percent, None without any counted result."""
-        return round(100.0 * self.ok / self.total, 3) if self.total else None
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(self.ok + other.ok, self.total + other.total, self.restarts + other.restarts)
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """One slot of the history bar: its start and the counts inside it."""
-
-    start: datetime
-    seconds: int
-    counts: Counts
-
-
-def _epoch(t: datetime) -> float:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return t.timestamp()
-
-
-class UptimeStore:
+class UptimeStore(UptimeRecorder):
     """Bucketed ok/total/restart counts per target in the ``uptime`` tables of ``db``.
 
     Give it the shared :class:`Database` (the daemon) or a path (tools, tests: it then
@@ -163,27 +144,18 @@ class UptimeStore:
         now: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if bucket_seconds <= 0 or HOUR % bucket_seconds:
-            raise ValueError("bucket_seconds must be a positive divisor of 3600")
+        super().__init__(bucket_seconds=bucket_seconds, flush_every=flush_every,
+                         max_pending=max_pending, monotonic=monotonic)
         self._owns = not isinstance(db, Database)
         self.db = db if isinstance(db, Database) else Database(db, components=(UPTIME,))
-        self.bucket_seconds = bucket_seconds
         self.retention = timedelta(days=retention_days)
         self.fine_retention = max(fine_retention, WINDOWS["24h"] + timedelta(hours=1))
-        self.flush_every = flush_every
-        self.max_pending = max_pending
         self._now = now or (lambda: datetime.now(UTC))
         self._first_seen: dict[str, int] | None = None
         self._first_seen_at = 0.0
-        self._monotonic = monotonic
-        self._buf_lock = threading.Lock()
-        self._pending: Buffer = {}
-        self._inflight: dict[int, Buffer] = {}  # batches being written (still readable)
-        self._next_flush = monotonic() + flush_every
-        self._next_prune = 0.0  # the first flush prunes, then at most hourly
         # What the tables say per window / bar slot, computed by one query when a window
         # moves and kept current by folding in each written batch (under the db lock).
-        self._aggs: dict[tuple[Any, ...], _Agg] = {}
+        self._aggs: dict[tuple[Any, ...], Agg] = {}
         # The last day's 5-minute buckets the 24 h window and the bar are derived from
         # when they move on (kept current like the aggs; None until the first read).
         self._tail: FineTail | None = None
@@ -193,7 +165,6 @@ class UptimeStore:
         self._epoch = 0  # bumped when stored rows go (prune, a replaced file)
         self._written: deque[tuple[int, Buffer]] = deque(maxlen=64)  # recent batches
         self._read_warned_at: float | None = None
-        self.dropped = 0  # results (and restarts) lost because the buffer was full
         try:
             self.db.register(UPTIME, self._resave)
         except BaseException:
@@ -217,65 +188,7 @@ class UptimeStore:
     def schema_version(self) -> int:
         return self.db.version(UPTIME_COMPONENT)
 
-    # ------------------------------------------------------------------ recording
-
-    def bucket_of(self, t: datetime) -> int:
-        e = int(_epoch(t))
-        return e - e % self.bucket_seconds
-
-    def record(self, target: str, when: datetime, up: bool) -> None:
-        """Count one result of ``target`` at wall time ``when``."""
-        self._add(target, when, 1 if up else 0, 1, 0)
-
-    def record_restart(self, target: str, when: datetime) -> None:
-        self._add(target, when, 0, 0, 1)
-
-    def _add(self, target: str, when: datetime, ok: int, total: int, restarts: int) -> None:
-        e = int(_epoch(when))
-        key = (target, e - e % self.bucket_seconds)
-        with self._buf_lock:
-            counts = self._pending.get(key)
-            if counts is None:
-                self._pending[key] = [ok, total, restarts]
-            else:
-                counts[0] += ok
-                counts[1] += total
-                counts[2] += restarts
-        if self._monotonic() >= self._next_flush:
-            self.flush()
-
-    def observe(self, event: Event) -> None:
-        """Event-bus listener: counts check results and restarts."""
-        if isinstance(event, CheckResult):
-            if event.status is Status.SKIPPED:
-                return
-            up = event.status is not Status.FAILED
-            if not up and event.startup and event.target not in self._ever_up:
-                # A fresh install's first boot: nothing has been up to be down from yet
-                # (a made-up 33 % for 24 h, 7 d and 30 d). Counted from the first up result.
-                return
-            if up:
-                self._ever_up.add(event.target)
-            self.record(event.target, event.finished, up)
-        elif isinstance(event, RecoveryEvent) and event.kind is RecoveryKind.RESTART_STARTED:
-            self.record_restart(event.target, event.time)
-
-    def subscribe(self, bus: EventBus) -> Callable[[], None]:
-        return bus.subscribe(self.observe)
-
-    def flush(self) -> bool:
-        """Write the buffered counts in one transaction; False when they were kept instead
-        (the store cannot write now: they go with the next flush)."""
-        with self._buf_lock:
-            self._next_flush = self._monotonic() + self.flush_every
-            batch, self._pending = self._pending, {}
-            if batch:
-                self._inflight[id(batch)] = batch
-        if batch and not self._write(batch):
-            return False
-        if self._monotonic() >= self._next_prune:
-            self.prune()
-        return True
+    # ------------------------------------------------------------------ writing
 
     def _write(self, batch: Buffer) -> bool:
         fine = [(t, b, c[0], c[1], c[2]) for (t, b), c in batch.items()]
@@ -320,26 +233,6 @@ class UptimeStore:
                         break
         return True
 
-    def _keep(self, batch: Buffer) -> None:
-        """Put a batch that could not be written back in the buffer, within its bound."""
-        for key, c in batch.items():
-            mine = self._pending.setdefault(key, [0, 0, 0])
-            mine[0] += c[0]
-            mine[1] += c[1]
-            mine[2] += c[2]
-        excess = len(self._pending) - self.max_pending
-        if excess <= 0:
-            return
-        lost = 0
-        for key in sorted(self._pending, key=lambda k: k[1])[:excess]:
-            c = self._pending.pop(key)
-            lost += c[1] + c[2]
-        self.dropped += lost
-        log.warning(
-            "uptime buffer full while the store cannot write: %d oldest counts dropped", lost,
-            extra={"event": "uptime_dropped", "dropped": lost},
-        )
-
     def _resave(self) -> None:
         """The file was replaced: what is buffered goes into the fresh one."""
         with self._agg_lock:
@@ -357,7 +250,7 @@ class UptimeStore:
         """Drop buckets older than their retention; returns how many rows went."""
         now = now or self._now()
         fine_cut = self.bucket_of(now - self.fine_retention)
-        e = int(_epoch(now - self.retention))
+        e = int(epoch(now - self.retention))
         hour_cut = e - e % HOUR
         self._next_prune = self._monotonic() + HOUR
 
@@ -373,7 +266,7 @@ class UptimeStore:
                 return 0
             if removed:  # figures that counted rows now gone are read anew
                 for key in list(self._aggs):
-                    if _low(key) < (hour_cut if key[0] == "uptime_hourly" else fine_cut):
+                    if low_of(key) < (hour_cut if key[0] == "uptime_hourly" else fine_cut):
                         del self._aggs[key]
                 if self._tail is not None:
                     self._tail.advance(fine_cut)
@@ -387,14 +280,6 @@ class UptimeStore:
             self.db.close()
 
     # ------------------------------------------------------------------ reading
-
-    def _buffered(self) -> list[tuple[str, int, int, int, int]]:
-        with self._buf_lock:
-            return [
-                (t, b, c[0], c[1], c[2])
-                for buf in (self._pending, *self._inflight.values())
-                for (t, b), c in buf.items()
-            ]
 
     def first_seen(self) -> dict[str, datetime]:
         """Per target, the start of the oldest bucket still kept: what "since" means for
@@ -424,9 +309,9 @@ class UptimeStore:
     def _read(
         self,
         key: tuple[Any, ...],
-        blank: Callable[[], _Agg],
-        load: Callable[[], _Agg | None],
-        held: Callable[[], _Agg | None] | None = None,
+        blank: Callable[[], Agg],
+        load: Callable[[], Agg | None],
+        held: Callable[[], Agg | None] | None = None,
     ) -> dict[str, dict[Hashable, list[int]]]:
         """Per target and slot [ok, total, restarts] (fresh lists): what the tables hold
         plus what is buffered, as one consistent picture. The tables' part is cached per
@@ -450,16 +335,16 @@ class UptimeStore:
                 agg.put(out, target, k, ok, total, restarts)
         return out
 
-    def _picture(self, agg: _Agg) -> tuple[dict[str, dict[Hashable, list[int]]], list[Any]]:
+    def _picture(self, agg: Agg) -> tuple[dict[str, dict[Hashable, list[int]]], list[Any]]:
         """What ``agg`` holds and what is buffered (call with the agg lock held)."""
         out = {t: {k: c[:] for k, c in per.items()} for t, per in agg.sums.items()}
         return out, self._buffered()
 
-    def _cache(self, key: tuple[Any, ...], agg: _Agg) -> _Agg:
+    def _cache(self, key: tuple[Any, ...], agg: Agg) -> Agg:
         """Keep ``agg`` current from now on (call with the agg lock held). Windows move on:
         the oldest keys of the same kind go, but the last one stays to derive from."""
-        kind = _kind(key)
-        same = [k for k in self._aggs if _kind(k) == kind]
+        kind = kind_of(key)
+        same = [k for k in self._aggs if kind_of(k) == kind]
         for old in same[: max(0, len(same) - 1)]:
             del self._aggs[old]
         while len(self._aggs) >= 12:
@@ -470,17 +355,17 @@ class UptimeStore:
     def _query(
         self,
         query: Callable[[sqlite3.Connection], list[Any]],
-        build: Callable[[list[Any]], _F],
-        finish: Callable[[_F], _Agg],
+        build: Callable[[list[Any]], F],
+        finish: Callable[[F], Agg],
         at_pin: Callable[[], None] | None = None,
-    ) -> _Agg | None:
+    ) -> Agg | None:
         """Read the tables on the read-only connection, without any lock a flush needs,
         and ``finish`` the result under the agg lock (it caches what it returns).
 
         The snapshot is pinned (its first read) under the agg lock, so the batches written
         after it are exactly those with a later sequence number: they are folded into what
         ``build`` made before ``finish`` sees it. None when the store cannot be read, or
-        rows went (prune, a replaced file) during every try. ``_Stale`` from ``build``,
+        rows went (prune, a replaced file) during every try. ``Stale`` from ``build``,
         the fold or ``finish`` means "derive no further: read in full" and is raised on.
         """
         pinned: list[int] = []
@@ -508,7 +393,7 @@ class UptimeStore:
                 for batch in later:
                     for (t, b), c in batch.items():
                         if got.add(t, b, c[0], c[1], c[2]) is False:
-                            raise _Stale
+                            raise Stale
                 return finish(got)
         self._read_failed(StoreError("the store changed during every read"))
         return None
@@ -520,11 +405,11 @@ class UptimeStore:
             log.warning("uptime not readable: %s", exc, extra={"event": "uptime_read_failed"})
 
     def _full(
-        self, key: tuple[Any, ...], blank: Callable[[], _Agg],
+        self, key: tuple[Any, ...], blank: Callable[[], Agg],
         query: Callable[[sqlite3.Connection], list[Any]],
-    ) -> _Agg | None:
+    ) -> Agg | None:
         """The aggregate of ``key`` from one query of everything in its range."""
-        def build(rows: list[Any]) -> _Agg:
+        def build(rows: list[Any]) -> Agg:
             agg = blank()
             for target, slot, ok, total, restarts in rows:
                 agg.add_slot(str(target), slot, int(ok), int(total), int(restarts))
@@ -541,15 +426,15 @@ class UptimeStore:
         tail = self._tail
         if tail is None:
             return None
-        floor = now_bucket - _FINE_SPAN
-        if floor - tail.floor >= _FINE_SPAN:
+        floor = now_bucket - FINE_SPAN
+        if floor - tail.floor >= FINE_SPAN:
             self._tail = None
             return None
         tail.advance(floor)
         return tail
 
     def _fine(
-        self, key: tuple[Any, ...], now_bucket: int, low: int, blank: Callable[[], _Agg],
+        self, key: tuple[Any, ...], now_bucket: int, low: int, blank: Callable[[], Agg],
         derive: Callable[[FineTail], dict[str, dict[Hashable, list[int]]]],
         query: Callable[[sqlite3.Connection], list[Any]],
     ) -> dict[str, dict[Hashable, list[int]]]:
@@ -557,17 +442,17 @@ class UptimeStore:
         once, then kept current by the flushes; read anew when there is none, after a
         jump of a day or more, or when the clock went back), or read in full for a span
         longer than the day the tail holds."""
-        def from_tail(tail: FineTail) -> _Agg:
+        def from_tail(tail: FineTail) -> Agg:
             agg = blank()
             agg.sums = derive(tail)
             return self._cache(key, agg)
 
-        def held() -> _Agg | None:
+        def held() -> Agg | None:
             tail = self._held_tail(now_bucket)
             return from_tail(tail) if tail is not None and low >= tail.floor else None
 
-        def load() -> _Agg | None:
-            floor = now_bucket - _FINE_SPAN
+        def load() -> Agg | None:
+            floor = now_bucket - FINE_SPAN
             if low >= floor:  # no tail (or one past low: the clock went back)
                 try:
                     return self._query(
@@ -576,16 +461,16 @@ class UptimeStore:
                             " group_concat(total), group_concat(restarts)"
                             " FROM uptime WHERE bucket >= ? GROUP BY target", (floor,),
                         ).fetchall(),
-                        lambda rows: _tail_of(floor, self.bucket_seconds, rows),
+                        lambda rows: tail_of(floor, self.bucket_seconds, rows),
                         lambda tail: self._keep_tail(tail, from_tail),
                     )
-                except _Stale:  # a bucket far ahead: not worth holding
+                except Stale:  # a bucket far ahead: not worth holding
                     pass
             return self._full(key, blank, query)
 
         return self._read(key, blank, load, held)
 
-    def _keep_tail(self, tail: FineTail, then: Callable[[FineTail], _Agg]) -> _Agg:
+    def _keep_tail(self, tail: FineTail, then: Callable[[FineTail], Agg]) -> Agg:
         self._tail = tail
         return then(tail)
 
@@ -597,40 +482,26 @@ class UptimeStore:
         """Windows of the hourly totals: when they moved on by less than a window, the
         previous figures less the hours that left (a query of about one row per target
         and window), else one query of every hour in them."""
-        def load() -> _Agg | None:
+        def load() -> Agg | None:
             with self._agg_lock:
-                prev = self._previous(key, names, starts)
+                prev = previous_key(self._aggs, key, names, starts)
             if prev is not None:
                 try:
                     return self._shift(key, prev, names, starts, place)
-                except _Stale:  # the previous figures went meanwhile
+                except Stale:  # the previous figures went meanwhile
                     pass
-            return self._full(key, lambda: _Agg(place), query)
+            return self._full(key, lambda: Agg(place), query)
 
-        return self._read(key, lambda: _Agg(place), load)
-
-    def _previous(
-        self, key: tuple[Any, ...], names: list[str], starts: dict[str, int],
-    ) -> tuple[Any, ...] | None:
-        """The latest cached key of the same windows that ``key`` can be derived from."""
-        best: tuple[Any, ...] | None = None
-        for k in self._aggs:
-            if k[0] != key[0] or len(k) != len(key):
-                continue
-            old = dict(zip(names, k[1:], strict=True))
-            if all(0 <= starts[n] - old[n] < WINDOWS[n].total_seconds() for n in names) and (
-                    best is None or k[1:] > best[1:]):
-                best = k
-        return best
+        return self._read(key, lambda: Agg(place), load)
 
     def _shift(
         self, key: tuple[Any, ...], prev: tuple[Any, ...], names: list[str],
         starts: dict[str, int], place: Callable[[int], list[Hashable]],
-    ) -> _Agg | None:
+    ) -> Agg | None:
         old = dict(zip(names, prev[1:], strict=True))
         targets: list[str] = []
 
-        seen: list[_Agg | None] = [None]
+        seen: list[Agg | None] = [None]
 
         def at_pin() -> None:  # the targets the previous figures hold at the snapshot
             seen[0] = agg = self._aggs.get(prev)
@@ -649,17 +520,17 @@ class UptimeStore:
             at = bucket - bucket % HOUR
             return [n for n in names if old[n] <= at < starts[n]]
 
-        def build(rows: list[Any]) -> _Agg:
-            gone = _Agg(leaving)
+        def build(rows: list[Any]) -> Agg:
+            gone = Agg(leaving)
             for target, i, ok, total, restarts in rows:
                 gone.add_slot(str(target), names[i], int(ok), int(total), int(restarts))
             return gone
 
-        def finish(gone: _Agg) -> _Agg:
+        def finish(gone: Agg) -> Agg:
             before = self._aggs.get(prev)
             if before is None or before is not seen[0]:  # evicted, or a prune, meanwhile
-                raise _Stale
-            agg = _Agg(place)
+                raise Stale
+            agg = Agg(place)
             for target, per in before.sums.items():
                 less = gone.sums.get(target, {})
                 mine: dict[Hashable, list[int]] = {}
@@ -672,23 +543,12 @@ class UptimeStore:
 
         return self._query(query, build, finish, at_pin)
 
-    def _starts(self, now: datetime) -> dict[str, int]:
-        """Each window's first bucket (5-minute) or hour (hourly totals)."""
-        out: dict[str, int] = {}
-        for name, span in WINDOWS.items():
-            if name in _FINE_WINDOWS:
-                out[name] = self.bucket_of(now - span)
-            else:
-                e = int(_epoch(now - span))
-                out[name] = e - e % HOUR
-        return out
-
     def windows(self, now: datetime | None = None) -> dict[str, dict[str, Counts]]:
         """Per target: Counts over each of :data:`WINDOWS` ending ``now``."""
         now = now or self._now()
-        starts = self._starts(now)
-        fine = [n for n in WINDOWS if n in _FINE_WINDOWS]
-        coarse = [n for n in WINDOWS if n not in _FINE_WINDOWS]
+        starts = window_starts(now, self.bucket_seconds)
+        fine = [n for n in WINDOWS if n in FINE_WINDOWS]
+        coarse = [n for n in WINDOWS if n not in FINE_WINDOWS]
 
         def sums(table: str, col: str, names: list[str]) -> str:
             parts = [
@@ -699,12 +559,6 @@ class UptimeStore:
             low = min(starts[n] for n in names)
             return f"SELECT target, {', '.join(parts)} FROM {table} WHERE {col} >= {int(low)}" \
                 " GROUP BY target"
-
-        def placer(names: list[str], hourly: bool) -> Callable[[int], list[Hashable]]:
-            def place(bucket: int) -> list[Hashable]:
-                at = bucket - bucket % HOUR if hourly else bucket
-                return [n for n in names if at >= starts[n]]
-            return place
 
         def full(table: str, col: str, names: list[str]) -> \
                 Callable[[sqlite3.Connection], list[Any]]:
@@ -724,16 +578,16 @@ class UptimeStore:
         # Cached apart: the 24 h window moves every 5 minutes, the hourly ones each hour,
         # so a 5-minute move does not touch 31 days of hourly totals.
         data: dict[str, dict[Hashable, list[int]]] = {}
-        fine_place = placer(fine, False)
+        fine_place = placer(fine, starts, hourly=False)
         if fine:
             data = self._fine(
                 ("uptime", *(starts[n] for n in fine)), self.bucket_of(now),
-                min(starts[n] for n in fine), lambda: _Agg(fine_place), from_tail,
+                min(starts[n] for n in fine), lambda: Agg(fine_place), from_tail,
                 full("uptime", "bucket", fine))
         if coarse:
             hourly = self._hourly(
                 ("uptime_hourly", *(starts[n] for n in coarse)), coarse, starts,
-                placer(coarse, True), full("uptime_hourly", "hour", coarse))
+                placer(coarse, starts, hourly=True), full("uptime_hourly", "hour", coarse))
             for t, per in hourly.items():
                 data.setdefault(t, {}).update(per)
         none = [0, 0, 0]
@@ -747,13 +601,7 @@ class UptimeStore:
         slots: int = 48,
     ) -> dict[str, list[Bar]]:
         """Per target: ``slots`` equal slots covering ``span`` up to ``now``, oldest first."""
-        b = self.bar_arrays(now, span=span, slots=slots)
-        starts = [b.start + timedelta(seconds=b.seconds * i) for i in range(slots)]
-        return {
-            target: [Bar(starts[i], b.seconds, Counts(ok[i], total[i], restarts[i]))
-                     for i in range(slots)]
-            for target, (ok, total, restarts) in b.targets.items()
-        }
+        return self.bar_arrays(now, span=span, slots=slots).bars(slots)
 
     def bar_arrays(
         self, now: datetime | None = None, *, span: timedelta = timedelta(hours=24),
@@ -779,103 +627,8 @@ class UptimeStore:
             ).fetchall()
 
         data = self._fine(("bars", first, slot, slots), self.bucket_of(now), first,
-                          lambda: _BarAgg(place, slots),
+                          lambda: BarAgg(place, slots),
                           lambda tail: tail.slots(first, slot, slots), query)
         out = {target: (per[0], per[1], per[2]) for target, per in data.items()}
         return BarArrays(datetime.fromtimestamp(first, UTC), slot, out)
 
-
-class _Stale(Exception):
-    """What a window was to be derived from went meanwhile: read it in full instead."""
-
-
-class _Foldable(Protocol):
-    def add(self, target: str, bucket: int, ok: int, total: int, restarts: int) -> object: ...
-
-
-_F = TypeVar("_F", bound=_Foldable)
-_FINE_SPAN = int(WINDOWS["24h"].total_seconds())
-
-
-def _kind(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Keys of one kind move on together (bars of one shape, one set of windows)."""
-    return (key[0], *key[2:]) if key[0] == "bars" else (key[0], len(key))
-
-
-def _low(key: tuple[Any, ...]) -> int:
-    """The first bucket (or hour) a cached key's figures read."""
-    return int(key[1]) if key[0] == "bars" else min(int(s) for s in key[1:])
-
-
-def _tail_of(floor: int, step: int, rows: list[Any]) -> FineTail:
-    tail = FineTail.from_rows(floor, step, 2 * _FINE_SPAN // step, rows)
-    if tail is None:
-        raise _Stale
-    return tail
-
-
-@dataclass(frozen=True, slots=True)
-class BarArrays:
-    """History bars of every target: slot i starts at ``start + i * seconds``."""
-
-    start: datetime
-    seconds: int
-    targets: dict[str, tuple[list[int], list[int], list[int]]]  # ok, total, restarts
-
-
-class _Agg:
-    """Counts per target and slot (a window's name, a bar's index) from the tables."""
-
-    __slots__ = ("place", "sums")
-
-    def __init__(self, place: Callable[[int], list[Hashable]]) -> None:
-        self.place = place
-        self.sums: dict[str, dict[Hashable, list[int]]] = {}
-
-    def add_slot(self, target: str, slot: Hashable, ok: int, total: int, restarts: int) -> None:
-        self.put(self.sums, target, slot, ok, total, restarts)
-
-    def put(
-        self, sums: dict[str, dict[Hashable, list[int]]], target: str, slot: Hashable,
-        ok: int, total: int, restarts: int,
-    ) -> None:
-        """Add counts to ``slot`` of ``target`` in ``sums`` (these or a copy of them)."""
-        per = sums.get(target)
-        if per is None:
-            per = sums[target] = {}
-        c = per.get(slot)
-        if c is None:
-            per[slot] = [ok, total, restarts]
-        else:
-            c[0] += ok
-            c[1] += total
-            c[2] += restarts
-
-    def add(self, target: str, bucket: int, ok: int, total: int, restarts: int) -> None:
-        for slot in self.place(bucket):
-            self.add_slot(target, slot, ok, total, restarts)
-
-
-class _BarAgg(_Agg):
-    """Bar slots as three lists per target, ``{0: ok, 1: total, 2: restarts}``: a copy
-    of them (each request) or a move (every 5 minutes) is three list copies per target,
-    not a list per slot, and is sent as it is."""
-
-    __slots__ = ("count",)
-
-    def __init__(self, place: Callable[[int], list[Hashable]], count: int) -> None:
-        super().__init__(place)
-        self.count = count
-
-    def put(
-        self, sums: dict[str, dict[Hashable, list[int]]], target: str, slot: Hashable,
-        ok: int, total: int, restarts: int,
-    ) -> None:
-        per = sums.get(target)
-        if per is None:
-            n = self.count
-            per = sums[target] = {0: [0] * n, 1: [0] * n, 2: [0] * n}
-        i = int(slot)  # type: ignore[call-overload]
-        per[0][i] += ok
-        per[1][i] += total
-        per[2][i] += restarts

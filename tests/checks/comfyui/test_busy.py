@@ -99,6 +99,7 @@ async def observe(check: ComfyUICheck, clock: FakeClock, runs: int, step: float,
     return outs
 
 
+@pytest.mark.slow
 async def test_cpu_burning_job_past_every_threshold_is_never_stuck(sim: SimProcess) -> None:
     clock = FakeClock()
     cfg = ComfyUICheckConfig(url=sim.url, stuck_running_after=60, progress_window=30,
@@ -120,6 +121,7 @@ async def test_cpu_burning_job_past_every_threshold_is_never_stuck(sim: SimProce
     assert "condition" not in last.values
 
 
+@pytest.mark.slow
 async def test_sleeping_job_is_stuck_with_the_evidence(sim: SimProcess) -> None:
     clock = FakeClock()
     cfg = ComfyUICheckConfig(url=sim.url, stuck_running_after=60, progress_window=30,
@@ -146,6 +148,7 @@ async def test_sleeping_job_is_stuck_with_the_evidence(sim: SimProcess) -> None:
     assert "log unchanged, history unchanged" in stuck.reason
 
 
+@pytest.mark.slow
 async def test_interrupt_chatter_in_the_log_is_not_progress(sim: SimProcess) -> None:
     """ComfyUI logs a line for every POST /interrupt (and "got prompt" for every prompt):
     Guardian's own interrupt of a stuck job must not read as that job's progress, or the
@@ -175,6 +178,7 @@ async def test_interrupt_chatter_in_the_log_is_not_progress(sim: SimProcess) -> 
     assert outs[3].status is Status.FAILED
 
 
+@pytest.mark.slow
 async def test_log_output_alone_counts_as_progress(sim: SimProcess) -> None:
     """tqdm lines in the log are progress even when CPU is not visible (threshold huge)."""
     clock = FakeClock()
@@ -270,6 +274,7 @@ async def test_leak_trend_is_memory_pressure_before_any_threshold() -> None:
     assert "VRAM leak: free VRAM fell 1800 MB over 4 idle runs" in outs[-1].reason
 
 
+@pytest.mark.slow
 async def test_idle_and_memory_fine_is_plain_ok() -> None:
     sim = ComfyUISim(device="cuda").start()
     clock = FakeClock()

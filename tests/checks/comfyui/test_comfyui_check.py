@@ -49,7 +49,7 @@ async def test_healthy(make: Make) -> None:
     assert out.reason == "ComfyUI 0.3.64: 0 running, 0 pending"
     v = out.values
     assert v["online"] is True and v["comfyui_version"] == "0.3.64"
-    assert v["pytorch_version"] == "2.8.0+cu128" and v["python_version"].count(".") == 2
+    assert v["pytorch_version"] == "2.8.0+cu128" and v["python_version"].count(".") == 2  # type: ignore[union-attr]
     assert v["device_name.0"] == "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync"
     assert v["device_type.0"] == "cuda" and v["vram_total_mb.0"] == 24576.0
     assert v["vram_free_mb.0"] == 23228.0 and v["torch_vram_total_mb.0"] == 384.0

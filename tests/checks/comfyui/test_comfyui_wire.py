@@ -21,14 +21,14 @@ from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig
 from guardian.core.clock import SystemClock
 from guardian.core.result import Status
 from guardian.demo.comfyui.server import ComfyUISim
-from rawhttp import RawServer, read_message  # type: ignore[import-not-found]
+from testkit.rawhttp import RawServer, read_message
 
 pytestmark = pytest.mark.timeout(30)
 
 STATS = {"system": {"comfyui_version": "0.3.64", "ram_total": 8 << 30, "ram_free": 4 << 30},
          "devices": [{"name": "cuda:0", "type": "cuda", "vram_total": 8 << 30,
                       "vram_free": 6 << 30}]}
-IDLE = {"queue_running": [], "queue_pending": []}
+IDLE = {"queue_running": [], "queue_pending": []}  # type: ignore[var-annotated]
 
 
 def reply(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
@@ -91,7 +91,7 @@ class Comfy(RawServer):
 @pytest.fixture
 async def comfy_raw() -> AsyncIterator[Comfy]:
     async with Comfy() as server:
-        yield server
+        yield server  # type: ignore[misc]
 
 
 @pytest.fixture

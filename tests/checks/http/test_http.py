@@ -37,7 +37,7 @@ async def read_head(reader: asyncio.StreamReader) -> None:
 def run_http(ctx: Any, closer: Any) -> RunHttp:
     async def run(url: str, **fields: Any) -> Outcome:
         check = closer(create(HttpCheckConfig(url=url, **fields), ctx))
-        return await check.run()
+        return await check.run()  # type: ignore[no-any-return]
 
     return run
 
@@ -270,6 +270,7 @@ async def test_connect_and_read_timeout(raw_server: Any, run_http: RunHttp) -> N
     assert elapsed < 1.5
 
 
+@pytest.mark.slow
 async def test_slow_drip_stops_at_deadline(raw_server: Any, run_http: RunHttp) -> None:
     async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)

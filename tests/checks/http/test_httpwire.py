@@ -10,7 +10,7 @@ import pytest
 from guardian.checks.http.check import HttpCheckConfig, create
 from guardian.checks.http.wire import WireClient, WireError
 from guardian.core.result import Status
-from rawhttp import read_message, read_request  # type: ignore[import-not-found]
+from testkit.rawhttp import read_message, read_request
 
 BODY = b'{"status": "healthy"}'
 

@@ -116,6 +116,7 @@ async def test_pid_reuse_a_stranger_with_the_recorded_pid_is_never_signalled(
         stranger.wait()
 
 
+@pytest.mark.slow
 async def test_execing_orphan_is_found_by_token_not_argv(tmp_path: Path) -> None:
     # sh -c "exec python ..." changes the argv; a record with only the intent (Guardian
     # killed before it learnt the pid) still finds it through the token in its env. The

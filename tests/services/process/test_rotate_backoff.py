@@ -30,6 +30,7 @@ def _counting(b: ProcessBackend) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 async def test_quiet_child_is_checked_less_and_less(tmp_path: Path) -> None:
     quiet = [PY, "-c", "import time; print('up', flush=True); time.sleep(60)"]
     b = ProcessBackend("svc", quiet, log_file=tmp_path / "svc.log", stop_timeout=2,
@@ -45,6 +46,7 @@ async def test_quiet_child_is_checked_less_and_less(tmp_path: Path) -> None:
     assert 3 <= len(calls) <= 10, calls
 
 
+@pytest.mark.slow
 async def test_writing_child_is_rotated_at_the_fast_pace(tmp_path: Path) -> None:
     chatty = [PY, "-c", "import time\nwhile True:\n    print('x' * 200, flush=True)\n"
               "    time.sleep(0.01)"]

@@ -2,7 +2,7 @@
 
 Shared by ``bench/bench_api_flood.py`` (figures) and ``tests/chaos/test_api_flood.py``
 (assertions), so what is measured is what is tested. The Guardian started here
-supervises ``bench/victim.py`` (process backend) with an http check at interval 1 s /
+supervises ``testkit/victim.py`` (process backend) with an http check at interval 1 s /
 timeout 0.5 s, logs every check result as JSON on stderr, and may run under a lowered
 ``RLIMIT_NOFILE``.
 """
@@ -23,19 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-VICTIM = HERE / "victim.py"
+from testkit.procs import free_port, guardian_env, victim_argv
+from testkit.procs import toml as _q
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _q(value: object) -> str:
-    return json.dumps(str(value)) if isinstance(value, Path) else json.dumps(value)
+__all__ = ["free_port"]  # re-exported: the flood test and bench take it from here
 
 
 @dataclass
@@ -106,7 +97,7 @@ def guardian(
     """``guardian run`` (of ``src``, default this checkout) on a supervised victim."""
     tmp.mkdir(parents=True, exist_ok=True)
     api_port, victim_port, pidfile = free_port(), free_port(), tmp / "victim.pid"
-    argv = [sys.executable, str(VICTIM), "--port", str(victim_port), "--pidfile", str(pidfile)]
+    argv = victim_argv(victim_port, pidfile)
     config = tmp / "guardian.toml"
     config.write_text(f"""
 [guardian]
@@ -137,10 +128,7 @@ url = "http://127.0.0.1:{victim_port}/"
 interval = 1
 timeout = 0.5
 """)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(src or REPO / "src"), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env = guardian_env(src)
     stderr_path = tmp / "guardian.stderr"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(

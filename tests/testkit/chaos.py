@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,25 +15,20 @@ from typing import Any
 
 import psutil
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-SRC = REPO / "src"
-VICTIM = REPO / "bench" / "victim.py"  # the same tiny HTTP server the benchmarks restart
+from testkit.procs import (
+    REPO,
+    SRC,
+    VICTIM,
+    free_port,
+    guardian_env,
+    read_pid,
+    toml,
+    victim_argv,
+)
 
-
-def guardian_env() -> dict[str, str]:
-    """Environment for a ``python -m guardian`` child that runs this checkout's source."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def toml(value: object) -> str:
-    return json.dumps(str(value)) if isinstance(value, Path) else json.dumps(value)
-
-
-def victim_argv(port: int, pidfile: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(VICTIM), "--port", str(port), "--pidfile", str(pidfile), *extra]
+__all__ = [  # re-exported: the chaos tests take the whole kit from here
+    "REPO", "SRC", "VICTIM", "free_port", "guardian_env", "read_pid", "toml", "victim_argv",
+]
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.02) -> Any:
@@ -47,13 +41,6 @@ def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.02) -> Any
         if time.monotonic() > deadline:
             return None
         time.sleep(step)
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def victims(marker: str) -> list[psutil.Process]:
@@ -228,14 +215,6 @@ interval = {interval}
 timeout = {interval * 0.8}
 """)
     return path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_ok(port: int, timeout: float = 0.3) -> bool:
