@@ -10,7 +10,8 @@ import httpx
 
 from guardian.api.app import create_app
 from guardian.api.context import StaticView
-from guardian.config.schema import Config, parse_config
+from guardian.config.load import parse_config
+from guardian.config.schema import Config
 from guardian.core.result import CheckResult, Status, Value
 from guardian.core.state import State
 from guardian.engine.lateness import LatenessWindow

@@ -9,7 +9,9 @@ import pytest
 from api_helpers import TOKEN, client, make_view  # type: ignore[import-not-found]
 
 from guardian.api.app import RequestGuard, create_app, host_of
-from guardian.config.schema import ConfigError, is_loopback_host, parse_config
+from guardian.config.errors import ConfigError
+from guardian.config.load import parse_config
+from guardian.config.schema import is_loopback_host
 
 
 def _on(view: object, host: str) -> httpx.AsyncClient:

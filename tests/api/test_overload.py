@@ -17,7 +17,7 @@ import time
 import pytest
 
 from guardian.checks.base import CheckConfigBase
-from guardian.config.schema import parse_config
+from guardian.config.load import parse_config
 from guardian.core.clock import SystemClock
 from guardian.core.result import Outcome, Status
 from guardian.core.state import State

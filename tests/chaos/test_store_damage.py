@@ -35,7 +35,7 @@ from chaos_support import (
     wait_for,
 )
 
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.incidents.store import Store
 from guardian.recovery.breakers import BreakerRecord, SqliteBreakerStore
 from guardian.store.db import Database

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from guardian.cli.main import app
-from guardian.config.schema import ConfigError, default_config, load_config, parse_config
+from guardian.config.errors import ConfigError
+from guardian.config.load import default_config, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

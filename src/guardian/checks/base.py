@@ -51,7 +51,7 @@ class CheckConfigBase(BaseModel):
     interval/timeout defaults where the plan gives other ones.
     """
 
-    # Strict and finite like every config table (see guardian.config.schema._Section).
+    # Strict and finite like every config table (see guardian.core.model.StrictModel).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     kind: str
@@ -105,7 +105,10 @@ class CheckContext:
 class Check(Protocol):
     """A runnable check. The engine owns timing, timeouts and error capture."""
 
-    config: CheckConfigBase
+    @property
+    def config(self) -> CheckConfigBase:
+        """Its validated config (read-only here: each kind narrows it to its own model)."""
+        ...
 
     async def run(self) -> Outcome:
         """Observe once. May raise: the engine turns exceptions into failed results."""

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.core.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Reading, Status, Value, worst
 from guardian.support.blocking import BlockingError, BlockingPool, pool
 
 GB = 1024**3
@@ -145,6 +145,14 @@ class DiskCheck:
 def statfs_key(path: str) -> str:
     """The :mod:`guardian.support.blocking` key of one path's statfs, shared with the snapshot."""
     return "statfs:" + os.path.normcase(os.path.abspath(path))
+
+
+# Per mount point (``free_gb./data``); GB means GiB.
+READINGS = (
+    Reading("free_gb", "GiB", index="path", doc="free space"),
+    Reading("total_gb", "GiB", index="path", doc="size"),
+    Reading("free_percent", "percent", index="path", doc="free share"),
+)
 
 
 def create(cfg: DiskCheckConfig, ctx: CheckContext) -> DiskCheck:

@@ -26,7 +26,7 @@ from typing import Literal, TypeVar
 from pydantic import Field, model_validator
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.core.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Reading, Status, Value, worst
 from guardian.gpu import GpuInfo, GpuQueryError, NoGpu, smi
 from guardian.gpu.nvml import Nvml, load_pynvml
 from guardian.support.blocking import BlockingError, BlockingPool, CallTimedOut, StillBlocked, pool
@@ -237,6 +237,19 @@ class GpuCheck:
 
     async def aclose(self) -> None:
         await self._reset_nvml()
+
+
+# Per GPU index, in the check's own ``gpu<i>.<field>`` form; the names are the API's.
+READINGS = (
+    Reading("name", "text", index="gpu", key="gpu{index}.name", doc="model"),
+    Reading("util_percent", "percent", index="gpu", key="gpu{index}.util_percent",
+            doc="busy share"),
+    Reading("mem_used_mb", "MiB", index="gpu", key="gpu{index}.vram_used_mb",
+            doc="memory used"),
+    Reading("mem_total_mb", "MiB", index="gpu", key="gpu{index}.vram_total_mb",
+            doc="memory size"),
+    Reading("temp_c", "celsius", index="gpu", key="gpu{index}.temp_c", doc="temperature"),
+)
 
 
 def create(cfg: GpuCheckConfig, ctx: CheckContext) -> GpuCheck:

@@ -23,7 +23,7 @@ import psutil
 from pydantic import Field, model_validator
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.core.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Reading, Status, Value, worst
 from guardian.services.base import ServiceError
 from guardian.support.blocking import BlockingError, BlockingPool, pool
 
@@ -161,6 +161,16 @@ class MemoryCheck:
 
     async def aclose(self) -> None:
         return None
+
+
+# MB means MiB.
+READINGS = (
+    Reading("available_mb", "MiB", doc="available system memory"),
+    Reading("total_mb", "MiB", doc="system memory size"),
+    Reading("used_percent", "percent", doc="system memory in use"),
+    Reading("process_rss_mb", "MiB", doc="the service's process tree, resident"),
+    Reading("process_count", "count", doc="processes in the service's tree"),
+)
 
 
 def create(cfg: MemoryCheckConfig, ctx: CheckContext) -> MemoryCheck:

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.core.result import Outcome
+from guardian.core.result import Outcome, Reading
 from guardian.services.base import ServiceError, ServiceState, ServiceStatus
 
 
@@ -66,6 +66,13 @@ class ServiceCheck:
 
     async def aclose(self) -> None:
         """The backend belongs to the target, not to this check: nothing to close."""
+
+
+READINGS = (
+    Reading("state", "text", doc="the service manager's state"),
+    Reading("pid", "count", doc="its main process"),
+    Reading("restarts", "count", doc="restarts the manager counted"),
+)
 
 
 def create(cfg: ServiceCheckConfig, ctx: CheckContext) -> ServiceCheck:

@@ -20,7 +20,9 @@ from typing import Annotated
 
 import typer
 
-from guardian.config.schema import Config, ConfigError, load_config
+from guardian.config.errors import ConfigError
+from guardian.config.load import load_config
+from guardian.config.schema import Config
 from guardian.services.base import validate_service_name
 from guardian.services.subproc import CommandResult, run_command
 from guardian.services.windows.backend import find_tool
@@ -397,7 +399,7 @@ def _nssm_path(explicit: Path | None, printing: bool) -> str:
 
 
 def _load(config: Path | None) -> tuple[Config, Path]:
-    from guardian.config.schema import resolve_config_path
+    from guardian.config.load import resolve_config_path
 
     path = resolve_config_path(config)
     if path is None:

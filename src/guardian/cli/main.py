@@ -30,7 +30,8 @@ from guardian.cli.support import (
     say_if_defaults,
     token_hint,
 )
-from guardian.config.schema import Config, config_summary, redacted_config, resolve_config_path
+from guardian.config.load import config_summary, redacted_config, resolve_config_path
+from guardian.config.schema import Config
 from guardian.core.result import CheckResult, Status
 from guardian.core.state import aggregate
 from guardian.store import runfile

@@ -8,13 +8,95 @@ a proper result.
 
 from __future__ import annotations
 
+import math
+import re
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from functools import cached_property
+from typing import Any, Final, Literal
 
 Value = float | int | str | bool | None
+
+
+class Condition(StrEnum):
+    """A named failure a gentler action than a restart can fix (the remediation ladder's).
+
+    A result carrying one is owned by the ladder: recovery feeds no liveness streak with it
+    and the incident tracker does not escalate it as "recovery would have acted".
+    """
+
+    STUCK_RUNNING = "stuck_running"
+    STUCK_PENDING = "stuck_pending"
+    MEMORY_PRESSURE = "memory_pressure"
+
+
+# A failing check's reason, in bounded classes for the metrics label: set by the check that
+# knows why it failed (None: the engine's own class, "timeout" or "other", applies).
+ReasonClass = Literal[
+    "timeout",
+    "connection",
+    "http_status",
+    "invalid_response",
+    "queue_stuck",
+    "threshold",
+    "service",
+    "other",
+]
+REASON_CLASSES: Final[tuple[ReasonClass, ...]] = typing.get_args(ReasonClass)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One measurement a check kind declares: the API and the metrics iterate these.
+
+    ``key`` is where the result's flat ``values`` (the stored and served JSON) keep it:
+    ``{name}`` by default, ``{name}.{index}`` for a per-item reading (the GPU's own form
+    ``gpu{index}.vram_used_mb`` is declared as such). ``index`` names the item a per-item
+    reading is about (``path``, ``device``, ``gpu``); None for a single reading.
+    """
+
+    name: str
+    unit: str  # "MiB", "GiB", "percent", "celsius", "s", "ms", "count", "bool", "text"
+    index: str | None = None
+    doc: str = ""
+    key: str = ""
+
+    @cached_property
+    def _pattern(self) -> re.Pattern[str]:
+        template = self.key or ("{name}.{index}" if self.index else "{name}")
+        head, sep, tail = template.replace("{name}", self.name).partition("{index}")
+        return re.compile(re.escape(head) + ("(.+)" if sep else "") + re.escape(tail) + "$")
+
+    def of(self, values: Mapping[str, Value]) -> dict[str, Value]:
+        """``{index: value}`` of this reading in ``values`` (``{"": value}`` when single),
+        in key order; a reading the check could not take is simply absent."""
+        if self.index is None and not self.key:
+            return {"": values[self.name]} if self.name in values else {}
+        pattern = self._pattern
+        out: dict[str, Value] = {}
+        for key, value in values.items():
+            m = pattern.match(key)
+            if m is not None:
+                out[m.group(1) if m.groups() else ""] = value
+        return out
+
+    def numbers(self, values: Mapping[str, Value]) -> dict[str, float]:
+        """Like :meth:`of`, keeping only finite numbers (a bool is not a number here)."""
+        return {i: n for i, v in self.of(values).items() if (n := number(v)) is not None}
+
+    def texts(self, values: Mapping[str, Value]) -> dict[str, str]:
+        return {i: v for i, v in self.of(values).items() if isinstance(v, str)}
+
+
+def number(value: object) -> float | None:
+    """A finite number, or None (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
 
 
 class Status(StrEnum):
@@ -42,11 +124,15 @@ def worst(statuses: Iterable[Status]) -> Status:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a check observed: a status, a human reason and measured values."""
+    """What a check observed: a status, a human reason, measured values (under the keys
+    its kind declares), a named condition when the ladder can handle it, and the reason's
+    class when the check knows it."""
 
     status: Status
     reason: str = ""
     values: Mapping[str, Value] = field(default_factory=dict)
+    condition: Condition | None = None
+    reason_class: ReasonClass | None = None
 
     @classmethod
     def ok(cls, reason: str = "", **values: Value) -> Outcome:
@@ -63,6 +149,16 @@ class Outcome:
     @classmethod
     def skipped(cls, reason: str, **values: Value) -> Outcome:
         return cls(Status.SKIPPED, reason, values)
+
+    def tagged(
+        self, *, condition: Condition | None = None, reason_class: ReasonClass | None = None
+    ) -> Outcome:
+        """This outcome with the ladder's condition and/or the reason's class set."""
+        return Outcome(
+            self.status, self.reason, self.values,
+            condition if condition is not None else self.condition,
+            reason_class if reason_class is not None else self.reason_class,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +182,20 @@ class CheckResult:
     # wall-clock `started`, so a wall clock stepping back cannot hide a failure. None for
     # results built outside the engine (tests, the store).
     started_mono: float | None = None
+    # The ladder's condition (see :class:`Condition`) and the reason's class, from the check.
+    condition: Condition | None = None
+    reason_class: ReasonClass | None = None
 
     @property
     def ok(self) -> bool:
         return self.status in (Status.OK, Status.SKIPPED)
+
+    @property
+    def flat_values(self) -> dict[str, Value]:
+        """The values as stored and served: the condition is one of them there."""
+        if self.condition is None:
+            return dict(self.values)
+        return {"condition": self.condition.value, **self.values}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,7 +204,7 @@ class CheckResult:
             "kind": self.kind,
             "status": self.status.value,
             "reason": self.reason,
-            "values": dict(self.values),
+            "values": self.flat_values,
             "started": self.started.isoformat(),
             "finished": self.finished.isoformat(),
             "duration": round(self.duration, 6),

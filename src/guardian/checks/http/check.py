@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from guardian.checks.base import CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.http.body import BodyTooLarge, read_capped
 from guardian.checks.http.wire import ConnectTimeout, WireClient, WireError
-from guardian.core.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Reading, Status, Value, worst
 
 if TYPE_CHECKING:
     import httpx
@@ -524,6 +524,13 @@ class HttpCheck:
 def _reject_constant(name: str) -> NoReturn:
     """NaN/Infinity are not JSON; a server sending them is not speaking JSON."""
     raise ValueError(f"{name} is not valid JSON")
+
+
+READINGS = (
+    Reading("status_code", "count", doc="the final response's HTTP status"),
+    Reading("response_ms", "ms", doc="time to the whole answer"),
+    Reading("body_bytes", "count", doc="size of the body read"),
+)
 
 
 def create(cfg: HttpCheckConfig, ctx: CheckContext) -> HttpCheck:
