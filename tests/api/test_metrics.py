@@ -81,8 +81,8 @@ async def test_gauges_follow_state_at_scrape_time() -> None:
 
 async def test_documented_table_keys_are_read() -> None:
     results = [
-        result("system", "gpu", values={"util_percent.1": 50, "mem_used_mb.1": 10,
-                                        "mem_total_mb.1": 20, "temp_c.1": 70}),
+        result("system", "gpu", values={"gpu1.util_percent": 50, "gpu1.vram_used_mb": 10,
+                                        "gpu1.vram_total_mb": 20, "gpu1.temp_c": 70}),
     ]
     found = samples(await scrape(make_view(results=results)))
     assert value(found, "guardian_gpu_utilization_ratio", gpu="1") == 0.5

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Final
 from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.api.process_metrics import ProcessMetrics
+from guardian.checks.registry import REGISTRY
 from guardian.core.events import (
     Event,
     IncidentEvent,
@@ -211,7 +212,7 @@ def _state(view: GuardianView, out: _Out) -> None:
     critical = {t.name: t.critical for t in view.config.targets}
     _targets(out, results, critical)
     _checks(out, results)
-    _system(out, results)
+    _host_readings(out, results)
     _comfyui(out, results)
     _recovery(out, view)
     _overload(out, view)
@@ -267,54 +268,25 @@ def _checks(out: _Out, results: list[CheckResult]) -> None:
         append(f"guardian_check_last_run_timestamp_seconds{text} {r.finished.timestamp()!r}\n")
 
 
-def _system(out: _Out, results: list[CheckResult]) -> None:
-    disk_free: dict[str, float] = {}
-    disk_total: dict[str, float] = {}
-    memory: dict[str, float] = {}
-    gpus: dict[str, dict[str, float | str]] = {}
+def _host_readings(out: _Out, results: list[CheckResult]) -> None:
+    """The host kinds' declared gauges: one series per item, the first result wins."""
+    by_kind: dict[str, list[CheckResult]] = {}
     for r in results:
-        v = r.values
-        if r.kind == "disk":
-            totals = readings.indexed(v, "total_gb")
-            for path, gb in readings.indexed(v, "free_gb").items():
-                if path in disk_free:
-                    continue
-                disk_free[path] = gb * readings.GIB
-                if path in totals:
-                    disk_total[path] = totals[path] * readings.GIB
-        elif r.kind == "memory" and "available" not in memory:
-            avail = readings.number(v.get("available_mb"))
-            total = readings.number(v.get("total_mb"))
-            if avail is not None:
-                memory["available"] = avail * readings.MIB
-            if total is not None:
-                memory.setdefault("total", total * readings.MIB)
-        elif r.kind == "gpu":
-            for idx, g in readings.gpus(v).items():
-                gpus.setdefault(idx, g)
-    free = out.gauge("guardian_disk_free_bytes", "Free disk space", ("path",))
-    for path, n in disk_free.items():
-        free.add((path,), n)
-    size = out.gauge("guardian_disk_total_bytes", "Disk size", ("path",))
-    for path, n in disk_total.items():
-        size.add((path,), n)
-    avail_g = out.gauge("guardian_memory_available_bytes", "Available system memory")
-    if "available" in memory:
-        avail_g.add((), memory["available"])
-    total_g = out.gauge("guardian_memory_total_bytes", "Total system memory")
-    if "total" in memory:
-        total_g.add((), memory["total"])
-    for name, doc, field, scale in (
-        ("guardian_gpu_utilization_ratio", "GPU busy fraction, 0..1", "util_percent", 0.01),
-        ("guardian_gpu_memory_used_bytes", "GPU memory used", "mem_used_mb", readings.MIB),
-        ("guardian_gpu_memory_total_bytes", "GPU memory size", "mem_total_mb", readings.MIB),
-        ("guardian_gpu_temperature_celsius", "GPU temperature", "temp_c", 1.0),
-    ):
-        family = out.gauge(name, doc, ("gpu",))
-        for idx, g in gpus.items():
-            value = g.get(field)
-            if isinstance(value, float):
-                family.add((idx,), value * scale)
+        by_kind.setdefault(r.kind, []).append(r)
+    for spec in REGISTRY:
+        if not spec.host:
+            continue
+        for reading in spec.readings:
+            if not reading.metric:
+                continue
+            labels = (reading.index,) if reading.index else ()
+            family = out.gauge(reading.metric, reading.doc, labels)
+            seen: set[str] = set()
+            for r in by_kind.get(spec.kind, ()):
+                for index, n in reading.gauge(r.values).items():
+                    if index not in seen:
+                        seen.add(index)
+                        family.add((index,) if reading.index else (), n)
 
 
 def _comfyui(out: _Out, results: list[CheckResult]) -> None:

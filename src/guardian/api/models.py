@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from guardian.api import readings
 from guardian.api.context import GuardianView
-from guardian.core.result import CheckResult, Status, Value, worst
+from guardian.checks.registry import spec
+from guardian.core.result import CheckResult, Status, Value, number, worst
 from guardian.core.state import Health
 from guardian.uptime.store import WINDOWS, Counts
 
@@ -277,7 +278,7 @@ def _service(
 ) -> ServiceHealth:
     state, pid = {"ok": "up", "degraded": "up", "failed": "down"}.get(status, "unknown"), None
     for r in results:
-        if r.kind == "service":
+        if spec(r.kind).service_state:
             raw_state, raw_pid = r.values.get("state"), r.values.get("pid")
             if isinstance(raw_state, str) and raw_state:
                 state = raw_state
@@ -296,7 +297,7 @@ def _service(
 
 
 def _int(value: Value | None) -> int | None:
-    n = readings.number(value)
+    n = number(value)
     return int(n) if n is not None else None
 
 
@@ -315,7 +316,7 @@ def _comfyui(r: CheckResult) -> ComfyUIHealth:
         online=v.get("online") is True,
         busy=v.get("busy") is True,
         running_prompt_id=_str(v.get("running_prompt_id")),
-        running_for_s=readings.number(v.get("running_for_s")),
+        running_for_s=number(v.get("running_for_s")),
         status=r.status.value,
         reason=r.reason,
         version=version if isinstance(version, str) else None,
@@ -337,39 +338,49 @@ def _comfyui(r: CheckResult) -> ComfyUIHealth:
     )
 
 
+def _by_index(r: CheckResult) -> dict[str, dict[str, Value]]:
+    """The kind's declared readings of one result, grouped by item (``""``: no index)."""
+    items: dict[str, dict[str, Value]] = {}
+    for reading in spec(r.kind).readings:
+        for index, value in reading.of(r.values).items():
+            items.setdefault(index, {})[reading.name] = value
+    return items
+
+
+def _numbers(fields: Mapping[str, Value], *names: str) -> dict[str, float | None]:
+    return {name: number(fields.get(name)) for name in names}
+
+
 def _system(results: list[CheckResult]) -> SystemHealth:
+    """The host kinds' readings, by the section each kind declares; the first wins."""
     system = SystemHealth()
     seen_paths: set[str] = set()
     seen_gpus: set[str] = set()
     for r in results:
-        v = r.values
-        if r.kind == "disk":
-            free, total = readings.indexed(v, "free_gb"), readings.indexed(v, "total_gb")
-            pct = readings.indexed(v, "free_percent")
-            for path in [*free, *(p for p in total if p not in free)]:
-                if path not in seen_paths:
+        section = spec(r.kind).health
+        if section is None:
+            continue
+        items = _by_index(r)
+        if section == "disks":
+            for path, fields in items.items():
+                disk = _numbers(fields, "free_gb", "total_gb", "free_percent")
+                measured = disk["free_gb"] is not None or disk["total_gb"] is not None
+                if path not in seen_paths and measured:
                     seen_paths.add(path)
-                    system.disks.append(
-                        DiskHealth(
-                            path=path,
-                            free_gb=free.get(path),
-                            total_gb=total.get(path),
-                            free_percent=pct.get(path),
-                        )
-                    )
-        elif r.kind == "memory" and system.memory is None:
+                    system.disks.append(DiskHealth(path=path, **disk))
+        elif section == "memory" and system.memory is None:
             system.memory = MemoryHealth(
-                available_mb=readings.number(v.get("available_mb")),
-                total_mb=readings.number(v.get("total_mb")),
-                used_percent=readings.number(v.get("used_percent")),
+                **_numbers(items.get("", {}), "available_mb", "total_mb", "used_percent")
             )
-        elif r.kind == "gpu":
-            for idx, g in readings.gpus(v).items():
-                if idx in seen_gpus:
+        elif section == "gpus":
+            for idx, fields in sorted(items.items(), key=lambda kv: (len(kv[0]), kv[0])):
+                name = fields.get("name")
+                nums = {k: n for k, n in _numbers(
+                    fields, "util_percent", "mem_used_mb", "mem_total_mb", "temp_c"
+                ).items() if n is not None}
+                if idx in seen_gpus or not (nums or isinstance(name, str)):
                     continue
                 seen_gpus.add(idx)
-                name = g.get("name")
-                nums = {k: x for k, x in g.items() if isinstance(x, float)}
                 system.gpus.append(
                     GpuHealth(index=idx, name=name if isinstance(name, str) else None, **nums)
                 )

@@ -149,8 +149,10 @@ def statfs_key(path: str) -> str:
 
 # Per mount point (``free_gb./data``); GB means GiB.
 READINGS = (
-    Reading("free_gb", "GiB", index="path", doc="free space"),
-    Reading("total_gb", "GiB", index="path", doc="size"),
+    Reading("free_gb", "GiB", index="path", doc="Free disk space",
+            metric="guardian_disk_free_bytes", scale=GB),
+    Reading("total_gb", "GiB", index="path", doc="Disk size",
+            metric="guardian_disk_total_bytes", scale=GB),
     Reading("free_percent", "percent", index="path", doc="free share"),
 )
 

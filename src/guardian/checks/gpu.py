@@ -239,16 +239,20 @@ class GpuCheck:
         await self._reset_nvml()
 
 
+MIB = 1024 * 1024  # the readers report MiB
+
 # Per GPU index, in the check's own ``gpu<i>.<field>`` form; the names are the API's.
 READINGS = (
     Reading("name", "text", index="gpu", key="gpu{index}.name", doc="model"),
     Reading("util_percent", "percent", index="gpu", key="gpu{index}.util_percent",
-            doc="busy share"),
+            doc="GPU busy fraction, 0..1", metric="guardian_gpu_utilization_ratio",
+            scale=0.01),
     Reading("mem_used_mb", "MiB", index="gpu", key="gpu{index}.vram_used_mb",
-            doc="memory used"),
+            doc="GPU memory used", metric="guardian_gpu_memory_used_bytes", scale=MIB),
     Reading("mem_total_mb", "MiB", index="gpu", key="gpu{index}.vram_total_mb",
-            doc="memory size"),
-    Reading("temp_c", "celsius", index="gpu", key="gpu{index}.temp_c", doc="temperature"),
+            doc="GPU memory size", metric="guardian_gpu_memory_total_bytes", scale=MIB),
+    Reading("temp_c", "celsius", index="gpu", key="gpu{index}.temp_c",
+            doc="GPU temperature", metric="guardian_gpu_temperature_celsius"),
 )
 
 

@@ -165,8 +165,10 @@ class MemoryCheck:
 
 # MB means MiB.
 READINGS = (
-    Reading("available_mb", "MiB", doc="available system memory"),
-    Reading("total_mb", "MiB", doc="system memory size"),
+    Reading("available_mb", "MiB", doc="Available system memory",
+            metric="guardian_memory_available_bytes", scale=MB),
+    Reading("total_mb", "MiB", doc="Total system memory",
+            metric="guardian_memory_total_bytes", scale=MB),
     Reading("used_percent", "percent", doc="system memory in use"),
     Reading("process_rss_mb", "MiB", doc="the service's process tree, resident"),
     Reading("process_count", "count", doc="processes in the service's tree"),

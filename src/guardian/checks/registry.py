@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from guardian.checks import disk, gpu, memory, service
 from guardian.checks.base import Check, CheckConfigBase, CheckContext
@@ -34,6 +34,10 @@ class KindSpec:
     not wait for a boot.
     ``conditions``: the named conditions a result of this kind may carry; the remediation
     ladder owns them (recovery feeds no liveness streak with them).
+    ``host``: the kind observes the machine Guardian runs on, not a target: its readings
+    are the host's (one metric series per item, the first result wins) and it has no
+    startup phase.
+    ``health``: the ``/api/health`` ``system`` section its readings fill, by name.
     ``snapshot``: the incident snapshot's section title for this kind's latest result.
     ``signature``: the report's failure signature a failure of this kind proves by itself.
     ``readings``: what its results measure, declared once for the API and the metrics.
@@ -45,6 +49,8 @@ class KindSpec:
     readings: tuple[Reading, ...] = ()
     service_state: bool = False
     startup_phase: bool = True
+    host: bool = False
+    health: Literal["disks", "memory", "gpus"] | None = None
     conditions: frozenset[Condition] = frozenset()
     snapshot: str | None = None
     signature: str | None = None
@@ -56,11 +62,11 @@ KINDS: tuple[KindSpec, ...] = (
              conditions=frozenset(Condition)),
     KindSpec("comfyui_canary", comfyui.ComfyUICanaryConfig, comfyui.create, snapshot="ComfyUI"),
     KindSpec("disk", disk.DiskCheckConfig, disk.create, disk.READINGS, startup_phase=False,
-             signature="Disk critically full"),
+             host=True, health="disks", signature="Disk critically full"),
     KindSpec("memory", memory.MemoryCheckConfig, memory.create, memory.READINGS,
-             startup_phase=False),
+             startup_phase=False, host=True, health="memory"),
     KindSpec("gpu", gpu.GpuCheckConfig, gpu.create, gpu.READINGS, startup_phase=False,
-             snapshot="GPU"),
+             host=True, health="gpus", snapshot="GPU"),
     KindSpec("service", service.ServiceCheckConfig, service.create, service.READINGS,
              service_state=True, startup_phase=False),
 )

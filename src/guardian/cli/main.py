@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from guardian import __version__
+from guardian.checks.registry import spec
 from guardian.cli.foreground import LOG_FORMATS, run_foreground, with_dry_run
 from guardian.cli.locate import Located, locate_or_exit
 from guardian.cli.support import (
@@ -184,7 +185,7 @@ def judge_from_outside(cfg: Config, results: list[CheckResult]) -> list[CheckRes
     }
     return [
         dataclasses.replace(r, status=Status.SKIPPED, reason=SUPERVISED_REASON)
-        if r.target in supervised and r.kind == "service" and r.status is not Status.OK
+        if r.target in supervised and spec(r.kind).service_state and r.status is not Status.OK
         else r
         for r in results
     ]

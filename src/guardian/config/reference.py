@@ -13,12 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from guardian.checks.comfyui.health import ComfyUICanaryConfig, ComfyUICheckConfig
-from guardian.checks.disk import DiskCheckConfig
-from guardian.checks.gpu import GpuCheckConfig
-from guardian.checks.http.check import HttpCheckConfig, JsonCondition
-from guardian.checks.memory import MemoryCheckConfig
-from guardian.checks.service import ServiceCheckConfig
+from guardian.checks.http.check import JsonCondition
+from guardian.checks.registry import REGISTRY
 from guardian.config.schema import (
     ApiSection,
     EscalationSection,
@@ -41,15 +37,20 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[targets.service]", ServiceConfig),
     ("[targets.recovery]", RecoveryConfig),
     ("[targets.remediation]", RemediationConfig),
-    ('[[targets.checks]] kind = "http"', HttpCheckConfig),
-    ("http `conditions` items", JsonCondition),
-    ('[[targets.checks]] kind = "comfyui"', ComfyUICheckConfig),
-    ('[[targets.checks]] kind = "comfyui_canary"', ComfyUICanaryConfig),
-    ('[[targets.checks]] kind = "disk"', DiskCheckConfig),
-    ('[[targets.checks]] kind = "memory"', MemoryCheckConfig),
-    ('[[targets.checks]] kind = "gpu"', GpuCheckConfig),
-    ('[[targets.checks]] kind = "service"', ServiceCheckConfig),
 ]
+# Nested tables a kind's model holds, shown right after that kind.
+NESTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
+    "http": [("http `conditions` items", JsonCondition)],
+}
+
+
+def sections() -> list[tuple[str, type[BaseModel]]]:
+    """The top-level tables, then every registered check kind (in the registry's order)."""
+    out = list(SECTIONS)
+    for spec in REGISTRY:
+        out.append((f'[[targets.checks]] kind = "{spec.kind}"', spec.config))
+        out.extend(NESTED.get(spec.kind, []))
+    return out
 
 PLATFORM_DEFAULTS = {"log_dir", "report_dir", "state_dir", "paths"}
 
@@ -105,7 +106,7 @@ def render() -> str:
         "",
     ]
     common = {"kind", "name", "interval", "timeout", "enabled", "liveness"}
-    for title, model in SECTIONS:
+    for title, model in sections():
         lines += [f"## `{title}`", ""]
         if model.__doc__:
             lines += [" ".join(model.__doc__.split()), ""]

@@ -63,6 +63,11 @@ class Reading:
     index: str | None = None
     doc: str = ""
     key: str = ""
+    # The Prometheus gauge it feeds ("" for none), in the gauge's unit: value * scale.
+    metric: str = ""
+    scale: float = 1.0
+    # What the gauge shows when the check could not take it (None: no sample).
+    default: float | None = None
 
     @cached_property
     def _pattern(self) -> re.Pattern[str]:
@@ -89,6 +94,20 @@ class Reading:
 
     def texts(self, values: Mapping[str, Value]) -> dict[str, str]:
         return {i: v for i, v in self.of(values).items() if isinstance(v, str)}
+
+    def gauge(self, values: Mapping[str, Value]) -> dict[str, float]:
+        """The gauge's samples by index: numbers scaled, a flag as 1/0, else the default."""
+        out: dict[str, float] = {}
+        for i, v in self.of(values).items():
+            if self.unit == "bool":
+                n = (1.0 if v else 0.0) if isinstance(v, bool) else None
+            else:
+                n = number(v)
+            if n is not None:
+                out[i] = n * self.scale
+        if not out and self.default is not None and self.index is None:
+            out[""] = self.default
+        return out
 
 
 def number(value: object) -> float | None:

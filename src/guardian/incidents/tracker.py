@@ -51,6 +51,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from guardian.checks.registry import spec
 from guardian.config.schema import Config
 from guardian.core.clock import Clock
 from guardian.core.events import (
@@ -136,9 +137,9 @@ class IncidentTracker:
             if t.service is None or not t.recovery.enabled:
                 continue
             self._recovered[t.name] = {
-                c.check_name: 1 if c.kind == "service" else t.recovery.failure_threshold
+                c.check_name: 1 if spec(c.kind).service_state else t.recovery.failure_threshold
                 for c in t.checks
-                if c.kind == "service" or c.liveness
+                if spec(c.kind).service_state or c.liveness
             }
         self._healthy_at: dict[str, datetime] = {}  # wall time a target was last all-OK
         self._tasks: set[asyncio.Task[None]] = set()

@@ -45,6 +45,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from guardian.checks.registry import spec
 from guardian.config.schema import Config, RecoveryConfig
 from guardian.core.clock import Clock
 from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
@@ -136,7 +137,7 @@ class RestartPolicy:
         if owned and status == Status.FAILED:
             self.healthy_since = None
             return None
-        is_service = kind == "service"
+        is_service = spec(kind).service_state
         if not is_service and check not in self.liveness:
             return None
         if status != Status.FAILED:
