@@ -58,7 +58,9 @@ PLATFORM_DEFAULTS = {"log_dir", "report_dir", "state_dir", "paths"}
 def _type_name(annotation: Any) -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
     text = text.replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
-    text = text.replace("guardian.checks.http.check.", "").replace("guardian.config.schema.", "")
+    for module in ("guardian.checks.http.check.", "guardian.config.schema.",
+                   "guardian.services.config."):
+        text = text.replace(module, "")
     if typing.get_origin(annotation) is typing.Literal:
         return " \\| ".join(repr(a) for a in typing.get_args(annotation))
     return text.replace("|", "\\|")
