@@ -262,7 +262,7 @@ def _checks(out: _Out, results: list[CheckResult]) -> None:
     )
     for key, r in keyed:
         if r.status in (Status.DEGRADED, Status.FAILED):
-            failing.add((*key, readings.classify_reason(r.reason)), 1)
+            failing.add((*key, r.reason_class or readings.classify_reason(r.reason)), 1)
     out.family("guardian_check_last_run_timestamp_seconds", "gauge", "When the check last finished")
     for text, (_, r) in zip(texts, keyed, strict=True):
         append(f"guardian_check_last_run_timestamp_seconds{text} {r.finished.timestamp()!r}\n")

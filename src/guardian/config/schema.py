@@ -299,7 +299,8 @@ class Config(StrictModel):
 
 def _rebuild() -> None:
     """A kind registered at run time: validate ``checks`` by the new union from now on."""
-    globals()["CheckConfig"] = _check_union()
+    union = globals()["CheckConfig"] = _check_union()
+    TargetConfig.model_fields["checks"].annotation = list[union]  # type: ignore[valid-type]
     TargetConfig.model_rebuild(force=True)
     Config.model_rebuild(force=True)
 
