@@ -212,7 +212,7 @@ def _state(view: GuardianView, out: _Out) -> None:
     critical = {t.name: t.critical for t in view.config.targets}
     _targets(out, results, critical)
     _checks(out, results)
-    _host_readings(out, results)
+    _readings(out, results)
     _comfyui(out, results)
     _recovery(out, view)
     _overload(out, view)
@@ -268,25 +268,36 @@ def _checks(out: _Out, results: list[CheckResult]) -> None:
         append(f"guardian_check_last_run_timestamp_seconds{text} {r.finished.timestamp()!r}\n")
 
 
-def _host_readings(out: _Out, results: list[CheckResult]) -> None:
-    """The host kinds' declared gauges: one series per item, the first result wins."""
+def _readings(out: _Out, results: list[CheckResult]) -> None:
+    """A gauge per declared reading with a metric, in the registry's order.
+
+    A host kind's gauge is the host's: one series per item, the first result wins. Any
+    other kind's is per target (its first result there), labelled ``target``.
+    """
     by_kind: dict[str, list[CheckResult]] = {}
     for r in results:
         by_kind.setdefault(r.kind, []).append(r)
     for spec in REGISTRY:
-        if not spec.host:
-            continue
+        found = by_kind.get(spec.kind, [])
+        if not spec.host:  # the first result of each target
+            first: dict[str, CheckResult] = {}
+            for r in found:
+                first.setdefault(r.target, r)
+            found = list(first.values())
+        per_target = () if spec.host else ("target",)
         for reading in spec.readings:
             if not reading.metric:
                 continue
-            labels = (reading.index,) if reading.index else ()
+            indexed = reading.index is not None
+            labels = per_target + ((reading.index,) if reading.index else ())
             family = out.gauge(reading.metric, reading.doc, labels)
-            seen: set[str] = set()
-            for r in by_kind.get(spec.kind, ()):
+            seen: set[tuple[str, ...]] = set()
+            for r in found:
                 for index, n in reading.gauge(r.values).items():
-                    if index not in seen:
-                        seen.add(index)
-                        family.add((index,) if reading.index else (), n)
+                    key = (() if spec.host else (r.target,)) + ((index,) if indexed else ())
+                    if key not in seen:
+                        seen.add(key)
+                        family.add(key, n)
 
 
 def _comfyui(out: _Out, results: list[CheckResult]) -> None:
