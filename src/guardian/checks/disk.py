@@ -136,7 +136,10 @@ class DiskCheck:
         status = worst(s for s, _ in problems)
         # most severe first, so a truncated reason still leads with what matters
         ordered = sorted(problems, key=lambda p: -p[0].severity)
-        return Outcome(status, "; ".join(why for _, why in ordered), values)
+        every_path = len(values) == 3 * len(cfg.paths)  # else a path could not be read
+        return Outcome(status, "; ".join(why for _, why in ordered), values).tagged(
+            reason_class="threshold" if every_path else "other"
+        )
 
     async def aclose(self) -> None:
         return None

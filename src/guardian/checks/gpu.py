@@ -124,7 +124,12 @@ def judge_gpus(
     if not problems:
         return Outcome.ok("; ".join(summaries), **values)
     ordered = sorted(problems, key=lambda item: -item[0].severity)
-    return Outcome(worst(s for s, _ in problems), "; ".join(w for _, w in ordered), values)
+    # The board's own complaints and memory errors are hardware signals; only the
+    # temperature and VRAM limits are thresholds.
+    limits = all("at/above" in w for _, w in problems)
+    return Outcome(worst(s for s, _ in problems), "; ".join(w for _, w in ordered), values).tagged(
+        reason_class="threshold" if limits else "other"
+    )
 
 
 def _memory_error_problems(gpu: GpuInfo, label: str) -> list[tuple[Status, str]]:
@@ -166,11 +171,13 @@ class GpuCheck:
             # NVML calls cannot be cancelled; never pile threads onto a wedged driver
             return Outcome.failed(
                 f"the previous NVML call has not returned (driver hung?): {exc}"
-            )
+            ).tagged(reason_class="timeout")
         except CallTimedOut as exc:
-            return Outcome.failed(f"{exc} (driver hung?)", backend="nvml")
+            return Outcome.failed(f"{exc} (driver hung?)", backend="nvml").tagged(
+                reason_class="timeout"
+            )
         except BlockingError as exc:
-            return Outcome.failed(str(exc))
+            return Outcome.failed(str(exc)).tagged(reason_class="timeout")
 
     async def _run(self) -> Outcome:
         cfg = self.config

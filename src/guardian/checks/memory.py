@@ -119,7 +119,7 @@ class MemoryCheck:
                 what="memory query",
             )
         except BlockingError as exc:
-            return Outcome.failed(str(exc))
+            return Outcome.failed(str(exc)).tagged(reason_class="timeout")
 
     def _measure(self, pid: int | None) -> Outcome:
         cfg = self.config
@@ -157,7 +157,9 @@ class MemoryCheck:
         if not problems:
             return Outcome.ok(shown, **values)
         status = worst(s for s, _ in problems)
-        return Outcome(status, "; ".join(why for _, why in problems), values)
+        return Outcome(status, "; ".join(why for _, why in problems), values).tagged(
+            reason_class="threshold"
+        )
 
     async def aclose(self) -> None:
         return None
