@@ -23,6 +23,7 @@ from guardian.config.schema import Config, RecoveryConfig, ServiceConfig, Target
 from guardian.core.clock import SystemClock
 from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
 from guardian.recovery.manager import RecoveryManager
+from guardian.services.lifecycle import ServiceLifecycle
 from guardian.services.process.backend import ProcessBackend
 
 
@@ -76,7 +77,9 @@ async def main(rounds: int) -> None:
                 await asyncio.sleep(0.002)
 
         try:
-            await mgr.start_all()
+            await ServiceLifecycle(
+                mgr.config, mgr.backends, mgr.clock, observer=mgr
+            ).start_all()
             await asyncio.wait_for(wait_http(None), 10)
             for _ in range(rounds):
                 pid = backend.pid

@@ -3,6 +3,26 @@
 Start order matters: services Guardian supervises come up first (dependencies before
 dependants), then the scheduler, then the API. Shutdown runs in reverse, each step bounded
 so a stuck part cannot keep Guardian from exiting.
+
+The event bus's listener order matters too, because publishing is synchronous and a
+listener may publish while it handles an event (recovery publishes ``restart_started``
+while it handles the failing result that asked for it): every listener sees the nested
+event before the ones after it see the outer one. Guardian subscribes in this order,
+built in this order in :meth:`Guardian.__init__` and :meth:`Guardian.start`:
+
+1. ``State`` (the publisher of results; no listener).
+2. Startup phases: a ``restart_started`` begins the new boot before anyone judges a
+   result of it.
+3. The incident tracker: it counts a failing result (and opens its incident) before
+   recovery reacts to it, so the restart that result causes lands in that incident and
+   clears the streak after the failure was counted; it is there before recovery is
+   built, to hear recovery's standing decisions (``RecoveryPlan``).
+4. Uptime: records the result as it was, before anything reacts.
+5. Recovery: decides restarts on the result.
+6. Remediation (the ladder): acts on conditions after recovery saw the result, and asks
+   recovery for a restart through its policy.
+7. The API's bridge and metrics (subscribed when the API starts): they show the state
+   after every reaction above.
 """
 
 from __future__ import annotations
@@ -27,7 +47,8 @@ from guardian.engine.overload import LoopLagMonitor, overloaded_reason
 from guardian.engine.scheduler import Engine
 from guardian.engine.startup import StartupPhases
 from guardian.incidents import Incidents, start_incidents
-from guardian.incidents.store import INCIDENTS, Incident, Store, StoredRecovery, StoreError
+from guardian.incidents.store import INCIDENTS, Store, StoreError
+from guardian.incidents.timeline import incident_dicts
 from guardian.recovery.breakers import (
     BREAKERS,
     BreakerStore,
@@ -38,6 +59,7 @@ from guardian.recovery.manager import RecoveryManager
 from guardian.remediation.ladder import Remediation
 from guardian.services import build_backend
 from guardian.services.base import ServiceBackend, ServiceStatus
+from guardian.services.lifecycle import ServiceLifecycle
 from guardian.store import runfile
 from guardian.store.db import Database
 from guardian.support.fdlimit import FdLimits, api_connection_cap, raise_nofile
@@ -78,8 +100,9 @@ class Guardian:
             for check_cfg in target.checks:
                 if check_cfg.enabled:
                     checks.append((target.name, build_check(check_cfg, ctx)))
-        # Startup phases follow recovery's restart events on the bus (engine never imports
-        # recovery); they begin for every target when Guardian itself starts.
+        # Listener 2 of the bus order (see the module docstring). Startup phases follow
+        # recovery's restart events on the bus (engine never imports recovery); they begin
+        # for every target when Guardian itself starts.
         self.startup = StartupPhases(config, self.clock)
         self.startup.attach(self.bus)
         self.engine = Engine(
@@ -161,6 +184,8 @@ class Guardian:
         self.state.started_at = self.started_at
         self.fd_limits = raise_nofile()
         self.db = self._open_database()
+        # Listeners 3 to 6 of the bus order, subscribed as they are built: incidents,
+        # uptime, recovery, remediation (why this order: the module docstring).
         try:
             self._incidents = start_incidents(
                 self.config, self.bus, self.clock, self.state, self.backends, db=self.db
@@ -193,7 +218,10 @@ class Guardian:
                     extra={"event": "config_deprecated", "target": target.name},
                 )
         self.startup.begin_all()
-        await self.recovery.start_all()
+        lifecycle = ServiceLifecycle(
+            self.config, self.backends, self.clock, observer=self.recovery
+        )
+        await lifecycle.start_all()
         await self._log_start_outcomes()
         self.engine.start()
         if self.config.api.enabled:
@@ -254,6 +282,7 @@ class Guardian:
         from guardian.api.server import ServeLimits, serve
 
         # The API runs on its own thread and loop; it reaches this one only via the bridge.
+        # The bridge and the metrics subscribe here: the last listeners of the bus order.
         self._bridge = LoopBridge(self, asyncio.get_running_loop())
         self._app = create_app(self._bridge)
         api = self.config.api
@@ -402,47 +431,3 @@ def _running_for(pid: int) -> float:
         return max(0.0, time.time() - psutil.Process(pid).create_time())
     except (psutil.Error, OSError):
         return 0.0
-
-
-def incident_dicts(store: Store, found: list[Incident]) -> list[dict[str, Any]]:
-    """Incidents as the API shows them, with their timelines read in one query."""
-    events = store.timeline_events([i.id for i in found])
-    return [_incident_dict(i, events.get(i.id, [])) for i in found]
-
-
-def _timeline(incident: Incident, events: list[StoredRecovery]) -> list[dict[str, Any]]:
-    """Opened, every recovery action the incident grouped, escalated, resolved: in order."""
-    entries: list[dict[str, Any]] = [{"time": incident.opened_at, "kind": "opened",
-                                      "reason": incident.summary}]
-    for e in events:
-        entries.append({"time": e.time, "kind": e.kind, "attempt": e.attempt,
-                        "reason": e.reason, "detail": e.detail})
-    if incident.escalated_at is not None:
-        entries.append({"time": incident.escalated_at, "kind": "escalated",
-                        "reason": incident.severity})
-    if incident.resolved_at is not None:
-        entries.append({"time": incident.resolved_at, "kind": "resolved"})
-    entries.sort(key=lambda x: x["time"])
-    for x in entries:
-        x["time"] = x["time"].isoformat()
-    return entries
-
-
-def _incident_dict(incident: Incident, events: list[StoredRecovery]) -> dict[str, Any]:
-    def iso(t: datetime | None) -> str | None:
-        return t.isoformat() if t is not None else None
-
-    return {
-        "id": incident.id,
-        "target": incident.target,
-        "status": str(incident.status),
-        "severity": incident.severity,
-        "summary": incident.summary,
-        "opened_at": iso(incident.opened_at),
-        "escalated_at": iso(incident.escalated_at),
-        "resolved_at": iso(incident.resolved_at),
-        "failure_count": incident.failure_count,
-        "flap_count": incident.flap_count,
-        "report_path": incident.report_path,
-        "timeline": _timeline(incident, events),
-    }

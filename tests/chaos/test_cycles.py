@@ -120,6 +120,7 @@ async def test_recovery_manager_restart_cycles_leak_nothing(tmp_path: Path) -> N
     from guardian.recovery.breakers import MemoryBreakerStore
     from guardian.recovery.manager import RecoveryManager
     from guardian.services import build_backend
+    from guardian.services.lifecycle import ServiceLifecycle
 
     cfg = parse_config(_leak_free_config(SLEEP, tmp_path))
     clock = SystemClock()
@@ -139,7 +140,9 @@ async def test_recovery_manager_restart_cycles_leak_nothing(tmp_path: Path) -> N
     manager = RecoveryManager(cfg, bus, {"victim": backend}, clock, store=MemoryBreakerStore())
     t0 = time.monotonic()
     try:
-        await manager.start_all()
+        await ServiceLifecycle(
+            manager.config, manager.backends, manager.clock, observer=manager
+        ).start_all()
         for i in range(CYCLES):
             st = await backend.status()
             assert st.state is ServiceState.RUNNING and st.pid, f"cycle {i}: {st}"

@@ -257,7 +257,7 @@ def test_every_cycle_is_named_once_and_acyclic_dependencies_pass() -> None:
 
 def test_backoff_gap_stays_finite_for_any_attempt_count() -> None:
     from guardian.config.schema import RecoveryConfig
-    from guardian.recovery.manager import RestartPolicy
+    from guardian.recovery.policy import RestartPolicy
 
     policy = RestartPolicy(RecoveryConfig(cooldown=30, backoff_factor=10, backoff_max=300))
     assert [policy.gap_after(n) for n in (1, 2, 3)] == [30, 300, 300]

@@ -20,10 +20,11 @@ from guardian.core.clock import FakeClock
 from guardian.core.events import EventBus, IncidentEvent, IncidentTransition
 from guardian.core.result import CheckResult, Status
 from guardian.core.state import State
+from guardian.incidents.announce import REPORT_WORKERS
 from guardian.incidents.notify import MAX_NAMES, Notifier
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
-from guardian.incidents.tracker import REPORT_WORKERS, IncidentTracker
+from guardian.incidents.tracker import IncidentTracker
 
 N = 1000
 

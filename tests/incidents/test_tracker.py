@@ -392,7 +392,10 @@ async def test_a_startup_that_timed_out_says_so(tmp_path: Path) -> None:
 
 async def test_no_escalation_at_the_moment_recovery_restarts(tmp_path: Path) -> None:
     """Issue 13: the 3rd failure made recovery restart *and* the incident escalate."""
+    from guardian.core.events import RecoveryPlan
+
     h = Harness(tmp_path, supervised_config(tmp_path, failures=3))
+    h.bus.publish(RecoveryPlan("comfyui", "http", 3))  # as RecoveryManager says on start
     for _ in range(3):
         h.record(FAILED)
     inc = h.tracker.open_incident_for("comfyui")

@@ -24,6 +24,7 @@ from guardian.core.result import CheckResult, Status
 from guardian.core.state import State
 from guardian.engine.scheduler import Engine
 from guardian.recovery.manager import RecoveryManager
+from guardian.services.lifecycle import ServiceLifecycle
 from guardian.services.process.backend import ProcessBackend
 
 pytestmark = [
@@ -88,7 +89,9 @@ async def test_crash_loop_exactly_max_attempts_then_breaker() -> None:
     backend = ProcessBackend("crashy", argv, stop_timeout=1)
     mgr, events = rig(t, backend)
     try:
-        await mgr.start_all()
+        await ServiceLifecycle(
+            mgr.config, mgr.backends, mgr.clock, observer=mgr
+        ).start_all()
         assert await until(lambda: any(e.kind == RecoveryKind.BREAKER_OPEN for e in events))
         await asyncio.sleep(0.5)  # nothing more may happen
         kinds = [e.kind for e in events]
@@ -119,7 +122,9 @@ async def test_sigkilled_http_server_restarted_from_exit_event() -> None:
     mgr, events = rig(t, backend)
     url = f"http://127.0.0.1:{port}/"
     try:
-        await mgr.start_all()
+        await ServiceLifecycle(
+            mgr.config, mgr.backends, mgr.clock, observer=mgr
+        ).start_all()
         assert await http_ok(url)
         old = backend.pid
         assert old is not None
@@ -176,7 +181,9 @@ async def test_hung_liveness_restarts_after_threshold_not_before() -> None:
     check = http_check.create(check_cfg, CheckContext("hung", clock, backend))
     engine = Engine(state, [("hung", check)], clock, jitter=0, first_run_spread=0)
     try:
-        await mgr.start_all()
+        await ServiceLifecycle(
+            mgr.config, mgr.backends, mgr.clock, observer=mgr
+        ).start_all()
         assert await until(lambda: "listening" in "".join(backend._sink.tail(2)), 5)  # type: ignore[union-attr]
         first_pid = backend.pid
         engine.start()

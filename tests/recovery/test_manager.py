@@ -18,6 +18,7 @@ from guardian.core.result import CheckResult, Status
 from guardian.recovery.breakers import MemoryBreakerStore, SqliteBreakerStore
 from guardian.recovery.manager import RecoveryManager
 from guardian.services.base import ExitListener, ServiceState, ServiceStatus
+from guardian.services.lifecycle import ServiceLifecycle
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -103,6 +104,9 @@ class Rig:
             dry_run=dry_run,
             store=store,
         )
+        self.lifecycle = ServiceLifecycle(
+            self.config, self.mgr.backends, self.clock, observer=self.mgr
+        )
 
     def _collect(self, e: Event) -> None:
         if isinstance(e, RecoveryEvent):
@@ -119,7 +123,7 @@ class Rig:
 async def test_cooldown_and_breaker_with_fake_clock() -> None:
     r = Rig(target("api", cooldown=30, backoff_factor=2, backoff_max=100, max_attempts=3))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     await r.clock.settle()
     assert b.restarts == 1
@@ -147,7 +151,7 @@ async def test_cooldown_and_breaker_with_fake_clock() -> None:
 async def test_failure_threshold_via_bus() -> None:
     r = Rig(target("api", failure_threshold=3))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     for _ in range(2):
         r.check("api", Status.FAILED)
     r.check("disk", Status.FAILED, check="disk", kind="disk")  # other target: ignored
@@ -166,7 +170,7 @@ async def test_failure_threshold_via_bus() -> None:
 async def test_grace_period_after_restart() -> None:
     r = Rig(target("api", failure_threshold=1, grace_period=10, cooldown=0))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     r.check("api", Status.FAILED)  # within the start grace
     await r.clock.settle()
     assert b.restarts == 0
@@ -188,7 +192,7 @@ async def test_grace_period_after_restart() -> None:
 async def test_stable_period_resets_attempts() -> None:
     r = Rig(target("api", cooldown=1, backoff_factor=1, max_attempts=2, stable_period=60))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     await r.clock.advance(2)
     b.die()
@@ -209,7 +213,7 @@ async def test_stable_period_resets_attempts() -> None:
 async def test_dry_run_executes_nothing() -> None:
     r = Rig(target("api", cooldown=5, max_attempts=2), dry_run=True)
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     await r.clock.settle()
     b.die()
@@ -228,7 +232,7 @@ async def test_dry_run_executes_nothing() -> None:
 async def test_manual_restart_resets_breaker() -> None:
     r = Rig(target("api", cooldown=1, backoff_factor=1, max_attempts=1))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     await r.clock.advance(2)
     b.die()
@@ -253,7 +257,7 @@ async def test_disabled_and_serviceless_targets_never_restart() -> None:
     r = Rig(target("api", enabled=False, failure_threshold=1))
     r.config.targets.append(plain)
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     r.check("api", Status.FAILED)
     r.check("web", Status.FAILED, check="service", kind="service")
@@ -269,10 +273,10 @@ async def test_depends_on_start_and_stop_order() -> None:
     api = target("api", depends_on=["db"])
     ui = target("ui", depends_on=["api"])
     r = Rig(ui, api, db)
-    assert r.mgr.start_order() == ["db", "api", "ui"]
-    await r.mgr.start_all()
+    assert r.lifecycle.start_order() == ["db", "api", "ui"]
+    await r.lifecycle.start_all()
     assert r.order == ["start db", "start api", "start ui"]
-    await r.mgr.stop_all()
+    await r.lifecycle.stop_all()
     assert r.order[3:] == ["stop ui", "stop api", "stop db"]
     await r.mgr.aclose()
 
@@ -281,7 +285,7 @@ async def test_start_all_waits_for_dependency_running_bounded() -> None:
     db = target("db")
     api = target("api", depends_on=["db"])
     r = Rig(api, db)
-    r.mgr.start_wait = 5
+    r.lifecycle.start_wait = 5
 
     async def never_up() -> None:
         r.order.append("start db")
@@ -289,7 +293,7 @@ async def test_start_all_waits_for_dependency_running_bounded() -> None:
     r.backends["db"].start = never_up  # type: ignore[method-assign]
     import asyncio
 
-    task = asyncio.create_task(r.mgr.start_all())
+    task = asyncio.create_task(r.lifecycle.start_all())
     await r.clock.advance(4)
     assert r.order == ["start db"]
     await r.clock.advance(2)
@@ -303,7 +307,7 @@ async def test_breaker_survives_guardian_restart_sqlite(tmp_path: Path) -> None:
     cfg = target("api", cooldown=1, backoff_factor=1, max_attempts=2, window=3600)
     r = Rig(cfg, store=SqliteBreakerStore(db))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     for _ in range(3):
         b.die()
         await r.clock.advance(2)
@@ -328,7 +332,7 @@ async def test_memory_store_round_trip() -> None:
     store = MemoryBreakerStore()
     cfg = target("api", cooldown=100)
     r = Rig(cfg, store=store)
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     r.backends["api"].die()
     await r.clock.settle()
     await r.mgr.aclose()
@@ -369,7 +373,7 @@ async def test_restarts_of_one_target_never_overlap() -> None:
     slow = SlowBackend("api", r.order, r.clock)
     r.backends["api"] = slow
     r.mgr = RecoveryManager(r.config, r.bus, {"api": slow}, r.clock)  # type: ignore[dict-item]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     slow.die()  # automatic restart begins
     await r.clock.settle()
     manual = [asyncio.create_task(r.mgr.restart("api")) for _ in range(3)]
@@ -394,7 +398,7 @@ async def test_exit_only_target_attempts_clear_after_a_stable_run() -> None:
     )
     r = Rig(cfg)
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     for _ in range(5):  # a crash every 100 s, each after a stable run: never gives up
         await r.clock.advance(100)
         b.die()
@@ -464,7 +468,7 @@ def test_breaker_store_upgrades_old_files_and_refuses_newer_ones(tmp_path: Path)
 async def test_failure_observed_before_a_restart_finished_is_stale() -> None:
     r = Rig(target("api", cooldown=0, max_attempts=10))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     began, began_mono = r.clock.now(), r.clock.monotonic()  # starts on the old instance
     await r.clock.advance(0.5)
     b.die()
@@ -505,7 +509,7 @@ async def test_wall_clock_stepping_back_does_not_hide_liveness_failures() -> Non
     clock = SteppingClock()
     r = Rig(target("api", failure_threshold=2, cooldown=0, max_attempts=10), clock=clock)
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     await r.clock.settle()
     assert b.restarts == 1
@@ -526,7 +530,7 @@ async def test_condition_failures_belong_to_the_ladder_not_the_streak() -> None:
     """A stuck prompt is the remediation ladder's: no restart until it asks for one."""
     r = Rig(target("api", failure_threshold=1, cooldown=0))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     now = r.clock.now()
     for _ in range(5):
         r.bus.publish(CheckResult(
@@ -571,7 +575,7 @@ async def test_a_child_dying_within_min_uptime_is_a_failed_start_and_opens_the_b
     r = Rig(target("api", min_uptime=10, cooldown=0, backoff_factor=1, max_attempts=3))
     b = r.backends["api"]
     b.tail = list(BOOT_LOG)
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()  # the first crash: each restart then dies 0.2 s after spawn
     for _ in range(3):
         await r.clock.settle()
@@ -596,7 +600,7 @@ async def test_a_child_dying_within_min_uptime_is_a_failed_start_and_opens_the_b
 async def test_a_passing_check_proves_a_start_before_min_uptime() -> None:
     r = Rig(target("api", min_uptime=60, cooldown=0))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     await r.clock.advance(2)
     assert r.kinds(RecoveryKind.RESTART_SUCCEEDED) == []  # still being judged
@@ -614,7 +618,7 @@ async def test_a_passing_check_proves_a_start_before_min_uptime() -> None:
 async def test_a_child_up_for_min_uptime_succeeded_and_a_later_exit_is_a_plain_exit() -> None:
     r = Rig(target("api", min_uptime=10, cooldown=0, max_attempts=10))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     await r.clock.advance(10.5)
     (ok,) = r.kinds(RecoveryKind.RESTART_SUCCEEDED)
@@ -628,7 +632,7 @@ async def test_a_child_up_for_min_uptime_succeeded_and_a_later_exit_is_a_plain_e
 
 async def test_min_uptime_does_not_fail_a_healthy_restart() -> None:
     r = Rig(target("api", min_uptime=10, cooldown=0))
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     task = asyncio.ensure_future(r.mgr.restart("api"))
     await r.clock.advance(10.5)
     assert await task == "restarted api (pid 101)"
@@ -640,7 +644,7 @@ async def test_min_uptime_does_not_fail_a_healthy_restart() -> None:
 async def test_startup_results_trigger_no_restart() -> None:
     r = Rig(target("api", failure_threshold=1, cooldown=0))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     now = r.clock.now()
     for _ in range(5):
         r.bus.publish(CheckResult(
@@ -655,7 +659,7 @@ async def test_startup_results_trigger_no_restart() -> None:
 async def test_snapshot_survives_extreme_backoff_numbers() -> None:
     r = Rig(target("api", cooldown=1e300, backoff_factor=1e200, backoff_max=1e308))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     b.die()
     await r.clock.settle()
     b.die()
@@ -669,9 +673,26 @@ async def test_a_full_disk_never_restarts_the_service_by_default() -> None:
     """Resource checks are evidence about the machine: liveness is opt-in for them."""
     r = Rig(target("api", failure_threshold=1, cooldown=0))
     b = r.backends["api"]
-    await r.mgr.start_all()
+    await r.lifecycle.start_all()
     for _ in range(5):
         r.check("api", Status.FAILED, check="disk", kind="disk")
     await r.clock.settle()
     assert b.restarts == 0 and r.kinds(RecoveryKind.RESTART_STARTED) == []
     await r.mgr.aclose()
+
+
+async def test_recovery_publishes_which_streaks_it_owns_and_when_it_acts() -> None:
+    from guardian.checks.service import ServiceCheckConfig
+    from guardian.core.events import RecoveryPlan
+
+    bus = EventBus()
+    plans: list[Event] = []
+    bus.subscribe(lambda e: plans.append(e) if isinstance(e, RecoveryPlan) else None)
+    t = target("api", failure_threshold=4)
+    t = t.model_copy(update={"checks": [*t.checks, ServiceCheckConfig(interval=1, timeout=0.5)]})
+    off = target("off", enabled=False)
+    backends = {n: MemBackend(n, []) for n in ("api", "off")}
+    mgr = RecoveryManager(Config(targets=[t, off]), bus, dict(backends), FakeClock())  # type: ignore[arg-type]
+    assert plans == [RecoveryPlan("api", "http", 4), RecoveryPlan("api", "service", 1)]
+    assert set(mgr.targets) == {"api", "off"} and mgr.targets["off"].policy is None
+    await mgr.aclose()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from guardian.config.schema import RecoveryConfig
 from guardian.core.result import Status
-from guardian.recovery.manager import MAX_DELAY, Action, BreakerRecord, RestartPolicy
+from guardian.recovery.breakers import BreakerRecord
+from guardian.recovery.policy import MAX_DELAY, Action, RestartPolicy
 
 
 def policy(**kw: object) -> RestartPolicy:
@@ -199,3 +201,39 @@ def test_startup_failures_feed_no_streak() -> None:
         assert p.observe_check("http", "http", Status.FAILED, 0, startup=True) is None
     assert p.consecutive_failures == 0
     assert p.observe_check("http", "http", Status.FAILED, 1) is not None  # after it: counts
+
+
+def test_every_phase_is_a_named_state_reached_through_the_transition_table() -> None:
+    from guardian.recovery.policy import RecoveryState
+
+    p = policy(cooldown=10, backoff_factor=1, max_attempts=2, window=100, failure_threshold=1)
+    assert p.state is RecoveryState.UNKNOWN
+    p.started(0)
+    assert p.state is RecoveryState.STARTING
+    p.observe_check("http", "http", Status.OK, 1)
+    assert p.state is RecoveryState.HEALTHY
+    reason = p.observe_check("http", "http", Status.FAILED, 2)
+    assert reason is not None and p.state is RecoveryState.FAILING
+    do_restart(p, 2)
+    assert p.state is RecoveryState.STARTING  # finished, not yet proven
+    assert p.decide(3, "x").action == Action.WAIT and p.state is RecoveryState.BACKOFF
+    p.observe_check("http", "http", Status.OK, 4)  # recovered on its own while waiting
+    assert p.state is RecoveryState.HEALTHY
+    do_restart(p, 12)
+    p.begin(12)
+    assert p.state is RecoveryState.RESTARTING and p.in_progress
+    p.finished(13)
+    assert p.decide(30, "x").action == Action.BREAKER_OPEN
+    assert p.state is RecoveryState.BREAKER_OPEN and p.breaker_open
+    p.reset()
+    assert p.state is not RecoveryState.BREAKER_OPEN and not p.breaker_open
+
+
+def test_an_unexpected_transition_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from guardian.recovery.policy import RecoveryState
+
+    p = policy()
+    p.begin(0)
+    with caplog.at_level("ERROR", logger="guardian.recovery.policy"):
+        p._to(RecoveryState.BACKOFF, "a bug")
+    assert "unexpected recovery transition restarting -> backoff" in caplog.text

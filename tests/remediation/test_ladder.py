@@ -33,6 +33,7 @@ from guardian.core.result import CheckResult, Outcome, Status
 from guardian.demo.comfyui.server import ComfyUISim
 from guardian.recovery.manager import RecoveryManager
 from guardian.remediation.ladder import Remediation
+from guardian.services.lifecycle import ServiceLifecycle
 from guardian.services.process.backend import ProcessBackend
 
 pytestmark = pytest.mark.timeout(60)
@@ -139,7 +140,9 @@ async def supervised_sim(rig: RigFactory, **check: Any) -> tuple[Rig, ProcessBac
                              env={"PYTHONPATH": os.pathsep.join(sys.path)})
     r = rig(url, backend=backend, **check)
     assert r.recovery is not None
-    await r.recovery.start_all()
+    await ServiceLifecycle(
+        r.recovery.config, r.recovery.backends, r.recovery.clock, observer=r.recovery
+    ).start_all()
     async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
         for _ in range(300):
             try:

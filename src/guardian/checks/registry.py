@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from guardian.checks import disk, gpu, memory, service
 from guardian.checks.base import Check, CheckConfigBase, CheckContext
+from guardian.checks.comfyui import canary
 from guardian.checks.comfyui import health as comfyui
 from guardian.checks.http import check as http
 from guardian.core.result import Condition, Reading
@@ -60,7 +61,7 @@ KINDS: tuple[KindSpec, ...] = (
     KindSpec("http", http.HttpCheckConfig, http.create, http.READINGS),
     KindSpec("comfyui", comfyui.ComfyUICheckConfig, comfyui.create, snapshot="ComfyUI",
              conditions=frozenset(Condition)),
-    KindSpec("comfyui_canary", comfyui.ComfyUICanaryConfig, comfyui.create, snapshot="ComfyUI"),
+    KindSpec("comfyui_canary", canary.ComfyUICanaryConfig, canary.create, snapshot="ComfyUI"),
     KindSpec("disk", disk.DiskCheckConfig, disk.create, disk.READINGS, startup_phase=False,
              host=True, health="disks", signature="Disk critically full"),
     KindSpec("memory", memory.MemoryCheckConfig, memory.create, memory.READINGS,

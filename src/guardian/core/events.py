@@ -46,6 +46,21 @@ class RecoveryEvent:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class RecoveryPlan:
+    """Recovery's standing decision on one check: it owns the check's failure streak and
+    restarts the target at the ``acts_at``-th consecutive failure (a service check: 1).
+
+    Published when recovery starts watching, before any result, so whoever follows it
+    (the incident tracker escalates one failure after recovery acts) hears the decision
+    instead of copying recovery's thresholds.
+    """
+
+    target: str
+    check: str
+    acts_at: int
+
+
 class IncidentTransition(StrEnum):
     OPENED = "opened"
     ESCALATED = "escalated"
@@ -66,7 +81,7 @@ class IncidentEvent:
     report_path: str | None = None
 
 
-Event = CheckResult | RecoveryEvent | IncidentEvent
+Event = CheckResult | RecoveryEvent | RecoveryPlan | IncidentEvent
 Listener = Callable[[Event], None]
 
 

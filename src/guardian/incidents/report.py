@@ -28,9 +28,10 @@ from pathlib import Path
 from guardian.checks.registry import spec
 from guardian.config.schema import Config
 from guardian.core.clock import Clock, SystemClock
+from guardian.incidents.records import Incident, StoredRecovery, StoredResult
 from guardian.incidents.redact import MASK, redact
 from guardian.incidents.snapshot import SNAPSHOT_DEADLINE, Snapshot, SnapshotFn, system_snapshot
-from guardian.incidents.store import Incident, Store, StoredRecovery, StoredResult
+from guardian.incidents.store import Store
 from guardian.incidents.tracker import ADOPT_WINDOW
 from guardian.support import blocking
 from guardian.support.escape import markdown_cell, markdown_inline

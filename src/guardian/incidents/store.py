@@ -1,8 +1,8 @@
 """The incident store: results, recovery actions, incidents, notices in Guardian's SQLite file.
 
-A component of the one file :mod:`guardian.db` owns (its migrations are versioned in
-``guardian_schema``; files written before that kept the version in ``PRAGMA
-user_version``, which is adopted once and from then on only mirrored, for older Guardians).
+A component of the one file :mod:`guardian.store.db` owns (its tables and migrations:
+:mod:`guardian.incidents.migrations`; the records it returns:
+:mod:`guardian.incidents.records`; the timeline view: :mod:`guardian.incidents.timeline`).
 
 Why synchronous, in the event loop: every write here is one tiny row in one short
 transaction on a WAL database with ``synchronous=NORMAL``, which commits without an
@@ -25,193 +25,47 @@ Times are stored as fixed-width UTC ISO-8601 text so they sort as strings.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from guardian.config.schema import Config
 from guardian.core.events import RecoveryEvent
 from guardian.core.result import CheckResult
-from guardian.store.db import Component, Database, StoreError, StoreUnavailable
+from guardian.incidents.migrations import INCIDENTS, MIGRATIONS, SCHEMA_VERSION
+from guardian.incidents.records import (
+    Incident,
+    IncidentStatus,
+    NotificationAttempt,
+    StoredRecovery,
+    StoredResult,
+    dt,
+    dumps,
+    incident_from_row,
+    incident_row,
+    recovery_from_row,
+    result_from_row,
+    ts,
+)
+from guardian.store.db import Database, StoreError, StoreUnavailable
 
 log = logging.getLogger("guardian.incidents.store")
 
-IncidentStatus = Literal["open", "escalated", "resolved"]
-OPEN_STATUSES: tuple[IncidentStatus, ...] = ("open", "escalated")
-TIMELINE_EVENTS = 200  # recovery events shown per incident (the newest)
-
-
-def ts(dt: datetime) -> str:
-    """Fixed-width, sortable UTC text for a timezone-aware datetime."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def parse_ts(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-__all__ = ["INCIDENTS", "MIGRATIONS", "SCHEMA_VERSION", "Incident", "Store", "StoreError"]
-
-# Ordered migrations: index i upgrades version i -> i+1. Never edit a shipped entry;
-# append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE incidents (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        target TEXT NOT NULL,
-        opened_at TEXT NOT NULL,
-        escalated_at TEXT,
-        resolved_at TEXT,
-        severity TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('open', 'escalated', 'resolved')),
-        summary TEXT NOT NULL DEFAULT '',
-        failure_count INTEGER NOT NULL DEFAULT 0,
-        flap_count INTEGER NOT NULL DEFAULT 0,
-        report_path TEXT
-    );
-    CREATE INDEX incidents_status ON incidents(status, target);
-    CREATE INDEX incidents_opened ON incidents(opened_at);
-    CREATE TABLE results (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        incident_id INTEGER REFERENCES incidents(id) ON DELETE SET NULL,
-        target TEXT NOT NULL,
-        check_name TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        status TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        vals TEXT NOT NULL,
-        started TEXT NOT NULL,
-        finished TEXT NOT NULL,
-        duration REAL NOT NULL
-    );
-    CREATE INDEX results_incident ON results(incident_id);
-    CREATE INDEX results_finished ON results(finished);
-    CREATE INDEX results_key ON results(target, check_name, id);
-    CREATE TABLE recovery (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        incident_id INTEGER REFERENCES incidents(id) ON DELETE SET NULL,
-        target TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        time TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        vals TEXT NOT NULL
-    );
-    CREATE INDEX recovery_incident ON recovery(incident_id);
-    CREATE INDEX recovery_time ON recovery(time);
-    CREATE TABLE notifications (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        incident_id INTEGER REFERENCES incidents(id) ON DELETE SET NULL,
-        target TEXT NOT NULL,
-        channel TEXT NOT NULL,
-        transition TEXT NOT NULL,
-        time TEXT NOT NULL,
-        ok INTEGER NOT NULL,
-        error TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX notifications_incident ON notifications(incident_id, transition);
-    CREATE INDEX notifications_time ON notifications(time);
-    """,
-    # v2: what the report needs that must outlive the process: the log tail and system
-    # snapshot captured at escalation.
-    """
-    CREATE TABLE artifacts (
-        incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        captured_at TEXT NOT NULL,
-        body TEXT NOT NULL,
-        PRIMARY KEY (incident_id, name)
-    );
-    """,
-    # v3: the incident timeline (every incident the status page shows, one query) reads
-    # an incident's recovery events in time order straight from an index; linking a
-    # target's recent unlinked events to a new incident reads only those (a partial index),
-    # not every event no incident ever claimed.
-    """
-    DROP INDEX IF EXISTS recovery_incident;
-    CREATE INDEX recovery_timeline ON recovery(incident_id, time);
-    CREATE INDEX recovery_unlinked ON recovery(target, time) WHERE incident_id IS NULL;
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _legacy_version(conn: sqlite3.Connection) -> int:
-    """Files written before guardian_schema kept the incident version in user_version."""
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-INCIDENTS = Component(
-    "incidents", MIGRATIONS, legacy_version=_legacy_version, mirror_user_version=True
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Incident:
-    id: int
-    target: str
-    opened_at: datetime
-    escalated_at: datetime | None
-    resolved_at: datetime | None
-    severity: str
-    status: IncidentStatus
-    summary: str
-    failure_count: int
-    flap_count: int
-    report_path: str | None
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN_STATUSES
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResult:
-    id: int
-    incident_id: int | None
-    target: str
-    check: str
-    kind: str
-    status: str
-    reason: str
-    values: dict[str, Any]
-    started: datetime
-    finished: datetime
-    duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRecovery:
-    id: int
-    incident_id: int | None
-    target: str
-    kind: str
-    time: datetime
-    attempt: int
-    reason: str
-    detail: str
-    values: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class NotificationAttempt:
-    id: int
-    incident_id: int | None
-    target: str
-    channel: str
-    transition: str
-    time: datetime
-    ok: bool
-    error: str
-
+__all__ = [
+    "INCIDENTS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Incident",
+    "IncidentStatus",
+    "Store",
+    "StoreError",
+    "StoredRecovery",
+    "StoredResult",
+]
 
 _INCIDENT_COLS = (
     "id",
@@ -231,7 +85,6 @@ _UPSERT_INCIDENT = (
     f" ({','.join('?' * len(_INCIDENT_COLS))}) ON CONFLICT(id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _INCIDENT_COLS[1:])
 )
-_TS_FIELDS = ("escalated_at", "resolved_at")
 
 
 class Store:
@@ -327,7 +180,7 @@ class Store:
         pending = sorted(self._unsaved)
         if not pending:
             return True
-        rows = [_incident_row(self._live[i]) for i in pending]
+        rows = [incident_row(self._live[i]) for i in pending]
 
         def write(c: sqlite3.Connection) -> None:
             c.executemany(_UPSERT_INCIDENT, rows)
@@ -402,7 +255,7 @@ class Store:
             result.kind,
             str(result.status),
             result.reason,
-            _dumps(result.values),
+            dumps(result.values),
             ts(result.started),
             ts(result.finished),
             float(result.duration),
@@ -424,7 +277,7 @@ class Store:
             event.attempt,
             event.reason,
             event.detail,
-            _dumps(event.values),
+            dumps(event.values),
         )
         return self._event_write(
             lambda db: db.execute(
@@ -453,13 +306,13 @@ class Store:
             )
         )
 
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         rows: list[sqlite3.Row] = self.db.read(lambda c: c.execute(sql, tuple(args)).fetchall())
         return rows
 
     def last_statuses(self) -> dict[tuple[str, str], str]:
         """The last stored status of every (target, check): where change detection resumes."""
-        rows = self._query(
+        rows = self.query(
             "SELECT target, check_name, status FROM results WHERE id IN"
             " (SELECT MAX(id) FROM results GROUP BY target, check_name)"
         )
@@ -470,47 +323,35 @@ class Store:
     ) -> list[StoredResult]:
         """Results of one incident (or one target), oldest first."""
         where, args = _filters(incident_id=incident_id, target=target)
-        rows = self._query(
+        rows = self.query(
             f"SELECT * FROM (SELECT * FROM results {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
             (*args, limit),
         )
-        return [_result(r) for r in rows]
+        return [result_from_row(r) for r in rows]
 
     def latest_results(self, kinds: Sequence[str]) -> list[StoredResult]:
         """The newest stored result of each check of the given kinds."""
         marks = ",".join("?" * len(kinds))
-        rows = self._query(
+        rows = self.query(
             f"SELECT * FROM results WHERE id IN (SELECT MAX(id) FROM results WHERE kind IN"
             f" ({marks}) GROUP BY target, check_name) ORDER BY target, check_name",
             tuple(kinds),
         )
-        return [_result(r) for r in rows]
+        return [result_from_row(r) for r in rows]
 
     def recovery_events(
         self, incident_id: int | None = None, target: str | None = None, limit: int = 10_000
     ) -> list[StoredRecovery]:
         where, args = _filters(incident_id=incident_id, target=target)
-        rows = self._query(
+        rows = self.query(
             f"SELECT * FROM (SELECT * FROM recovery {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
             (*args, limit),
         )
-        return [_recovery(r) for r in rows]
-
-    def timeline_events(
-        self, incident_ids: Sequence[int], per_incident: int = TIMELINE_EVENTS
-    ) -> dict[int, list[StoredRecovery]]:
-        """The recovery events of each incident (its newest ``per_incident``), in time order:
-        one query through the ``recovery_timeline`` index for all of them."""
-        ids = sorted({int(i) for i in incident_ids})
-        out: dict[int, list[StoredRecovery]] = {i: [] for i in ids}
-        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):  # bound the IN list
-            for r in self._query(timeline_sql(len(chunk)), (*chunk, per_incident)):
-                out[r["incident_id"]].append(_recovery(r))
-        return out
+        return [recovery_from_row(r) for r in rows]
 
     def notifications(self, incident_id: int | None = None) -> list[NotificationAttempt]:
         where, args = _filters(incident_id=incident_id)
-        rows = self._query(f"SELECT * FROM notifications {where} ORDER BY id", args)
+        rows = self.query(f"SELECT * FROM notifications {where} ORDER BY id", args)
         return [
             NotificationAttempt(
                 id=r["id"],
@@ -518,7 +359,7 @@ class Store:
                 target=r["target"],
                 channel=r["channel"],
                 transition=r["transition"],
-                time=_dt(r["time"]),
+                time=dt(r["time"]),
                 ok=bool(r["ok"]),
                 error=r["error"],
             )
@@ -527,7 +368,7 @@ class Store:
 
     def notified(self, incident_id: int, transition: str) -> bool:
         """Whether a message for this transition of this incident was already attempted."""
-        rows = self._query(
+        rows = self.query(
             "SELECT 1 FROM notifications WHERE incident_id = ? AND transition = ? LIMIT 1",
             (incident_id, transition),
         )
@@ -546,7 +387,7 @@ class Store:
             incident = Incident(
                 id=new_id,
                 target=target,
-                opened_at=_dt(ts(opened_at)),
+                opened_at=dt(ts(opened_at)),
                 escalated_at=None,
                 resolved_at=None,
                 severity=severity,
@@ -563,7 +404,7 @@ class Store:
     def _next_id(self) -> int:
         """One above every id the file ever gave (AUTOINCREMENT's rule) or memory holds."""
         try:
-            rows = self._query(
+            rows = self.query(
                 "SELECT MAX(n) FROM (SELECT seq AS n FROM sqlite_sequence WHERE name ="
                 " 'incidents' UNION ALL SELECT MAX(id) FROM incidents)"
             )
@@ -595,25 +436,40 @@ class Store:
                 return 0
         return int(n)
 
-    def update_incident(self, incident_id: int, **fields: Any) -> Incident:
-        """Set columns of one incident (datetimes are converted); returns the new row."""
-        allowed = set(_INCIDENT_COLS) - {"id", "target", "opened_at"}  # identity stays
-        bad = set(fields) - allowed
-        if bad:
-            raise ValueError(f"unknown incident fields: {sorted(bad)}")
-        if fields.get("status", "open") not in ("open", "escalated", "resolved"):
-            raise ValueError(f"unknown incident status {fields['status']!r}")
-        changes: dict[str, Any] = {
-            k: (_dt(ts(v)) if isinstance(v, datetime) else v) for k, v in fields.items()
-        }
-        for k in _TS_FIELDS:
-            if isinstance(changes.get(k), str):
-                changes[k] = _dt(changes[k])
+    def update_incident(
+        self,
+        incident_id: int,
+        *,
+        status: IncidentStatus | None = None,
+        escalated_at: datetime | None = None,
+        resolved_at: datetime | None = None,
+        severity: str | None = None,
+        summary: str | None = None,
+        failure_count: int | None = None,
+        flap_count: int | None = None,
+        report_path: str | None = None,
+    ) -> Incident:
+        """Change what is given of one incident (its identity stays); returns the new row.
+
+        Typed and explicit: ``None`` leaves a field as it is (no field is ever cleared).
+        """
+        if status is not None and status not in ("open", "escalated", "resolved"):
+            raise ValueError(f"unknown incident status {status!r}")
         with self.db.lock:
             current = self.incident(incident_id)
             if current is None:
                 raise KeyError(incident_id)
-            updated = replace(current, **changes)
+            updated = replace(
+                current,
+                status=current.status if status is None else status,
+                escalated_at=_at(escalated_at, current.escalated_at),
+                resolved_at=_at(resolved_at, current.resolved_at),
+                severity=current.severity if severity is None else severity,
+                summary=current.summary if summary is None else summary,
+                failure_count=current.failure_count if failure_count is None else failure_count,
+                flap_count=current.flap_count if flap_count is None else flap_count,
+                report_path=current.report_path if report_path is None else report_path,
+            )
             self._put_incident(updated)
         return updated
 
@@ -622,13 +478,13 @@ class Store:
             held = self._live.get(incident_id)
             if held is not None:
                 return held
-            rows = self._query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
-        return _incident(rows[0]) if rows else None
+            rows = self.query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
+        return incident_from_row(rows[0]) if rows else None
 
     def _read_incidents(self, *, include_resolved: bool, limit: int) -> list[Incident]:
         where = "" if include_resolved else "WHERE status IN ('open', 'escalated')"
-        rows = self._query(f"SELECT * FROM incidents {where} ORDER BY id DESC LIMIT ?", (limit,))
-        return [_incident(r) for r in rows]
+        rows = self.query(f"SELECT * FROM incidents {where} ORDER BY id DESC LIMIT ?", (limit,))
+        return [incident_from_row(r) for r in rows]
 
     def incidents(self, *, include_resolved: bool = True, limit: int = 1000) -> list[Incident]:
         """Newest first (what memory holds wins over the file: it is newer)."""
@@ -656,17 +512,17 @@ class Store:
         )
 
     def artifact(self, incident_id: int, name: str) -> tuple[datetime, str] | None:
-        rows = self._query(
+        rows = self.query(
             "SELECT captured_at, body FROM artifacts WHERE incident_id = ? AND name = ?",
             (incident_id, name),
         )
-        return None if not rows else (_dt(rows[0]["captured_at"]), rows[0]["body"])
+        return None if not rows else (dt(rows[0]["captured_at"]), rows[0]["body"])
 
     # ------------------------------------------------------------------ retention
 
     def counts(self) -> dict[str, int]:
         return {
-            t: int(self._query(f"SELECT COUNT(*) FROM {t}")[0][0])
+            t: int(self.query(f"SELECT COUNT(*) FROM {t}")[0][0])
             for t in ("incidents", "results", "recovery", "notifications", "artifacts")
         }
 
@@ -714,20 +570,9 @@ class Store:
                 return {}
 
 
-def _incident_row(i: Incident) -> tuple[Any, ...]:
-    return (
-        i.id,
-        i.target,
-        ts(i.opened_at),
-        None if i.escalated_at is None else ts(i.escalated_at),
-        None if i.resolved_at is None else ts(i.resolved_at),
-        i.severity,
-        i.status,
-        i.summary,
-        i.failure_count,
-        i.flap_count,
-        i.report_path,
-    )
+def _at(given: datetime | None, current: datetime | None) -> datetime | None:
+    """A given time as the store keeps it (UTC, microseconds), else the current one."""
+    return current if given is None else dt(ts(given))
 
 
 def _filters(**kw: Any) -> tuple[str, tuple[Any, ...]]:
@@ -737,74 +582,3 @@ def _filters(**kw: Any) -> tuple[str, tuple[Any, ...]]:
     return ("WHERE " + " AND ".join(parts) if parts else ""), args
 
 
-def _dumps(values: Mapping[str, Any]) -> str:
-    return json.dumps(dict(values), default=str, sort_keys=True)
-
-
-def _loads(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _dt(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _result(r: sqlite3.Row) -> StoredResult:
-    return StoredResult(
-        id=r["id"],
-        incident_id=r["incident_id"],
-        target=r["target"],
-        check=r["check_name"],
-        kind=r["kind"],
-        status=r["status"],
-        reason=r["reason"],
-        values=_loads(r["vals"]),
-        started=_dt(r["started"]),
-        finished=_dt(r["finished"]),
-        duration=r["duration"],
-    )
-
-
-def _recovery(r: sqlite3.Row) -> StoredRecovery:
-    return StoredRecovery(
-        id=r["id"],
-        incident_id=r["incident_id"],
-        target=r["target"],
-        kind=r["kind"],
-        time=_dt(r["time"]),
-        attempt=r["attempt"],
-        reason=r["reason"],
-        detail=r["detail"],
-        values=_loads(r["vals"]),
-    )
-
-
-def timeline_sql(n: int) -> str:
-    """The timeline query for ``n`` incident ids (then the per-incident limit) as bound
-    parameters: the newest events of each, returned per incident in time order."""
-    marks = ",".join("?" * n)
-    return (
-        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY incident_id"
-        " ORDER BY time DESC, id DESC) AS newest FROM recovery"
-        f" WHERE incident_id IN ({marks})) WHERE newest <= ? ORDER BY incident_id, time, id"
-    )
-
-
-def _incident(r: sqlite3.Row) -> Incident:
-    return Incident(
-        id=r["id"],
-        target=r["target"],
-        opened_at=_dt(r["opened_at"]),
-        escalated_at=parse_ts(r["escalated_at"]),
-        resolved_at=parse_ts(r["resolved_at"]),
-        severity=r["severity"],
-        status=r["status"],
-        summary=r["summary"],
-        failure_count=r["failure_count"],
-        flap_count=r["flap_count"],
-        report_path=r["report_path"],
-    )

@@ -12,8 +12,9 @@ What is not an incident, and what changes one:
 * Failed results marked ``startup`` (the service is booting, see :mod:`guardian.engine.startup`)
   open nothing and count toward nothing; a check whose startup phase ran out says so ("did
   not become healthy within startup_timeout").
-* Where Guardian restarts the target on a check's failures, that check's streak escalates
-  only one failure after recovery would have acted, and every restart begins a fresh
+* Where recovery owns a check's failure streak (it says so on the bus: a
+  :class:`~guardian.core.events.RecoveryPlan` with the failure it restarts at), that
+  streak escalates only one failure after recovery acts, and every restart begins a fresh
   streak: recovery gets its chance before anyone is paged, and a restart that worked never
   escalates anything.
 * A supervised process's crash (its exit event) opens an incident even when the restart
@@ -29,29 +30,28 @@ cost 1000 row updates a second), and on startup open incidents are reloaded with
 their per-check failure streaks, so a Guardian restart (or SIGKILL) continues the same
 incident instead of opening a duplicate.
 
-Reports are written by a bounded queue: ``REPORT_WORKERS`` at a time, first come first
-served, one entry per incident. 1000 targets escalating in the same second are 1000
-reports written one or two at a time (sharing one system snapshot, see
-:mod:`guardian.incidents.report`), not 1000 concurrent captures, and a report asked for
-again before its turn (the breaker gave up meanwhile) is written once, with the latest
-state. An incident's announcements wait in its entry, so its escalation (with the
-report's path) is never announced after its resolution; but never longer than
-``report_timeout``: news still queued then goes out without the path (a hung log drive
-must not hold 1000 escalations for hours), and its report is written when its turn comes.
+Reports are written by a bounded queue (:mod:`guardian.incidents.announce`):
+``REPORT_WORKERS`` at a time, first come first served, one entry per incident. 1000
+targets escalating in the same second are 1000 reports written one or two at a time
+(sharing one system snapshot, see :mod:`guardian.incidents.report`), not 1000 concurrent
+captures, and a report asked for again before its turn (the breaker gave up meanwhile)
+is written once, with the latest state. An incident's announcements wait in its entry,
+so its escalation (with the report's path) is never announced after its resolution; but
+never longer than ``report_timeout``: news still queued then goes out without the path
+(a hung log drive must not hold 1000 escalations for hours), and its report is written
+when its turn comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from guardian.checks.registry import spec
 from guardian.config.schema import Config
 from guardian.core.clock import Clock
 from guardian.core.events import (
@@ -61,9 +61,12 @@ from guardian.core.events import (
     IncidentTransition,
     RecoveryEvent,
     RecoveryKind,
+    RecoveryPlan,
 )
 from guardian.core.result import CheckResult, Status
-from guardian.incidents.store import Incident, Store
+from guardian.incidents.announce import ReportQueue
+from guardian.incidents.records import Incident, IncidentStatus
+from guardian.incidents.store import Store
 
 log = logging.getLogger("guardian.incidents")
 
@@ -78,9 +81,15 @@ class IncidentSink(Protocol):
 
 @dataclass
 class _Live:
-    """An open incident and what the tracker needs to continue it."""
+    """An open incident and what the tracker needs to continue it.
 
-    incident: Incident
+    The incident itself is read from the store each time: the store holds the one
+    in-memory copy of the open incidents (it must, to keep them through a store that
+    cannot write), so the tracker keeps none that could disagree with it.
+    """
+
+    store: Store
+    id: int
     streaks: dict[str, int] = field(default_factory=dict)  # check -> consecutive failures
     healthy_since: float | None = None  # monotonic; None while anything is failing
     cause: str = ""  # what the summary is about now (a new one re-heads the summary)
@@ -88,21 +97,17 @@ class _Live:
     failures: int = 0  # the true count; the store's lags by COUNT_EVERY at most
     counted_at: float | None = None  # monotonic: failure_count last written
 
-
-@dataclass
-class _Job:
-    """An incident's queued work: a report to write, then announcements in order."""
-
-    since: float  # monotonic: when it was queued (its news waits report_timeout at most)
-    steps: deque[IncidentTransition] = field(default_factory=deque)
-    report_due: bool = False  # write (again) before the next announcement
-    running: bool = False
+    @property
+    def incident(self) -> Incident:
+        found = self.store.incident(self.id)
+        if found is None:  # never: the store holds every open incident in memory
+            raise KeyError(self.id)
+        return found
 
 
 # Recovery events this close before an incident opens belong to it (an exit seen before
 # the failing check).
 ADOPT_WINDOW = timedelta(minutes=5)
-REPORT_WORKERS = 2  # reports written at once (the report blocking pool has two threads)
 COUNT_EVERY = 5.0  # seconds: an open incident's failure_count is written at most this often
 _OK_STATUSES = {Status.OK.value, Status.SKIPPED.value}
 
@@ -130,23 +135,14 @@ class IncidentTracker:
         self._stable = config.escalation.stable_period
         self._checks = {t.name: {c.check_name for c in t.checks} for t in config.targets}
         self._critical = {t.name: t.critical for t in config.targets}
-        # Checks whose failures make Guardian restart the target: recovery acts on them at
-        # `failure_threshold` (a service check at once), so their escalation waits for it.
+        # Checks whose failure streak recovery owns, and the failure it restarts at: heard
+        # from recovery's decisions (RecoveryPlan), never copied from its config.
         self._recovered: dict[str, dict[str, int]] = {}
-        for t in config.targets:
-            if t.service is None or not t.recovery.enabled:
-                continue
-            self._recovered[t.name] = {
-                c.check_name: 1 if spec(c.kind).service_state else t.recovery.failure_threshold
-                for c in t.checks
-                if spec(c.kind).service_state or c.liveness
-            }
         self._healthy_at: dict[str, datetime] = {}  # wall time a target was last all-OK
         self._tasks: set[asyncio.Task[None]] = set()
-        self._jobs: dict[int, _Job] = {}  # incident id -> queued work, oldest first
-        self._workers = 0
-        self._overdue: asyncio.Task[None] | None = None  # announces news queued too long
-        self._jobs_changed = asyncio.Event()
+        self._reports = ReportQueue(
+            clock, report_timeout, self._write_report, self._announce_id, self._spawn
+        )
         try:
             self.store.prune(self.clock.now())
         except Exception:
@@ -205,7 +201,7 @@ class IncidentTracker:
             previous = self._open.get(incident.target)
             if previous is not None:  # never expected; keep the newest, close the other
                 self.store.update_incident(
-                    previous.incident.id, status="resolved", resolved_at=self.clock.now()
+                    previous.id, status="resolved", resolved_at=self.clock.now()
                 )
             streaks: dict[str, int] = {}
             failed = 0
@@ -213,7 +209,8 @@ class IncidentTracker:
                 streaks[r.check] = streaks.get(r.check, 0) + 1 if r.status == "failed" else 0
                 failed += r.status == "failed"
             self._open[incident.target] = _Live(
-                incident,
+                self.store,
+                incident.id,
                 streaks,
                 cause=incident.summary,
                 gave_up=incident.summary.startswith("recovery gave up"),
@@ -243,7 +240,7 @@ class IncidentTracker:
             return  # built outside a loop (a tool reading the store): nothing to finish
         for live in self._open.values():
             if live.incident.status == "escalated" and live.incident.report_path is None:
-                self._queue(live.incident.id, IncidentTransition.ESCALATED, report=True)
+                self._queue(live.id, IncidentTransition.ESCALATED, report=True)
 
     # ------------------------------------------------------------------ events
 
@@ -252,6 +249,8 @@ class IncidentTracker:
             self._on_result(event)
         elif isinstance(event, RecoveryEvent):
             self._on_recovery(event)
+        elif isinstance(event, RecoveryPlan):
+            self._recovered.setdefault(event.target, {})[event.check] = event.acts_at
 
     def _on_result(self, r: CheckResult) -> None:
         key = (r.target, r.check)
@@ -266,7 +265,7 @@ class IncidentTracker:
             if live is not None:
                 live.healthy_since = None
                 if changed:
-                    self.store.add_result(r, live.incident.id)
+                    self.store.add_result(r, live.id)
             elif changed:
                 self.store.add_result(r)
             return
@@ -281,13 +280,13 @@ class IncidentTracker:
                 self.store.add_result(r)
             return
 
-        incident_id = live.incident.id
+        incident_id = live.id
         if failed or changed:
             self.store.add_result(r, incident_id)
         if failed:
             if live.healthy_since is not None:
                 live.healthy_since = None
-                live.incident = self._update(live, flap_count=live.incident.flap_count + 1)
+                self._update(live, flap_count=live.incident.flap_count + 1)
                 self._new_cause(live, cause)
                 log.warning(
                     "%s failed again within the stable period (flap %d)",
@@ -301,7 +300,7 @@ class IncidentTracker:
             if escalates:
                 self._escalate(live, f"{r.check} failed {streak} times in a row: {r.reason}")
             elif live.counted_at is None or self.clock.monotonic() - live.counted_at >= COUNT_EVERY:
-                live.incident = self._update(live)
+                self._update(live)
             return
 
         live.streaks[r.check] = 0
@@ -339,7 +338,7 @@ class IncidentTracker:
         same = old == live.cause and cause.startswith(live.cause.removeprefix("process "))
         live.cause = cause
         summary = cause if same else f"{cause} (earlier: {old})"
-        live.incident = self._update(live, summary=summary[:500])
+        self._update(live, summary=summary[:500])
 
     def _on_recovery(self, e: RecoveryEvent) -> None:
         live = self._open.get(e.target)
@@ -355,7 +354,7 @@ class IncidentTracker:
             live = self._open_new(e.target, e.time, f"process {what} with code {code}")
         elif startup_exit and live is not None:
             self._new_cause(live, e.detail)
-        self.store.add_recovery(e, None if live is None else live.incident.id)
+        self.store.add_recovery(e, None if live is None else live.id)
         if live is None:
             return
         if e.kind is RecoveryKind.RESTART_STARTED:
@@ -372,10 +371,29 @@ class IncidentTracker:
 
     # ------------------------------------------------------------------ transitions
 
-    def _update(self, live: _Live, **fields: Any) -> Incident:
-        """Write ``fields`` of the live incident, and its failure count with them."""
+    def _update(
+        self,
+        live: _Live,
+        *,
+        status: IncidentStatus | None = None,
+        escalated_at: datetime | None = None,
+        resolved_at: datetime | None = None,
+        severity: str | None = None,
+        summary: str | None = None,
+        flap_count: int | None = None,
+    ) -> Incident:
+        """Write what is given of the live incident, and its failure count with it."""
         live.counted_at = self.clock.monotonic()
-        return self.store.update_incident(live.incident.id, failure_count=live.failures, **fields)
+        return self.store.update_incident(
+            live.id,
+            failure_count=live.failures,
+            status=status,
+            escalated_at=escalated_at,
+            resolved_at=resolved_at,
+            severity=severity,
+            summary=summary,
+            flap_count=flap_count,
+        )
 
     def _write_counts(self) -> None:
         """Bring every open incident's stored failure count up to date (before a report,
@@ -383,10 +401,10 @@ class IncidentTracker:
         for live in self._open.values():
             if live.incident.failure_count != live.failures:
                 try:
-                    live.incident = self._update(live)
+                    self._update(live)
                 except Exception:
                     log.exception(
-                        "saving the failure count of incident %d failed", live.incident.id
+                        "saving the failure count of incident %d failed", live.id
                     )
 
     def _healthy(self, target: str) -> bool:
@@ -409,7 +427,7 @@ class IncidentTracker:
         if healthy_at is not None and since < healthy_at <= opened_at:
             since = healthy_at
         self.store.adopt_recovery(target, incident.id, since)
-        live = self._open[target] = _Live(incident, cause=summary)
+        live = self._open[target] = _Live(self.store, incident.id, cause=summary)
         log.warning(
             "incident %d opened for %s: %s",
             incident.id,
@@ -422,7 +440,7 @@ class IncidentTracker:
 
     def _escalate(self, live: _Live, why: str) -> None:
         inc = live.incident
-        live.incident = self._update(
+        self._update(
             live,
             status="escalated",
             escalated_at=self.clock.now(),
@@ -442,7 +460,7 @@ class IncidentTracker:
         """The breaker opened on an already escalated incident: new summary, report, news."""
         inc = live.incident
         live.cause = why
-        live.incident = self._update(
+        self._update(
             live, severity=self._severity(inc.target, True), summary=why[:500]
         )
         log.error(
@@ -459,83 +477,16 @@ class IncidentTracker:
     @property
     def queued_reports(self) -> int:
         """Incidents whose report (or announcement behind one) is still to come."""
-        return len(self._jobs)
+        return len(self._reports)
 
     def _queue(self, incident_id: int, transition: IncidentTransition, *, report: bool) -> None:
         """Announce ``transition`` after the incident's queued work (and a report first)."""
-        job = self._jobs.get(incident_id)
-        if job is None:
-            job = self._jobs[incident_id] = _Job(self.clock.monotonic())
-        job.steps.append(transition)
-        job.report_due = job.report_due or report
-        if not job.running and self._workers < REPORT_WORKERS:
-            self._workers += 1
-            self._spawn(self._work())
-        if self._overdue is None:
-            self._overdue = asyncio.get_running_loop().create_task(self._announce_overdue())
-            self._tasks.add(self._overdue)
-            self._overdue.add_done_callback(self._tasks.discard)
+        self._reports.put(incident_id, transition, report=report)
 
-    async def _announce_overdue(self) -> None:
-        """News of entries waiting longer than report_timeout goes out now, without the
-        report's path; the report itself stays queued."""
-        try:
-            while self._jobs:
-                now = self.clock.monotonic()
-                waiting = [(i, j) for i, j in self._jobs.items() if not j.running and j.steps]
-                for incident_id, job in waiting:
-                    if now - job.since < self.report_timeout:
-                        break  # oldest first: the rest are younger
-                    self._announce_steps(incident_id, job)
-                later = [j.since for j in self._jobs.values() if not j.running and j.steps]
-                delay = (min(later) + self.report_timeout - now) if later else self.report_timeout
-                self._jobs_changed.clear()
-                sleeper = asyncio.ensure_future(self.clock.sleep(max(delay, 0.001)))
-                changed = asyncio.ensure_future(self._jobs_changed.wait())
-                try:
-                    await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    sleeper.cancel()
-                    changed.cancel()
-        finally:
-            self._overdue = None
-
-    async def _work(self) -> None:
-        try:
-            while True:
-                # At most REPORT_WORKERS entries are running: the first free one is near.
-                found = next(((i, j) for i, j in self._jobs.items() if not j.running), None)
-                if found is None:
-                    return
-                incident_id, job = found
-                job.running = True
-                try:
-                    await self._run_job(incident_id, job)
-                finally:
-                    del self._jobs[incident_id]
-                    self._jobs_changed.set()
-        finally:
-            self._workers -= 1
-
-    async def _run_job(self, incident_id: int, job: _Job) -> None:
-        while job.steps or job.report_due:
-            if job.report_due:
-                job.report_due = False
-                await self._write_report(incident_id)
-            self._announce_steps(incident_id, job, first_only=True)
-
-    def _announce_steps(self, incident_id: int, job: _Job, *, first_only: bool = False) -> None:
-        """Announce the entry's waiting news (its first item only, or all), in order."""
-        while job.steps:
-            transition = job.steps.popleft()
-            incident = self.store.incident(incident_id)
-            if incident is not None:
-                live = self._open.get(incident.target)
-                if live is not None and live.incident.id == incident_id:
-                    live.incident = incident
-                self._announce(incident, transition)
-            if first_only:
-                return
+    def _announce_id(self, incident_id: int, transition: IncidentTransition) -> None:
+        incident = self.store.incident(incident_id)
+        if incident is not None:
+            self._announce(incident, transition)
 
     async def _write_report(self, incident_id: int) -> None:
         """Write the report (bounded); its path goes into the store."""
@@ -545,10 +496,10 @@ class IncidentTracker:
         live = None if incident is None else self._open.get(incident.target)
         if (
             live is not None
-            and live.incident.id == incident_id
+            and live.id == incident_id
             and live.incident.failure_count != live.failures
         ):
-            live.incident = self._update(live)  # the report shows the true count
+            self._update(live)  # the report shows the true count
         try:
             path = await asyncio.wait_for(
                 self.reporter.write(incident_id), timeout=self.report_timeout
@@ -563,7 +514,7 @@ class IncidentTracker:
 
     def _resolve(self, live: _Live) -> None:
         inc = live.incident
-        live.incident = self._update(live, status="resolved", resolved_at=self.clock.now())
+        resolved = self._update(live, status="resolved", resolved_at=self.clock.now())
         del self._open[inc.target]
         log.info(
             "incident %d of %s resolved after %d failures, %d flaps",
@@ -573,10 +524,10 @@ class IncidentTracker:
             inc.flap_count,
             extra={"event": "incident_resolved", "target": inc.target, "incident": inc.id},
         )
-        if inc.id in self._jobs:  # its escalation is still being reported: after it
+        if inc.id in self._reports:  # its escalation is still being reported: after it
             self._queue(inc.id, IncidentTransition.RESOLVED, report=False)
         else:
-            self._announce(live.incident, IncidentTransition.RESOLVED)
+            self._announce(resolved, IncidentTransition.RESOLVED)
 
     def _announce(self, incident: Incident, transition: IncidentTransition) -> None:
         when = {
@@ -601,7 +552,8 @@ class IncidentTracker:
             except Exception:
                 log.exception("submitting a notification failed")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

@@ -18,12 +18,8 @@ import pytest
 
 import guardian
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui.health import (
-    ComfyUICanaryCheck,
-    ComfyUICanaryConfig,
-    ComfyUICheck,
-    ComfyUICheckConfig,
-)
+from guardian.checks.comfyui.canary import ComfyUICanaryCheck, ComfyUICanaryConfig
+from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig
 from guardian.checks.comfyui.progress import ProgressSample, cpu_delta, judge
 from guardian.core.clock import FakeClock, SystemClock
 from guardian.core.result import Status

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui.health import ComfyUICanaryCheck, ComfyUICanaryConfig, canary_prompt
+from guardian.checks.comfyui.canary import ComfyUICanaryCheck, ComfyUICanaryConfig, canary_prompt
 from guardian.core.clock import SystemClock
 from guardian.core.result import Status
 from guardian.demo.comfyui.server import ComfyUISim

@@ -11,14 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
+from guardian.checks import build_check
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui.health import (
-    ComfyUICanaryCheck,
-    ComfyUICanaryConfig,
-    ComfyUICheck,
-    ComfyUICheckConfig,
-    create,
-)
+from guardian.checks.comfyui.canary import ComfyUICanaryCheck, ComfyUICanaryConfig
+from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig, create
 from guardian.core.clock import FakeClock, SystemClock
 from guardian.core.result import Status
 from guardian.demo.comfyui.server import ComfyUISim
@@ -253,7 +249,7 @@ async def test_minimal_valid_shapes_pass(scripted: Any, make: Make) -> None:
 
 def test_create_dispatches_on_the_config_kind() -> None:
     ctx = CheckContext("comfyui", SystemClock())
-    assert isinstance(create(ComfyUICheckConfig(), ctx), ComfyUICheck)
-    canary = create(ComfyUICanaryConfig(), ctx)
+    assert isinstance(build_check(ComfyUICheckConfig(), ctx), ComfyUICheck)
+    canary = build_check(ComfyUICanaryConfig(), ctx)
     assert isinstance(canary, ComfyUICanaryCheck)
     assert canary.config.kind == "comfyui_canary"

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig, _Api
+from guardian.checks.comfyui.client import ComfyUIClient as _Api
+from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig
 from guardian.core.clock import SystemClock
 from guardian.core.result import Status
 from guardian.demo.comfyui.server import ComfyUISim

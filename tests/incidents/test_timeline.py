@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from guardian.core.events import RecoveryEvent, RecoveryKind
-from guardian.incidents.store import INCIDENTS, SCHEMA_VERSION, Store, timeline_sql
-from guardian.runtime import incident_dicts
+from guardian.incidents.store import INCIDENTS, SCHEMA_VERSION, Store
+from guardian.incidents.timeline import incident_dicts, timeline_events, timeline_sql
 from guardian.store.db import Database
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -78,7 +78,7 @@ def test_one_indexed_query_for_every_incident_shown(big: Path) -> None:
 
 def test_the_newest_events_of_each_incident_are_kept(big: Path) -> None:
     store = Store(big, prune_every=0)
-    events = store.timeline_events([1, 2, 999_999], per_incident=5)
+    events = timeline_events(store, [1, 2, 999_999], per_incident=5)
     assert sorted(events) == [1, 2, 999_999] and events[999_999] == []
     assert [e.attempt for e in events[1]] == [4, 3, 2, 1, 0]  # the 5 newest, oldest first
     assert all(e.incident_id == 2 for e in events[2])
