@@ -2,9 +2,10 @@
 
 Gauges are read from the cached :class:`~guardian.core.state.State` when Prometheus scrapes,
 so they can never drift from what ``/api/health`` says. Counters and the duration
-histogram are fed by the :class:`~guardian.core.events.EventBus`. Which check value keys feed
-which gauge is documented in :mod:`guardian.api.readings`; a missing key just means no
-sample. Everything is per :class:`Metrics` instance, so several Guardians, or tests,
+histogram are fed by the :class:`~guardian.core.events.EventBus`. Which reading feeds which
+gauge is declared by each check kind (its ``READINGS``, listed in
+:mod:`guardian.checks.registry`); a reading the check could not take means no sample.
+Everything is per :class:`Metrics` instance, so several Guardians, or tests,
 never share series.
 
 Why Guardian writes its own families instead of going through ``prometheus_client``'s
@@ -26,8 +27,9 @@ Encodings (numeric, so they graph and alert with plain comparisons):
   else 1 (no sample before its first result). ``critical`` is ``"true"``/``"false"``.
 * ``guardian_check_status{target,check,kind}``: -1 skipped, 0 ok, 1 degraded, 2 failed.
 * ``guardian_check_failing{target,check,kind,reason_class}``: 1 while the latest result is
-  degraded or failed, with its reason classified into a fixed set (see
-  :data:`~guardian.api.readings.REASON_CLASSES`); no sample while ok.
+  degraded or failed, with the class its check gave the reason (a fixed set, see
+  :data:`~guardian.core.result.REASON_CLASSES`; "other" when it gave none); no sample
+  while ok.
 * ``guardian_check_failures_total{target,check,reason_class}`` counts failed results.
 * ``guardian_restarts_total{target,outcome}``: outcome succeeded, failed or dry_run.
 * ``guardian_remediations_total{target,action,outcome}``: remediation ladder runs by their
@@ -46,7 +48,6 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Final
 
-from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.api.process_metrics import ProcessMetrics
 from guardian.checks.registry import REGISTRY
@@ -57,7 +58,7 @@ from guardian.core.events import (
     RecoveryEvent,
     RecoveryKind,
 )
-from guardian.core.result import CheckResult, Status, worst
+from guardian.core.result import CheckResult, Status, number, worst
 from guardian.engine.overload import LAG_BUCKETS
 
 if TYPE_CHECKING:
@@ -213,7 +214,6 @@ def _state(view: GuardianView, out: _Out) -> None:
     _targets(out, results, critical)
     _checks(out, results)
     _readings(out, results)
-    _comfyui(out, results)
     _recovery(out, view)
     _overload(out, view)
     out.gauge("guardian_incidents_open", "Incidents not yet resolved").add(
@@ -262,7 +262,7 @@ def _checks(out: _Out, results: list[CheckResult]) -> None:
     )
     for key, r in keyed:
         if r.status in (Status.DEGRADED, Status.FAILED):
-            failing.add((*key, r.reason_class or readings.classify_reason(r.reason)), 1)
+            failing.add((*key, r.reason_class or "other"), 1)
     out.family("guardian_check_last_run_timestamp_seconds", "gauge", "When the check last finished")
     for text, (_, r) in zip(texts, keyed, strict=True):
         append(f"guardian_check_last_run_timestamp_seconds{text} {r.finished.timestamp()!r}\n")
@@ -300,41 +300,6 @@ def _readings(out: _Out, results: list[CheckResult]) -> None:
                         family.add(key, n)
 
 
-def _comfyui(out: _Out, results: list[CheckResult]) -> None:
-    latest: dict[str, CheckResult] = {}
-    for r in results:
-        if r.kind == "comfyui":
-            latest.setdefault(r.target, r)
-    t = ("target",)
-    online = out.gauge("guardian_comfyui_online", "ComfyUI answered its API", t)
-    for target, r in latest.items():
-        online.add((target,), 1 if r.values.get("online") is True else 0)
-    for name, doc, key in (
-        ("guardian_comfyui_queue_running", "Prompts running", "queue_running"),
-        ("guardian_comfyui_queue_pending", "Prompts waiting", "queue_pending"),
-    ):
-        family = out.gauge(name, doc, t)
-        for target, r in latest.items():
-            n = readings.number(r.values.get(key))
-            if n is not None:
-                family.add((target,), n)
-    for name, doc, key in (
-        ("guardian_comfyui_vram_free_bytes", "Free VRAM", "vram_free_mb"),
-        ("guardian_comfyui_vram_total_bytes", "VRAM size", "vram_total_mb"),
-    ):
-        family = out.gauge(name, doc, ("target", "device"))
-        for target, r in latest.items():
-            for device, mb in readings.indexed(r.values, key).items():
-                family.add((target, device), mb * readings.MIB)
-    busy = out.gauge("guardian_comfyui_busy", "1 while ComfyUI runs a prompt", t)
-    age = out.gauge("guardian_comfyui_running_seconds", "How long the running prompt has run", t)
-    for target, r in latest.items():
-        flag = r.values.get("busy")
-        if isinstance(flag, bool):
-            busy.add((target,), 1 if flag else 0)
-            age.add((target,), readings.number(r.values.get("running_for_s")) or 0.0)
-
-
 def _recovery(out: _Out, view: GuardianView) -> None:
     snapshot = view.recovery_snapshot()
     breaker = out.gauge("guardian_breaker_open", "1 when restarts gave up", ("target",))
@@ -344,7 +309,7 @@ def _recovery(out: _Out, view: GuardianView) -> None:
         "guardian_restart_attempts", "Restart attempts in the current window", ("target",)
     )
     for target, info in snapshot.items():
-        n = readings.number(info.get("attempts"))
+        n = number(info.get("attempts"))
         if n is not None:
             attempts.add((target,), n)
 
@@ -448,7 +413,7 @@ class Metrics:
                 h[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
                 self._duration_sums[key2] = self._duration_sums.get(key2, 0.0) + duration
                 if event.status is Status.FAILED:
-                    key = (event.target, event.check, readings.classify_reason(event.reason))
+                    key = (event.target, event.check, event.reason_class or "other")
                     self._failures[key] = self._failures.get(key, 0) + 1
         elif isinstance(event, RecoveryEvent):
             outcome = RESTART_OUTCOMES.get(event.kind)

@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.checks.registry import spec
 from guardian.core.result import CheckResult, Status, Value, number, worst
@@ -306,11 +305,19 @@ def _str(value: object) -> str | None:
 
 
 def _comfyui(r: CheckResult) -> ComfyUIHealth:
-    v = r.values
-    free, total = readings.indexed(v, "vram_free_mb"), readings.indexed(v, "vram_total_mb")
-    names, types = readings.indexed_str(v, "device_name"), readings.indexed_str(v, "device_type")
-    indices = sorted({*free, *total, *names, *types}, key=lambda s: (len(s), s))
-    version = v.get("comfyui_version")
+    """The ``comfyui`` section from the kind's declared readings."""
+    items = _by_index(r)
+    v = items.pop("", {})
+    devices = []
+    for i in sorted(items, key=lambda s: (len(s), s)):
+        d = items[i]
+        free, total = number(d.get("vram_free_mb")), number(d.get("vram_total_mb"))
+        name, kind = _str(d.get("device_name")), _str(d.get("device_type"))
+        if free is None and total is None and name is None and kind is None:
+            continue  # nothing readable about this device
+        devices.append(ComfyUIDevice(
+            index=i, name=name, type=kind, vram_free_mb=free, vram_total_mb=total
+        ))
     return ComfyUIHealth(
         target=r.target,
         online=v.get("online") is True,
@@ -319,18 +326,9 @@ def _comfyui(r: CheckResult) -> ComfyUIHealth:
         running_for_s=number(v.get("running_for_s")),
         status=r.status.value,
         reason=r.reason,
-        version=version if isinstance(version, str) else None,
-        cuda=any(t.lower() == "cuda" for t in types.values()),
-        devices=[
-            ComfyUIDevice(
-                index=i,
-                name=names.get(i),
-                type=types.get(i),
-                vram_free_mb=free.get(i),
-                vram_total_mb=total.get(i),
-            )
-            for i in indices
-        ],
+        version=_str(v.get("comfyui_version")),
+        cuda=any(d.type is not None and d.type.lower() == "cuda" for d in devices),
+        devices=devices,
         queue=ComfyUIQueue(
             running=_int(v.get("queue_running")), pending=_int(v.get("queue_pending"))
         ),

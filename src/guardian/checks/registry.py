@@ -59,8 +59,8 @@ class KindSpec:
 
 KINDS: tuple[KindSpec, ...] = (
     KindSpec("http", http.HttpCheckConfig, http.create, http.READINGS),
-    KindSpec("comfyui", comfyui.ComfyUICheckConfig, comfyui.create, snapshot="ComfyUI",
-             conditions=frozenset(Condition)),
+    KindSpec("comfyui", comfyui.ComfyUICheckConfig, comfyui.create, comfyui.READINGS,
+             snapshot="ComfyUI", conditions=frozenset(Condition)),
     KindSpec("comfyui_canary", canary.ComfyUICanaryConfig, canary.create, snapshot="ComfyUI"),
     KindSpec("disk", disk.DiskCheckConfig, disk.create, disk.READINGS, startup_phase=False,
              host=True, health="disks", signature="Disk critically full"),

@@ -73,7 +73,9 @@ class Reading:
     def _pattern(self) -> re.Pattern[str]:
         template = self.key or ("{name}.{index}" if self.index else "{name}")
         head, sep, tail = template.replace("{name}", self.name).partition("{index}")
-        return re.compile(re.escape(head) + ("(.+)" if sep else "") + re.escape(tail) + "$")
+        # DOTALL: an index is whatever the check wrote (a path may hold any character).
+        return re.compile(re.escape(head) + ("(.+)" if sep else "") + re.escape(tail) + r"\Z",
+                          re.DOTALL)
 
     def of(self, values: Mapping[str, Value]) -> dict[str, Value]:
         """``{index: value}`` of this reading in ``values`` (``{"": value}`` when single),
@@ -209,12 +211,12 @@ class CheckResult:
     def ok(self) -> bool:
         return self.status in (Status.OK, Status.SKIPPED)
 
-    @property
-    def flat_values(self) -> dict[str, Value]:
-        """The values as stored and served: the condition is one of them there."""
-        if self.condition is None:
-            return dict(self.values)
-        return {"condition": self.condition.value, **self.values}
+    def __post_init__(self) -> None:
+        # The stored and served shape (the API's and the store's JSON, reports) keeps the
+        # condition among the values, as it always was; code reads the typed field.
+        if self.condition is not None and "condition" not in self.values:
+            values = {"condition": self.condition.value, **self.values}
+            object.__setattr__(self, "values", values)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -223,7 +225,7 @@ class CheckResult:
             "kind": self.kind,
             "status": self.status.value,
             "reason": self.reason,
-            "values": self.flat_values,
+            "values": dict(self.values),
             "started": self.started.isoformat(),
             "finished": self.finished.isoformat(),
             "duration": round(self.duration, 6),

@@ -212,7 +212,7 @@ class RecoveryManager:
         if event.status == Status.FAILED and stale:
             return  # began before the last restart finished: about the old instance
         now = self.clock.monotonic()
-        owned = isinstance(event.values.get("condition"), str)
+        owned = event.condition is not None  # the ladder's: no liveness streak
         reason = tr.policy.observe_check(
             event.check, event.kind, event.status, now, owned=owned, startup=event.startup
         )
