@@ -454,7 +454,7 @@ def build_health(view: GuardianView, now: datetime) -> HealthResponse:
         if name in with_service or name in snapshot:
             services[name] = _service(results, status, _recovery(snapshot.get(name)))
         if comfyui is None:
-            found = next((r for r in results if r.kind == "comfyui"), None)
+            found = next((r for r in results if spec(r.kind).health == "comfyui"), None)
             if found is not None:
                 comfyui = _comfyui(found)
     all_results = [r for rs in grouped.values() for r in rs]

@@ -38,7 +38,8 @@ class KindSpec:
     ``host``: the kind observes the machine Guardian runs on, not a target: its readings
     are the host's (one metric series per item, the first result wins) and it has no
     startup phase.
-    ``health``: the ``/api/health`` ``system`` section its readings fill, by name.
+    ``health``: the ``/api/health`` section its readings fill, by name (``system``'s
+    ``disks``, ``memory``, ``gpus``, or ``comfyui``: the first such result).
     ``snapshot``: the incident snapshot's section title for this kind's latest result.
     ``signature``: the report's failure signature a failure of this kind proves by itself.
     ``readings``: what its results measure, declared once for the API and the metrics.
@@ -51,7 +52,7 @@ class KindSpec:
     service_state: bool = False
     startup_phase: bool = True
     host: bool = False
-    health: Literal["disks", "memory", "gpus"] | None = None
+    health: Literal["disks", "memory", "gpus", "comfyui"] | None = None
     conditions: frozenset[Condition] = frozenset()
     snapshot: str | None = None
     signature: str | None = None
@@ -60,7 +61,7 @@ class KindSpec:
 KINDS: tuple[KindSpec, ...] = (
     KindSpec("http", http.HttpCheckConfig, http.create, http.READINGS),
     KindSpec("comfyui", comfyui.ComfyUICheckConfig, comfyui.create, comfyui.READINGS,
-             snapshot="ComfyUI", conditions=frozenset(Condition)),
+             health="comfyui", snapshot="ComfyUI", conditions=frozenset(Condition)),
     KindSpec("comfyui_canary", canary.ComfyUICanaryConfig, canary.create, snapshot="ComfyUI"),
     KindSpec("disk", disk.DiskCheckConfig, disk.create, disk.READINGS, startup_phase=False,
              host=True, health="disks", signature="Disk critically full"),
