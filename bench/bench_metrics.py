@@ -81,7 +81,7 @@ def worker(src: Path, targets: int, renders: int, seed: int) -> dict[str, Any]:
     from guardian.api.context import StaticView
     from guardian.api.metrics import Metrics
     from guardian.api.server import serve
-    from guardian.config.schema import parse_config
+    from guardian.config.load import parse_config
     from guardian.core.result import CheckResult, Status
     from guardian.core.state import State
     from guardian.engine.overload import LoopLagMonitor

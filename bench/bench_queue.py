@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import httpx
 from _common import free_port, http_ok, pct, table, write_results
 
-from guardian.config.schema import QueueJournalConfig, load_config
+from guardian.config.load import load_config
+from guardian.config.schema import QueueJournalConfig
 from guardian.core.clock import SystemClock
 from guardian.core.events import Event, RecoveryEvent, RecoveryKind
 from guardian.demo.comfyui.prompts import job_prompt

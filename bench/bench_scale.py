@@ -160,7 +160,7 @@ def _count_files(d: Path) -> int:
 async def worker(config: Path, warmup: float, duration: float, on_time: float,
                  metrics_gets: int) -> dict[str, Any]:
     """Guardian in this process on ``config``; the figures of one load run."""
-    from guardian.config.schema import load_config as load
+    from guardian.config.load import load_config as load
     from guardian.core.events import IncidentEvent
     from guardian.core.result import CheckResult, Status
     from guardian.runtime import Guardian

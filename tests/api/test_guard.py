@@ -8,7 +8,9 @@ import httpx
 import pytest
 
 from guardian.api.app import RequestGuard, create_app, host_of
-from guardian.config.schema import ConfigError, is_loopback_host, parse_config
+from guardian.config.errors import ConfigError
+from guardian.config.load import parse_config
+from guardian.config.schema import is_loopback_host
 from testkit.api import TOKEN, client, make_view
 
 

@@ -11,9 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardian.api.metrics import METRIC_FAMILIES, Metrics
-from guardian.api.readings import REASON_CLASSES, classify_reason
 from guardian.core.events import IncidentEvent, IncidentTransition, RecoveryEvent, RecoveryKind
-from guardian.core.result import Status
+from guardian.core.result import REASON_CLASSES, Condition, ReasonClass, Status
 from testkit.api import (
     INCIDENTS,
     client,
@@ -64,7 +63,8 @@ async def test_gauges_follow_state_at_scrape_time() -> None:
     assert value(found, "guardian_incidents_open") == 1
 
     stuck = "queue stuck: 3 pending, nothing running for 400s"
-    view.state.record(result("comfyui", "comfyui", Status.FAILED, stuck, {"online": True}))
+    view.state.record(result("comfyui", "comfyui", Status.FAILED, stuck, {"online": True},
+                             condition=Condition.STUCK_PENDING, reason_class="queue_stuck"))
     view.recovery["comfyui"]["breaker_open"] = True
     found = samples(await scrape(view))
     assert value(found, "guardian_target_up", target="comfyui", critical="true") == 0
@@ -81,8 +81,8 @@ async def test_gauges_follow_state_at_scrape_time() -> None:
 
 async def test_documented_table_keys_are_read() -> None:
     results = [
-        result("system", "gpu", values={"util_percent.1": 50, "mem_used_mb.1": 10,
-                                        "mem_total_mb.1": 20, "temp_c.1": 70}),
+        result("system", "gpu", values={"gpu1.util_percent": 50, "gpu1.vram_used_mb": 10,
+                                        "gpu1.vram_total_mb": 20, "gpu1.temp_c": 70}),
     ]
     found = samples(await scrape(make_view(results=results)))
     assert value(found, "guardian_gpu_utilization_ratio", gpu="1") == 0.5
@@ -96,8 +96,13 @@ async def test_counters_and_histogram_from_events() -> None:
     metrics = Metrics(view, process=False)
     bus = view.state.bus
     now = datetime.now(UTC)
-    for reason in ("connection refused", "read timed out after 10s", "timeout"):
-        view.state.record(result("panel", "http", Status.FAILED, reason, duration=0.2))
+    failures: list[tuple[str, ReasonClass]] = [
+        ("connection refused", "connection"), ("read timed out after 10s", "timeout"),
+        ("timeout", "timeout"),
+    ]  # as the http check and the engine class them
+    for reason, cls in failures:
+        view.state.record(result("panel", "http", Status.FAILED, reason, duration=0.2,
+                                 reason_class=cls))
     bus.publish(RecoveryEvent("panel", RecoveryKind.RESTART_STARTED, now, 1))
     bus.publish(RecoveryEvent("panel", RecoveryKind.RESTART_SUCCEEDED, now, 1))
     bus.publish(RecoveryEvent("panel", RecoveryKind.RESTART_FAILED, now, 2))
@@ -126,39 +131,28 @@ async def test_counters_and_histogram_from_events() -> None:
 def test_registries_are_isolated() -> None:
     a, b = make_view(), make_view()
     ma, mb = Metrics(a, process=False), Metrics(b, process=False)
-    a.state.record(result("panel", "http", Status.FAILED, "HTTP 500"))
+    a.state.record(result("panel", "http", Status.FAILED, "HTTP 500", reason_class="http_status"))
     fa, fb = samples(ma.render()[0].decode()), samples(mb.render()[0].decode())
     key = dict(target="panel", check="http", reason_class="http_status")
     assert value(fa, "guardian_check_failures_total", **key) == 1
     assert value(fb, "guardian_check_failures_total", **key) is None
 
 
-@pytest.mark.parametrize(
-    ("reason", "expected"),
-    [
-        ("connect timed out after 5s", "timeout"),
-        ("timeout", "timeout"),
-        ("the previous NVML call has not returned (driver hung?)", "timeout"),
-        ("connection refused", "connection"),
-        ("connection reset by peer", "connection"),
-        ("DNS lookup failed for panel.local: Name or service not known", "connection"),
-        ("TLS certificate rejected: self-signed", "connection"),
-        ("HTTP 502", "http_status"),
-        ("invalid JSON body: Expecting value", "invalid_response"),
-        ("/system_stats: 'devices' is missing or not a list", "invalid_response"),
-        ("body does not contain 'ok'", "invalid_response"),
-        ("queue stuck: prompt abc running for 901s", "queue_stuck"),
-        ("lowest free 12 GB; /: 12.0 GB free, below critical 20 GB", "threshold"),
-        ("GPU 0 (RTX): 97 C, at/above critical 95 C", "threshold"),
-        ("service not running", "service"),
-        ("service not installed", "service"),
-        ("check error: ZeroDivisionError: division by zero", "other"),
-        ("", "other"),
-    ],
-)
-def test_reason_classes_are_bounded(reason: str, expected: str) -> None:
-    assert classify_reason(reason) == expected
-    assert expected in REASON_CLASSES
+async def test_the_reason_class_is_the_checks_own() -> None:
+    """The label is the class the check set; a failure without one is "other" (the text
+    is never parsed: "connection" in a reason says nothing here)."""
+    view = make_view()
+    view.state.record(result("panel", "http", Status.FAILED, "connection refused",
+                             reason_class="connection"))
+    view.state.record(result("disk", "disk", Status.FAILED, "connection of the disk: low",
+                             kind="disk"))
+    found = samples(await scrape(view))
+    assert value(found, "guardian_check_failing", target="panel", check="http", kind="http",
+                 reason_class="connection") == 1
+    assert value(found, "guardian_check_failing", target="disk", check="disk", kind="disk",
+                 reason_class="other") == 1
+    labels = {dict(k[1]).get("reason_class") for k in found if k[0] == "guardian_check_failing"}
+    assert labels <= set(REASON_CLASSES)
 
 
 async def test_every_documented_family_is_exported_with_data() -> None:
@@ -233,7 +227,8 @@ async def test_hostile_label_values_are_escaped_and_promtool_clean() -> None:
 def test_registry_reads_what_a_scrape_gets() -> None:
     view = make_view()
     metrics = Metrics(view, process=False)
-    view.state.record(result("panel", "http", Status.FAILED, "HTTP 500", duration=0.03))
+    view.state.record(result("panel", "http", Status.FAILED, "HTTP 500", duration=0.03,
+                             reason_class="http_status"))
     sample = metrics.registry.get_sample_value
     assert sample("guardian_check_failures_total",
                   {"target": "panel", "check": "http", "reason_class": "http_status"}) == 1

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from guardian.checks.base import CheckConfigBase
-from guardian.config.schema import parse_config
+from guardian.config.load import parse_config
 from guardian.core.clock import SystemClock
 from guardian.core.result import Outcome, Status
 from guardian.core.state import State
@@ -52,6 +52,7 @@ class NeverAnswers:
 
 def _engine(state: State, monitor: LoopLagMonitor | None) -> Engine:
     cfg = state.config.targets[0].checks[0]
+    assert isinstance(cfg, CheckConfigBase)
     engine = Engine(state, [("victim", NeverAnswers(cfg))], SystemClock())
     engine.lag_probe = monitor
     return engine

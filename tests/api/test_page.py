@@ -21,7 +21,7 @@ import pytest
 
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
-from guardian.core.result import Status
+from guardian.core.result import Condition, Status
 from guardian.store.db import Database
 from guardian.uptime.store import UptimeStore
 from testkit.api import INCIDENTS, TOKEN, make_view, result
@@ -216,7 +216,7 @@ async def test_status_page_updates_and_restarts(
     # A target turns red: visible within one refresh (plus a fetch), no reload.
     stuck = "queue stuck: 3 pending, nothing running for 412s"
     view.state.record(result("comfyui", "comfyui", Status.FAILED, stuck,
-                             {"online": True, "condition": "stuck_pending"}))
+                             {"online": True}, condition=Condition.STUCK_PENDING))
     began = time.monotonic()
     await page.locator('article[data-target="comfyui"][data-status="failed"]').wait_for(
         timeout=(REFRESH + 1.5) * 1000

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import (  # type: ignore[import-not-found]
+
+from guardian.api.app import create_app, serve
+from guardian.api.context import StaticView
+from guardian.core.result import Status
+from guardian.store.db import Database
+from guardian.uptime.store import UptimeStore
+from testkit.api import (
     COMFY_VALUES,
     DISK_VALUES,
     GPU_VALUES,
@@ -24,12 +30,6 @@ from api_helpers import (  # type: ignore[import-not-found]
     make_view,
     result,
 )
-
-from guardian.api.app import create_app, serve
-from guardian.api.context import StaticView
-from guardian.core.result import Status
-from guardian.store.db import Database
-from guardian.uptime.store import UptimeStore
 
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = os.environ.get("GUARDIAN_CHROMIUM") or shutil.which("chromium") or shutil.which(

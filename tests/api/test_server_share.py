@@ -13,13 +13,12 @@ import socket
 import time
 from pathlib import Path
 
-from api_helpers import make_view  # type: ignore[import-not-found]
-
 from guardian.api.app import create_app
 from guardian.api.bridge import LoopBridge
 from guardian.api.server import ServeLimits, serve
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.runtime import Guardian
+from testkit.api import make_view
 
 GET = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
@@ -171,9 +170,8 @@ async def test_api_answers_stay_bounded_however_big_a_targets_strings() -> None:
     """A megabyte prompt id and reason from a target: a bounded answer with a marker."""
     import dataclasses
 
-    from api_helpers import healthy_results  # type: ignore[import-not-found]
-
     from guardian.core.result import Status
+    from testkit.api import healthy_results
 
     huge = "p" * 1_000_000
     results = [dataclasses.replace(r, reason=huge, status=Status.FAILED,

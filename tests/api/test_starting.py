@@ -19,7 +19,8 @@ from guardian.api.context import StaticView
 from guardian.checks import CheckContext, build_check
 from guardian.cli.locate import Located
 from guardian.cli.main import _daemon_view
-from guardian.config.schema import Config, parse_config
+from guardian.config.load import parse_config
+from guardian.config.schema import Config
 from guardian.core.clock import FakeClock
 from guardian.core.result import CheckResult, Status
 from guardian.core.state import State, aggregate

@@ -115,7 +115,7 @@ stable_period = 0
 @pytest.mark.timeout(240)
 async def test_recovery_manager_restart_cycles_leak_nothing(tmp_path: Path) -> None:
     pytest.importorskip("guardian.services.process.backend")
-    from guardian.config.schema import parse_config
+    from guardian.config.load import parse_config
     from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
     from guardian.recovery.breakers import MemoryBreakerStore
     from guardian.recovery.manager import RecoveryManager

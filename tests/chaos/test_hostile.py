@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from guardian.checks.base import CheckContext
-from guardian.config.schema import parse_config
+from guardian.config.load import parse_config
 from guardian.core.clock import SystemClock
 from guardian.core.events import EventBus
 from guardian.core.result import Status

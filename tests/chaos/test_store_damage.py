@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.incidents.store import Store
 from guardian.recovery.breakers import BreakerRecord, SqliteBreakerStore
 from guardian.store.db import Database

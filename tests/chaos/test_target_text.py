@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from guardian.cli.main import app
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.incidents.report import Reporter
 from guardian.incidents.store import Store
 from guardian.runtime import Guardian

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.core.result import Status
 from guardian.runtime import Guardian
 from testkit.chaos import toml

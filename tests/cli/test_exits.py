@@ -20,7 +20,7 @@ from guardian import __version__
 from guardian.cli.advice import config_warnings
 from guardian.cli.main import app
 from guardian.cli.support import Exit, exit_table
-from guardian.config.schema import load_config, parse_config
+from guardian.config.load import load_config, parse_config
 from guardian.store import runfile
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ import pytest
 
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.core.result import CheckResult, Status
 from guardian.core.state import State
 from guardian.incidents.store import Store

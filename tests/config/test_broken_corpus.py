@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from guardian.cli.main import app
-from guardian.config.schema import ConfigError, load_config
+from guardian.config.errors import ConfigError
+from guardian.config.load import load_config
 
 CORPUS = Path(__file__).with_name("broken")
 FILES = sorted(CORPUS.glob("*.toml"))

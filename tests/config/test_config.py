@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from guardian.checks.comfyui.health import ComfyUICheckConfig
+from guardian.checks.disk import DiskCheckConfig
+from guardian.checks.http.check import HttpCheckConfig
 from guardian.cli.main import app
-from guardian.config.schema import ConfigError, default_config, load_config, parse_config
+from guardian.config.errors import ConfigError
+from guardian.config.load import default_config, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -140,13 +144,15 @@ def test_example_config_is_valid_and_is_the_original_plan() -> None:
     assert panel.service and panel.service.name == "OrchestratorPanel"
     assert comfy.service and comfy.service.name == "OrchestratorComfyUI"
     assert panel.critical and comfy.critical
-    http = panel.checks[0]
+    http, first = panel.checks[0], comfy.checks[0]
+    assert isinstance(http, HttpCheckConfig) and isinstance(first, ComfyUICheckConfig)
     assert (http.kind, http.interval, http.timeout) == ("http", 30, 10)
-    assert http.url == "http://localhost:3000/api/health"  # type: ignore[union-attr]
-    assert comfy.checks[0].url == "http://127.0.0.1:8188"  # type: ignore[union-attr]
+    assert http.url == "http://localhost:3000/api/health"
+    assert first.url == "http://127.0.0.1:8188"
     assert [c.interval for c in comfy.checks if c.kind == "service"] == [60]
     disk = cfg.target("disk").checks[0]
-    assert (disk.interval, disk.warn_gb, disk.critical_gb) == (300, 50, 20)  # type: ignore[union-attr]
+    assert isinstance(disk, DiskCheckConfig)
+    assert (disk.interval, disk.warn_gb, disk.critical_gb) == (300, 50, 20)
     assert (comfy.recovery.cooldown, comfy.recovery.max_attempts) == (30, 3)
 
 

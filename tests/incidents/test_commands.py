@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from guardian.cli.incidents import register
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.core.clock import FakeClock
 from guardian.core.result import Status
 from guardian.incidents.report import Reporter

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.demo.stack import free_port
 from guardian.runtime import Guardian
 

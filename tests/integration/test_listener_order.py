@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.runtime import Guardian
 
 

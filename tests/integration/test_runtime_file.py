@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.runtime import Guardian
 from guardian.store import runfile
 from guardian.uptime.store import UPTIME_SCHEMA_VERSION

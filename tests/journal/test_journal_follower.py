@@ -156,7 +156,7 @@ async def test_release_and_drop_a_quarantined_prompt(harness: Harness, tmp_path:
     from datetime import UTC, datetime
 
     from guardian.checks.comfyui.client import QueuedPrompt
-    from guardian.config.schema import load_config
+    from guardian.config.load import load_config
     from guardian.core.events import EventBus
     from guardian.journal.keeper import QueueKeeper
 
@@ -197,7 +197,7 @@ async def test_memory_pressure_while_busy_restarts_between_jobs(harness: Harness
     one restart request through recovery's policy once the running prompt has finished."""
     from datetime import UTC, datetime
 
-    from guardian.config.schema import load_config
+    from guardian.config.load import load_config
     from guardian.core.events import EventBus, RecoveryEvent, RecoveryKind
     from guardian.journal.keeper import QueueKeeper
 

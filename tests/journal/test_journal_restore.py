@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.core.events import Event, RecoveryEvent, RecoveryKind
 from guardian.demo.comfyui.prompts import job_prompt
 from guardian.demo.stack import free_port

@@ -14,7 +14,7 @@ from guardian.checks.http.check import HttpCheckConfig
 from guardian.config.schema import Config, RecoveryConfig, ServiceConfig, TargetConfig
 from guardian.core.clock import FakeClock
 from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.core.result import CheckResult, Status
+from guardian.core.result import CheckResult, Condition, Status
 from guardian.recovery.breakers import MemoryBreakerStore, SqliteBreakerStore
 from guardian.recovery.manager import RecoveryManager
 from guardian.services.base import ExitListener, ServiceState, ServiceStatus
@@ -538,7 +538,7 @@ async def test_condition_failures_belong_to_the_ladder_not_the_streak() -> None:
     for _ in range(5):
         r.bus.publish(CheckResult(
             "api", "http", "http", Status.FAILED, "queue stuck",
-            {"condition": "stuck_running"}, now, now, 0.01,
+            {}, now, now, 0.01, condition=Condition.STUCK_RUNNING,
         ))
     await r.clock.settle()
     assert b.restarts == 0

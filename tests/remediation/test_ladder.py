@@ -29,7 +29,7 @@ from guardian.config.schema import (
 )
 from guardian.core.clock import FakeClock, SystemClock
 from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.core.result import CheckResult, Outcome, Status
+from guardian.core.result import CheckResult, Condition, Outcome, Status
 from guardian.demo.comfyui.server import ComfyUISim
 from guardian.recovery.manager import RecoveryManager
 from guardian.remediation.ladder import Remediation
@@ -76,13 +76,14 @@ class Rig:
         out = await self.check.run()
         now = self.clock.now()
         self.bus.publish(CheckResult("comfyui", "comfyui", "comfyui", out.status, out.reason,
-                                     dict(out.values), now, now, 0.0, started_mono=began))
+                                     dict(out.values), now, now, 0.0, started_mono=began,
+                                     condition=out.condition))
         return out
 
     async def observe_until(self, condition: str, step: float, limit: int = 40) -> Outcome:
         for _ in range(limit):
             out = await self.observe()
-            if out.values.get("condition") == condition:
+            if out.condition == condition:
                 return out
             await self.clock.advance(step)
         raise AssertionError(f"no {condition} result")
@@ -238,7 +239,7 @@ async def test_free_heals_a_vram_leak_without_a_restart(
     done = r.events[-1]
     assert done.values["action"] == "free" and done.values["freed_mb"] > 0
     assert done.values["after_vram_0_free_mb"] > done.values["before_vram_0_free_mb"]
-    assert (await r.observe()).values.get("condition") is None  # healed
+    assert (await r.observe()).condition is None  # healed
 
 
 async def test_memory_pressure_gone_busy_frees_nothing(sim: ComfyUISim, rig: RigFactory) -> None:
@@ -249,12 +250,12 @@ async def test_memory_pressure_gone_busy_frees_nothing(sim: ComfyUISim, rig: Rig
     sim.submit_job("busy", 3600)
     await until(lambda: running(sim))
     out = await r.check.run()  # busy: low VRAM is no condition
-    assert out.values.get("condition") is None
+    assert out.condition is None
     # Replay an idle memory_pressure result now that the queue is busy.
     now = r.clock.now()
     r.bus.publish(CheckResult("comfyui", "comfyui", "comfyui", Status.DEGRADED, "pressure",
-                              {**out.values, "condition": "memory_pressure",
-                               "memory_critical": False}, now, now, 0.0))
+                              {**out.values, "memory_critical": False}, now, now, 0.0,
+                              condition=Condition.MEMORY_PRESSURE))
     await asyncio.sleep(0.3)
     await r.clock.advance(60)
     assert r.events == [] and sim.frees == 0
@@ -265,7 +266,7 @@ async def test_nothing_acts_when_idle_and_memory_is_fine(sim: ComfyUISim, rig: R
     r = rig(sim.url)
     for _ in range(20):
         out = await r.observe()
-        assert out.status is Status.OK and "condition" not in out.values
+        assert out.status is Status.OK and out.condition is None
         await r.clock.advance(300)
     await asyncio.sleep(0.1)
     assert r.events == [] and sim.interrupts == 0 and sim.frees == 0

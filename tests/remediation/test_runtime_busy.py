@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.core.events import Event, RecoveryEvent, RecoveryKind
 from guardian.core.result import CheckResult, Status
 from guardian.demo.stack import free_port

@@ -404,7 +404,7 @@ def test_sandbox_keeps_tmp_and_home_paths_working():
 
 
 def test_supervised_in_home_is_derived_from_the_config(tmp_path):
-    from guardian.config.schema import parse_config
+    from guardian.config.load import parse_config
 
     cfg = parse_config(
         """

@@ -21,7 +21,7 @@ from guardian.api.app import create_app
 from guardian.api.context import StaticView
 from guardian.cli import install
 from guardian.cli.main import app
-from guardian.config.schema import parse_config
+from guardian.config.load import parse_config
 from guardian.core.state import State
 from guardian.demo.stack import prepare_demo
 from guardian.support.log import setup_logging

@@ -10,8 +10,9 @@ import httpx
 
 from guardian.api.app import create_app
 from guardian.api.context import StaticView
-from guardian.config.schema import Config, parse_config
-from guardian.core.result import CheckResult, Status, Value
+from guardian.config.load import parse_config
+from guardian.config.schema import Config
+from guardian.core.result import CheckResult, Condition, ReasonClass, Status, Value
 from guardian.core.state import State
 from guardian.engine.lateness import LatenessWindow
 from guardian.engine.overload import LoopLagMonitor
@@ -102,6 +103,8 @@ def result(
     kind: str | None = None,
     duration: float = 0.01,
     at: datetime = T0,
+    condition: Condition | None = None,
+    reason_class: ReasonClass | None = None,
 ) -> CheckResult:
     return CheckResult(
         target=target,
@@ -113,6 +116,8 @@ def result(
         started=at,
         finished=at + timedelta(seconds=duration),
         duration=duration,
+        condition=condition,
+        reason_class=reason_class,
     )
 
 

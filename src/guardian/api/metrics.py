@@ -2,9 +2,10 @@
 
 Gauges are read from the cached :class:`~guardian.core.state.State` when Prometheus scrapes,
 so they can never drift from what ``/api/health`` says. Counters and the duration
-histogram are fed by the :class:`~guardian.core.events.EventBus`. Which check value keys feed
-which gauge is documented in :mod:`guardian.api.readings`; a missing key just means no
-sample. Everything is per :class:`Metrics` instance, so several Guardians, or tests,
+histogram are fed by the :class:`~guardian.core.events.EventBus`. Which reading feeds which
+gauge is declared by each check kind (its ``READINGS``, listed in
+:mod:`guardian.checks.registry`); a reading the check could not take means no sample.
+Everything is per :class:`Metrics` instance, so several Guardians, or tests,
 never share series.
 
 Why Guardian writes its own families instead of going through ``prometheus_client``'s
@@ -26,8 +27,9 @@ Encodings (numeric, so they graph and alert with plain comparisons):
   else 1 (no sample before its first result). ``critical`` is ``"true"``/``"false"``.
 * ``guardian_check_status{target,check,kind}``: -1 skipped, 0 ok, 1 degraded, 2 failed.
 * ``guardian_check_failing{target,check,kind,reason_class}``: 1 while the latest result is
-  degraded or failed, with its reason classified into a fixed set (see
-  :data:`~guardian.api.readings.REASON_CLASSES`); no sample while ok.
+  degraded or failed, with the class its check gave the reason (a fixed set, see
+  :data:`~guardian.core.result.REASON_CLASSES`; "other" when it gave none); no sample
+  while ok.
 * ``guardian_check_failures_total{target,check,reason_class}`` counts failed results.
 * ``guardian_restarts_total{target,outcome}``: outcome succeeded, failed or dry_run.
 * ``guardian_remediations_total{target,action,outcome}``: remediation ladder runs by their
@@ -48,10 +50,10 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Final
 
-from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.api.process_metrics import ProcessMetrics
 from guardian.api.queue import QueueMetrics
+from guardian.checks.registry import REGISTRY
 from guardian.core.events import (
     Event,
     IncidentEvent,
@@ -59,7 +61,7 @@ from guardian.core.events import (
     RecoveryEvent,
     RecoveryKind,
 )
-from guardian.core.result import CheckResult, Status, worst
+from guardian.core.result import CheckResult, Status, number, worst
 from guardian.engine.overload import LAG_BUCKETS
 
 if TYPE_CHECKING:
@@ -214,8 +216,7 @@ def _state(view: GuardianView, out: _Out) -> None:
     critical = {t.name: t.critical for t in view.config.targets}
     _targets(out, results, critical)
     _checks(out, results)
-    _system(out, results)
-    _comfyui(out, results)
+    _readings(out, results)
     _recovery(out, view)
     _overload(out, view)
     out.gauge("guardian_incidents_open", "Incidents not yet resolved").add(
@@ -264,95 +265,42 @@ def _checks(out: _Out, results: list[CheckResult]) -> None:
     )
     for key, r in keyed:
         if r.status in (Status.DEGRADED, Status.FAILED):
-            failing.add((*key, readings.classify_reason(r.reason)), 1)
+            failing.add((*key, r.reason_class or "other"), 1)
     out.family("guardian_check_last_run_timestamp_seconds", "gauge", "When the check last finished")
     for text, (_, r) in zip(texts, keyed, strict=True):
         append(f"guardian_check_last_run_timestamp_seconds{text} {r.finished.timestamp()!r}\n")
 
 
-def _system(out: _Out, results: list[CheckResult]) -> None:
-    disk_free: dict[str, float] = {}
-    disk_total: dict[str, float] = {}
-    memory: dict[str, float] = {}
-    gpus: dict[str, dict[str, float | str]] = {}
-    for r in results:
-        v = r.values
-        if r.kind == "disk":
-            totals = readings.indexed(v, "total_gb")
-            for path, gb in readings.indexed(v, "free_gb").items():
-                if path in disk_free:
-                    continue
-                disk_free[path] = gb * readings.GIB
-                if path in totals:
-                    disk_total[path] = totals[path] * readings.GIB
-        elif r.kind == "memory" and "available" not in memory:
-            avail = readings.number(v.get("available_mb"))
-            total = readings.number(v.get("total_mb"))
-            if avail is not None:
-                memory["available"] = avail * readings.MIB
-            if total is not None:
-                memory.setdefault("total", total * readings.MIB)
-        elif r.kind == "gpu":
-            for idx, g in readings.gpus(v).items():
-                gpus.setdefault(idx, g)
-    free = out.gauge("guardian_disk_free_bytes", "Free disk space", ("path",))
-    for path, n in disk_free.items():
-        free.add((path,), n)
-    size = out.gauge("guardian_disk_total_bytes", "Disk size", ("path",))
-    for path, n in disk_total.items():
-        size.add((path,), n)
-    avail_g = out.gauge("guardian_memory_available_bytes", "Available system memory")
-    if "available" in memory:
-        avail_g.add((), memory["available"])
-    total_g = out.gauge("guardian_memory_total_bytes", "Total system memory")
-    if "total" in memory:
-        total_g.add((), memory["total"])
-    for name, doc, field, scale in (
-        ("guardian_gpu_utilization_ratio", "GPU busy fraction, 0..1", "util_percent", 0.01),
-        ("guardian_gpu_memory_used_bytes", "GPU memory used", "mem_used_mb", readings.MIB),
-        ("guardian_gpu_memory_total_bytes", "GPU memory size", "mem_total_mb", readings.MIB),
-        ("guardian_gpu_temperature_celsius", "GPU temperature", "temp_c", 1.0),
-    ):
-        family = out.gauge(name, doc, ("gpu",))
-        for idx, g in gpus.items():
-            value = g.get(field)
-            if isinstance(value, float):
-                family.add((idx,), value * scale)
+def _readings(out: _Out, results: list[CheckResult]) -> None:
+    """A gauge per declared reading with a metric, in the registry's order.
 
-
-def _comfyui(out: _Out, results: list[CheckResult]) -> None:
-    latest: dict[str, CheckResult] = {}
+    A host kind's gauge is the host's: one series per item, the first result wins. Any
+    other kind's is per target (its first result there), labelled ``target``.
+    """
+    by_kind: dict[str, list[CheckResult]] = {}
     for r in results:
-        if r.kind == "comfyui":
-            latest.setdefault(r.target, r)
-    t = ("target",)
-    online = out.gauge("guardian_comfyui_online", "ComfyUI answered its API", t)
-    for target, r in latest.items():
-        online.add((target,), 1 if r.values.get("online") is True else 0)
-    for name, doc, key in (
-        ("guardian_comfyui_queue_running", "Prompts running", "queue_running"),
-        ("guardian_comfyui_queue_pending", "Prompts waiting", "queue_pending"),
-    ):
-        family = out.gauge(name, doc, t)
-        for target, r in latest.items():
-            n = readings.number(r.values.get(key))
-            if n is not None:
-                family.add((target,), n)
-    for name, doc, key in (
-        ("guardian_comfyui_vram_free_bytes", "Free VRAM", "vram_free_mb"),
-        ("guardian_comfyui_vram_total_bytes", "VRAM size", "vram_total_mb"),
-    ):
-        family = out.gauge(name, doc, ("target", "device"))
-        for target, r in latest.items():
-            for device, mb in readings.indexed(r.values, key).items():
-                family.add((target, device), mb * readings.MIB)
-    busy = out.gauge("guardian_comfyui_busy", "1 while ComfyUI runs a prompt", t)
-    age = out.gauge("guardian_comfyui_running_seconds", "How long the running prompt has run", t)
-    for target, r in latest.items():
-        flag = r.values.get("busy")
-        if isinstance(flag, bool):
-            busy.add((target,), 1 if flag else 0)
-            age.add((target,), readings.number(r.values.get("running_for_s")) or 0.0)
+        by_kind.setdefault(r.kind, []).append(r)
+    for spec in REGISTRY:
+        found = by_kind.get(spec.kind, [])
+        if not spec.host:  # the first result of each target
+            first: dict[str, CheckResult] = {}
+            for r in found:
+                first.setdefault(r.target, r)
+            found = list(first.values())
+        per_target = () if spec.host else ("target",)
+        for reading in spec.readings:
+            if not reading.metric:
+                continue
+            indexed = reading.index is not None
+            labels = per_target + ((reading.index,) if reading.index else ())
+            family = out.gauge(reading.metric, reading.doc, labels)
+            seen: set[tuple[str, ...]] = set()
+            for r in found:
+                for index, n in reading.gauge(r.values).items():
+                    key = (() if spec.host else (r.target,)) + ((index,) if indexed else ())
+                    if key not in seen:
+                        seen.add(key)
+                        family.add(key, n)
 
 
 def _recovery(out: _Out, view: GuardianView) -> None:
@@ -364,7 +312,7 @@ def _recovery(out: _Out, view: GuardianView) -> None:
         "guardian_restart_attempts", "Restart attempts in the current window", ("target",)
     )
     for target, info in snapshot.items():
-        n = readings.number(info.get("attempts"))
+        n = number(info.get("attempts"))
         if n is not None:
             attempts.add((target,), n)
 
@@ -472,7 +420,7 @@ class Metrics:
                 h[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
                 self._duration_sums[key2] = self._duration_sums.get(key2, 0.0) + duration
                 if event.status is Status.FAILED:
-                    key = (event.target, event.check, readings.classify_reason(event.reason))
+                    key = (event.target, event.check, event.reason_class or "other")
                     self._failures[key] = self._failures.get(key, 0) + 1
         elif isinstance(event, RecoveryEvent):
             self._queue.on_event(event)

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from guardian.api import readings
 from guardian.api.context import GuardianView
 from guardian.api.queue import QueueHealth, queue_health
-from guardian.core.result import CheckResult, Status, Value, worst
+from guardian.checks.registry import spec
+from guardian.core.result import CheckResult, Status, Value, number, worst
 from guardian.core.state import Health
 from guardian.support.escape import bounded
 from guardian.uptime.store import WINDOWS, Counts
@@ -283,7 +283,7 @@ def _service(
 ) -> ServiceHealth:
     state, pid = {"ok": "up", "degraded": "up", "failed": "down"}.get(status, "unknown"), None
     for r in results:
-        if r.kind == "service":
+        if spec(r.kind).service_state:
             raw_state, raw_pid = r.values.get("state"), r.values.get("pid")
             if isinstance(raw_state, str) and raw_state:
                 state = raw_state
@@ -302,7 +302,7 @@ def _service(
 
 
 def _int(value: Value | None) -> int | None:
-    n = readings.number(value)
+    n = number(value)
     return int(n) if n is not None else None
 
 
@@ -311,31 +311,30 @@ def _str(value: object) -> str | None:
 
 
 def _comfyui(r: CheckResult) -> ComfyUIHealth:
-    v = r.values
-    free, total = readings.indexed(v, "vram_free_mb"), readings.indexed(v, "vram_total_mb")
-    names, types = readings.indexed_str(v, "device_name"), readings.indexed_str(v, "device_type")
-    indices = sorted({*free, *total, *names, *types}, key=lambda s: (len(s), s))
-    version = v.get("comfyui_version")
+    """The ``comfyui`` section from the kind's declared readings."""
+    items = _by_index(r)
+    v = items.pop("", {})
+    devices = []
+    for i in sorted(items, key=lambda s: (len(s), s)):
+        d = items[i]
+        free, total = number(d.get("vram_free_mb")), number(d.get("vram_total_mb"))
+        name, kind = _str(d.get("device_name")), _str(d.get("device_type"))
+        if free is None and total is None and name is None and kind is None:
+            continue  # nothing readable about this device
+        devices.append(ComfyUIDevice(
+            index=i, name=name, type=kind, vram_free_mb=free, vram_total_mb=total
+        ))
     return ComfyUIHealth(
         target=r.target,
         online=v.get("online") is True,
         busy=v.get("busy") is True,
         running_prompt_id=_str(v.get("running_prompt_id")),
-        running_for_s=readings.number(v.get("running_for_s")),
+        running_for_s=number(v.get("running_for_s")),
         status=r.status.value,
         reason=bounded(r.reason),
-        version=version if isinstance(version, str) else None,
-        cuda=any(t.lower() == "cuda" for t in types.values()),
-        devices=[
-            ComfyUIDevice(
-                index=i,
-                name=names.get(i),
-                type=types.get(i),
-                vram_free_mb=free.get(i),
-                vram_total_mb=total.get(i),
-            )
-            for i in indices
-        ],
+        version=_str(v.get("comfyui_version")),
+        cuda=any(d.type is not None and d.type.lower() == "cuda" for d in devices),
+        devices=devices,
         queue=ComfyUIQueue(
             running=_int(v.get("queue_running")), pending=_int(v.get("queue_pending"))
         ),
@@ -343,39 +342,49 @@ def _comfyui(r: CheckResult) -> ComfyUIHealth:
     )
 
 
+def _by_index(r: CheckResult) -> dict[str, dict[str, Value]]:
+    """The kind's declared readings of one result, grouped by item (``""``: no index)."""
+    items: dict[str, dict[str, Value]] = {}
+    for reading in spec(r.kind).readings:
+        for index, value in reading.of(r.values).items():
+            items.setdefault(index, {})[reading.name] = value
+    return items
+
+
+def _numbers(fields: Mapping[str, Value], *names: str) -> dict[str, float | None]:
+    return {name: number(fields.get(name)) for name in names}
+
+
 def _system(results: list[CheckResult]) -> SystemHealth:
+    """The host kinds' readings, by the section each kind declares; the first wins."""
     system = SystemHealth()
     seen_paths: set[str] = set()
     seen_gpus: set[str] = set()
     for r in results:
-        v = r.values
-        if r.kind == "disk":
-            free, total = readings.indexed(v, "free_gb"), readings.indexed(v, "total_gb")
-            pct = readings.indexed(v, "free_percent")
-            for path in [*free, *(p for p in total if p not in free)]:
-                if path not in seen_paths:
+        section = spec(r.kind).health
+        if section is None:
+            continue
+        items = _by_index(r)
+        if section == "disks":
+            for path, fields in items.items():
+                disk = _numbers(fields, "free_gb", "total_gb", "free_percent")
+                measured = disk["free_gb"] is not None or disk["total_gb"] is not None
+                if path not in seen_paths and measured:
                     seen_paths.add(path)
-                    system.disks.append(
-                        DiskHealth(
-                            path=path,
-                            free_gb=free.get(path),
-                            total_gb=total.get(path),
-                            free_percent=pct.get(path),
-                        )
-                    )
-        elif r.kind == "memory" and system.memory is None:
+                    system.disks.append(DiskHealth(path=path, **disk))
+        elif section == "memory" and system.memory is None:
             system.memory = MemoryHealth(
-                available_mb=readings.number(v.get("available_mb")),
-                total_mb=readings.number(v.get("total_mb")),
-                used_percent=readings.number(v.get("used_percent")),
+                **_numbers(items.get("", {}), "available_mb", "total_mb", "used_percent")
             )
-        elif r.kind == "gpu":
-            for idx, g in readings.gpus(v).items():
-                if idx in seen_gpus:
+        elif section == "gpus":
+            for idx, fields in sorted(items.items(), key=lambda kv: (len(kv[0]), kv[0])):
+                name = fields.get("name")
+                nums = {k: n for k, n in _numbers(
+                    fields, "util_percent", "mem_used_mb", "mem_total_mb", "temp_c"
+                ).items() if n is not None}
+                if idx in seen_gpus or not (nums or isinstance(name, str)):
                     continue
                 seen_gpus.add(idx)
-                name = g.get("name")
-                nums = {k: x for k, x in g.items() if isinstance(x, float)}
                 system.gpus.append(
                     GpuHealth(index=idx, name=name if isinstance(name, str) else None, **nums)
                 )
@@ -451,7 +460,7 @@ def build_health(view: GuardianView, now: datetime) -> HealthResponse:
         if name in with_service or name in snapshot:
             services[name] = _service(results, status, _recovery(snapshot.get(name)))
         if comfyui is None:
-            found = next((r for r in results if r.kind == "comfyui"), None)
+            found = next((r for r in results if spec(r.kind).health == "comfyui"), None)
             if found is not None:
                 comfyui = _comfyui(found)
     all_results = [r for rs in grouped.values() for r in rs]

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Protocol
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
+from guardian.core.model import StrictModel
 from guardian.core.result import Outcome
 
 if TYPE_CHECKING:
@@ -44,15 +45,14 @@ TargetUrl = Annotated[
 ]
 
 
-class CheckConfigBase(BaseModel):
+class CheckConfigBase(StrictModel):
     """Fields every ``[[targets.checks]]`` table accepts.
 
     Subclasses add ``kind: Literal["..."]`` and their own thresholds, and override the
     interval/timeout defaults where the plan gives other ones.
     """
 
-    # Strict and finite like every config table (see guardian.config.schema._Section).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    # Strict and finite like every config table (StrictModel).
 
     kind: str
     name: str | None = Field(None, description="unique within the target; defaults to kind")
@@ -105,7 +105,10 @@ class CheckContext:
 class Check(Protocol):
     """A runnable check. The engine owns timing, timeouts and error capture."""
 
-    config: CheckConfigBase
+    @property
+    def config(self) -> CheckConfigBase:
+        """Its validated config (read-only here: each kind narrows it to its own model)."""
+        ...
 
     async def run(self) -> Outcome:
         """Observe once. May raise: the engine turns exceptions into failed results."""

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.core.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Reading, Status, Value, worst
 from guardian.support.blocking import BlockingError, BlockingPool, pool
 
 GB = 1024**3
@@ -136,7 +136,10 @@ class DiskCheck:
         status = worst(s for s, _ in problems)
         # most severe first, so a truncated reason still leads with what matters
         ordered = sorted(problems, key=lambda p: -p[0].severity)
-        return Outcome(status, "; ".join(why for _, why in ordered), values)
+        every_path = len(values) == 3 * len(cfg.paths)  # else a path could not be read
+        return Outcome(status, "; ".join(why for _, why in ordered), values).tagged(
+            reason_class="threshold" if every_path else "other"
+        )
 
     async def aclose(self) -> None:
         return None
@@ -145,6 +148,16 @@ class DiskCheck:
 def statfs_key(path: str) -> str:
     """The :mod:`guardian.support.blocking` key of one path's statfs, shared with the snapshot."""
     return "statfs:" + os.path.normcase(os.path.abspath(path))
+
+
+# Per mount point (``free_gb./data``); GB means GiB.
+READINGS = (
+    Reading("free_gb", "GiB", index="path", doc="Free disk space",
+            metric="guardian_disk_free_bytes", scale=GB),
+    Reading("total_gb", "GiB", index="path", doc="Disk size",
+            metric="guardian_disk_total_bytes", scale=GB),
+    Reading("free_percent", "percent", index="path", doc="free share"),
+)
 
 
 def create(cfg: DiskCheckConfig, ctx: CheckContext) -> DiskCheck:

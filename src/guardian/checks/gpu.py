@@ -26,7 +26,7 @@ from typing import Literal, TypeVar
 from pydantic import Field, model_validator
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.core.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Reading, Status, Value, worst
 from guardian.gpu import GpuInfo, GpuQueryError, NoGpu, smi
 from guardian.gpu.nvml import Nvml, load_pynvml
 from guardian.support.blocking import BlockingError, BlockingPool, CallTimedOut, StillBlocked, pool
@@ -124,7 +124,12 @@ def judge_gpus(
     if not problems:
         return Outcome.ok("; ".join(summaries), **values)
     ordered = sorted(problems, key=lambda item: -item[0].severity)
-    return Outcome(worst(s for s, _ in problems), "; ".join(w for _, w in ordered), values)
+    # The board's own complaints and memory errors are hardware signals; only the
+    # temperature and VRAM limits are thresholds.
+    limits = all("at/above" in w for _, w in problems)
+    return Outcome(worst(s for s, _ in problems), "; ".join(w for _, w in ordered), values).tagged(
+        reason_class="threshold" if limits else "other"
+    )
 
 
 def _memory_error_problems(gpu: GpuInfo, label: str) -> list[tuple[Status, str]]:
@@ -166,11 +171,13 @@ class GpuCheck:
             # NVML calls cannot be cancelled; never pile threads onto a wedged driver
             return Outcome.failed(
                 f"the previous NVML call has not returned (driver hung?): {exc}"
-            )
+            ).tagged(reason_class="timeout")
         except CallTimedOut as exc:
-            return Outcome.failed(f"{exc} (driver hung?)", backend="nvml")
+            return Outcome.failed(f"{exc} (driver hung?)", backend="nvml").tagged(
+                reason_class="timeout"
+            )
         except BlockingError as exc:
-            return Outcome.failed(str(exc))
+            return Outcome.failed(str(exc)).tagged(reason_class="timeout")
 
     async def _run(self) -> Outcome:
         cfg = self.config
@@ -237,6 +244,23 @@ class GpuCheck:
 
     async def aclose(self) -> None:
         await self._reset_nvml()
+
+
+MIB = 1024 * 1024  # the readers report MiB
+
+# Per GPU index, in the check's own ``gpu<i>.<field>`` form; the names are the API's.
+READINGS = (
+    Reading("name", "text", index="gpu", key="gpu{index}.name", doc="model"),
+    Reading("util_percent", "percent", index="gpu", key="gpu{index}.util_percent",
+            doc="GPU busy fraction, 0..1", metric="guardian_gpu_utilization_ratio",
+            scale=0.01),
+    Reading("mem_used_mb", "MiB", index="gpu", key="gpu{index}.vram_used_mb",
+            doc="GPU memory used", metric="guardian_gpu_memory_used_bytes", scale=MIB),
+    Reading("mem_total_mb", "MiB", index="gpu", key="gpu{index}.vram_total_mb",
+            doc="GPU memory size", metric="guardian_gpu_memory_total_bytes", scale=MIB),
+    Reading("temp_c", "celsius", index="gpu", key="gpu{index}.temp_c",
+            doc="GPU temperature", metric="guardian_gpu_temperature_celsius"),
+)
 
 
 def create(cfg: GpuCheckConfig, ctx: CheckContext) -> GpuCheck:

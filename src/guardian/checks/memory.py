@@ -23,7 +23,7 @@ import psutil
 from pydantic import Field, model_validator
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.core.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Reading, Status, Value, worst
 from guardian.services.base import ServiceError
 from guardian.support.blocking import BlockingError, BlockingPool, pool
 
@@ -119,7 +119,7 @@ class MemoryCheck:
                 what="memory query",
             )
         except BlockingError as exc:
-            return Outcome.failed(str(exc))
+            return Outcome.failed(str(exc)).tagged(reason_class="timeout")
 
     def _measure(self, pid: int | None) -> Outcome:
         cfg = self.config
@@ -157,10 +157,24 @@ class MemoryCheck:
         if not problems:
             return Outcome.ok(shown, **values)
         status = worst(s for s, _ in problems)
-        return Outcome(status, "; ".join(why for _, why in problems), values)
+        return Outcome(status, "; ".join(why for _, why in problems), values).tagged(
+            reason_class="threshold"
+        )
 
     async def aclose(self) -> None:
         return None
+
+
+# MB means MiB.
+READINGS = (
+    Reading("available_mb", "MiB", doc="Available system memory",
+            metric="guardian_memory_available_bytes", scale=MB),
+    Reading("total_mb", "MiB", doc="Total system memory",
+            metric="guardian_memory_total_bytes", scale=MB),
+    Reading("used_percent", "percent", doc="system memory in use"),
+    Reading("process_rss_mb", "MiB", doc="the service's process tree, resident"),
+    Reading("process_count", "count", doc="processes in the service's tree"),
+)
 
 
 def create(cfg: MemoryCheckConfig, ctx: CheckContext) -> MemoryCheck:

@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import Field
 
 from guardian.checks.base import CheckConfigBase, CheckContext
-from guardian.core.result import Outcome
-from guardian.services.base import ServiceError, ServiceState, ServiceStatus
+from guardian.core.result import Outcome, Reading
+from guardian.services.base import ServiceError, ServiceErrorKind, ServiceState, ServiceStatus
 
 
 class ServiceCheckConfig(CheckConfigBase):
@@ -42,11 +42,17 @@ def outcome_for(status: ServiceStatus) -> Outcome:
     if status.state is ServiceState.RUNNING:
         return Outcome.ok(f"service running{detail}", **values)
     if status.state in (ServiceState.STARTING, ServiceState.STOPPING):
-        return Outcome.degraded(f"service {status.state.value}{detail}", **values)
+        return Outcome.degraded(f"service {status.state.value}{detail}", **values).tagged(
+            reason_class="service"
+        )
     if status.state is ServiceState.UNKNOWN:
         # Unreadable state: report it, but don't let it count as "down" for recovery.
-        return Outcome.degraded(f"service state unknown{detail}", **values)
-    return Outcome.failed(_FAILED_REASONS[status.state] + detail, **values)
+        return Outcome.degraded(f"service state unknown{detail}", **values).tagged(
+            reason_class="service"
+        )
+    return Outcome.failed(_FAILED_REASONS[status.state] + detail, **values).tagged(
+        reason_class="service"
+    )
 
 
 class ServiceCheck:
@@ -57,15 +63,25 @@ class ServiceCheck:
     async def run(self) -> Outcome:
         service = self.ctx.service
         if service is None:
-            return Outcome.failed("no service configured")
+            return Outcome.failed("no service configured").tagged(reason_class="service")
         try:
             status = await service.status()
         except ServiceError as e:
-            return Outcome.failed(f"{e.kind.value}: {e}", error=e.kind.value)
+            timed_out = e.kind is ServiceErrorKind.TIMEOUT
+            return Outcome.failed(f"{e.kind.value}: {e}", error=e.kind.value).tagged(
+                reason_class="timeout" if timed_out else "service"
+            )
         return outcome_for(status)
 
     async def aclose(self) -> None:
         """The backend belongs to the target, not to this check: nothing to close."""
+
+
+READINGS = (
+    Reading("state", "text", doc="the service manager's state"),
+    Reading("pid", "count", doc="its main process"),
+    Reading("restarts", "count", doc="restarts the manager counted"),
+)
 
 
 def create(cfg: ServiceCheckConfig, ctx: CheckContext) -> ServiceCheck:

@@ -22,7 +22,7 @@ from guardian.config.schema import Config
 from guardian.incidents.notify import Notifier
 from guardian.incidents.redact import redact
 from guardian.incidents.report import Reporter
-from guardian.incidents.snapshot import SNAPSHOT_KINDS, system_snapshot
+from guardian.incidents.snapshot import snapshot_kinds, system_snapshot
 from guardian.incidents.store import Incident, Store, StoreError
 from guardian.store.db import StoreDamaged
 from guardian.support.escape import inert, terminal
@@ -204,7 +204,7 @@ async def _render(cfg: Config, store: Store, incident_id: int, target: str) -> s
 
     # Read here, not inside the snapshot function: that runs in a worker thread and the
     # SQLite connection belongs to this one.
-    latest = store.latest_results(list(SNAPSHOT_KINDS))
+    latest = store.latest_results(snapshot_kinds())
 
     def snapshot() -> dict[str, list[str]]:
         return system_snapshot(latest)

@@ -37,7 +37,9 @@ from guardian.cli.install_windows import (
     windows_install_plan,
     windows_uninstall_plan,
 )
-from guardian.config.schema import Config, ConfigError, load_config
+from guardian.config.errors import ConfigError
+from guardian.config.load import load_config
+from guardian.config.schema import Config
 from guardian.services.base import validate_service_name
 from guardian.support.private_file import write_private_text
 from guardian.support.redact import is_secret_name, redact_env
@@ -303,7 +305,7 @@ def _shell_line(argv: Sequence[str]) -> str:
 
 
 def _load(config: Path | None) -> tuple[Config, Path]:
-    from guardian.config.schema import resolve_config_path
+    from guardian.config.load import resolve_config_path
 
     path = resolve_config_path(config)
     if path is None:

@@ -54,7 +54,8 @@ def parse_run(args: list[str]) -> dict[str, str | bool] | None:
 def fast_run(opts: dict[str, str | bool]) -> int | None:
     """Run Guardian for parsed ``run`` options; None when typer must handle the call."""
     from guardian.cli.foreground import LOG_FORMATS, run_foreground, with_api_port, with_dry_run
-    from guardian.config.schema import ConfigError, load_config, resolve_config_path
+    from guardian.config.errors import ConfigError
+    from guardian.config.load import load_config, resolve_config_path
 
     log_format = next((f for f in LOG_FORMATS if f == opts.get("log_format", "auto")), None)
     if log_format is None:  # typer's path says what is wrong

@@ -16,7 +16,8 @@ from pathlib import Path
 import typer
 
 from guardian.cli.support import Exit, err, load_or_exit
-from guardian.config.schema import Config, resolve_config_path
+from guardian.config.load import resolve_config_path
+from guardian.config.schema import Config
 from guardian.store import runfile
 from guardian.store.runfile import RuntimeInfo
 

@@ -20,6 +20,7 @@ from rich.text import Text
 from typer import _click as typer_click
 
 from guardian import __version__
+from guardian.checks.registry import spec
 from guardian.cli.foreground import LOG_FORMATS, run_foreground, with_api_port, with_dry_run
 from guardian.cli.locate import Located, locate_or_exit
 from guardian.cli.support import (
@@ -33,7 +34,8 @@ from guardian.cli.support import (
     say_if_defaults,
     token_hint,
 )
-from guardian.config.schema import Config, config_summary, redacted_config, resolve_config_path
+from guardian.config.load import config_summary, redacted_config, resolve_config_path
+from guardian.config.schema import Config
 from guardian.core.result import CheckResult, Status
 from guardian.core.state import aggregate
 from guardian.store import runfile
@@ -226,7 +228,7 @@ def judge_from_outside(cfg: Config, results: list[CheckResult]) -> list[CheckRes
     }
     return [
         dataclasses.replace(r, status=Status.SKIPPED, reason=SUPERVISED_REASON)
-        if r.target in supervised and r.kind == "service" and r.status is not Status.OK
+        if r.target in supervised and spec(r.kind).service_state and r.status is not Status.OK
         else r
         for r in results
     ]

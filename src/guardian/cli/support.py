@@ -10,14 +10,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from guardian.config.schema import (
-    CONFIG_ENV,
-    DEFAULT_CONFIG_FILE,
-    Config,
-    ConfigError,
-    load_config,
-    resolve_config_path,
-)
+from guardian.config.errors import ConfigError
+from guardian.config.load import CONFIG_ENV, DEFAULT_CONFIG_FILE, load_config, resolve_config_path
+from guardian.config.schema import Config
 
 
 class Exit(IntEnum):

@@ -13,13 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from guardian.checks.comfyui.canary import ComfyUICanaryConfig
-from guardian.checks.comfyui.health import ComfyUICheckConfig
-from guardian.checks.disk import DiskCheckConfig
-from guardian.checks.gpu import GpuCheckConfig
-from guardian.checks.http.check import HttpCheckConfig, JsonCondition
-from guardian.checks.memory import MemoryCheckConfig
-from guardian.checks.service import ServiceCheckConfig
+from guardian.checks.http.check import JsonCondition
+from guardian.checks.registry import REGISTRY
 from guardian.config.schema import (
     ApiSection,
     EscalationSection,
@@ -44,15 +39,20 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("[targets.recovery]", RecoveryConfig),
     ("[targets.remediation]", RemediationConfig),
     ("[targets.queue]", QueueJournalConfig),
-    ('[[targets.checks]] kind = "http"', HttpCheckConfig),
-    ("http `conditions` items", JsonCondition),
-    ('[[targets.checks]] kind = "comfyui"', ComfyUICheckConfig),
-    ('[[targets.checks]] kind = "comfyui_canary"', ComfyUICanaryConfig),
-    ('[[targets.checks]] kind = "disk"', DiskCheckConfig),
-    ('[[targets.checks]] kind = "memory"', MemoryCheckConfig),
-    ('[[targets.checks]] kind = "gpu"', GpuCheckConfig),
-    ('[[targets.checks]] kind = "service"', ServiceCheckConfig),
 ]
+# Nested tables a kind's model holds, shown right after that kind.
+NESTED: dict[str, list[tuple[str, type[BaseModel]]]] = {
+    "http": [("http `conditions` items", JsonCondition)],
+}
+
+
+def sections() -> list[tuple[str, type[BaseModel]]]:
+    """The top-level tables, then every registered check kind (in the registry's order)."""
+    out = list(SECTIONS)
+    for spec in REGISTRY:
+        out.append((f'[[targets.checks]] kind = "{spec.kind}"', spec.config))
+        out.extend(NESTED.get(spec.kind, []))
+    return out
 
 PLATFORM_DEFAULTS = {"log_dir", "report_dir", "state_dir", "paths"}
 
@@ -60,7 +60,9 @@ PLATFORM_DEFAULTS = {"log_dir", "report_dir", "state_dir", "paths"}
 def _type_name(annotation: Any) -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
     text = text.replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
-    text = text.replace("guardian.checks.http.check.", "").replace("guardian.config.schema.", "")
+    for module in ("guardian.checks.http.check.", "guardian.config.schema.",
+                   "guardian.services.config."):
+        text = text.replace(module, "")
     if typing.get_origin(annotation) is typing.Literal:
         return " \\| ".join(repr(a) for a in typing.get_args(annotation))
     return text.replace("|", "\\|")
@@ -108,7 +110,7 @@ def render() -> str:
         "",
     ]
     common = {"kind", "name", "interval", "timeout", "enabled", "liveness"}
-    for title, model in SECTIONS:
+    for title, model in sections():
         lines += [f"## `{title}`", ""]
         if model.__doc__:
             lines += [" ".join(model.__doc__.split()), ""]

@@ -7,19 +7,42 @@ so ``/api/health`` answers from memory in microseconds.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
-from guardian.config.schema import Config
 from guardian.core.events import EventBus
 from guardian.core.result import CheckResult, Status, worst
 
 Health = Literal["healthy", "degraded", "unhealthy"]
 
 
+class CheckShape(Protocol):
+    @property
+    def enabled(self) -> bool: ...
+
+
+class TargetShape(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def critical(self) -> bool: ...
+    @property
+    def checks(self) -> Sequence[CheckShape]: ...
+
+
+class StackShape(Protocol):
+    """What the state needs of the config: the targets, which are critical and which will
+    report. A Protocol, so core stays below config (a ``Config`` is one)."""
+
+    @property
+    def targets(self) -> Sequence[TargetShape]: ...
+
+
 class State:
-    def __init__(self, config: Config, bus: EventBus | None = None, history: int = 60) -> None:
+    def __init__(
+        self, config: StackShape, bus: EventBus | None = None, history: int = 60
+    ) -> None:
         self.config = config
         self.bus = bus or EventBus()
         self._history_len = history

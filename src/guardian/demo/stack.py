@@ -13,7 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
-from guardian.config.schema import Config, load_config
+from guardian.config.load import load_config
+from guardian.config.schema import Config
 from guardian.support.private_file import write_private_text
 
 DEFAULT_DEMO_DIR = Path("guardian-demo")

@@ -146,6 +146,8 @@ class Engine:
             duration=duration,
             startup=startup,
             started_mono=t0,
+            condition=outcome.condition,
+            reason_class=outcome.reason_class,
         )
 
     async def _run_with_timeout(self, check: Check, timeout: float) -> Outcome:
@@ -185,17 +187,21 @@ class Engine:
                 own_fault = overloaded_reason(stalled, timeout)
                 if own_fault is not None:
                     return Outcome.skipped(own_fault, timeout_s=timeout, guardian_lag_s=stalled)
-            return Outcome.failed("timeout", timeout_s=timeout)
+            return Outcome.failed("timeout", timeout_s=timeout).tagged(reason_class="timeout")
         timer.cancel()
         if task.cancelled():
-            return Outcome.failed("check was cancelled")
+            return Outcome.failed("check was cancelled").tagged(reason_class="other")
         exc = task.exception()
         if exc is not None:
             log.debug("check raised", exc_info=exc)
-            return Outcome.failed(f"check error: {type(exc).__name__}: {exc}")
+            return Outcome.failed(f"check error: {type(exc).__name__}: {exc}").tagged(
+                reason_class="other"
+            )
         result = task.result()
         if not isinstance(result, Outcome):
-            return Outcome.failed(f"check returned {type(result).__name__}, not an Outcome")
+            return Outcome.failed(
+                f"check returned {type(result).__name__}, not an Outcome"
+            ).tagged(reason_class="other")
         return result
 
     def _reap(self, task: asyncio.Task[Outcome]) -> None:

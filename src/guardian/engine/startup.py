@@ -19,19 +19,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from guardian.checks.registry import spec
 from guardian.config.schema import Config
 from guardian.core.clock import Clock
 from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
 from guardian.core.result import CheckResult, Status
 
-HOST_KINDS = frozenset({"disk", "memory", "gpu", "service"})
 MIN_PROBE_INTERVAL = 0.1  # seconds: however small the config, a booting service is not hammered
 _PASSED = (Status.OK, Status.DEGRADED)
 
 
 def guards_startup(kind: str) -> bool:
     """Whether a check of this kind judges the service itself (and so has a phase)."""
-    return kind not in HOST_KINDS
+    return spec(kind).startup_phase
 
 
 @dataclass

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from guardian.checks.registry import spec
 from guardian.config.schema import Config
 from guardian.core.clock import Clock, SystemClock
 from guardian.incidents.records import (
@@ -122,11 +123,9 @@ def suggestions(
     """(signature name, next steps) for each known failure signature found in ``texts``."""
     corpus = "\n".join(texts)
     found: list[tuple[str, list[str]]] = []
-    kinds = set(failed_kinds)
+    proven = {spec(kind).signature for kind in failed_kinds}  # a failed kind that proves one
     for sig in SIGNATURES:
-        hit = sig.pattern.search(corpus) is not None
-        if sig.name == "Disk critically full" and "disk" in kinds:
-            hit = True
+        hit = sig.pattern.search(corpus) is not None or sig.name in proven
         if not hit:
             continue
         steps = list(sig.steps)

@@ -26,12 +26,12 @@ from typing import Any, Protocol
 import psutil
 
 from guardian.checks.disk import statfs_key
+from guardian.checks.registry import REGISTRY, spec
 from guardian.support.blocking import BlockingError, CallTimedOut, Pending, pool
 
 Snapshot = dict[str, list[str]]  # section title -> lines
 SnapshotFn = Callable[[], Snapshot]
 
-SNAPSHOT_KINDS = {"gpu": "GPU", "comfyui": "ComfyUI", "comfyui_canary": "ComfyUI"}
 _SKIP_FS = {"squashfs", "tmpfs", "devtmpfs", "overlay", "proc", "sysfs", "cgroup", "cgroup2"}
 MAX_DISKS = 20
 SNAPSHOT_DEADLINE = 8.0  # seconds for all of psutil's sections together
@@ -144,11 +144,16 @@ def _disk_section(budget: float = SNAPSHOT_DEADLINE - 1.0) -> list[str]:
     return lines or ["no disks found"]
 
 
+def snapshot_kinds() -> list[str]:
+    """The kinds whose latest results a snapshot quotes (the registry's ``snapshot``)."""
+    return [s.kind for s in REGISTRY if s.snapshot]
+
+
 def check_sections(results: Iterable[ResultLike]) -> Snapshot:
     """GPU/ComfyUI sections quoted from the latest results of those check kinds."""
     sections: Snapshot = {}
     for r in sorted(results, key=lambda r: (r.kind, r.target, r.check)):
-        title = SNAPSHOT_KINDS.get(r.kind)
+        title = spec(r.kind).snapshot
         if title is None:
             continue
         lines = sections.setdefault(title, [])
@@ -214,6 +219,6 @@ def state_snapshot(state: _ResultSource) -> SnapshotFn:
     """A snapshot function reading GPU/ComfyUI from a running Guardian's State."""
 
     def take() -> Snapshot:
-        return system_snapshot(r for r in state.results() if r.kind in SNAPSHOT_KINDS)
+        return system_snapshot(r for r in state.results() if spec(r.kind).snapshot)
 
     return take

@@ -337,7 +337,7 @@ class IncidentTracker:
     def _escalate_at(self, r: CheckResult) -> int:
         """Consecutive failures of this check that escalate (see the module docstring)."""
         acts_at = self._recovered.get(r.target, {}).get(r.check)
-        if acts_at is None or isinstance(r.values.get("condition"), str):
+        if acts_at is None or r.condition is not None:
             return self._threshold  # recovery does not restart on it (the ladder's own)
         return max(self._threshold, acts_at + 1)
 

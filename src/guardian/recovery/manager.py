@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from guardian.checks.registry import spec
 from guardian.config.schema import Config
 from guardian.core.clock import Clock
 from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind, RecoveryPlan
@@ -79,10 +80,10 @@ class RecoveryManager:
                 RecoveryPlan(
                     target.name,
                     c.check_name,
-                    1 if c.kind == "service" else target.recovery.failure_threshold,
+                    1 if spec(c.kind).service_state else target.recovery.failure_threshold,
                 )
                 for c in target.checks
-                if c.kind == "service" or c.liveness
+                if spec(c.kind).service_state or c.liveness
             )
         self._restore()
         for name, backend in self.backends.items():
@@ -196,8 +197,8 @@ class RecoveryManager:
         if event.status == Status.FAILED and stale:
             return  # began before the last restart finished: about the old instance
         now = self.clock.monotonic()
-        named = event.values.get("condition")
-        condition = named if isinstance(named, str) else None
+        # The ladder's condition, if the check named one: no liveness streak for it.
+        condition = event.condition.value if event.condition is not None else None
         reason = tr.policy.observe_check(
             event.check,
             event.kind,
@@ -221,7 +222,7 @@ class RecoveryManager:
             return
         if tr.spawned is None or event.started_mono is None or event.started_mono < tr.spawned:
             return
-        named = event.values.get("condition")
+        named = event.condition.value if event.condition is not None else None
         if named == cond:
             tr.verify = None
             tr.futile.add(cond)
@@ -231,7 +232,7 @@ class RecoveryManager:
                 tr.name, RecoveryKind.CONDITION_PERSISTS, reason=cond, detail=_persists(cond),
                 condition=cond,
             )
-        elif event.status in (Status.OK, Status.DEGRADED) and not isinstance(named, str):
+        elif event.status in (Status.OK, Status.DEGRADED) and named is None:
             tr.verify = None  # the restart fixed it
 
     def _forget_futile(self, tr: TargetRecovery, now: float) -> None:

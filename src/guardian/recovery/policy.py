@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from guardian.checks.registry import spec
 from guardian.config.schema import RecoveryConfig
 from guardian.core.result import Status
 from guardian.recovery.breakers import BreakerRecord
@@ -219,7 +220,7 @@ class RestartPolicy:
         if owned and status == Status.FAILED:
             self._unhealthy(RecoveryState.FAILING, f"{check}: a condition the ladder owns")
             return None
-        is_service = kind == "service"
+        is_service = spec(kind).service_state
         if not is_service and check not in self.liveness:
             return None
         if status != Status.FAILED:

@@ -23,6 +23,7 @@ from typing import Any
 
 from guardian.checks.comfyui.client import ComfyUIClient, ComfyUIError
 from guardian.checks.comfyui.health import ComfyUICheckConfig
+from guardian.checks.registry import spec
 from guardian.config.schema import Config, RemediationConfig
 from guardian.core.clock import Clock
 from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
@@ -80,16 +81,16 @@ class Remediation:
     # -------------------------------------------------------------- plumbing
 
     def _on_event(self, event: Event) -> None:
-        if not isinstance(event, CheckResult) or event.kind != "comfyui":
+        if not isinstance(event, CheckResult) or not spec(event.kind).conditions:
             return
         key = (event.target, event.check)
         if key not in self.checks:
             return
         self._latest[key] = event
-        condition = event.values.get("condition")
-        rung = self.rungs[key].get(condition) if isinstance(condition, str) else None
+        condition = event.condition
+        rung = self.rungs[key].get(condition) if condition is not None else None
         if rung is None or event.startup:
-            if event.values.get("online") is True and not isinstance(condition, str):
+            if event.values.get("online") is True and condition is None:
                 self._gave_up.pop(event.target, None)  # healthy again: start afresh
                 self._backoff.pop(event.target, None)
             return
@@ -118,7 +119,7 @@ class Remediation:
         latest = self._latest.get((result.target, result.check))
         return (latest is not None and latest.finished > result.finished
                 and latest.values.get("online") is True
-                and not isinstance(latest.values.get("condition"), str))
+                and latest.condition is None)
 
     def _restart(self, target: str, reason: str, condition: str) -> bool:
         """Ask recovery for a restart for ``condition`` (cooldown/backoff/breaker apply);

@@ -17,7 +17,7 @@ from typing import Protocol
 from guardian.checks.comfyui.client import ComfyUIClient, QueueItem
 from guardian.config.schema import RemediationConfig
 from guardian.core.events import RecoveryKind
-from guardian.core.result import CheckResult, Value
+from guardian.core.result import CheckResult, Condition, Value
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ Cleared = Callable[[], bool]  # a newer result of the same check says the condit
 class Rung(Protocol):
     """One remediation rung for one condition a check names."""
 
-    condition: str
+    condition: Condition
 
     async def applies(
         self, result: CheckResult, client: ComfyUIClient

@@ -4,21 +4,27 @@ Each backend module is imported only when a target uses it, so a Linux install n
 the Windows backend and a Windows one never loads systemd's.
 """
 
-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from guardian.core.clock import Clock, SystemClock
 from guardian.services.base import ServiceBackend
+from guardian.services.config import ServiceConfig
 
-if TYPE_CHECKING:
-    from guardian.config.schema import TargetConfig
+
+class ServiceTarget(Protocol):
+    """What building a backend needs of a target (a ``TargetConfig`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def service(self) -> ServiceConfig | None: ...
 
 
 def build_backend(
-    target: TargetConfig, clock: Clock | None = None, state_dir: Path | None = None
+    target: ServiceTarget, clock: Clock | None = None, state_dir: Path | None = None
 ) -> ServiceBackend | None:
     """The backend that controls ``target``'s service, or None when it has none."""
     svc = target.service

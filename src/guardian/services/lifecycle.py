@@ -9,10 +9,9 @@ reported RUNNING begins a healthy run), through a :class:`StartObserver`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from guardian.config.schema import Config
 from guardian.core.clock import Clock
 from guardian.services.base import ServiceBackend, ServiceState
 
@@ -20,6 +19,26 @@ log = logging.getLogger("guardian.services.lifecycle")
 
 START_WAIT = 30.0  # seconds start_all waits for a dependency to report RUNNING
 START_POLL = 0.1
+
+
+class _Dependencies(Protocol):
+    @property
+    def depends_on(self) -> Sequence[str]: ...
+
+
+class _Target(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def recovery(self) -> _Dependencies: ...
+
+
+class Stack(Protocol):
+    """What start/stop order needs of the config (a ``Config`` is one): services sit
+    below config, so they take this shape instead of importing it."""
+
+    @property
+    def targets(self) -> Sequence[_Target]: ...
 
 
 class StartObserver(Protocol):
@@ -37,7 +56,7 @@ class ServiceLifecycle:
 
     def __init__(
         self,
-        config: Config,
+        config: Stack,
         backends: Mapping[str, ServiceBackend],
         clock: Clock,
         *,

@@ -23,12 +23,11 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import psutil
 
-from guardian.config.schema import Config
 from guardian.support.safe_open import write_atomic_text
 from guardian.support.trust import file_problem
 
@@ -51,7 +50,14 @@ class RuntimeInfo:
         return json.dumps(asdict(self), indent=2)
 
 
-def runtime_path(cfg: Config) -> Path:
+class HasStore(Protocol):
+    """What the runtime file needs of a config: where its store is (a ``Config`` is one)."""
+
+    @property
+    def store_path(self) -> Path: ...
+
+
+def runtime_path(cfg: HasStore) -> Path:
     """Where a Guardian running ``cfg`` keeps its runtime file: beside the store."""
     return cfg.store_path.parent / RUNTIME_FILE
 
@@ -79,7 +85,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def write(
-    cfg: Config, *, started_at: str, config_path: Path | None, api_url: str | None
+    cfg: HasStore, *, started_at: str, config_path: Path | None, api_url: str | None
 ) -> RuntimeInfo:
     """Write this process's runtime file (and its per-user copy); returns what was written."""
     pid = os.getpid()
@@ -97,7 +103,7 @@ def write(
     return info
 
 
-def remove(cfg: Config) -> None:
+def remove(cfg: HasStore) -> None:
     """Remove the files :func:`write` wrote, if they are still this process's."""
     pid = os.getpid()
     started = _process_started(pid) or 0.0
@@ -204,7 +210,7 @@ def read(path: Path) -> RuntimeInfo | None:
     return info
 
 
-def find_running(cfg: Config) -> RuntimeInfo | None:
+def find_running(cfg: HasStore) -> RuntimeInfo | None:
     """The running Guardian that uses ``cfg``'s store, if any."""
     info = read(runtime_path(cfg))
     if info is None:

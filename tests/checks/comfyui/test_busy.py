@@ -118,7 +118,7 @@ async def test_cpu_burning_job_past_every_threshold_is_never_stuck(sim: SimProce
     assert last.values["progress_moved"] is True
     assert last.values["progress_cpu_s"] >= 0.05
     assert last.values["progress_pid"] == sim.proc.pid
-    assert "condition" not in last.values
+    assert last.condition is None
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ async def test_sleeping_job_is_stuck_with_the_evidence(sim: SimProcess) -> None:
     assert [o.status for o in outs[:2]] == [Status.OK, Status.OK]  # under the threshold
     stuck = outs[2]  # 60 s: past the threshold, with a sample 30 s old to compare
     assert stuck.status is Status.FAILED, stuck.reason
-    assert stuck.values["condition"] == "stuck_running"
+    assert stuck.condition == "stuck_running"
     assert stuck.values["running_prompt_id"] == prompt_id
     assert stuck.values["progress_moved"] is False
     assert stuck.values["progress_log_changed"] is False
@@ -173,7 +173,7 @@ async def test_interrupt_chatter_in_the_log_is_not_progress(sim: SimProcess) -> 
     log = sim.log.read_text()
     assert f"Interrupting prompt {prompt_id}" in log and "Global interrupt" in log
     stuck = outs[2]
-    assert stuck.status is Status.FAILED and stuck.values["condition"] == "stuck_running"
+    assert stuck.status is Status.FAILED and stuck.condition == "stuck_running"
     assert stuck.values["progress_log_changed"] is False
     assert outs[3].status is Status.FAILED
 
@@ -238,7 +238,7 @@ async def test_low_vram_while_busy_is_not_a_condition() -> None:
     finally:
         await check.aclose()
         sim.stop()
-    assert out.status is Status.OK and "condition" not in out.values
+    assert out.status is Status.OK and out.condition is None
     assert out.reason.startswith("busy: prompt ") and "low VRAM" in out.reason
     assert out.values["memory_critical"] is False
 
@@ -255,7 +255,7 @@ async def test_critical_vram_is_a_condition_even_while_busy() -> None:
         await check.aclose()
         sim.stop()
     assert out.status is Status.DEGRADED
-    assert out.values["condition"] == "memory_pressure" and out.values["memory_critical"] is True
+    assert out.condition == "memory_pressure" and out.values["memory_critical"] is True
     assert "memory critical: VRAM on" in out.reason
 
 
@@ -270,7 +270,7 @@ async def test_leak_trend_is_memory_pressure_before_any_threshold() -> None:
         await check.aclose()
         sim.stop()
     assert [o.status for o in outs] == [Status.OK] * 3 + [Status.DEGRADED]
-    assert outs[-1].values["condition"] == "memory_pressure"
+    assert outs[-1].condition == "memory_pressure"
     assert "VRAM leak: free VRAM fell 1800 MB over 4 idle runs" in outs[-1].reason
 
 
@@ -287,7 +287,7 @@ async def test_idle_and_memory_fine_is_plain_ok() -> None:
     finally:
         await check.aclose()
         sim.stop()
-    assert all(o.status is Status.OK and "condition" not in o.values for o in outs)
+    assert all(o.status is Status.OK and o.condition is None for o in outs)
     assert outs[-1].values["busy"] is False and outs[-1].values["running_for_s"] == 0.0
 
 
@@ -347,7 +347,7 @@ async def test_remote_comfyui_without_signals_is_degraded_never_stuck() -> None:
         sim.stop()
     assert [o.status for o in outs] == [Status.OK, Status.OK, Status.DEGRADED, Status.DEGRADED]
     assert "progress cannot be judged" in outs[-1].reason
-    assert all("condition" not in o.values for o in outs)
+    assert all(o.condition is None for o in outs)
 
 
 class _FakeNvml:

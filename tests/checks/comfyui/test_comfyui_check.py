@@ -69,7 +69,7 @@ async def test_vram_leak_degrades(comfy: ComfyUISim, make: Make) -> None:
         "memory pressure while idle: VRAM on cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync: "
         "21228 MB free < 22000 MB"
     )
-    assert second.values["condition"] == "memory_pressure"
+    assert second.condition == "memory_pressure"
     assert second.values["memory_critical"] is False
 
 
@@ -103,7 +103,7 @@ async def test_stuck_running_detected_after_the_limit(
     assert out.reason.startswith(
         f"queue stuck: prompt {prompt_id} running for 901 s with no progress over 120 s (CPU +"
     )
-    assert out.values["condition"] == "stuck_running"
+    assert out.condition == "stuck_running"
     assert out.values["queue_running"] == 1
 
 

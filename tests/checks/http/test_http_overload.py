@@ -14,7 +14,7 @@ from typing import Any
 
 from guardian.checks.base import CheckContext
 from guardian.checks.http.check import HttpCheckConfig, create
-from guardian.config.schema import load_config
+from guardian.config.load import load_config
 from guardian.core.clock import SystemClock
 from guardian.core.result import Status
 from guardian.engine.overload import LoopLagMonitor

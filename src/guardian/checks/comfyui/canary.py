@@ -77,7 +77,7 @@ class ComfyUICanaryCheck:
         try:
             return await self._run()
         except ComfyUIError as exc:
-            return Outcome.failed(str(exc))
+            return Outcome.failed(str(exc)).tagged(reason_class=exc.reason_class)
 
     def _next_color(self) -> int:
         color = self._rng.randrange(0, 0x1000000)
@@ -172,7 +172,9 @@ def judge_canary(entry: dict[str, Any], prompt_id: str, latency: float) -> Outco
             values["exec_ms"] = end - start
         return Outcome.ok(f"canary finished in {latency_ms:.0f} ms", **values)
     if status_str != "error":
-        return Outcome.failed(f"canary ended with unexpected status {status_str!r}", **values)
+        return Outcome.failed(
+            f"canary ended with unexpected status {status_str!r}", **values
+        ).tagged(reason_class="invalid_response")
     if "execution_error" in events:
         err = events["execution_error"]
         exc_type = str(err.get("exception_type") or "error")
@@ -181,13 +183,15 @@ def judge_canary(entry: dict[str, Any], prompt_id: str, latency: float) -> Outco
         values["exception_message"] = clip(str(err.get("exception_message") or ""), 2000)
         where = f"node {err.get('node_id')} ({err.get('node_type')})"
         message = clip(str(err.get("exception_message") or ""))
-        return Outcome.failed(f"canary failed at {where}: {exc_type}: {message}", **values)
+        return Outcome.failed(
+            f"canary failed at {where}: {exc_type}: {message}", **values
+        ).tagged(reason_class="other")  # the workflow failed: ComfyUI answered fine
     if "execution_interrupted" in events:
         err = events["execution_interrupted"]
         return Outcome.failed(
             f"canary interrupted at node {err.get('node_id')} ({err.get('node_type')})", **values
-        )
-    return Outcome.failed("canary ended with status error", **values)
+        ).tagged(reason_class="other")
+    return Outcome.failed("canary ended with status error", **values).tagged(reason_class="other")
 
 
 def create(cfg: ComfyUICanaryConfig, ctx: CheckContext) -> Check:

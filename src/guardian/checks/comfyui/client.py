@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 from guardian.checks.http.body import BodyTooLarge, read_capped
 from guardian.checks.http.check import wire_address
 from guardian.checks.http.wire import ConnectTimeout, WireClient, WireError
-from guardian.core.result import Value
+from guardian.core.result import ReasonClass, Value
 
 if TYPE_CHECKING:
     import httpx
@@ -31,7 +31,12 @@ MAX_MESSAGE = 240  # of an exception message in a reason; values keep more
 
 
 class ComfyUIError(Exception):
-    """What ComfyUI answered made no sense; the message is the failed result's reason."""
+    """What ComfyUI answered made no sense; the message is the failed result's reason and
+    ``reason_class`` its class (the client knows which failure it met)."""
+
+    def __init__(self, message: str, reason_class: ReasonClass = "invalid_response") -> None:
+        super().__init__(message)
+        self.reason_class: ReasonClass = reason_class
 
 
 # ---------------------------------------------------------------------- HTTP plumbing
@@ -102,17 +107,17 @@ class ComfyUIClient:
         except ConnectTimeout as exc:
             raise self._no_answer(path, "ConnectTimeout") from exc
         except WireError as exc:
-            raise ComfyUIError(f"{method} {path} failed: {exc}") from exc
+            raise ComfyUIError(f"{method} {path} failed: {exc}", "connection") from exc
         except OSError as exc:
             if wire.connect_failed:
                 raise ComfyUIError(
-                    f"cannot connect to {self.url}: {_connect_reason(exc)}"
+                    f"cannot connect to {self.url}: {_connect_reason(exc)}", "connection"
                 ) from exc
             raise ComfyUIError(
-                f"{method} {path} failed: {type(exc).__name__}: {_text(exc)}"
+                f"{method} {path} failed: {type(exc).__name__}: {_text(exc)}", "connection"
             ) from exc
         except UnicodeError as exc:  # a host name IDNA cannot encode
-            raise ComfyUIError(f"cannot connect to {self.url}: {_text(exc)}") from exc
+            raise ComfyUIError(f"cannot connect to {self.url}: {_text(exc)}", "connection") from exc
         return response.status, response.body or b""
 
     async def _tls_request(
@@ -126,20 +131,24 @@ class ComfyUIClient:
         except httpx.TimeoutException as exc:
             raise self._no_answer(path, type(exc).__name__) from exc
         except httpx.ConnectError as exc:
-            raise ComfyUIError(f"cannot connect to {self.url}: {_connect_reason(exc)}") from exc
+            raise ComfyUIError(
+                f"cannot connect to {self.url}: {_connect_reason(exc)}", "connection"
+            ) from exc
         except httpx.HTTPError as exc:
             raise ComfyUIError(
-                f"{method} {path} failed: {type(exc).__name__}: {_text(exc)}"
+                f"{method} {path} failed: {type(exc).__name__}: {_text(exc)}", "connection"
             ) from exc
 
     def _no_answer(self, path: str, what: str) -> ComfyUIError:
-        return ComfyUIError(f"no answer from {self.url}{path} within {self.timeout:g}s ({what})")
+        return ComfyUIError(
+            f"no answer from {self.url}{path} within {self.timeout:g}s ({what})", "timeout"
+        )
 
     async def get_json(self, path: str) -> Any:
         """A 200 JSON body, or :class:`ComfyUIError` saying what was wrong with it."""
         status, body = await self.request("GET", path)
         if status != 200:
-            raise ComfyUIError(f"GET {path} returned HTTP {status}{_snippet(body)}")
+            raise ComfyUIError(f"GET {path} returned HTTP {status}{_snippet(body)}", "http_status")
         return parse_json(body, path)
 
     async def system_stats(
@@ -197,7 +206,7 @@ class ComfyUIClient:
             raise SubmitRejected(f"{what} rejected by ComfyUI: {describe_prompt_error(raw)}",
                                  prompt_error_type(raw))
         if status != 200:
-            raise ComfyUIError(f"POST /prompt returned HTTP {status}{_snippet(raw)}")
+            raise ComfyUIError(f"POST /prompt returned HTTP {status}{_snippet(raw)}", "http_status")
         data = parse_json(raw, "/prompt")
         prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
         if not isinstance(prompt_id, str) or not prompt_id:

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from guardian.checks.base import Check, CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.comfyui.client import ComfyUIClient, ComfyUIError, QueueItem
 from guardian.checks.comfyui.progress import ProgressProbe, ProgressSample, judge
-from guardian.core.result import Outcome, Value
+from guardian.core.result import Condition, Outcome, Reading, Value
 from guardian.services.process.backend import MARKER
 from guardian.support.logscan import failed_imports, output_of_last_start
 
@@ -151,7 +151,7 @@ class ComfyUICheck:
             values, problems = await self.api.system_stats(self.cfg.vram_free_min_mb)
             running, pending = await self.api.queue()
         except ComfyUIError as exc:
-            return Outcome.failed(str(exc), online=False)
+            return Outcome.failed(str(exc), online=False).tagged(reason_class=exc.reason_class)
         now = self.ctx.clock.monotonic()
         running_for = self.tracker.see(running, now)
         values["queue_running"] = len(running)
@@ -170,7 +170,9 @@ class ComfyUICheck:
         if pending:
             stuck = self._track_pending(len(pending), now, values)
             if stuck:
-                return Outcome.failed(stuck, condition="stuck_pending", **values)
+                return Outcome.failed(stuck, **values).tagged(
+                    condition=Condition.STUCK_PENDING, reason_class="queue_stuck"
+                )
         else:
             self._idle_since = None
         failed = await self._imports.failed()
@@ -178,9 +180,13 @@ class ComfyUICheck:
             values["failed_imports"] = ", ".join(failed)
             problems = [*problems, f"custom nodes failed to import: {', '.join(failed)}"]
         if memory is not None:
-            return Outcome.degraded(memory, condition="memory_pressure", **values)
+            return Outcome.degraded(memory, **values).tagged(
+                condition=Condition.MEMORY_PRESSURE, reason_class="threshold"
+            )
         if problems:
-            return Outcome.degraded("; ".join(problems), **values)
+            return Outcome.degraded("; ".join(problems), **values).tagged(
+                reason_class="threshold"
+            )
         version = values["comfyui_version"] or "(unknown version)"
         return Outcome.ok(
             f"ComfyUI {version}: {len(running)} running, {len(pending)} pending", **values
@@ -208,15 +214,17 @@ class ComfyUICheck:
                 return Outcome.failed(
                     f"queue stuck: prompt {prompt_id} running for {running_for:.0f} s with "
                     f"no progress over {self.cfg.progress_window:g} s ({progress.evidence})",
-                    condition="stuck_running", **values,
-                )
+                    **values,
+                ).tagged(condition=Condition.STUCK_RUNNING, reason_class="queue_stuck")
             if progress.moved is None:
                 return Outcome.degraded(
                     f"{busy}; progress cannot be judged ({progress.evidence}: no process, "
                     "GPU or log signal visible)", **values,
-                )
+                ).tagged(reason_class="other")
         if memory is not None:  # only critical memory is a condition while busy
-            return Outcome.degraded(f"{busy}; {memory}", condition="memory_pressure", **values)
+            return Outcome.degraded(f"{busy}; {memory}", **values).tagged(
+                condition=Condition.MEMORY_PRESSURE, reason_class="threshold"
+            )
         if problems:
             busy = f"{busy} ({'; '.join(problems)})"
         return Outcome.ok(busy, **values)
@@ -282,6 +290,33 @@ class ComfyUICheck:
         self.probe.close()
         await self.api.aclose()
 
+
+MIB = 1024 * 1024
+
+# What a ``comfyui`` result measures (MB means MiB), per device index where it is per GPU.
+READINGS = (
+    Reading("online", "bool", doc="ComfyUI answered its API",
+            metric="guardian_comfyui_online", default=0.0),
+    Reading("queue_running", "count", doc="Prompts running",
+            metric="guardian_comfyui_queue_running"),
+    Reading("queue_pending", "count", doc="Prompts waiting",
+            metric="guardian_comfyui_queue_pending"),
+    Reading("vram_free_mb", "MiB", index="device", doc="Free VRAM",
+            metric="guardian_comfyui_vram_free_bytes", scale=MIB),
+    Reading("vram_total_mb", "MiB", index="device", doc="VRAM size",
+            metric="guardian_comfyui_vram_total_bytes", scale=MIB),
+    Reading("busy", "bool", doc="1 while ComfyUI runs a prompt", metric="guardian_comfyui_busy"),
+    Reading("running_for_s", "s", doc="How long the running prompt has run",
+            metric="guardian_comfyui_running_seconds"),
+    Reading("running_prompt_id", "text", doc="the prompt running now"),
+    Reading("device_name", "text", index="device", doc="the device's name"),
+    Reading("device_type", "text", index="device", doc="cuda, cpu, mps, ..."),
+    Reading("comfyui_version", "text", doc="what /system_stats reports"),
+    Reading("ram_free_mb", "MiB", doc="free system RAM, as ComfyUI sees it"),
+    Reading("ram_total_mb", "MiB", doc="system RAM size"),
+    Reading("memory_critical", "bool", doc="a critical memory limit is crossed"),
+    Reading("idle_with_pending_s", "s", doc="pending prompts with nothing running, so long"),
+)
 
 def create(cfg: ComfyUICheckConfig, ctx: CheckContext) -> Check:
     """The runtime ``comfyui`` check."""

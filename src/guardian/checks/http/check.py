@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from guardian.checks.base import CheckConfigBase, CheckContext, TargetUrl
 from guardian.checks.http.body import BodyTooLarge, read_capped
 from guardian.checks.http.wire import ConnectTimeout, WireClient, WireError
-from guardian.core.result import Outcome, Status, Value, worst
+from guardian.core.result import Outcome, Reading, ReasonClass, Status, Value, worst
 
 if TYPE_CHECKING:
     import httpx
@@ -235,6 +235,35 @@ class TooManyRedirects(Exception):
     """More hops than ``max_redirects`` (redirects are followed by hand)."""
 
 
+INVALID: ReasonClass = "invalid_response"
+
+# This check's own reason vocabulary (describe_transport_error, describe_httpx_error, the
+# wire client's messages) in classes, first match wins: the check that wrote a reason
+# classifies it, so nothing downstream guesses from text.
+_TRANSPORT_RULES: tuple[tuple[ReasonClass, re.Pattern[str]], ...] = (
+    ("timeout", re.compile(r"timed? ?out|timeout")),
+    ("connection", re.compile(
+        r"connection|connect failed|refused|reset by peer|dns lookup|unreachable|tls"
+    )),
+    ("http_status", re.compile(r"\bhttp [1-5]\d\d\b")),
+    ("invalid_response", re.compile(r"invalid|expected a json|not an object|is missing")),
+)
+
+
+def transport_class(reason: str) -> ReasonClass:
+    """The class of a reason this check wrote about a request that failed."""
+    text = reason.lower()
+    return next((cls for cls, rule in _TRANSPORT_RULES if rule.search(text)), "other")
+
+
+def invalid(reason: str, **values: Value) -> Outcome:
+    return Outcome.failed(reason, **values).tagged(reason_class=INVALID)
+
+
+def transport_failure(reason: str, **values: Value) -> Outcome:
+    return Outcome.failed(reason, **values).tagged(reason_class=transport_class(reason))
+
+
 class HopFailed(Exception):
     """An httpx (TLS) hop failed; the message is the reason."""
 
@@ -375,7 +404,7 @@ class HttpCheck:
             own = stall.own_fault(mark, budget) if stall is not None else None
             if own is not None:
                 return Outcome.skipped(own, timeout_s=cfg.timeout, response_ms=elapsed_ms())
-            return Outcome.failed(reason, response_ms=elapsed_ms())
+            return Outcome.failed(reason, response_ms=elapsed_ms()).tagged(reason_class="timeout")
 
         # Our own deadline, a little inside the engine's, so a slow drip ends as a clear
         # "timed out" outcome with what we measured instead of a bare cancellation.
@@ -387,17 +416,20 @@ class HttpCheck:
             await self._wire.aclose()
             return timed_out(f"timed out after {cfg.timeout:g}s")
         except BodyTooLarge as exc:
-            return Outcome.failed(str(exc), response_ms=elapsed_ms(), body_bytes=exc.limit)
+            return Outcome.failed(
+                str(exc), response_ms=elapsed_ms(), body_bytes=exc.limit
+            ).tagged(reason_class="invalid_response")
         except ConnectTimeout as exc:
             return timed_out(str(exc))
         except WireError as exc:
-            return Outcome.failed(str(exc), response_ms=elapsed_ms())
+            return transport_failure(str(exc), response_ms=elapsed_ms())
         except HopFailed as exc:
             if exc.timed_out:
                 return timed_out(str(exc))
-            return Outcome.failed(str(exc), response_ms=elapsed_ms())
+            return transport_failure(str(exc), response_ms=elapsed_ms())
         except (TooManyRedirects, OSError, ssl.SSLError) as exc:
-            return Outcome.failed(describe_transport_error(exc, cfg), response_ms=elapsed_ms())
+            reason = describe_transport_error(exc, cfg)
+            return transport_failure(reason, response_ms=elapsed_ms())
         values: dict[str, Value] = {
             "status_code": code,
             "response_ms": elapsed_ms(),
@@ -472,10 +504,10 @@ class HttpCheck:
         cfg = self.config
         accepted = code in cfg.expect_status if cfg.expect_status else 200 <= code < 300
         if not accepted:
-            return Outcome.failed(f"HTTP {code}", **values)
+            return Outcome.failed(f"HTTP {code}", **values).tagged(reason_class="http_status")
         text = body.decode("utf-8", errors="replace")
         if cfg.body_contains is not None and cfg.body_contains not in text:
-            return Outcome.failed(f"body does not contain {cfg.body_contains!r}", **values)
+            return invalid(f"body does not contain {cfg.body_contains!r}", **values)
 
         problems: list[tuple[Status, str]] = []
         if cfg.json_status or cfg.conditions:
@@ -487,19 +519,19 @@ class HttpCheck:
                     parsed = True
                 except ValueError as exc:
                     if _looks_json(content_type) or cfg.conditions:
-                        return Outcome.failed(f"invalid JSON body: {exc}", **values)
+                        return invalid(f"invalid JSON body: {exc}", **values)
             elif cfg.conditions:
-                return Outcome.failed("empty body, JSON conditions cannot hold", **values)
+                return invalid("empty body, JSON conditions cannot hold", **values)
             if parsed and cfg.json_status:
                 declared = json_status_outcome(doc)
                 if declared is not None and declared[0] is not Status.OK:
                     if declared[0] is Status.FAILED:
-                        return Outcome.failed(declared[1], **values)
+                        return invalid(declared[1], **values)
                     problems.append(declared)
             for cond in cfg.conditions:
                 why = evaluate_condition(doc, cond)
                 if why is not None:
-                    return Outcome.failed(f"condition failed: {why}", **values)
+                    return invalid(f"condition failed: {why}", **values)
 
         response_ms = values["response_ms"]
         if (
@@ -513,7 +545,10 @@ class HttpCheck:
         if not problems:
             return Outcome.ok(f"HTTP {code}", **values)
         status = worst(s for s, _ in problems)
-        return Outcome(status, "; ".join(r for _, r in problems), values)
+        # What is left: a 2xx/3xx answer too slow, or a status the JSON body declared.
+        return Outcome(status, "; ".join(r for _, r in problems), values).tagged(
+            reason_class=transport_class("; ".join(r for _, r in problems))
+        )
 
     async def aclose(self) -> None:
         await self._wire.aclose()
@@ -524,6 +559,13 @@ class HttpCheck:
 def _reject_constant(name: str) -> NoReturn:
     """NaN/Infinity are not JSON; a server sending them is not speaking JSON."""
     raise ValueError(f"{name} is not valid JSON")
+
+
+READINGS = (
+    Reading("status_code", "count", doc="the final response's HTTP status"),
+    Reading("response_ms", "ms", doc="time to the whole answer"),
+    Reading("body_bytes", "count", doc="size of the body read"),
+)
 
 
 def create(cfg: HttpCheckConfig, ctx: CheckContext) -> HttpCheck:

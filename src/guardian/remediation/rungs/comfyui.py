@@ -16,20 +16,19 @@ Each treats one condition the ``comfyui`` check names, over the public
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from guardian.checks.comfyui.client import ComfyUIClient
-from guardian.checks.comfyui.health import ComfyUICheckConfig
+from guardian.checks.comfyui.health import READINGS, ComfyUICheckConfig
 from guardian.config.schema import RemediationConfig
 from guardian.core.events import RecoveryKind
-from guardian.core.result import CheckResult, Value
+from guardian.core.result import CheckResult, Condition, Value
 from guardian.remediation.rung import Action, Cleared, Rung, Treatment, Verdict
 
 
 class StuckRunning:
     """A prompt running too long with no progress: interrupt just that prompt."""
 
-    condition = "stuck_running"
+    condition = Condition.STUCK_RUNNING
 
     async def applies(self, result: CheckResult, client: ComfyUIClient) -> Treatment | None:
         prompt_id = result.values.get("running_prompt_id")
@@ -68,7 +67,7 @@ class StuckRunning:
 class MemoryPressure:
     """Low memory while idle (or critical at any time): ask ComfyUI to free what it caches."""
 
-    condition = "memory_pressure"
+    condition = Condition.MEMORY_PRESSURE
 
     def __init__(self, cfg: ComfyUICheckConfig) -> None:
         self.cfg = cfg
@@ -119,7 +118,7 @@ class MemoryPressure:
 class StuckPending:
     """Prompts pending with nothing running: interrupt to free a wedged executor."""
 
-    condition = "stuck_pending"
+    condition = Condition.STUCK_PENDING
 
     async def applies(self, result: CheckResult, client: ComfyUIClient) -> Treatment | None:
         return Treatment(key=None, retry_reason="pending queue did not move after /interrupt")
@@ -150,18 +149,20 @@ def comfyui_rungs(cfg: ComfyUICheckConfig) -> list[Rung]:
     return [StuckRunning(), MemoryPressure(cfg), StuckPending()]
 
 
-def free_memory(values: Mapping[str, Any]) -> dict[str, float]:
-    """Free MB per GPU (``vram.<i>``) and of RAM (``ram``) from check values."""
-    out: dict[str, float] = {}
-    for i in range(int(values.get("devices") or 0)):
-        if values.get(f"device_type.{i}") == "cpu":
-            continue
-        mb = values.get(f"vram_free_mb.{i}")
-        if isinstance(mb, int | float):
-            out[f"vram.{i}"] = float(mb)
-    ram = values.get("ram_free_mb")
-    if isinstance(ram, int | float):
-        out["ram"] = float(ram)
+_VRAM_FREE, _DEVICE_TYPE, _RAM_FREE = (
+    next(r for r in READINGS if r.name == name)
+    for name in ("vram_free_mb", "device_type", "ram_free_mb")
+)
+
+
+def free_memory(values: Mapping[str, Value]) -> dict[str, float]:
+    """Free MB per GPU (``vram.<i>``) and of RAM (``ram``), by the check's declared readings."""
+    types = _DEVICE_TYPE.texts(values)
+    out = {f"vram.{i}": mb for i, mb in _VRAM_FREE.numbers(values).items()
+           if types.get(i) != "cpu"}
+    ram = _RAM_FREE.numbers(values).get("")
+    if ram is not None:
+        out["ram"] = ram
     return out
 
 
