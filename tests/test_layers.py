@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine",),
     ("recovery",),
     ("remediation",),
-    ("incidents", "uptime"),
+    ("incidents", "uptime", "journal"),
     ("api", "demo"),
     ("runtime",),
     ("cli",),

@@ -5,7 +5,7 @@ Guardian without loading typer, click or rich.
 
 Before anything else, and before a single file is touched, it refuses to start when a
 directory or file Guardian would trust can be written by someone else
-(:mod:`guardian.store.trusted`), or when another Guardian holds the store's lock
+(:mod:`guardian.cli.trusted`), or when another Guardian holds the store's lock
 (:mod:`guardian.store.lock`). Signals: SIGINT/SIGTERM stop; SIGHUP reopens the log file
 (logrotate's convention) and supervision goes on; SIGUSR1/SIGUSR2 are logged and ignored;
 the other signals whose default is to end the process stop Guardian with a log line.
@@ -24,10 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from guardian.cli.trusted import verify_start
 from guardian.config.schema import Config
 from guardian.store import lock as store_lock
 from guardian.store import runfile
-from guardian.store.trusted import verify_start
 from guardian.support.blocking import BlockingError, pool
 from guardian.support.log import LogFormat, LogSetup, setup_logging
 from guardian.support.trust import Untrusted, make_dirs, untrusted_dir
