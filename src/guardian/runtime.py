@@ -148,9 +148,11 @@ class Guardian:
             monotonic=self.clock.monotonic,
             now=self.clock.now,
             components=(INCIDENTS, BREAKERS, UPTIME, QUEUE),
-            # Another process holding the write lock must not hold the event loop: a busy
-            # store is a write kept in memory for later, never a late restart.
+            # Another process holding the write lock must not hold the event loop: writes
+            # run on the store's writer thread; a busy store is a write kept in memory for
+            # later, never a late restart.
             timeout=STORE_BUSY_TIMEOUT,
+            writer=True,
         )
 
     def _open_breaker_store(self, db: Database) -> BreakerStore:
@@ -382,8 +384,8 @@ class Guardian:
         if self.breakers is not None and hasattr(self.breakers, "close"):
             self.breakers.close()
         self._close_uptime()
-        if self.db is not None:
-            self.db.close()
+        if self.db is not None:  # writes what is queued: in a thread, bounded
+            await asyncio.to_thread(self.db.close)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
