@@ -60,6 +60,8 @@ from guardian.store.db import Database, StoreError, StoreUnavailable
 
 log = logging.getLogger("guardian.incidents.store")
 
+MAX_QUEUED_EVENTS = 10_000  # event rows waiting for the writer before new ones are dropped
+
 __all__ = [
     "INCIDENTS",
     "MIGRATIONS",
@@ -125,6 +127,7 @@ class Store:
         # the writer thread flushes. Lock order: the Database's lock, then this one.
         self._mu = threading.RLock()
         self._flush_key = f"{INCIDENTS.name}:{id(self)}"
+        self._events: list[Callable[[sqlite3.Connection], object]] = []  # queued rows
         try:
             self.db.register(INCIDENTS, self._rewrite_live)
             for incident in self._read_incidents(include_resolved=False, limit=1_000_000):
@@ -174,37 +177,75 @@ class Store:
     def _background(self) -> bool:
         return self.db.writer_thread is not None
 
-    def _wrote(self) -> None:
+    def _wrote(self, n: int = 1) -> None:
         with self._mu:
-            self._writes += 1
-            due = bool(self.prune_every) and self._writes % self.prune_every == 0
+            before, self._writes = self._writes, self._writes + n
+            due = bool(self.prune_every) and (
+                self._writes // self.prune_every > before // self.prune_every)
         if due:
             self.db.submit(self.prune, key=f"{self._flush_key}:prune")
 
-    def _dropped(self) -> None:
+    def _dropped(self, n: int = 1) -> None:
         with self._mu:
-            self.dropped += 1
+            self.dropped += n
 
-    def _event_write(self, fn: Callable[[sqlite3.Connection], sqlite3.Cursor]) -> int:
-        """Write one event row (queued for the writer thread in the daemon); the row id
-        when written at once, 0 when queued or dropped (counted: the store cannot write)."""
-        rowid = [0]
-
-        def job() -> None:
-            if not self._flush_incidents():
-                self._dropped()
-                return
-            try:
-                cur = self.db.write(fn)
-            except StoreUnavailable:
-                self._dropped()
-                return
-            rowid[0] = int(cur.lastrowid or 0)
-            self._wrote()
-
-        if not self.db.submit(job):
+    def _event_write(self, fn: Callable[[sqlite3.Connection], object]) -> int:
+        """Write one event row: at once without a writer thread (its row id; 0 when
+        dropped, counted: the store cannot write), else queued (0) for one batch."""
+        if self._background:
+            self._queue_event(fn)
+            return 0
+        if not self._flush_incidents():
             self._dropped()
-        return rowid[0]
+            return 0
+        try:
+            out = self.db.write(fn)
+        except StoreUnavailable:
+            self._dropped()
+            return 0
+        self._wrote()
+        return int(getattr(out, "lastrowid", 0) or 0)
+
+    def _queue_event(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Rows wait in order (bounded) for one job that writes them all in one
+        transaction: the loop pays a list append, the file one commit per batch."""
+        with self._mu:
+            full = len(self._events) >= MAX_QUEUED_EVENTS
+            if full:
+                self.dropped += 1
+            else:
+                self._events.append(fn)
+        if full:
+            self.db.report_backlog(f"{MAX_QUEUED_EVENTS} incident rows wait for the file")
+            return
+        self.db.submit(self._write_events, key=f"{self._flush_key}:events")
+
+    def _write_events(self) -> None:
+        ok = self._flush_incidents()  # their rows first: events refer to them
+        with self._mu:
+            ops, self._events = self._events, []
+            if not ok:
+                self.dropped += len(ops)
+        if not ops or not ok:
+            return
+
+        def run(c: sqlite3.Connection) -> None:
+            for op in ops:
+                op(c)
+
+        try:
+            self.db.write(run)
+        except StoreUnavailable:
+            self._dropped(len(ops))
+            return
+        except sqlite3.Error:  # a bad row: write the others one by one, without it
+            for op in ops:
+                try:
+                    self.db.write(op)
+                except (sqlite3.Error, StoreUnavailable):
+                    log.exception("an incident-store row was not written")
+                    self._dropped()
+        self._wrote(len(ops))
 
     def _flush_incidents(self) -> bool:
         """Write every unsaved incident row; False when the store cannot write now."""
@@ -470,24 +511,22 @@ class Store:
         A supervised process's exit is usually seen before the check that fails because
         of it; this puts that exit into the incident it caused.
         """
-        adopted = [0]
+        def adopt(db: sqlite3.Connection) -> int:
+            return int(db.execute(
+                "UPDATE recovery SET incident_id = ? WHERE target = ? AND"
+                " incident_id IS NULL AND time >= ?",
+                (incident_id, target, ts(since)),
+            ).rowcount)
 
-        def job() -> None:
-            if not self._flush_incidents():
-                return
-            with contextlib.suppress(StoreUnavailable):
-                adopted[0] = int(self.db.write(
-                    lambda db: (
-                        db.execute(
-                            "UPDATE recovery SET incident_id = ? WHERE target = ? AND"
-                            " incident_id IS NULL AND time >= ?",
-                            (incident_id, target, ts(since)),
-                        ).rowcount
-                    )
-                ))
-
-        self.db.submit(job)  # after the events it adopts: the writer keeps the order
-        return adopted[0]
+        if self._background:  # queued after the events it adopts: one order for both
+            self._queue_event(adopt)
+            return 0
+        if not self._flush_incidents():
+            return 0
+        try:
+            return self.db.write(adopt)
+        except StoreUnavailable:
+            return 0
 
     def update_incident(
         self,

@@ -395,9 +395,13 @@ class Database(ComponentHost):
         if self._writer.submit(job, key):
             return True
         if not self._closed:
-            full = StoreUnavailable(f"{self._writer.max_jobs} writes queued and not done")
-            self._trouble_seen("busy", full)
+            self.report_backlog(f"{self._writer.max_jobs} writes queued and not done")
         return False
+
+    def report_backlog(self, what: str) -> None:
+        """Writes pile up faster than the file takes them: Guardian's trouble (logged,
+        rate-limited, the ``store`` problem until a write works again)."""
+        self._trouble_seen("busy", StoreUnavailable(what))
 
     def drain(self, timeout: float = CLOSE_WAIT) -> bool:
         """Wait (a thread, never the loop) until every write submitted so far has run."""
