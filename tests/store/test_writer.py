@@ -115,7 +115,11 @@ def test_jobs_run_in_order_on_one_thread_and_a_key_is_queued_once() -> None:
 def test_a_full_queue_refuses_at_once_and_counts() -> None:
     writer = StoreWriter(max_jobs=2)
     gate, started = threading.Event(), threading.Event()
-    assert writer.submit(lambda: (started.set(), gate.wait(30)))
+    def park() -> None:
+        started.set()
+        gate.wait(30)
+
+    assert writer.submit(park)
     assert started.wait(30)  # running: the queue is empty again
     assert writer.drain(0.0) is False
     done: list[int] = []
