@@ -241,7 +241,7 @@ def test_writes_keep_their_order_across_components(tmp_path: Path) -> None:
 def test_rows_past_the_bound_are_dropped_counted_and_the_rest_go_in_one_batch(
     tmp_path: Path, holder_cleanup: list[Holder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import guardian.incidents.store as incidents_store
+    import guardian.incidents.pending as incidents_store
 
     monkeypatch.setattr(incidents_store, "MAX_QUEUED_EVENTS", 5)
     path = tmp_path / "g.db"
