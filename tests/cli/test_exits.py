@@ -197,3 +197,15 @@ name = "comfyui.service"
 
 def test_the_readme_has_the_exit_code_table():
     assert exit_table() in (ROOT / "README.md").read_text()
+
+
+async def test_demo_in_a_directory_others_can_change_writes_nothing_and_exits_5(tmp_path):
+    """The demo's config carries its API token: never written where others could swap it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    code, _, err = await _guardian(tmp_path, "demo", "--dir", str(shared / "d"),
+                                   "--api-port", "0")
+    assert code == Exit.CANNOT_START, err
+    assert f"{shared}: writable by others" in err and "chmod go-w" in err
+    assert list(shared.iterdir()) == []

@@ -487,6 +487,15 @@ def demo(
 
     # A second demo in the same directory must not rewrite the running one's config.
     where = (directory or DEFAULT_DEMO_DIR).resolve()
+    from guardian.support.trust import untrusted_dir
+
+    # Nor may a directory others can change get the demo's config (and its token) at all:
+    # refused before anything is written, as `run` refuses before it starts.
+    problem = untrusted_dir(where)
+    if problem is not None:
+        err.print(f"guardian: refusing to start: a path it would trust can be changed by "
+                  f"others\n  {problem}", markup=False, highlight=False)
+        raise typer.Exit(Exit.CANNOT_START)
     try:
         held = store_lock.acquire(where / "state" / "guardian.db")
     except store_lock.AlreadyRunning as e:
