@@ -715,6 +715,7 @@ def pressure(r: Rig, status: Status = Status.DEGRADED, *, clear: bool = False) -
         "api", "comfyui", "comfyui", Status.OK if clear else status,
         "ok" if clear else "memory pressure: ram 900 MB free < 2048 MB", values, now, now,
         0.01, started_mono=r.clock.monotonic(),
+        condition=None if clear else Condition.MEMORY_PRESSURE,  # the typed field recovery reads
     ))
 
 
