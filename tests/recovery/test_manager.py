@@ -241,10 +241,14 @@ async def test_manual_restart_resets_breaker() -> None:
     b.die()
     await r.clock.advance(2)
     assert r.mgr.snapshot()["api"]["breaker_open"] and b.restarts == 1
+    before = r.clock.now()
     msg = await r.mgr.restart("api")
     assert msg == "restarted api (pid 102)"
     assert b.restarts == 2
-    assert not r.mgr.snapshot()["api"]["breaker_open"]
+    snap = r.mgr.snapshot()["api"]
+    assert not snap["breaker_open"] and snap["attempts"] == 0
+    # "last restart" (/api/health, the page) counts the manual one too.
+    assert datetime.fromisoformat(snap["last_restart"]) >= before
     assert len(r.kinds(RecoveryKind.BREAKER_RESET)) == 1
     with pytest.raises(KeyError):
         await r.mgr.restart("nope")
@@ -711,6 +715,7 @@ def pressure(r: Rig, status: Status = Status.DEGRADED, *, clear: bool = False) -
         "api", "comfyui", "comfyui", Status.OK if clear else status,
         "ok" if clear else "memory pressure: ram 900 MB free < 2048 MB", values, now, now,
         0.01, started_mono=r.clock.monotonic(),
+        condition=None if clear else Condition.MEMORY_PRESSURE,  # the typed field recovery reads
     ))
 
 

@@ -115,7 +115,7 @@ def config_validate(
     file: Annotated[Path | None, typer.Argument(help="config file (default: as for run)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Validate a config: exit 0 with a summary (and warnings), or list every problem, exit 4.
+    """Validate a config: exit 0 with a summary (and warnings), or list every problem, exit 2.
 
     Warnings (another platform's backend or paths, deprecated keys) leave the exit code 0.
     """
@@ -177,7 +177,7 @@ def run_guardian(
     log_level: str | None = None,
     config_path: Path | None = None,
 ) -> int:
-    """Run in the foreground (see :mod:`guardian.cli.foreground`); 2 for a bad --log-format."""
+    """Run in the foreground (see :mod:`guardian.cli.foreground`); 4 for a bad --log-format."""
     fmt = next((f for f in LOG_FORMATS if f == log_format), None)
     if fmt is None:
         err.print(f"--log-format must be json, pretty or auto (got {log_format!r})")
@@ -312,12 +312,28 @@ def check(
 # --------------------------------------------------------------------------- client
 
 
+def _other_guardian_at(url: str) -> runfile.RuntimeInfo | None:
+    """A running Guardian of another config whose API listens at ``url`` (the address a
+    config without a runtime file would be tried at: two configs on the default port)."""
+    return next((info for info in runfile.discover()
+                 if info.api_url is not None and info.api_url.rstrip("/") == url.rstrip("/")),
+                None)
+
+
 def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
     """Call the running Guardian's API; print a clear error, exit 3 when it fails."""
     from guardian.checks.http.httpxlib import httpx  # without httpx's own CLI
 
     cfg = where.config
     if where.running is None:
+        other = _other_guardian_at(where.api_url())
+        if other is not None:
+            # Its answer would be read as this config's stack (and get this config's token).
+            err.print(f"no Guardian runs {where.source}; {where.api_url()} is the API of "
+                      f"another one (pid {other.pid}, "
+                      f"{other.config_path or 'built-in defaults'}): choose it with --config",
+                      markup=False, highlight=False)
+            raise typer.Exit(Exit.UNREACHABLE)
         err.print(f"no runtime file of a running Guardian for {where.source} "
                   f"(looked at {runfile.runtime_path(cfg)}); trying the configured API address",
                   markup=False, highlight=False)
@@ -471,6 +487,15 @@ def demo(
 
     # A second demo in the same directory must not rewrite the running one's config.
     where = (directory or DEFAULT_DEMO_DIR).resolve()
+    from guardian.support.trust import untrusted_dir
+
+    # Nor may a directory others can change get the demo's config (and its token) at all:
+    # refused before anything is written, as `run` refuses before it starts.
+    problem = untrusted_dir(where)
+    if problem is not None:
+        err.print(f"guardian: refusing to start: a path it would trust can be changed by "
+                  f"others\n  {problem}", markup=False, highlight=False)
+        raise typer.Exit(Exit.CANNOT_START)
     try:
         held = store_lock.acquire(where / "state" / "guardian.db")
     except store_lock.AlreadyRunning as e:

@@ -494,7 +494,8 @@ class RecoveryManager:
             out[name] = {
                 "enabled": True,
                 "attempts": len(p.attempt_times),
-                "last_restart": iso(p.last_restart),
+                "last_restart": iso(max((t for t in (p.last_restart, p.last_begun)
+                                         if t is not None), default=None)),
                 "breaker_open": p.breaker_open,
                 "next_allowed_at": iso(p.next_allowed_at(now)),
                 "consecutive_failures": p.consecutive_failures,
