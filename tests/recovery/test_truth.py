@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from guardian.api.models import stack_health
+from guardian.api.views import stack_health
 from guardian.config.schema import Config
 from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
 from guardian.core.result import CheckResult
