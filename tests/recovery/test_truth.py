@@ -20,7 +20,8 @@ from guardian.core.result import CheckResult
 from guardian.demo.stack import free_port
 from guardian.runtime import Guardian
 
-pytestmark = pytest.mark.timeout(120)
+# A whole runtime around real supervised processes: seconds each.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
