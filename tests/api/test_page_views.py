@@ -35,7 +35,8 @@ from testkit.api import (
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = os.environ.get("GUARDIAN_CHROMIUM") or shutil.which("chromium") or shutil.which(
     "chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary")
+pytestmark = [pytest.mark.slow,  # a real headless Chromium per test
+              pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary")]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 DOCS = Path(__file__).resolve().parents[2] / "docs"

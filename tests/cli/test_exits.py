@@ -110,6 +110,7 @@ async def test_api_port_0_runs_anyway_and_says_dry_run_first(tmp_path, taken_por
     assert proc.returncode == 0
 
 
+@pytest.mark.slow
 async def test_state_dir_selects_among_several_running_guardians(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     cfg_path = _config(tmp_path / "a", 0)

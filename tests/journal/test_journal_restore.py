@@ -30,7 +30,8 @@ from guardian.demo.comfyui.prompts import job_prompt
 from guardian.demo.stack import free_port
 from guardian.runtime import Guardian
 
-pytestmark = [pytest.mark.skipif(os.name == "nt", reason="POSIX child processes"),
+pytestmark = [pytest.mark.slow,  # real ComfyUI simulators killed and restored: 3-30 s each
+              pytest.mark.skipif(os.name == "nt", reason="POSIX child processes"),
               pytest.mark.timeout(120)]
 K = RecoveryKind
 SECRET = "sk-comfy-org-SECRET-0123456789abcdef"
