@@ -47,6 +47,7 @@ from guardian.journal.store import JournalStore, TargetState
 log = logging.getLogger("guardian.journal")
 
 MAX_FRAME = 1 << 20
+FINAL_READ_TIMEOUT = 1.5  # seconds for the last /queue read before a restart
 Identity = Callable[[], Awaitable[int | None]]  # the supervised process's pid, if any
 Report = Callable[[str, RestoreOutcome, list[tuple[str, str, str]]], None]
 
@@ -189,7 +190,10 @@ class TargetJournal:
             return
         self._digest = digest
         self.online, self.last_error = True, None
-        self._alive = True  # a live server answered: the next death is a new one
+        # A live server answered: the next death is a new one (not so the old server
+        # answering while Guardian restarts it: that death is counted already).
+        if not self.restarting:
+            self._alive = True
         self.live_running, self.live_pending = len(snapshot.running), len(snapshot.pending)
         gap, self._gap = self._gap, False
         if gap and not final:
@@ -264,11 +268,23 @@ class TargetJournal:
     # ------------------------------------------------------------------ deaths
 
     async def before_restart(self) -> None:
-        """The last read before a restart Guardian runs, then the death it causes."""
+        """The last read before a restart Guardian runs (a prompt queued after the
+        follower's last read is journaled), then the death the restart causes.
+
+        The read has :data:`FINAL_READ_TIMEOUT` seconds (recovery cuts all of this at 2 s):
+        a hung server's restart is not held up, and its death is counted all the same."""
         self.restarting = True
-        async with self._lock:
-            await self._read(final=True)
-            await self._death("restart")
+        try:
+            async with asyncio.timeout(FINAL_READ_TIMEOUT):
+                async with self._lock:
+                    await self._read(final=True)
+        except TimeoutError:
+            self.last_error = (f"no /queue answer within {FINAL_READ_TIMEOUT:g} s before "
+                               "the restart")
+            log.warning("%s: %s: restarting with the journal as it was", self.target,
+                        self.last_error, extra={"target": self.target,
+                                                "event": "final_read_timeout"})
+        await self._death("restart")
 
     def restart_done(self) -> None:
         self.restarting = False
@@ -286,9 +302,9 @@ class TargetJournal:
         if not self._alive:
             return
         self._alive = False
-        for pid, (st, _) in self.items.items():
-            if st == "running":
-                await asyncio.to_thread(self.store.add_death, self.target, pid)
+        running = [pid for pid, (st, _) in self.items.items() if st == "running"]
+        for pid in running:  # (a copy: a read may change the items meanwhile)
+            await asyncio.to_thread(self.store.add_death, self.target, pid)
         if not self.state.restore_due:
             await self._set_state(dataclasses.replace(self.state, restore_due=True,
                                                       death_reason=why[:300]))
