@@ -40,11 +40,21 @@ class Harness:
         self.task: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(trust_env=False, timeout=5)
 
-    def make(self) -> TargetJournal:
+    def make(self, *, dry_run: bool = False) -> TargetJournal:
         cfg = QueueJournalConfig(poll_interval=0.1)
         return TargetJournal("comfyui", self.sim.url, 2.0, cfg, self.store, SystemClock(),
                              self.tmp / "reports",
-                             lambda _t, outcome, _q: self.outcomes.append(outcome))
+                             lambda _t, outcome, _q: self.outcomes.append(outcome),
+                             dry_run=dry_run)
+
+    async def replace_server(self) -> None:
+        """Kill the simulator (a death the journal sees) and start a fresh one on its
+        port, as recovery's restart would (the journal restores once told it is done)."""
+        self.journal.restarting = True  # as recovery says while it restarts
+        port = self.sim.port
+        self.sim.stop()  # the process is gone: refused connections
+        await self.until(lambda: self.journal.state.restore_due, "a death is seen")
+        self.sim = ComfyUISim(port=port, device="cpu", exec_time=0.01).start()
 
     async def start(self) -> None:
         await self.journal.load()
@@ -239,4 +249,67 @@ url = "{harness.sim.url}"
     target, reason, finished = asked[0]
     assert target == "comfyui" and reason.startswith("restart between jobs: /free released")
     assert finished  # asked only after the running prompt had finished
+    await keeper.aclose()
+
+
+async def test_a_dry_run_tells_what_it_would_restore_and_leaves_the_queue_alone(
+        harness: Harness, tmp_path: Path) -> None:
+    harness.journal = harness.make(dry_run=True)
+    await harness.start()
+    await harness.until(lambda: harness.journal.online, "the first read")
+    running = await harness.submit(seconds=30)
+    pending = [await harness.submit() for _ in range(2)]
+    await harness.until(lambda: harness.ids() == [running, *pending], "3 journaled")
+    await asyncio.to_thread(harness.store.add_death, "comfyui", running)  # an earlier crash
+    await harness.replace_server()
+    harness.journal.restart_done()
+    await harness.until(lambda: bool(harness.outcomes), "the restore")
+    outcome = harness.outcomes[0]
+    assert outcome.dry_run and outcome.restored == []
+    assert outcome.would_restore == pending and outcome.quarantined == [running]
+    assert outcome.headline() == "dry run: would restore 2 of 3 prompts; none re-submitted"
+    assert not harness.journal.state.restore_due
+    await asyncio.sleep(0.5)  # had anything been sent, it would have run by now
+    assert harness.sim.queue() == {"queue_running": [], "queue_pending": []}
+    for pid in (running, *pending):
+        assert harness.sim.history_entry(pid) == {}
+    assert await asyncio.to_thread(harness.store.quarantined, "comfyui") == []
+    assert not (tmp_path / "reports").exists()  # no quarantine file saved either
+    await harness.until(lambda: harness.ids() == [], "the journal follows the live queue")
+
+
+async def test_a_dry_run_neither_releases_nor_drops(harness: Harness, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from guardian.checks.comfyui.client import QueuedPrompt
+    from guardian.config.load import load_config
+    from guardian.core.events import EventBus
+    from guardian.journal.keeper import QueueKeeper
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f"""
+[guardian]
+dry_run = true
+report_dir = {json.dumps(str(tmp_path / "reports"))}
+[[targets]]
+name = "comfyui"
+[[targets.checks]]
+kind = "comfyui"
+url = "{harness.sim.url}"
+""")
+    keeper = QueueKeeper(load_config(cfg), EventBus(), SystemClock(), harness.db)
+    pid = str(uuid.uuid4())
+    prompt = QueuedPrompt(3.0, pid, job_prompt("sleep", 0.01, color=7), {"client_id": "c1"},
+                          ["2"])
+    await asyncio.to_thread(keeper.store.quarantine, "comfyui", prompt, "test",
+                            datetime.now(UTC), None)
+    assert await keeper.release("comfyui", pid) == f"dry run: would release prompt {pid} " \
+        "to comfyui"
+    assert await keeper.drop("comfyui", pid) == f"dry run: would drop quarantined prompt " \
+        f"{pid} of comfyui"
+    await asyncio.sleep(0.3)
+    assert harness.sim.history_entry(pid) == {} and harness.sim.queue()["queue_pending"] == []
+    assert [q.prompt.prompt_id for q in await keeper.quarantine("comfyui")] == [pid]
+    with pytest.raises(KeyError):
+        await keeper.drop("comfyui", "unknown")
     await keeper.aclose()

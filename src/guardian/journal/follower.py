@@ -57,7 +57,7 @@ class TargetJournal:
 
     def __init__(self, target: str, url: str, timeout: float, cfg: QueueJournalConfig,
                  store: JournalStore, clock: Clock, report_dir: Path, report: Report,
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None, *, dry_run: bool = False) -> None:
         self.target = target
         self.url = url
         self.cfg = cfg
@@ -66,6 +66,7 @@ class TargetJournal:
         self.report_dir = report_dir
         self.report = report  # (target, outcome, quarantined [(id, saved path, reason)])
         self.identity = identity
+        self.dry_run = dry_run  # decide and tell, never re-submit nor quarantine
         self.client = ComfyUIClient(url, timeout, cfg.max_body_bytes)
         self.timeout = timeout
         self.items: dict[str, tuple[str, QueuedPrompt]] = {}  # id -> (state, prompt)
@@ -320,8 +321,9 @@ class TargetJournal:
     # ------------------------------------------------------------------ restoring
 
     async def restore(self, live: QueueSnapshot) -> RestoreOutcome:
-        """Put the journaled prompts back (see :mod:`guardian.journal.restore`)."""
-        outcome = RestoreOutcome()
+        """Put the journaled prompts back (see :mod:`guardian.journal.restore`). In a dry
+        run, say what would be put back and quarantined, and leave the queue alone."""
+        outcome = RestoreOutcome(dry_run=self.dry_run)
         running = sorted((p for st, p in self.items.values() if st == "running"),
                          key=lambda p: p.number)
         pending = sorted((p for st, p in self.items.values() if st == "pending"),
@@ -342,7 +344,9 @@ class TargetJournal:
                   ) >= self.cfg.quarantine_after:
                 reason = (f"prompt {pid} was running at {deaths} crashes: quarantined, "
                           "not re-run")
-                saved = await self._quarantine(prompt, reason)
+                if self.dry_run:
+                    reason = f"dry run: {reason.replace('quarantined', 'would quarantine')}"
+                saved = "" if self.dry_run else await self._quarantine(prompt, reason)
                 outcome.quarantined.append(pid)
                 quarantined.append((pid, saved, reason))
             else:
@@ -352,7 +356,13 @@ class TargetJournal:
                 outcome.skipped.append(prompt.prompt_id)
             else:
                 plan.append(prompt)
-        await resubmit(self.client, plan, outcome)
+        if self.dry_run:
+            outcome.would_restore = [p.prompt_id for p in plan]
+            log.warning("%s: dry run: would re-submit %s", self.target,
+                        ", ".join(outcome.would_restore) or "nothing",
+                        extra={"target": self.target, "event": "queue_restore_dry_run"})
+        else:
+            await resubmit(self.client, plan, outcome)
         if outcome.restored and not live.running:
             await self._runs_first(outcome.restored[0])
         if outcome.interrupted is not None:

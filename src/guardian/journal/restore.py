@@ -39,13 +39,22 @@ class RestoreOutcome:
     quarantined: list[str] = field(default_factory=list)
     not_rerun: list[str] = field(default_factory=list)  # the ladder's stuck prompt
     interrupted: str | None = None  # the server went away mid-restore: retried later
+    # ``[guardian] dry_run``: what would have been re-submitted (and quarantined); nothing
+    # was sent and nothing quarantined.
+    dry_run: bool = False
+    would_restore: list[str] = field(default_factory=list)
 
     @property
     def considered(self) -> int:
-        return (len(self.restored) + len(self.lost) + len(self.quarantined)
-                + len(self.not_rerun))
+        return (len(self.restored) + len(self.would_restore) + len(self.lost)
+                + len(self.quarantined) + len(self.not_rerun))
 
     def headline(self) -> str:
+        if self.dry_run:
+            text = (f"dry run: would restore {len(self.would_restore)} of {self.considered} "
+                    "prompts; none re-submitted")
+            return text + (f" ({len(self.skipped)} already on the server)"
+                           if self.skipped else "")
         if self.interrupted is not None:
             return (f"restore interrupted after {len(self.restored)} prompts: ComfyUI went "
                     "away again; the journal restores them after the next restart")
