@@ -313,3 +313,63 @@ url = "{harness.sim.url}"
     with pytest.raises(KeyError):
         await keeper.drop("comfyui", "unknown")
     await keeper.aclose()
+
+
+API_NODE = "GuardianPartnerNode"
+
+
+def partner_node_info() -> dict[str, Any]:
+    """An API node as ComfyUI lists one: the comfy.org credentials among its hidden
+    inputs (as ``GeminiImageNode`` and the other partner nodes declare them)."""
+    return {
+        "input": {"required": {"images": ["IMAGE"]},
+                  "hidden": {"auth_token": "AUTH_TOKEN_COMFY_ORG",
+                             "comfy_api_key": "API_KEY_COMFY_ORG", "unique_id": "UNIQUE_ID"}},
+        "input_order": {"required": ["images"], "hidden": ["auth_token", "comfy_api_key",
+                                                           "unique_id"]},
+        "output": ["IMAGE"], "output_is_list": [False], "output_name": ["IMAGE"],
+        "name": API_NODE, "display_name": API_NODE, "description": "", "api_node": True,
+        "python_module": "comfy_api_nodes.nodes_guardian", "category": "api node",
+        "output_node": False,
+    }
+
+
+async def test_a_prompt_whose_credentials_comfyui_withheld_is_lost_and_said_so(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newer ComfyUI keeps API-node credentials out of /queue: such a prompt would run
+    without its owner's key. Not re-submitted; lost, reason credentials, named. One that
+    carries them (0.3.64 shows them) is restored with them; one without API nodes too."""
+    from guardian.demo.comfyui import prompts
+
+    monkeypatch.setitem(prompts.NODE_INFO, API_NODE, partner_node_info())
+    await harness.start()
+    await harness.until(lambda: harness.journal.online, "the first read")
+    harness.sim.set_fault("pending_idle")
+
+    async def partner(extra: dict[str, Any]) -> str:
+        prompt_id = str(uuid.uuid4())
+        graph = job_prompt("sleep", 0.01, color=hash(prompt_id) % 0xFFFFFF)
+        graph["3"] = {"class_type": API_NODE, "inputs": {"images": ["1", 0]}}
+        r = await harness.http.post(harness.sim.url + "/prompt", json={
+            "prompt": graph, "prompt_id": prompt_id, "client_id": "c1", "extra_data": extra})
+        assert r.status_code == 200, r.text
+        return prompt_id
+
+    withheld = await partner({})  # what the journal sees of it on a newer ComfyUI
+    keyed = await partner({"api_key_comfy_org": SECRET})
+    plain = await harness.submit()
+    await harness.until(lambda: harness.ids() == [withheld, keyed, plain], "3 journaled")
+    await harness.replace_server()
+    harness.sim.set_fault("pending_idle")
+    harness.journal.restart_done()
+    await harness.until(lambda: bool(harness.outcomes), "the restore")
+    outcome = harness.outcomes[0]
+    assert outcome.restored == [keyed, plain]
+    assert outcome.headline() == "restored 2 of 3 prompts"
+    assert [(pid, reason) for pid, reason, _ in outcome.lost] == [(withheld, "credentials")]
+    assert outcome.lost[0][2] == (
+        f"it uses API nodes ({API_NODE}) whose credentials ComfyUI did not show in /queue: "
+        "not re-run without them; queue it again from its client")
+    pending = sorted(harness.sim.queue()["queue_pending"], key=lambda i: i[0])
+    assert [i[1] for i in pending] == [keyed, plain]
+    assert pending[0][3]["api_key_comfy_org"] == SECRET

@@ -38,9 +38,11 @@ from guardian.config.schema import QueueJournalConfig
 from guardian.core.clock import Clock
 from guardian.journal.restore import (
     RestoreOutcome,
+    credentials_words,
     known_ids,
     resubmit,
     save_quarantined,
+    without_credentials,
 )
 from guardian.journal.store import JournalStore, TargetState
 
@@ -356,6 +358,15 @@ class TargetJournal:
                 outcome.skipped.append(prompt.prompt_id)
             else:
                 plan.append(prompt)
+        try:
+            uncredentialed = await without_credentials(self.client, plan)
+        except ComfyUIError:
+            uncredentialed = {}
+        for prompt in plan:
+            if prompt.prompt_id in uncredentialed:
+                outcome.lost.append((prompt.prompt_id, "credentials",
+                                     credentials_words(uncredentialed[prompt.prompt_id])))
+        plan = [p for p in plan if p.prompt_id not in uncredentialed]
         if self.dry_run:
             outcome.would_restore = [p.prompt_id for p in plan]
             log.warning("%s: dry run: would re-submit %s", self.target,
