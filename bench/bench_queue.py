@@ -262,8 +262,11 @@ async def cpu(window: float) -> dict[str, Any]:
         try:
             async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
                 async def measure(name: str) -> None:
-                    await asyncio.sleep(1.0)  # settle: the last change journaled
-                    reads = alone.journal.reads
+                    while True:  # settle: the last change journaled, no read for 1 s
+                        reads = alone.journal.reads
+                        await asyncio.sleep(1.0)
+                        if alone.journal.reads == reads:
+                            break
                     c0, t0 = time.process_time(), time.monotonic()
                     await asyncio.sleep(window)
                     used, took = time.process_time() - c0, time.monotonic() - t0
@@ -271,9 +274,10 @@ async def cpu(window: float) -> dict[str, Any]:
                                  "reads": alone.journal.reads - reads}
 
                 await measure("idle")
-                await http.post(url + "/prompt", json=body(window + 30))
-                await measure("busy_unchanged")
-                await http.post(url + "/interrupt", json={})
+                await http.post(url + "/prompt", json=body(window + 4))  # a sleep: no
+                await measure("busy_unchanged")  # interrupt ends it, it runs past the window
+                # Its end is a queue change (read and parsed): over before the next window.
+                await poll(lambda: alone.journal.live_running == 0, 0.05)
                 await http.post(url + "/__sim/fault", json={"mode": "pending_idle"})
                 for _ in range(1000):
                     await http.post(url + "/prompt", json=body(0.01))
