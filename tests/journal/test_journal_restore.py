@@ -21,6 +21,7 @@ import pytest
 
 from guardian.core.events import RecoveryKind
 from guardian.runtime import Guardian
+from testkit.incidents import Webhook
 from testkit.journal import SECRET, Run, run_order
 
 pytestmark = [pytest.mark.skipif(os.name == "nt", reason="POSIX child processes"),
@@ -69,7 +70,19 @@ async def test_a_deleted_or_cleared_queue_is_not_resurrected(tmp_path: Path) -> 
 
 
 async def test_the_poison_prompt_is_quarantined_after_its_second_crash(tmp_path: Path) -> None:
-    async with Run(tmp_path, extra="") as run:
+    webhook = Webhook()  # a real apprise json:// receiver: the quarantine is notified
+    notify = f"""
+[notify]
+urls = ["{webhook.url()}"]
+"""
+    try:
+        await poison_run(tmp_path, notify, webhook)
+    finally:
+        webhook.close()
+
+
+async def poison_run(tmp_path: Path, notify: str, webhook: Webhook) -> None:
+    async with Run(tmp_path, extra=notify) as run:
         await run.http.post(run.sim + "/__sim/fault", json={"mode": "pending_idle"})
         poison = await run.submit(kind="crash")
         rest = [await run.submit(seconds=0.05) for _ in range(3)]
@@ -95,6 +108,14 @@ async def test_the_poison_prompt_is_quarantined_after_its_second_crash(tmp_path:
         body = json.loads(saved.read_text())
         assert body["prompt_id"] == poison and body["workflow"]["id"] == poison
         assert oct(saved.stat().st_mode & 0o777) == "0o600"
+
+        async def notified() -> bool:
+            return any("quarantined" in t for t in webhook.titles())
+        await run.until(notified, "the quarantine is notified")
+        message = next(str(b["message"]) for b in webhook.bodies
+                       if "quarantined" in str(b.get("title")))
+        assert f"guardian queue release {poison} --target comfyui" in message
+        assert SECRET not in message
         await asyncio.sleep(0.5)
     assert run_order(entries) == rest
     log = (tmp_path / "logs" / "comfyui.log").read_text()
