@@ -64,9 +64,10 @@ class RecoveryManager:
             name: TargetRecovery(name, backend, None) for name, backend in self.backends.items()
         }
         self._closed = False
-        self._runner = RestartRunner(clock, self._emit)
-        # Hooks for a last look before a restart (the queue journal); not awaited yet here.
+        # Hooks for a last look before a restart (the queue journal's final /queue read):
+        # every restart awaits them, bounded (see RestartRunner.look_before).
         self.before_restart: list[Callable[[str], Awaitable[None]]] = []
+        self._runner = RestartRunner(clock, self._emit, self.before_restart)
         plans: list[RecoveryPlan] = []
         for target in config.targets:
             tr = self.targets.get(target.name)
