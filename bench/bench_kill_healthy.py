@@ -4,7 +4,7 @@ Guardian (in process, the real runtime, default recovery: min_uptime 10 s, start
 on) supervises the ComfyUI simulator with a boot delay (``--startup-delay``: it listens
 only after that long, like a real ComfyUI loading nodes). Each round SIGKILLs the child,
 polls the port every 5 ms for the moment the new child listens (its boot end) and polls
-:func:`guardian.api.models.stack_health` (what ``/api/health``, ``/readyz``, the status
+:func:`guardian.api.views.stack_health` (what ``/api/health``, ``/readyz``, the status
 page and the metrics report) every 5 ms until it says healthy. Goal (issue 22): kill ->
 healthy <= boot + 1 s at any check interval; "after listening" is that margin.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guardian.api.models import stack_health
+from guardian.api.views import stack_health
 from guardian.config.schema import Config
 from guardian.runtime import Guardian
 

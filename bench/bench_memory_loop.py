@@ -22,40 +22,11 @@ from guardian.checks.comfyui.health import ComfyUICheckConfig
 from guardian.config.schema import Config, ServiceConfig, TargetConfig
 from guardian.core.clock import FakeClock
 from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
-from guardian.core.result import CheckResult, Status
+from guardian.core.result import CheckResult, Condition, Status
 from guardian.recovery.manager import RecoveryManager
-from guardian.services.base import ExitListener, ServiceState, ServiceStatus
+from guardian.services.memory import MemoryBackend
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class Backend:
-    """A supervised process in memory: restarts at once, never exits on its own."""
-
-    def __init__(self) -> None:
-        self.pid = 100
-        self.listeners: list[ExitListener] = []
-
-    def add_exit_listener(self, listener: ExitListener) -> None:
-        self.listeners.append(listener)
-
-    async def status(self) -> ServiceStatus:
-        return ServiceStatus(ServiceState.RUNNING, pid=self.pid)
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def restart(self) -> None:
-        self.pid += 1
-
-    async def log_tail(self, lines: int = 200) -> list[str]:
-        return []
-
-    async def aclose(self) -> None:
-        pass
 
 
 async def run(minutes: float) -> dict[str, object]:
@@ -71,7 +42,8 @@ async def run(minutes: float) -> dict[str, object]:
     check = ComfyUICheckConfig(url="http://127.0.0.1:8188", interval=30, timeout=10)
     target = TargetConfig(name="comfyui", checks=[check],
                           service=ServiceConfig(backend="process", command=["comfyui"]))
-    mgr = RecoveryManager(Config(targets=[target]), bus, {"comfyui": Backend()}, clock)  # type: ignore[dict-item]
+    backend = MemoryBackend("comfyui", running=True)  # restarts at once, never exits
+    mgr = RecoveryManager(Config(targets=[target]), bus, {"comfyui": backend}, clock)
     with_condition = "condition" in inspect.signature(mgr.request_restart).parameters
     end = clock.monotonic() + minutes * 60
     while clock.monotonic() < end:
@@ -79,9 +51,8 @@ async def run(minutes: float) -> dict[str, object]:
         now = clock.now()
         bus.publish(CheckResult(
             "comfyui", "comfyui", "comfyui", Status.DEGRADED,
-            "memory pressure: ram 900 MB free < 2048 MB", {"condition": "memory_pressure",
-                                                           "online": True},
-            now, now, 0.05, started_mono=began,
+            "memory pressure: ram 900 MB free < 2048 MB", {"online": True},
+            now, now, 0.05, started_mono=began, condition=Condition.MEMORY_PRESSURE,
         ))
         reason = "memory pressure not relieved by /free (ram 900 MB free < 2048 MB)"
         if with_condition:

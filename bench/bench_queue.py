@@ -5,7 +5,9 @@ it costs, how long a restore takes.
   long prompt (running) + 10 pending, waits until they are journaled, SIGKILLs the
   simulator and counts the prompts that never finish after Guardian's restart. Before = the
   journal disabled (``[targets.queue] enabled = false``, what every restart did until now),
-  after = enabled.
+  after = enabled. ``restarts``: the same, but ``guardian restart`` (recovery's manual
+  restart) right after the prompts are queued, without waiting for the journal: the last
+  ``/queue`` read every restart awaits is what journals them.
 * ``staleness``: a queue change (``POST /prompt`` answered) to the prompt in the journal's
   store, over the websocket's status broadcast and one ``/queue`` read; p50/p99.
 * ``cpu``: this process's CPU (the journal's; the simulator is another process) over a
@@ -116,7 +118,7 @@ timeout = 0.8
     return path
 
 
-async def kills(cycles: int, pending: int, journal: bool) -> dict[str, Any]:
+async def kills(cycles: int, pending: int, journal: bool, how: str = "kill") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sim_port = free_port()
@@ -165,11 +167,14 @@ async def kills(cycles: int, pending: int, journal: bool) -> dict[str, Any]:
                             return bool(q["queue_running"])
                         return {str(j["prompt_id"]) for j in view.journal} == set(ids)
 
-                    await until(journaled, 10)
                     pid = (await guardian.backends["comfyui"].status()).pid
                     restarts = len([e for e in events if e.kind is RecoveryKind.RESTART_SUCCEEDED])
                     assert pid is not None
-                    os.kill(pid, signal.SIGKILL)
+                    if how == "restart":  # at once: the restart's own last read journals them
+                        await guardian.restart("comfyui")
+                    else:
+                        await until(journaled, 10)
+                        os.kill(pid, signal.SIGKILL)
 
                     async def back(restarts: int = restarts) -> bool:
                         done = [e for e in events if e.kind is RecoveryKind.RESTART_SUCCEEDED]
@@ -188,7 +193,7 @@ async def kills(cycles: int, pending: int, journal: bool) -> dict[str, Any]:
                     await http.post(sim + "/queue", json={"clear": True})
             finally:
                 await guardian.stop()
-        return {"cycles": cycles, "queued": queued, "lost": lost}
+        return {"cycles": cycles, "queued": queued, "lost": lost, "how": how}
 
 
 # --------------------------------------------------------------------------- journal alone
@@ -257,8 +262,11 @@ async def cpu(window: float) -> dict[str, Any]:
         try:
             async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
                 async def measure(name: str) -> None:
-                    await asyncio.sleep(1.0)  # settle: the last change journaled
-                    reads = alone.journal.reads
+                    while True:  # settle: the last change journaled, no read for 1 s
+                        reads = alone.journal.reads
+                        await asyncio.sleep(1.0)
+                        if alone.journal.reads == reads:
+                            break
                     c0, t0 = time.process_time(), time.monotonic()
                     await asyncio.sleep(window)
                     used, took = time.process_time() - c0, time.monotonic() - t0
@@ -266,9 +274,10 @@ async def cpu(window: float) -> dict[str, Any]:
                                  "reads": alone.journal.reads - reads}
 
                 await measure("idle")
-                await http.post(url + "/prompt", json=body(window + 30))
-                await measure("busy_unchanged")
-                await http.post(url + "/interrupt", json={})
+                await http.post(url + "/prompt", json=body(window + 4))  # a sleep: no
+                await measure("busy_unchanged")  # interrupt ends it, it runs past the window
+                # Its end is a queue change (read and parsed): over before the next window.
+                await poll(lambda: alone.journal.live_running == 0, 0.05)
                 await http.post(url + "/__sim/fault", json={"mode": "pending_idle"})
                 for _ in range(1000):
                     await http.post(url + "/prompt", json=body(0.01))
@@ -332,6 +341,10 @@ async def main_async(args: argparse.Namespace) -> None:
     print("kill -9, journal off:", before, flush=True)
     after = await kills(args.cycles, args.pending, journal=True)
     print("kill -9, journal on: ", after, flush=True)
+    restarts_before = await kills(args.before_cycles, args.pending, False, "restart")
+    print("guardian restart, journal off:", restarts_before, flush=True)
+    restarts_after = await kills(args.restarts, args.pending, True, "restart")
+    print("guardian restart, journal on: ", restarts_after, flush=True)
     stale = await staleness(args.samples)
     print("staleness:", stale, flush=True)
     used = await cpu(args.window)
@@ -345,6 +358,11 @@ async def main_async(args: argparse.Namespace) -> None:
         [f"prompts lost across {after['cycles']} kill -9s", f"(all: {before['lost']} of "
          f"{before['queued']} in {before['cycles']} kills)",
          f"{after['lost']} of {after['queued']}"],
+        [f"prompts lost per `guardian restart` at once after queueing ({args.restarts} "
+         f"restarts, after)", f"{restarts_before['lost'] / max(1, args.before_cycles):.1f} "
+         f"of {args.pending + 1}",
+         f"{restarts_after['lost'] / max(1, args.restarts):.1f} of {args.pending + 1} "
+         f"({restarts_after['lost']} of {restarts_after['queued']})"],
         ["journal staleness p50 / p99 / max", "—",
          f"{stale['p50_ms']:.1f} / {stale['p99_ms']:.1f} / {stale['max_ms']:.1f} ms"],
         ["journal CPU, idle queue", "0", f"{used['idle']['cpu_percent']:.3f} % of a core "
@@ -366,6 +384,8 @@ async def main_async(args: argparse.Namespace) -> None:
     markdown = table(["figure", "before (no journal)", "after"], rows)
     print(markdown)
     write_results("queue", {"kills_before": before, "kills_after": after,
+                            "restarts_before": restarts_before,
+                            "restarts_after": restarts_after,
                             "staleness": stale, "cpu": used, "restore": restored}, markdown)
 
 
@@ -373,6 +393,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--before-cycles", type=int, default=3)
+    parser.add_argument("--restarts", type=int, default=5)
     parser.add_argument("--pending", type=int, default=10)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--window", type=float, default=20.0)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from _common import table, write_results
 
-from guardian.api.models import build_uptime
+from guardian.api.views import build_uptime
 from guardian.store.db import Database
 from guardian.uptime.store import UPTIME, UptimeStore
 

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardian.api.restarts import RestartDesk, RestartTicket
-from guardian.checks import CheckContext, build_check
+from guardian.checks import CheckContext
 from guardian.checks.base import Check
+from guardian.checks.registry import build_check
 from guardian.config.schema import Config
 from guardian.core.clock import Clock, SystemClock
 from guardian.core.events import EventBus

@@ -280,6 +280,7 @@ def _wait(what: str, found: Any, procs: Processes) -> Any:
 
 
 @needs_engines
+@pytest.mark.slow
 def test_a_fleet_alert_reaches_a_person_grouped_inhibited_and_silenced(
         stack: dict[str, Any]) -> None:
     webhook: Webhook = stack["webhook"]

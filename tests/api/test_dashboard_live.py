@@ -25,7 +25,8 @@ from guardian.demo.stack import free_port
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "guardian.json"
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary")
+pytestmark = [pytest.mark.slow,  # a real Prometheus scraping the demo
+              pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary")]
 DEADLINE = 60.0
 
 

@@ -102,3 +102,20 @@ async def test_every_metric_used_exists_and_every_family_is_charted() -> None:
     assert dash_names - known == set(), "dashboard uses unknown metrics"
     assert alert_names - known == set(), "alerts use unknown metrics"
     assert set(METRIC_FAMILIES) - dash_names == set(), "families without a panel"
+
+
+async def test_each_workstation_answers_the_name_prometheus_scrapes_it_by() -> None:
+    """Prometheus sends ``Host: render-01.lan:8787``; the API answers only the names it is
+    told (DNS rebinding), so the README's step 1 lists that name in ``allowed_hosts``.
+    Without it every scrape is a 421 and the fleet sees only GuardianDown."""
+    groups = json.loads((PROMETHEUS / "targets" / "workstations.json").read_text())
+    for address in (t for g in groups for t in g["targets"]):
+        name = address.rpartition(":")[0]
+        for allowed, expected in (([name], 200), ([], 421)):
+            view = make_view()
+            api = view.config.api.model_copy(
+                update={"host": "10.0.0.21", "allowed_hosts": allowed})
+            view.config = view.config.model_copy(update={"api": api})
+            async with client(view) as c:
+                resp = await c.get("/metrics", headers={"Host": address})
+            assert resp.status_code == expected, (address, allowed, resp.text[:200])

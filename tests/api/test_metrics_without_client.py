@@ -20,7 +20,7 @@ print("ok")
 
 
 def test_the_run_path_and_a_scrape_need_no_prometheus_client() -> None:
-    helpers = str(Path(__file__).parent)
+    helpers = str(Path(__file__).parents[1])  # tests/: where testkit lives
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT.format(helpers=helpers)],
         capture_output=True, text=True, timeout=60, check=False,

@@ -20,6 +20,7 @@ import pytest
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
 from guardian.core.result import Status
+from guardian.journal.keeper import QueueView
 from guardian.store.db import Database
 from guardian.uptime.store import UptimeStore
 from testkit.api import (
@@ -34,7 +35,8 @@ from testkit.api import (
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = os.environ.get("GUARDIAN_CHROMIUM") or shutil.which("chromium") or shutil.which(
     "chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary")
+pytestmark = [pytest.mark.slow,  # a real headless Chromium per test
+              pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary")]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -87,12 +89,21 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[StaticView, str, datetim
         result("comfyui", "comfyui", Status.OK, "busy: prompt 5d0c1a2b running for 754 s",
                comfy, at=at),
         result("comfyui", "service", values={"state": "running", "pid": 777}, at=at),
+        result("comfyui", "comfyui_canary", Status.SKIPPED, "busy", {
+            "busy": True, "running_prompt_id": "5d0c1a2b-77", "running_for_s": 3.0}, at=at),
         result("disk", "disk", reason="lowest free 120.5 GB", values=DISK_VALUES, at=at),
         result("system", "memory", values=MEMORY_VALUES, at=at),
         result("system", "gpu", values=GPU_VALUES, at=at),
     ]
     view = make_view(results=results, incident_list=_incidents(now), uptime_counts=uptime)
     view.recovery["panel"]["breaker_open"] = True
+    # The queue journal, as /api/status's target.queue carries it (a restore done, one
+    # poison prompt kept back).
+    journal = QueueView(target="comfyui", online=True, running=1, pending=2, journaled=3,
+                        restore_due=False, restored=3, restore_total=3,
+                        restored_at=(now - timedelta(minutes=20)).isoformat(), quarantined=1,
+                        error=None, journal=[])
+    setattr(view, "queue_views", lambda: {"comfyui": journal})  # noqa: B010
     server = await serve(create_app(view), "127.0.0.1", 0)
     try:
         yield view, server.url, now
@@ -131,8 +142,14 @@ async def test_the_page_people_keep_open(served: tuple[StaticView, str, datetime
     page, errors = await _open(browser, url, width)
     comfy = page.locator('article[data-target="comfyui"]')
     # Queue with the running prompt's age; VRAM and RAM as bars with their figures.
-    queue = await comfy.locator(".queue").inner_text()
+    queue = await comfy.locator("div.queue").inner_text()
     assert queue == "1 running · 2 pending · running 13 min", queue
+    # The journal beside it: what a restart would restore, the last restore, quarantine;
+    # one busy badge for the prompt both checks saw, with the longer time.
+    badges = await comfy.locator(".badges > *").all_inner_texts()
+    assert "queue 1 running · 2 pending · 3 journaled · restored 3 of 3" in badges, badges
+    assert "1 quarantined" in badges, badges
+    assert [b for b in badges if b.startswith("busy")] == ["busy 5d0c1a2b · 13 min"], badges
     vram = comfy.locator('.meter[data-meter="VRAM"]')
     assert "4.5 GB of 24.0 GB" in await vram.inner_text()
     assert await vram.locator(".track").get_attribute("aria-valuenow") == str(24563.5 - 20000)
@@ -151,16 +168,22 @@ async def test_the_page_people_keep_open(served: tuple[StaticView, str, datetime
     assert await since.count() == 1
     first = datetime.fromisoformat(await since.get_attribute("data-since"))
     assert first <= now - timedelta(hours=30) + timedelta(minutes=5)
+    assert await comfy.locator('.window[data-window="30d"] .since').count() == 1
+    note = await comfy.locator(".uptime .since-note").all_inner_texts()  # said once
+    assert len(note) == 1 and note[0].startswith("* since "), note
     # Last run of every check, as a relative time.
     lasts = await page.locator("li.check .last").all_inner_texts()
-    assert len(lasts) == 7 and all(t.endswith(" s ago") for t in lasts), lasts
-    # The header says HEALTHY-with-a-but when an incident or a breaker is open.
+    assert len(lasts) == 8 and all(t.endswith(" s ago") for t in lasts), lasts
+    # The header never says HEALTHY when an incident or a breaker is open, though every
+    # check passes: the pill says what is open, the note beside it which.
     attention = await page.locator("#attention").inner_text()
     assert attention == "1 open incident · breaker open: panel", attention
     overall = page.locator("#overall.attention")
     assert await overall.count() == 1
-    assert (await overall.inner_text()).lower() == (await page.evaluate(
-        "() => fetch('/api/status').then(r => r.json()).then(b => b.status)"))
+    stack = await page.evaluate(
+        "() => fetch('/api/status').then(r => r.json()).then(b => b.status)")
+    assert stack == "healthy" and await overall.get_attribute("data-status") == stack
+    assert (await overall.inner_text()).lower() == "breaker open"
     fg, bg = await overall.evaluate(
         "e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
     assert fg != bg  # the status word stays readable on its pill

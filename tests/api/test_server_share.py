@@ -14,6 +14,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from guardian.api.app import create_app
 from guardian.api.bridge import LoopBridge
 from guardian.api.server import ServeLimits, serve
@@ -51,6 +53,7 @@ def _all_at_once(port: int, data: bytes, n: int) -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 async def test_slow_loris_sockets_give_way_to_real_requests() -> None:
     limits = ServeLimits(max_connections=64, header_timeout=30)
     server = await serve(create_app(make_view()), "127.0.0.1", 0, limits)
@@ -73,6 +76,7 @@ async def test_slow_loris_sockets_give_way_to_real_requests() -> None:
         await server.stop()
 
 
+@pytest.mark.slow
 async def test_unread_pipelined_answers_are_aborted_after_the_write_timeout() -> None:
     limits = ServeLimits(max_connections=16, header_timeout=30, write_timeout=0.5)
     server = await serve(create_app(make_view()), "127.0.0.1", 0, limits)
@@ -117,6 +121,7 @@ async def test_oversized_body_is_413_not_431() -> None:
         await server.stop()
 
 
+@pytest.mark.slow
 async def test_concurrent_restart_requests_coalesce_into_one(tmp_path: Path) -> None:
     """Fifty POSTs at once against a real Guardian with a real supervised process (one that
     takes its full 1 s stop_timeout to stop, so every request arrives during the restart)."""

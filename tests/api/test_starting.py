@@ -16,7 +16,8 @@ import pytest
 
 from guardian.api.app import create_app, serve
 from guardian.api.context import StaticView
-from guardian.checks import CheckContext, build_check
+from guardian.checks import CheckContext
+from guardian.checks.registry import build_check
 from guardian.cli.locate import Located
 from guardian.cli.main import _daemon_view
 from guardian.config.load import parse_config

@@ -106,7 +106,7 @@ async def test_hostile_endpoints_fail_cleanly_while_normal_target_keeps_cadence(
     http = pytest.importorskip("guardian.checks.http.check")
     if not hasattr(http, "create"):
         pytest.skip("http check runtime not merged yet")
-    from guardian.checks import build_check
+    from guardian.checks.registry import build_check
 
     cfg = parse_config(_config(hostile_ports))
     clock = SystemClock()

@@ -64,7 +64,9 @@ def target() -> Iterator[int]:
     server.server_close()
 
 
-def config(tmp: Path, port: int) -> Path:
+def config(tmp: Path, port: int, api_port: int | None = None) -> Path:
+    """``api_port`` None: the API at the target's own port (the CLI then reads the hostile
+    target as if it were Guardian); a Guardian that runs needs another (0: any free one)."""
     path = tmp / "guardian.toml"
     path.write_text(f"""
 [guardian]
@@ -72,7 +74,7 @@ log_dir = {toml(tmp / "logs")}
 state_dir = {toml(tmp / "state")}
 report_dir = {toml(tmp / "reports")}
 [api]
-port = {port}
+port = {port if api_port is None else api_port}
 [[targets]]
 name = "panel"
 [[targets.checks]]
@@ -111,7 +113,7 @@ def test_check_status_and_incidents_show_escapes_inert(target: int, tmp_path: Pa
 
 
 def test_pretty_console_log_shows_escapes_inert(target: int, tmp_path: Path) -> None:
-    cfg = config(tmp_path, target)
+    cfg = config(tmp_path, target, api_port=0)
     proc = subprocess.Popen([sys.executable, "-m", "guardian", "run", "--config", str(cfg),
                              "--log-format", "pretty"], env=guardian_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

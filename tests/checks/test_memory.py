@@ -14,7 +14,8 @@ from guardian.checks.base import CheckContext
 from guardian.checks.memory import MB, MemoryCheckConfig, create, process_tree_rss
 from guardian.core.clock import SystemClock
 from guardian.core.result import Outcome, Status
-from guardian.services.base import ServiceError, ServiceErrorKind, ServiceState, ServiceStatus
+from guardian.services.base import ServiceError, ServiceErrorKind
+from guardian.services.memory import MemoryBackend
 
 # A child holding ~60 MB that starts a grandchild holding ~30 MB (both really touched).
 TREE = """
@@ -32,19 +33,10 @@ finally:
 """
 
 
-class PidService:
-    """Stands in for a service backend: only ``status()`` matters to this check."""
-
-    name = "t"
-
-    def __init__(self, pid: int | None, error: ServiceError | None = None) -> None:
-        self.pid = pid
-        self.error = error
-
-    async def status(self) -> ServiceStatus:
-        if self.error is not None:
-            raise self.error
-        return ServiceStatus(ServiceState.RUNNING, pid=self.pid)
+def failing(error: ServiceError) -> MemoryBackend:
+    backend = MemoryBackend("t", running=True)
+    backend.error = error
+    return backend
 
 
 @pytest.fixture
@@ -61,7 +53,7 @@ def tree() -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=10)
 
 
-async def run_memory(service: Any = None, **fields: Any) -> Outcome:
+async def run_memory(service: MemoryBackend | None = None, **fields: Any) -> Outcome:
     ctx = CheckContext(target="t", clock=SystemClock(), service=service)
     check = create(MemoryCheckConfig(**fields), ctx)
     try:
@@ -92,7 +84,7 @@ async def test_process_tree_rss(tree: subprocess.Popen[bytes]) -> None:
     assert count == 2
     assert rss > 85 * MB
 
-    service = PidService(tree.pid)
+    service = MemoryBackend("t", running=True, pid=tree.pid)
     quiet: dict[str, Any] = {"warn_available_mb": 0, "critical_available_mb": 0}
     high = await run_memory(service, process_rss_warn_mb=50, **quiet)
     assert high.status is Status.DEGRADED
@@ -115,9 +107,9 @@ def dead_pid() -> int:
 async def test_gone_or_unknown_pid_is_not_a_failure(dead_pid: int) -> None:
     quiet: dict[str, Any] = {"warn_available_mb": 0, "critical_available_mb": 0}
     for service in (
-        PidService(dead_pid),
-        PidService(None),
-        PidService(1, ServiceError(ServiceErrorKind.NOT_FOUND, "no such service")),
+        MemoryBackend("t", running=True, pid=dead_pid),
+        MemoryBackend("t"),  # not running: no pid to measure
+        failing(ServiceError(ServiceErrorKind.NOT_FOUND, "no such service")),
     ):
         out = await run_memory(service, process_rss_warn_mb=1, **quiet)
         assert out.status is Status.OK

@@ -110,6 +110,7 @@ async def test_api_port_0_runs_anyway_and_says_dry_run_first(tmp_path, taken_por
     assert proc.returncode == 0
 
 
+@pytest.mark.slow
 async def test_state_dir_selects_among_several_running_guardians(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     cfg_path = _config(tmp_path / "a", 0)
@@ -132,6 +133,27 @@ async def test_state_dir_selects_among_several_running_guardians(tmp_path, monke
         assert "has no API" in err
     finally:
         runfile.remove(cfg)
+
+
+async def test_a_config_nobody_runs_is_not_answered_by_another_guardian_on_its_port(
+        tmp_path, monkeypatch, taken_port):
+    """Two configs on one port (both the default 8787, say): with only A running, `status
+    --config B` must not show A's stack as B's (nor send B's token to it)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    a_path = _config(tmp_path / "a", taken_port)
+    a = load_config(a_path)
+    # "A" is this process, listening on taken_port, as its runtime file says.
+    runfile.write(a, started_at="2026-01-01T00:00:00+00:00", config_path=a_path,
+                  api_url=f"http://127.0.0.1:{taken_port}")
+    b_path = _config(tmp_path / "b", taken_port)
+    try:
+        code, out, err = await _guardian(tmp_path, "status", "--config", str(b_path))
+        assert code == Exit.UNREACHABLE, err
+        assert f"no Guardian runs {b_path}" in err
+        assert f"is the API of another one (pid {os.getpid()}, {a_path})" in err
+        assert out == ""
+    finally:
+        runfile.remove(a)
 
 
 def test_version_option_and_usage_errors():
@@ -176,3 +198,15 @@ name = "comfyui.service"
 
 def test_the_readme_has_the_exit_code_table():
     assert exit_table() in (ROOT / "README.md").read_text()
+
+
+async def test_demo_in_a_directory_others_can_change_writes_nothing_and_exits_5(tmp_path):
+    """The demo's config carries its API token: never written where others could swap it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    code, _, err = await _guardian(tmp_path, "demo", "--dir", str(shared / "d"),
+                                   "--api-port", "0")
+    assert code == Exit.CANNOT_START, err
+    assert f"{shared}: writable by others" in err and "chmod go-w" in err
+    assert list(shared.iterdir()) == []

@@ -200,6 +200,7 @@ def started_imports(config: Path, tmp: Path, kinds: tuple[str, ...] = ("http",)
     return {n.split(".", 1)[0] for n in names}, text
 
 
+@pytest.mark.slow
 def test_run_loads_no_terminal_library_nor_unused_parts(tmp_path: Path) -> None:
     imported, log = started_imports(write_config(tmp_path, api=False, port=closed_port()),
                                     tmp_path)
@@ -241,6 +242,7 @@ timeout = 2
 HTTPX_STACK = {"httpx", "httpcore", "h11", "anyio", "sniffio", "certifi", "idna"}
 
 
+@pytest.mark.slow
 def test_configured_parts_do_load(tmp_path: Path) -> None:
     """The negative tests above would pass if nothing loaded at all: configured parts do."""
     port = closed_port()
@@ -254,6 +256,7 @@ def test_configured_parts_do_load(tmp_path: Path) -> None:
     assert imported.isdisjoint(TERMINAL)  # ... without httpx's own command line
 
 
+@pytest.mark.slow
 def test_http_comfyui_loads_no_httpx(tmp_path: Path) -> None:
     """The shipped example's ComfyUI is http:// on loopback: Guardian's own client, no httpx
     stack (the comfyui check and the canary both ran, refused, before the run was stopped)."""

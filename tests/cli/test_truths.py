@@ -161,6 +161,7 @@ async def test_without_config_the_running_guardian_is_found(
     assert "BREAKER OPEN" in out
 
 
+@pytest.mark.slow
 async def test_check_shows_the_daemons_view(daemon: tuple[Path, StaticView], tmp_path: Path
                                             ) -> None:
     path, _ = daemon
@@ -172,6 +173,7 @@ async def test_check_shows_the_daemons_view(daemon: tuple[Path, StaticView], tmp
     assert "running Guardian" in err
 
 
+@pytest.mark.slow
 async def test_check_from_outside_does_not_judge_supervised_processes(tmp_path: Path) -> None:
     path = write_config(tmp_path / "cfg", supervised=True)
     code, out, err = await guardian(tmp_path, "check", "--config", str(path), "--json",

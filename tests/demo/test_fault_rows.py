@@ -15,7 +15,8 @@ from guardian.core.result import CheckResult, Status
 from guardian.demo.stack import prepare_demo
 from guardian.runtime import Guardian
 
-pytestmark = pytest.mark.timeout(120)
+# The demo stack's real processes for each fault row: seconds to minutes each.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:

@@ -10,41 +10,21 @@ from guardian.core.events import EventBus
 from guardian.core.result import Status
 from guardian.core.state import State
 from guardian.incidents import start_incidents
-from guardian.services.base import ServiceState, ServiceStatus
+from guardian.services.memory import MemoryBackend
 from testkit.incidents import Webhook, make_config, result
-
-
-class FileLogBackend:
-    """The log_tail part of a ServiceBackend, reading a real file."""
-
-    def __init__(self, name: str, path: Path) -> None:
-        self.name = name
-        self.path = path
-
-    async def status(self) -> ServiceStatus:
-        return ServiceStatus(ServiceState.FAILED)
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def restart(self) -> None: ...
-
-    async def log_tail(self, lines: int = 200) -> list[str]:
-        return self.path.read_text().splitlines()[-lines:]
-
-    async def aclose(self) -> None: ...
 
 
 async def test_start_incidents_wires_store_tracker_reports_and_notifications(
     tmp_path: Path, webhook: Webhook
 ) -> None:
-    log = tmp_path / "comfy.log"
-    log.write_text("boot\nOSError: [WinError 10048] Only one usage of each socket address\n")
+    comfyui = MemoryBackend("comfyui", log=[
+        "boot", "OSError: [WinError 10048] Only one usage of each socket address"])
     config = make_config(tmp_path, notify={"urls": [webhook.url()]})
     clock = FakeClock()
     bus = EventBus()
     state = State(config, bus)
     incidents = start_incidents(
-        config, bus, clock, state, {"comfyui": FileLogBackend("comfyui", log)}
+        config, bus, clock, state, {"comfyui": comfyui}
     )
     for _ in range(3):
         state.record(result(clock, Status.FAILED))

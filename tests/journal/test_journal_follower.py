@@ -40,11 +40,21 @@ class Harness:
         self.task: asyncio.Task[None] | None = None
         self.http = httpx.AsyncClient(trust_env=False, timeout=5)
 
-    def make(self) -> TargetJournal:
+    def make(self, *, dry_run: bool = False) -> TargetJournal:
         cfg = QueueJournalConfig(poll_interval=0.1)
         return TargetJournal("comfyui", self.sim.url, 2.0, cfg, self.store, SystemClock(),
                              self.tmp / "reports",
-                             lambda _t, outcome, _q: self.outcomes.append(outcome))
+                             lambda _t, outcome, _q: self.outcomes.append(outcome),
+                             dry_run=dry_run)
+
+    async def replace_server(self) -> None:
+        """Kill the simulator (a death the journal sees) and start a fresh one on its
+        port, as recovery's restart would (the journal restores once told it is done)."""
+        self.journal.restarting = True  # as recovery says while it restarts
+        port = self.sim.port
+        self.sim.stop()  # the process is gone: refused connections
+        await self.until(lambda: self.journal.state.restore_due, "a death is seen")
+        self.sim = ComfyUISim(port=port, device="cpu", exec_time=0.01).start()
 
     async def start(self) -> None:
         await self.journal.load()
@@ -240,3 +250,126 @@ url = "{harness.sim.url}"
     assert target == "comfyui" and reason.startswith("restart between jobs: /free released")
     assert finished  # asked only after the running prompt had finished
     await keeper.aclose()
+
+
+async def test_a_dry_run_tells_what_it_would_restore_and_leaves_the_queue_alone(
+        harness: Harness, tmp_path: Path) -> None:
+    harness.journal = harness.make(dry_run=True)
+    await harness.start()
+    await harness.until(lambda: harness.journal.online, "the first read")
+    running = await harness.submit(seconds=30)
+    pending = [await harness.submit() for _ in range(2)]
+    await harness.until(lambda: harness.ids() == [running, *pending], "3 journaled")
+    await asyncio.to_thread(harness.store.add_death, "comfyui", running)  # an earlier crash
+    await harness.replace_server()
+    harness.journal.restart_done()
+    await harness.until(lambda: bool(harness.outcomes), "the restore")
+    outcome = harness.outcomes[0]
+    assert outcome.dry_run and outcome.restored == []
+    assert outcome.would_restore == pending and outcome.quarantined == [running]
+    assert outcome.headline() == "dry run: would restore 2 of 3 prompts; none re-submitted"
+    assert not harness.journal.state.restore_due
+    await asyncio.sleep(0.5)  # had anything been sent, it would have run by now
+    assert harness.sim.queue() == {"queue_running": [], "queue_pending": []}
+    for pid in (running, *pending):
+        assert harness.sim.history_entry(pid) == {}
+    assert await asyncio.to_thread(harness.store.quarantined, "comfyui") == []
+    assert not (tmp_path / "reports").exists()  # no quarantine file saved either
+    await harness.until(lambda: harness.ids() == [], "the journal follows the live queue")
+
+
+async def test_a_dry_run_neither_releases_nor_drops(harness: Harness, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from guardian.checks.comfyui.client import QueuedPrompt
+    from guardian.config.load import load_config
+    from guardian.core.events import EventBus
+    from guardian.journal.keeper import QueueKeeper
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f"""
+[guardian]
+dry_run = true
+report_dir = {json.dumps(str(tmp_path / "reports"))}
+[[targets]]
+name = "comfyui"
+[[targets.checks]]
+kind = "comfyui"
+url = "{harness.sim.url}"
+""")
+    keeper = QueueKeeper(load_config(cfg), EventBus(), SystemClock(), harness.db)
+    pid = str(uuid.uuid4())
+    prompt = QueuedPrompt(3.0, pid, job_prompt("sleep", 0.01, color=7), {"client_id": "c1"},
+                          ["2"])
+    await asyncio.to_thread(keeper.store.quarantine, "comfyui", prompt, "test",
+                            datetime.now(UTC), None)
+    assert await keeper.release("comfyui", pid) == f"dry run: would release prompt {pid} " \
+        "to comfyui"
+    assert await keeper.drop("comfyui", pid) == f"dry run: would drop quarantined prompt " \
+        f"{pid} of comfyui"
+    await asyncio.sleep(0.3)
+    assert harness.sim.history_entry(pid) == {} and harness.sim.queue()["queue_pending"] == []
+    assert [q.prompt.prompt_id for q in await keeper.quarantine("comfyui")] == [pid]
+    with pytest.raises(KeyError):
+        await keeper.drop("comfyui", "unknown")
+    await keeper.aclose()
+
+
+API_NODE = "GuardianPartnerNode"
+
+
+def partner_node_info() -> dict[str, Any]:
+    """An API node as ComfyUI lists one: the comfy.org credentials among its hidden
+    inputs (as ``GeminiImageNode`` and the other partner nodes declare them)."""
+    return {
+        "input": {"required": {"images": ["IMAGE"]},
+                  "hidden": {"auth_token": "AUTH_TOKEN_COMFY_ORG",
+                             "comfy_api_key": "API_KEY_COMFY_ORG", "unique_id": "UNIQUE_ID"}},
+        "input_order": {"required": ["images"], "hidden": ["auth_token", "comfy_api_key",
+                                                           "unique_id"]},
+        "output": ["IMAGE"], "output_is_list": [False], "output_name": ["IMAGE"],
+        "name": API_NODE, "display_name": API_NODE, "description": "", "api_node": True,
+        "python_module": "comfy_api_nodes.nodes_guardian", "category": "api node",
+        "output_node": False,
+    }
+
+
+async def test_a_prompt_whose_credentials_comfyui_withheld_is_lost_and_said_so(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newer ComfyUI keeps API-node credentials out of /queue: such a prompt would run
+    without its owner's key. Not re-submitted; lost, reason credentials, named. One that
+    carries them (0.3.64 shows them) is restored with them; one without API nodes too."""
+    from guardian.demo.comfyui import prompts
+
+    monkeypatch.setitem(prompts.NODE_INFO, API_NODE, partner_node_info())
+    await harness.start()
+    await harness.until(lambda: harness.journal.online, "the first read")
+    harness.sim.set_fault("pending_idle")
+
+    async def partner(extra: dict[str, Any]) -> str:
+        prompt_id = str(uuid.uuid4())
+        graph = job_prompt("sleep", 0.01, color=hash(prompt_id) % 0xFFFFFF)
+        graph["3"] = {"class_type": API_NODE, "inputs": {"images": ["1", 0]}}
+        r = await harness.http.post(harness.sim.url + "/prompt", json={
+            "prompt": graph, "prompt_id": prompt_id, "client_id": "c1", "extra_data": extra})
+        assert r.status_code == 200, r.text
+        return prompt_id
+
+    withheld = await partner({})  # what the journal sees of it on a newer ComfyUI
+    keyed = await partner({"api_key_comfy_org": SECRET})
+    plain = await harness.submit()
+    await harness.until(lambda: harness.ids() == [withheld, keyed, plain], "3 journaled")
+    await harness.replace_server()
+    harness.sim.set_fault("pending_idle")
+    harness.journal.restart_done()
+    await harness.until(lambda: bool(harness.outcomes), "the restore")
+    outcome = harness.outcomes[0]
+    assert outcome.restored == [keyed, plain]
+    assert outcome.headline() == "restored 2 of 3 prompts"
+    assert [(pid, reason) for pid, reason, _ in outcome.lost] == [(withheld, "credentials")]
+    assert outcome.lost[0][2] == (
+        f"it uses API nodes ({API_NODE}) whose credentials ComfyUI did not show in /queue: "
+        "not re-run without them; queue it again from its client")
+    pending = sorted(harness.sim.queue()["queue_pending"], key=lambda i: i[0])
+    assert [i[1] for i in pending] == [keyed, plain]
+    assert pending[0][3]["api_key_comfy_org"] == SECRET

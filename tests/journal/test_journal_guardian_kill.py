@@ -23,7 +23,8 @@ import pytest
 from guardian.demo.comfyui.prompts import job_prompt
 from guardian.demo.stack import free_port
 
-pytestmark = [pytest.mark.skipif(os.name == "nt", reason="POSIX signals"),
+pytestmark = [pytest.mark.slow,  # a real Guardian SIGKILLed and restarted
+              pytest.mark.skipif(os.name == "nt", reason="POSIX signals"),
               pytest.mark.timeout(120)]
 TOKEN = "queue-test-token-0123456789"
 SECRET = "sk-comfy-org-SECRET-kill-0123456789"

@@ -15,170 +15,19 @@ import asyncio
 import json
 import os
 import signal
-import sys
-import time
-import uuid
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from guardian.config.load import load_config
-from guardian.core.events import Event, RecoveryEvent, RecoveryKind
-from guardian.demo.comfyui.prompts import job_prompt
-from guardian.demo.stack import free_port
+from guardian.core.events import RecoveryKind
 from guardian.runtime import Guardian
+from testkit.incidents import Webhook
+from testkit.journal import SECRET, Run, run_order
 
-pytestmark = [pytest.mark.skipif(os.name == "nt", reason="POSIX child processes"),
+pytestmark = [pytest.mark.slow,  # real ComfyUI simulators killed and restored: 3-30 s each
+              pytest.mark.skipif(os.name == "nt", reason="POSIX child processes"),
               pytest.mark.timeout(120)]
 K = RecoveryKind
-SECRET = "sk-comfy-org-SECRET-0123456789abcdef"
-
-
-def write_config(tmp: Path, api_port: int, sim_port: int, extra: str = "") -> Path:
-    cfg = tmp / "g.toml"
-    argv = [sys.executable, "-m", "guardian.demo.comfyui.server", "--port", str(sim_port),
-            "--device", "cpu"]
-    cfg.write_text(f"""
-[guardian]
-log_dir = {json.dumps(str(tmp / "logs"))}
-report_dir = {json.dumps(str(tmp / "reports"))}
-state_dir = {json.dumps(str(tmp / "state"))}
-jitter = 0
-[api]
-port = {api_port}
-[[targets]]
-name = "comfyui"
-[targets.service]
-backend = "process"
-command = {json.dumps(argv)}
-log_file = {json.dumps(str(tmp / "logs" / "comfyui.log"))}
-on_guardian_stop = "leave"
-[targets.recovery]
-grace_period = 0
-cooldown = 0
-min_uptime = 0.5
-[targets.queue]
-poll_interval = 0.2
-{extra}
-[[targets.checks]]
-kind = "comfyui"
-url = "http://127.0.0.1:{sim_port}"
-interval = 1
-timeout = 0.8
-""")
-    return cfg
-
-
-class Run:
-    """One Guardian over one simulator, with what it published."""
-
-    def __init__(self, tmp: Path, api_port: int | None = None, sim_port: int | None = None,
-                 extra: str = "") -> None:
-        self.tmp = tmp
-        self.api_port = api_port or free_port()
-        self.sim_port = sim_port or free_port()
-        self.config = load_config(write_config(tmp, self.api_port, self.sim_port, extra))
-        self.guardian = Guardian(self.config)
-        self.events: list[RecoveryEvent] = []
-        self.guardian.bus.subscribe(self._collect)
-        self.sim = f"http://127.0.0.1:{self.sim_port}"
-        self.api = f"http://127.0.0.1:{self.api_port}"
-        self.http = httpx.AsyncClient(trust_env=False, timeout=5)
-
-    def _collect(self, event: Event) -> None:
-        if isinstance(event, RecoveryEvent):
-            self.events.append(event)
-
-    async def __aenter__(self) -> Run:
-        await self.guardian.start()
-        await self.until(self.answers, "the simulator answers")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.http.aclose()
-        await self.guardian.stop()
-
-    async def answers(self) -> bool:
-        try:
-            return (await self.http.get(self.sim + "/queue")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    async def until(self, predicate: Any, what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await predicate():
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out waiting until {what}")
-
-    async def submit(self, kind: str = "sleep", seconds: float = 0.3, **extra: Any) -> str:
-        prompt_id = str(uuid.uuid4())
-        body = {"prompt": job_prompt(kind, seconds, color=hash(prompt_id) % 0xFFFFFF),
-                "prompt_id": prompt_id, "client_id": "user-a",
-                "extra_data": {"api_key_comfy_org": SECRET,
-                               "extra_pnginfo": {"workflow": {"nodes": [], "id": prompt_id}}},
-                **extra}
-        r = await self.http.post(self.sim + "/prompt", json=body)
-        assert r.status_code == 200, r.text
-        return prompt_id
-
-    def journaled(self) -> list[tuple[str, str]]:
-        assert self.guardian.queue is not None
-        view = self.guardian.queue.view("comfyui")
-        assert view is not None
-        return [(str(j["state"]), str(j["prompt_id"])) for j in view.journal]
-
-    async def journal_is(self, running: list[str], pending: list[str]) -> None:
-        want = [("running", p) for p in running] + [("pending", p) for p in pending]
-
-        async def same() -> bool:
-            return self.journaled() == want
-        await self.until(same, f"the journal holds {want}", 10)
-
-    async def kill9(self) -> int:
-        status = await self.guardian.backends["comfyui"].status()
-        assert status.pid is not None
-        os.kill(status.pid, signal.SIGKILL)
-        return status.pid
-
-    async def restored(self, count: int = 1) -> RecoveryEvent:
-        async def seen() -> bool:
-            return len(self.kinds(K.QUEUE_RESTORED)) >= count
-        await self.until(seen, f"{count} restore(s)")
-        return self.kinds(K.QUEUE_RESTORED)[count - 1]
-
-    def kinds(self, kind: RecoveryKind) -> list[RecoveryEvent]:
-        return [e for e in self.events if e.kind is kind]
-
-    async def history(self, prompt_id: str) -> dict[str, Any]:
-        """The prompt's history entry; none while the simulator is being restarted (a read
-        cut by Guardian's own restart is not an answer)."""
-        try:
-            r = await self.http.get(f"{self.sim}/history/{prompt_id}")
-        except httpx.TransportError:
-            return {}
-        data: dict[str, Any] = r.json()
-        return data
-
-    async def finished(self, ids: list[str], timeout: float = 60) -> dict[str, dict[str, Any]]:
-        async def done() -> bool:
-            return all([await self.history(p) for p in ids])
-        await self.until(done, f"{len(ids)} prompts finished", timeout)
-        return {p: (await self.history(p))[p] for p in ids}
-
-
-def started_at(entry: dict[str, Any]) -> int:
-    for name, data in entry["status"]["messages"]:
-        if name == "execution_start":
-            return int(data["timestamp"])
-    raise AssertionError("no execution_start")
-
-
-def run_order(entries: dict[str, dict[str, Any]]) -> list[str]:
-    return sorted(entries, key=lambda p: (started_at(entries[p]), entries[p]["prompt"][0]))
 
 
 async def test_kill9_with_one_running_and_three_pending_restores_all_in_order(
@@ -222,7 +71,19 @@ async def test_a_deleted_or_cleared_queue_is_not_resurrected(tmp_path: Path) -> 
 
 
 async def test_the_poison_prompt_is_quarantined_after_its_second_crash(tmp_path: Path) -> None:
-    async with Run(tmp_path, extra="") as run:
+    webhook = Webhook()  # a real apprise json:// receiver: the quarantine is notified
+    notify = f"""
+[notify]
+urls = ["{webhook.url()}"]
+"""
+    try:
+        await poison_run(tmp_path, notify, webhook)
+    finally:
+        webhook.close()
+
+
+async def poison_run(tmp_path: Path, notify: str, webhook: Webhook) -> None:
+    async with Run(tmp_path, extra=notify) as run:
         await run.http.post(run.sim + "/__sim/fault", json={"mode": "pending_idle"})
         poison = await run.submit(kind="crash")
         rest = [await run.submit(seconds=0.05) for _ in range(3)]
@@ -248,6 +109,14 @@ async def test_the_poison_prompt_is_quarantined_after_its_second_crash(tmp_path:
         body = json.loads(saved.read_text())
         assert body["prompt_id"] == poison and body["workflow"]["id"] == poison
         assert oct(saved.stat().st_mode & 0o777) == "0o600"
+
+        async def notified() -> bool:
+            return any("quarantined" in t for t in webhook.titles())
+        await run.until(notified, "the quarantine is notified")
+        message = next(str(b["message"]) for b in webhook.bodies
+                       if "quarantined" in str(b.get("title")))
+        assert f"guardian queue release {poison} --target comfyui" in message
+        assert SECRET not in message
         await asyncio.sleep(0.5)
     assert run_order(entries) == rest
     log = (tmp_path / "logs" / "comfyui.log").read_text()

@@ -1,4 +1,4 @@
-"""RecoveryManager with a FakeClock and an in-memory backend (timing rules), and SQLite."""
+"""RecoveryManager with a FakeClock and the in-memory backend (timing rules), and SQLite."""
 
 from __future__ import annotations
 
@@ -17,55 +17,10 @@ from guardian.core.events import Event, EventBus, RecoveryEvent, RecoveryKind
 from guardian.core.result import CheckResult, Condition, Status
 from guardian.recovery.breakers import MemoryBreakerStore, SqliteBreakerStore
 from guardian.recovery.manager import RecoveryManager
-from guardian.services.base import ExitListener, ServiceState, ServiceStatus
 from guardian.services.lifecycle import ServiceLifecycle
+from guardian.services.memory import MemoryBackend
 
 pytestmark = pytest.mark.timeout(20)
-
-
-class MemBackend:
-    """A service that lives in memory; `die()` simulates a crash via the exit event."""
-
-    def __init__(self, name: str, log: list[str]) -> None:
-        self.name = name
-        self.log = log
-        self.running = False
-        self.pid = 100
-        self.restarts = 0
-        self.listeners: list[ExitListener] = []
-        self.tail: list[str] = []  # what log_tail returns
-
-    def add_exit_listener(self, listener: ExitListener) -> None:
-        self.listeners.append(listener)
-
-    async def status(self) -> ServiceStatus:
-        if self.running:
-            return ServiceStatus(ServiceState.RUNNING, pid=self.pid)
-        return ServiceStatus(ServiceState.STOPPED)
-
-    async def start(self) -> None:
-        self.log.append(f"start {self.name}")
-        self.running = True
-
-    async def stop(self) -> None:
-        self.log.append(f"stop {self.name}")
-        self.running = False
-
-    async def restart(self) -> None:
-        self.restarts += 1
-        self.pid += 1
-        self.running = True
-
-    async def log_tail(self, lines: int = 200) -> list[str]:
-        return self.tail[-lines:]
-
-    async def aclose(self) -> None:
-        self.running = False
-
-    def die(self, code: int = 1) -> None:
-        self.running = False
-        for cb in list(self.listeners):
-            cb(code)
 
 
 def target(name: str, **rec: Any) -> TargetConfig:
@@ -97,12 +52,12 @@ class Rig:
         self.events: list[RecoveryEvent] = []
         self.bus.subscribe(self._collect)
         self.order: list[str] = []
-        self.backends = {t.name: MemBackend(t.name, self.order) for t in targets}
+        self.backends = {t.name: MemoryBackend(t.name, actions=self.order) for t in targets}
         self.config = Config(targets=list(targets))
         self.mgr = RecoveryManager(
             self.config,
             self.bus,
-            dict(self.backends),  # type: ignore[arg-type]
+            dict(self.backends),
             self.clock,
             dry_run=dry_run,
             store=store,
@@ -241,10 +196,14 @@ async def test_manual_restart_resets_breaker() -> None:
     b.die()
     await r.clock.advance(2)
     assert r.mgr.snapshot()["api"]["breaker_open"] and b.restarts == 1
+    before = r.clock.now()
     msg = await r.mgr.restart("api")
     assert msg == "restarted api (pid 102)"
     assert b.restarts == 2
-    assert not r.mgr.snapshot()["api"]["breaker_open"]
+    snap = r.mgr.snapshot()["api"]
+    assert not snap["breaker_open"] and snap["attempts"] == 0
+    # "last restart" (/api/health, the page) counts the manual one too.
+    assert datetime.fromisoformat(snap["last_restart"]) >= before
     assert len(r.kinds(RecoveryKind.BREAKER_RESET)) == 1
     with pytest.raises(KeyError):
         await r.mgr.restart("nope")
@@ -350,32 +309,13 @@ async def test_memory_store_round_trip() -> None:
     await r2.mgr.aclose()
 
 
-class SlowBackend(MemBackend):
-    """restart() takes 5 fake seconds and records how many run at once."""
-
-    def __init__(self, name: str, log: list[str], clock: FakeClock) -> None:
-        super().__init__(name, log)
-        self.clock = clock
-        self.active = 0
-        self.max_active = 0
-
-    async def restart(self) -> None:
-        self.active += 1
-        self.max_active = max(self.max_active, self.active)
-        try:
-            await self.clock.sleep(5)
-            await super().restart()
-        finally:
-            self.active -= 1
-
-
 async def test_restarts_of_one_target_never_overlap() -> None:
     import asyncio
 
     r = Rig(target("api", cooldown=0, max_attempts=10))
-    slow = SlowBackend("api", r.order, r.clock)
+    slow = MemoryBackend("api", actions=r.order, clock=r.clock, restart_seconds=5)
     r.backends["api"] = slow
-    r.mgr = RecoveryManager(r.config, r.bus, {"api": slow}, r.clock)  # type: ignore[dict-item]
+    r.mgr = RecoveryManager(r.config, r.bus, {"api": slow}, r.clock)
     await r.lifecycle.start_all()
     slow.die()  # automatic restart begins
     await r.clock.settle()
@@ -385,7 +325,7 @@ async def test_restarts_of_one_target_never_overlap() -> None:
         await r.clock.advance(5)
     results = await asyncio.gather(*manual)
     assert all(m.startswith("restarted api") for m in results)
-    assert slow.max_active == 1
+    assert slow.most_in_flight == 1
     assert slow.restarts == 5  # the automatic one, its queued follow-up, three manual
     await r.mgr.aclose()
 
@@ -577,7 +517,7 @@ def ok_result(r: Rig, tgt: str, check: str = "http", kind: str = "http") -> Chec
 async def test_a_child_dying_within_min_uptime_is_a_failed_start_and_opens_the_breaker() -> None:
     r = Rig(target("api", min_uptime=10, cooldown=0, backoff_factor=1, max_attempts=3))
     b = r.backends["api"]
-    b.tail = list(BOOT_LOG)
+    b.log_lines = list(BOOT_LOG)
     await r.lifecycle.start_all()
     b.die()  # the first crash: each restart then dies 0.2 s after spawn
     for _ in range(3):
@@ -694,8 +634,8 @@ async def test_recovery_publishes_which_streaks_it_owns_and_when_it_acts() -> No
     t = target("api", failure_threshold=4)
     t = t.model_copy(update={"checks": [*t.checks, ServiceCheckConfig(interval=1, timeout=0.5)]})
     off = target("off", enabled=False)
-    backends = {n: MemBackend(n, []) for n in ("api", "off")}
-    mgr = RecoveryManager(Config(targets=[t, off]), bus, dict(backends), FakeClock())  # type: ignore[arg-type]
+    backends = {n: MemoryBackend(n) for n in ("api", "off")}
+    mgr = RecoveryManager(Config(targets=[t, off]), bus, dict(backends), FakeClock())
     assert plans == [RecoveryPlan("api", "http", 4), RecoveryPlan("api", "service", 1)]
     assert set(mgr.targets) == {"api", "off"} and mgr.targets["off"].policy is None
     await mgr.aclose()
@@ -704,13 +644,11 @@ async def test_recovery_publishes_which_streaks_it_owns_and_when_it_acts() -> No
 def pressure(r: Rig, status: Status = Status.DEGRADED, *, clear: bool = False) -> None:
     """A comfyui result naming memory pressure (or, ``clear``, an OK one), begun now."""
     now = r.clock.now()
-    values: dict[str, Any] = {"online": True}
-    if not clear:
-        values["condition"] = "memory_pressure"
     r.bus.publish(CheckResult(
         "api", "comfyui", "comfyui", Status.OK if clear else status,
-        "ok" if clear else "memory pressure: ram 900 MB free < 2048 MB", values, now, now,
-        0.01, started_mono=r.clock.monotonic(),
+        "ok" if clear else "memory pressure: ram 900 MB free < 2048 MB", {"online": True},
+        now, now, 0.01, started_mono=r.clock.monotonic(),
+        condition=None if clear else Condition.MEMORY_PRESSURE,
     ))
 
 

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
-from guardian.api.models import stack_health
+from guardian.api.views import stack_health
 from guardian.config.schema import Config
 from guardian.core.events import Event, IncidentEvent, RecoveryEvent, RecoveryKind
 from guardian.core.result import CheckResult
 from guardian.demo.stack import free_port
 from guardian.runtime import Guardian
 
-pytestmark = pytest.mark.timeout(120)
+# A whole runtime around real supervised processes: seconds each.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:

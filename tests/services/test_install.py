@@ -284,7 +284,17 @@ def test_cli_errors_are_clear(cli, tmp_path, monkeypatch):
 
 def test_uninstall_print(cli, monkeypatch, empty_path):
     monkeypatch.setattr(install, "is_windows", lambda: True)
-    result = CliRunner().invoke(cli, ["uninstall-service", "--print"])
+    result = CliRunner().invoke(cli, ["uninstall-service", "--print", "--nssm",
+                                      r"C:\Program Files\nssm\nssm.exe"])
+    # PowerShell that pastes, as install's (a quoted program path is cmd.exe's syntax, a
+    # parse error there); stopping a stopped service may fail, removing it may not.
+    assert result.output.splitlines() == [
+        "# PowerShell (as Administrator). cmd.exe syntax: --shell cmd",
+        r"& 'C:\Program Files\nssm\nssm.exe' 'stop' 'Guardian'",
+        r"& 'C:\Program Files\nssm\nssm.exe' 'remove' 'Guardian' 'confirm'",
+        'if ($LASTEXITCODE -ne 0) { throw "failed (exit $LASTEXITCODE)" }',
+    ]
+    result = CliRunner().invoke(cli, ["uninstall-service", "--print", "--shell", "cmd"])
     assert result.output.splitlines() == [
         "nssm.exe stop Guardian",
         "nssm.exe remove Guardian confirm",

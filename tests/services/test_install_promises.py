@@ -227,6 +227,14 @@ def test_printed_powershell_asks_for_the_password_and_never_shows_one(cli, tmp_p
     assert "s3cret" not in out
     assert "Read-Host -AsSecureString 'Password of .\\alice'" in out
     assert "& 'nssm.exe' 'set' 'Guardian' 'ObjectName' '.\\alice' $GuardianPassword" in out
+    # cmd.exe cannot ask hidden, and "<password>" would be a redirection there: the step is
+    # a REM to type by hand, so pasted lines leave the service on LocalSystem.
+    cmd = CliRunner().invoke(cli, ["install-service", "-c", str(cfg), "--print", "--nssm",
+                                   "nssm.exe", "--object-name", r".\alice", "--shell",
+                                   "cmd"]).output.splitlines()
+    assert cmd[-2:] == ["REM last step, by hand, with the account's password for PASSWORD:",
+                        r"REM nssm.exe set Guardian ObjectName .\alice PASSWORD"]
+    assert not any("<" in line or ">" in line for line in cmd)
     refused = CliRunner().invoke(cli, ["install-service", "-c", str(cfg), "--nssm", "nssm.exe",
                                        "--object-name", r".\alice"], input="")
     assert refused.exit_code != 0

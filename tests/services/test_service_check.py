@@ -7,6 +7,7 @@ from guardian.checks.service import ServiceCheckConfig, create, outcome_for
 from guardian.core.clock import FakeClock
 from guardian.core.result import Status
 from guardian.services.base import ServiceError, ServiceErrorKind, ServiceState, ServiceStatus
+from guardian.services.memory import MemoryBackend
 from guardian.services.systemd import SystemdBackend
 from guardian.services.windows.backend import WindowsServiceBackend
 
@@ -88,11 +89,7 @@ async def test_no_service_configured():
 
 
 async def test_error_kind_from_any_backend():
-    class Broken:
-        name = "t"
-
-        async def status(self):
-            raise ServiceError(ServiceErrorKind.TIMEOUT, "sc.exe queryex: no answer in 30s")
-
-    outcome = await check(Broken()).run()
+    broken = MemoryBackend("t", running=True)
+    broken.error = ServiceError(ServiceErrorKind.TIMEOUT, "sc.exe queryex: no answer in 30s")
+    outcome = await check(broken).run()
     assert outcome.reason == "timeout: sc.exe queryex: no answer in 30s"

@@ -1,6 +1,6 @@
 """Guardian's HTTP API: health and probes, status, incidents, metrics, two guarded actions.
 
-Every read is answered from cached state (see :mod:`guardian.api.models`) and serialised
+Every read is answered from cached state (see :mod:`guardian.api.views`) and serialised
 by pydantic-core straight to bytes, which keeps ``/api/health`` well under a millisecond.
 The operations are one declarative table (:mod:`guardian.api.routing`) served by
 Starlette; the same table and the response models make ``/openapi.json``
@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from guardian.api import models
+from guardian.api import models, views
 from guardian.api.context import GuardianView
 from guardian.api.metrics import Metrics
 from guardian.api.page import html_page, page_endpoints
@@ -65,7 +65,7 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
 
     async def health() -> Response:
         """Aggregated stack health; 503 when a critical target is failing."""
-        body = models.build_health(view, datetime.now(UTC))
+        body = views.build_health(view, datetime.now(UTC))
         return _json(body, 503 if body.status == "unhealthy" else 200)
 
     async def livez() -> Response:
@@ -77,7 +77,7 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
         target is still starting (degraded then, but not serving yet)."""
         if not view.state.results():
             return _json(models.Probe(status="starting", ready=False), 503)
-        overall, not_up = models.stack_health(view)
+        overall, not_up = views.stack_health(view)
         if not_up & {t.name for t in view.config.targets if t.critical}:
             return _json(models.Probe(status="starting", ready=False), 503)
         ready = overall != "unhealthy"
@@ -85,17 +85,17 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
 
     async def status() -> Response:
         """Every target, the latest result of each check with a short history."""
-        return _json(models.build_status(view, datetime.now(UTC)))
+        return _json(views.build_status(view, datetime.now(UTC)))
 
     async def incidents(limit: int, include_all: bool) -> Response:
         """The newest incidents, open ones only unless ``all=true``."""
-        found = [models.incident_model(i) for i in view.incidents(limit, include_all)]
+        found = [views.incident_model(i) for i in view.incidents(limit, include_all)]
         return _json(models.IncidentList(incidents=[i for i in found if i is not None]))
 
     async def incident(incident_id: int) -> Response:
         """One incident with its timeline and Markdown report."""
         data = view.incident(incident_id)
-        found = models.incident_model(data, detail=True) if data is not None else None
+        found = views.incident_model(data, detail=True) if data is not None else None
         if found is None:
             raise HTTPException(404, f"no incident {incident_id}")
         return _json(found)
@@ -142,7 +142,7 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
             raise HTTPException(503, str(e)) from None
         return _json(
             models.RunChecksResponse(
-                status=view.state.overall(), results=[models.check_model(r) for r in results]
+                status=view.state.overall(), results=[views.check_model(r) for r in results]
             )
         )
 

@@ -18,7 +18,7 @@ from importlib import resources
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from guardian.api import models
+from guardian.api import models, views
 from guardian.api.context import GuardianView
 from guardian.api.routing import JSON, Endpoint, Param, Reply
 
@@ -67,7 +67,7 @@ def page_endpoints(view: GuardianView, incident_id: Param) -> list[Endpoint]:
 
     async def uptime() -> Response:
         """Per target: uptime over 24 h / 7 d / 30 d and the last 24 h as a history bar."""
-        body = models.build_uptime(view, datetime.now(UTC))
+        body = views.build_uptime(view, datetime.now(UTC))
         return Response(body.model_dump_json(), media_type=JSON)
 
     async def report(incident_id: int) -> Response:

@@ -19,6 +19,8 @@ from guardian.journal.store import Quarantined
 
 PROMPT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 QueueCommand = Literal["list", "release", "drop"]
+# Why a journaled prompt was not restored (the restore event's lost_<reason> values).
+LOST_REASONS = ("validation", "rejected", "credentials", "stuck")
 
 
 class QueueHealth(BaseModel):
@@ -81,7 +83,7 @@ QUEUE_FAMILIES = (
     ("guardian_comfyui_prompts_quarantined",
      "Prompts running at repeated deaths, quarantined instead of re-run", ("target",)),
     ("guardian_comfyui_prompts_lost",
-     "Journaled prompts not restored, by reason (validation, rejected, stuck)",
+     "Journaled prompts not restored, by reason (validation, rejected, credentials, stuck)",
      ("target", "reason")),
 )
 
@@ -99,9 +101,11 @@ class QueueMetrics:
         restored, quarantined, lost = QUEUE_FAMILIES[0][0], QUEUE_FAMILIES[1][0], \
             QUEUE_FAMILIES[2][0]
         found: list[tuple[str, tuple[str, ...], int]] = []
+        if event.values.get("dry_run"):
+            return  # told, never done: nothing restored, lost or quarantined
         if event.kind is RecoveryKind.QUEUE_RESTORED and not event.values.get("interrupted"):
             found.append((restored, (event.target,), int(event.values.get("restored", 0))))
-            for reason in ("validation", "rejected", "stuck"):
+            for reason in LOST_REASONS:
                 n = int(event.values.get(f"lost_{reason}", 0))
                 if n:
                     found.append((lost, (event.target, reason), n))

@@ -133,3 +133,8 @@ REGISTRY = Registry(KINDS)
 def spec(kind: str) -> KindSpec:
     """Shorthand for ``REGISTRY.get(kind)``."""
     return REGISTRY.get(kind)
+
+
+def build_check(cfg: CheckConfigBase, ctx: CheckContext) -> Check:
+    """Instantiate the runtime check for a validated config (by its kind's factory)."""
+    return REGISTRY.build(cfg, ctx)

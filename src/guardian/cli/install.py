@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
 from typing import Annotated
 
@@ -300,10 +299,6 @@ NssmOpt = Annotated[
 ]
 
 
-def _shell_line(argv: Sequence[str]) -> str:
-    return subprocess.list2cmdline(list(argv))
-
-
 def _load(config: Path | None) -> tuple[Config, Path]:
     from guardian.config.load import resolve_config_path
 
@@ -446,14 +441,21 @@ def install_service(
         typer.echo("# to keep it running while you are logged out: loginctl enable-linger")
 
 
-def uninstall_service(*, name: str, print_only: bool, user: bool, nssm: Path | None) -> None:
+def uninstall_service(*, name: str, print_only: bool, user: bool, nssm: Path | None,
+                      shell: str = "powershell") -> None:
+    from guardian.cli import pwsh
+
     validate_service_name(name)
+    if shell not in ("powershell", "cmd"):
+        raise InstallError(f"--shell must be powershell or cmd (got {shell!r})")
     if is_windows():
         tool = _nssm_path(nssm, print_only)
         plan = windows_uninstall_plan(nssm=tool, service_name=name)
-        if print_only:
-            for argv in plan:
-                typer.echo(_shell_line(argv))
+        if print_only:  # as install's: PowerShell that pastes, cmd.exe on request
+            lines = (pwsh.script(plan, may_fail={0}) if shell == "powershell"
+                     else pwsh.cmd_lines(plan))
+            for line in lines:
+                typer.echo(line)
             return
         asyncio.run(run_plan(plan, may_fail={0}))  # stopping a stopped service "fails"
         typer.echo(f"removed service {name!r}")
@@ -550,10 +552,14 @@ def register(app: typer.Typer) -> None:
         print_only: PrintOpt = False,
         user: UserOpt = False,
         nssm: NssmOpt = None,
+        shell: Annotated[
+            str, typer.Option("--shell", help="Windows --print: powershell (default) or cmd")
+        ] = "powershell",
     ) -> None:
         """Stop and remove the Guardian service (Linux: print the steps)."""
         try:
-            uninstall_service(name=name, print_only=print_only, user=user, nssm=nssm)
+            uninstall_service(name=name, print_only=print_only, user=user, nssm=nssm,
+                              shell=shell)
         except (InstallError, ValueError, OSError) as e:
             typer.echo(f"uninstall-service: {e}", err=True)
             raise typer.Exit(_exit_for(e)) from None

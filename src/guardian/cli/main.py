@@ -22,7 +22,7 @@ from typer import _click as typer_click
 from guardian import __version__
 from guardian.checks.registry import spec
 from guardian.cli.foreground import LOG_FORMATS, run_foreground, with_api_port, with_dry_run
-from guardian.cli.locate import Located, locate_or_exit
+from guardian.cli.locate import Located, api_call, locate_or_exit
 from guardian.cli.support import (
     ConfigOpt,
     Exit,
@@ -32,13 +32,11 @@ from guardian.cli.support import (
     loaded_config_path,
     out,
     say_if_defaults,
-    token_hint,
 )
 from guardian.config.load import config_summary, redacted_config, resolve_config_path
 from guardian.config.schema import Config
 from guardian.core.result import CheckResult, Status
 from guardian.core.state import aggregate
-from guardian.store import runfile
 from guardian.support.escape import inert, terminal
 from guardian.support.log import setup_logging
 
@@ -115,7 +113,7 @@ def config_validate(
     file: Annotated[Path | None, typer.Argument(help="config file (default: as for run)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Validate a config: exit 0 with a summary (and warnings), or list every problem, exit 4.
+    """Validate a config: exit 0 with a summary (and warnings), or list every problem, exit 2.
 
     Warnings (another platform's backend or paths, deprecated keys) leave the exit code 0.
     """
@@ -177,7 +175,7 @@ def run_guardian(
     log_level: str | None = None,
     config_path: Path | None = None,
 ) -> int:
-    """Run in the foreground (see :mod:`guardian.cli.foreground`); 2 for a bad --log-format."""
+    """Run in the foreground (see :mod:`guardian.cli.foreground`); 4 for a bad --log-format."""
     fmt = next((f for f in LOG_FORMATS if f == log_format), None)
     if fmt is None:
         err.print(f"--log-format must be json, pretty or auto (got {log_format!r})")
@@ -312,41 +310,6 @@ def check(
 # --------------------------------------------------------------------------- client
 
 
-def _api_call(where: Located, method: str, path: str, ok: tuple[int, ...] = ()) -> Any:
-    """Call the running Guardian's API; print a clear error, exit 3 when it fails."""
-    from guardian.checks.http.httpxlib import httpx  # without httpx's own CLI
-
-    cfg = where.config
-    if where.running is None:
-        err.print(f"no runtime file of a running Guardian for {where.source} "
-                  f"(looked at {runfile.runtime_path(cfg)}); trying the configured API address",
-                  markup=False, highlight=False)
-    elif where.running.api_url is None:
-        err.print(f"the Guardian running {where.source} (pid {where.running.pid}) has no API "
-                  "(disabled, or its port was taken: see its log)", markup=False)
-        raise typer.Exit(Exit.UNREACHABLE)
-    url = f"{where.api_url()}{path}"
-    headers = {}
-    if cfg.api.token is not None and cfg.api.token.get_secret_value():
-        headers["Authorization"] = f"Bearer {cfg.api.token.get_secret_value()}"
-    try:
-        resp = httpx.request(method, url, headers=headers, timeout=30)
-    except httpx.HTTPError as e:
-        err.print(f"cannot reach Guardian at {url}: {e}. Is `guardian run` running?",
-                  markup=False)
-        raise typer.Exit(Exit.UNREACHABLE) from None
-    if resp.status_code >= 400 and resp.status_code not in ok:
-        try:
-            detail = resp.json().get("detail", resp.text)
-        except ValueError:
-            detail = resp.text
-        err.print(f"Guardian answered HTTP {resp.status_code}: {inert(detail)}", markup=False)
-        if resp.status_code in (401, 403):
-            err.print(token_hint(cfg), markup=False, highlight=False)
-        raise typer.Exit(Exit.UNREACHABLE)
-    return resp.json()
-
-
 @app.command()
 def restart(
     target: Annotated[str, typer.Argument(help="target whose service to restart")],
@@ -367,7 +330,7 @@ def restart(
                   "Windows service or a command) to let Guardian restart it.", markup=False)
         raise typer.Exit(Exit.USAGE)
     query = "?when_idle=true" if when_idle else ""
-    body = _api_call(where, "POST", f"/api/targets/{target}/restart{query}")
+    body = api_call(where, "POST", f"/api/targets/{target}/restart{query}")
     out.print(inert(body.get("message", body) if isinstance(body, dict) else body),
               markup=False)
 
@@ -432,7 +395,7 @@ def status_table(body: dict[str, Any]) -> Table:
 def status(config: ConfigOpt = None) -> None:
     """Show the running Guardian's view of the stack; exit 0/1/2 like `check`, 3 unreachable."""
     where = locate_or_exit(config)
-    body = _api_call(where, "GET", "/api/status")
+    body = api_call(where, "GET", "/api/status")
     out.print(status_table(body))
     opened = body.get("incidents_open") or []
     if opened:
@@ -471,6 +434,15 @@ def demo(
 
     # A second demo in the same directory must not rewrite the running one's config.
     where = (directory or DEFAULT_DEMO_DIR).resolve()
+    from guardian.support.trust import untrusted_dir
+
+    # Nor may a directory others can change get the demo's config (and its token) at all:
+    # refused before anything is written, as `run` refuses before it starts.
+    problem = untrusted_dir(where)
+    if problem is not None:
+        err.print(f"guardian: refusing to start: a path it would trust can be changed by "
+                  f"others\n  {problem}", markup=False, highlight=False)
+        raise typer.Exit(Exit.CANNOT_START)
     try:
         held = store_lock.acquire(where / "state" / "guardian.db")
     except store_lock.AlreadyRunning as e:

@@ -12,7 +12,7 @@ alike.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 PASSWORD_VARIABLE = "$GuardianPassword"
 # Stands in for a service account's password that the printed script asks for itself.
@@ -42,22 +42,39 @@ def command_line(argv: Sequence[str]) -> str:
     return " ".join(["&", quote(program), *words])
 
 
-def script(plan: Sequence[Sequence[str]], *, account: str | None = None) -> list[str]:
+def script(plan: Sequence[Sequence[str]], *, account: str | None = None,
+           may_fail: Iterable[int] = ()) -> list[str]:
     """The plan as PowerShell lines, stopping at the first failing command.
 
     ``account``: the plan sets this account with :data:`PROMPTED_PASSWORD`, so the script
     first asks for its password (hidden) instead of printing or storing one.
+    ``may_fail``: indices of commands whose failure is expected (stopping a stopped service).
     """
+    tolerated = set(may_fail)
     lines = ["# PowerShell (as Administrator). cmd.exe syntax: --shell cmd"]
     if account is not None:
         lines.append(PASSWORD_PROMPT.format(account=account.replace("'", "''")))
-    for argv in plan:
+    for i, argv in enumerate(plan):
         lines.append(command_line(argv))
-        lines.append("if ($LASTEXITCODE -ne 0) { throw \"failed (exit $LASTEXITCODE)\" }")
+        if i not in tolerated:
+            lines.append("if ($LASTEXITCODE -ne 0) { throw \"failed (exit $LASTEXITCODE)\" }")
     return lines
 
 
 def cmd_lines(plan: Sequence[Sequence[str]]) -> list[str]:
-    """The plan in cmd.exe syntax (``--shell cmd``); a prompted password as a placeholder."""
-    return [subprocess.list2cmdline(["<password>" if a == PROMPTED_PASSWORD else a for a in argv])
-            for argv in plan]
+    """The plan in cmd.exe syntax (``--shell cmd``).
+
+    cmd.exe cannot ask for a password without showing it, and a placeholder such as
+    ``<password>`` is a redirection there: a step that needs the password is printed as a
+    ``REM`` to type by hand, so pasting the lines leaves the service on LocalSystem instead
+    of setting an account it cannot log on with.
+    """
+    lines: list[str] = []
+    for argv in plan:
+        if PROMPTED_PASSWORD in argv:
+            shown = ["PASSWORD" if a == PROMPTED_PASSWORD else a for a in argv]
+            lines.append("REM last step, by hand, with the account's password for PASSWORD:")
+            lines.append("REM " + subprocess.list2cmdline(shown))
+            continue
+        lines.append(subprocess.list2cmdline(list(argv)))
+    return lines

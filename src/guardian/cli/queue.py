@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from guardian.checks.comfyui.health import ComfyUICheckConfig
-from guardian.cli.locate import Located, locate_or_exit
+from guardian.cli.locate import Located, api_call, locate_or_exit
 from guardian.cli.support import ConfigOpt, err, out
 
 queue_app = typer.Typer(help="A ComfyUI target's queue journal and quarantined prompts.",
@@ -42,9 +42,7 @@ def _target(where: Located, target: str | None) -> str:
 
 
 def _call(where: Located, method: str, path: str) -> dict[str, Any]:
-    from guardian.cli.main import _api_call
-
-    body = _api_call(where, method, path)
+    body = api_call(where, method, path)
     return body if isinstance(body, dict) else {}
 
 

@@ -26,7 +26,7 @@ class Exit(IntEnum):
     DEGRADED = 1  # check/status: degraded; other commands: failed (no store, send failed)
     UNHEALTHY = 2  # check/status: a critical target failed
     UNREACHABLE = 3  # no running Guardian answered: not running, no API, refused, HTTP error
-    USAGE = 4  # bad option or config, unknown target, several Guardians: choose
+    USAGE = 4  # bad option, unknown target or one without a service, several Guardians
     CANNOT_START = 5  # run: the API port is taken, the store held, a directory untrusted
 
 

@@ -183,8 +183,8 @@ class EscalationSection(StrictModel):
     )
 
 
-NotifyEvent = Literal["open", "escalate", "resolve"]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("open", "escalate", "resolve")
+NotifyEvent = Literal["open", "escalate", "resolve", "quarantine"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("open", "escalate", "resolve", "quarantine")
 
 
 class NotifySection(StrictModel):

@@ -74,6 +74,9 @@ class IncidentTransition(StrEnum):
     # is rewritten and people are told again, because the situation changed.
     GAVE_UP = "gave_up"
     RESOLVED = "resolved"
+    # The queue journal quarantined a prompt that was running at repeated deaths: people
+    # decide whether it runs again (``guardian queue release ID``), so they are told.
+    QUARANTINED = "quarantined"
 
 
 @dataclass(frozen=True, slots=True)

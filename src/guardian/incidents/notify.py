@@ -44,6 +44,7 @@ EVENT_NAMES = {
     IncidentTransition.ESCALATED: "escalate",
     IncidentTransition.GAVE_UP: "escalate",
     IncidentTransition.RESOLVED: "resolve",
+    IncidentTransition.QUARANTINED: "quarantine",
 }
 HOUR = 3600.0
 MAX_NAMES = 20  # targets named per transition in a grouped message; the rest are counted
@@ -134,7 +135,11 @@ class Notifier:
         if not self.urls or name not in self.events:
             return None
         key = (event.incident_id, str(event.transition))
-        if key in self._done or (self.store is not None and self.store.notified(*key)):
+        # One message per transition of an incident; each quarantined prompt is news of
+        # its own (published once, by the restore that quarantined it).
+        once = event.transition is not IncidentTransition.QUARANTINED
+        if once and (key in self._done or (
+                self.store is not None and self.store.notified(*key))):
             return None
         self._done.add(key)
         if not self._allow(event.target):

@@ -23,6 +23,7 @@ What is not an incident, and what changes one:
   log>". A new cause in an open incident heads its summary, the older one kept after it.
 * The breaker opening on an already escalated incident rewrites its report and notifies
   again (``gave_up``): giving up changes what people must do.
+* A prompt the queue journal quarantined heads the incident and notifies: ``quarantined``.
 
 Everything is persisted as it happens (an open incident's running failure count at most
 every ``COUNT_EVERY`` seconds and with every transition: 1000 failing targets must not
@@ -60,6 +61,7 @@ from guardian.core.events import (
 from guardian.core.result import CheckResult, Status
 from guardian.incidents.announce import ReportQueue
 from guardian.incidents.hidden import ImportFailures, RecurringFixes
+from guardian.incidents.quarantine import quarantine_news
 from guardian.incidents.records import ESCALATED_ARTIFACT, Incident, IncidentStatus
 from guardian.incidents.store import Store
 
@@ -385,6 +387,10 @@ class IncidentTracker:
             live = self._open_new(e.target, e.time, f"process {what} with code {code}")
         elif startup_exit and live is not None:
             self._new_cause(live, e.detail, strong=True)
+        if e.kind is RecoveryKind.PROMPT_QUARANTINED:  # a poison prompt: the cause found
+            live = self._open_new(e.target, e.time, e.reason) if live is None else live
+            self._new_cause(live, e.reason)
+            self._publish(quarantine_news(live.incident, e))  # and news of its own
         self.store.add_recovery(e, None if live is None else live.id)
         if live is None:
             return
@@ -573,15 +579,10 @@ class IncidentTracker:
             IncidentTransition.GAVE_UP: None,
             IncidentTransition.RESOLVED: incident.resolved_at,
         }[transition] or self.clock.now()
-        event = IncidentEvent(
-            incident_id=incident.id,
-            target=incident.target,
-            transition=transition,
-            time=when,
-            severity=incident.severity,
-            summary=incident.summary,
-            report_path=incident.report_path,
-        )
+        self._publish(IncidentEvent(incident.id, incident.target, transition, when,
+                                    incident.severity, incident.summary, incident.report_path))
+
+    def _publish(self, event: IncidentEvent) -> None:
         self.bus.publish(event)
         if self.notifier is not None:
             try:

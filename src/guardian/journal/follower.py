@@ -38,15 +38,18 @@ from guardian.config.schema import QueueJournalConfig
 from guardian.core.clock import Clock
 from guardian.journal.restore import (
     RestoreOutcome,
+    credentials_words,
     known_ids,
     resubmit,
     save_quarantined,
+    without_credentials,
 )
 from guardian.journal.store import JournalStore, TargetState
 
 log = logging.getLogger("guardian.journal")
 
 MAX_FRAME = 1 << 20
+FINAL_READ_TIMEOUT = 1.5  # seconds for the last /queue read before a restart
 Identity = Callable[[], Awaitable[int | None]]  # the supervised process's pid, if any
 Report = Callable[[str, RestoreOutcome, list[tuple[str, str, str]]], None]
 
@@ -56,7 +59,7 @@ class TargetJournal:
 
     def __init__(self, target: str, url: str, timeout: float, cfg: QueueJournalConfig,
                  store: JournalStore, clock: Clock, report_dir: Path, report: Report,
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None, *, dry_run: bool = False) -> None:
         self.target = target
         self.url = url
         self.cfg = cfg
@@ -65,6 +68,7 @@ class TargetJournal:
         self.report_dir = report_dir
         self.report = report  # (target, outcome, quarantined [(id, saved path, reason)])
         self.identity = identity
+        self.dry_run = dry_run  # decide and tell, never re-submit nor quarantine
         self.client = ComfyUIClient(url, timeout, cfg.max_body_bytes)
         self.timeout = timeout
         self.items: dict[str, tuple[str, QueuedPrompt]] = {}  # id -> (state, prompt)
@@ -189,7 +193,10 @@ class TargetJournal:
             return
         self._digest = digest
         self.online, self.last_error = True, None
-        self._alive = True  # a live server answered: the next death is a new one
+        # A live server answered: the next death is a new one (not so the old server
+        # answering while Guardian restarts it: that death is counted already).
+        if not self.restarting:
+            self._alive = True
         self.live_running, self.live_pending = len(snapshot.running), len(snapshot.pending)
         gap, self._gap = self._gap, False
         if gap and not final:
@@ -264,11 +271,23 @@ class TargetJournal:
     # ------------------------------------------------------------------ deaths
 
     async def before_restart(self) -> None:
-        """The last read before a restart Guardian runs, then the death it causes."""
+        """The last read before a restart Guardian runs (a prompt queued after the
+        follower's last read is journaled), then the death the restart causes.
+
+        The read has :data:`FINAL_READ_TIMEOUT` seconds (recovery cuts all of this at 2 s):
+        a hung server's restart is not held up, and its death is counted all the same."""
         self.restarting = True
-        async with self._lock:
-            await self._read(final=True)
-            await self._death("restart")
+        try:
+            async with asyncio.timeout(FINAL_READ_TIMEOUT):
+                async with self._lock:
+                    await self._read(final=True)
+        except TimeoutError:
+            self.last_error = (f"no /queue answer within {FINAL_READ_TIMEOUT:g} s before "
+                               "the restart")
+            log.warning("%s: %s: restarting with the journal as it was", self.target,
+                        self.last_error, extra={"target": self.target,
+                                                "event": "final_read_timeout"})
+        await self._death("restart")
 
     def restart_done(self) -> None:
         self.restarting = False
@@ -286,9 +305,9 @@ class TargetJournal:
         if not self._alive:
             return
         self._alive = False
-        for pid, (st, _) in self.items.items():
-            if st == "running":
-                await asyncio.to_thread(self.store.add_death, self.target, pid)
+        running = [pid for pid, (st, _) in self.items.items() if st == "running"]
+        for pid in running:  # (a copy: a read may change the items meanwhile)
+            await asyncio.to_thread(self.store.add_death, self.target, pid)
         if not self.state.restore_due:
             await self._set_state(dataclasses.replace(self.state, restore_due=True,
                                                       death_reason=why[:300]))
@@ -304,8 +323,9 @@ class TargetJournal:
     # ------------------------------------------------------------------ restoring
 
     async def restore(self, live: QueueSnapshot) -> RestoreOutcome:
-        """Put the journaled prompts back (see :mod:`guardian.journal.restore`)."""
-        outcome = RestoreOutcome()
+        """Put the journaled prompts back (see :mod:`guardian.journal.restore`). In a dry
+        run, say what would be put back and quarantined, and leave the queue alone."""
+        outcome = RestoreOutcome(dry_run=self.dry_run)
         running = sorted((p for st, p in self.items.values() if st == "running"),
                          key=lambda p: p.number)
         pending = sorted((p for st, p in self.items.values() if st == "pending"),
@@ -326,7 +346,9 @@ class TargetJournal:
                   ) >= self.cfg.quarantine_after:
                 reason = (f"prompt {pid} was running at {deaths} crashes: quarantined, "
                           "not re-run")
-                saved = await self._quarantine(prompt, reason)
+                if self.dry_run:
+                    reason = f"dry run: {reason.replace('quarantined', 'would quarantine')}"
+                saved = "" if self.dry_run else await self._quarantine(prompt, reason)
                 outcome.quarantined.append(pid)
                 quarantined.append((pid, saved, reason))
             else:
@@ -336,7 +358,22 @@ class TargetJournal:
                 outcome.skipped.append(prompt.prompt_id)
             else:
                 plan.append(prompt)
-        await resubmit(self.client, plan, outcome)
+        try:
+            uncredentialed = await without_credentials(self.client, plan)
+        except ComfyUIError:
+            uncredentialed = {}
+        for prompt in plan:
+            if prompt.prompt_id in uncredentialed:
+                outcome.lost.append((prompt.prompt_id, "credentials",
+                                     credentials_words(uncredentialed[prompt.prompt_id])))
+        plan = [p for p in plan if p.prompt_id not in uncredentialed]
+        if self.dry_run:
+            outcome.would_restore = [p.prompt_id for p in plan]
+            log.warning("%s: dry run: would re-submit %s", self.target,
+                        ", ".join(outcome.would_restore) or "nothing",
+                        extra={"target": self.target, "event": "queue_restore_dry_run"})
+        else:
+            await resubmit(self.client, plan, outcome)
         if outcome.restored and not live.running:
             await self._runs_first(outcome.restored[0])
         if outcome.interrupted is not None:

@@ -73,7 +73,8 @@ class QueueKeeper:
             backend = (backends or {}).get(target.name)
             self.journals[target.name] = TargetJournal(
                 target.name, check.url, check.timeout, target.queue, self.store, clock,
-                report_dir, self._report, None if backend is None else _pid_of(backend))
+                report_dir, self._report, None if backend is None else _pid_of(backend),
+                dry_run=config.guardian.dry_run)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._request: Callable[[str, str], object] | None = None
@@ -149,24 +150,30 @@ class QueueKeeper:
 
     def _report(self, target: str, outcome: RestoreOutcome,
                 quarantined: list[tuple[str, str, str]]) -> None:
-        """Count, log and publish what a restore did (the timeline records the events)."""
-        if outcome.interrupted is None:
+        """Count, log and publish what a restore did (the timeline records the events).
+        A dry run's is told, never counted: nothing was restored, lost or quarantined."""
+        counted = not outcome.dry_run
+        if outcome.interrupted is None and counted:
             self.restored_total[target] += len(outcome.restored)
-        for _, reason, _ in outcome.lost:
-            self.lost_total[(target, reason)] += 1
-        for _ in outcome.not_rerun:
-            self.lost_total[(target, "stuck")] += 1
         lost = Counter(reason for _, reason, _ in outcome.lost)
         lost["stuck"] += len(outcome.not_rerun)
+        if counted:
+            for reason, n in lost.items():
+                self.lost_total[(target, reason)] += n
         details = []
+        if outcome.dry_run and outcome.would_restore:
+            details.append("would re-submit " + ", ".join(outcome.would_restore))
         for pid in outcome.not_rerun:
             details.append(f"prompt {pid} was ended by the ladder for being stuck: not re-run")
         for pid, _, words in outcome.lost:
             details.append(f"prompt {pid} not restored: {words}")
+        if outcome.dry_run:
+            details.extend(reason for _, _, reason in quarantined)
         headline = outcome.headline()
         log.warning("%s: %s", target, headline, extra={
             "target": target, "event": "queue_restored", "restored": len(outcome.restored),
-            "considered": outcome.considered, "skipped": len(outcome.skipped)})
+            "considered": outcome.considered, "skipped": len(outcome.skipped),
+            "dry_run": outcome.dry_run})
         self.bus.publish(RecoveryEvent(
             target=target, kind=RecoveryKind.QUEUE_RESTORED, time=self.clock.now(),
             reason=headline, detail="; ".join(details)[:2000],
@@ -175,7 +182,11 @@ class QueueKeeper:
                     "quarantined": len(outcome.quarantined),
                     "not_rerun": len(outcome.not_rerun),
                     "interrupted": outcome.interrupted is not None,
-                    **{f"lost_{reason}": n for reason, n in lost.items()}}))
+                    "dry_run": outcome.dry_run,
+                    "would_restore": len(outcome.would_restore),
+                    **{f"lost_{reason}": n for reason, n in lost.items() if n}}))
+        if outcome.dry_run:
+            return
         for pid, saved, reason in quarantined:
             self.quarantined_total[target] += 1
             log.error("%s: %s", target, reason, extra={
@@ -211,6 +222,8 @@ class QueueKeeper:
         found = [q for q in await self.quarantine(target) if q.prompt.prompt_id == prompt_id]
         if journal is None or not found:
             raise KeyError(prompt_id)
+        if journal.dry_run:
+            return f"dry run: would release prompt {prompt_id} to {target}"
         prompt = found[0].prompt
         body = submit_body(prompt, 0.0)
         del body["number"]  # at the end of today's queue, as a new submission
@@ -229,6 +242,10 @@ class QueueKeeper:
     async def drop(self, target: str, prompt_id: str) -> str:
         """Forget a quarantined prompt; KeyError if unknown."""
         journal = self.journals.get(target)
+        if journal is not None and journal.dry_run:
+            if any(q.prompt.prompt_id == prompt_id for q in await self.quarantine(target)):
+                return f"dry run: would drop quarantined prompt {prompt_id} of {target}"
+            raise KeyError(prompt_id)
         if journal is None or not await asyncio.to_thread(
                 self.store.unquarantine, target, prompt_id):
             raise KeyError(prompt_id)

@@ -6,14 +6,24 @@ counter restarts at; an explicit number does not advance that counter. Each keep
 original ``prompt_id`` (a client polling ``/history/<id>`` gets its result), ``extra_data``,
 ``client_id`` and ``outputs_to_execute`` as ``partial_execution_targets``. A prompt the
 server already has (queued, running, in history) is skipped, so nothing runs twice.
+
+API nodes (comfy.org partner nodes) need the user's credentials, which the client puts in
+``extra_data`` (``api_key_comfy_org``, ``auth_token_comfy_org``). ComfyUI 0.3.64 shows them
+in ``/queue``: the journal keeps them in its 0600 store and re-submits them. Newer ComfyUI
+versions keep them out of ``/queue``: a journaled prompt whose nodes take those
+credentials (their hidden inputs in ``/object_info``) but that carries none would run
+without the user's key and fail. It is not re-submitted: lost, reason ``credentials``,
+named in the restore's timeline entry, so its owner queues it again.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from guardian.checks.comfyui.client import (
     ComfyUIClient,
@@ -27,6 +37,10 @@ from guardian.support.redact import is_secret_name, redact_data
 
 VALIDATION_ERRORS = frozenset({"invalid_prompt", "prompt_outputs_failed_validation",
                                "prompt_no_outputs"})
+CREDENTIAL_KEYS = ("api_key_comfy_org", "auth_token_comfy_org")  # in extra_data
+CREDENTIAL_INPUTS = frozenset({"API_KEY_COMFY_ORG", "AUTH_TOKEN_COMFY_ORG"})  # hidden inputs
+MAX_NODE_LOOKUPS = 256  # node classes asked about per restore (a workflow has a few dozen)
+MAX_CLASS_NAME = 200
 
 
 @dataclass
@@ -39,13 +53,22 @@ class RestoreOutcome:
     quarantined: list[str] = field(default_factory=list)
     not_rerun: list[str] = field(default_factory=list)  # the ladder's stuck prompt
     interrupted: str | None = None  # the server went away mid-restore: retried later
+    # ``[guardian] dry_run``: what would have been re-submitted (and quarantined); nothing
+    # was sent and nothing quarantined.
+    dry_run: bool = False
+    would_restore: list[str] = field(default_factory=list)
 
     @property
     def considered(self) -> int:
-        return (len(self.restored) + len(self.lost) + len(self.quarantined)
-                + len(self.not_rerun))
+        return (len(self.restored) + len(self.would_restore) + len(self.lost)
+                + len(self.quarantined) + len(self.not_rerun))
 
     def headline(self) -> str:
+        if self.dry_run:
+            text = (f"dry run: would restore {len(self.would_restore)} of {self.considered} "
+                    "prompts; none re-submitted")
+            return text + (f" ({len(self.skipped)} already on the server)"
+                           if self.skipped else "")
         if self.interrupted is not None:
             return (f"restore interrupted after {len(self.restored)} prompts: ComfyUI went "
                     "away again; the journal restores them after the next restart")
@@ -77,6 +100,51 @@ async def known_ids(client: ComfyUIClient, live: QueueSnapshot,
         if prompt.prompt_id not in known and await client.has_history(prompt.prompt_id):
             known.add(prompt.prompt_id)
     return known
+
+
+def _classes(prompt: QueuedPrompt) -> set[str]:
+    return {ct for node in prompt.prompt.values() if isinstance(node, dict)
+            and isinstance(ct := node.get("class_type"), str) and 0 < len(ct) <= MAX_CLASS_NAME}
+
+
+async def _takes_credentials(client: ComfyUIClient, name: str) -> bool:
+    """Whether node class ``name`` takes the comfy.org credentials (an API node). False
+    when the server cannot say: Guardian's doubt never costs a prompt its restore."""
+    try:
+        data = await client.get_json(f"/object_info/{quote(name, safe='')}")
+    except ComfyUIError:
+        return False
+    info = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(info, dict):
+        return False
+    inputs = info.get("input")
+    hidden = inputs.get("hidden") if isinstance(inputs, dict) else None
+    if isinstance(hidden, dict) and CREDENTIAL_INPUTS & {
+            v for v in hidden.values() if isinstance(v, str)}:
+        return True
+    return info.get("api_node") is True
+
+
+async def without_credentials(client: ComfyUIClient,
+                              prompts: Iterable[QueuedPrompt]) -> dict[str, list[str]]:
+    """The prompts that use API nodes but carry no credentials: prompt_id -> those nodes'
+    classes. Only prompts without credentials cost lookups, one per node class."""
+    lacking = [p for p in prompts if not any(p.extra_data.get(k) for k in CREDENTIAL_KEYS)]
+    names = sorted(set().union(*(_classes(p) for p in lacking)))[:MAX_NODE_LOOKUPS]
+    api_nodes = {name for name in names if await _takes_credentials(client, name)}
+    found: dict[str, list[str]] = {}
+    for prompt in lacking:
+        used = sorted(_classes(prompt) & api_nodes)
+        if used:
+            found[prompt.prompt_id] = used
+    return found
+
+
+def credentials_words(classes: list[str]) -> str:
+    shown = ", ".join(classes[:5]) + (f" and {len(classes) - 5} more" if len(classes) > 5
+                                      else "")
+    return (f"it uses API nodes ({shown}) whose credentials ComfyUI did not show in /queue:"
+            " not re-run without them; queue it again from its client")
 
 
 async def resubmit(client: ComfyUIClient, plan: list[QueuedPrompt],

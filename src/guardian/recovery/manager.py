@@ -64,9 +64,10 @@ class RecoveryManager:
             name: TargetRecovery(name, backend, None) for name, backend in self.backends.items()
         }
         self._closed = False
-        self._runner = RestartRunner(clock, self._emit)
-        # Hooks for a last look before a restart (the queue journal); not awaited yet here.
+        # Hooks for a last look before a restart (the queue journal's final /queue read):
+        # every restart awaits them, bounded (see RestartRunner.look_before).
         self.before_restart: list[Callable[[str], Awaitable[None]]] = []
+        self._runner = RestartRunner(clock, self._emit, self.before_restart)
         plans: list[RecoveryPlan] = []
         for target in config.targets:
             tr = self.targets.get(target.name)
@@ -494,7 +495,8 @@ class RecoveryManager:
             out[name] = {
                 "enabled": True,
                 "attempts": len(p.attempt_times),
-                "last_restart": iso(p.last_restart),
+                "last_restart": iso(max((t for t in (p.last_restart, p.last_begun)
+                                         if t is not None), default=None)),
                 "breaker_open": p.breaker_open,
                 "next_allowed_at": iso(p.next_allowed_at(now)),
                 "consecutive_failures": p.consecutive_failures,

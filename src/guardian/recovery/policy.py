@@ -120,6 +120,9 @@ class RestartPolicy:
         self.state = RecoveryState.UNKNOWN
         self.attempt_times: list[float] = []  # monotonic
         self.last_restart: float | None = None  # monotonic start of the last attempt
+        # Start of the last restart of any kind, manual ones included: what people are
+        # shown as "last restart" (last_restart above times the backoff, manual ones not).
+        self.last_begun: float | None = None
         self.started_at: float | None = None  # end of the last (re)start: grace starts here
         self.pending_reason: str | None = None  # why, while in BACKOFF
         self.streaks: dict[str, int] = {}
@@ -303,6 +306,7 @@ class RestartPolicy:
         self.healthy_since = None
         self.streaks.clear()
         self._to(RecoveryState.RESTARTING, "restart begins")
+        self.last_begun = now
         if counted:
             self.attempt_times.append(now)
             self.last_restart = now

@@ -6,11 +6,18 @@ first passing check begun after the spawn (within ``startup_timeout``), and an e
 it is a failed start whenever it comes; without one, staying up ``min_uptime`` proves it
 (see :meth:`~guardian.recovery.target.TargetRecovery.judged_for`). A failed start's
 headline takes the last error of the service's own log.
+
+Before it stops the process, every restart awaits the *before-restart hooks* (the queue
+journal's last ``/queue`` read, so that a prompt queued in the last instant is restored),
+together bounded by :data:`BEFORE_RESTART_TIMEOUT`: a hung ComfyUI delays its own restart
+by 2 s at most, a dead one refuses the connection in milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from guardian.core.clock import Clock
@@ -22,6 +29,11 @@ from guardian.services.process.backend import MARKER
 from guardian.support.logscan import last_error, output_of_last_start
 
 LOG_TAIL_TIMEOUT = 2.0  # seconds to read a failed start's log for its last error
+BEFORE_RESTART_TIMEOUT = 2.0  # seconds all before-restart hooks may delay one restart
+
+log = logging.getLogger("guardian.recovery.restart")
+
+BeforeRestart = Callable[[str], Awaitable[None]]
 
 
 class Emit(Protocol):
@@ -42,9 +54,27 @@ class Emit(Protocol):
 class RestartRunner:
     """Executes restarts and publishes their outcome."""
 
-    def __init__(self, clock: Clock, emit: Emit) -> None:
+    def __init__(self, clock: Clock, emit: Emit, before: Sequence[BeforeRestart] = ()) -> None:
         self.clock = clock
         self._emit = emit
+        self._before = before  # the manager's list: the runtime fills it after this starts
+
+    async def look_before(self, target: str) -> None:
+        """Await the before-restart hooks (the queue journal's last read), at most
+        :data:`BEFORE_RESTART_TIMEOUT` seconds in all: a hook's trouble is logged and never
+        stops the restart it precedes."""
+        if not self._before:
+            return
+        hooks = asyncio.gather(*(hook(target) for hook in self._before))
+        try:
+            await asyncio.wait_for(hooks, timeout=BEFORE_RESTART_TIMEOUT)
+        except TimeoutError:
+            log.warning("%s: the last look before the restart took over %g s: restarting "
+                        "without it", target, BEFORE_RESTART_TIMEOUT,
+                        extra={"target": target, "event": "before_restart_timeout"})
+        except Exception as exc:
+            log.error("%s: the last look before the restart failed: %s", target, exc,
+                      extra={"target": target, "event": "before_restart_failed"})
 
     async def execute(self, tr: TargetRecovery, attempt: int, reason: str) -> bool:
         """Restart one backend and say whether it came back running and stayed up."""
@@ -56,6 +86,7 @@ class RestartRunner:
             waiter = asyncio.get_running_loop().create_future()
             tr.start_waiter = waiter
         try:
+            await self.look_before(target)
             await backend.restart()
             tr.spawned = self.clock.monotonic()
             tr.proven = False

@@ -8,8 +8,8 @@ never on the loop. A write that fails keeps the counts in memory
 for a while loses nothing until the bound. What is buffered or being written stays
 readable (:meth:`UptimeRecorder._buffered`), so the figures never miss a result.
 
-The SQL (what a flush writes, pruning, reading windows) is :mod:`guardian.uptime.store`'s;
-this base holds only the buffer and when to flush.
+What a flush writes and pruning are :mod:`guardian.uptime.store`'s, reading the windows
+:mod:`guardian.uptime.reads`'; this base holds only the buffer and when to flush.
 """
 
 from __future__ import annotations

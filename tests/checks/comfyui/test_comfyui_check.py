@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from guardian.checks import build_check
 from guardian.checks.base import CheckContext
 from guardian.checks.comfyui.canary import ComfyUICanaryCheck, ComfyUICanaryConfig
 from guardian.checks.comfyui.health import ComfyUICheck, ComfyUICheckConfig, create
+from guardian.checks.registry import build_check
 from guardian.core.clock import FakeClock, SystemClock
 from guardian.core.result import Status
 from guardian.demo.comfyui.server import ComfyUISim

@@ -171,12 +171,19 @@
   function badges(t) {
     const out = [];
     const r = t.recovery || {};
+    // One busy badge per prompt, however many checks saw it (the comfyui check and the
+    // canary that skipped for it), with the longest time any of them measured.
+    const busy = new Map();
     for (const chk of t.checks) {
       const v = chk.values || {};
       if (v.busy === true) {
-        const id = v.running_prompt_id ? ` ${String(v.running_prompt_id).slice(0, 8)}` : "";
-        out.push(["busy", `busy${id} · ${seconds(v.running_for_s)}`]);
+        const key = String(v.running_prompt_id || "");
+        busy.set(key, Math.max(busy.get(key) || 0, Number(v.running_for_s) || 0));
       }
+    }
+    busy.forEach((secs, id) => out.push(["busy", `busy${id ? " " + id.slice(0, 8) : ""} · ${seconds(secs)}`]));
+    for (const chk of t.checks) {
+      const v = chk.values || {};
       if (typeof v.condition === "string" && v.condition) {
         out.push([v.condition.startsWith("stuck") ? "stuck" : "condition", v.condition.replace("_", " ")]);
       }
@@ -239,22 +246,26 @@
     }
     const WINDOW_MS = { "24h": 864e5, "7d": 6048e5, "30d": 2592e6 };
     const sinceMs = u.since ? Date.parse(u.since) : null;
-    c.up.replaceChildren(
-      ...WINDOWS.map((w) => {
-        const info = u.windows[w] || { percent: null, ok: 0, total: 0 };
-        const span = el("span", "window");
-        span.dataset.window = w;
-        span.append(el("span", "muted", `${w} `), el("strong", "", pct(info.percent)));
-        // A window reaching back before the oldest data counts only from there: say so.
-        if (sinceMs !== null && Date.parse(uptime.timestamp) - WINDOW_MS[w] < sinceMs) {
-          const since = el("span", "since muted", ` since ${when(u.since)}`);
-          since.dataset.since = u.since;
-          span.append(since);
-        }
-        span.title = `${info.ok} of ${info.total} results up`;
-        return span;
-      }),
-    );
+    let short = false;
+    const spans = WINDOWS.map((w) => {
+      const info = u.windows[w] || { percent: null, ok: 0, total: 0 };
+      const span = el("span", "window");
+      span.dataset.window = w;
+      span.append(el("span", "muted", `${w} `), el("strong", "", pct(info.percent)));
+      span.title = `${info.ok} of ${info.total} results up`;
+      // A window reaching back before the oldest data counts only from there: marked, and
+      // the date said once for all of them (the windows nest, so they share it).
+      if (sinceMs !== null && Date.parse(uptime.timestamp) - WINDOW_MS[w] < sinceMs) {
+        const mark = el("span", "since muted", "*");
+        mark.dataset.since = u.since;
+        span.append(mark);
+        span.title += ` since ${when(u.since)}`;
+        short = true;
+      }
+      return span;
+    });
+    if (short) spans.push(el("span", "since-note muted", `* since ${when(u.since)}`));
+    c.up.replaceChildren(...spans);
     c.bar.hidden = false;
     c.bar.setAttribute("aria-label", "last 24 hours");
     // Bars come as arrays (slot i starts at start + i * seconds): small for many targets.
@@ -454,7 +465,6 @@
   function renderHeader(data) {
     const overall = document.getElementById("overall");
     setState(overall, data.status);
-    overall.textContent = data.status;
     const open = (data.incidents_open || []).length;
     const breakers = data.targets.filter((t) => t.recovery && t.recovery.breaker_open).map((t) => t.name);
     const notes = [];
@@ -464,8 +474,11 @@
     attention.textContent = notes.join(" · ");
     attention.hidden = !notes.length;
     attention.classList.toggle("bad", breakers.length > 0);
-    if (notes.length && data.status === "healthy") overall.classList.add("attention");
-    else overall.classList.remove("attention");
+    // Every check passing is not "healthy" while Guardian still has something open.
+    const caveat = data.status === "healthy" && notes.length > 0;
+    overall.textContent = !caveat ? data.status : breakers.length ? "breaker open" : "incident open";
+    overall.title = caveat ? "every check passes now; see the note beside" : "";
+    overall.classList.toggle("attention", caveat);
     document.getElementById("updated").textContent =
       `updated ${time(data.timestamp)} · refresh ${refreshMs / 1000}s`;
     document.getElementById("zone").textContent = `times in ${zoneLabel()}`;
