@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from guardian.api.restarts import RestartDesk, RestartTicket
 from guardian.checks import CheckContext
 from guardian.checks.base import Check
 from guardian.checks.registry import build_check
@@ -134,7 +135,8 @@ class Guardian:
         self._uptime_unsubscribe: Callable[[], None] | None = None
         self._bridge: LoopBridge | None = None
         self._lock: store_lock.StoreLock | None = None
-        self._manual: dict[str, asyncio.Future[str]] = {}  # restarts in flight, per target
+        # Manual restarts in flight, one per target: requests meanwhile join it.
+        self._desk = RestartDesk(self._manual_restart, self._restartable)
 
     def _open_database(self) -> Database:
         """Guardian's one SQLite file, opened once for every component.
@@ -149,9 +151,11 @@ class Guardian:
             monotonic=self.clock.monotonic,
             now=self.clock.now,
             components=(INCIDENTS, BREAKERS, UPTIME, QUEUE),
-            # Another process holding the write lock must not hold the event loop: a busy
-            # store is a write kept in memory for later, never a late restart.
+            # Another process holding the write lock must not hold the event loop: writes
+            # run on the store's writer thread; a busy store is a write kept in memory for
+            # later, never a late restart.
             timeout=STORE_BUSY_TIMEOUT,
+            writer=True,
         )
 
     def _open_breaker_store(self, db: Database) -> BreakerStore:
@@ -383,8 +387,8 @@ class Guardian:
         if self.breakers is not None and hasattr(self.breakers, "close"):
             self.breakers.close()
         self._close_uptime()
-        if self.db is not None:
-            self.db.close()
+        if self.db is not None:  # writes what is queued: in a thread, bounded
+            await asyncio.to_thread(self.db.close)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -412,26 +416,26 @@ class Guardian:
         return snap
 
     async def restart(self, target: str) -> str:
-        """A manual restart (API/CLI): resets the breaker. KeyError for unknown targets.
-
-        Requests for a target whose manual restart is still in flight join it: fifty
-        clicks (or a script in a loop) make one restart, and every caller gets its outcome.
-        """
+        """A manual restart: resets the breaker; waits for its outcome. KeyError for
+        unknown targets. Requests for a target whose manual restart is still in flight
+        join it: fifty clicks (or a script in a loop) make one restart."""
         if self.recovery is None:
             raise RuntimeError("Guardian is not running")
-        running = self._manual.get(target)
-        if running is None or running.done():
-            running = asyncio.ensure_future(self.recovery.restart(target, manual=True))
-            self._manual[target] = running
-            running.add_done_callback(self._manual_done(target))
-        return await asyncio.shield(running)
+        return await self._desk.run(target)
 
-    def _manual_done(self, target: str) -> Callable[[asyncio.Future[str]], None]:
-        def forget(done: asyncio.Future[str]) -> None:
-            if self._manual.get(target) is done:
-                del self._manual[target]
+    async def request_restart(self, target: str) -> RestartTicket:
+        """The API's restart: started (or joined) now, answered at once (202)."""
+        if self.recovery is None:
+            raise RuntimeError("Guardian is not running")
+        return self._desk.request(target)
 
-        return forget
+    def _restartable(self, target: str) -> bool:
+        return self.recovery is not None and target in self.recovery.targets
+
+    async def _manual_restart(self, target: str) -> str:
+        if self.recovery is None:
+            raise RuntimeError("Guardian is not running")
+        return await self.recovery.restart(target, manual=True)
 
     def queue_views(self) -> dict[str, QueueView]:
         keeper = self.queue

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
+from guardian.api.restarts import RestartTicket
 from guardian.core.result import CheckResult, Status
 from testkit.api import TOKEN, client, make_view, result
 
@@ -17,8 +19,11 @@ async def test_restart_with_token_runs_and_logs(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.INFO, logger="guardian.api")
     async with client(view) as c:
         resp = await c.post("/api/targets/comfyui/restart", headers=AUTH)
-    assert resp.status_code == 200
-    assert resp.json() == {"target": "comfyui", "message": "restart of comfyui requested"}
+    assert resp.status_code == 202  # accepted, not done
+    assert resp.json() == {
+        "target": "comfyui", "state": "queued", "id": 1, "watch": "/api/status",
+        "message": "restart #1 of comfyui queued; watch GET /api/status"
+                   " (targets.comfyui.recovery)"}
     assert view.restarts == ["comfyui"]
     records = [r for r in caplog.records if getattr(r, "event", None) == "api_restart"]
     assert len(records) == 1 and records[0].__dict__["target"] == "comfyui"
@@ -73,12 +78,46 @@ async def test_unknown_target_is_404_after_auth() -> None:
 
 
 async def test_restart_when_not_running_is_503() -> None:
-    async def not_running(target: str) -> str:
+    view = make_view()
+
+    async def not_running(target: str) -> RestartTicket:
         raise RuntimeError("Guardian is not running")
 
-    async with client(make_view(restart_fn=not_running)) as c:
+    view.request_restart = not_running  # type: ignore[method-assign]
+    async with client(view) as c:
         resp = await c.post("/api/targets/panel/restart", headers=AUTH)
     assert resp.status_code == 503 and resp.json()["detail"] == "Guardian is not running"
+
+
+async def test_requests_while_a_restart_is_in_flight_join_it_and_the_outcome_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    async def slow(target: str) -> str:
+        runs.append(target)
+        await release.wait()
+        return f"restarted {target}"
+
+    view = make_view(restart_fn=slow)
+    caplog.set_level(logging.INFO, logger="guardian.api")
+    async with client(view) as c:
+        first = await c.post("/api/targets/panel/restart", headers=AUTH)
+        again = await c.post("/api/targets/panel/restart", headers=AUTH)
+        release.set()
+        for _ in range(100):  # let the restart task finish
+            if any(getattr(r, "event", None) == "api_restart_done" for r in caplog.records):
+                break
+            await asyncio.sleep(0)
+        later = await c.post("/api/targets/panel/restart", headers=AUTH)
+    assert [r.status_code for r in (first, again, later)] == [202, 202, 202]
+    assert [(r.json()["state"], r.json()["id"]) for r in (first, again, later)] == [
+        ("queued", 1), ("coalesced", 1), ("queued", 2)]
+    assert "already in progress, joined" in again.json()["message"]
+    assert runs[:1] == ["panel"] and view.restarts == ["panel", "panel"]
+    done = [r for r in caplog.records if getattr(r, "event", None) == "api_restart_done"]
+    assert done and done[0].getMessage() == "manual restart #1 of panel: restarted panel"
 
 
 async def test_run_checks_returns_fresh_results() -> None:

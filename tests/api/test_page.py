@@ -246,7 +246,7 @@ async def test_status_page_updates_and_restarts(
     assert view.restarts == []
     await page.fill("#token", TOKEN)
     await comfy.locator("button.restart").click()
-    await comfy.locator(".msg", has_text="restart of comfyui requested").wait_for(timeout=5000)
+    await comfy.locator(".msg", has_text="restart #1 of comfyui queued").wait_for(timeout=5000)
     assert view.restarts == ["comfyui"]
     assert await page.evaluate("sessionStorage.getItem('guardian.token')") == TOKEN
     assert await page.locator('article[data-target="disk"] button.restart').is_hidden()

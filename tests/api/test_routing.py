@@ -111,7 +111,7 @@ async def test_openapi_document_is_valid_and_complete() -> None:
     assert incident_id["required"] and incident_id["schema"]["maximum"] == 2**63 - 1
     restart = doc["paths"]["/api/targets/{name}/restart"]["post"]
     assert restart["security"] == [{"HTTPBearer": []}]
-    assert set(restart["responses"]) == {"200", "401", "403", "404", "422", "503"}
+    assert set(restart["responses"]) == {"202", "401", "403", "404", "422", "503"}
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from pathlib import Path
@@ -160,10 +161,12 @@ interval = 60
                     b"Connection: close\r\nContent-Length: 0\r\n\r\n")
             starts0 = guardian.backends["svc"].starts  # type: ignore[attr-defined]
             replies = await asyncio.to_thread(_all_at_once, server.port, post, 50)
-            assert all(r.startswith(b"HTTP/1.1 200") for r in replies), [
-                r for r in replies if not r.startswith(b"HTTP/1.1 200")][:2]
-            bodies = {r.split(b"\r\n\r\n", 1)[1] for r in replies}
-            assert len(bodies) == 1  # every caller got the one restart's outcome
+            assert all(r.startswith(b"HTTP/1.1 202") for r in replies), [
+                r for r in replies if not r.startswith(b"HTTP/1.1 202")][:2]
+            bodies = [json.loads(r.split(b"\r\n\r\n", 1)[1]) for r in replies]
+            assert {b["id"] for b in bodies} == {1}  # every caller got the one restart
+            assert sorted(b["state"] for b in bodies) == ["coalesced"] * 49 + ["queued"]
+            assert await guardian.restart("svc")  # joins it: waits for its outcome
             assert guardian.backends["svc"].starts - starts0 == 1  # type: ignore[attr-defined]
         finally:
             await server.stop()

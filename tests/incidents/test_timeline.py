@@ -60,9 +60,10 @@ def test_one_indexed_query_for_every_incident_shown(big: Path) -> None:
     store = Store(big, prune_every=0)
     shown = store.incidents(include_resolved=True, limit=50)
     statements: list[str] = []
-    store.db.connection.set_trace_callback(statements.append)
+    # Reads go through this thread's read-only connection: trace that one.
+    store.db.snapshot(lambda c: c.set_trace_callback(statements.append))
     dicts = incident_dicts(store, shown)
-    store.db.connection.set_trace_callback(None)
+    store.db.snapshot(lambda c: c.set_trace_callback(None))
     on_recovery = [s for s in statements if "FROM recovery" in s]
     assert len(on_recovery) == 1  # not one per incident
     assert len(dicts) == 50 and all(len(d["timeline"]) == 31 for d in dicts)  # opened + 30

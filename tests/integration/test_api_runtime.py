@@ -106,8 +106,15 @@ async def test_api_serves_runtime_state_and_restart_needs_the_token(tmp_path: Pa
             assert (await backend.status()).pid == old_pid  # nothing happened
             good = {"Authorization": f"Bearer {TOKEN}"}
             resp = await client.post(path, headers=good)
-            assert resp.status_code == 200, resp.text
-            new_pid = (await backend.status()).pid
+            assert resp.status_code == 202, resp.text  # accepted: the restart goes on
+            body = resp.json()
+            assert (body["state"], body["id"], body["watch"]) == ("queued", 1, "/api/status")
+            new_pid: int | None = old_pid
+            for _ in range(600):  # until the restart is done (bounded, not a timed assert)
+                new_pid = (await backend.status()).pid
+                if new_pid not in (None, old_pid) and not guardian._desk.in_flight("comfyui"):
+                    break
+                await asyncio.sleep(0.05)
             assert new_pid not in (None, old_pid)
             after = (await client.get("/api/health")).json()
             assert after["services"]["comfyui"]["pid"] == new_pid
@@ -120,6 +127,7 @@ async def test_api_serves_runtime_state_and_restart_needs_the_token(tmp_path: Pa
             assert "comfyui" in status.stdout
             restart = await asyncio.to_thread(cli, "restart", "comfyui", "--config", str(cfg_file))
             assert restart.returncode == 0, restart.stderr
+            assert "restart #2 of comfyui queued" in restart.stdout
     finally:
         await guardian.stop()
     log = (tmp_path / "logs").glob("*.log")

@@ -385,9 +385,13 @@ def test_a_flush_completes_while_an_uncached_read_aggregates(tmp_path: Path) -> 
             release.wait(30)
         return 0
 
-    store.db.snapshot(lambda c: c.set_progress_handler(stall, 50))
     got: list[dict[str, dict[str, object]]] = []
-    reader = threading.Thread(target=lambda: got.append(store.windows(now())), daemon=True)  # type: ignore[arg-type]
+
+    def read() -> None:  # each thread reads on its own connection: park the reader's
+        store.db.snapshot(lambda c: c.set_progress_handler(stall, 50))
+        got.append(store.windows(now()))  # type: ignore[arg-type]
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         assert inside.wait(30)

@@ -34,6 +34,7 @@ from guardian.api.context import GuardianView
 from guardian.api.metrics import Metrics
 from guardian.api.page import html_page, page_endpoints
 from guardian.api.queue_routes import queue_endpoints
+from guardian.api.restarts import WATCH
 from guardian.api.routing import JSON, Endpoint, Param, Reply, error_replies, http_error, routes
 from guardian.api.server import ApiServer, serve
 from guardian.config.schema import ApiSection
@@ -100,8 +101,10 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
         return _json(found)
 
     async def restart(request: Request, name: str, when_idle: bool) -> Response:
-        """Restart a target's service now (resets its circuit breaker); ``when_idle``: once
-        the ComfyUI prompt running now has finished (the queue journal restores the rest)."""
+        """Restart a target's service (resets its circuit breaker): 202 at once, the
+        restart goes on (requests while one is in flight join it: same id); ``when_idle``:
+        once the ComfyUI prompt running now has finished (the queue journal restores the
+        rest). Follow it in ``/api/status`` (the target's ``recovery``)."""
         if name not in known:
             raise HTTPException(404, f"unknown target {name!r}")
         client = request.client.host if request.client else None
@@ -113,14 +116,19 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
         try:
             if when_idle:
                 message = (await view.queue_command(name, "restart_when_idle", None)).message
+                accepted = models.RestartResponse(target=name, state="when_idle",
+                                                  message=message or "", watch=WATCH)
             else:
-                message = await view.restart(name)
+                ticket = await view.request_restart(name)
+                accepted = models.RestartResponse(
+                    target=name, state="coalesced" if ticket.coalesced else "queued",
+                    id=ticket.id, message=ticket.message, watch=WATCH)
         except KeyError:
             raise HTTPException(404, f"unknown target {name!r} (or it has no queue journal)"
                                 ) from None
         except RuntimeError as e:
             raise HTTPException(503, str(e)) from None
-        return _json(models.RestartResponse(target=name, message=message or ""))
+        return _json(accepted, 202)
 
     async def run_checks(target: str | None) -> Response:
         """Run every check (of one target) now and return the fresh results."""
@@ -164,7 +172,8 @@ def api_endpoints(view: GuardianView, metrics: Metrics) -> list[Endpoint]:
                  {**_ok(models.IncidentDetail), **error_replies(404)}, params=[INCIDENT_ID],
                  tags=["incidents"]),
         Endpoint("POST", "/api/targets/{name}/restart", restart,
-                 {**_ok(models.RestartResponse), **ACTIONS}, params=[name, when_idle],
+                 {202: Reply("accepted: queued, or joined to the restart in flight",
+                             models.RestartResponse), **ACTIONS}, params=[name, when_idle],
                  tags=["actions"],
                  auth=True, with_request=True),
         Endpoint("POST", "/api/checks/run", run_checks,

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from guardian.api.context import GuardianView
+from guardian.api.restarts import RestartTicket
 from guardian.config.schema import Config
 from guardian.core.events import Event, IncidentEvent, RecoveryEvent
 from guardian.core.result import CheckResult
@@ -184,6 +185,9 @@ class LoopBridge:
 
     async def restart(self, target: str) -> str:
         return await self._submit(lambda: self._view.restart(target), RESTART_TIMEOUT)
+
+    async def request_restart(self, target: str) -> RestartTicket:
+        return await self._submit(lambda: self._view.request_restart(target), RESTART_TIMEOUT)
 
     async def run_checks(self, target: str | None = None) -> list[CheckResult]:
         timeouts = [c.timeout for t in self.config.targets for c in t.checks] or [10.0]

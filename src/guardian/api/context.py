@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from guardian.api.restarts import RestartDesk, RestartTicket
 from guardian.config.schema import Config
 from guardian.core.result import CheckResult
 from guardian.core.state import State
@@ -56,7 +57,13 @@ class GuardianView(Protocol):
         ...
 
     async def restart(self, target: str) -> str:
-        """Restart now (manual: resets the breaker). KeyError for an unknown target."""
+        """Restart now (manual: resets the breaker) and wait for the outcome. KeyError for
+        an unknown target."""
+        ...
+
+    async def request_restart(self, target: str) -> RestartTicket:
+        """Start (or join the one in flight of) a manual restart and return at once: the
+        API's 202. KeyError for an unknown target, RuntimeError when not running."""
         ...
 
     async def run_checks(self, target: str | None = None) -> list[CheckResult]:
@@ -103,6 +110,7 @@ class StaticView:
     restarts: list[str] = field(default_factory=list)
     uptime_counts: UptimeStore | None = None
     overload: LoopLagMonitor | None = None
+    _desk: RestartDesk | None = field(default=None, init=False, repr=False)
 
     def _known(self, target: str) -> None:
         if target not in {t.name for t in self.config.targets}:
@@ -114,6 +122,20 @@ class StaticView:
     async def restart(self, target: str) -> str:
         self._known(target)
         self.restarts.append(target)
+        if self.restart_fn is not None:
+            return await self.restart_fn(target)
+        return f"restart of {target} requested"
+
+    async def request_restart(self, target: str) -> RestartTicket:
+        self._known(target)
+        if self._desk is None:
+            self._desk = RestartDesk(self._run_restart, lambda _: True)
+        ticket = self._desk.request(target)
+        if not ticket.coalesced:
+            self.restarts.append(target)
+        return ticket
+
+    async def _run_restart(self, target: str) -> str:
         if self.restart_fn is not None:
             return await self.restart_fn(target)
         return f"restart of {target} requested"

@@ -219,8 +219,17 @@ class StatusResponse(BaseModel):
 
 
 class RestartResponse(BaseModel):
+    """202: the restart is accepted (queued, or joined to the one in flight), not done."""
+
     target: str
+    state: Literal["queued", "coalesced", "when_idle"] = Field(
+        description="queued: started now; coalesced: joined the restart already in flight;"
+        " when_idle: starts once the running ComfyUI prompt has finished")
+    id: int | None = Field(None, description="the restart's number in this Guardian run"
+                           " (the same for every request coalesced into it)")
     message: str
+    watch: str = Field(description="where to follow it: the target's recovery in this"
+                       " resource (restarting, last_restart, attempts)")
 
 
 class RunChecksResponse(BaseModel):

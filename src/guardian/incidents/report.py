@@ -254,6 +254,7 @@ class Reporter:
         """Capture (optionally), render and atomically write the report; returns its path."""
         if capture:
             await self.capture(incident_id)
+        await self.store.settled()  # what was just recorded is in the file (bounded wait)
         text = await self.render(incident_id)
         incident = self._incident(incident_id)
         self.report_dir.mkdir(parents=True, exist_ok=True)

@@ -2,16 +2,21 @@
 
 A component of the one file :mod:`guardian.store.db` owns (its tables and migrations:
 :mod:`guardian.incidents.migrations`; the records it returns:
-:mod:`guardian.incidents.records`; the timeline view: :mod:`guardian.incidents.timeline`).
+:mod:`guardian.incidents.records`; the timeline view: :mod:`guardian.incidents.timeline`;
+what waits in memory for the file, and how it gets there: :mod:`guardian.incidents.pending`).
 
-Why synchronous, in the event loop: every write here is one tiny row in one short
-transaction on a WAL database with ``synchronous=NORMAL``, which commits without an
-fsync (WAL is synced at checkpoints) and takes tens of microseconds. A writer thread
-with a queue would add hand-off, shutdown draining and a window of queued-but-unwritten
-events a SIGKILL would lose; here a SIGKILL loses at most the transaction in flight and
-SQLite's journal keeps the file consistent. The connection is the Database's, guarded by
-its lock, so the API may read from another thread (the CLI opens its own in its own
-process; WAL lets it read while Guardian writes).
+Why off the event loop: every write here is one tiny row in one short transaction on a
+WAL database (``synchronous=NORMAL``: no fsync per commit), but a file locked by another
+process, a full or hung disk would make it wait (the busy timeout), and a wait on the loop
+is a late check or a late restart. So in the daemon every write is a job for the
+Database's writer thread (:meth:`Database.submit`: in order, bounded, never waited for),
+and what the loop must see at once lives in memory: the open incidents, new ids (from the
+highest id this process has seen). The price is a window of queued, unwritten event rows
+a SIGKILL loses (milliseconds; SQLite's journal keeps the file consistent). Reads go
+through the Database's per-thread read-only connections (:meth:`Database.snapshot`), so
+they never wait for the writer; a reader that needs what was queued (the report) waits
+for :meth:`Store.settled` first, off the loop. Without a writer thread (the CLI, tools)
+every write is done at once, as before.
 
 When the store cannot write (disk full) or its file is replaced (damage found mid-run),
 incidents are what must not get lost: the open ones are kept in memory too, a write that
@@ -24,7 +29,6 @@ Times are stored as fixed-width UTC ISO-8601 text so they sort as strings.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -37,6 +41,7 @@ from guardian.config.schema import Config
 from guardian.core.events import RecoveryEvent
 from guardian.core.result import CheckResult
 from guardian.incidents.migrations import INCIDENTS, MIGRATIONS, SCHEMA_VERSION
+from guardian.incidents.pending import PendingWrites
 from guardian.incidents.records import (
     Incident,
     IncidentStatus,
@@ -46,7 +51,6 @@ from guardian.incidents.records import (
     dt,
     dumps,
     incident_from_row,
-    incident_row,
     recovery_from_row,
     result_from_row,
     ts,
@@ -67,27 +71,8 @@ __all__ = [
     "StoredResult",
 ]
 
-_INCIDENT_COLS = (
-    "id",
-    "target",
-    "opened_at",
-    "escalated_at",
-    "resolved_at",
-    "severity",
-    "status",
-    "summary",
-    "failure_count",
-    "flap_count",
-    "report_path",
-)
-_UPSERT_INCIDENT = (
-    f"INSERT INTO incidents ({', '.join(_INCIDENT_COLS)}) VALUES"
-    f" ({','.join('?' * len(_INCIDENT_COLS))}) ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _INCIDENT_COLS[1:])
-)
 
-
-class Store:
+class Store(PendingWrites):
     """All persistent incident data. Open once; call :meth:`close` on shutdown.
 
     ``path`` is Guardian's shared :class:`~guardian.db.Database` (the daemon) or a file
@@ -105,22 +90,17 @@ class Store:
         now: Callable[[], datetime] | None = None,
     ) -> None:
         self._owns = not isinstance(path, Database)
-        self.db = path if isinstance(path, Database) else Database(path, components=(INCIDENTS,))
+        db = path if isinstance(path, Database) else Database(path, components=(INCIDENTS,))
+        super().__init__(db, prune_every)
         self.path = self.db.path
         self.retention = timedelta(days=retention_days)
         self.max_events = max_events
-        self.prune_every = prune_every
         self._now = now or (lambda: datetime.now(UTC))
-        self._writes = 0
-        self.dropped = 0  # event rows that could not be written (store unavailable)
-        self._live: dict[int, Incident] = {}  # open incidents, and any not yet in the file
-        self._unsaved: set[int] = set()
-        self._high = 0  # the highest incident id this process has seen: ids are never reused
         try:
             self.db.register(INCIDENTS, self._rewrite_live)
             for incident in self._read_incidents(include_resolved=False, limit=1_000_000):
                 self._live[incident.id] = incident
-            self._high = self._next_id() - 1
+            self._high = self._next_id(from_file=True) - 1
         except BaseException:
             if self._owns:
                 self.db.close()
@@ -155,95 +135,6 @@ class Store:
 
     def integrity_check(self) -> str:
         return self.db.integrity_check()
-
-    def _wrote(self) -> None:
-        self._writes += 1
-        if self.prune_every and self._writes % self.prune_every == 0:
-            self.prune()
-
-    def _event_write(self, fn: Callable[[sqlite3.Connection], sqlite3.Cursor]) -> int:
-        """Write one event row; 0 (dropped, counted) when the store cannot write now."""
-        with self.db.lock:
-            if not self._flush_incidents():
-                self.dropped += 1
-                return 0
-            try:
-                cur = self.db.write(fn)
-            except StoreUnavailable:
-                self.dropped += 1
-                return 0
-        self._wrote()
-        return int(cur.lastrowid or 0)
-
-    def _flush_incidents(self) -> bool:
-        """Write every unsaved incident row; False when the store cannot write now."""
-        pending = sorted(self._unsaved)
-        if not pending:
-            return True
-        rows = [incident_row(self._live[i]) for i in pending]
-
-        def write(c: sqlite3.Connection) -> None:
-            c.executemany(_UPSERT_INCIDENT, rows)
-
-        try:
-            self.db.write(write)
-        except StoreUnavailable:
-            return False
-        self._unsaved.difference_update(pending)
-        for i in pending:
-            if not self._live[i].is_open:
-                del self._live[i]
-        return True
-
-    def _put_incident(self, incident: Incident) -> None:
-        with self.db.lock:
-            before = self._live.get(incident.id)
-            was_unsaved = incident.id in self._unsaved
-            self._live[incident.id] = incident
-            self._unsaved.add(incident.id)
-            try:
-                self._flush_incidents()
-            except Exception:
-                # Not the store's trouble (a bad value): undo, so it cannot block later writes.
-                if before is None:
-                    self._live.pop(incident.id, None)
-                else:
-                    self._live[incident.id] = before
-                if not was_unsaved:
-                    self._unsaved.discard(incident.id)
-                raise
-
-    def _rewrite_live(self) -> None:
-        """The file was replaced: write the incidents this process holds, same ids."""
-        high = self._high
-
-        def keep_ids_unique(c: sqlite3.Connection) -> None:
-            # A report file is named after its incident id: the fresh file must not reuse one.
-            c.execute(
-                "INSERT OR IGNORE INTO sqlite_sequence (name, seq) SELECT 'incidents', 0"
-                " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'incidents')"
-            )
-            c.execute(
-                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'incidents'", (high,)
-            )
-
-        with self.db.lock:
-            with contextlib.suppress(StoreUnavailable):
-                self.db.write(keep_ids_unique)
-            self._unsaved.update(self._live)
-            self._flush_incidents()
-            n = len(self._live)
-        if n:
-            log.warning(
-                "%d open incident(s) re-saved into the fresh store",
-                n,
-                extra={"event": "store_resaved", "component": INCIDENTS.name},
-            )
-
-    @property
-    def unsaved(self) -> set[int]:
-        """Incident ids whose latest state is not in the file yet."""
-        return set(self._unsaved)
 
     # ------------------------------------------------------------------ events
 
@@ -307,7 +198,10 @@ class Store:
         )
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        rows: list[sqlite3.Row] = self.db.read(lambda c: c.execute(sql, tuple(args)).fetchall())
+        """Rows from the file (its committed state, on this thread's read-only connection:
+        never waits for a write)."""
+        rows: list[sqlite3.Row] = self.db.snapshot(
+            lambda c: c.execute(sql, tuple(args)).fetchall())
         return rows
 
     def last_statuses(self) -> dict[tuple[str, str], str]:
@@ -381,8 +275,9 @@ class Store:
     ) -> Incident:
         """A new open incident. Never fails for a store that cannot write: the incident is
         then held in memory (with an id the file will get) and written when it can be."""
-        with self.db.lock:
-            new_id = self._next_id()
+        stored = self._stored_high() if not self._background else 0
+        with self._mu:
+            new_id = self._next_id(stored)
             self._high = max(self._high, new_id)
             incident = Incident(
                 id=new_id,
@@ -397,21 +292,28 @@ class Store:
                 flap_count=0,
                 report_path=None,
             )
-            self._put_incident(incident)
+        self._put_incident(incident)
         self._wrote()
         return incident
 
-    def _next_id(self) -> int:
-        """One above every id the file ever gave (AUTOINCREMENT's rule) or memory holds."""
+    def _stored_high(self) -> int:
+        """The highest id the file ever gave (AUTOINCREMENT's rule); 0 when unreadable."""
         try:
             rows = self.query(
                 "SELECT MAX(n) FROM (SELECT seq AS n FROM sqlite_sequence WHERE name ="
                 " 'incidents' UNION ALL SELECT MAX(id) FROM incidents)"
             )
-            stored = int(rows[0][0] or 0)
         except StoreUnavailable:
-            stored = 0
-        return max([stored, self._high, *self._live]) + 1
+            return 0
+        return int(rows[0][0] or 0)
+
+    def _next_id(self, stored: int = 0, *, from_file: bool = False) -> int:
+        """One above every id the file gave or memory holds. The daemon reads the file
+        once (it is the only writer: the store lock); the CLI and tools each time."""
+        if from_file:
+            stored = self._stored_high()
+        with self._mu:
+            return max([stored, self._high, *self._live]) + 1
 
     def adopt_recovery(self, target: str, incident_id: int, since: datetime) -> int:
         """Link the target's unlinked recovery events since ``since`` to an incident.
@@ -419,22 +321,22 @@ class Store:
         A supervised process's exit is usually seen before the check that fails because
         of it; this puts that exit into the incident it caused.
         """
-        with self.db.lock:
-            if not self._flush_incidents():
-                return 0
-            try:
-                n = self.db.write(
-                    lambda db: (
-                        db.execute(
-                            "UPDATE recovery SET incident_id = ? WHERE target = ? AND"
-                            " incident_id IS NULL AND time >= ?",
-                            (incident_id, target, ts(since)),
-                        ).rowcount
-                    )
-                )
-            except StoreUnavailable:
-                return 0
-        return int(n)
+        def adopt(db: sqlite3.Connection) -> int:
+            return int(db.execute(
+                "UPDATE recovery SET incident_id = ? WHERE target = ? AND"
+                " incident_id IS NULL AND time >= ?",
+                (incident_id, target, ts(since)),
+            ).rowcount)
+
+        if self._background:  # queued after the events it adopts: one order for both
+            self._queue_event(adopt)
+            return 0
+        if not self._flush_incidents():
+            return 0
+        try:
+            return self.db.write(adopt)
+        except StoreUnavailable:
+            return 0
 
     def update_incident(
         self,
@@ -455,31 +357,34 @@ class Store:
         """
         if status is not None and status not in ("open", "escalated", "resolved"):
             raise ValueError(f"unknown incident status {status!r}")
-        with self.db.lock:
-            current = self.incident(incident_id)
-            if current is None:
-                raise KeyError(incident_id)
-            updated = replace(
-                current,
-                status=current.status if status is None else status,
-                escalated_at=_at(escalated_at, current.escalated_at),
-                resolved_at=_at(resolved_at, current.resolved_at),
-                severity=current.severity if severity is None else severity,
-                summary=current.summary if summary is None else summary,
-                failure_count=current.failure_count if failure_count is None else failure_count,
-                flap_count=current.flap_count if flap_count is None else flap_count,
-                report_path=current.report_path if report_path is None else report_path,
-            )
-            self._put_incident(updated)
+        current = self.incident(incident_id)
+        if current is None:
+            raise KeyError(incident_id)
+        updated = replace(
+            current,
+            status=current.status if status is None else status,
+            escalated_at=_at(escalated_at, current.escalated_at),
+            resolved_at=_at(resolved_at, current.resolved_at),
+            severity=current.severity if severity is None else severity,
+            summary=current.summary if summary is None else summary,
+            failure_count=current.failure_count if failure_count is None else failure_count,
+            flap_count=current.flap_count if flap_count is None else flap_count,
+            report_path=current.report_path if report_path is None else report_path,
+        )
+        self._put_incident(updated)
         return updated
 
     def incident(self, incident_id: int) -> Incident | None:
-        with self.db.lock:
+        with self._mu:  # memory holds every incident not (yet) in the file
             held = self._live.get(incident_id)
-            if held is not None:
-                return held
-            rows = self.query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
-        return incident_from_row(rows[0]) if rows else None
+        if held is not None:
+            return held
+        rows = self.query("SELECT * FROM incidents WHERE id = ?", (incident_id,))
+        if not rows:  # written and let go of between the two looks
+            with self._mu:
+                held = self._live.get(incident_id)
+            return held
+        return incident_from_row(rows[0])
 
     def _read_incidents(self, *, include_resolved: bool, limit: int) -> list[Incident]:
         where = "" if include_resolved else "WHERE status IN ('open', 'escalated')"
@@ -488,11 +393,13 @@ class Store:
 
     def incidents(self, *, include_resolved: bool = True, limit: int = 1000) -> list[Incident]:
         """Newest first (what memory holds wins over the file: it is newer)."""
-        with self.db.lock:
-            found = {
-                i.id: i
-                for i in self._read_incidents(include_resolved=include_resolved, limit=limit)
-            }
+        with self._mu:  # before and after the read: one let go of meanwhile is in either
+            before = dict(self._live)
+        found = {
+            i.id: i for i in self._read_incidents(include_resolved=include_resolved, limit=limit)
+        }
+        found.update(before)
+        with self._mu:
             found.update(self._live)
         chosen = [i for i in found.values() if include_resolved or i.is_open]
         return sorted(chosen, key=lambda i: i.id, reverse=True)[:limit]
@@ -525,6 +432,11 @@ class Store:
             t: int(self.query(f"SELECT COUNT(*) FROM {t}")[0][0])
             for t in ("incidents", "results", "recovery", "notifications", "artifacts")
         }
+
+    def prune_soon(self, now: datetime | None = None) -> None:
+        """:meth:`prune` on the writer thread (at once without one): the daemon's start
+        must not wait for a file another process holds."""
+        self.db.submit(lambda: self.prune(now))
 
     def prune(self, now: datetime | None = None) -> dict[str, int]:
         """Drop data older than the retention period and cap each event table.
@@ -561,13 +473,12 @@ class Store:
                 removed[table] = n
             return removed
 
-        with self.db.lock:
-            if not self._flush_incidents():
-                return {}
-            try:
-                return self.db.write(run)
-            except StoreUnavailable:
-                return {}
+        if not self._flush_incidents():
+            return {}
+        try:
+            return self.db.write(run)
+        except StoreUnavailable:
+            return {}
 
 
 def _at(given: datetime | None, current: datetime | None) -> datetime | None:

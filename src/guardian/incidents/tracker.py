@@ -147,7 +147,7 @@ class IncidentTracker:
             clock, report_timeout, self._write_report, self._announce_id, self._spawn
         )
         try:
-            self.store.prune(self.clock.now())
+            self.store.prune_soon(self.clock.now())
         except Exception:
             log.exception("pruning the incident store failed", extra={"event": "prune_failed"})
         # Change detection and health resume from what the store last saw.

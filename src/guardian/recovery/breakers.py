@@ -5,6 +5,8 @@ A component of Guardian's SQLite file (:mod:`guardian.db`): one row per target i
 record of every target in memory too, because the breaker state matters most exactly when
 the file does not work: a save that fails for a full disk is kept and written with the next
 one that works, and a file replaced mid-run (damage found) gets every record written back.
+A save is a dict update; the write is the Database's writer thread's (in the daemon), so a
+file locked by another process never holds the restart that saved it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +109,8 @@ class SqliteBreakerStore:
         self.path = self.db.path
         self._records: dict[str, BreakerRecord] = {}
         self._unsaved: set[str] = set()
+        # Memory only, never held over I/O: save() on the loop, _flush on the writer.
+        self._mu = threading.RLock()
         try:
             self.db.register(BREAKERS, self._rewrite_all)
         except BaseException:
@@ -133,7 +138,7 @@ class SqliteBreakerStore:
             out[str(target)] = BreakerRecord(
                 int(attempts), [_not_after(t, now) for t in parsed],
                 None if last is None else _not_after(str(last), now), bool(is_open))
-        with self.db.lock:
+        with self._mu:
             for target, rec in out.items():
                 if target not in self._unsaved:
                     self._records[target] = _copy(rec)
@@ -141,20 +146,21 @@ class SqliteBreakerStore:
         return merged
 
     def save(self, target: str, record: BreakerRecord) -> None:
-        """Write ``record``; if the store cannot write now it is kept and written later."""
-        with self.db.lock:
+        """Keep ``record`` and queue its write (never waits for the file); if the store
+        cannot write now it is kept and written later."""
+        with self._mu:
             self._records[target] = _copy(record)
             self._unsaved.add(target)
-            self._flush()
+        self.db.submit(self._flush, key=f"{BREAKER_COMPONENT}:{id(self)}")
 
     def _flush(self) -> None:
-        pending = sorted(self._unsaved)
+        with self._mu:
+            pending = {t: self._records[t] for t in sorted(self._unsaved)}
         if not pending:
             return
 
         def write(c: sqlite3.Connection) -> None:
-            for t in pending:
-                r = self._records[t]
+            for t, r in pending.items():
                 times = json.dumps(r.attempt_times)
                 c.execute(_UPSERT, (t, r.attempts, times, r.last_restart, int(r.breaker_open)))
 
@@ -162,13 +168,15 @@ class SqliteBreakerStore:
             self.db.write(write)
         except StoreUnavailable:
             return  # logged (rate-limited) and shown by the Database; kept for next time
-        self._unsaved.difference_update(pending)
+        with self._mu:  # a record saved again meanwhile stays unsaved: its write is queued
+            self._unsaved.difference_update(
+                t for t, r in pending.items() if self._records.get(t) is r)
 
     def _rewrite_all(self) -> None:
         """The file was replaced: write back every record this process knows."""
-        with self.db.lock:
+        with self._mu:
             self._unsaved.update(self._records)
-            self._flush()
+        self._flush()
         if self._records:
             log.warning(
                 "breaker state of %d target(s) re-saved into the fresh store",
@@ -179,7 +187,8 @@ class SqliteBreakerStore:
     @property
     def unsaved(self) -> set[str]:
         """Targets whose latest record is not in the file yet."""
-        return set(self._unsaved)
+        with self._mu:
+            return set(self._unsaved)
 
     def close(self) -> None:
         """Close the Database if this store opened it (the daemon closes the shared one)."""

@@ -37,13 +37,20 @@ none; its store is Guardian's trouble, never a reason to exit or to act on a tar
 * Anything that prevents opening the file at all (permissions, a directory in the way)
   also falls back to memory with the problem set.
 
-* Heavy reads (the status page's aggregations, incident lists) go through
-  :meth:`Database.snapshot`: a second, read-only connection (``mode=ro``, ``query_only``)
-  with a lock of its own, reading one WAL snapshot. It never takes the writer's lock, so a
-  long aggregation cannot delay a write from the event loop (a late write there would be
-  a late check: Guardian's stall must not become a target's failure). Damage it finds is
-  handled like any other (the read is retried under the writer's rules, which move the
-  file aside); on memory (no file to share) it is an ordinary :meth:`read`.
+* Reads the running Guardian makes (the status page's aggregations, incident lists, an
+  incident for its report) go through :meth:`Database.snapshot`: a read-only connection
+  (``mode=ro``, ``query_only``) per reading thread (:mod:`guardian.store.readers`),
+  reading one WAL snapshot. It never takes the writer's lock, so neither a long
+  aggregation nor a write waiting for another process's lock delays a read on the event
+  loop. Damage it finds is handled like any other (the read is retried under the
+  writer's rules, which move the file aside); on memory (no file to share) it is an
+  ordinary :meth:`read`.
+* The daemon's writes (``writer=True``) leave the event loop: components hand them to
+  :meth:`Database.submit`, which queues them for the one writer thread
+  (:mod:`guardian.store.writer`: in order, bounded, never waited for). SQLite's busy
+  waits, a full or hung disk happen there; a write that fails or does not fit in the
+  queue is kept in memory by its component (or dropped and counted) under the rules
+  above. Without ``writer`` (the CLI, tools) :meth:`submit` runs the job at once.
 
 ``recover=False`` (the CLI and tools) turns the fallbacks into errors instead: a reader
 must not rename the daemon's file under it, and a refused file is reported, not replaced.
@@ -74,12 +81,14 @@ from guardian.store.errors import (
     classify,
     describe,
 )
+from guardian.store.readers import Readers
 
 __all__ = [  # the error classes and Component, importable from the owner as before
     "PROBLEM_KEY", "Component", "Database", "ProblemSink", "ResetHook", "StoreDamaged",
     "StoreError", "StoreNewer", "StoreUnavailable", "classify",
 ]
 
+from guardian.store.writer import MAX_JOBS, Job, StoreWriter
 from guardian.support.safe_open import write_atomic_text
 
 log = logging.getLogger("guardian.db")
@@ -90,6 +99,7 @@ PROBLEM_KEY = "store"
 IDENTITY_EVERY = 1.0  # s between checks that the path still names the open file
 MARKER_SUFFIX = ".written"
 LOG_EVERY = 60.0  # seconds between repeated "write failed" lines
+CLOSE_WAIT = 5.0  # s close() waits for the writer thread's queue (a stuck write: less)
 
 
 class ProblemSink(Protocol):
@@ -130,6 +140,8 @@ class Database(ComponentHost):
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] | None = None,
         components: Sequence[Component] = (),
+        writer: bool = False,
+        max_jobs: int = MAX_JOBS,
     ) -> None:
         self.path = Path(path)
         # Checked at open before anything is written, so a refused file stays untouched.
@@ -153,15 +165,15 @@ class Database(ComponentHost):
         self._trouble_reported = False
         self._closed = False
         self._resetting = False
-        self._generation = 0  # bumped when the file is replaced: the reader reopens
-        self._read_lock = threading.Lock()
-        self._reader: sqlite3.Connection | None = None
-        self._reader_generation = -1
+        self._generation = 0  # bumped when the file is replaced: the readers reopen
+        self._readers = Readers(self.path, timeout)
+        self._trouble_lock = threading.Lock()  # trouble state: the writer and submit()
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._identity_due = 0.0
         with self.lock:
             self._conn = self._open()
             self._remember_file()
+        self._writer = StoreWriter(max_jobs=max_jobs) if writer else None
 
     # ------------------------------------------------------------------ opening
 
@@ -329,16 +341,25 @@ class Database(ComponentHost):
         return self._run(fn, write=True)
 
     def snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` (queries only) in one read transaction on the read-only connection.
+        """Run ``fn`` (queries only) in one read transaction on this thread's read-only
+        connection.
 
-        Never holds :attr:`lock`, so writers go on while ``fn`` runs; everything ``fn``
-        reads comes from one snapshot (the one its first query sees). Without a file to
-        share (memory, or the file refused) this is :meth:`read`.
+        Never holds :attr:`lock`, so it waits neither for a write nor for another
+        thread's read; everything ``fn`` reads comes from one snapshot (the one its first
+        query sees). Without a file to share (memory, or the file refused) this is
+        :meth:`read`. What a component queued for the writer thread and that has not run
+        yet is not in the file: components overlay what they hold in memory.
         """
-        with self._read_lock:
-            conn = self._reader_conn()
-            if conn is None:
-                return self.read(fn)
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        if not self.persistent:
+            return self.read(fn)
+        slot = self._readers.slot()
+        with slot.lock:
+            try:
+                conn = self._readers.connection(slot, self._generation)
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"store {self.path}: cannot open for reading: {e}") from e
             try:
                 conn.execute("BEGIN")
                 try:
@@ -348,46 +369,55 @@ class Database(ComponentHost):
                         with contextlib.suppress(sqlite3.Error):
                             conn.execute("COMMIT")
             except (sqlite3.Error, OSError) as e:
-                kind = classify(e)
-                self._drop_reader()
-                if kind == "damaged":  # the writer's rules move the file aside, then retry
-                    return self.read(fn)
-                if kind in ("full", "io", "busy"):
-                    raise StoreUnavailable(f"store {self.path}: {describe(kind, e)}") from e
-                raise
+                failed: BaseException = e
+                self._readers.drop(slot)
+                if classify(e) not in ("damaged", "full", "io", "busy"):
+                    raise
+        kind = classify(failed)
+        if kind == "damaged":  # the writer's rules move the file aside, then retry
+            return self.read(fn)
+        raise StoreUnavailable(f"store {self.path}: {describe(kind, failed)}") from failed
 
-    def _reader_conn(self) -> sqlite3.Connection | None:
-        """The read-only connection for the current file (opened on first use)."""
+    # ------------------------------------------------------------------ the writer thread
+
+    def submit(self, job: Job, key: str | None = None) -> bool:
+        """Run ``job`` (which calls :meth:`write`) on the writer thread; at once without one.
+
+        Never blocks on the file: False when the job was refused (closed, or the queue
+        is full: reported as the store's trouble), and the caller keeps or counts what it
+        would have written. ``key``: see :meth:`StoreWriter.submit`.
+        """
         if self._closed:
-            raise StoreError(f"store {self.path} is closed")
-        if not self.persistent:
-            return None
-        if self._reader is not None and self._reader_generation == self._generation:
-            return self._reader
-        self._drop_reader()
-        generation = self._generation
-        try:
-            conn = sqlite3.connect(
-                self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=self.timeout,
-                isolation_level=None, check_same_thread=False,
-            )
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"store {self.path}: cannot open for reading: {e}") from e
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            conn.execute("PRAGMA query_only=ON")
-        except sqlite3.Error as e:
-            conn.close()
-            raise StoreUnavailable(f"store {self.path}: cannot open for reading: {e}") from e
-        self._reader, self._reader_generation = conn, generation
-        return conn
+            return False
+        if self._writer is None:
+            job()
+            return True
+        if self._writer.submit(job, key):
+            return True
+        if not self._closed:
+            self.report_backlog(f"{self._writer.max_jobs} writes queued and not done")
+        return False
 
-    def _drop_reader(self) -> None:
-        if self._reader is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._reader.close()
-            self._reader = None
+    def report_backlog(self, what: str) -> None:
+        """Writes pile up faster than the file takes them: Guardian's trouble (logged,
+        rate-limited, the ``store`` problem until a write works again)."""
+        self._trouble_seen("busy", StoreUnavailable(what))
+
+    def drain(self, timeout: float = CLOSE_WAIT) -> bool:
+        """Wait (a thread, never the loop) until every write submitted so far has run."""
+        return True if self._writer is None else self._writer.drain(timeout)
+
+    async def settled(self, timeout: float = CLOSE_WAIT) -> bool:
+        """:meth:`drain` for a coroutine: waits in a thread (bounded), not on the loop."""
+        if self._writer is None or self._writer.pending == 0:
+            return True
+        import asyncio
+
+        return await asyncio.to_thread(self.drain, timeout)
+
+    @property
+    def writer_thread(self) -> threading.Thread | None:
+        return None if self._writer is None else self._writer.thread
 
     def _remember_file(self) -> None:
         try:
@@ -467,6 +497,10 @@ class Database(ComponentHost):
     def _trouble_seen(self, kind: ErrorKind, exc: BaseException) -> None:
         """One rate limit for the whole trouble, across clears: a nearly full disk lets
         some writes through and fails others, and that flapping must not flood the log."""
+        with self._trouble_lock:
+            self._trouble_seen_now(kind, exc)
+
+    def _trouble_seen_now(self, kind: ErrorKind, exc: BaseException) -> None:
         now = self._monotonic()
         self._trouble_count += 1
         self._trouble = f"store {self.path}: writes failing: {describe(kind, exc)}"
@@ -486,6 +520,10 @@ class Database(ComponentHost):
         self._trouble_count = 0
 
     def _trouble_cleared(self) -> None:
+        with self._trouble_lock:
+            self._trouble_cleared_now()
+
+    def _trouble_cleared_now(self) -> None:
         self._trouble = None
         self._publish()
         if self._trouble_reported:  # one "works again" per reported failure, not per flap
@@ -536,12 +574,17 @@ class Database(ComponentHost):
         """The raw connection (tests and diagnostics; components use read/write)."""
         return self._conn
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_WAIT) -> None:
+        """Write what is queued (``timeout`` at most: a stuck write keeps it in memory),
+        then close every connection."""
+        if self._writer is not None and not self._writer.close(timeout):
+            log.error("store %s: queued writes not done within %g s at close; they are"
+                      " lost", self.path, timeout, extra={"event": "store_write_failed"})
         with self.lock:
             if self._closed:
                 return
             self._closed = True
+            # Readers first: the last connection to close checkpoints the WAL into the file.
+            self._readers.close()
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
-        with self._read_lock:
-            self._drop_reader()

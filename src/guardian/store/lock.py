@@ -15,10 +15,12 @@ The lock's descriptor is close-on-exec, so a supervised child left running
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from guardian.support.safe_open import open_beside
 
@@ -98,22 +100,51 @@ def acquire(store_path: Path) -> StoreLock:
         return lock
 
 
+class _Msvcrt(Protocol):
+    """What the Windows branch uses of ``msvcrt`` (a seam: tests give a real byte-range
+    lock behind the same calls)."""
+
+    LK_NBLCK: int
+
+    def locking(self, fd: int, mode: int, nbytes: int, /) -> None: ...
+
+
+# Windows reports a byte range locked by another process as EACCES (or EDEADLOCK, 36);
+# anything else (a bad descriptor, no lock support) is an error, not "already running".
+_WIN_HELD = frozenset({errno.EACCES, errno.EDEADLK, 36})  # 36: EDEADLOCK on Windows
+_POSIX_HELD = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+
+
 def _try_lock(fd: int) -> bool:
     if sys.platform == "win32":
         import msvcrt
 
-        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
+        return _try_lock_windows(fd, msvcrt)
+    return _try_lock_posix(fd)
+
+
+def _try_lock_windows(fd: int, msvcrt: _Msvcrt) -> bool:
+    """One byte far past the pid text: Windows locks are mandatory, so locking the text
+    itself would keep a second Guardian from reading whose lock it is."""
+    os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as e:
+        if e.errno in _WIN_HELD:
             return False
-        return True
+        raise
+    return True
+
+
+def _try_lock_posix(fd: int) -> bool:
     import fcntl
 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
+    except OSError as e:
+        if e.errno in _POSIX_HELD:
+            return False
+        raise
     return True
 
 

@@ -2,7 +2,8 @@
 
 Recording a result is a dict update in memory (O(1), no I/O, on the event loop); the
 buffer is written in one transaction at most every ``flush_every`` seconds (about two
-upserts per target per flush), and on close. A write that fails keeps the counts in memory
+upserts per target per flush), and on close; in the daemon on the store's writer thread,
+never on the loop. A write that fails keeps the counts in memory
 (bounded: the oldest buckets go first, counted in ``dropped``), so a store that cannot write
 for a while loses nothing until the bound. What is buffered or being written stays
 readable (:meth:`UptimeRecorder._buffered`), so the figures never miss a result.
@@ -85,7 +86,11 @@ class UptimeRecorder(ABC):
                 counts[1] += total
                 counts[2] += restarts
         if self._monotonic() >= self._next_flush:
-            self.flush()
+            self._flush_due()
+
+    def _flush_due(self) -> None:
+        """A flush is due; here it runs now (a store with a writer thread queues it)."""
+        self.flush()
 
     def observe(self, event: Event) -> None:
         """Event-bus listener: counts check results and restarts."""

@@ -170,6 +170,13 @@ class UptimeStore(UptimeReader):
             self._fold(batch)
         return True
 
+    def _flush_due(self) -> None:
+        """Queue the flush for the Database's writer thread (at once without one): a
+        locked or hung file never holds the event loop that recorded the result."""
+        with self._buf_lock:  # one queued flush per period, however many results come
+            self._next_flush = self._monotonic() + self.flush_every
+        self.db.submit(self.flush, key=f"{UPTIME_COMPONENT}:{id(self)}")
+
     def _resave(self) -> None:
         """The file was replaced: what is buffered goes into the fresh one."""
         self._forget()
@@ -203,8 +210,9 @@ class UptimeStore(UptimeReader):
         return removed
 
     def close(self) -> None:
-        """Flush what is buffered; close the Database only if this store opened it."""
-        self.flush()
+        """Flush what is buffered (queued in the daemon: the Database's close writes it);
+        close the Database only if this store opened it."""
+        self.db.submit(self.flush)
         if self._owns:
             self.db.close()
 
