@@ -210,3 +210,13 @@ async def test_demo_in_a_directory_others_can_change_writes_nothing_and_exits_5(
     assert code == Exit.CANNOT_START, err
     assert f"{shared}: writable by others" in err and "chmod go-w" in err
     assert list(shared.iterdir()) == []
+
+
+def test_queue_without_a_journaled_target_is_a_usage_error(tmp_path):
+    """2 means unhealthy or an invalid config: a config without ComfyUI is neither."""
+    cfg = _config(tmp_path, 0)
+    result = runner.invoke(app, ["queue", "--config", str(cfg)])
+    assert result.exit_code == Exit.USAGE == 4, result.output
+    assert "no ComfyUI target has a queue journal" in result.output
+    named = runner.invoke(app, ["queue", "--config", str(cfg), "--target", "disk"])
+    assert named.exit_code == Exit.USAGE and "has no queue journal" in named.output

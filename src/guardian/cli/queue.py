@@ -16,7 +16,8 @@ from rich.text import Text
 
 from guardian.checks.comfyui.health import ComfyUICheckConfig
 from guardian.cli.locate import Located, api_call, locate_or_exit
-from guardian.cli.support import ConfigOpt, err, out
+from guardian.cli.support import ConfigOpt, Exit, err, out
+from guardian.support.escape import inert
 
 queue_app = typer.Typer(help="A ComfyUI target's queue journal and quarantined prompts.",
                         invoke_without_command=True)
@@ -32,12 +33,12 @@ def _target(where: Located, target: str | None) -> str:
             err.print("name the target with --target: "
                       f"{', '.join(journaled) or 'no ComfyUI target has a queue journal'}",
                       markup=False)
-            raise typer.Exit(2)
+            raise typer.Exit(Exit.USAGE)
         return journaled[0]
     if target not in journaled:
-        err.print(f"target {target!r} has no queue journal (one of: {', '.join(journaled)})",
-                  markup=False)
-        raise typer.Exit(2)
+        err.print(f"target {inert(target)!r} has no queue journal "
+                  f"(one of: {', '.join(journaled)})", markup=False)
+        raise typer.Exit(Exit.USAGE)
     return target
 
 
