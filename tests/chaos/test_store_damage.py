@@ -263,7 +263,8 @@ async def test_a_full_disk_is_reported_not_a_crash_and_cleared_when_space_return
             for _ in range(15):  # each crash and restart writes rows; soon one needs a page
                 killed = sigkill_victim(pidfile)
                 assert await until(lambda k=killed: restarted(pidfile, port, k), 20)  # no crash
-                if db.trouble:
+                # The writer thread writes after the loop moves on: give it a moment.
+                if await until(lambda: db.trouble is not None, 2):
                     break
             assert db.trouble and "disk full" in g.state.problems["store"]
             # Guardian's own trouble is no verdict on the target: a healthy victim is left
